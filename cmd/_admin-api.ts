@@ -1,0 +1,182 @@
+// The admin operations a node answers for the CLI (`shoal volume`, `shoal route`). Every member
+// answers every one the same way: they read the group's catalog, which all members share.
+import { ShoalError } from "../core/errors.ts";
+import { DEFAULT_PAGE_SIZE_BYTES, pageCount } from "../core/geometry.ts";
+import type { PageStore, VolumeUsage } from "../core/page-store.ts";
+import { describeRuns, formatRun, holders, pagesPerNode } from "../core/routing.ts";
+import { newVolumeRecord, type VolumeRecord } from "../core/volume.ts";
+import type { FrameHeader } from "../transport/frame.ts";
+import type { Group } from "../transport/group.ts";
+import type { VolumeRouter } from "../transport/volume-router.ts";
+
+export interface AdminApiOptions {
+  group: Group;
+  store: PageStore;
+  router: VolumeRouter;
+  version: string;
+  startedAtMs: number;
+}
+
+type Usage = Record<string, VolumeUsage>;
+
+export class AdminApi {
+  constructor(private readonly options: AdminApiOptions) {}
+
+  /** Returns undefined for ops that are not admin ops. */
+  handle(op: string, args: FrameHeader): Promise<FrameHeader> | undefined {
+    switch (op) {
+      case "admin.node.info":
+        return Promise.resolve(this.nodeInfo());
+      case "admin.volume.create":
+        return this.createVolume(args);
+      case "admin.volume.list":
+        return this.listVolumes();
+      case "admin.volume.info":
+        return this.volumeInfo(String(args.name));
+      case "admin.volume.delete":
+        return this.deleteVolume(String(args.name));
+      case "admin.route.nodes":
+        return this.routeNodes();
+      case "admin.route.show":
+        return Promise.resolve(this.routeShow(String(args.volume)));
+      default:
+        return undefined;
+    }
+  }
+
+  private nodeInfo(): FrameHeader {
+    const { group, version, startedAtMs } = this.options;
+    const self = group.members.get(group.selfId)!;
+    return { id: self.id, groupId: group.groupId, meshAddress: self.meshAddress, nbdAddress: self.nbdAddress, version, uptimeMs: Date.now() - startedAtMs };
+  }
+
+  private async createVolume(args: FrameHeader): Promise<FrameHeader> {
+    const { group } = this.options;
+    const name = String(args.name);
+    const existing = group.volumes.get(name);
+    if (existing && !existing.deleted) throw new ShoalError("VOLUME_EXISTS", `volume '${name}' already exists`);
+    const nodes = Array.isArray(args.nodes) && args.nodes.length > 0 ? (args.nodes as string[]) : [...group.members.keys()].sort();
+    for (const node of nodes) {
+      if (!group.members.has(node)) throw new ShoalError("UNKNOWN_NODE", `node '${node}' is not a member; \`shoal route nodes\` lists them`);
+      if (!group.isUp(node)) throw new ShoalError("NODE_DOWN", `node '${node}' is down; a volume can only be placed on nodes that are up`);
+    }
+    const record = newVolumeRecord({
+      name,
+      sizeBytes: Number(args.sizeBytes),
+      pageSizeBytes: args.pageSizeBytes === undefined ? DEFAULT_PAGE_SIZE_BYTES : Number(args.pageSizeBytes),
+      nodes,
+      uid: crypto.randomUUID(),
+      nowMs: Date.now(),
+      previousVersion: existing?.version ?? 0,
+    });
+    group.applyVolume(record);
+    await group.publishVolume(record, nodes);
+    return summarize(record);
+  }
+
+  private async listVolumes(): Promise<FrameHeader> {
+    return { volumes: this.options.group.liveVolumes().map(summarize) };
+  }
+
+  private async volumeInfo(name: string): Promise<FrameHeader> {
+    const record = this.options.group.volume(name);
+    const usage = await this.usageByNode(holders(record.routing));
+    const perNode = [...pagesPerNode(record.routing)].map(([node, pages]) => ({
+      node,
+      pages,
+      pagesWritten: usage.get(node)?.[record.uid]?.pages ?? (usage.has(node) ? 0 : null),
+      bytesUsed: usage.get(node)?.[record.uid]?.bytes ?? (usage.has(node) ? 0 : null),
+    }));
+    return { ...summarize(record), createdAtMs: record.createdAtMs, nodes: perNode };
+  }
+
+  private async deleteVolume(name: string): Promise<FrameHeader> {
+    const { group } = this.options;
+    const record = group.volume(name);
+    const tombstone: VolumeRecord = { ...record, deleted: true, version: record.version + 1 };
+    group.applyVolume(tombstone);
+    // Members that are down now learn of the delete through the digest when they come back.
+    await group.publishVolume(tombstone, []);
+    return { name, deleted: true };
+  }
+
+  private async routeNodes(): Promise<FrameHeader> {
+    const { group } = this.options;
+    const ids = [...group.members.keys()].sort();
+    const usage = await this.usageByNode(ids);
+    const nodes = ids.map((id) => {
+      const member = group.members.get(id)!;
+      const link = group.links.get(id);
+      const held = usage.get(id);
+      let pages = 0;
+      let bytes = 0;
+      for (const volumeUsage of Object.values(held ?? {})) {
+        pages += volumeUsage.pages;
+        bytes += volumeUsage.bytes;
+      }
+      return {
+        id,
+        meshAddress: member.meshAddress,
+        nbdAddress: member.nbdAddress,
+        state: group.isUp(id) ? "up" : "down",
+        self: id === group.selfId,
+        lastHeartbeatMs: id === group.selfId ? null : (link?.lastHeartbeatMs ?? null),
+        pagesWritten: held ? pages : null,
+        bytesUsed: held ? bytes : null,
+      };
+    });
+    return { nodes };
+  }
+
+  private routeShow(name: string): FrameHeader {
+    const record = this.options.group.volume(name);
+    const counts = pagesPerNode(record.routing);
+    const runs = describeRuns(record.routing);
+    return {
+      volume: record.name,
+      uid: record.uid,
+      version: record.routing.version,
+      pageSizeBytes: record.pageSizeBytes,
+      pageCount: pageCount(record),
+      nodes: record.routing.nodes.map((node) => ({
+        node,
+        pages: counts.get(node) ?? 0,
+        runs: (runs.get(node) ?? []).map((run) => ({ ...run, text: formatRun(run) })),
+      })),
+    };
+  }
+
+  /** Page usage of each node that answers; nodes that are down are missing from the map. */
+  private async usageByNode(nodes: string[]): Promise<Map<string, Usage>> {
+    const { group, store } = this.options;
+    const result = new Map<string, Usage>();
+    await Promise.all(
+      nodes.map(async (node) => {
+        if (node === group.selfId) {
+          result.set(node, Object.fromEntries(store.usage()));
+          return;
+        }
+        if (!group.isUp(node)) return;
+        try {
+          const response = await group.link(node).request("store.usage", {}, undefined, 3000);
+          result.set(node, response.result.usage as Usage);
+        } catch {
+          // reported as unknown (null) by the caller
+        }
+      }),
+    );
+    return result;
+  }
+}
+
+function summarize(record: VolumeRecord): FrameHeader {
+  return {
+    name: record.name,
+    uid: record.uid,
+    sizeBytes: record.sizeBytes,
+    pageSizeBytes: record.pageSizeBytes,
+    pageCount: pageCount(record),
+    nodes: record.routing.nodes,
+    routingVersion: record.routing.version,
+  };
+}

@@ -1,0 +1,71 @@
+// What every admin subcommand shares: the --node and --json flags, strict flag checking, talking
+// to a node, and printing either a table for people or one JSON document for scripts.
+import type { ArgDef, ArgsDef } from "citty";
+import { ShoalError } from "../core/errors.ts";
+import type { FrameHeader } from "../transport/frame.ts";
+import { dialMesh } from "../transport/mesh.ts";
+
+export const DEFAULT_NODE = "127.0.0.1:7400";
+
+export const nodeArgs = {
+  node: {
+    type: "string",
+    description: "any member's mesh address HOST:PORT (default $SHOAL_NODE, else 127.0.0.1:7400)",
+    valueHint: "HOST:PORT",
+  },
+  json: { type: "boolean", description: "print one JSON document on stdout instead of a table" },
+} as const satisfies ArgsDef;
+
+export function nodeAddress(args: { node?: string }): string {
+  return args.node || process.env.SHOAL_NODE || DEFAULT_NODE;
+}
+
+/** citty accepts any flag; a typo must fail loudly instead of being ignored. */
+export function rejectUnknownFlags(context: { rawArgs: string[]; cmd: { args?: unknown } }): void {
+  const known = new Set<string>(["help", "h"]);
+  for (const [name, def] of Object.entries((context.cmd.args ?? {}) as Record<string, ArgDef>)) {
+    known.add(name);
+    known.add(kebab(name));
+    if (def.type === "boolean") known.add(`no-${kebab(name)}`);
+    for (const alias of [(def as { alias?: string | string[] }).alias ?? []].flat()) known.add(alias);
+  }
+  for (const raw of context.rawArgs) {
+    if (raw === "--") break;
+    const match = /^--?([^=]+)/.exec(raw);
+    if (!match || /^-\d/.test(raw) || raw === "-") continue;
+    if (!known.has(match[1]!)) throw new ShoalError("BAD_ARGUMENT", `unknown flag '${raw}'; see --help`);
+  }
+}
+
+function kebab(name: string): string {
+  return name.replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`);
+}
+
+/** One request to a node's admin API. */
+export async function adminRequest(address: string, op: string, args: FrameHeader = {}, timeoutMs = 60_000): Promise<FrameHeader> {
+  const connection = await dialMesh(address, () => {
+    throw new ShoalError("BAD_REQUEST", "the admin client serves no requests");
+  }, { info: () => {}, warn: () => {} });
+  try {
+    await connection.request("hello", { role: "admin" }, undefined, 5000);
+    const response = await connection.request(op, args, undefined, timeoutMs);
+    return response.result;
+  } finally {
+    connection.close();
+  }
+}
+
+export function printResult(json: boolean | undefined, result: unknown, human: () => string): void {
+  if (json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  else {
+    const text = human();
+    if (text) process.stdout.write(text.endsWith("\n") ? text : `${text}\n`);
+  }
+}
+
+/** A fixed-width table with a header row. */
+export function table(headers: string[], rows: (string | number)[][]): string {
+  const cells = [headers, ...rows.map((row) => row.map(String))];
+  const widths = headers.map((_, column) => Math.max(...cells.map((row) => row[column]!.length)));
+  return cells.map((row) => row.map((cell, column) => cell.padEnd(widths[column]!)).join("  ").trimEnd()).join("\n");
+}

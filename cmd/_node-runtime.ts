@@ -1,0 +1,119 @@
+// Wires one storage node together: catalog, page store, group membership, peer mesh, volume
+// router and NBD server; and takes it apart again on SIGINT/SIGTERM without losing a write.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { Catalog } from "../core/catalog.ts";
+import { ShoalError } from "../core/errors.ts";
+import { isValidNodeId, parseHostPort, type Member } from "../core/member.ts";
+import { PageStore } from "../core/page-store.ts";
+import type { FrameHeader } from "../transport/frame.ts";
+import { Group } from "../transport/group.ts";
+import type { MeshConnection, Reply } from "../transport/mesh-connection.ts";
+import { MeshServer } from "../transport/mesh.ts";
+import { NbdServer } from "../transport/nbd-server.ts";
+import { VolumeRouter } from "../transport/volume-router.ts";
+import { AdminApi } from "./_admin-api.ts";
+import { createLog } from "./_log.ts";
+
+export interface NodeOptions {
+  id?: string;
+  dataDir: string;
+  listen: string;
+  nbd: string;
+  join?: string;
+}
+
+export interface RunningNode {
+  id: string;
+  meshPort: number;
+  nbdPort: number;
+  stop(): Promise<void>;
+}
+
+export const SHOAL_VERSION = "0.1.0";
+
+export async function startNode(options: NodeOptions): Promise<RunningNode> {
+  const log = createLog();
+  fs.mkdirSync(options.dataDir, { recursive: true });
+  const catalog = new Catalog(path.join(options.dataDir, "catalog.db"));
+  const id = resolveNodeId(catalog, options.id);
+  const store = new PageStore({ dir: options.dataDir });
+  const meshAddress = parseHostPort(options.listen);
+  const nbdAddress = parseHostPort(options.nbd);
+  const startedAtMs = Date.now();
+
+  let group: Group;
+  let router: VolumeRouter;
+  let admin: AdminApi;
+  const handler = (connection: MeshConnection, op: string, args: FrameHeader, payload: Uint8Array): Reply | Promise<Reply> => {
+    const groupResult = group.handle(connection, op, args);
+    if (groupResult !== undefined) return { result: groupResult };
+    if (connection.peerId === undefined && op !== "group.join") {
+      throw new ShoalError("BAD_REQUEST", `'${op}' before hello`);
+    }
+    const routed = router.handle(op, args, payload);
+    if (routed !== undefined) return routed;
+    const answered = admin.handle(op, args);
+    if (answered !== undefined) return answered.then((result) => ({ result }));
+    throw new ShoalError("BAD_REQUEST", `unknown mesh operation '${op}'`);
+  };
+
+  const mesh = new MeshServer(handler, { info: (m) => log.info(m), warn: (m) => log.warn(m) });
+  const meshPort = mesh.listen(meshAddress.host, meshAddress.port);
+  const self: Member = {
+    id,
+    meshAddress: `${meshAddress.host}:${meshPort}`,
+    nbdAddress: "",
+    joinedAtMs: Date.now(),
+  };
+
+  group = new Group({
+    catalog,
+    self: { ...self, nbdAddress: `${nbdAddress.host}:${nbdAddress.port}` },
+    handler,
+    log: { info: (m) => log.info(m), warn: (m) => log.warn(m) },
+    onVolumeChanged: (record, previous) => {
+      if (previous && (record.deleted || previous.uid !== record.uid)) store.dropVolume(previous.uid);
+    },
+  });
+  router = new VolumeRouter(group, store);
+  const nbd = new NbdServer({ catalog: router, log: { info: (m: string) => log.info(m), warn: (m: string) => log.warn(m) } });
+  const { port: nbdPort } = await nbd.listen(nbdAddress.host, nbdAddress.port);
+  group.addMember({ ...self, nbdAddress: `${nbdAddress.host}:${nbdPort}` });
+  admin = new AdminApi({ group, store, router, version: SHOAL_VERSION, startedAtMs });
+
+  if (group.groupId === undefined) {
+    if (options.join) await group.join(options.join);
+    else group.found();
+  } else if (options.join) {
+    log.info(`already a member of group ${group.groupId}; --join ignored`);
+  }
+  group.start();
+  log.info(`node ${id} up: mesh ${meshAddress.host}:${meshPort}, nbd ${nbdAddress.host}:${nbdPort}, data ${options.dataDir}`);
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      log.info(`node ${id} stopping: finishing requests in flight`);
+      await nbd.close();
+      mesh.stop();
+      group.stop();
+      await store.flush();
+      store.close();
+      catalog.close();
+      log.info(`node ${id} stopped`);
+    })());
+  return { id, meshPort, nbdPort, stop };
+}
+
+function resolveNodeId(catalog: Catalog, requested: string | undefined): string {
+  const stored = catalog.getMeta("node_id");
+  if (stored && requested && stored !== requested) {
+    throw new ShoalError("CONFLICT", `this data directory belongs to node '${stored}', not '${requested}'`);
+  }
+  if (stored) return stored;
+  const id = requested ?? `n-${crypto.randomUUID().slice(0, 8)}`;
+  if (!isValidNodeId(id)) throw new ShoalError("BAD_ARGUMENT", `'${id}' is not a valid node id (letters, digits, '.', '_', '-')`);
+  catalog.setMeta("node_id", id);
+  return id;
+}

@@ -1,0 +1,129 @@
+// `shoal volume`: create, list, inspect, delete, import and export volumes.
+import { defineCommand } from "citty";
+import { formatSize, parseSize } from "../core/geometry.ts";
+import { adminRequest, nodeAddress, nodeArgs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
+import { exportVolume, importVolume } from "./_volume-stream.ts";
+
+interface VolumeSummary {
+  name: string;
+  uid: string;
+  sizeBytes: number;
+  pageSizeBytes: number;
+  pageCount: number;
+  nodes: string[];
+  routingVersion: number;
+}
+
+const create = defineCommand({
+  meta: { name: "create", description: "Create a volume spread over the group's nodes" },
+  args: {
+    name: { type: "positional", description: "volume name", required: true },
+    size: { type: "string", description: "size with K/M/G/T suffix, e.g. 10G", required: true },
+    nodes: { type: "string", description: "comma-separated node ids to place pages on (default: all members)" },
+    pageSize: { type: "string", description: "page size (default 4M = 8192 blocks of 512 B)", valueHint: "SIZE" },
+    ...nodeArgs,
+  },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const result = (await adminRequest(nodeAddress(args), "admin.volume.create", {
+      name: args.name,
+      sizeBytes: parseSize(args.size),
+      pageSizeBytes: args.pageSize ? parseSize(args.pageSize) : undefined,
+      nodes: args.nodes ? args.nodes.split(",").map((node) => node.trim()).filter(Boolean) : undefined,
+    })) as unknown as VolumeSummary;
+    printResult(args.json, result, () => `created volume ${result.name}: ${formatSize(result.sizeBytes)}, ${result.pageCount} pages of ${formatSize(result.pageSizeBytes)} over ${result.nodes.join(", ")}`);
+  },
+});
+
+const list = defineCommand({
+  meta: { name: "list", description: "List volumes" },
+  args: { ...nodeArgs },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const result = await adminRequest(nodeAddress(args), "admin.volume.list");
+    const volumes = result.volumes as VolumeSummary[];
+    printResult(args.json, result, () =>
+      volumes.length === 0
+        ? "no volumes"
+        : table(
+            ["NAME", "SIZE", "PAGE", "PAGES", "NODES"],
+            volumes.map((v) => [v.name, formatSize(v.sizeBytes), formatSize(v.pageSizeBytes), v.pageCount, v.nodes.join(",")]),
+          ),
+    );
+  },
+});
+
+const info = defineCommand({
+  meta: { name: "info", description: "Show a volume: geometry, placement, pages written per node" },
+  args: { name: { type: "positional", description: "volume name", required: true }, ...nodeArgs },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const result = await adminRequest(nodeAddress(args), "admin.volume.info", { name: args.name });
+    const nodes = result.nodes as { node: string; pages: number; pagesWritten: number | null; bytesUsed: number | null }[];
+    printResult(args.json, result, () =>
+      [
+        `volume ${String(result.name)} (uid ${String(result.uid)})`,
+        `size ${formatSize(Number(result.sizeBytes))}, ${String(result.pageCount)} pages of ${formatSize(Number(result.pageSizeBytes))}, routing version ${String(result.routingVersion)}`,
+        table(
+          ["NODE", "PAGES", "WRITTEN", "USED"],
+          nodes.map((n) => [n.node, n.pages, n.pagesWritten ?? "?", n.bytesUsed === null ? "?" : formatSize(n.bytesUsed)]),
+        ),
+      ].join("\n"),
+    );
+  },
+});
+
+const remove = defineCommand({
+  meta: { name: "delete", description: "Delete a volume and free its pages on every node" },
+  args: { name: { type: "positional", description: "volume name", required: true }, ...nodeArgs },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const result = await adminRequest(nodeAddress(args), "admin.volume.delete", { name: args.name });
+    printResult(args.json, result, () => `deleted volume ${args.name}`);
+  },
+});
+
+const importCommand = defineCommand({
+  meta: { name: "import", description: "Write a file (or stdin) into a volume from offset 0, through any node" },
+  args: {
+    name: { type: "positional", description: "volume name", required: true },
+    file: { type: "positional", description: "input file, or - for stdin", required: false, default: "-" },
+    ...nodeArgs,
+  },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const result = await importVolume(nodeAddress(args), args.name, args.file ?? "-");
+    const human = `imported ${formatSize(result.bytes)} into ${result.volume} in ${result.seconds.toFixed(2)}s (${formatSize(result.bytesPerSecond)}/s)`;
+    if (args.json) printResult(true, result, () => "");
+    else process.stderr.write(`${human}\n`);
+  },
+});
+
+const exportCommand = defineCommand({
+  meta: { name: "export", description: "Read a whole volume to a file (or stdout), through any node" },
+  args: {
+    name: { type: "positional", description: "volume name", required: true },
+    file: { type: "positional", description: "output file, or - for stdout", required: false, default: "-" },
+    ...nodeArgs,
+  },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const target = args.file ?? "-";
+    const result = await exportVolume(nodeAddress(args), args.name, target);
+    // With data on stdout, the summary must go to stderr whatever --json says.
+    const line = args.json ? JSON.stringify(result) : `exported ${formatSize(result.bytes)} of ${result.volume} in ${result.seconds.toFixed(2)}s (${formatSize(result.bytesPerSecond)}/s)`;
+    if (target === "-") process.stderr.write(`${line}\n`);
+    else printResult(args.json, result, () => line);
+  },
+});
+
+export default defineCommand({
+  meta: { name: "volume", description: "Create, list, inspect, delete, import and export volumes" },
+  subCommands: { create, list, info, delete: remove, import: importCommand, export: exportCommand },
+});

@@ -1,0 +1,132 @@
+// Each node's durable catalog in bun:sqlite (WAL): its identity, the group's members and every
+// volume record with its routing table. Page data lives in files (see page-store.ts), not here.
+import { Database } from "bun:sqlite";
+import { ShoalError } from "./errors.ts";
+import type { Member } from "./member.ts";
+import { routingFromWire, routingToWire } from "./routing.ts";
+import { pageCount } from "./geometry.ts";
+import type { VolumeRecord } from "./volume.ts";
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+  id TEXT PRIMARY KEY, mesh_address TEXT NOT NULL, nbd_address TEXT NOT NULL, joined_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS volumes (
+  name TEXT PRIMARY KEY, uid TEXT NOT NULL, size_bytes INTEGER NOT NULL, page_size_bytes INTEGER NOT NULL,
+  created_at_ms INTEGER NOT NULL, version INTEGER NOT NULL, deleted INTEGER NOT NULL,
+  route_version INTEGER NOT NULL, route_nodes TEXT NOT NULL, route_owners BLOB NOT NULL
+);
+`;
+
+interface VolumeRow {
+  name: string;
+  uid: string;
+  size_bytes: number;
+  page_size_bytes: number;
+  created_at_ms: number;
+  version: number;
+  deleted: number;
+  route_version: number;
+  route_nodes: string;
+  route_owners: Uint8Array;
+}
+
+export class Catalog {
+  private readonly db: Database;
+
+  constructor(path: string) {
+    this.db = new Database(path, { create: true, strict: true });
+    // FULL: catalog changes are rare (create, delete, join) and must survive power loss.
+    this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;");
+    this.db.exec(SCHEMA);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  getMeta(key: string): string | undefined {
+    const row = this.db.query("SELECT value FROM meta WHERE key = ?").get(key) as { value: string } | null;
+    return row?.value;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.db.query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value").run(key, value);
+  }
+
+  members(): Member[] {
+    const rows = this.db.query("SELECT * FROM members ORDER BY id").all() as {
+      id: string;
+      mesh_address: string;
+      nbd_address: string;
+      joined_at_ms: number;
+    }[];
+    return rows.map((row) => ({
+      id: row.id,
+      meshAddress: row.mesh_address,
+      nbdAddress: row.nbd_address,
+      joinedAtMs: row.joined_at_ms,
+    }));
+  }
+
+  putMember(member: Member): void {
+    this.db
+      .query(
+        `INSERT INTO members (id, mesh_address, nbd_address, joined_at_ms) VALUES (?, ?, ?, ?)
+         ON CONFLICT(id) DO UPDATE SET mesh_address = excluded.mesh_address, nbd_address = excluded.nbd_address`,
+      )
+      .run(member.id, member.meshAddress, member.nbdAddress, member.joinedAtMs);
+  }
+
+  /** Every record, tombstones included (they keep a deleted name from coming back through a stale peer). */
+  volumes(): VolumeRecord[] {
+    const rows = this.db.query("SELECT * FROM volumes ORDER BY name").all() as VolumeRow[];
+    return rows.map(rowToRecord);
+  }
+
+  putVolume(record: VolumeRecord): void {
+    const wire = routingToWire(record.routing);
+    this.db
+      .query(
+        `INSERT INTO volumes (name, uid, size_bytes, page_size_bytes, created_at_ms, version, deleted,
+           route_version, route_nodes, route_owners)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT(name) DO UPDATE SET uid = excluded.uid, size_bytes = excluded.size_bytes,
+           page_size_bytes = excluded.page_size_bytes, created_at_ms = excluded.created_at_ms,
+           version = excluded.version, deleted = excluded.deleted, route_version = excluded.route_version,
+           route_nodes = excluded.route_nodes, route_owners = excluded.route_owners`,
+      )
+      .run(
+        record.name,
+        record.uid,
+        record.sizeBytes,
+        record.pageSizeBytes,
+        record.createdAtMs,
+        record.version,
+        record.deleted ? 1 : 0,
+        wire.version,
+        JSON.stringify(wire.nodes),
+        wire.owners,
+      );
+  }
+}
+
+function rowToRecord(row: VolumeRow): VolumeRecord {
+  const geometry = { sizeBytes: row.size_bytes, pageSizeBytes: row.page_size_bytes };
+  let nodes: string[];
+  try {
+    nodes = JSON.parse(row.route_nodes);
+  } catch {
+    throw new ShoalError("INTERNAL", `catalog row for volume '${row.name}' has a corrupt node list`);
+  }
+  return {
+    name: row.name,
+    uid: row.uid,
+    ...geometry,
+    createdAtMs: row.created_at_ms,
+    version: row.version,
+    deleted: row.deleted !== 0,
+    routing: routingFromWire({ version: row.route_version, nodes, owners: row.route_owners }, pageCount(geometry)),
+  };
+}

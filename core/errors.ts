@@ -1,0 +1,108 @@
+// One error type for the whole system, with a stable code that scripts and peers can match on.
+// The table below is the single place that maps a code to an NBD errno and a CLI exit code.
+
+export type ErrorCode =
+  | "BAD_ARGUMENT"
+  | "BAD_FRAME"
+  | "BAD_REQUEST"
+  | "OUT_OF_RANGE"
+  | "TOO_LARGE"
+  | "UNKNOWN_VOLUME"
+  | "VOLUME_EXISTS"
+  | "UNKNOWN_NODE"
+  | "UNKNOWN_SNAPSHOT"
+  | "SNAPSHOT_EXISTS"
+  | "NOT_OWNER"
+  | "STALE_ROUTE"
+  | "READ_ONLY"
+  | "NODE_DOWN"
+  | "TIMEOUT"
+  | "HOLD_TIMEOUT"
+  | "CONFLICT"
+  | "IO_ERROR"
+  | "NO_SPACE"
+  | "SHUTTING_DOWN"
+  | "INTERNAL";
+
+// NBD errno values from the NBD protocol (doc/proto.md, "Error values").
+export const NBD_EPERM = 1;
+export const NBD_EIO = 5;
+export const NBD_ENOMEM = 12;
+export const NBD_EINVAL = 22;
+export const NBD_ENOSPC = 28;
+export const NBD_EOVERFLOW = 75;
+export const NBD_ENOTSUP = 95;
+export const NBD_ESHUTDOWN = 108;
+
+interface CodeInfo {
+  nbdErrno: number;
+  exitCode: number;
+}
+
+// Exit codes: 1 generic failure, 2 usage, 3 not found, 4 conflict/exists, 5 unavailable (node down,
+// timeout), 6 I/O or data error. Scripts branch on these.
+const CODE_TABLE: Record<ErrorCode, CodeInfo> = {
+  BAD_ARGUMENT: { nbdErrno: NBD_EINVAL, exitCode: 2 },
+  BAD_FRAME: { nbdErrno: NBD_EINVAL, exitCode: 6 },
+  BAD_REQUEST: { nbdErrno: NBD_EINVAL, exitCode: 2 },
+  OUT_OF_RANGE: { nbdErrno: NBD_EINVAL, exitCode: 2 },
+  TOO_LARGE: { nbdErrno: NBD_EOVERFLOW, exitCode: 2 },
+  UNKNOWN_VOLUME: { nbdErrno: NBD_EINVAL, exitCode: 3 },
+  VOLUME_EXISTS: { nbdErrno: NBD_EINVAL, exitCode: 4 },
+  UNKNOWN_NODE: { nbdErrno: NBD_EINVAL, exitCode: 3 },
+  UNKNOWN_SNAPSHOT: { nbdErrno: NBD_EINVAL, exitCode: 3 },
+  SNAPSHOT_EXISTS: { nbdErrno: NBD_EINVAL, exitCode: 4 },
+  NOT_OWNER: { nbdErrno: NBD_EIO, exitCode: 5 },
+  STALE_ROUTE: { nbdErrno: NBD_EIO, exitCode: 5 },
+  READ_ONLY: { nbdErrno: NBD_EPERM, exitCode: 2 },
+  NODE_DOWN: { nbdErrno: NBD_EIO, exitCode: 5 },
+  TIMEOUT: { nbdErrno: NBD_EIO, exitCode: 5 },
+  HOLD_TIMEOUT: { nbdErrno: NBD_EIO, exitCode: 5 },
+  CONFLICT: { nbdErrno: NBD_EIO, exitCode: 4 },
+  IO_ERROR: { nbdErrno: NBD_EIO, exitCode: 6 },
+  NO_SPACE: { nbdErrno: NBD_ENOSPC, exitCode: 6 },
+  SHUTTING_DOWN: { nbdErrno: NBD_ESHUTDOWN, exitCode: 5 },
+  INTERNAL: { nbdErrno: NBD_EIO, exitCode: 1 },
+};
+
+export class ShoalError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string) {
+    super(message);
+    this.name = "ShoalError";
+    this.code = code;
+  }
+  get nbdErrno(): number {
+    return CODE_TABLE[this.code].nbdErrno;
+  }
+  get exitCode(): number {
+    return CODE_TABLE[this.code].exitCode;
+  }
+  toWire(): { code: ErrorCode; message: string } {
+    return { code: this.code, message: this.message };
+  }
+}
+
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === "string" && code in CODE_TABLE;
+}
+
+/** Rebuilds an error that crossed the mesh; unknown codes become INTERNAL rather than lying. */
+export function errorFromWire(wire: { code?: unknown; message?: unknown }): ShoalError {
+  const code = isErrorCode(wire.code) ? wire.code : "INTERNAL";
+  return new ShoalError(code, String(wire.message ?? "unknown error"));
+}
+
+/** Any thrown value as a ShoalError; OS errors keep their meaning (ENOSPC stays NO_SPACE). */
+export function asShoalError(err: unknown): ShoalError {
+  if (err instanceof ShoalError) return err;
+  const sysCode = (err as { code?: string } | null)?.code;
+  const message = err instanceof Error ? err.message : String(err);
+  if (sysCode === "ENOSPC") return new ShoalError("NO_SPACE", message);
+  if (sysCode === "EIO") return new ShoalError("IO_ERROR", message);
+  return new ShoalError("INTERNAL", message);
+}
+
+export function nbdErrnoFor(err: unknown): number {
+  return asShoalError(err).nbdErrno;
+}

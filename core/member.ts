@@ -1,0 +1,32 @@
+// A member of the group as every node records it: how to reach it on the mesh and over NBD.
+import { ShoalError } from "./errors.ts";
+
+export interface Member {
+  id: string;
+  /** host:port of the peer mesh (also where admin commands go). */
+  meshAddress: string;
+  /** host:port of the NBD server. */
+  nbdAddress: string;
+  joinedAtMs: number;
+}
+
+const NODE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export function isValidNodeId(id: string): boolean {
+  return NODE_ID.test(id);
+}
+
+/** Splits "host:port" (or "[v6]:port"); the default host is loopback. */
+export function parseHostPort(text: string, defaultPort?: number): { host: string; port: number } {
+  const bracketed = /^\[([^\]]+)\]:(\d+)$/.exec(text);
+  if (bracketed) return { host: bracketed[1]!, port: Number(bracketed[2]) };
+  const lastColon = text.lastIndexOf(":");
+  if (lastColon < 0) {
+    if (defaultPort !== undefined && text.length > 0) return { host: text, port: defaultPort };
+    throw new ShoalError("BAD_ARGUMENT", `'${text}' is not HOST:PORT`);
+  }
+  const host = text.slice(0, lastColon) || "127.0.0.1";
+  const port = Number(text.slice(lastColon + 1));
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ShoalError("BAD_ARGUMENT", `'${text}' has no valid port`);
+  return { host, port };
+}

@@ -1,0 +1,88 @@
+// A volume's catalog record as every member keeps it, and the rule that decides which of two
+// copies of a record is newer, so that members converge whatever order updates arrive in.
+import { ShoalError } from "./errors.ts";
+import { pageCount, validateGeometry, type Geometry } from "./geometry.ts";
+import { routingFromWire, routingToWire, stripedTable, type RoutingTable, type RoutingTableWire } from "./routing.ts";
+
+export interface VolumeRecord extends Geometry {
+  name: string;
+  /** Unique for this incarnation of the name: page files and peers key on it, never on the name. */
+  uid: string;
+  createdAtMs: number;
+  /** Bumped on every change (routing, deletion); the highest version wins. */
+  version: number;
+  deleted: boolean;
+  routing: RoutingTable;
+}
+
+const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+export function validateVolumeName(name: string): void {
+  if (!VOLUME_NAME.test(name)) {
+    throw new ShoalError(
+      "BAD_ARGUMENT",
+      `'${name}' is not a valid volume name: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`,
+    );
+  }
+}
+
+export interface NewVolume {
+  name: string;
+  sizeBytes: number;
+  pageSizeBytes: number;
+  nodes: string[];
+  uid: string;
+  nowMs: number;
+  /** Version of a tombstone of the same name, so the new record outranks it. */
+  previousVersion: number;
+}
+
+export function newVolumeRecord(spec: NewVolume): VolumeRecord {
+  validateVolumeName(spec.name);
+  const geometry = { sizeBytes: spec.sizeBytes, pageSizeBytes: spec.pageSizeBytes };
+  validateGeometry(geometry);
+  return {
+    name: spec.name,
+    uid: spec.uid,
+    sizeBytes: spec.sizeBytes,
+    pageSizeBytes: spec.pageSizeBytes,
+    createdAtMs: spec.nowMs,
+    version: spec.previousVersion + 1,
+    deleted: false,
+    routing: stripedTable(pageCount(geometry), spec.nodes),
+  };
+}
+
+/** True when `candidate` should replace `current`. Ties (concurrent creates) go to the larger uid. */
+export function isNewer(candidate: VolumeRecord, current: VolumeRecord | undefined): boolean {
+  if (!current) return true;
+  if (candidate.version !== current.version) return candidate.version > current.version;
+  return candidate.uid > current.uid;
+}
+
+/** The record as stored in catalogs and sent between members. */
+export interface VolumeRecordWire extends Omit<VolumeRecord, "routing"> {
+  routing: RoutingTableWire;
+}
+
+export function volumeToWire(record: VolumeRecord): VolumeRecordWire {
+  return { ...record, routing: routingToWire(record.routing) };
+}
+
+export function volumeFromWire(wire: VolumeRecordWire): VolumeRecord {
+  if (typeof wire !== "object" || wire === null || typeof wire.name !== "string" || typeof wire.uid !== "string") {
+    throw new ShoalError("BAD_FRAME", "volume record is malformed");
+  }
+  validateVolumeName(wire.name);
+  const geometry = { sizeBytes: Number(wire.sizeBytes), pageSizeBytes: Number(wire.pageSizeBytes) };
+  validateGeometry(geometry);
+  return {
+    name: wire.name,
+    uid: wire.uid,
+    ...geometry,
+    createdAtMs: Number(wire.createdAtMs),
+    version: Number(wire.version),
+    deleted: Boolean(wire.deleted),
+    routing: routingFromWire(wire.routing, pageCount(geometry)),
+  };
+}

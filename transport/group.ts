@@ -1,0 +1,288 @@
+// The group as this node sees it: members and their links, and every volume record. Changes are
+// pushed to every member; a member that missed some (down, partitioned) catches up when its
+// catalog digest differs from a peer's, which every hello and heartbeat carries.
+import { ShoalError } from "../core/errors.ts";
+import type { Catalog } from "../core/catalog.ts";
+import type { Member } from "../core/member.ts";
+import { isNewer, volumeFromWire, volumeToWire, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
+import type { FrameHeader } from "./frame.ts";
+import type { MeshConnection, RequestHandler } from "./mesh-connection.ts";
+import { dialMesh, PeerLink, type MeshLog } from "./mesh.ts";
+
+export interface GroupDump {
+  groupId: string;
+  members: Member[];
+  volumes: VolumeRecordWire[];
+}
+
+export interface GroupOptions {
+  catalog: Catalog;
+  self: Member;
+  handler: RequestHandler;
+  log: MeshLog;
+  /** Told about every record that replaced another (or arrived new). */
+  onVolumeChanged: (record: VolumeRecord, previous: VolumeRecord | undefined) => void;
+}
+
+export class Group {
+  readonly selfId: string;
+  groupId: string | undefined;
+  readonly members = new Map<string, Member>();
+  readonly volumes = new Map<string, VolumeRecord>();
+  private readonly volumesByUid = new Map<string, VolumeRecord>();
+  readonly links = new Map<string, PeerLink>();
+  private readonly syncing = new Set<string>();
+  private cachedDigest: string | undefined;
+  private started = false;
+
+  constructor(private readonly options: GroupOptions) {
+    const { catalog, self } = options;
+    this.selfId = self.id;
+    this.groupId = catalog.getMeta("group_id");
+    for (const member of catalog.members()) this.members.set(member.id, member);
+    for (const record of catalog.volumes()) this.indexVolume(record);
+    this.members.set(self.id, self);
+    catalog.putMember(self);
+  }
+
+  /** Starts links to every other member. */
+  start(): void {
+    this.started = true;
+    for (const member of this.members.values()) this.ensureLink(member);
+  }
+
+  stop(): void {
+    for (const link of this.links.values()) link.stop();
+  }
+
+  /** Founds a new group with this node as its only member. */
+  found(): void {
+    this.groupId = crypto.randomUUID();
+    this.options.catalog.setMeta("group_id", this.groupId);
+  }
+
+  /** Joins the group of the member at `address`, taking its catalog. */
+  async join(address: string): Promise<void> {
+    const connection = await dialMesh(address, this.options.handler, this.options.log);
+    try {
+      const response = await connection.request("group.join", { member: this.members.get(this.selfId) });
+      const dump = response.result as unknown as GroupDump;
+      this.groupId = dump.groupId;
+      this.options.catalog.setMeta("group_id", dump.groupId);
+      this.mergeDump(dump);
+    } finally {
+      connection.close();
+    }
+  }
+
+  // ---- members
+
+  addMember(member: Member): boolean {
+    const known = this.members.get(member.id);
+    if (known && known.meshAddress === member.meshAddress && known.nbdAddress === member.nbdAddress) return false;
+    this.members.set(member.id, member);
+    this.options.catalog.putMember(member);
+    this.cachedDigest = undefined;
+    if (known && known.meshAddress !== member.meshAddress) {
+      this.links.get(member.id)?.stop();
+      this.links.delete(member.id);
+    }
+    this.ensureLink(member);
+    return true;
+  }
+
+  private ensureLink(member: Member): void {
+    if (!this.started || member.id === this.selfId || this.links.has(member.id)) return;
+    const link = new PeerLink({
+      peerId: member.id,
+      address: member.meshAddress,
+      hello: () => ({ role: "peer", groupId: this.groupId, member: this.members.get(this.selfId), digest: this.digest() }),
+      onPeerInfo: (info) => this.onPeerInfo(member.id, info),
+      handler: this.options.handler,
+      log: this.options.log,
+      onUp: () => this.options.log.info(`node ${member.id} is up (${member.meshAddress})`),
+      onDown: () => this.options.log.warn(`node ${member.id} is down (${member.meshAddress})`),
+    });
+    this.links.set(member.id, link);
+    link.start();
+  }
+
+  isUp(nodeId: string): boolean {
+    return nodeId === this.selfId || this.links.get(nodeId)?.state === "up";
+  }
+
+  link(nodeId: string): PeerLink {
+    const link = this.links.get(nodeId);
+    if (!link) throw new ShoalError("UNKNOWN_NODE", `node '${nodeId}' is not a member of this group; \`shoal route nodes\` lists them`);
+    return link;
+  }
+
+  // ---- volumes
+
+  /** Stores `record` if it is newer than what this node has. Returns whether it did. */
+  applyVolume(record: VolumeRecord): boolean {
+    const previous = this.volumes.get(record.name);
+    if (!isNewer(record, previous)) return false;
+    this.options.catalog.putVolume(record);
+    this.indexVolume(record);
+    this.cachedDigest = undefined;
+    this.options.onVolumeChanged(record, previous);
+    return true;
+  }
+
+  private indexVolume(record: VolumeRecord): void {
+    const previous = this.volumes.get(record.name);
+    if (previous) this.volumesByUid.delete(previous.uid);
+    this.volumes.set(record.name, record);
+    if (!record.deleted) this.volumesByUid.set(record.uid, record);
+  }
+
+  /** A live volume by name, or UNKNOWN_VOLUME with a hint. */
+  volume(name: string): VolumeRecord {
+    const record = this.volumes.get(name);
+    if (!record || record.deleted) {
+      throw new ShoalError("UNKNOWN_VOLUME", `there is no volume '${name}'; \`shoal volume list\` shows what exists`);
+    }
+    return record;
+  }
+
+  volumeByUid(uid: string): VolumeRecord | undefined {
+    return this.volumesByUid.get(uid);
+  }
+
+  liveVolumes(): VolumeRecord[] {
+    return [...this.volumes.values()].filter((record) => !record.deleted);
+  }
+
+  /**
+   * Sends a changed record to every other member. Members in `required` must confirm, or this
+   * throws; the others catch up later through the digest if they are down now.
+   */
+  async publishVolume(record: VolumeRecord, required: string[]): Promise<void> {
+    const wire = volumeToWire(record);
+    const failures: string[] = [];
+    await Promise.all(
+      [...this.links.values()].map(async (link) => {
+        try {
+          await link.request("catalog.volume", { record: wire }, undefined, 10_000);
+        } catch (err) {
+          if (required.includes(link.peerId)) failures.push(`${link.peerId}: ${(err as Error).message}`);
+        }
+      }),
+    );
+    if (failures.length > 0) {
+      throw new ShoalError("NODE_DOWN", `volume '${record.name}' was not confirmed by ${failures.join("; ")}`);
+    }
+  }
+
+  // ---- convergence
+
+  /** Changes whenever members or any volume record change; equal digests mean equal catalogs. */
+  digest(): string {
+    if (this.cachedDigest === undefined) {
+      const parts: string[] = [];
+      for (const member of [...this.members.values()].sort((a, b) => a.id.localeCompare(b.id))) {
+        parts.push(`m:${member.id}@${member.meshAddress}@${member.nbdAddress}`);
+      }
+      for (const record of [...this.volumes.values()].sort((a, b) => a.name.localeCompare(b.name))) {
+        parts.push(`v:${record.name}:${record.uid}:${record.version}`);
+      }
+      this.cachedDigest = Bun.hash(parts.join("\n")).toString(16);
+    }
+    return this.cachedDigest;
+  }
+
+  dump(): GroupDump {
+    return { groupId: this.groupId ?? "", members: [...this.members.values()], volumes: [...this.volumes.values()].map(volumeToWire) };
+  }
+
+  mergeDump(dump: GroupDump): void {
+    for (const member of dump.members ?? []) {
+      if (member.id !== this.selfId) this.addMember(member);
+    }
+    for (const wire of dump.volumes ?? []) this.applyVolume(volumeFromWire(wire));
+  }
+
+  private onPeerInfo(peerId: string, info: FrameHeader): void {
+    if (info.groupId !== undefined && this.groupId !== undefined && info.groupId !== this.groupId) {
+      throw new ShoalError("CONFLICT", `node ${peerId} belongs to another group (${String(info.groupId)}); not linking to it`);
+    }
+    if (typeof info.digest === "string" && info.digest !== this.digest()) void this.pullFrom(peerId);
+  }
+
+  private async pullFrom(peerId: string): Promise<void> {
+    if (this.syncing.has(peerId)) return;
+    this.syncing.add(peerId);
+    try {
+      const response = await this.link(peerId).request("catalog.dump", {}, undefined, 10_000);
+      this.mergeDump(response.result as unknown as GroupDump);
+    } catch (err) {
+      this.options.log.warn(`catalog sync from ${peerId} failed: ${(err as Error).message}`);
+    } finally {
+      this.syncing.delete(peerId);
+    }
+  }
+
+  // ---- requests from peers
+
+  /** Handles group-level mesh requests; returns undefined for ops that are not its own. */
+  handle(connection: MeshConnection, op: string, args: FrameHeader): FrameHeader | undefined {
+    switch (op) {
+      case "hello":
+        return this.onHello(connection, args);
+      case "ping":
+        return { groupId: this.groupId, digest: this.digest() };
+      case "group.join":
+        return this.onJoin(args) as unknown as FrameHeader;
+      case "group.member":
+        this.addMember(parseMember(args.member));
+        return {};
+      case "catalog.dump":
+        return this.dump() as unknown as FrameHeader;
+      case "catalog.volume":
+        this.applyVolume(volumeFromWire(args.record as VolumeRecordWire));
+        return {};
+      default:
+        return undefined;
+    }
+  }
+
+  private onHello(connection: MeshConnection, args: FrameHeader): FrameHeader {
+    if (args.role === "peer") {
+      if (args.groupId !== this.groupId) {
+        throw new ShoalError("CONFLICT", `refusing a peer of group ${String(args.groupId)}: this node is in group ${this.groupId}`);
+      }
+      const member = parseMember(args.member);
+      if (!this.members.has(member.id)) {
+        throw new ShoalError("UNKNOWN_NODE", `node '${member.id}' is not a member of this group; start it with --join`);
+      }
+      this.addMember(member);
+      connection.peerId = member.id;
+      connection.label = `node ${member.id}`;
+      if (typeof args.digest === "string" && args.digest !== this.digest()) void this.pullFrom(member.id);
+    } else {
+      connection.peerId = "admin";
+    }
+    return { groupId: this.groupId, nodeId: this.selfId, digest: this.digest() };
+  }
+
+  private onJoin(args: FrameHeader): GroupDump {
+    const member = parseMember(args.member);
+    const isNew = this.addMember(member);
+    if (isNew) {
+      this.options.log.info(`node ${member.id} joined the group (${member.meshAddress})`);
+      for (const link of this.links.values()) {
+        if (link.peerId !== member.id) link.request("group.member", { member }).catch(() => {});
+      }
+    }
+    return this.dump();
+  }
+}
+
+function parseMember(value: unknown): Member {
+  const member = value as Member | undefined;
+  if (!member || typeof member.id !== "string" || typeof member.meshAddress !== "string" || typeof member.nbdAddress !== "string") {
+    throw new ShoalError("BAD_REQUEST", "member record is malformed");
+  }
+  return { id: member.id, meshAddress: member.meshAddress, nbdAddress: member.nbdAddress, joinedAtMs: Number(member.joinedAtMs) || Date.now() };
+}

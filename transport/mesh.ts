@@ -1,0 +1,230 @@
+// The peer mesh's sockets: a listener for peers and admin clients, outbound dialing, and
+// PeerLink, which keeps one connection to a member alive (reconnect with backoff, heartbeats).
+import type { Socket, TCPSocketListener } from "bun";
+import { ShoalError } from "../core/errors.ts";
+import { parseHostPort } from "../core/member.ts";
+import type { FrameHeader } from "./frame.ts";
+import { MeshConnection, type RequestHandler, type Response } from "./mesh-connection.ts";
+
+export interface MeshLog {
+  info(message: string): void;
+  warn(message: string): void;
+}
+
+type SocketData = { connection?: MeshConnection };
+
+export class MeshServer {
+  private listener: TCPSocketListener<SocketData> | undefined;
+  readonly connections = new Set<MeshConnection>();
+
+  constructor(
+    private readonly handler: RequestHandler,
+    private readonly log: MeshLog,
+  ) {}
+
+  listen(host: string, port: number): number {
+    this.listener = Bun.listen<SocketData>({
+      hostname: host,
+      port,
+      socket: {
+        open: (socket) => {
+          const connection = new MeshConnection({
+            socket: socket as Socket<unknown>,
+            handler: this.handler,
+            label: `${socket.remoteAddress}`,
+            warn: this.log.warn,
+            onClose: (closed) => this.connections.delete(closed),
+          });
+          socket.data = { connection };
+          this.connections.add(connection);
+        },
+        data: (socket, chunk) => socket.data.connection?.onData(chunk),
+        drain: (socket) => socket.data.connection?.onDrain(),
+        close: (socket) => socket.data.connection?.close(),
+        error: (socket) => socket.data.connection?.close(),
+      },
+    });
+    return this.listener.port;
+  }
+
+  stop(): void {
+    this.listener?.stop(true);
+    for (const connection of this.connections) connection.close();
+  }
+}
+
+/** Dials a mesh address; the returned connection is ready for requests. */
+export async function dialMesh(
+  address: string,
+  handler: RequestHandler,
+  log: MeshLog,
+  onClose?: (connection: MeshConnection) => void,
+  connectTimeoutMs = 5000,
+): Promise<MeshConnection> {
+  const { host, port } = parseHostPort(address);
+  let connection: MeshConnection | undefined;
+  const connecting = Bun.connect<SocketData>({
+    hostname: host,
+    port,
+    socket: {
+      open: (socket) => {
+        connection = new MeshConnection({ socket: socket as Socket<unknown>, handler, label: address, warn: log.warn, onClose });
+        socket.data = { connection };
+      },
+      data: (socket, chunk) => socket.data.connection?.onData(chunk),
+      drain: (socket) => socket.data.connection?.onDrain(),
+      close: (socket) => socket.data.connection?.close(),
+      error: (socket) => socket.data.connection?.close(),
+      connectError: () => {},
+    },
+  });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new ShoalError("NODE_DOWN", `no answer from ${address} in ${connectTimeoutMs} ms`)), connectTimeoutMs);
+  });
+  try {
+    await Promise.race([connecting, timeout]);
+  } catch (err) {
+    if (err instanceof ShoalError) throw err;
+    throw new ShoalError("NODE_DOWN", `cannot reach ${address}: ${(err as Error).message}`);
+  } finally {
+    clearTimeout(timer);
+  }
+  if (!connection) throw new ShoalError("NODE_DOWN", `cannot reach ${address}`);
+  return connection;
+}
+
+export interface PeerLinkOptions {
+  peerId: string;
+  address: string;
+  /** The hello sent first on every new connection; its answer is checked by `onPeerInfo`. */
+  hello: () => FrameHeader;
+  /** Called with the hello answer and every heartbeat answer; throwing refuses the peer. */
+  onPeerInfo: (result: FrameHeader) => void;
+  handler: RequestHandler;
+  log: MeshLog;
+  onUp: (link: PeerLink) => void;
+  onDown: (link: PeerLink) => void;
+  heartbeatIntervalMs?: number;
+  heartbeatTimeoutMs?: number;
+}
+
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 3000;
+/** A request to a peer that is reconnecting waits this long for it before failing. */
+const WAIT_FOR_UP_MS = 3000;
+
+/** Keeps a connection to one member alive and carries this node's requests to it. */
+export class PeerLink {
+  private connection: MeshConnection | undefined;
+  private stopped = false;
+  private backoffMs = BACKOFF_MIN_MS;
+  private heartbeat: ReturnType<typeof setInterval> | undefined;
+  private waiters: (() => void)[] = [];
+  state: "up" | "down" = "down";
+  lastHeartbeatMs = 0;
+  address: string;
+
+  constructor(private readonly options: PeerLinkOptions) {
+    this.address = options.address;
+  }
+
+  get peerId(): string {
+    return this.options.peerId;
+  }
+
+  start(): void {
+    void this.connectLoop();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearInterval(this.heartbeat);
+    this.connection?.close();
+    for (const wake of this.waiters.splice(0)) wake();
+  }
+
+  async request(op: string, args: FrameHeader, payload?: Uint8Array, timeoutMs?: number): Promise<Response> {
+    if (this.state !== "up") await this.waitForUp();
+    const connection = this.connection;
+    if (this.state !== "up" || !connection) {
+      throw new ShoalError("NODE_DOWN", `node ${this.peerId} (${this.address}) is down`);
+    }
+    return connection.request(op, args, payload, timeoutMs);
+  }
+
+  private waitForUp(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, WAIT_FOR_UP_MS);
+      this.waiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  private async connectLoop(): Promise<void> {
+    while (!this.stopped && this.state === "down") {
+      let connection: MeshConnection | undefined;
+      try {
+        connection = await dialMesh(this.address, this.options.handler, this.options.log, (closed) => this.onClosed(closed));
+        const hello = await connection.request("hello", this.options.hello(), undefined, 5000);
+        this.options.onPeerInfo(hello.result);
+        connection.peerId = this.peerId;
+        if (this.stopped) {
+          connection.close();
+          return;
+        }
+        this.connection = connection;
+        this.markUp();
+        return;
+      } catch (err) {
+        connection?.close();
+        if (err instanceof ShoalError && err.code === "CONFLICT") this.options.log.warn((err as Error).message);
+        await Bun.sleep(this.backoffMs * (0.5 + Math.random()));
+        this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
+      }
+    }
+  }
+
+  private markUp(): void {
+    this.state = "up";
+    this.backoffMs = BACKOFF_MIN_MS;
+    this.lastHeartbeatMs = Date.now();
+    for (const wake of this.waiters.splice(0)) wake();
+    const intervalMs = this.options.heartbeatIntervalMs ?? 1000;
+    const timeoutMs = this.options.heartbeatTimeoutMs ?? 3000;
+    this.heartbeat = setInterval(() => {
+      const connection = this.connection;
+      if (!connection) return;
+      if (Date.now() - this.lastHeartbeatMs > timeoutMs) {
+        this.options.log.warn(`node ${this.peerId} missed heartbeats for ${timeoutMs} ms; reconnecting`);
+        connection.close();
+        return;
+      }
+      connection.request("ping", {}, undefined, timeoutMs).then(
+        (response) => {
+          this.lastHeartbeatMs = Date.now();
+          try {
+            this.options.onPeerInfo(response.result);
+          } catch (err) {
+            this.options.log.warn((err as Error).message);
+            connection.close();
+          }
+        },
+        () => {},
+      );
+    }, intervalMs);
+    this.options.onUp(this);
+  }
+
+  private onClosed(connection: MeshConnection): void {
+    if (connection !== this.connection) return;
+    clearInterval(this.heartbeat);
+    this.connection = undefined;
+    const wasUp = this.state === "up";
+    this.state = "down";
+    if (wasUp) this.options.onDown(this);
+    if (!this.stopped) void this.connectLoop();
+  }
+}
