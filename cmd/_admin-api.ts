@@ -47,7 +47,15 @@ export class AdminApi {
   private nodeInfo(): FrameHeader {
     const { group, version, startedAtMs } = this.options;
     const self = group.members.get(group.selfId)!;
-    return { id: self.id, groupId: group.groupId, meshAddress: self.meshAddress, nbdAddress: self.nbdAddress, version, uptimeMs: Date.now() - startedAtMs };
+    return {
+      id: self.id,
+      groupId: group.groupId,
+      meshAddress: self.meshAddress,
+      nbdAddress: self.nbdAddress,
+      version,
+      uptimeMs: Date.now() - startedAtMs,
+      storeSyncs: this.options.store.syncCount,
+    };
   }
 
   private async createVolume(args: FrameHeader): Promise<FrameHeader> {

@@ -19,6 +19,7 @@ export type ErrorCode =
   | "TIMEOUT"
   | "HOLD_TIMEOUT"
   | "CONFLICT"
+  | "CLOCK_SKEW"
   | "IO_ERROR"
   | "NO_SPACE"
   | "SHUTTING_DOWN"
@@ -59,6 +60,8 @@ const CODE_TABLE: Record<ErrorCode, CodeInfo> = {
   TIMEOUT: { nbdErrno: NBD_EIO, exitCode: 5 },
   HOLD_TIMEOUT: { nbdErrno: NBD_EIO, exitCode: 5 },
   CONFLICT: { nbdErrno: NBD_EIO, exitCode: 4 },
+  // A node's clock is further from its peers' than the configured bound: fix time sync, then retry.
+  CLOCK_SKEW: { nbdErrno: NBD_EIO, exitCode: 5 },
   IO_ERROR: { nbdErrno: NBD_EIO, exitCode: 6 },
   NO_SPACE: { nbdErrno: NBD_ENOSPC, exitCode: 6 },
   SHUTTING_DOWN: { nbdErrno: NBD_ESHUTDOWN, exitCode: 5 },

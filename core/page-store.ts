@@ -31,6 +31,8 @@ export class PageStore {
   private readonly open = new Map<string, OpenPage>();
   private readonly dirtyPages = new Set<string>();
   private readonly dirtyDirs = new Set<string>();
+  /** fsync/fdatasync calls made, for tests and metrics: proves a flush reached this store. */
+  syncCount = 0;
 
   constructor(options: PageStoreOptions) {
     this.dir = path.join(options.dir, "pages");
@@ -130,6 +132,7 @@ export class PageStore {
     const entry = this.open.get(key);
     if (!entry) return; // evicted: eviction synced it
     entry.pins++;
+    this.syncCount++;
     try {
       await new Promise<void>((resolve, reject) => fs.fdatasync(entry.fd, (err) => (err ? reject(err) : resolve())));
     } finally {
@@ -206,6 +209,7 @@ export class PageStore {
     const entry = this.open.get(key);
     if (!entry) return;
     if (sync) {
+      this.syncCount++;
       fs.fdatasyncSync(entry.fd);
       this.dirtyPages.delete(key);
     }

@@ -1,6 +1,7 @@
 // `npm test`: makes sure the real NBD clients the integration tests drive are installed (with
 // apt-get when running as root; otherwise it says what to install and stops, never skips),
 // builds the binary the tests start, runs the whole suite, and ends with one summary line.
+export {};
 
 const REQUIRED_TOOLS: Record<string, string> = {
   "qemu-io": "qemu-utils",
@@ -47,7 +48,7 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   const selected = process.argv.slice(2);
-  const proc = Bun.spawn([bun, "test", ...(selected.length > 0 ? selected : ["test/unit", "test/sim", "test/integration"])], {
+  const proc = Bun.spawn([bun, "test", "--timeout", "120000", ...(selected.length > 0 ? selected : ["test/unit", "test/sim", "test/integration"])], {
     stdout: "pipe",
     stderr: "pipe",
     stdin: "ignore",

@@ -163,6 +163,8 @@ export class Group {
     const failures: string[] = [];
     await Promise.all(
       [...this.links.values()].map(async (link) => {
+        // A member that is down now catches up through the digest; don't make the admin wait.
+        if (link.state !== "up" && !required.includes(link.peerId)) return;
         try {
           await link.request("catalog.volume", { record: wire }, undefined, 10_000);
         } catch (err) {
