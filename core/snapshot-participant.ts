@@ -91,6 +91,8 @@ interface Entry {
 
 interface Tombstone {
   outcome: "committed" | "aborted";
+  /** Aborted after cutting: the coordinator decided abort, so it can never send commit. */
+  discardedCut?: boolean;
   reason?: WireError;
   forgetAtMs: number;
   persisted: boolean;
@@ -178,6 +180,16 @@ export class SnapshotParticipant {
       effects.push(...this.abortLocally(entry, new ShoalError("NODE_DOWN", `coordinator ${node} went down`), nowMs));
     }
     return effects;
+  }
+
+  /**
+   * The node must give up a snapshot not yet cut here, e.g. its bounded hold queue is full or it
+   * is shutting down: release now and tell the coordinator why. A pending cut cannot be abandoned.
+   */
+  abandon(snapshotId: string, error: ShoalError, nowMs: number): ParticipantEffect[] {
+    const entry = this.entries.get(snapshotId);
+    if (!entry || entry.phase === "pending") return NONE;
+    return this.abortLocally(entry, error, nowMs);
   }
 
   /** Call once on a fresh participant with every persisted record; pending snapshots ask their coordinator at once. */
@@ -290,7 +302,7 @@ export class SnapshotParticipant {
     if (entry.phase === "armed") return NONE;
     // A take names the prepared state it answers; after a re-prepare (duplicate prepare, restart)
     // the hold that sent ready may have lapsed in between, so cutting now could break the cut.
-    if (entry.phase === "holding") {
+    if (msg.prepareNonce !== entry.prepareNonce || entry.phase === "holding") {
       return this.abortLocally(entry, new ShoalError("CONFLICT", `take for snapshot ${msg.snapshotId} does not match node ${this.config.nodeId}'s current prepare`), nowMs);
     }
     if (entry.mode === "hold") return this.cut(entry, nowMs);
@@ -348,7 +360,9 @@ export class SnapshotParticipant {
       this.tombstones.set(snapshotId, { outcome: "committed", forgetAtMs: record.forgetAtMs, persisted: true });
       return [{ kind: "commit", snapshotId, record }, ack];
     }
-    if (tomb?.outcome === "aborted" && !entry) throw new ShoalError("INTERNAL", `commit for snapshot ${snapshotId}, which node ${this.config.nodeId} aborted`);
+    // Other aborted tombstones may be refusals of stale duplicates that came after this node
+    // committed and forgot the snapshot; only a discarded cut contradicts a commit.
+    if (tomb?.discardedCut) throw new ShoalError("INTERNAL", `commit for snapshot ${snapshotId}, whose cut node ${this.config.nodeId} discarded on the coordinator's abort`);
     return [ack];
   }
 
@@ -361,8 +375,9 @@ export class SnapshotParticipant {
     }
     this.entries.delete(snapshotId);
     this.fences.delete(snapshotId);
-    this.addTombstone(snapshotId, { outcome: "aborted", reason, forgetAtMs: nowMs + this.retainMs(entry.maxClockSkewMs), persisted: false });
-    if (entry.phase === "pending") return [{ kind: "discard", snapshotId }, ack];
+    const discardedCut = entry.phase === "pending";
+    this.addTombstone(snapshotId, { outcome: "aborted", reason, discardedCut, forgetAtMs: nowMs + this.retainMs(entry.maxClockSkewMs), persisted: false });
+    if (discardedCut) return [{ kind: "discard", snapshotId }, ack];
     if (entry.phase === "holding" || entry.phase === "ready") return [release(entry), ack];
     return [ack];
   }
@@ -403,7 +418,7 @@ export class SnapshotParticipant {
    * of it; a few more e cover clock error when the tombstone is dropped.
    */
   private retainMs(skewMs: number): number {
-    return this.config.maxPrepareAgeMs + 8 * skewMs;
+    return this.config.maxPrepareAgeMs + 8 * Math.max(skewMs, this.config.maxClockSkewMs);
   }
 
   private addTombstone(snapshotId: string, tomb: Tombstone): void {
