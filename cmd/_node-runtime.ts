@@ -6,7 +6,7 @@ import { Catalog } from "../core/catalog.ts";
 import { ShoalError } from "../core/errors.ts";
 import { isValidNodeId, parseHostPort, type Member } from "../core/member.ts";
 import { PageStore } from "../core/page-store.ts";
-import type { FrameHeader } from "../transport/frame.ts";
+import type { FrameHeader, Payload } from "../transport/frame.ts";
 import { Group } from "../transport/group.ts";
 import type { MeshConnection, Reply } from "../transport/mesh-connection.ts";
 import { MeshServer } from "../transport/mesh.ts";
@@ -45,7 +45,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   let group: Group;
   let router: VolumeRouter;
   let admin: AdminApi;
-  const handler = (connection: MeshConnection, op: string, args: FrameHeader, payload: Uint8Array): Reply | Promise<Reply> => {
+  const handler = (connection: MeshConnection, op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> => {
     const groupResult = group.handle(connection, op, args);
     if (groupResult !== undefined) return { result: groupResult };
     if (connection.peerId === undefined && op !== "group.join") {

@@ -14,10 +14,39 @@ const unpackr = new Unpackr({ useRecords: false, moreTypes: false });
 
 export type FrameHeader = Record<string, unknown>;
 
+/**
+ * A frame's payload as the views of the received chunks it spans: a forwarded 1 MiB read arrives
+ * in many chunks, and the reader copies them once, straight to where the bytes must go.
+ */
+export class Payload {
+  constructor(
+    readonly parts: Uint8Array[],
+    readonly byteLength: number,
+  ) {}
+
+  static of(bytes: Uint8Array): Payload {
+    return new Payload(bytes.byteLength === 0 ? [] : [bytes], bytes.byteLength);
+  }
+
+  copyTo(target: Uint8Array, offset: number): void {
+    for (const part of this.parts) {
+      target.set(part, offset);
+      offset += part.byteLength;
+    }
+  }
+
+  /** One contiguous view; copies only when the payload spans chunks. */
+  bytes(): Uint8Array {
+    if (this.parts.length === 1) return this.parts[0]!;
+    const whole = new Uint8Array(this.byteLength);
+    this.copyTo(whole, 0);
+    return whole;
+  }
+}
+
 export interface Frame {
   header: FrameHeader;
-  /** A view into the received bytes; empty when the frame carries no payload. */
-  payload: Uint8Array;
+  payload: Payload;
 }
 
 export const EMPTY_PAYLOAD = new Uint8Array(0);
@@ -36,63 +65,83 @@ export function encodeFrameHead(header: FrameHeader, payloadBytes: number): Uint
 }
 
 /**
- * Incremental decoder: feed chunks as they arrive, get whole frames out. A frame that spans
- * chunks is gathered once, when its last byte arrives (never re-copied per chunk). Frames in
- * a single chunk are views into it: Bun hands each data callback a buffer of its own.
+ * Incremental decoder: feed chunks as they arrive, get whole frames out. Payloads are views of
+ * the chunks (Bun hands each data callback a buffer of its own, so views stay valid); only the
+ * 8-byte prefix and the small header are ever copied, and only when they straddle chunks.
  */
 export class FrameDecoder {
   private chunks: Uint8Array[] = [];
+  /** Offset of the first unread byte in chunks[0]. */
+  private headOffset = 0;
   private buffered = 0;
-  /** Bytes needed before the buffered frame is complete; 0 while its length is unknown. */
-  private needed = 0;
 
-  /** Returns the complete frames in `chunk` (plus what was buffered). Throws BAD_FRAME on garbage. */
+  /** Returns the frames completed by `chunk`. Throws BAD_FRAME on garbage. */
   push(chunk: Uint8Array): Frame[] {
-    if (this.buffered === 0) return this.parse(chunk);
-    this.chunks.push(chunk);
-    this.buffered += chunk.byteLength;
-    if (this.buffered < Math.max(this.needed, PREFIX_BYTES)) return [];
-    const whole = new Uint8Array(this.buffered);
-    let offset = 0;
-    for (const piece of this.chunks) {
-      whole.set(piece, offset);
-      offset += piece.byteLength;
+    if (chunk.byteLength > 0) {
+      this.chunks.push(chunk);
+      this.buffered += chunk.byteLength;
     }
-    this.chunks = [];
-    this.buffered = 0;
-    return this.parse(whole);
-  }
-
-  private parse(buffer: Uint8Array): Frame[] {
     const frames: Frame[] = [];
-    const view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
-    let cursor = 0;
-    this.needed = 0;
-    while (buffer.byteLength - cursor >= PREFIX_BYTES) {
-      const rest = view.getUint32(cursor);
-      const headerBytes = view.getUint32(cursor + 4);
+    while (this.buffered >= PREFIX_BYTES) {
+      const prefix = this.peek(PREFIX_BYTES);
+      const view = new DataView(prefix.buffer, prefix.byteOffset, PREFIX_BYTES);
+      const rest = view.getUint32(0);
+      const headerBytes = view.getUint32(4);
       if (rest < 4 || rest > MAX_FRAME_BYTES || headerBytes > MAX_HEADER_BYTES || headerBytes > rest - 4) {
         throw new ShoalError("BAD_FRAME", `mesh frame with length ${rest} and header ${headerBytes} is malformed`);
       }
-      const frameEnd = cursor + 4 + rest;
-      if (frameEnd > buffer.byteLength) {
-        this.needed = 4 + rest;
-        break;
-      }
-      const headerStart = cursor + PREFIX_BYTES;
-      const payloadStart = headerStart + headerBytes;
-      frames.push({ header: decodeHeader(buffer.subarray(headerStart, payloadStart)), payload: buffer.subarray(payloadStart, frameEnd) });
-      cursor = frameEnd;
-    }
-    if (cursor < buffer.byteLength) {
-      this.chunks = [buffer.subarray(cursor)];
-      this.buffered = buffer.byteLength - cursor;
+      if (this.buffered < 4 + rest) break;
+      this.skip(PREFIX_BYTES);
+      const header = decodeHeader(this.peek(headerBytes));
+      this.skip(headerBytes);
+      const payloadBytes = rest - 4 - headerBytes;
+      frames.push({ header, payload: new Payload(this.takeParts(payloadBytes), payloadBytes) });
     }
     return frames;
   }
 
   get bufferedBytes(): number {
     return this.buffered;
+  }
+
+  /** The next `count` bytes, without consuming them: a view, or a copy if they straddle chunks. */
+  private peek(count: number): Uint8Array {
+    const first = this.chunks[0]!;
+    if (first.byteLength - this.headOffset >= count) return first.subarray(this.headOffset, this.headOffset + count);
+    const copy = new Uint8Array(count);
+    let filled = 0;
+    let offset = this.headOffset;
+    for (const chunk of this.chunks) {
+      const piece = Math.min(chunk.byteLength - offset, count - filled);
+      copy.set(chunk.subarray(offset, offset + piece), filled);
+      filled += piece;
+      offset = 0;
+      if (filled === count) break;
+    }
+    return copy;
+  }
+
+  private skip(count: number): void {
+    this.takeParts(count);
+  }
+
+  private takeParts(count: number): Uint8Array[] {
+    const parts: Uint8Array[] = [];
+    this.buffered -= count;
+    while (count > 0) {
+      const first = this.chunks[0]!;
+      const available = first.byteLength - this.headOffset;
+      if (count < available) {
+        parts.push(first.subarray(this.headOffset, this.headOffset + count));
+        this.headOffset += count;
+        return parts;
+      }
+      parts.push(this.headOffset === 0 ? first : first.subarray(this.headOffset));
+      count -= available;
+      this.chunks.shift();
+      this.headOffset = 0;
+    }
+    return parts;
   }
 }
 

@@ -2,24 +2,26 @@
 // many in flight at once. Used for peer links, inbound peers and admin clients alike.
 import type { Socket } from "bun";
 import { errorFromWire, asShoalError, ShoalError } from "../core/errors.ts";
-import { encodeFrameHead, FrameDecoder, EMPTY_PAYLOAD, type Frame, type FrameHeader } from "./frame.ts";
+import { encodeFrameHead, FrameDecoder, EMPTY_PAYLOAD, type Frame, type FrameHeader, type Payload } from "./frame.ts";
 import { SocketWriter } from "./socket-writer.ts";
 
 export interface Reply {
   result?: FrameHeader;
   payload?: Uint8Array;
+  /** Called once the payload has been handed to the socket (pooled buffers go back then). */
+  release?: () => void;
 }
 
 export type RequestHandler = (
   connection: MeshConnection,
   op: string,
   args: FrameHeader,
-  payload: Uint8Array,
+  payload: Payload,
 ) => Reply | Promise<Reply>;
 
 export interface Response {
   result: FrameHeader;
-  payload: Uint8Array;
+  payload: Payload;
 }
 
 interface Pending {
@@ -120,7 +122,7 @@ export class MeshConnection {
     }
   }
 
-  private onResponse(header: FrameHeader, payload: Uint8Array): void {
+  private onResponse(header: FrameHeader, payload: Payload): void {
     const id = header.i as number;
     const pending = this.pending.get(id);
     if (!pending) return; // timed out already
@@ -130,7 +132,7 @@ export class MeshConnection {
     else pending.reject(errorFromWire((header.e as object) ?? {}));
   }
 
-  private onRequest(header: FrameHeader, payload: Uint8Array): void {
+  private onRequest(header: FrameHeader, payload: Payload): void {
     const id = header.i;
     const op = header.op;
     const args = header.a;
@@ -151,26 +153,31 @@ export class MeshConnection {
   }
 
   private sendReply(id: number, reply: Reply): void {
-    this.send({ t: "r", i: id, ok: true, a: reply.result }, reply.payload ?? EMPTY_PAYLOAD);
+    this.send({ t: "r", i: id, ok: true, a: reply.result }, reply.payload ?? EMPTY_PAYLOAD, reply.release);
   }
 
   private sendError(id: number, err: unknown): void {
     this.send({ t: "r", i: id, ok: false, e: asShoalError(err).toWire() }, EMPTY_PAYLOAD);
   }
 
-  private send(header: FrameHeader, payload: Uint8Array): void {
-    if (this.closed) return;
+  private send(header: FrameHeader, payload: Uint8Array, release?: () => void): void {
+    if (this.closed) {
+      release?.();
+      return;
+    }
     const head = encodeFrameHead(header, payload.byteLength);
     let ok: boolean;
     if (payload.byteLength === 0) {
       ok = this.writer.write(head);
+      release?.();
     } else if (payload.byteLength <= COALESCE_BYTES) {
       const frame = new Uint8Array(head.byteLength + payload.byteLength);
       frame.set(head, 0);
       frame.set(payload, head.byteLength);
+      release?.();
       ok = this.writer.write(frame);
     } else {
-      ok = this.writer.write(head) && this.writer.write(payload);
+      ok = this.writer.write(head) && this.writer.write(payload, release);
     }
     if (!ok) {
       this.options.warn(`dropping mesh connection to ${this.label}: it is not reading (${this.writer.pendingBytes} bytes queued)`);

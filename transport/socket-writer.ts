@@ -4,6 +4,8 @@ import type { Socket } from "bun";
 
 export class SocketWriter {
   private readonly queue: Uint8Array[] = [];
+  /** Called when the queue entry at the same index has been handed to the kernel. */
+  private readonly onWritten: ((() => void) | undefined)[] = [];
   private queuedBytes = 0;
 
   constructor(
@@ -12,17 +14,24 @@ export class SocketWriter {
     readonly maxQueuedBytes: number,
   ) {}
 
-  /** Queues or writes `bytes`; returns false when the queue is over its bound. */
-  write(bytes: Uint8Array): boolean {
-    if (bytes.byteLength === 0) return true;
+  /**
+   * Queues or writes `bytes`; returns false when the queue is over its bound. `onWritten` runs
+   * once the socket has taken all of them, so a pooled buffer can be reused from then on.
+   */
+  write(bytes: Uint8Array, onWritten?: () => void): boolean {
     if (this.queue.length === 0) {
-      const written = this.socket.write(bytes);
-      if (written >= bytes.byteLength) return true;
+      const written = bytes.byteLength === 0 ? 0 : this.socket.write(bytes);
+      if (written >= bytes.byteLength) {
+        onWritten?.();
+        return true;
+      }
       const rest = bytes.subarray(Math.max(written, 0));
       this.queue.push(rest);
+      this.onWritten.push(onWritten);
       this.queuedBytes += rest.byteLength;
     } else {
       this.queue.push(bytes);
+      this.onWritten.push(onWritten);
       this.queuedBytes += bytes.byteLength;
     }
     return this.queuedBytes <= this.maxQueuedBytes;
@@ -40,6 +49,7 @@ export class SocketWriter {
         return;
       }
       this.queue.shift();
+      this.onWritten.shift()?.();
       this.queuedBytes -= head.byteLength;
     }
   }

@@ -7,7 +7,8 @@ import { MAX_REQUEST_BYTES, slicePages, type PageSlice } from "../core/geometry.
 import type { PageStore } from "../core/page-store.ts";
 import { ownerOf } from "../core/routing.ts";
 import type { VolumeRecord } from "../core/volume.ts";
-import type { FrameHeader } from "./frame.ts";
+import type { FrameHeader, Payload } from "./frame.ts";
+import { dataBuffers } from "./buffer-pool.ts";
 import type { Group } from "./group.ts";
 import type { Reply } from "./mesh-connection.ts";
 
@@ -64,7 +65,7 @@ export class VolumeRouter implements ExportCatalog {
     if (response.payload.byteLength !== slice.length) {
       throw new ShoalError("IO_ERROR", `node ${owner} returned ${response.payload.byteLength} bytes for a ${slice.length}-byte read`);
     }
-    target.set(response.payload, at);
+    response.payload.copyTo(target, at);
   }
 
   write(record: VolumeRecord, offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
@@ -177,20 +178,30 @@ export class VolumeRouter implements ExportCatalog {
   // ---- mesh requests from peers
 
   /** Handles page-level mesh requests; returns undefined for ops that are not its own. */
-  handle(op: string, args: FrameHeader, payload: Uint8Array): Reply | Promise<Reply> | undefined {
+  handle(op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> | undefined {
     switch (op) {
       case "page.read": {
         const { record, page, pageOffset } = this.pageArgs(args);
         const length = checkedLength(args.n, record, pageOffset);
-        const data = new Uint8Array(length);
-        this.executeLocalRead(record, page, pageOffset, length, data, 0);
-        return { payload: data };
+        const data = dataBuffers.acquire(length);
+        try {
+          this.executeLocalRead(record, page, pageOffset, length, data, 0);
+        } catch (err) {
+          dataBuffers.release(data);
+          throw err;
+        }
+        return { payload: data, release: () => dataBuffers.release(data) };
       }
       case "page.write": {
         const { record, page, pageOffset } = this.pageArgs(args);
         checkedLength(payload.byteLength, record, pageOffset);
-        const synced = this.executeLocalWrite(record, page, pageOffset, payload, Boolean(args.f));
-        return synced ? synced.then(() => ({})) : {};
+        // Written part by part as the chunks arrived: no gathering copy.
+        let at = pageOffset;
+        for (const part of payload.parts) {
+          this.executeLocalWrite(record, page, at, part, false);
+          at += part.byteLength;
+        }
+        return args.f ? this.store.syncPage(record.uid, page).then(() => ({})) : {};
       }
       case "page.zero": {
         const { record, page, pageOffset } = this.pageArgs(args);

@@ -16,7 +16,7 @@ describe("mesh frame codec", () => {
     const frames = new FrameDecoder().push(bytes);
     expect(frames.length).toBe(2);
     expect(frames[0]!.header).toEqual({ t: "q", i: 1, op: "x" });
-    expect([...frames[0]!.payload]).toEqual([...payload]);
+    expect([...frames[0]!.payload.bytes()]).toEqual([...payload]);
     expect(frames[1]!.payload.byteLength).toBe(0);
   });
   test("a frame split at every byte boundary decodes the same", () => {
@@ -27,7 +27,7 @@ describe("mesh frame codec", () => {
       const frames = decoder.push(bytes.subarray(cut));
       expect(frames.length).toBe(1);
       expect(frames[0]!.header.i).toBe(7);
-      expect(frames[0]!.payload.every((b) => b === 9)).toBe(true);
+      expect(frames[0]!.payload.bytes().every((b) => b === 9)).toBe(true);
     }
   });
   test("a large frame arriving in many chunks is gathered once", () => {

@@ -1,0 +1,126 @@
+// Hostile and broken clients against real nodes: each bad connection is closed (or answered with
+// an error) on its own, one log line is written, and every other client keeps being served.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import type { Socket } from "bun";
+import { encodeFrameHead } from "../../transport/frame.ts";
+import { NbdClient } from "../../transport/nbd-client.ts";
+import { run, TestCluster, waitFor } from "./_cluster.ts";
+
+let cluster: TestCluster;
+
+beforeAll(async () => {
+  cluster = await TestCluster.start(2);
+  expect((await cluster.shoal(["volume", "create", "vol", "--size", "16M"])).exitCode).toBe(0);
+  const seeded = await run(["qemu-io", "-f", "raw", "-c", "write -P 0x42 0 8M", "-c", "flush", cluster.nodes[0]!.nbdUrl("vol")]);
+  expect(seeded.exitCode).toBe(0);
+});
+afterAll(async () => {
+  await cluster?.stop();
+});
+
+/** Opens a raw TCP connection, sends `bytes`, and resolves with what came back when the peer closes (or after `waitMs`). */
+async function rawExchange(port: number, bytes: Uint8Array, waitMs = 3000): Promise<{ closed: boolean; received: Uint8Array }> {
+  const received: Uint8Array[] = [];
+  let closed = false;
+  let socket: Socket<undefined> | undefined;
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, waitMs);
+    void Bun.connect({
+      hostname: "127.0.0.1",
+      port,
+      socket: {
+        open(s) {
+          socket = s;
+          s.write(bytes);
+        },
+        data(_, chunk) {
+          received.push(new Uint8Array(chunk));
+        },
+        close() {
+          closed = true;
+          clearTimeout(timer);
+          resolve();
+        },
+        error() {},
+      },
+    });
+  });
+  socket?.end();
+  const total = new Uint8Array(received.reduce((sum, c) => sum + c.byteLength, 0));
+  let offset = 0;
+  for (const chunk of received) {
+    total.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return { closed, received: total };
+}
+
+/** The well-behaved client: reads the seeded pattern through the *other* node (forwarding included). */
+async function goodClientWorks(): Promise<void> {
+  const read = await run(["qemu-io", "-f", "raw", "-c", "read -P 0x42 0 8M", cluster.nodes[1]!.nbdUrl("vol")]);
+  expect(read.stdout).not.toMatch(/Pattern verification failed|error/);
+  expect(read.exitCode).toBe(0);
+}
+
+describe("malformed mesh input", () => {
+  test("a frame with an absurd length closes that connection only", async () => {
+    const bytes = new Uint8Array(16);
+    new DataView(bytes.buffer).setUint32(0, 0xfffffff0);
+    const { closed } = await rawExchange(cluster.nodes[0]!.meshPort, bytes);
+    expect(closed).toBe(true);
+    await goodClientWorks();
+    await waitFor("one log line about the bad frame", () => cluster.nodes[0]!.stderrLog.includes("malformed"));
+  });
+
+  test("a header that is not msgpack closes that connection only", async () => {
+    const bytes = new Uint8Array([0, 0, 0, 8, 0, 0, 0, 4, 0xc1, 0xc1, 0xc1, 0xc1]);
+    const { closed } = await rawExchange(cluster.nodes[0]!.meshPort, bytes);
+    expect(closed).toBe(true);
+    await goodClientWorks();
+  });
+
+  test("a well-formed request before hello, or for an unknown volume, gets an error answer, not a crash", async () => {
+    const head = encodeFrameHead({ t: "q", i: 1, op: "page.write", a: { v: "no-such-uid", p: 0, o: 0 } }, 4);
+    const frame = new Uint8Array([...head, 1, 2, 3, 4]);
+    const { received } = await rawExchange(cluster.nodes[0]!.meshPort, frame, 1000);
+    expect(new TextDecoder().decode(received)).toContain("before hello");
+    await goodClientWorks();
+  });
+
+  test("random garbage on the mesh port, many times, leaves the node serving", async () => {
+    for (let round = 0; round < 20; round++) {
+      const garbage = crypto.getRandomValues(new Uint8Array(64 + round * 13));
+      await rawExchange(cluster.nodes[0]!.meshPort, garbage, 200);
+    }
+    await goodClientWorks();
+  });
+});
+
+describe("malformed NBD input", () => {
+  test("a wrong magic in the client flags, or garbage, is disconnected", async () => {
+    const { closed } = await rawExchange(cluster.nodes[0]!.nbdPort, crypto.getRandomValues(new Uint8Array(200)));
+    expect(closed).toBe(true);
+    await goodClientWorks();
+  });
+
+  test("requests past the end and over 32 MiB get error replies and the connection keeps working", async () => {
+    const node = cluster.nodes[0]!;
+    const client = await NbdClient.connect({ host: "127.0.0.1", port: node.nbdPort, exportName: "vol" });
+    try {
+      await expect(client.read(16 * 1024 * 1024 - 512, 4096)).rejects.toThrow(/EINVAL|EOVERFLOW|past/i);
+      await expect(client.read(0, 33 * 1024 * 1024)).rejects.toThrow(/EINVAL|EOVERFLOW|exceeds/i);
+      const data = await client.read(0, 4096);
+      expect(data.every((b) => b === 0x42)).toBe(true);
+    } finally {
+      await client.close();
+    }
+  });
+
+  test("an unknown export is refused and a truncated request just drops that client", async () => {
+    const node = cluster.nodes[0]!;
+    await expect(NbdClient.connect({ host: "127.0.0.1", port: node.nbdPort, exportName: "nope" })).rejects.toThrow();
+    const info = await run(["nbdinfo", `nbd://127.0.0.1:${node.nbdPort}/nope`]);
+    expect(info.exitCode).not.toBe(0);
+    await goodClientWorks();
+  });
+});
