@@ -1,8 +1,7 @@
-// The two byte-stream halves both NBD ends need: an input queue that hands out frames as views of
-// the received chunks (copying only when a frame spans chunks), and an outgoing queue that holds
-// what the socket did not take (Bun's socket.write is unbuffered and may write fewer bytes).
+// Received bytes for a parser that reads fixed-size headers and then a known-length payload (the
+// NBD server and client): frames come out as views of the received chunks, and are copied once
+// only when they span chunks. Bun hands each data event a fresh buffer, so the views stay valid.
 
-/** Received chunks, consumed front to back. Bun hands each data event a fresh buffer, so views stay valid. */
 export class ByteQueue {
   private chunks: Uint8Array[] = [];
   private head = 0;
@@ -48,7 +47,8 @@ export class ByteQueue {
   }
 
   private copyOut(count: number, consume: boolean): Uint8Array {
-    const target = new Uint8Array(count);
+    // Unzeroed: every byte is overwritten below, and zeroing a 32 MiB WRITE payload is not free.
+    const target: Uint8Array = Buffer.allocUnsafe(count);
     let filled = 0;
     let index = this.head;
     let offset = this.headOffset;
@@ -75,10 +75,11 @@ export class ByteQueue {
         return;
       }
       remaining -= available;
+      // Drop the reference now: a consumed 512 KiB chunk kept alive is memory the GC must chase.
+      this.chunks[this.head] = EMPTY;
       this.head++;
       this.headOffset = 0;
     }
-    // Drop consumed chunks in batches so a long-lived connection does not keep an ever-growing array.
     if (this.head === this.chunks.length) {
       this.chunks.length = 0;
       this.head = 0;
@@ -89,71 +90,4 @@ export class ByteQueue {
   }
 }
 
-/** The part of a Bun socket the outbox needs; tests can pass a fake. */
-export interface ByteSink {
-  write(data: Uint8Array, byteOffset?: number, byteLength?: number): number;
-}
-
-/**
- * Messages not yet accepted by the socket, in order. Callers bound it by checking `queuedBytes`
- * before taking on more work; `flush` runs from the socket's drain handler.
- */
-export class Outbox {
-  private queue: Uint8Array[] = [];
-  private head = 0;
-  queuedBytes = 0;
-  /** Set once the socket refused a write (closed); later sends are dropped. */
-  broken = false;
-
-  constructor(private readonly sink: ByteSink) {}
-
-  get empty(): boolean {
-    return this.queuedBytes === 0;
-  }
-
-  /** Sends or queues `bytes`; the caller must not modify them afterwards. False if the socket is gone. */
-  send(bytes: Uint8Array): boolean {
-    if (this.broken) return false;
-    if (bytes.length === 0) return true;
-    if (this.queuedBytes === 0) {
-      const written = this.sink.write(bytes);
-      if (written < 0) return this.markBroken();
-      if (written === bytes.length) return true;
-      bytes = bytes.subarray(written);
-    }
-    this.queue.push(bytes);
-    this.queuedBytes += bytes.length;
-    return true;
-  }
-
-  /** Writes as much of the queue as the socket takes; true when the queue is empty. */
-  flush(): boolean {
-    while (this.head < this.queue.length) {
-      if (this.broken) return false;
-      const next = this.queue[this.head]!;
-      const written = this.sink.write(next);
-      if (written < 0) return this.markBroken();
-      this.queuedBytes -= written;
-      if (written < next.length) {
-        this.queue[this.head] = next.subarray(written);
-        return false;
-      }
-      this.head++;
-    }
-    this.queue.length = 0;
-    this.head = 0;
-    return true;
-  }
-
-  clear(): void {
-    this.queue = [];
-    this.head = 0;
-    this.queuedBytes = 0;
-  }
-
-  private markBroken(): false {
-    this.broken = true;
-    this.clear();
-    return false;
-  }
-}
+const EMPTY = new Uint8Array(0);

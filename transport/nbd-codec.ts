@@ -719,20 +719,29 @@ export function encodeSimpleReply(errno: number, handleHigh: number, handleLow: 
   return target;
 }
 
+/** Bytes of a successful READ reply: header (plus the chunk's offset when structured) and data. */
+export function readReplyBytes(structured: boolean, length: number): number {
+  return (structured ? STRUCTURED_READ_PAYLOAD_OFFSET : SIMPLE_REPLY_HEADER_BYTES) + length;
+}
+
 /**
- * One buffer for a successful READ reply, header filled in; the device reads straight into it at
- * `readReplyPayloadOffset`. Structured replies use a single OFFSET_DATA chunk flagged DONE, which
- * is allowed because the whole payload is known good before the first byte is sent.
+ * Fills in the header of a successful READ reply in `target` (readReplyBytes long); the device
+ * then reads straight into it at `readReplyPayloadOffset`. Structured replies use one OFFSET_DATA
+ * chunk flagged DONE, allowed because the whole payload is known good before its first byte goes.
  */
-export function allocateReadReply(structured: boolean, handleHigh: number, handleLow: number, offset: number, length: number): Uint8Array {
+export function writeReadReplyHeader(target: Uint8Array, structured: boolean, handleHigh: number, handleLow: number, offset: number, length: number): void {
   if (!structured) {
-    const target = new Uint8Array(SIMPLE_REPLY_HEADER_BYTES + length);
     writeSimpleReplyHeader(target, 0, 0, handleHigh, handleLow);
-    return target;
+    return;
   }
-  const target = new Uint8Array(STRUCTURED_READ_PAYLOAD_OFFSET + length);
   writeStructuredReplyHeader(target, 0, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, handleHigh, handleLow, 8 + length);
   writeU64(target, STRUCTURED_REPLY_HEADER_BYTES, offset);
+}
+
+/** A fresh READ reply buffer with its header written. */
+export function allocateReadReply(structured: boolean, handleHigh: number, handleLow: number, offset: number, length: number): Uint8Array {
+  const target = new Uint8Array(readReplyBytes(structured, length));
+  writeReadReplyHeader(target, structured, handleHigh, handleLow, offset, length);
   return target;
 }
 
