@@ -8,16 +8,22 @@ import { newVolumeRecord, type VolumeRecord } from "../core/volume.ts";
 import type { FrameHeader } from "../transport/frame.ts";
 import type { Group } from "../transport/group.ts";
 import type { VolumeRouter } from "../transport/volume-router.ts";
+import type { SnapshotService } from "../transport/snapshot-service.ts";
+import type { SnapshotResult } from "../core/snapshot-coordinator.ts";
+import { snapshotLayerId } from "../core/snapshot-record.ts";
 
 export interface AdminApiOptions {
   group: Group;
   store: PageStore;
   router: VolumeRouter;
+  snapshots: SnapshotService;
   version: string;
   startedAtMs: number;
 }
 
 type Usage = Record<string, VolumeUsage>;
+
+const SNAPSHOT_ATTEMPTS = 3;
 
 export class AdminApi {
   constructor(private readonly options: AdminApiOptions) {}
@@ -39,6 +45,16 @@ export class AdminApi {
         return this.routeNodes();
       case "admin.route.show":
         return Promise.resolve(this.routeShow(String(args.volume)));
+      case "admin.snap.create":
+        return this.createSnapshot(args);
+      case "admin.snap.list":
+        return this.listSnapshots(args.volume === undefined ? undefined : String(args.volume));
+      case "admin.snap.delete":
+        return this.deleteSnapshot(String(args.volume), String(args.name));
+      case "admin.snap.rollback":
+        return this.rollbackSnapshot(String(args.volume), String(args.name));
+      case "admin.snap.clone":
+        return this.cloneSnapshot(String(args.volume), String(args.name), String(args.target));
       default:
         return undefined;
     }
@@ -101,6 +117,13 @@ export class AdminApi {
   private async deleteVolume(name: string): Promise<FrameHeader> {
     const { group } = this.options;
     const record = group.volume(name);
+    const snapshots = group.liveSnapshots(name);
+    if (snapshots.length > 0) {
+      throw new ShoalError(
+        "CONFLICT",
+        `volume '${name}' has ${snapshots.length} snapshot(s) (${snapshots.map((s) => s.name).join(", ")}); delete them first with \`shoal snap delete ${name}@NAME\``,
+      );
+    }
     const tombstone: VolumeRecord = { ...record, deleted: true, version: record.version + 1 };
     group.applyVolume(tombstone);
     // Members that are down now learn of the delete through the digest when they come back.
@@ -152,6 +175,126 @@ export class AdminApi {
         runs: (runs.get(node) ?? []).map((run) => ({ ...run, text: formatRun(run) })),
       })),
     };
+  }
+
+  // ---- snapshots
+
+  private async createSnapshot(args: FrameHeader): Promise<FrameHeader> {
+    const volumes = Array.isArray(args.volumes) ? (args.volumes as unknown[]).map(String) : [];
+    const mode = args.mode === "timestamp" ? "timestamp" : args.mode === "hold" || args.mode === undefined ? "hold" : undefined;
+    if (!mode) throw new ShoalError("BAD_ARGUMENT", `unknown snapshot mode '${String(args.mode)}'; use hold or timestamp`);
+    const startedMs = performance.now();
+    const request = { volumes, name: String(args.name), mode, holdTimeoutMs: args.holdTimeoutMs === undefined ? undefined : Number(args.holdTimeoutMs) } as const;
+    let result: SnapshotResult;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        result = await this.options.snapshots.create(request);
+        break;
+      } catch (err) {
+        // A timestamp-mode take that reached someone after its cut time (a stalled event loop, a
+        // slow link) failed cleanly and may simply be tried again with a fresh cut time.
+        if (!(err instanceof ShoalError && err.code === "TIMEOUT" && mode === "timestamp" && attempt < SNAPSHOT_ATTEMPTS)) throw err;
+      }
+    }
+    return {
+      snapshotId: result.snapshotId,
+      name: result.name,
+      volumes: result.volumes,
+      mode: result.mode,
+      participants: result.participants,
+      startedAtMs: result.startedAtMs,
+      cutAtMs: result.cutAtMs ?? null,
+      pendingOn: result.pendingOn,
+      tookMs: Math.round(performance.now() - startedMs),
+    };
+  }
+
+  private async listSnapshots(volume: string | undefined): Promise<FrameHeader> {
+    const { group } = this.options;
+    if (volume !== undefined) group.volume(volume);
+    const snapshots = group.liveSnapshots(volume);
+    const nodes = [...new Set(snapshots.flatMap((s) => s.participants))];
+    const usage = await this.usageByNode(nodes);
+    return {
+      snapshots: snapshots.map((snapshot) => {
+        const layer = snapshotLayerId(snapshot.volumeUid, snapshot.snapshotId);
+        let bytes = 0;
+        let known = true;
+        for (const node of snapshot.participants) {
+          const held = usage.get(node);
+          if (!held) known = false;
+          else bytes += held[layer]?.bytes ?? 0;
+        }
+        return {
+          name: snapshot.name,
+          snapshotId: snapshot.snapshotId,
+          volume: snapshot.volume,
+          mode: snapshot.mode,
+          cutAtMs: snapshot.cutAtMs ?? snapshot.startedAtMs,
+          createdAtMs: snapshot.createdAtMs,
+          state: "complete",
+          bytesHeldOnlyByIt: known ? bytes : null,
+        };
+      }),
+    };
+  }
+
+  private async deleteSnapshot(volume: string, name: string): Promise<FrameHeader> {
+    const { group } = this.options;
+    const snapshot = group.snapshot(volume, name);
+    const tombstone = { ...snapshot, deleted: true, version: snapshot.version + 1 };
+    // Each node frees the layer in the background, page by page: clients never stall on it.
+    group.applySnapshot(tombstone);
+    await group.publishSnapshot(tombstone);
+    return { volume, name, snapshotId: snapshot.snapshotId, deleted: true };
+  }
+
+  private async rollbackSnapshot(volume: string, name: string): Promise<FrameHeader> {
+    const { group } = this.options;
+    const record = group.volume(volume);
+    const snapshot = group.snapshot(volume, name);
+    const layer = snapshotLayerId(record.uid, snapshot.snapshotId);
+    const nodes = holders(record.routing);
+    for (const node of nodes) {
+      if (!group.isUp(node)) throw new ShoalError("NODE_DOWN", `node ${node} holds pages of '${volume}' and is down; nothing was rolled back`);
+    }
+    await Promise.all(
+      nodes.map((node) =>
+        node === group.selfId
+          ? this.options.snapshots.rollbackLocal(record.uid, layer)
+          : group.link(node).request("snap.rollback", { uid: record.uid, layer }),
+      ),
+    );
+    return { volume, name, snapshotId: snapshot.snapshotId, rolledBack: true };
+  }
+
+  private async cloneSnapshot(volume: string, name: string, target: string): Promise<FrameHeader> {
+    const { group } = this.options;
+    const source = group.volume(volume);
+    const snapshot = group.snapshot(volume, name);
+    const existing = group.volumes.get(target);
+    if (existing && !existing.deleted) throw new ShoalError("VOLUME_EXISTS", `volume '${target}' already exists`);
+    const nodes = holders(source.routing);
+    for (const node of nodes) {
+      if (!group.isUp(node)) throw new ShoalError("NODE_DOWN", `node ${node} holds pages of '${volume}' and is down`);
+    }
+    const record: VolumeRecord = {
+      ...newVolumeRecord({
+        name: target,
+        sizeBytes: source.sizeBytes,
+        pageSizeBytes: source.pageSizeBytes,
+        nodes: source.routing.nodes,
+        uid: crypto.randomUUID(),
+        nowMs: Date.now(),
+        previousVersion: existing?.version ?? 0,
+        origin: snapshotLayerId(source.uid, snapshot.snapshotId),
+      }),
+      // The clone's pages live where the snapshot's do: same table, so every page reads through locally.
+      routing: { version: 1, nodes: [...source.routing.nodes], owners: source.routing.owners.slice() },
+    };
+    group.applyVolume(record);
+    await group.publishVolume(record, nodes);
+    return { ...summarize(record), origin: `${volume}@${name}` };
   }
 
   /** Page usage of each node that answers; nodes that are down are missing from the map. */

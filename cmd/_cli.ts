@@ -69,3 +69,12 @@ export function table(headers: string[], rows: (string | number)[][]): string {
   const widths = headers.map((_, column) => Math.max(...cells.map((row) => row[column]!.length)));
   return cells.map((row) => row.map((cell, column) => cell.padEnd(widths[column]!)).join("  ").trimEnd()).join("\n");
 }
+
+/** "2s", "500ms", "1.5s", "250" (ms) -> milliseconds. */
+export function parseDurationMs(text: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$/.exec(text);
+  if (!match) throw new ShoalError("BAD_ARGUMENT", `'${text}' is not a duration; use e.g. 500ms, 2s or 1m`);
+  const value = Number(match[1]);
+  const unit = match[2] ?? "ms";
+  return Math.round(unit === "ms" ? value : unit === "s" ? value * 1000 : value * 60_000);
+}

@@ -12,6 +12,8 @@ import type { MeshConnection, Reply } from "../transport/mesh-connection.ts";
 import { MeshServer } from "../transport/mesh.ts";
 import { NbdServer } from "../transport/nbd-server.ts";
 import { VolumeRouter } from "../transport/volume-router.ts";
+import { SnapshotService } from "../transport/snapshot-service.ts";
+import { snapshotLayerId } from "../core/snapshot-record.ts";
 import { AdminApi } from "./_admin-api.ts";
 import { createLog } from "./_log.ts";
 
@@ -21,6 +23,8 @@ export interface NodeOptions {
   listen: string;
   nbd: string;
   join?: string;
+  /** Bound on any node's clock error that timestamp-mode snapshots rely on. */
+  maxClockSkewMs: number;
 }
 
 export interface RunningNode {
@@ -45,12 +49,18 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   let group: Group;
   let router: VolumeRouter;
   let admin: AdminApi;
+  let snapshots: SnapshotService;
   const handler = (connection: MeshConnection, op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> => {
     const groupResult = group.handle(connection, op, args);
     if (groupResult !== undefined) return { result: groupResult };
     if (connection.peerId === undefined && op !== "group.join") {
       throw new ShoalError("BAD_REQUEST", `'${op}' before hello`);
     }
+    if (connection.peerId === "admin" && !op.startsWith("admin.")) {
+      throw new ShoalError("BAD_REQUEST", `'${op}' is for members of the group, not admin clients`);
+    }
+    if (op === "snap.msg") return { result: snapshots.onMessage(connection.peerId!, args) };
+    if (op === "snap.rollback") return snapshots.rollbackLocal(String(args.uid), String(args.layer)).then(() => ({}));
     const routed = router.handle(op, args, payload);
     if (routed !== undefined) return routed;
     const answered = admin.handle(op, args);
@@ -73,14 +83,30 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     handler,
     log: { info: (m) => log.info(m), warn: (m) => log.warn(m) },
     onVolumeChanged: (record, previous) => {
-      if (previous && (record.deleted || previous.uid !== record.uid)) store.dropVolume(previous.uid);
+      if (previous && (record.deleted || previous.uid !== record.uid)) dropLayer(previous.uid);
+      // A clone starts as an empty layer over the snapshot it was cloned from, on every node
+      // that holds its pages (the same nodes as the snapshot's).
+      if (!record.deleted && record.origin && previous?.uid !== record.uid && !store.hasLayer(record.uid)) {
+        store.createLayer(record.uid, record.origin);
+      }
     },
+    onSnapshotChanged: (record) => {
+      if (record.deleted) dropLayer(snapshotLayerId(record.volumeUid, record.snapshotId));
+    },
+    onPeerDown: (nodeId) => snapshots?.onPeerDown(nodeId),
   });
+  const dropLayer = (layer: string) => {
+    if (!store.hasLayer(layer)) return;
+    store.deleteLayer(layer).catch((err: unknown) => log.warn(`removing layer ${layer} failed: ${(err as Error).message}`));
+  };
   router = new VolumeRouter(group, store);
   const nbd = new NbdServer({ catalog: router, log: { info: (m: string) => log.info(m), warn: (m: string) => log.warn(m) } });
   const { port: nbdPort } = await nbd.listen(nbdAddress.host, nbdAddress.port);
   group.addMember({ ...self, nbdAddress: `${nbdAddress.host}:${nbdPort}` });
-  admin = new AdminApi({ group, store, router, version: SHOAL_VERSION, startedAtMs });
+  const clockSkewMs = Number(process.env.SHOAL_CLOCK_SKEW_MS ?? 0);
+  snapshots = new SnapshotService({ group, store, catalog, log: { info: (m) => log.info(m), warn: (m) => log.warn(m) }, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs });
+  router.gate = snapshots;
+  admin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
 
   if (group.groupId === undefined) {
     if (options.join) await group.join(options.join);
@@ -89,6 +115,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     log.info(`already a member of group ${group.groupId}; --join ignored`);
   }
   group.start();
+  snapshots.start();
   log.info(`node ${id} up: mesh ${meshAddress.host}:${meshPort}, nbd ${nbdAddress.host}:${nbdPort}, data ${options.dataDir}`);
 
   let stopping: Promise<void> | undefined;
@@ -96,6 +123,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     (stopping ??= (async () => {
       log.info(`node ${id} stopping: finishing requests in flight`);
       await nbd.close();
+      snapshots.stop();
       mesh.stop();
       group.stop();
       await store.flush();

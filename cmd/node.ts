@@ -1,7 +1,7 @@
 // `shoal node`: runs a storage node in the foreground until SIGINT or SIGTERM.
 import { defineCommand } from "citty";
 import { startNode } from "./_node-runtime.ts";
-import { rejectUnknownFlags } from "./_cli.ts";
+import { parseDurationMs, rejectUnknownFlags } from "./_cli.ts";
 
 export default defineCommand({
   meta: { name: "node", description: "Run a storage node (a one-node group unless --join names a member)" },
@@ -11,11 +11,24 @@ export default defineCommand({
     listen: { type: "string", description: "peer mesh and admin address", default: "127.0.0.1:7400", valueHint: "HOST:PORT" },
     nbd: { type: "string", description: "NBD address", default: "127.0.0.1:10809", valueHint: "HOST:PORT" },
     join: { type: "string", description: "join the group of the member at this mesh address", valueHint: "HOST:PORT" },
+    maxClockSkew: {
+      type: "string",
+      description: "bound on any node's clock error, for timestamp-mode snapshots (default 5ms)",
+      default: "5ms",
+      valueHint: "DURATION",
+    },
   },
   async run(context) {
     rejectUnknownFlags(context);
     const { args } = context;
-    const node = await startNode({ id: args.id, dataDir: args.data, listen: args.listen, nbd: args.nbd, join: args.join });
+    const node = await startNode({
+      id: args.id,
+      dataDir: args.data,
+      listen: args.listen,
+      nbd: args.nbd,
+      join: args.join,
+      maxClockSkewMs: parseDurationMs(args.maxClockSkew),
+    });
     await new Promise<void>((resolve) => {
       const onSignal = () => {
         process.off("SIGINT", onSignal);

@@ -6,11 +6,12 @@ import { asShoalError, ShoalError } from "../core/errors.ts";
 import { SHOAL_VERSION } from "./_node-runtime.ts";
 import node from "./node.ts";
 import route from "./route.ts";
+import snap from "./snap.ts";
 import volume from "./volume.ts";
 
 const main = defineCommand({
   meta: { name: "shoal", version: SHOAL_VERSION, description: "Distributed block storage with crash-consistent snapshots, served over NBD" },
-  subCommands: { node, volume, route },
+  subCommands: { node, volume, route, snap },
 });
 
 async function run(rawArgs: string[]): Promise<void> {

@@ -6,6 +6,7 @@ import type { Member } from "./member.ts";
 import { routingFromWire, routingToWire } from "./routing.ts";
 import { pageCount } from "./geometry.ts";
 import type { VolumeRecord } from "./volume.ts";
+import { snapshotKey, type SnapshotRecord } from "./snapshot-record.ts";
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -15,7 +16,11 @@ CREATE TABLE IF NOT EXISTS members (
 CREATE TABLE IF NOT EXISTS volumes (
   name TEXT PRIMARY KEY, uid TEXT NOT NULL, size_bytes INTEGER NOT NULL, page_size_bytes INTEGER NOT NULL,
   created_at_ms INTEGER NOT NULL, version INTEGER NOT NULL, deleted INTEGER NOT NULL,
-  route_version INTEGER NOT NULL, route_nodes TEXT NOT NULL, route_owners BLOB NOT NULL
+  route_version INTEGER NOT NULL, route_nodes TEXT NOT NULL, route_owners BLOB NOT NULL, origin TEXT
+);
+CREATE TABLE IF NOT EXISTS snapshots (key TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshot_protocol (
+  role TEXT NOT NULL, snapshot_id TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (role, snapshot_id)
 );
 `;
 
@@ -30,9 +35,10 @@ interface VolumeRow {
   route_version: number;
   route_nodes: string;
   route_owners: Uint8Array;
+  origin: string | null;
 }
 
-export class Catalog {
+export class Catalog implements SnapshotCatalog {
   private readonly db: Database;
 
   constructor(path: string) {
@@ -79,6 +85,37 @@ export class Catalog {
       .run(member.id, member.meshAddress, member.nbdAddress, member.joinedAtMs);
   }
 
+  /** Every snapshot record, tombstones included. */
+  snapshots(): SnapshotRecord[] {
+    const rows = this.db.query("SELECT record FROM snapshots").all() as { record: string }[];
+    return rows.map((row) => JSON.parse(row.record) as SnapshotRecord);
+  }
+
+  putSnapshot(record: SnapshotRecord): void {
+    this.db
+      .query("INSERT INTO snapshots (key, record) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET record = excluded.record")
+      .run(snapshotKey(record), JSON.stringify(record));
+  }
+
+  /** The snapshot protocol's durable records (coordinator decisions, participant cuts). */
+  protocolRecords<T>(role: ProtocolRole): T[] {
+    const rows = this.db.query("SELECT record FROM snapshot_protocol WHERE role = ?").all(role) as { record: string }[];
+    return rows.map((row) => JSON.parse(row.record) as T);
+  }
+
+  putProtocolRecord(role: ProtocolRole, snapshotId: string, record: unknown): void {
+    this.db
+      .query(
+        `INSERT INTO snapshot_protocol (role, snapshot_id, record) VALUES (?, ?, ?)
+         ON CONFLICT(role, snapshot_id) DO UPDATE SET record = excluded.record`,
+      )
+      .run(role, snapshotId, JSON.stringify(record));
+  }
+
+  deleteProtocolRecord(role: ProtocolRole, snapshotId: string): void {
+    this.db.query("DELETE FROM snapshot_protocol WHERE role = ? AND snapshot_id = ?").run(role, snapshotId);
+  }
+
   /** Every record, tombstones included (they keep a deleted name from coming back through a stale peer). */
   volumes(): VolumeRecord[] {
     const rows = this.db.query("SELECT * FROM volumes ORDER BY name").all() as VolumeRow[];
@@ -90,12 +127,12 @@ export class Catalog {
     this.db
       .query(
         `INSERT INTO volumes (name, uid, size_bytes, page_size_bytes, created_at_ms, version, deleted,
-           route_version, route_nodes, route_owners)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           route_version, route_nodes, route_owners, origin)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT(name) DO UPDATE SET uid = excluded.uid, size_bytes = excluded.size_bytes,
            page_size_bytes = excluded.page_size_bytes, created_at_ms = excluded.created_at_ms,
            version = excluded.version, deleted = excluded.deleted, route_version = excluded.route_version,
-           route_nodes = excluded.route_nodes, route_owners = excluded.route_owners`,
+           route_nodes = excluded.route_nodes, route_owners = excluded.route_owners, origin = excluded.origin`,
       )
       .run(
         record.name,
@@ -108,8 +145,19 @@ export class Catalog {
         wire.version,
         JSON.stringify(wire.nodes),
         wire.owners,
+        record.origin ?? null,
       );
   }
+}
+
+export type ProtocolRole = "coordinator" | "participant";
+
+export interface SnapshotCatalog {
+  snapshots(): SnapshotRecord[];
+  putSnapshot(record: SnapshotRecord): void;
+  protocolRecords<T>(role: ProtocolRole): T[];
+  putProtocolRecord(role: ProtocolRole, snapshotId: string, record: unknown): void;
+  deleteProtocolRecord(role: ProtocolRole, snapshotId: string): void;
 }
 
 function rowToRecord(row: VolumeRow): VolumeRecord {
@@ -128,5 +176,6 @@ function rowToRecord(row: VolumeRow): VolumeRecord {
     version: row.version,
     deleted: row.deleted !== 0,
     routing: routingFromWire({ version: row.route_version, nodes, owners: row.route_owners }, pageCount(geometry)),
+    ...(row.origin ? { origin: row.origin } : {}),
   };
 }

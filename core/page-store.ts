@@ -1,21 +1,50 @@
-// The pages this node owns, one sparse file per written page under <data>/pages/<volume uid>/.
-// A page never written has no file and reads as zeros, so an empty 1 TiB volume takes no space.
+// The pages this node holds, in copy-on-write layers: a volume's head layer (id = volume uid)
+// over its snapshots, clones over a snapshot. One sparse file per page a layer holds; a layer
+// with a parent holds pages chunk by chunk (see _page-file.ts), so the first write after a
+// snapshot copies one 64 KiB chunk, not the page. Taking a snapshot renames no file and copies
+// no byte: the head's layer object becomes the snapshot and a new empty head is stacked on it.
 // Reads and writes are synchronous pread/pwrite (page-cache hits cost microseconds and an async
 // hop would cost more); fsync is asynchronous and only on FLUSH, FUA and eviction.
+//
+// On disk, under <data>/pages/:
+//   layers.json           the layer table: id, parent, directory, deleting (see _layer-table.ts)
+//   <dir>/<page>          a plain page file (every chunk the layer's own)
+//   <dir>/<page>.c        a chunked page file (4 KiB chunk-state header, then the page)
+// Layer-table changes are saved in the background and are durable once flush() or a FUA
+// syncPage() returns; a directory the durable table does not name is removed at start.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { ShoalError } from "./errors.ts";
+import { fdatasyncAsync, replaceFileSync, syncDirectory, syncDirectorySync, writeDurableTemp } from "./_durable-fs.ts";
+import { type Layer, LayerTable, validateLayerId } from "./_layer-table.ts";
+import { OpenPageFiles } from "./_open-page-files.ts";
+import {
+  ABSENT,
+  allData,
+  CHUNK_HEADER_BYTES,
+  chunkShiftFor,
+  chunksIn,
+  DATA,
+  dataOffsetOf,
+  encodeHeader,
+  fileName,
+  isAllZero,
+  newPageFile,
+  type PageFile,
+  parseFileName,
+  preadFull,
+  pwriteFull,
+  readHeader,
+  validateChunkSize,
+  ZERO,
+} from "./_page-file.ts";
 
 export interface PageStoreOptions {
   dir: string;
   /** Open page files kept; beyond this the least recently used is synced if dirty and closed. */
   maxOpenFiles?: number;
-}
-
-interface OpenPage {
-  fd: number;
-  /** Syncs running on this fd; it must not be closed under them. */
-  pins: number;
+  /** Copy-on-write unit for layers with a parent; fixed when the store is first created. */
+  chunkSizeBytes?: number;
 }
 
 export interface VolumeUsage {
@@ -23,223 +52,883 @@ export interface VolumeUsage {
   bytes: number;
 }
 
+export interface LayerInfo {
+  id: string;
+  parent: string | undefined;
+  /** Pages and bytes this layer holds itself (not through its parents). */
+  pages: number;
+  bytes: number;
+  /** A deletion started and has not finished (a crash interrupted it): call deleteLayer again. */
+  deleting: boolean;
+}
+
+export const DEFAULT_CHUNK_SIZE_BYTES = 64 * 1024;
+const TABLE_FILE = "layers.json";
+const ZERO_WRITE_BYTES_MAX = 1024 * 1024;
+/** Pages a layer deletion moves before making them durable together and dropping the originals. */
+const DELETE_BATCH_PAGES = 32;
+
 export class PageStore {
   private readonly dir: string;
-  private readonly maxOpenFiles: number;
-  /** Allocated pages per volume uid, loaded at start so reads of holes need no syscall. */
-  private readonly allocated = new Map<string, Map<number, number>>();
-  private readonly open = new Map<string, OpenPage>();
-  private readonly dirtyPages = new Set<string>();
+  private readonly tablePath: string;
+  private readonly table: LayerTable;
+  private readonly open: OpenPageFiles;
+  /** Files with writes or chunk states not yet durable. */
+  private readonly dirty = new Set<PageFile>();
   private readonly dirtyDirs = new Set<string>();
+  /** Table version last made durable, the write in flight, and directories to remove after it. */
+  private durableVersion = 0;
+  private tableWriter: Promise<void> | undefined;
+  private persistQueued = false;
+  private pendingRemovals: string[] = [];
+  /** Deletions run one at a time: each walks a parent/child neighbourhood the next may change. */
+  private deletions: Promise<void> = Promise.resolve();
+  /** Orders header writes: one captured earlier never overwrites one captured later. */
+  private headerSeq = 0;
+  private scratch = new Uint8Array(0);
+  private zeros = new Uint8Array(0);
+  private closed = false;
   /** fsync/fdatasync calls made, for tests and metrics: proves a flush reached this store. */
   syncCount = 0;
 
   constructor(options: PageStoreOptions) {
     this.dir = path.join(options.dir, "pages");
-    this.maxOpenFiles = options.maxOpenFiles ?? 512;
+    this.tablePath = path.join(this.dir, TABLE_FILE);
     fs.mkdirSync(this.dir, { recursive: true });
-    this.loadAllocation();
+    this.open = new OpenPageFiles(Math.max(2, options.maxOpenFiles ?? 512), (file) => this.pathOf(file), (file) => this.syncFileNow(file));
+    const legacy = !fs.existsSync(this.tablePath);
+    this.table = this.loadTable(legacy, options.chunkSizeBytes);
+    this.loadPages(legacy);
+    if (legacy || this.table.version > 0) this.saveTableNow();
   }
 
-  private loadAllocation(): void {
-    for (const uid of fs.readdirSync(this.dir)) {
-      const pages = new Map<number, number>();
-      for (const name of fs.readdirSync(path.join(this.dir, uid))) {
-        const page = Number(name);
-        if (Number.isInteger(page) && String(page) === name) pages.set(page, pageBytesOnDisk(path.join(this.dir, uid, name)));
+  // ---- loading
+
+  private loadTable(legacy: boolean, chunkSizeBytes: number | undefined): LayerTable {
+    if (chunkSizeBytes !== undefined) validateChunkSize(chunkSizeBytes);
+    for (const temp of [`${this.tablePath}.tmp`, `${this.tablePath}.tmp-close`]) fs.rmSync(temp, { force: true });
+    if (legacy) return new LayerTable(chunkSizeBytes ?? DEFAULT_CHUNK_SIZE_BYTES);
+    const table = LayerTable.decode(fs.readFileSync(this.tablePath, "utf8"), this.tablePath);
+    if (chunkSizeBytes !== undefined && chunkSizeBytes !== table.chunkSizeBytes) {
+      throw new ShoalError(
+        "BAD_ARGUMENT",
+        `the page store in ${this.dir} was created with ${table.chunkSizeBytes}-byte chunks; start it with that chunk size (or none)`,
+      );
+    }
+    return table;
+  }
+
+  /**
+   * Attaches each layer's directory. A directory the table does not name is a change that never
+   * became durable or one retired after it: removed. Before layer tables existed, every
+   * directory was a volume (its name the uid) with no parent: adopted as such, once.
+   */
+  private loadPages(legacy: boolean): void {
+    const byDirectory = this.table.byDirectory();
+    for (const entry of fs.readdirSync(this.dir, { withFileTypes: true })) {
+      if (!entry.isDirectory()) continue;
+      const layer = byDirectory.get(entry.name) ?? (legacy ? this.table.adoptLegacy(entry.name) : undefined);
+      if (layer === undefined) {
+        fs.rmSync(path.join(this.dir, entry.name), { recursive: true, force: true });
+        continue;
       }
-      this.allocated.set(uid, pages);
+      layer.dirExists = true;
+      this.loadLayerPages(layer);
     }
   }
 
-  isAllocated(uid: string, page: number): boolean {
-    return this.allocated.get(uid)?.has(page) ?? false;
+  private loadLayerPages(layer: Layer): void {
+    const dir = this.layerDir(layer);
+    for (const name of fs.readdirSync(dir)) {
+      const parsed = parseFileName(name);
+      if (parsed === undefined) continue;
+      const filePath = path.join(dir, name);
+      if (layer.pages.has(parsed.page)) {
+        throw new ShoalError("IO_ERROR", `${dir} holds page ${parsed.page} twice (plain and chunked); restore this node's data directory`);
+      }
+      if (!parsed.chunked) {
+        layer.pages.set(parsed.page, newPageFile(layer, parsed.page, fs.statSync(filePath).size, 0, undefined));
+        continue;
+      }
+      const fd = fs.openSync(filePath, "r");
+      let header: ReturnType<typeof readHeader>;
+      try {
+        header = readHeader(fd, filePath, this.table.chunkSizeBytes);
+      } finally {
+        fs.closeSync(fd);
+      }
+      // Never synced: it held nothing durable, and a missing file reads the same (all ABSENT).
+      if (header === undefined) fs.rmSync(filePath, { force: true });
+      else layer.pages.set(parsed.page, newPageFile(layer, parsed.page, header.pageSizeBytes, header.chunkShift, header.states));
+    }
+  }
+
+  // ---- the data path
+
+  /** True when the layer or a layer below it holds the page (it may not read as zeros). */
+  isAllocated(layerId: string, page: number): boolean {
+    const layer = this.table.get(layerId);
+    if (layer === undefined) return false;
+    if (layer.parent === undefined) return layer.pages.has(page);
+    return this.heldFrom(this.table.chainOf(layer), 0, page);
   }
 
   /** Reads `length` bytes at `pageOffset` of a page into target[targetOffset...]. */
-  read(uid: string, page: number, pageOffset: number, length: number, target: Uint8Array, targetOffset: number): void {
-    if (!this.isAllocated(uid, page)) {
+  read(layerId: string, page: number, pageOffset: number, length: number, target: Uint8Array, targetOffset: number): void {
+    const layer = this.table.get(layerId);
+    if (layer === undefined || length === 0) {
       target.fill(0, targetOffset, targetOffset + length);
       return;
     }
-    const fd = this.fdFor(uid, page, false);
-    let done = 0;
-    while (done < length) {
-      const count = fs.readSync(fd, target, targetOffset + done, length - done, pageOffset + done);
-      if (count === 0) break;
-      done += count;
-    }
-    // A page file is created at full length, so a short read means someone truncated it.
-    if (done < length) target.fill(0, targetOffset + done, targetOffset + length);
-  }
-
-  write(uid: string, page: number, pageOffset: number, data: Uint8Array, pageSizeBytes: number): void {
-    const fd = this.fdFor(uid, page, true, pageSizeBytes);
-    let done = 0;
-    while (done < data.byteLength) {
-      done += fs.writeSync(fd, data, done, data.byteLength - done, pageOffset + done);
-    }
-    this.dirtyPages.add(pageKey(uid, page));
-  }
-
-  /** Zeroes a range; a whole page is dropped (its file removed), freeing the space. */
-  zero(uid: string, page: number, pageOffset: number, length: number, pageSizeBytes: number): void {
-    if (!this.isAllocated(uid, page)) return;
-    if (pageOffset === 0 && length === pageSizeBytes) {
-      this.dropPage(uid, page);
+    if (layer.deleting) throw deletingError(layer);
+    const file = layer.pages.get(page);
+    if (file !== undefined && (file.states === undefined || allData(file.states, pageOffset >> file.chunkShift, (pageOffset + length - 1) >> file.chunkShift))) {
+      this.readFile(file, pageOffset, length, target, targetOffset);
       return;
     }
-    const zeros = new Uint8Array(Math.min(length, 1024 * 1024));
-    for (let done = 0; done < length; done += zeros.byteLength) {
-      this.write(uid, page, pageOffset + done, zeros.subarray(0, Math.min(zeros.byteLength, length - done)), pageSizeBytes);
+    if (file === undefined && layer.parent === undefined) {
+      target.fill(0, targetOffset, targetOffset + length);
+      return;
     }
+    this.readThrough(this.table.chainOf(layer), 0, page, pageOffset, length, target, targetOffset);
   }
 
-  private dropPage(uid: string, page: number): void {
-    const key = pageKey(uid, page);
-    this.closePage(key, false);
-    this.dirtyPages.delete(key);
-    fs.rmSync(this.pagePath(uid, page), { force: true });
-    this.allocated.get(uid)?.delete(page);
-    this.dirtyDirs.add(path.join(this.dir, uid));
+  write(layerId: string, page: number, pageOffset: number, data: Uint8Array, pageSizeBytes: number): void {
+    if (data.byteLength === 0) return;
+    const layer = this.table.get(layerId) ?? this.createImplicitLayer(layerId);
+    if (layer.deleting || layer.children > 0) throw notWritableError(layer);
+    const file = layer.pages.get(page) ?? this.createPageFile(layer, page, pageSizeBytes, this.heldBelow(layer, page));
+    if (file.states === undefined || allData(file.states, pageOffset >> file.chunkShift, (pageOffset + data.byteLength - 1) >> file.chunkShift)) {
+      pwriteFull(this.open.fdOf(file), data, dataOffsetOf(file) + pageOffset);
+      this.markDataDirty(file);
+      return;
+    }
+    this.writeChunks(layer, file, pageOffset, data);
   }
 
-  /** Makes one page durable (FUA), including its directory entry if the file is new. */
-  async syncPage(uid: string, page: number): Promise<void> {
-    const key = pageKey(uid, page);
-    if (this.dirtyPages.has(key)) {
-      this.dirtyPages.delete(key);
-      await this.syncOpen(key);
+  /**
+   * Zeroes a range. A whole page of a base layer is dropped (its file removed, freeing the
+   * space); a layer with a parent must record the zeros or the parent's bytes would show through.
+   */
+  zero(layerId: string, page: number, pageOffset: number, length: number, pageSizeBytes: number): void {
+    const layer = this.table.get(layerId);
+    if (layer === undefined || length === 0) return;
+    if (layer.deleting || layer.children > 0) throw notWritableError(layer);
+    const file = layer.pages.get(page);
+    if (file === undefined && !this.heldBelow(layer, page)) return; // reads as zeros already
+    if (pageOffset === 0 && length === pageSizeBytes) {
+      this.zeroPage(layer, page, file, pageSizeBytes);
+      return;
     }
-    const dir = path.join(this.dir, uid);
-    if (this.dirtyDirs.has(dir)) {
-      this.dirtyDirs.delete(dir);
-      await syncDirectory(dir);
-    }
+    const target = file ?? this.createPageFile(layer, page, pageSizeBytes, true);
+    if (target.states === undefined) this.writeZeros(target, pageOffset, length);
+    else this.zeroChunks(layer, target, pageOffset, length);
   }
 
-  /** Makes every write that completed before the call durable. */
+  // ---- durability
+
+  /** Makes one page durable (FUA), with its directory entry and the layer table if they changed. */
+  async syncPage(layerId: string, page: number): Promise<void> {
+    const layer = this.table.get(layerId);
+    const file = layer?.pages.get(page);
+    if (file !== undefined) await this.syncFile(file);
+    if (layer !== undefined) await this.syncDirIfDirty(this.layerDir(layer));
+    await this.syncDirIfDirty(this.dir);
+    await this.persistTable();
+  }
+
+  /** Makes every write and layer change that completed before the call durable. */
   async flush(): Promise<void> {
-    const pages = [...this.dirtyPages];
+    const files = [...this.dirty];
     const dirs = [...this.dirtyDirs];
-    this.dirtyPages.clear();
     this.dirtyDirs.clear();
-    await Promise.all(pages.map((key) => this.syncOpen(key)));
-    await Promise.all(dirs.map(syncDirectory));
-  }
-
-  private async syncOpen(key: string): Promise<void> {
-    const entry = this.open.get(key);
-    if (!entry) return; // evicted: eviction synced it
-    entry.pins++;
-    this.syncCount++;
     try {
-      await new Promise<void>((resolve, reject) => fs.fdatasync(entry.fd, (err) => (err ? reject(err) : resolve())));
-    } finally {
-      entry.pins--;
+      await Promise.all(files.map((file) => this.syncFile(file)));
+      await Promise.all(dirs.map(syncDirectory));
+    } catch (err) {
+      for (const dir of dirs) this.dirtyDirs.add(dir);
+      throw err;
     }
+    this.syncCount += dirs.length;
+    await this.persistTable();
   }
 
-  /** Pages and bytes on disk per volume uid. */
+  /** Syncs everything synchronously and closes every file; call after `await flush()`. */
+  close(): void {
+    if (this.closed) return;
+    for (const file of [...this.dirty]) this.syncFileNow(file);
+    for (const file of this.open.list()) this.open.close(file);
+    for (const dir of this.dirtyDirs) syncDirectorySync(dir);
+    this.dirtyDirs.clear();
+    if (this.durableVersion < this.table.version) this.saveTableNow();
+    this.closed = true;
+  }
+
+  // ---- layers
+
+  hasLayer(layerId: string): boolean {
+    return this.table.get(layerId) !== undefined;
+  }
+
+  parentOf(layerId: string): string | undefined {
+    return this.table.get(layerId)?.parent?.id;
+  }
+
+  /** An empty layer over a parent (a clone's head over a snapshot), or a new base layer. */
+  createLayer(layerId: string, parentLayerId: string | undefined): void {
+    const parent = parentLayerId === undefined ? undefined : this.requireLayer(parentLayerId);
+    if (parent?.deleting) throw deletingError(parent);
+    this.table.create(layerId, parent);
+    this.tableChanged();
+  }
+
+  /**
+   * Snapshots a head now, atomically with respect to reads and writes (nothing here awaits):
+   * the head's pages become the snapshot layer's and the head becomes an empty layer over it.
+   * O(1): no page file is touched. Durable with the next flush().
+   */
+  freezeLayer(headLayerId: string, snapshotLayerId: string): void {
+    validateLayerId(headLayerId);
+    validateLayerId(snapshotLayerId);
+    if (this.table.get(snapshotLayerId) !== undefined) {
+      throw new ShoalError("SNAPSHOT_EXISTS", `layer '${snapshotLayerId}' already exists on this node`);
+    }
+    const head = this.table.get(headLayerId) ?? this.table.create(headLayerId, undefined);
+    if (head.deleting) throw deletingError(head);
+    this.table.freeze(head, snapshotLayerId);
+    this.tableChanged();
+  }
+
+  /** Rollback: drops the head's own pages and stacks it on `parentLayerId`; it then reads as that. */
+  resetLayer(headLayerId: string, parentLayerId: string | undefined): void {
+    const parent = parentLayerId === undefined ? undefined : this.requireLayer(parentLayerId);
+    if (parent?.deleting) throw deletingError(parent);
+    const head = this.table.get(headLayerId);
+    if (head === undefined) {
+      this.table.create(headLayerId, parent);
+      this.tableChanged();
+      return;
+    }
+    if (head.deleting) throw deletingError(head);
+    if (head.children > 0) throw stackedError(head, "rolled back");
+    if (parent === head) throw new ShoalError("BAD_ARGUMENT", `layer '${head.id}' cannot be its own parent`);
+    this.forgetPages(head);
+    if (head.dirExists) this.pendingRemovals.push(this.layerDir(head));
+    this.table.renew(head);
+    this.table.setParent(head, parent);
+    this.tableChanged();
+  }
+
+  /**
+   * Removes a layer. Layers stacked on it first receive the chunks they read through it (a sole
+   * child lacking a page takes the file by rename), page by page, yielding to client I/O between
+   * steps; only then do they move to the layer's parent. A crash at any point leaves every other
+   * layer reading as before, and the layer marked so a second call finishes the job. Idempotent.
+   */
+  deleteLayer(layerId: string): Promise<void> {
+    // Marked now, so reads fail from this call on rather than once the queue reaches it.
+    const layer = this.table.get(layerId);
+    if (layer !== undefined && !layer.deleting) {
+      layer.deleting = true;
+      this.table.changed();
+      this.tableChanged();
+    }
+    const run = this.deletions.then(() => this.deleteLayerNow(layerId));
+    // The next deletion runs whatever this one's fate; this one's caller gets its error.
+    this.deletions = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Removes a layer at once, without moving its pages anywhere (a deleted volume's head). */
+  dropVolume(layerId: string): void {
+    const layer = this.table.get(layerId);
+    if (layer === undefined) return;
+    if (layer.deleting) throw deletingError(layer);
+    if (layer.children > 0) throw stackedError(layer, "dropped");
+    this.forgetPages(layer);
+    if (layer.dirExists) this.pendingRemovals.push(this.layerDir(layer));
+    this.table.remove(layer);
+    this.tableChanged();
+  }
+
+  layers(): LayerInfo[] {
+    const result: LayerInfo[] = [];
+    for (const layer of this.table.all()) {
+      result.push({ id: layer.id, parent: layer.parent?.id, pages: layer.pages.size, bytes: heldBytes(layer), deleting: layer.deleting });
+    }
+    return result.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  /** Pages and bytes each layer holds itself. */
   usage(): Map<string, VolumeUsage> {
     const result = new Map<string, VolumeUsage>();
-    for (const [uid, pages] of this.allocated) {
-      let bytes = 0;
-      for (const size of pages.values()) bytes += size;
-      result.set(uid, { pages: pages.size, bytes });
-    }
+    for (const layer of this.table.all()) result.set(layer.id, { pages: layer.pages.size, bytes: heldBytes(layer) });
     return result;
   }
 
-  /** Removes every page of a volume (deleted volumes). */
-  dropVolume(uid: string): void {
-    for (const key of [...this.open.keys()]) if (key.startsWith(`${uid}/`)) this.closePage(key, false);
-    for (const key of [...this.dirtyPages]) if (key.startsWith(`${uid}/`)) this.dirtyPages.delete(key);
-    fs.rmSync(path.join(this.dir, uid), { recursive: true, force: true });
-    this.allocated.delete(uid);
+  /**
+   * Pages that may differ between a layer and its ancestor (all pages held anywhere in its chain
+   * without one), sorted; from metadata only. For incremental archives.
+   */
+  changedPages(layerId: string, ancestorLayerId: string | undefined): number[] {
+    const layer = this.table.get(layerId);
+    if (layer === undefined) {
+      if (ancestorLayerId !== undefined) throw new ShoalError("UNKNOWN_SNAPSHOT", `node has no layer '${layerId}'`);
+      return [];
+    }
+    const chain = this.table.chainOf(layer);
+    const stop = ancestorLayerId === undefined ? chain.length : chain.findIndex((candidate) => candidate.id === ancestorLayerId);
+    if (stop < 0) throw new ShoalError("BAD_ARGUMENT", `layer '${ancestorLayerId}' is not below layer '${layerId}'`);
+    const pages = new Set<number>();
+    for (let index = 0; index < stop; index++) for (const page of chain[index]!.pages.keys()) pages.add(page);
+    return [...pages].sort((a, b) => a - b);
+  }
+
+  // ---- reading through layers
+
+  private readFile(file: PageFile, pageOffset: number, length: number, target: Uint8Array, targetOffset: number): void {
+    const done = preadFull(this.open.fdOf(file), target, targetOffset, length, dataOffsetOf(file) + pageOffset);
+    // Files are created at full length, so a short read means someone truncated it.
+    if (done < length) target.fill(0, targetOffset + done, targetOffset + length);
+  }
+
+  /** Reads a range as chain[from] sees it: per chunk, from the first layer that has it. */
+  private readThrough(chain: Layer[], from: number, page: number, pageOffset: number, length: number, target: Uint8Array, targetOffset: number): void {
+    let top: PageFile | undefined;
+    let topIndex = from;
+    for (; top === undefined && topIndex < chain.length; topIndex++) top = chain[topIndex]!.pages.get(page);
+    topIndex--;
+    if (top === undefined) {
+      target.fill(0, targetOffset, targetOffset + length);
+      return;
+    }
+    if (top.states === undefined) {
+      this.readFile(top, pageOffset, length, target, targetOffset);
+      return;
+    }
+    // Runs of chunks with the same source become one pread (or one fill).
+    const shift = top.chunkShift;
+    const end = pageOffset + length;
+    let runStart = pageOffset;
+    let runSource = sourceOf(chain, topIndex, page, pageOffset >> shift);
+    for (let at = ((pageOffset >> shift) + 1) << shift; at < end; at += 1 << shift) {
+      const source = sourceOf(chain, topIndex, page, at >> shift);
+      if (source === runSource) continue;
+      this.readRun(runSource, runStart, at, pageOffset, target, targetOffset);
+      runSource = source;
+      runStart = at;
+    }
+    this.readRun(runSource, runStart, end, pageOffset, target, targetOffset);
+  }
+
+  private readRun(source: PageFile | null, start: number, stop: number, pageOffset: number, target: Uint8Array, targetOffset: number): void {
+    const at = targetOffset + start - pageOffset;
+    if (source === null) target.fill(0, at, at + stop - start);
+    else this.readFile(source, start, stop - start, target, at);
+  }
+
+  private heldBelow(layer: Layer, page: number): boolean {
+    return layer.parent !== undefined && this.heldFrom(this.table.chainOf(layer), 1, page);
+  }
+
+  private heldFrom(chain: Layer[], from: number, page: number): boolean {
+    for (let index = from; index < chain.length; index++) if (chain[index]!.pages.has(page)) return true;
+    return false;
+  }
+
+  // ---- writing into a layer
+
+  /** Chunk by chunk: a partial write to a chunk the layer lacks copies that chunk up first. */
+  private writeChunks(layer: Layer, file: PageFile, pageOffset: number, data: Uint8Array): void {
+    const states = file.states!;
+    const chunkBytes = 2 ** file.chunkShift;
+    const end = pageOffset + data.byteLength;
+    for (let at = pageOffset; at < end; ) {
+      const chunk = at >> file.chunkShift;
+      const chunkStart = chunk * chunkBytes;
+      const stop = Math.min(end, chunkStart + chunkBytes);
+      const piece = data.subarray(at - pageOffset, stop - pageOffset);
+      const state = states[chunk];
+      if (state === DATA || (at === chunkStart && stop === chunkStart + chunkBytes)) {
+        pwriteFull(this.open.fdOf(file), piece, CHUNK_HEADER_BYTES + at);
+      } else {
+        // ZERO: the region may still hold bytes from before the zeroing; write the whole chunk.
+        const scratch = this.scratchOf(chunkBytes);
+        if (state === ZERO) scratch.fill(0);
+        else this.readThrough(this.table.chainOf(layer), 1, file.page, chunkStart, chunkBytes, scratch, 0);
+        scratch.set(piece, at - chunkStart);
+        pwriteFull(this.open.fdOf(file), scratch, CHUNK_HEADER_BYTES + chunkStart);
+      }
+      this.setState(file, chunk, DATA);
+      at = stop;
+    }
+    this.markDataDirty(file);
+  }
+
+  private zeroChunks(layer: Layer, file: PageFile, pageOffset: number, length: number): void {
+    const chunkBytes = 2 ** file.chunkShift;
+    const end = pageOffset + length;
+    for (let at = pageOffset; at < end; ) {
+      const chunkStart = (at >> file.chunkShift) * chunkBytes;
+      const stop = Math.min(end, chunkStart + chunkBytes);
+      if (at === chunkStart && stop === chunkStart + chunkBytes) this.setState(file, at >> file.chunkShift, ZERO);
+      else this.writeChunks(layer, file, at, this.zerosOf(stop - at));
+      at = stop;
+    }
+  }
+
+  private zeroPage(layer: Layer, page: number, file: PageFile | undefined, pageSizeBytes: number): void {
+    if (layer.parent === undefined) {
+      if (file !== undefined) this.dropPage(file);
+      return;
+    }
+    if (file === undefined) {
+      // A sparse plain file: every chunk the layer's own, all zeros.
+      this.markDataDirty(this.createPageFile(layer, page, pageSizeBytes, false));
+      return;
+    }
+    // Truncating frees the blocks; the header (kept, it is below the cut) still describes
+    // chunks as before until it is rewritten after the next sync, and either way reads zeros
+    // or the old bytes per chunk, never a mix within a sector.
+    if (file.states !== undefined) for (let chunk = 0; chunk < file.states.length; chunk++) this.setState(file, chunk, ZERO);
+    const fd = this.open.fdOf(file);
+    fs.ftruncateSync(fd, dataOffsetOf(file));
+    fs.ftruncateSync(fd, dataOffsetOf(file) + file.pageSizeBytes);
+    this.markDataDirty(file);
+  }
+
+  private writeZeros(file: PageFile, pageOffset: number, length: number): void {
+    for (let done = 0; done < length; done += ZERO_WRITE_BYTES_MAX) {
+      pwriteFull(this.open.fdOf(file), this.zerosOf(Math.min(ZERO_WRITE_BYTES_MAX, length - done)), pageOffset + done);
+    }
+    this.markDataDirty(file);
+  }
+
+  private createPageFile(layer: Layer, page: number, pageSizeBytes: number, chunked: boolean): PageFile {
+    const chunkShift = chunked ? chunkShiftFor(pageSizeBytes, this.table.chunkSizeBytes) : 0;
+    const states = chunked ? new Uint8Array(chunksIn(pageSizeBytes, chunkShift)) : undefined;
+    const file = newPageFile(layer, page, pageSizeBytes, chunkShift, states);
+    this.ensureDir(layer);
+    const fd = fs.openSync(this.pathOf(file), "w+");
+    try {
+      fs.ftruncateSync(fd, dataOffsetOf(file) + pageSizeBytes);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+    layer.pages.set(page, file);
+    this.dirtyDirs.add(this.layerDir(layer));
+    this.open.adopt(file, fd);
+    return file;
+  }
+
+  private dropPage(file: PageFile): void {
+    this.open.close(file);
+    this.markClean(file);
+    fs.rmSync(this.pathOf(file), { force: true });
+    file.layer.pages.delete(file.page);
+    this.dirtyDirs.add(this.layerDir(file.layer));
+  }
+
+  /** Forgets every page of a layer whose directory is being retired (no unlink per file). */
+  private forgetPages(layer: Layer): void {
+    for (const file of layer.pages.values()) {
+      this.open.close(file);
+      this.markClean(file);
+    }
+    layer.pages.clear();
+  }
+
+  private setState(file: PageFile, chunk: number, state: number): void {
+    const states = file.states!;
+    const old = states[chunk];
+    if (old === state) return;
+    if (old === DATA) file.dataChunks--;
+    if (state === DATA) file.dataChunks++;
+    states[chunk] = state;
+    if (!file.headerDirty) {
+      file.headerDirty = true;
+      this.dirty.add(file);
+    }
+  }
+
+  private markDataDirty(file: PageFile): void {
+    if (file.dataDirty) return;
+    file.dataDirty = true;
+    this.dirty.add(file);
+  }
+
+  private markClean(file: PageFile): void {
+    file.dataDirty = false;
+    file.headerDirty = false;
+    this.dirty.delete(file);
+  }
+
+  private createImplicitLayer(layerId: string): Layer {
+    const layer = this.table.create(layerId, undefined);
+    this.tableChanged();
+    return layer;
+  }
+
+  private ensureDir(layer: Layer): void {
+    if (layer.dirExists) return;
+    fs.mkdirSync(this.layerDir(layer), { recursive: true });
+    layer.dirExists = true;
     this.dirtyDirs.add(this.dir);
   }
 
-  close(): void {
-    for (const key of [...this.open.keys()]) this.closePage(key, true);
-  }
+  // ---- syncing files
 
-  private pagePath(uid: string, page: number): string {
-    return path.join(this.dir, uid, String(page));
-  }
-
-  private fdFor(uid: string, page: number, create: boolean, pageSizeBytes = 0): number {
-    const key = pageKey(uid, page);
-    const entry = this.open.get(key);
-    if (entry) {
-      // Re-insert to keep the Map in least-recently-used order.
-      this.open.delete(key);
-      this.open.set(key, entry);
-      return entry.fd;
+  /** Data first, then the header that claims it: a crash never shows a chunk whose bytes are not on disk. */
+  private async syncFile(file: PageFile): Promise<void> {
+    // One sync per file at a time, so an older header never lands after a newer one. A failure
+    // of the sync we waited for is its caller's to report; this call tries again below.
+    while (file.syncing !== undefined) await file.syncing.catch(() => undefined);
+    if (!file.dataDirty && !file.headerDirty) return;
+    const run = this.runSync(file);
+    file.syncing = run;
+    try {
+      await run;
+    } finally {
+      file.syncing = undefined;
     }
-    const filePath = this.pagePath(uid, page);
-    let fd: number;
-    if (create && !this.isAllocated(uid, page)) {
-      const dir = path.dirname(filePath);
-      fs.mkdirSync(dir, { recursive: true });
-      fd = fs.openSync(filePath, "w+");
-      fs.ftruncateSync(fd, pageSizeBytes);
-      let pages = this.allocated.get(uid);
-      if (!pages) this.allocated.set(uid, (pages = new Map()));
-      pages.set(page, pageSizeBytes);
+  }
+
+  private async runSync(file: PageFile): Promise<void> {
+    // A chunk-state change (a trim of whole chunks) dirties a file without opening it.
+    const fd = this.open.fdOf(file);
+    const data = file.dataDirty;
+    const header = file.headerDirty ? encodeHeader(file, file.states!) : undefined;
+    const seq = ++this.headerSeq;
+    this.markClean(file);
+    try {
+      if (data) {
+        this.syncCount++;
+        await fdatasyncAsync(fd);
+      }
+      if (header !== undefined && this.claimHeader(file, seq)) {
+        pwriteFull(fd, header, 0);
+        this.syncCount++;
+        await fdatasyncAsync(fd);
+      }
+    } catch (err) {
+      this.restoreDirty(file, data, header !== undefined);
+      throw err;
+    }
+  }
+
+  /** The synchronous form, for eviction and close. */
+  private syncFileNow(file: PageFile): void {
+    if (!file.dataDirty && !file.headerDirty) return;
+    const fd = this.open.fdOf(file);
+    const data = file.dataDirty;
+    const header = file.headerDirty ? encodeHeader(file, file.states!) : undefined;
+    const seq = ++this.headerSeq;
+    this.markClean(file);
+    try {
+      if (data) {
+        this.syncCount++;
+        fs.fdatasyncSync(fd);
+      }
+      if (header !== undefined && this.claimHeader(file, seq)) {
+        pwriteFull(fd, header, 0);
+        this.syncCount++;
+        fs.fdatasyncSync(fd);
+      }
+    } catch (err) {
+      this.restoreDirty(file, data, header !== undefined);
+      throw err;
+    }
+  }
+
+  private claimHeader(file: PageFile, seq: number): boolean {
+    if (file.headerWrittenSeq > seq) return false; // a newer header is already written
+    file.headerWrittenSeq = seq;
+    return true;
+  }
+
+  private restoreDirty(file: PageFile, data: boolean, header: boolean): void {
+    if (file.layer.pages.get(file.page) !== file) return; // dropped meanwhile: nothing to keep
+    if (data) file.dataDirty = true;
+    if (header) file.headerDirty = true;
+    if (data || header) this.dirty.add(file);
+  }
+
+  private async syncDirIfDirty(dir: string): Promise<void> {
+    if (!this.dirtyDirs.delete(dir)) return;
+    try {
+      await syncDirectory(dir);
+    } catch (err) {
       this.dirtyDirs.add(dir);
-    } else {
-      fd = fs.openSync(filePath, "r+");
+      throw err;
     }
-    this.open.set(key, { fd, pins: 0 });
-    this.evictIfNeeded();
-    return fd;
+    this.syncCount++;
   }
 
-  private evictIfNeeded(): void {
-    if (this.open.size <= this.maxOpenFiles) return;
-    for (const [key, entry] of this.open) {
-      if (this.open.size <= this.maxOpenFiles) return;
-      if (entry.pins > 0) continue;
-      this.closePage(key, this.dirtyPages.has(key));
+  // ---- the layer table on disk
+
+  /** Saves the table soon, in the background; whoever needs it durable awaits persistTable(). */
+  private tableChanged(): void {
+    if (this.persistQueued) return;
+    this.persistQueued = true;
+    queueMicrotask(() => {
+      this.persistQueued = false;
+      // A failure leaves durableVersion behind: flush, FUA and deleteLayer save again and report it.
+      this.persistTable().catch(() => undefined);
+    });
+  }
+
+  private async persistTable(): Promise<void> {
+    const wanted = this.table.version;
+    while (this.durableVersion < wanted) {
+      if (this.tableWriter !== undefined) {
+        await this.tableWriter;
+        continue;
+      }
+      const writer = this.writeTable();
+      this.tableWriter = writer;
+      try {
+        await writer;
+      } finally {
+        if (this.tableWriter === writer) this.tableWriter = undefined;
+      }
     }
   }
 
-  private closePage(key: string, sync: boolean): void {
-    const entry = this.open.get(key);
-    if (!entry) return;
-    if (sync) {
+  private async writeTable(): Promise<void> {
+    const version = this.table.version;
+    const text = this.table.encode();
+    const removals = this.pendingRemovals.splice(0);
+    const temp = `${this.tablePath}.tmp`;
+    try {
+      await writeDurableTemp(temp, text);
       this.syncCount++;
-      fs.fdatasyncSync(entry.fd);
-      this.dirtyPages.delete(key);
+      if (this.closed) throw new ShoalError("SHUTTING_DOWN", "the page store closed while saving its layer table");
+      // Renamed synchronously, after the closed check in the same tick: close()'s own save can
+      // never be overwritten by an older table.
+      fs.renameSync(temp, this.tablePath);
+      await syncDirectory(this.dir);
+      this.syncCount++;
+    } catch (err) {
+      this.pendingRemovals.unshift(...removals);
+      throw err;
     }
-    this.open.delete(key);
-    if (entry.pins === 0) fs.closeSync(entry.fd);
-    else setTimeout(() => fs.closeSync(entry.fd), 1000); // a sync still holds it; close after
+    this.durableVersion = Math.max(this.durableVersion, version);
+    // Directories the durable table no longer names; if this fails, start-up removes them.
+    for (const dir of removals) fs.promises.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+  }
+
+  private saveTableNow(): void {
+    replaceFileSync(this.tablePath, `${this.tablePath}.tmp-close`, this.table.encode(), this.dir);
+    this.syncCount += 2;
+    this.durableVersion = this.table.version;
+  }
+
+  // ---- deleting a layer
+
+  private async deleteLayerNow(layerId: string): Promise<void> {
+    const layer = this.table.get(layerId);
+    if (layer === undefined) return; // already gone: a retry after a crash is safe
+    // Durably marked before anything moves: after a crash the half-emptied layer refuses reads.
+    await this.persistTable();
+    const pages = [...layer.pages.keys()].sort((a, b) => a - b);
+    for (let start = 0; start < pages.length; start += DELETE_BATCH_PAGES) {
+      await this.moveBatch(layer, pages.slice(start, start + DELETE_BATCH_PAGES));
+    }
+    for (const child of this.table.childrenOf(layer)) this.table.setParent(child, layer.parent);
+    if (layer.dirExists) this.pendingRemovals.push(this.layerDir(layer));
+    this.table.remove(layer);
+    await this.persistTable();
+  }
+
+  /**
+   * Gives every child the chunks it reads through `layer` for these pages, durably, then drops
+   * the layer's files. Children are looked up at every step: clients keep writing to them, and
+   * a child may be frozen (its object becomes the snapshot, still our child) or rolled back.
+   */
+  private async moveBatch(layer: Layer, pages: number[]): Promise<void> {
+    const touched = new Set<PageFile>();
+    // 1. Every child but one that lacks the page gets the chunks: merged into its file or copied.
+    //    The layer's own file is synced too, so a child that adopts it gets durable bytes.
+    for (const page of pages) {
+      const source = layer.pages.get(page);
+      if (source === undefined) continue;
+      touched.add(source);
+      const lacking: Layer[] = [];
+      for (const child of this.table.childrenOf(layer)) {
+        if (child.pages.has(page)) await this.mergeInto(child, source, touched);
+        else lacking.push(child);
+      }
+      lacking.pop();
+      for (const child of lacking) await this.copyInto(child, source, touched);
+      await this.pause();
+    }
+    await this.syncMoved(touched);
+    // 2. With those durable, a sole child still lacking a page takes the file itself, by rename.
+    for (const page of pages) {
+      const source = layer.pages.get(page);
+      if (source === undefined) continue;
+      let changed = false;
+      for (const child of this.table.childrenOf(layer)) {
+        if (child.pages.has(page)) changed = (await this.mergeInto(child, source, touched)) || changed;
+      }
+      // Looked up in the same turn as the rename: nothing can change in between.
+      const lacking = this.table.childrenOf(layer).filter((child) => !child.pages.has(page));
+      if (lacking.length === 1 && !changed) this.adopt(lacking[0]!, source);
+      else for (const child of lacking) await this.copyInto(child, source, touched);
+      await this.pause();
+    }
+    await this.syncMoved(touched);
+    // 3. Every child now holds what it read through the layer: the layer's copies can go.
+    for (const page of pages) {
+      const source = layer.pages.get(page);
+      if (source === undefined) continue;
+      this.dropPage(source);
+      await this.pause();
+    }
+  }
+
+  /** Copies into a child's page file the chunks it lacks and `source` has; true if any changed. */
+  private async mergeInto(child: Layer, source: PageFile, touched: Set<PageFile>): Promise<boolean> {
+    let changed = false;
+    for (let chunk = 0; ; chunk++) {
+      // Looked up again after every yield: the child may have been rolled back or dropped.
+      const target = child.pages.get(source.page);
+      if (target === undefined || target.states === undefined || child.parent !== source.layer) return changed;
+      if (chunk >= target.states.length) return changed;
+      if (target.states[chunk] !== ABSENT) continue;
+      const state = source.states === undefined ? DATA : source.states[chunk];
+      if (state === ABSENT) continue;
+      if (state === ZERO) this.setState(target, chunk, ZERO);
+      else this.copyChunk(source, target, chunk);
+      touched.add(target);
+      changed = true;
+      await this.pause();
+    }
+  }
+
+  private async copyInto(child: Layer, source: PageFile, touched: Set<PageFile>): Promise<void> {
+    // The child may have been rolled back or dropped while an earlier step yielded.
+    if (child.parent !== source.layer || this.table.get(child.id) !== child) return;
+    if (!child.pages.has(source.page)) touched.add(this.createPageFile(child, source.page, source.pageSizeBytes, true));
+    await this.mergeInto(child, source, touched);
+  }
+
+  /** Lets client I/O run between deletion steps; a closed store stops the deletion there. */
+  private async pause(): Promise<void> {
+    await yieldToClients();
+    if (this.closed) throw new ShoalError("SHUTTING_DOWN", "the page store closed during a layer deletion; it resumes when deleteLayer is called again");
+  }
+
+  private copyChunk(source: PageFile, target: PageFile, chunk: number): void {
+    const chunkBytes = 2 ** target.chunkShift;
+    const start = chunk * chunkBytes;
+    const scratch = this.scratchOf(chunkBytes);
+    this.readFile(source, start, chunkBytes, scratch, 0);
+    // An all-zero chunk (a hole in a sparse file, mostly) is recorded, not written.
+    if (isAllZero(scratch)) {
+      this.setState(target, chunk, ZERO);
+      return;
+    }
+    pwriteFull(this.open.fdOf(target), scratch, CHUNK_HEADER_BYTES + start);
+    this.markDataDirty(target);
+    this.setState(target, chunk, DATA);
+  }
+
+  private adopt(child: Layer, source: PageFile): void {
+    const from = source.layer;
+    this.ensureDir(child);
+    const fromPath = this.pathOf(source);
+    source.layer = child;
+    try {
+      fs.renameSync(fromPath, this.pathOf(source));
+    } catch (err) {
+      source.layer = from;
+      throw err;
+    }
+    from.pages.delete(source.page);
+    child.pages.set(source.page, source);
+    this.dirtyDirs.add(this.layerDir(child));
+    this.dirtyDirs.add(this.layerDir(from));
+  }
+
+  private async syncMoved(touched: Set<PageFile>): Promise<void> {
+    const files = [...touched];
+    touched.clear();
+    await Promise.all(files.map((file) => this.syncFile(file)));
+    const dirs = [...this.dirtyDirs];
+    this.dirtyDirs.clear();
+    try {
+      await Promise.all(dirs.map(syncDirectory));
+    } catch (err) {
+      for (const dir of dirs) this.dirtyDirs.add(dir);
+      throw err;
+    }
+    this.syncCount += dirs.length;
+  }
+
+  // ---- small helpers
+
+  private requireLayer(layerId: string): Layer {
+    const layer = this.table.get(layerId);
+    if (layer === undefined) throw new ShoalError("UNKNOWN_SNAPSHOT", `this node has no layer '${layerId}'; \`shoal snap list\` shows what exists`);
+    return layer;
+  }
+
+  private layerDir(layer: Layer): string {
+    return path.join(this.dir, layer.dir);
+  }
+
+  private pathOf(file: PageFile): string {
+    return path.join(this.dir, file.layer.dir, fileName(file.page, file.states !== undefined));
+  }
+
+  private scratchOf(bytes: number): Uint8Array {
+    if (this.scratch.byteLength < bytes) this.scratch = new Uint8Array(bytes);
+    return this.scratch.subarray(0, bytes);
+  }
+
+  /** A shared run of zeros; never written into. */
+  private zerosOf(bytes: number): Uint8Array {
+    if (this.zeros.byteLength < bytes) this.zeros = new Uint8Array(bytes);
+    return this.zeros.subarray(0, bytes);
   }
 }
 
-function pageKey(uid: string, page: number): string {
-  return `${uid}/${page}`;
+/** Per chunk: the file it reads from (first in the chain that has it), or null for zeros. */
+function sourceOf(chain: Layer[], from: number, page: number, chunk: number): PageFile | null {
+  for (let index = from; index < chain.length; index++) {
+    const file = chain[index]!.pages.get(page);
+    if (file === undefined) continue;
+    if (file.states === undefined) return file;
+    const state = file.states[chunk];
+    if (state === DATA) return file;
+    if (state === ZERO) return null;
+  }
+  return null;
 }
 
-function pageBytesOnDisk(filePath: string): number {
-  return fs.statSync(filePath).size;
+function heldBytes(layer: Layer): number {
+  let bytes = 0;
+  for (const file of layer.pages.values()) bytes += file.states === undefined ? file.pageSizeBytes : file.dataChunks * 2 ** file.chunkShift;
+  return bytes;
 }
 
-async function syncDirectory(dir: string): Promise<void> {
-  let fd: number;
-  try {
-    fd = fs.openSync(dir, "r");
-  } catch (err) {
-    if ((err as { code?: string }).code === "ENOENT") return; // dropped since
-    throw err;
-  }
-  try {
-    await new Promise<void>((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
-  } finally {
-    fs.closeSync(fd);
-  }
+function yieldToClients(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+function deletingError(layer: Layer): ShoalError {
+  return new ShoalError("CONFLICT", `layer '${layer.id}' is being deleted; finish with deleteLayer (a node restart interrupted it)`);
+}
+
+function stackedError(layer: Layer, verb: string): ShoalError {
+  return new ShoalError("CONFLICT", `layer '${layer.id}' has layers stacked on it (snapshots or clones) and cannot be ${verb}`);
+}
+
+function notWritableError(layer: Layer): ShoalError {
+  if (layer.deleting) return deletingError(layer);
+  return new ShoalError("READ_ONLY", `layer '${layer.id}' has layers stacked on it and is read-only; write to its head layer instead`);
 }
 
 export function assertPageRange(pageOffset: number, length: number, pageSizeBytes: number): void {

@@ -13,6 +13,8 @@ export interface VolumeRecord extends Geometry {
   version: number;
   deleted: boolean;
   routing: RoutingTable;
+  /** A clone's starting point: the snapshot layer its pages read through to until written. */
+  origin?: string;
 }
 
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -35,6 +37,7 @@ export interface NewVolume {
   nowMs: number;
   /** Version of a tombstone of the same name, so the new record outranks it. */
   previousVersion: number;
+  origin?: string;
 }
 
 export function newVolumeRecord(spec: NewVolume): VolumeRecord {
@@ -50,6 +53,7 @@ export function newVolumeRecord(spec: NewVolume): VolumeRecord {
     version: spec.previousVersion + 1,
     deleted: false,
     routing: stripedTable(pageCount(geometry), spec.nodes),
+    ...(spec.origin ? { origin: spec.origin } : {}),
   };
 }
 
@@ -84,5 +88,6 @@ export function volumeFromWire(wire: VolumeRecordWire): VolumeRecord {
     version: Number(wire.version),
     deleted: Boolean(wire.deleted),
     routing: routingFromWire(wire.routing, pageCount(geometry)),
+    ...(typeof wire.origin === "string" ? { origin: wire.origin } : {}),
   };
 }

@@ -5,6 +5,7 @@ import { ShoalError } from "../core/errors.ts";
 import type { Catalog } from "../core/catalog.ts";
 import type { Member } from "../core/member.ts";
 import { isNewer, volumeFromWire, volumeToWire, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
+import { isNewerSnapshot, snapshotKey, type SnapshotRecord } from "../core/snapshot-record.ts";
 import type { FrameHeader } from "./frame.ts";
 import type { MeshConnection, RequestHandler } from "./mesh-connection.ts";
 import { dialMesh, PeerLink, type MeshLog } from "./mesh.ts";
@@ -13,6 +14,7 @@ export interface GroupDump {
   groupId: string;
   members: Member[];
   volumes: VolumeRecordWire[];
+  snapshots?: SnapshotRecord[];
 }
 
 export interface GroupOptions {
@@ -22,6 +24,9 @@ export interface GroupOptions {
   log: MeshLog;
   /** Told about every record that replaced another (or arrived new). */
   onVolumeChanged: (record: VolumeRecord, previous: VolumeRecord | undefined) => void;
+  /** Told about every snapshot record that replaced another (or arrived new). */
+  onSnapshotChanged: (record: SnapshotRecord, previous: SnapshotRecord | undefined) => void;
+  onPeerDown?: (nodeId: string) => void;
 }
 
 export class Group {
@@ -30,6 +35,8 @@ export class Group {
   readonly members = new Map<string, Member>();
   readonly volumes = new Map<string, VolumeRecord>();
   private readonly volumesByUid = new Map<string, VolumeRecord>();
+  /** Snapshot records by snapshotKey (volume uid / snapshot id), tombstones included. */
+  readonly snapshots = new Map<string, SnapshotRecord>();
   readonly links = new Map<string, PeerLink>();
   private readonly syncing = new Set<string>();
   private cachedDigest: string | undefined;
@@ -41,6 +48,7 @@ export class Group {
     this.groupId = catalog.getMeta("group_id");
     for (const member of catalog.members()) this.members.set(member.id, member);
     for (const record of catalog.volumes()) this.indexVolume(record);
+    for (const record of catalog.snapshots()) this.snapshots.set(snapshotKey(record), record);
     this.members.set(self.id, self);
     catalog.putMember(self);
   }
@@ -101,7 +109,10 @@ export class Group {
       handler: this.options.handler,
       log: this.options.log,
       onUp: () => this.options.log.info(`node ${member.id} is up (${member.meshAddress})`),
-      onDown: () => this.options.log.warn(`node ${member.id} is down (${member.meshAddress})`),
+      onDown: () => {
+        this.options.log.warn(`node ${member.id} is down (${member.meshAddress})`);
+        this.options.onPeerDown?.(member.id);
+      },
     });
     this.links.set(member.id, link);
     link.start();
@@ -177,6 +188,45 @@ export class Group {
     }
   }
 
+  // ---- snapshots
+
+  applySnapshot(record: SnapshotRecord): boolean {
+    const key = snapshotKey(record);
+    const previous = this.snapshots.get(key);
+    if (!isNewerSnapshot(record, previous)) return false;
+    this.options.catalog.putSnapshot(record);
+    this.snapshots.set(key, record);
+    this.cachedDigest = undefined;
+    this.options.onSnapshotChanged(record, previous);
+    return true;
+  }
+
+  /** Live snapshots, optionally of one volume (by name), oldest first. */
+  liveSnapshots(volume?: string): SnapshotRecord[] {
+    return [...this.snapshots.values()]
+      .filter((record) => !record.deleted && (volume === undefined || record.volume === volume))
+      .filter((record) => this.volumes.get(record.volume)?.uid === record.volumeUid)
+      .sort((a, b) => a.createdAtMs - b.createdAtMs || a.snapshotId.localeCompare(b.snapshotId));
+  }
+
+  /** A live snapshot by volume and name, or UNKNOWN_SNAPSHOT with a hint. */
+  snapshot(volume: string, name: string): SnapshotRecord {
+    const record = this.liveSnapshots(volume).find((candidate) => candidate.name === name);
+    if (!record) {
+      throw new ShoalError("UNKNOWN_SNAPSHOT", `volume '${volume}' has no snapshot '${name}'; \`shoal snap list ${volume}\` shows what exists`);
+    }
+    return record;
+  }
+
+  /** Sends a changed snapshot record to every member that is up; the rest catch up by digest. */
+  async publishSnapshot(record: SnapshotRecord): Promise<void> {
+    await Promise.all(
+      [...this.links.values()]
+        .filter((link) => link.state === "up")
+        .map((link) => link.request("catalog.snapshot", { record }, undefined, 10_000).catch(() => {})),
+    );
+  }
+
   // ---- convergence
 
   /** Changes whenever members or any volume record change; equal digests mean equal catalogs. */
@@ -189,13 +239,19 @@ export class Group {
       for (const record of [...this.volumes.values()].sort((a, b) => a.name.localeCompare(b.name))) {
         parts.push(`v:${record.name}:${record.uid}:${record.version}`);
       }
+      for (const key of [...this.snapshots.keys()].sort()) parts.push(`s:${key}:${this.snapshots.get(key)!.version}`);
       this.cachedDigest = Bun.hash(parts.join("\n")).toString(16);
     }
     return this.cachedDigest;
   }
 
   dump(): GroupDump {
-    return { groupId: this.groupId ?? "", members: [...this.members.values()], volumes: [...this.volumes.values()].map(volumeToWire) };
+    return {
+      groupId: this.groupId ?? "",
+      members: [...this.members.values()],
+      volumes: [...this.volumes.values()].map(volumeToWire),
+      snapshots: [...this.snapshots.values()],
+    };
   }
 
   mergeDump(dump: GroupDump): void {
@@ -203,6 +259,7 @@ export class Group {
       if (member.id !== this.selfId) this.addMember(member);
     }
     for (const wire of dump.volumes ?? []) this.applyVolume(volumeFromWire(wire));
+    for (const record of dump.snapshots ?? []) this.applySnapshot(parseSnapshotRecord(record));
   }
 
   private onPeerInfo(peerId: string, info: FrameHeader): void {
@@ -244,6 +301,9 @@ export class Group {
       case "catalog.volume":
         this.applyVolume(volumeFromWire(args.record as VolumeRecordWire));
         return {};
+      case "catalog.snapshot":
+        this.applySnapshot(parseSnapshotRecord(args.record));
+        return {};
       default:
         return undefined;
     }
@@ -279,6 +339,14 @@ export class Group {
     }
     return this.dump();
   }
+}
+
+function parseSnapshotRecord(value: unknown): SnapshotRecord {
+  const record = value as SnapshotRecord | undefined;
+  if (!record || typeof record.snapshotId !== "string" || typeof record.volumeUid !== "string" || typeof record.name !== "string") {
+    throw new ShoalError("BAD_REQUEST", "snapshot record is malformed");
+  }
+  return record;
 }
 
 function parseMember(value: unknown): Member {

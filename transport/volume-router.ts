@@ -2,6 +2,8 @@
 // PageStore, the rest to their owners over the mesh, and the answer is put back together in
 // order. Requests that arrive from peers run through the same `executeLocal*` code.
 import type { BlockDevice, ExportCatalog, Extent } from "../core/block-device.ts";
+import type { HoldQueue } from "../core/hold-queue.ts";
+import { parseSnapshotRef, snapshotLayerId } from "../core/snapshot-record.ts";
 import { ShoalError } from "../core/errors.ts";
 import { MAX_REQUEST_BYTES, slicePages, type PageSlice } from "../core/geometry.ts";
 import type { PageStore } from "../core/page-store.ts";
@@ -15,9 +17,30 @@ import type { Reply } from "./mesh-connection.ts";
 /** How many pages one BLOCK_STATUS answer covers at most; clients ask again for the rest. */
 const STATUS_PAGES_MAX = 1024;
 
+/**
+ * What the snapshot protocol asks of the data path on a page's owner: hold-mode snapshots queue
+ * requests to held volumes, and timestamp-mode snapshots see every write's stamp before it is
+ * applied and may delay its acknowledgement (commit wait).
+ */
+export interface SnapshotGate {
+  readonly holds: HoldQueue;
+  /** Cuts due before this write, then the local time its ack must wait for (0: none). */
+  beforeWrite(volume: string): number;
+  nowMs(): number;
+}
+
+/** What a request addresses: a volume's writable head, or one of its snapshots (read-only). */
+export interface Target {
+  record: VolumeRecord;
+  /** Page-store layer: the volume uid for the head, snapshotLayerId(...) for a snapshot. */
+  layer: string;
+}
+
 export class VolumeRouter implements ExportCatalog {
   /** Peers this node forwarded writes to since its last flush: a flush must reach them. */
   private readonly dirtyPeers = new Set<string>();
+  /** Set by the snapshot service once it runs. */
+  gate: SnapshotGate | undefined;
 
   constructor(
     private readonly group: Group,
@@ -27,76 +50,96 @@ export class VolumeRouter implements ExportCatalog {
   // ---- ExportCatalog (NBD)
 
   open(name: string): BlockDevice | undefined {
+    if (name.includes("@")) {
+      const { volume, name: snapshotName } = parseSnapshotRef(name);
+      const record = this.group.volumes.get(volume);
+      const snapshot = this.group.liveSnapshots(volume).find((candidate) => candidate.name === snapshotName);
+      if (!record || record.deleted || !snapshot) return undefined;
+      return new VolumeDevice(this, record.name, record.uid, record.sizeBytes, record.pageSizeBytes, snapshotLayerId(record.uid, snapshot.snapshotId), name);
+    }
     const record = this.group.volumes.get(name);
     if (!record || record.deleted) return undefined;
-    return new VolumeDevice(this, record.name, record.uid, record.sizeBytes, record.pageSizeBytes);
+    return new VolumeDevice(this, record.name, record.uid, record.sizeBytes, record.pageSizeBytes, record.uid, name);
   }
 
   list(): { name: string; description: string }[] {
-    return this.group.liveVolumes().map((record) => ({ name: record.name, description: `shoal volume ${record.name}` }));
+    const volumes = this.group.liveVolumes().map((record) => ({ name: record.name, description: `shoal volume ${record.name}` }));
+    const snapshots = this.group.liveSnapshots().map((snapshot) => ({
+      name: `${snapshot.volume}@${snapshot.name}`,
+      description: `shoal snapshot ${snapshot.name} of ${snapshot.volume} (read-only)`,
+    }));
+    return [...volumes, ...snapshots];
   }
 
   /** The current record of the volume a device was opened on; fails if it was deleted or replaced. */
-  current(name: string, uid: string): VolumeRecord {
+  current(name: string, uid: string, layer: string): Target {
     const record = this.group.volumes.get(name);
     if (!record || record.deleted || record.uid !== uid) {
       throw new ShoalError("UNKNOWN_VOLUME", `volume '${name}' was deleted or replaced while in use`);
     }
-    return record;
+    return { record, layer };
   }
 
-  // ---- client-side operations, per slice
+  // ---- client-side operations, cut by page and sent to each page's owner
 
-  read(record: VolumeRecord, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> | void {
-    let remote: Promise<void>[] | undefined;
+  read(target: Target, offset: number, length: number, into: Uint8Array, intoOffset: number): Promise<void> | void {
+    const { record } = target;
+    let pending: Promise<void>[] | undefined;
     for (const slice of slicePages(record, offset, length)) {
       const owner = ownerOf(record.routing, slice.page);
-      const at = targetOffset + slice.bufferOffset;
-      if (owner === this.group.selfId) this.executeLocalRead(record, slice.page, slice.pageOffset, slice.length, target, at);
-      else (remote ??= []).push(this.forwardRead(owner, record, slice, target, at));
+      const at = intoOffset + slice.bufferOffset;
+      const done =
+        owner === this.group.selfId
+          ? this.executeLocalRead(target, slice.page, slice.pageOffset, slice.length, into, at)
+          : this.forwardRead(owner, target, slice, into, at);
+      if (done) (pending ??= []).push(done);
     }
-    if (remote) return Promise.all(remote).then(() => {});
+    if (pending) return Promise.all(pending).then(() => {});
   }
 
-  private async forwardRead(owner: string, record: VolumeRecord, slice: PageSlice, target: Uint8Array, at: number): Promise<void> {
+  private async forwardRead(owner: string, target: Target, slice: PageSlice, into: Uint8Array, at: number): Promise<void> {
     const response = await this.group
       .link(owner)
-      .request("page.read", { v: record.uid, p: slice.page, o: slice.pageOffset, n: slice.length });
+      .request("page.read", { ...this.addressOf(target), p: slice.page, o: slice.pageOffset, n: slice.length });
     if (response.payload.byteLength !== slice.length) {
       throw new ShoalError("IO_ERROR", `node ${owner} returned ${response.payload.byteLength} bytes for a ${slice.length}-byte read`);
     }
-    response.payload.copyTo(target, at);
+    response.payload.copyTo(into, at);
   }
 
-  write(record: VolumeRecord, offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
-    const pending: Promise<unknown>[] = [];
+  write(target: Target, offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
+    const { record } = target;
+    let pending: Promise<unknown>[] | undefined;
     for (const slice of slicePages(record, offset, data.byteLength)) {
       const owner = ownerOf(record.routing, slice.page);
       const piece = data.subarray(slice.bufferOffset, slice.bufferOffset + slice.length);
-      if (owner === this.group.selfId) {
-        const synced = this.executeLocalWrite(record, slice.page, slice.pageOffset, piece, fua);
-        if (synced) pending.push(synced);
-      } else {
+      let done: Promise<unknown> | void;
+      if (owner === this.group.selfId) done = this.executeLocalWrite(target, slice.page, slice.pageOffset, [piece], fua);
+      else {
         this.dirtyPeers.add(owner);
-        pending.push(this.group.link(owner).request("page.write", { v: record.uid, p: slice.page, o: slice.pageOffset, f: fua }, piece));
+        done = this.group.link(owner).request("page.write", { ...this.addressOf(target), p: slice.page, o: slice.pageOffset, f: fua }, piece);
       }
+      if (done) (pending ??= []).push(done);
     }
-    if (pending.length > 0) return Promise.all(pending).then(() => {});
+    if (pending) return Promise.all(pending).then(() => {});
   }
 
-  zero(record: VolumeRecord, offset: number, length: number, fua: boolean): Promise<void> | void {
-    const pending: Promise<unknown>[] = [];
+  zero(target: Target, offset: number, length: number, fua: boolean): Promise<void> | void {
+    const { record } = target;
+    let pending: Promise<unknown>[] | undefined;
     for (const slice of slicePages(record, offset, length)) {
       const owner = ownerOf(record.routing, slice.page);
-      if (owner === this.group.selfId) {
-        const synced = this.executeLocalZero(record, slice.page, slice.pageOffset, slice.length, fua);
-        if (synced) pending.push(synced);
-      } else {
+      let done: Promise<unknown> | void;
+      if (owner === this.group.selfId) done = this.executeLocalZero(target, slice.page, slice.pageOffset, slice.length, fua);
+      else {
         this.dirtyPeers.add(owner);
-        pending.push(this.group.link(owner).request("page.zero", { v: record.uid, p: slice.page, o: slice.pageOffset, n: slice.length, f: fua }));
+        done = this.group
+          .link(owner)
+          .request("page.zero", { ...this.addressOf(target), p: slice.page, o: slice.pageOffset, n: slice.length, f: fua });
       }
+      if (done) (pending ??= []).push(done);
     }
-    if (pending.length > 0) return Promise.all(pending).then(() => {});
+    if (pending) return Promise.all(pending).then(() => {});
   }
 
   /** Durability for every write completed through this node, wherever its pages live. */
@@ -114,13 +157,14 @@ export class VolumeRouter implements ExportCatalog {
     }
   }
 
-  async blockStatus(record: VolumeRecord, offset: number, length: number): Promise<Extent[]> {
+  async blockStatus(target: Target, offset: number, length: number): Promise<Extent[]> {
+    const { record } = target;
     const slices = slicePages(record, offset, length).slice(0, STATUS_PAGES_MAX);
     const allocated = new Array<boolean>(slices.length);
     const remoteByOwner = new Map<string, number[]>();
     slices.forEach((slice, index) => {
       const owner = ownerOf(record.routing, slice.page);
-      if (owner === this.group.selfId) allocated[index] = this.store.isAllocated(record.uid, slice.page);
+      if (owner === this.group.selfId) allocated[index] = this.store.isAllocated(target.layer, slice.page);
       else {
         let indexes = remoteByOwner.get(owner);
         if (!indexes) remoteByOwner.set(owner, (indexes = []));
@@ -131,7 +175,7 @@ export class VolumeRouter implements ExportCatalog {
       [...remoteByOwner].map(async ([owner, indexes]) => {
         const response = await this.group
           .link(owner)
-          .request("page.status", { v: record.uid, ps: indexes.map((index) => slices[index]!.page) });
+          .request("page.status", { ...this.addressOf(target), ps: indexes.map((index) => slices[index]!.page) });
         const answers = response.result.a as boolean[];
         indexes.forEach((index, position) => (allocated[index] = Boolean(answers[position])));
       }),
@@ -146,6 +190,11 @@ export class VolumeRouter implements ExportCatalog {
     return extents;
   }
 
+  /** How a target is named on the wire: the volume uid, and the layer when it is not the head. */
+  private addressOf(target: Target): { v: string; l?: string } {
+    return target.layer === target.record.uid ? { v: target.record.uid } : { v: target.record.uid, l: target.layer };
+  }
+
   // ---- execution on the owner (local requests and forwarded ones alike)
 
   private assertOwner(record: VolumeRecord, page: number): void {
@@ -157,22 +206,55 @@ export class VolumeRouter implements ExportCatalog {
     }
   }
 
-  executeLocalRead(record: VolumeRecord, page: number, pageOffset: number, length: number, target: Uint8Array, at: number): void {
-    this.assertOwner(record, page);
-    this.store.read(record.uid, page, pageOffset, length, target, at);
+  /** Requests to a volume's head wait while a hold-mode snapshot holds it; snapshots never do. */
+  private heldFor(target: Target): boolean {
+    return target.layer === target.record.uid && this.gate !== undefined && this.gate.holds.isHeld(target.record.name);
   }
 
-  /** Returns a promise only when FUA needs to wait for the disk. */
-  executeLocalWrite(record: VolumeRecord, page: number, pageOffset: number, data: Uint8Array, fua: boolean): Promise<void> | undefined {
-    this.assertOwner(record, page);
-    this.store.write(record.uid, page, pageOffset, data, record.pageSizeBytes);
-    return fua ? this.store.syncPage(record.uid, page) : undefined;
+  executeLocalRead(target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number): Promise<void> | void {
+    this.assertOwner(target.record, page);
+    if (this.heldFor(target)) {
+      return this.gate!.holds.enqueue(target.record.name, () => this.executeLocalRead(target, page, pageOffset, length, into, at));
+    }
+    this.store.read(target.layer, page, pageOffset, length, into, at);
   }
 
-  executeLocalZero(record: VolumeRecord, page: number, pageOffset: number, length: number, fua: boolean): Promise<void> | undefined {
+  /** `parts` are written one after another from `pageOffset` (a forwarded payload arrives in chunks). */
+  executeLocalWrite(target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean): Promise<void> | void {
+    const { record } = target;
     this.assertOwner(record, page);
-    this.store.zero(record.uid, page, pageOffset, length, record.pageSizeBytes);
-    return fua ? this.store.syncPage(record.uid, page) : undefined;
+    if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
+    if (this.heldFor(target)) {
+      return this.gate!.holds.enqueue(record.name, () => this.executeLocalWrite(target, page, pageOffset, parts, fua));
+    }
+    const ackNotBeforeMs = this.gate ? this.gate.beforeWrite(record.name) : 0;
+    let at = pageOffset;
+    for (const part of parts) {
+      this.store.write(target.layer, page, at, part, record.pageSizeBytes);
+      at += part.byteLength;
+    }
+    return this.acknowledge(target, page, fua, ackNotBeforeMs);
+  }
+
+  executeLocalZero(target: Target, page: number, pageOffset: number, length: number, fua: boolean): Promise<void> | void {
+    const { record } = target;
+    this.assertOwner(record, page);
+    if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
+    if (this.heldFor(target)) {
+      return this.gate!.holds.enqueue(record.name, () => this.executeLocalZero(target, page, pageOffset, length, fua));
+    }
+    const ackNotBeforeMs = this.gate ? this.gate.beforeWrite(record.name) : 0;
+    this.store.zero(target.layer, page, pageOffset, length, record.pageSizeBytes);
+    return this.acknowledge(target, page, fua, ackNotBeforeMs);
+  }
+
+  /** FUA waits for the disk; a timestamp-mode commit wait waits for the clock. */
+  private acknowledge(target: Target, page: number, fua: boolean, ackNotBeforeMs: number): Promise<void> | void {
+    const waitMs = ackNotBeforeMs > 0 ? ackNotBeforeMs - this.gate!.nowMs() : 0;
+    if (!fua && waitMs <= 0) return;
+    const synced = fua ? this.store.syncPage(target.layer, page) : Promise.resolve();
+    if (waitMs <= 0) return synced;
+    return Promise.all([synced, Bun.sleep(waitMs)]).then(() => {});
   }
 
   // ---- mesh requests from peers
@@ -181,38 +263,36 @@ export class VolumeRouter implements ExportCatalog {
   handle(op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> | undefined {
     switch (op) {
       case "page.read": {
-        const { record, page, pageOffset } = this.pageArgs(args);
-        const length = checkedLength(args.n, record, pageOffset);
+        const { target, page, pageOffset } = this.pageArgs(args);
+        const length = checkedLength(args.n, target.record, pageOffset);
         const data = dataBuffers.acquire(length);
+        const release = () => dataBuffers.release(data);
+        let done: Promise<void> | void;
         try {
-          this.executeLocalRead(record, page, pageOffset, length, data, 0);
+          done = this.executeLocalRead(target, page, pageOffset, length, data, 0);
         } catch (err) {
-          dataBuffers.release(data);
+          release();
           throw err;
         }
-        return { payload: data, release: () => dataBuffers.release(data) };
+        return done ? done.then(() => ({ payload: data, release }), (err) => Promise.reject(err)) : { payload: data, release };
       }
       case "page.write": {
-        const { record, page, pageOffset } = this.pageArgs(args);
-        checkedLength(payload.byteLength, record, pageOffset);
+        const { target, page, pageOffset } = this.pageArgs(args);
+        checkedLength(payload.byteLength, target.record, pageOffset);
         // Written part by part as the chunks arrived: no gathering copy.
-        let at = pageOffset;
-        for (const part of payload.parts) {
-          this.executeLocalWrite(record, page, at, part, false);
-          at += part.byteLength;
-        }
-        return args.f ? this.store.syncPage(record.uid, page).then(() => ({})) : {};
+        const done = this.executeLocalWrite(target, page, pageOffset, payload.parts, Boolean(args.f));
+        return done ? done.then(() => ({})) : {};
       }
       case "page.zero": {
-        const { record, page, pageOffset } = this.pageArgs(args);
-        const length = checkedLength(args.n, record, pageOffset);
-        const synced = this.executeLocalZero(record, page, pageOffset, length, Boolean(args.f));
-        return synced ? synced.then(() => ({})) : {};
+        const { target, page, pageOffset } = this.pageArgs(args);
+        const length = checkedLength(args.n, target.record, pageOffset);
+        const done = this.executeLocalZero(target, page, pageOffset, length, Boolean(args.f));
+        return done ? done.then(() => ({})) : {};
       }
       case "page.status": {
-        const record = this.recordByUid(args.v);
+        const target = this.targetOf(args);
         const pages = Array.isArray(args.ps) ? (args.ps as unknown[]).slice(0, STATUS_PAGES_MAX) : [];
-        return { result: { a: pages.map((page) => this.store.isAllocated(record.uid, Number(page))) } };
+        return { result: { a: pages.map((page) => this.store.isAllocated(target.layer, Number(page))) } };
       }
       case "store.flush":
         return this.store.flush().then(() => ({}));
@@ -223,21 +303,27 @@ export class VolumeRouter implements ExportCatalog {
     }
   }
 
-  private recordByUid(uid: unknown): VolumeRecord {
+  private targetOf(args: FrameHeader): Target {
+    const uid = args.v;
     const record = typeof uid === "string" ? this.group.volumeByUid(uid) : undefined;
     if (!record) throw new ShoalError("UNKNOWN_VOLUME", `node ${this.group.selfId} has no volume with uid ${String(uid)}`);
-    return record;
+    if (args.l === undefined) return { record, layer: record.uid };
+    const layer = String(args.l);
+    if (!layer.startsWith(`${record.uid}@`) || !this.store.hasLayer(layer)) {
+      throw new ShoalError("UNKNOWN_SNAPSHOT", `node ${this.group.selfId} has no snapshot layer ${layer}`);
+    }
+    return { record, layer };
   }
 
-  private pageArgs(args: FrameHeader): { record: VolumeRecord; page: number; pageOffset: number } {
-    const record = this.recordByUid(args.v);
+  private pageArgs(args: FrameHeader): { target: Target; page: number; pageOffset: number } {
+    const target = this.targetOf(args);
     const page = args.p;
     const pageOffset = args.o;
     if (!Number.isInteger(page) || !Number.isInteger(pageOffset) || (pageOffset as number) < 0) {
       throw new ShoalError("BAD_REQUEST", "page request has no valid page or offset");
     }
-    this.assertOwner(record, page as number);
-    return { record, page: page as number, pageOffset: pageOffset as number };
+    this.assertOwner(target.record, page as number);
+    return { target, page: page as number, pageOffset: pageOffset as number };
   }
 }
 
@@ -252,24 +338,32 @@ function checkedLength(value: unknown, record: VolumeRecord, pageOffset: number)
   return length;
 }
 
-/** A volume as an NBD export: every call re-reads the record so routing changes apply at once. */
+/** A volume (or one of its snapshots) as an NBD export; every call re-reads the volume record. */
 class VolumeDevice implements BlockDevice {
-  readonly readOnly = false;
+  readonly readOnly: boolean;
 
   constructor(
     private readonly router: VolumeRouter,
-    readonly name: string,
+    private readonly volume: string,
     private readonly uid: string,
     readonly sizeBytes: number,
     readonly preferredBlockSizeBytes: number,
-  ) {}
+    private readonly layer: string,
+    readonly name: string,
+  ) {
+    this.readOnly = layer !== uid;
+  }
 
-  read(offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> | void {
-    return this.router.read(this.router.current(this.name, this.uid), offset, length, target, targetOffset);
+  private target(): Target {
+    return this.router.current(this.volume, this.uid, this.layer);
+  }
+
+  read(offset: number, length: number, into: Uint8Array, intoOffset: number): Promise<void> | void {
+    return this.router.read(this.target(), offset, length, into, intoOffset);
   }
 
   write(offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
-    return this.router.write(this.router.current(this.name, this.uid), offset, data, fua);
+    return this.router.write(this.target(), offset, data, fua);
   }
 
   flush(): Promise<void> {
@@ -277,14 +371,14 @@ class VolumeDevice implements BlockDevice {
   }
 
   trim(offset: number, length: number, fua: boolean): Promise<void> | void {
-    return this.router.zero(this.router.current(this.name, this.uid), offset, length, fua);
+    return this.router.zero(this.target(), offset, length, fua);
   }
 
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void> | void {
-    return this.router.zero(this.router.current(this.name, this.uid), offset, length, fua);
+    return this.router.zero(this.target(), offset, length, fua);
   }
 
   blockStatus(offset: number, length: number): Promise<Extent[]> {
-    return this.router.blockStatus(this.router.current(this.name, this.uid), offset, length);
+    return this.router.blockStatus(this.target(), offset, length);
   }
 }

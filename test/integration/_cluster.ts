@@ -114,10 +114,11 @@ export class TestCluster {
     this.root = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-it-"));
   }
 
-  static async start(count: number, env: Record<string, string> = {}): Promise<TestCluster> {
+  /** `env` may differ per node (e.g. SHOAL_CLOCK_SKEW_MS): pass a function of the node's index. */
+  static async start(count: number, env: Record<string, string> | ((index: number) => Record<string, string>) = {}): Promise<TestCluster> {
     const cluster = new TestCluster();
     try {
-      for (let index = 0; index < count; index++) await cluster.addNode(env);
+      for (let index = 0; index < count; index++) await cluster.addNode(typeof env === "function" ? env(index) : env);
       await cluster.waitConverged();
     } catch (err) {
       await cluster.stop();

@@ -1,0 +1,106 @@
+// `shoal snap`: crash-consistent snapshots of one or more volumes, and what can be done with them.
+import { defineCommand } from "citty";
+import { formatSize } from "../core/geometry.ts";
+import { parseSnapshotRef } from "../core/snapshot-record.ts";
+import { adminRequest, nodeAddress, nodeArgs, parseDurationMs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
+
+const create = defineCommand({
+  meta: { name: "create", description: "Take a crash-consistent snapshot of one or more volumes (the node asked coordinates)" },
+  args: {
+    volumes: { type: "positional", description: "volume names (VOL...)", required: true },
+    name: { type: "string", description: "snapshot name", required: true },
+    mode: { type: "string", description: "hold (suspend requests briefly) or timestamp (hold nothing)", default: "hold" },
+    holdTimeout: { type: "string", description: "longest a client request may be held", default: "2s", valueHint: "DURATION" },
+    ...nodeArgs,
+  },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const volumes = (args._ as string[]).length > 0 ? (args._ as string[]) : [args.volumes];
+    const result = await adminRequest(nodeAddress(args), "admin.snap.create", {
+      volumes,
+      name: args.name,
+      mode: args.mode,
+      holdTimeoutMs: parseDurationMs(args.holdTimeout),
+    });
+    printResult(args.json, result, () => {
+      const cut = result.cutAtMs ? new Date(Number(result.cutAtMs)).toISOString() : new Date(Number(result.startedAtMs)).toISOString();
+      return `snapshot ${String(result.name)} (${String(result.snapshotId)}) of ${(result.volumes as string[]).join(", ")}: ${String(result.mode)} mode, cut at ${cut}, ${(result.participants as string[]).length} participant(s), ${String(result.tookMs)} ms`;
+    });
+  },
+});
+
+const list = defineCommand({
+  meta: { name: "list", description: "List snapshots (of one volume, or all)" },
+  args: { volume: { type: "positional", description: "volume name", required: false }, ...nodeArgs },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const result = await adminRequest(nodeAddress(args), "admin.snap.list", args.volume ? { volume: args.volume } : {});
+    const snapshots = result.snapshots as {
+      name: string;
+      snapshotId: string;
+      volume: string;
+      mode: string;
+      cutAtMs: number;
+      state: string;
+      bytesHeldOnlyByIt: number | null;
+    }[];
+    printResult(args.json, result, () =>
+      snapshots.length === 0
+        ? "no snapshots"
+        : table(
+            ["SNAPSHOT", "ID", "MODE", "CUT", "STATE", "ONLY-HERE"],
+            snapshots.map((s) => [
+              `${s.volume}@${s.name}`,
+              s.snapshotId,
+              s.mode,
+              new Date(s.cutAtMs).toISOString(),
+              s.state,
+              s.bytesHeldOnlyByIt === null ? "?" : formatSize(s.bytesHeldOnlyByIt),
+            ]),
+          ),
+    );
+  },
+});
+
+function refCommand(name: string, description: string, op: string, verb: string) {
+  return defineCommand({
+    meta: { name, description },
+    args: { snapshot: { type: "positional", description: "VOL@NAME", required: true }, ...nodeArgs },
+    async run(context) {
+      rejectUnknownFlags(context);
+      const { args } = context;
+      const { volume, name: snapshotName } = parseSnapshotRef(args.snapshot);
+      const result = await adminRequest(nodeAddress(args), op, { volume, name: snapshotName });
+      printResult(args.json, result, () => `${verb} ${args.snapshot}`);
+    },
+  });
+}
+
+const clone = defineCommand({
+  meta: { name: "clone", description: "Make a writable volume from a snapshot, sharing its unchanged pages" },
+  args: {
+    snapshot: { type: "positional", description: "VOL@NAME", required: true },
+    target: { type: "positional", description: "new volume name", required: true },
+    ...nodeArgs,
+  },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const { volume, name } = parseSnapshotRef(args.snapshot);
+    const result = await adminRequest(nodeAddress(args), "admin.snap.clone", { volume, name, target: args.target });
+    printResult(args.json, result, () => `cloned ${args.snapshot} as volume ${args.target}`);
+  },
+});
+
+export default defineCommand({
+  meta: { name: "snap", description: "Crash-consistent snapshots: create, list, delete, rollback, clone" },
+  subCommands: {
+    create,
+    list,
+    delete: refCommand("delete", "Delete a snapshot; its space is freed in the background without stalling clients", "admin.snap.delete", "deleted"),
+    rollback: refCommand("rollback", "Make a volume read exactly as one of its snapshots", "admin.snap.rollback", "rolled back to"),
+    clone,
+  },
+});

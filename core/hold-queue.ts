@@ -1,0 +1,76 @@
+// Requests that arrive for a volume while a hold-mode snapshot holds it wait here, in arrival
+// order, and run when the last hold on their volume is released. Bounded: a full queue makes
+// the node give the hold up rather than queue without limit.
+import { ShoalError } from "./errors.ts";
+
+interface Waiting {
+  volume: string;
+  run: () => void;
+}
+
+export class HoldQueue {
+  /** volume name -> ids of the snapshots holding it */
+  private readonly holds = new Map<string, Set<string>>();
+  private waiting: Waiting[] = [];
+
+  constructor(
+    readonly maxWaiting: number,
+    /** Told when the queue is full, so the holds can be abandoned. */
+    private readonly onFull: (snapshotIds: string[]) => void,
+  ) {}
+
+  isHeld(volume: string): boolean {
+    return this.holds.size > 0 && this.holds.has(volume);
+  }
+
+  get waitingCount(): number {
+    return this.waiting.length;
+  }
+
+  hold(snapshotId: string, volumes: string[]): void {
+    for (const volume of volumes) {
+      let ids = this.holds.get(volume);
+      if (!ids) this.holds.set(volume, (ids = new Set()));
+      ids.add(snapshotId);
+    }
+  }
+
+  /** Drops one snapshot's hold and starts, in order, every waiting request no hold covers any more. */
+  release(snapshotId: string, volumes: string[]): void {
+    for (const volume of volumes) {
+      const ids = this.holds.get(volume);
+      if (!ids) continue;
+      ids.delete(snapshotId);
+      if (ids.size === 0) this.holds.delete(volume);
+    }
+    const stillHeld: Waiting[] = [];
+    const runnable: Waiting[] = [];
+    for (const entry of this.waiting) (this.holds.has(entry.volume) ? stillHeld : runnable).push(entry);
+    this.waiting = stillHeld;
+    for (const entry of runnable) entry.run();
+  }
+
+  /** Runs `start` once `volume` is no longer held; resolves with what it returns. */
+  enqueue<T>(volume: string, start: () => T | Promise<T>): Promise<T> {
+    if (this.waiting.length >= this.maxWaiting) {
+      const ids = [...(this.holds.get(volume) ?? [])];
+      this.onFull(ids);
+      if (this.isHeld(volume)) {
+        return Promise.reject(new ShoalError("HOLD_TIMEOUT", `too many requests (${this.maxWaiting}) wait on a snapshot hold of '${volume}'`));
+      }
+      return Promise.resolve().then(start);
+    }
+    return new Promise<T>((resolve, reject) => {
+      this.waiting.push({
+        volume,
+        run: () => {
+          try {
+            Promise.resolve(start()).then(resolve, reject);
+          } catch (err) {
+            reject(err);
+          }
+        },
+      });
+    });
+  }
+}

@@ -1,0 +1,299 @@
+// Drives the snapshot protocol on one node: feeds the coordinator and participant state machines
+// with mesh messages, ticks and write stamps, and carries out their effects against the page
+// store (copy-on-write cuts), the hold queue, the catalog and the group's snapshot records.
+import type { Catalog } from "../core/catalog.ts";
+import { asShoalError, ShoalError } from "../core/errors.ts";
+import { HoldQueue } from "../core/hold-queue.ts";
+import type { PageStore } from "../core/page-store.ts";
+import { holders } from "../core/routing.ts";
+import { SnapshotCoordinator, type CoordinatorEffect, type SnapshotResult } from "../core/snapshot-coordinator.ts";
+import { isToCoordinator, type CoordinatorRecord, type ParticipantRecord, type SnapshotMessage, type SnapshotMode } from "../core/snapshot-messages.ts";
+import { SnapshotParticipant, type ParticipantEffect } from "../core/snapshot-participant.ts";
+import { snapshotLayerId, validateSnapshotName, type SnapshotRecord } from "../core/snapshot-record.ts";
+import type { FrameHeader } from "./frame.ts";
+import type { Group } from "./group.ts";
+import type { MeshLog } from "./mesh.ts";
+import type { SnapshotGate } from "./volume-router.ts";
+
+export interface SnapshotServiceOptions {
+  group: Group;
+  store: PageStore;
+  catalog: Catalog;
+  log: MeshLog;
+  /** Added to this node's clock (SHOAL_CLOCK_SKEW_MS), so tests can skew real processes. */
+  clockSkewMs: number;
+  /** The bound on clock error between any node and real time that timestamp mode relies on. */
+  maxClockSkewMs: number;
+}
+
+export interface CreateSnapshot {
+  volumes: string[];
+  name: string;
+  mode: SnapshotMode;
+  holdTimeoutMs?: number;
+}
+
+/** Requests waiting on a hold beyond this make the node give the hold up. */
+const MAX_HELD_REQUESTS = 4096;
+
+export class SnapshotService implements SnapshotGate {
+  readonly holds: HoldQueue;
+  private readonly coordinator: SnapshotCoordinator;
+  private readonly participant: SnapshotParticipant;
+  private readonly incarnation = crypto.randomUUID().slice(0, 8);
+  private counter = 0;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private readonly waiting = new Map<string, { resolve: (r: SnapshotResult) => void; reject: (e: ShoalError) => void }>();
+  /** Snapshot ids whose participant effects are running right now (effects re-enter via hold release). */
+  private stopped = false;
+
+  constructor(private readonly options: SnapshotServiceOptions) {
+    const nodeId = options.group.selfId;
+    this.coordinator = new SnapshotCoordinator({ nodeId });
+    this.participant = new SnapshotParticipant({ nodeId, incarnation: this.incarnation, maxClockSkewMs: options.maxClockSkewMs });
+    this.holds = new HoldQueue(MAX_HELD_REQUESTS, (snapshotIds) => {
+      for (const snapshotId of snapshotIds) {
+        const error = new ShoalError("HOLD_TIMEOUT", `node ${nodeId} had ${MAX_HELD_REQUESTS} requests waiting on the hold`);
+        this.runParticipant(this.participant.abandon(snapshotId, error, this.nowMs()));
+      }
+    });
+  }
+
+  nowMs(): number {
+    return Date.now() + this.options.clockSkewMs;
+  }
+
+  /** Recovers both roles from the catalog: undecided snapshots abort, decided ones finish. */
+  start(): void {
+    const { catalog } = this.options;
+    const now = this.nowMs();
+    this.runCoordinator(this.coordinator.recover(catalog.protocolRecords<CoordinatorRecord>("coordinator"), now));
+    this.runParticipant(this.participant.recover(catalog.protocolRecords<ParticipantRecord>("participant"), now));
+    this.cleanOrphanLayers();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+
+  // ---- the data path's questions (SnapshotGate)
+
+  beforeWrite(volume: string): number {
+    const admission = this.participant.beforeWrite(volume, this.nowMs());
+    if (admission.effects.length > 0) this.runParticipant(admission.effects);
+    return admission.ackNotBeforeMs;
+  }
+
+  // ---- admin
+
+  create(request: CreateSnapshot): Promise<SnapshotResult> {
+    const { group } = this.options;
+    validateSnapshotName(request.name);
+    if (request.volumes.length === 0) throw new ShoalError("BAD_ARGUMENT", "name at least one volume to snapshot");
+    const participants = new Set<string>();
+    for (const volume of new Set(request.volumes)) {
+      const record = group.volume(volume);
+      if (group.liveSnapshots(volume).some((snapshot) => snapshot.name === request.name)) {
+        throw new ShoalError("SNAPSHOT_EXISTS", `volume '${volume}' already has a snapshot '${request.name}'`);
+      }
+      for (const node of holders(record.routing)) participants.add(node);
+    }
+    for (const node of participants) {
+      if (!group.isUp(node)) throw new ShoalError("NODE_DOWN", `node ${node} holds pages of these volumes and is down; retry when it is back`);
+    }
+    const snapshotId = `${group.selfId}.${this.incarnation}.${++this.counter}`;
+    const done = new Promise<SnapshotResult>((resolve, reject) => this.waiting.set(snapshotId, { resolve, reject }));
+    this.runCoordinator(
+      this.coordinator.startSnapshot({
+        snapshotId,
+        name: request.name,
+        volumes: [...new Set(request.volumes)],
+        mode: request.mode,
+        participants: [...participants].sort(),
+        holdTimeoutMs: request.holdTimeoutMs,
+        maxClockSkewMs: this.options.maxClockSkewMs,
+        nowMs: this.nowMs(),
+      }),
+    );
+    return done;
+  }
+
+  /** Rolls this node's pages of a volume back to a snapshot layer (the admin checked it exists). */
+  async rollbackLocal(volumeUid: string, layer: string): Promise<void> {
+    const { store } = this.options;
+    if (!store.hasLayer(layer)) throw new ShoalError("UNKNOWN_SNAPSHOT", `node ${this.options.group.selfId} has no layer ${layer}`);
+    store.resetLayer(volumeUid, layer);
+    await store.flush();
+  }
+
+  // ---- mesh
+
+  /** Handles "snap.msg" from a peer (or this node). */
+  onMessage(from: string, args: FrameHeader): FrameHeader {
+    const msg = args.msg as SnapshotMessage | undefined;
+    if (!msg || typeof msg !== "object" || typeof msg.type !== "string" || typeof msg.snapshotId !== "string") {
+      throw new ShoalError("BAD_REQUEST", "snapshot message is malformed");
+    }
+    this.deliver(from, msg);
+    return {};
+  }
+
+  onPeerDown(node: string): void {
+    const now = this.nowMs();
+    this.runCoordinator(this.coordinator.onPeerDown(node, now));
+    this.runParticipant(this.participant.onPeerDown(node, now));
+  }
+
+  private deliver(from: string, msg: SnapshotMessage): void {
+    const now = this.nowMs();
+    if (isToCoordinator(msg)) this.runCoordinator(this.coordinator.onMessage(from, msg, now));
+    else this.runParticipant(this.participant.onMessage(from, msg, now));
+  }
+
+  private send(to: string, msg: SnapshotMessage): void {
+    const { group } = this.options;
+    if (to === group.selfId) {
+      queueMicrotask(() => this.deliver(to, msg)); // as if over the network: never re-enter the state machine
+      return;
+    }
+    // Lost messages are the protocol's business (it resends); a down peer is reported by the link.
+    group
+      .link(to)
+      .request("snap.msg", { msg: msg as unknown as FrameHeader }, undefined, 5000)
+      .catch(() => {});
+  }
+
+  // ---- effects
+
+  private runCoordinator(effects: CoordinatorEffect[]): void {
+    const { catalog } = this.options;
+    for (const effect of effects) {
+      switch (effect.kind) {
+        case "send":
+          this.send(effect.to, effect.msg);
+          break;
+        case "persist":
+          catalog.putProtocolRecord("coordinator", effect.record.snapshotId, effect.record);
+          // The decision is the point of no return: publish the snapshot now, so a crash before
+          // "done" cannot leave a committed snapshot nobody lists (recovery publishes again).
+          if (effect.record.state === "committed") this.publish(effect.record);
+          break;
+        case "unpersist":
+          catalog.deleteProtocolRecord("coordinator", effect.snapshotId);
+          break;
+        case "done": {
+          const waiter = this.waiting.get(effect.snapshotId);
+          this.waiting.delete(effect.snapshotId);
+          if (effect.ok) waiter?.resolve(effect.result);
+          else waiter?.reject(effect.error);
+          break;
+        }
+      }
+    }
+    this.rearm();
+  }
+
+  private runParticipant(effects: ParticipantEffect[]): void {
+    const { catalog, store, log } = this.options;
+    for (const effect of effects) {
+      switch (effect.kind) {
+        case "send":
+          this.send(effect.to, effect.msg);
+          break;
+        case "hold":
+          this.holds.hold(effect.snapshotId, effect.volumes);
+          // Requests run synchronously on this node's event loop: none is mid-execution now.
+          queueMicrotask(() => this.runParticipant(this.participant.onInflightDrained(effect.snapshotId, this.nowMs())));
+          break;
+        case "release":
+          this.holds.release(effect.snapshotId, effect.volumes);
+          break;
+        case "cut":
+          for (const uid of this.localVolumeUids(effect.volumes)) store.freezeLayer(uid, snapshotLayerId(uid, effect.snapshotId));
+          catalog.putProtocolRecord("participant", effect.snapshotId, { ...effect.record, volumeUids: this.localVolumeUids(effect.volumes) });
+          break;
+        case "commit":
+          catalog.putProtocolRecord("participant", effect.snapshotId, effect.record);
+          break;
+        case "discard":
+          for (const layer of this.layersOf(effect.snapshotId)) {
+            store.deleteLayer(layer).catch((err) => log.warn(`discarding snapshot layer ${layer} failed: ${asShoalError(err).message}`));
+          }
+          catalog.deleteProtocolRecord("participant", effect.snapshotId);
+          break;
+        case "forget":
+          catalog.deleteProtocolRecord("participant", effect.snapshotId);
+          break;
+      }
+    }
+    this.rearm();
+  }
+
+  /** Uids of the named volumes whose head layer lives (at least partly) on this node. */
+  private localVolumeUids(volumes: string[]): string[] {
+    const { group } = this.options;
+    const uids: string[] = [];
+    for (const name of volumes) {
+      const record = group.volumes.get(name);
+      if (record && !record.deleted && holders(record.routing).includes(group.selfId)) uids.push(record.uid);
+    }
+    return uids;
+  }
+
+  private layersOf(snapshotId: string): string[] {
+    return this.options.store.layers().map((layer) => layer.id).filter((id) => id.endsWith(`@${snapshotId}`));
+  }
+
+  private publish(record: CoordinatorRecord): void {
+    const { group } = this.options;
+    for (const volume of record.volumes) {
+      const volumeRecord = group.volumes.get(volume);
+      if (!volumeRecord || volumeRecord.deleted) continue;
+      const snapshot: SnapshotRecord = {
+        snapshotId: record.snapshotId,
+        name: record.name,
+        volume,
+        volumeUid: volumeRecord.uid,
+        mode: record.mode,
+        startedAtMs: record.startedAtMs,
+        ...(record.cutAtMs !== undefined ? { cutAtMs: record.cutAtMs } : {}),
+        createdAtMs: this.nowMs(),
+        coordinator: group.selfId,
+        participants: record.participants,
+        version: 1,
+        deleted: false,
+      };
+      if (group.applySnapshot(snapshot)) void group.publishSnapshot(snapshot);
+    }
+  }
+
+  /**
+   * Snapshot layers whose snapshot neither the protocol nor the group knows (a cut that was
+   * discarded while this node was down, a deleted snapshot) are removed at start.
+   */
+  private cleanOrphanLayers(): void {
+    const { catalog, group, store, log } = this.options;
+    const known = new Set<string>(catalog.protocolRecords<ParticipantRecord>("participant").map((record) => record.snapshotId));
+    for (const snapshot of group.snapshots.values()) if (!snapshot.deleted) known.add(snapshot.snapshotId);
+    for (const layer of store.layers()) {
+      const at = layer.id.indexOf("@");
+      if (at < 0 || known.has(layer.id.slice(at + 1))) continue;
+      store.deleteLayer(layer.id).catch((err) => log.warn(`removing orphan layer ${layer.id} failed: ${asShoalError(err).message}`));
+    }
+  }
+
+  private rearm(): void {
+    if (this.stopped) return;
+    const wakeAtMs = Math.min(this.coordinator.nextWakeAtMs() ?? Infinity, this.participant.nextWakeAtMs() ?? Infinity);
+    clearTimeout(this.timer);
+    if (wakeAtMs === Infinity) return;
+    this.timer = setTimeout(() => this.tick(), Math.max(0, wakeAtMs - this.nowMs()));
+  }
+
+  private tick(): void {
+    const now = this.nowMs();
+    this.runCoordinator(this.coordinator.onTick(now));
+    this.runParticipant(this.participant.onTick(now));
+  }
+}
