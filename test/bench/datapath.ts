@@ -1,0 +1,555 @@
+// The data-path benchmark: one run puts the same fio load on qemu-nbd, nbdkit-file and a real
+// three-node Shoal group (direct, forwarded, striped) on the same disk, and prints Shoal's ratios
+// against those anchors plus node RSS with a 1 TiB volume. Not a *.test.ts: `bun test` skips it.
+//
+//   bun test/bench/datapath.ts [--size 1G] [--runtime 10] [--rounds 1] [--json] [--bin PATH] [--end-fsync]
+//
+// Fairness, the same for every system under test:
+// - Backing store: fresh sparse files (`truncate`) for the anchors; Shoal's page files are sparse
+//   too (created by ftruncate on first write). All under one temp dir on the same filesystem.
+// - Caching: all three write through the page cache and make data durable only on FLUSH:
+//   qemu-nbd `--cache=writeback --aio=io_uring` (writeback is qemu-nbd's default cache mode;
+//   io_uring doubled its 4 KiB random-read IOPS over the default `threads` here, so it is the
+//   stronger, fairer anchor; `threads` is the fallback where io_uring is missing), nbdkit file
+//   with its defaults (`cache=default`, 16 threads), Shoal's pread/pwrite + fdatasync on FLUSH.
+//   `--direct=1` does not apply to fio's nbd engine (nothing is opened with O_DIRECT on the
+//   client side), so it is not passed. `--end-fsync` adds a FLUSH at the end of the write jobs,
+//   so their time includes making the data durable.
+// - qemu-nbd 7.2 reads fast with 64 KiB requests but slowly with 256 KiB and up (measured here:
+//   ~900 vs ~200 MB/s), so its 1 MiB sequential read is a weak anchor; nbdkit is the one to beat.
+// - `sync` runs between jobs (untimed) so no job pays for the previous job's writeback.
+// - Writes run before reads on every target, so reads hit written data (from the page cache).
+// - Memory: RSS is read from /proc/PID/status of the node processes (the compiled binary is the
+//   process itself) when idle, then with a 1 TiB volume striped over all three before any I/O
+//   (the target), and again after the load. The 1 TiB volume stays during the load.
+// - One fio job, one NBD connection, iodepth 16; random jobs use fio's fixed seed (same offsets).
+// - `--rounds N` repeats the whole sweep (targets interleaved) and reports the median per cell:
+//   on a shared 2-CPU machine one round can be off by 2x.
+//
+// With --json the tables go to stderr and stdout carries one JSON document.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { parseArgs } from "node:util";
+import type { Subprocess } from "bun";
+import { adminRequest } from "../../cmd/_cli.ts";
+import { parseSize } from "../../core/geometry.ts";
+import { freePort, run, shoalCommand, TestNode, waitFor } from "../integration/_cluster.ts";
+
+const ROOT = path.resolve(import.meta.dir, "../..");
+const MiB = 1024 * 1024;
+const NODE_START_TIMEOUT_MS = 20_000;
+const ANCHOR_START_TIMEOUT_MS = 10_000;
+/** A sequential job covers the whole size but never runs longer than this. */
+const SEQUENTIAL_RUNTIME_SECONDS_MAX = 120;
+/** fio is killed if it outlives its own runtime bound by this much (a hung connection). */
+const FIO_GRACE_MS = 60_000;
+const SYNC_TIMEOUT_MS = 120_000;
+const RSS_TARGET_BYTES = 150 * 1000 * 1000;
+const HUGE_VOLUME_SIZE = "1T";
+const FIO_IODEPTH = 16;
+/** Written and read back through every target before its load: fast numbers for wrong data mean nothing. */
+const ROUND_TRIP_BYTES = 16 * MiB;
+
+interface Options {
+  sizeBytes: number;
+  runtimeSeconds: number;
+  rounds: number;
+  json: boolean;
+  bin?: string;
+  endFsync: boolean;
+}
+
+interface Job {
+  key: "seqWrite" | "seqRead" | "randWrite" | "randRead";
+  label: string;
+  rw: string;
+  blockSize: string;
+  timeBased: boolean;
+}
+
+/** Writes before reads, so every read hits written data. */
+const JOBS: Job[] = [
+  { key: "seqWrite", label: "seq write 1M", rw: "write", blockSize: "1M", timeBased: false },
+  { key: "seqRead", label: "seq read 1M", rw: "read", blockSize: "1M", timeBased: false },
+  { key: "randWrite", label: "rand write 4K", rw: "randwrite", blockSize: "4k", timeBased: true },
+  { key: "randRead", label: "rand read 4K", rw: "randread", blockSize: "4k", timeBased: true },
+];
+
+type TargetKey = "qemuNbd" | "nbdkitFile" | "shoalDirect" | "shoalForwarded" | "shoalStriped";
+
+interface Target {
+  key: TargetKey;
+  label: string;
+  uri: string;
+}
+
+interface JobResult {
+  mbPerSecond: number;
+  iops: number;
+  bytes: number;
+  runtimeMs: number;
+  /** A sequential job stopped by its runtime bound before covering the whole size. */
+  capped: boolean;
+}
+
+type Results = Record<TargetKey, Partial<Record<Job["key"], JobResult>>>;
+
+interface NodeMemory {
+  node: string;
+  pid: number;
+  /** Group converged, the two small bench volumes created, before any I/O. */
+  rssIdleBytes: number;
+  /** The target: right after the 1 TiB volume is known to every node, before any I/O. */
+  rssWithHugeVolumeBytes: number;
+  /** After every fio job (the 1 TiB volume still there): what the data path keeps. */
+  rssAfterLoadBytes: number;
+  rssPeakBytes: number;
+}
+
+// ---- processes and cleanup: everything started is registered here and killed on any exit
+
+class Resources {
+  readonly root = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-bench-"));
+  readonly processes = new Set<Subprocess>();
+  readonly nodes: TestNode[] = [];
+  private cleaned = false;
+
+  spawn(command: string[], options: { stderr?: "pipe" | "ignore" } = {}): Subprocess {
+    const proc = Bun.spawn(command, { stdin: "ignore", stdout: "ignore", stderr: options.stderr ?? "pipe" });
+    this.processes.add(proc);
+    void proc.exited.then(() => this.processes.delete(proc));
+    return proc;
+  }
+
+  /** Kills what is still running (SIGKILL: the data is scratch) and removes the temp dir. */
+  async cleanup(): Promise<void> {
+    if (this.cleaned) return;
+    this.cleaned = true;
+    const running = [...this.processes, ...this.nodes.map((node) => node.proc).filter((proc) => proc !== undefined)];
+    for (const proc of running) if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
+    await Promise.all(running.map((proc) => proc.exited));
+    fs.rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+function parseOptions(): Options {
+  const { values } = parseArgs({
+    args: Bun.argv.slice(2),
+    options: {
+      size: { type: "string", default: "1G" },
+      runtime: { type: "string", default: "10" },
+      rounds: { type: "string", default: "1" },
+      json: { type: "boolean", default: false },
+      bin: { type: "string" },
+      "end-fsync": { type: "boolean", default: false },
+    },
+    strict: true,
+  });
+  const sizeBytes = parseSize(values.size!);
+  const runtimeSeconds = Number(values.runtime);
+  if (sizeBytes < 16 * MiB || sizeBytes % MiB !== 0) throw new Error(`--size ${values.size}: give a whole number of MiB, at least 16M`);
+  const rounds = Number(values.rounds);
+  if (!Number.isInteger(runtimeSeconds) || runtimeSeconds < 1 || runtimeSeconds > 600) throw new Error(`--runtime ${values.runtime}: give 1..600 seconds`);
+  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 9) throw new Error(`--rounds ${values.rounds}: give 1..9`);
+  return { sizeBytes, runtimeSeconds, rounds, json: values.json!, bin: values.bin, endFsync: values["end-fsync"]! };
+}
+
+/** Which source was measured: the lead commits while benchmarks run. */
+async function sourceRevision(): Promise<string> {
+  const head = await run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], { timeoutMs: 10_000 });
+  const dirty = await run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], { timeoutMs: 10_000 });
+  if (head.exitCode !== 0) return "unknown";
+  return `${head.stdout.trim()}${dirty.stdout.trim() ? " + uncommitted changes" : ""}`;
+}
+
+/** The 1-minute load average: other work on the machine skews every row, so the report shows it. */
+function loadAverage(): number {
+  return Number(fs.readFileSync("/proc/loadavg", "utf8").split(" ")[0]);
+}
+
+function progress(message: string): void {
+  console.error(`[bench] ${message}`);
+}
+
+// ---- the systems under test
+
+/** Builds the binary into the temp dir so the run measures the current source without touching dist/. */
+async function buildShoal(resources: Resources, bin: string | undefined): Promise<string> {
+  // shoalCommand() quietly falls back to bun + source when SHOAL_BIN is missing; a bench must not.
+  if (bin) {
+    if (!fs.existsSync(bin)) throw new Error(`--bin ${bin}: no such file`);
+    return path.resolve(bin);
+  }
+  const outfile = path.join(resources.root, "shoal");
+  const built = await run([process.execPath, "build", "--compile", path.join(ROOT, "cmd/shoal.ts"), "--outfile", outfile], { timeoutMs: 120_000 });
+  if (built.exitCode !== 0) throw new Error(`building shoal failed:\n${built.stderr}`);
+  return outfile;
+}
+
+async function waitForExport(uri: string, proc: Subprocess, what: string): Promise<void> {
+  await waitFor(
+    `${what} to serve ${uri}`,
+    async () => {
+      if (proc.exitCode !== null) throw new Error(`${what} exited with ${proc.exitCode}: ${await new Response(proc.stderr as ReadableStream).text()}`);
+      return (await run(["nbdinfo", "--size", uri], { timeoutMs: 5000 })).exitCode === 0;
+    },
+    ANCHOR_START_TIMEOUT_MS,
+  );
+}
+
+function sparseFile(resources: Resources, name: string, sizeBytes: number): string {
+  const file = path.join(resources.root, name);
+  fs.writeFileSync(file, "");
+  fs.truncateSync(file, sizeBytes);
+  return file;
+}
+
+/** io_uring where this qemu has it (the stronger anchor), else the default thread pool. */
+async function startQemuNbd(resources: Resources, sizeBytes: number): Promise<{ target: Target; aio: string }> {
+  const file = sparseFile(resources, "qemu-nbd.raw", sizeBytes);
+  let lastError: unknown;
+  for (const aio of ["io_uring", "threads"]) {
+    const port = await freePort();
+    const proc = resources.spawn(["qemu-nbd", "-f", "raw", "-x", "bench", "-p", String(port), "-b", "127.0.0.1", "--cache=writeback", `--aio=${aio}`, "-t", file]);
+    const uri = `nbd://127.0.0.1:${port}/bench`;
+    try {
+      await waitForExport(uri, proc, `qemu-nbd --aio=${aio}`);
+      return { target: { key: "qemuNbd", label: "qemu-nbd", uri }, aio };
+    } catch (err) {
+      lastError = err;
+      proc.kill("SIGKILL");
+      progress(`qemu-nbd --aio=${aio} did not start; trying the next AIO mode`);
+    }
+  }
+  throw lastError;
+}
+
+async function startNbdkitFile(resources: Resources, sizeBytes: number): Promise<Target> {
+  const file = sparseFile(resources, "nbdkit.raw", sizeBytes);
+  const port = await freePort();
+  const proc = resources.spawn(["nbdkit", "-f", "-p", String(port), "-i", "127.0.0.1", "file", file]);
+  const uri = `nbd://127.0.0.1:${port}/bench`;
+  await waitForExport(uri, proc, "nbdkit");
+  return { key: "nbdkitFile", label: "nbdkit-file", uri };
+}
+
+async function startGroup(resources: Resources, count: number): Promise<TestNode[]> {
+  for (let index = 1; index <= count; index++) {
+    const node = new TestNode(`node${index}`, path.join(resources.root, `node${index}`), await freePort(), await freePort());
+    resources.nodes.push(node);
+    await node.start(index === 1 ? undefined : resources.nodes[0]!.meshAddress);
+  }
+  for (const node of resources.nodes) {
+    await waitFor(
+      `${node.id} to see the whole group up`,
+      async () => {
+        const members = (await adminRequest(node.meshAddress, "admin.route.nodes", {}, 3000)).nodes as { state: string }[];
+        return members.length === count && members.every((member) => member.state === "up");
+      },
+      NODE_START_TIMEOUT_MS,
+    );
+  }
+  return resources.nodes;
+}
+
+async function createVolume(nodes: TestNode[], name: string, size: string, placement?: string[]): Promise<void> {
+  const args = [...shoalCommand(), "volume", "create", name, "--size", size, "--node", nodes[0]!.meshAddress];
+  if (placement) args.push("--nodes", placement.join(","));
+  const created = await run(args, { timeoutMs: 60_000 });
+  if (created.exitCode !== 0) throw new Error(`volume create ${name} failed: ${created.stderr}`);
+  for (const node of nodes) {
+    await waitFor(`${node.id} to know volume ${name}`, async () => {
+      const volumes = (await adminRequest(node.meshAddress, "admin.volume.list", {}, 3000)).volumes as { name: string }[];
+      return volumes.some((volume) => volume.name === name);
+    });
+  }
+}
+
+// ---- fio
+
+function fioArgs(job: Job, target: Target, options: Options, outputFile: string): string[] {
+  const args = [
+    "fio",
+    `--name=${job.key}`,
+    "--ioengine=nbd",
+    `--uri=${target.uri}`,
+    `--rw=${job.rw}`,
+    `--bs=${job.blockSize}`,
+    `--iodepth=${FIO_IODEPTH}`,
+    `--size=${options.sizeBytes}`,
+    "--numjobs=1",
+    "--output-format=json",
+    `--output=${outputFile}`,
+  ];
+  if (job.timeBased) args.push("--time_based", `--runtime=${options.runtimeSeconds}`);
+  else args.push(`--runtime=${SEQUENTIAL_RUNTIME_SECONDS_MAX}`);
+  if (options.endFsync && job.rw.includes("write")) args.push("--end_fsync=1");
+  return args;
+}
+
+async function runFio(resources: Resources, job: Job, target: Target, options: Options): Promise<JobResult> {
+  const outputFile = path.join(resources.root, `fio-${target.key}-${job.key}.json`);
+  const proc = resources.spawn(fioArgs(job, target, options, outputFile));
+  const boundMs = (job.timeBased ? options.runtimeSeconds : SEQUENTIAL_RUNTIME_SECONDS_MAX) * 1000 + FIO_GRACE_MS;
+  const timer = setTimeout(() => proc.kill("SIGKILL"), boundMs);
+  const [stderr, exitCode] = await Promise.all([new Response(proc.stderr as ReadableStream).text(), proc.exited]);
+  clearTimeout(timer);
+  if (exitCode !== 0) throw new Error(`fio ${job.key} on ${target.label} failed (exit ${exitCode}${proc.signalCode ? `, ${proc.signalCode}` : ""}): ${stderr}`);
+  return parseFioOutput(fs.readFileSync(outputFile, "utf8"), job, options);
+}
+
+function parseFioOutput(text: string, job: Job, options: Options): JobResult {
+  const report = JSON.parse(text.slice(text.indexOf("{"))) as { jobs: FioJobReport[] };
+  const jobReport = report.jobs[0]!;
+  if (jobReport.error !== 0) throw new Error(`fio ${job.key} reported error ${jobReport.error}`);
+  const side = job.rw.includes("write") ? jobReport.write : jobReport.read;
+  return {
+    mbPerSecond: side.bw_bytes / 1e6,
+    iops: side.iops,
+    bytes: side.io_bytes,
+    runtimeMs: side.runtime,
+    capped: !job.timeBased && side.io_bytes < options.sizeBytes,
+  };
+}
+
+interface FioJobReport {
+  error: number;
+  read: FioSide;
+  write: FioSide;
+}
+
+interface FioSide {
+  bw_bytes: number;
+  iops: number;
+  io_bytes: number;
+  runtime: number;
+}
+
+async function syncDisks(): Promise<void> {
+  const synced = await run(["sync"], { timeoutMs: SYNC_TIMEOUT_MS });
+  if (synced.exitCode !== 0) throw new Error(`sync failed: ${synced.stderr}`);
+}
+
+/** Every round runs every target in turn (writes before reads); cells are medians over rounds. */
+async function measureTargets(resources: Resources, targets: Target[], options: Options): Promise<{ median: Results; rounds: Results[] }> {
+  const rounds: Results[] = [];
+  const pattern = randomFile(resources, "round-trip.raw", ROUND_TRIP_BYTES);
+  for (let round = 1; round <= options.rounds; round++) {
+    const results = Object.fromEntries(targets.map((target) => [target.key, {}])) as Results;
+    for (const target of targets) {
+      if (round === 1) await checkRoundTrip(resources, target, pattern);
+      for (const job of JOBS) {
+        await syncDisks();
+        const result = await runFio(resources, job, target, options);
+        results[target.key][job.key] = result;
+        progress(`round ${round} ${target.label.padEnd(15)} ${job.label.padEnd(14)} ${result.mbPerSecond.toFixed(1).padStart(8)} MB/s ${Math.round(result.iops).toString().padStart(8)} IOPS${result.capped ? " (capped)" : ""}`);
+      }
+    }
+    rounds.push(results);
+  }
+  return { median: medianResults(targets, rounds), rounds };
+}
+
+function medianResults(targets: Target[], rounds: Results[]): Results {
+  const median = Object.fromEntries(targets.map((target) => [target.key, {}])) as Results;
+  for (const target of targets) {
+    for (const job of JOBS) {
+      const cells = rounds.map((round) => round[target.key][job.key]!).sort((a, b) => a.mbPerSecond - b.mbPerSecond);
+      median[target.key][job.key] = cells[Math.floor((cells.length - 1) / 2)]!; // lower median: never flatters
+    }
+  }
+  return median;
+}
+
+// ---- correctness before speed
+
+function randomFile(resources: Resources, name: string, sizeBytes: number): string {
+  const file = path.join(resources.root, name);
+  const bytes = new Uint8Array(sizeBytes);
+  for (let offset = 0; offset < sizeBytes; offset += 65536) crypto.getRandomValues(bytes.subarray(offset, offset + 65536));
+  fs.writeFileSync(file, bytes);
+  return file;
+}
+
+/** Random bytes over the first pages (striped volumes: every node) written and read back unchanged. */
+async function checkRoundTrip(resources: Resources, target: Target, pattern: string): Promise<void> {
+  const copied = await run(["nbdcopy", pattern, target.uri], { timeoutMs: 60_000 });
+  if (copied.exitCode !== 0) throw new Error(`nbdcopy to ${target.label} failed: ${copied.stderr}`);
+  const readBack = path.join(resources.root, `readback-${target.key}.raw`);
+  const mib = ROUND_TRIP_BYTES / MiB;
+  const dd = await run(["qemu-img", "dd", "-f", "raw", "-O", "raw", `if=${target.uri}`, `of=${readBack}`, "bs=1M", `count=${mib}`], { timeoutMs: 60_000 });
+  if (dd.exitCode !== 0) throw new Error(`qemu-img dd from ${target.label} failed: ${dd.stderr}`);
+  if (!fs.readFileSync(pattern).equals(fs.readFileSync(readBack))) {
+    throw new Error(`${target.label} returned different bytes than were written to its first ${mib} MiB; not benchmarking a broken data path`);
+  }
+  fs.rmSync(readBack);
+}
+
+// ---- memory
+
+function procStatusBytes(pid: number, field: "VmRSS" | "VmHWM"): number {
+  const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+  const match = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status);
+  if (!match) throw new Error(`no ${field} in /proc/${pid}/status`);
+  return Number(match[1]) * 1024;
+}
+
+/**
+ * RSS of fresh nodes, then with a 1 TiB volume striped over all of them (before any I/O, so the
+ * number is the volume's metadata and not buffers left over from the load); `afterLoad` fills in
+ * the rest once the fio jobs have run.
+ */
+async function measureMemoryBeforeLoad(nodes: TestNode[]): Promise<NodeMemory[]> {
+  const pids = nodes.map((node) => node.proc!.pid);
+  const idle = pids.map((pid) => procStatusBytes(pid, "VmRSS"));
+  await createVolume(nodes, "huge", HUGE_VOLUME_SIZE);
+  const info = await run([...shoalCommand(), "volume", "info", "huge", "--node", nodes[0]!.meshAddress], { timeoutMs: 30_000 });
+  if (info.exitCode !== 0) throw new Error(`volume info huge failed: ${info.stderr}`);
+  return nodes.map((node, index) => ({
+    node: node.id,
+    pid: pids[index]!,
+    rssIdleBytes: idle[index]!,
+    rssWithHugeVolumeBytes: procStatusBytes(pids[index]!, "VmRSS"),
+    rssAfterLoadBytes: 0,
+    rssPeakBytes: 0,
+  }));
+}
+
+function measureMemoryAfterLoad(memory: NodeMemory[]): void {
+  for (const entry of memory) {
+    entry.rssAfterLoadBytes = procStatusBytes(entry.pid, "VmRSS");
+    entry.rssPeakBytes = procStatusBytes(entry.pid, "VmHWM");
+  }
+}
+
+// ---- report
+
+function table(header: string[], rows: string[][]): string {
+  const widths = header.map((cell, column) => Math.max(cell.length, ...rows.map((row) => row[column]!.length)));
+  const line = (cells: string[]) => cells.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join("  ");
+  return [line(header), ...rows.map(line)].join("\n");
+}
+
+function ratio(numerator: JobResult | undefined, denominator: JobResult | undefined): number {
+  return numerator && denominator && denominator.mbPerSecond > 0 ? numerator.mbPerSecond / denominator.mbPerSecond : 0;
+}
+
+function verdict(value: number, minimum: number): string {
+  return value >= minimum ? "met" : "not met";
+}
+
+function ratios(results: Results) {
+  return JOBS.map((job) => {
+    const direct = results.shoalDirect[job.key];
+    const directOverQemu = ratio(direct, results.qemuNbd[job.key]);
+    const forwardedOverDirect = ratio(results.shoalForwarded[job.key], direct);
+    return {
+      measure: job.key,
+      directOverQemuNbd: directOverQemu,
+      directOverQemuNbdMet: directOverQemu >= 1.0,
+      directOverNbdkit: ratio(direct, results.nbdkitFile[job.key]),
+      forwardedOverDirect,
+      forwardedOverDirectMet: forwardedOverDirect >= 0.7,
+      stripedOverDirect: ratio(results.shoalStriped[job.key], direct),
+    };
+  });
+}
+
+interface RunInfo {
+  revision: string;
+  qemuAio: string;
+  loadAtStart: number;
+  loadAtEnd: number;
+}
+
+function renderReport(targets: Target[], results: Results, memory: NodeMemory[], options: Options, info: RunInfo): string {
+  const throughput = JOBS.flatMap((job) => [
+    [job.label, "MB/s", ...targets.map((target) => formatResult(results[target.key][job.key], "mb"))],
+    ["", "IOPS", ...targets.map((target) => formatResult(results[target.key][job.key], "iops"))],
+  ]);
+  const ratioRows = ratios(results).map((row, index) => [
+    JOBS[index]!.label,
+    row.directOverQemuNbd.toFixed(2),
+    verdict(row.directOverQemuNbd, 1.0),
+    row.directOverNbdkit.toFixed(2),
+    row.forwardedOverDirect.toFixed(2),
+    verdict(row.forwardedOverDirect, 0.7),
+    row.stripedOverDirect.toFixed(2),
+  ]);
+  const mb = (bytes: number) => (bytes / 1e6).toFixed(1);
+  const memoryRows = memory.map((m) => [
+    m.node,
+    mb(m.rssIdleBytes),
+    mb(m.rssWithHugeVolumeBytes),
+    m.rssWithHugeVolumeBytes < RSS_TARGET_BYTES ? "met" : "not met",
+    mb(m.rssAfterLoadBytes),
+    mb(m.rssPeakBytes),
+  ]);
+  return [
+    `shoal ${info.revision}; every target passed a ${ROUND_TRIP_BYTES / MiB} MiB write/read-back check first`,
+    `fio nbd engine, iodepth ${FIO_IODEPTH}, 1 connection; size ${options.sizeBytes / MiB} MiB; random jobs ${options.runtimeSeconds} s; ${options.rounds > 1 ? `median of ${options.rounds} rounds` : "1 round"}`,
+    `sparse backing files; page cache on, flush only on request${options.endFsync ? " (writes end with a FLUSH)" : ""}; qemu-nbd --cache=writeback --aio=${info.qemuAio}; nbdkit file defaults`,
+    `MB/s = 10^6 bytes/s; ${os.cpus().length} CPUs; load average ${info.loadAtStart.toFixed(2)} at start, ${info.loadAtEnd.toFixed(2)} at end${Math.max(info.loadAtStart, info.loadAtEnd) > 0.5 ? " (other work on the machine: numbers are noisy)" : ""}; * = sequential job stopped by its ${SEQUENTIAL_RUNTIME_SECONDS_MAX} s bound`,
+    "",
+    table(["MEASURE", "UNIT", ...targets.map((target) => target.label)], throughput),
+    "",
+    table(["MEASURE", "DIRECT/QEMU-NBD", "TARGET>=1.0", "DIRECT/NBDKIT", "FWD/DIRECT", "TARGET>=0.7", "STRIPED/DIRECT"], ratioRows),
+    "",
+    `Node RSS (MB = 10^6 bytes): idle; with a 1 TiB volume (262,144 pages of 4 MiB) striped over all nodes, before any I/O (target < 150 MB);`,
+    `after all fio jobs (the 1 TiB volume still there); peak over the run (VmHWM)`,
+    table(["NODE", "IDLE", "WITH 1 TiB", "TARGET<150MB", "AFTER LOAD", "PEAK"], memoryRows),
+  ].join("\n");
+}
+
+function formatResult(result: JobResult | undefined, unit: "mb" | "iops"): string {
+  if (!result) return "-";
+  const text = unit === "mb" ? result.mbPerSecond.toFixed(1) : Math.round(result.iops).toString();
+  return result.capped ? `${text}*` : text;
+}
+
+// ---- main
+
+async function main(): Promise<void> {
+  const options = parseOptions();
+  const resources = new Resources();
+  const onSignal = (signal: string) => {
+    progress(`${signal}: stopping every process this run started`);
+    void resources.cleanup().finally(() => process.exit(130));
+  };
+  process.on("SIGINT", () => onSignal("SIGINT"));
+  process.on("SIGTERM", () => onSignal("SIGTERM"));
+  try {
+    const loadAtStart = loadAverage();
+    progress(`temp dir ${resources.root}; load average ${loadAtStart}`);
+    const revision = await sourceRevision();
+    process.env.SHOAL_BIN = await buildShoal(resources, options.bin);
+    const size = `${options.sizeBytes / MiB}M`;
+    const qemu = await startQemuNbd(resources, options.sizeBytes);
+    const anchors = [qemu.target, await startNbdkitFile(resources, options.sizeBytes)];
+    const nodes = await startGroup(resources, 3);
+    await createVolume(nodes, "direct", size, ["node1"]);
+    await createVolume(nodes, "striped", size);
+    const memory = await measureMemoryBeforeLoad(nodes);
+    const targets: Target[] = [
+      ...anchors,
+      { key: "shoalDirect", label: "shoal direct", uri: nodes[0]!.nbdUrl("direct") },
+      { key: "shoalForwarded", label: "shoal forwarded", uri: nodes[1]!.nbdUrl("direct") },
+      { key: "shoalStriped", label: "shoal striped", uri: nodes[0]!.nbdUrl("striped") },
+    ];
+    const { median: results, rounds } = await measureTargets(resources, targets, options);
+    measureMemoryAfterLoad(memory);
+    const info: RunInfo = { revision, qemuAio: qemu.aio, loadAtStart, loadAtEnd: loadAverage() };
+    const report = renderReport(targets, results, memory, options, info);
+    if (options.json) {
+      console.error(report);
+      console.log(JSON.stringify({ ...info, options, targets, results, rounds, ratios: ratios(results), memory }, null, 2));
+    } else {
+      console.log(report);
+    }
+  } finally {
+    await resources.cleanup();
+  }
+}
+
+await main();
