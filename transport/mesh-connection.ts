@@ -27,14 +27,20 @@ export interface Response {
 interface Pending {
   resolve: (response: Response) => void;
   reject: (error: ShoalError) => void;
-  timer: ReturnType<typeof setTimeout>;
+  op: string;
+  deadlineMs: number;
 }
+
+/** Requests past their deadline are failed by a sweep four times a second, not a timer each. */
+const SWEEP_INTERVAL_MS = 250;
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 const MAX_QUEUED_BYTES = 256 * 1024 * 1024;
 const MAX_PENDING_REQUESTS = 4096;
 /** Payloads up to this size are copied next to their header to save a syscall. */
 const COALESCE_BYTES = 64 * 1024;
+/** A batch of small frames is written once it reaches this size, or at the end of the tick. */
+const BATCH_BYTES = 256 * 1024;
 
 export interface MeshConnectionOptions {
   socket: Socket<unknown>;
@@ -52,6 +58,11 @@ export class MeshConnection {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private closed = false;
+  private batch: Uint8Array[] = [];
+  private batchBytes = 0;
+  private batchReleases: (() => void)[] = [];
+  private flushScheduled = false;
+  private sweep: ReturnType<typeof setInterval> | undefined;
   /** Filled by the hello exchange: the peer's node id, or "admin". */
   peerId: string | undefined;
   label: string;
@@ -72,14 +83,20 @@ export class MeshConnection {
       return Promise.reject(new ShoalError("NODE_DOWN", `too many requests in flight to ${this.label}`));
     }
     const id = this.nextId++;
+    this.sweep ??= setInterval(() => this.failExpired(), SWEEP_INTERVAL_MS);
     return new Promise<Response>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new ShoalError("TIMEOUT", `${op} to ${this.label} got no answer in ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(id, { resolve, reject, timer });
+      this.pending.set(id, { resolve, reject, op, deadlineMs: performance.now() + timeoutMs });
       this.send({ t: "q", i: id, op, a: args }, payload);
     });
+  }
+
+  private failExpired(): void {
+    const nowMs = performance.now();
+    for (const [id, pending] of this.pending) {
+      if (pending.deadlineMs > nowMs) continue;
+      this.pending.delete(id);
+      pending.reject(new ShoalError("TIMEOUT", `${pending.op} to ${this.label} got no answer in time`));
+    }
   }
 
   /** Feed from the socket's data handler. */
@@ -103,8 +120,8 @@ export class MeshConnection {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.sweep);
     for (const [, pending] of this.pending) {
-      clearTimeout(pending.timer);
       pending.reject(new ShoalError("NODE_DOWN", `connection to ${this.label} closed`));
     }
     this.pending.clear();
@@ -127,7 +144,6 @@ export class MeshConnection {
     const pending = this.pending.get(id);
     if (!pending) return; // timed out already
     this.pending.delete(id);
-    clearTimeout(pending.timer);
     if (header.ok) pending.resolve({ result: (header.a as FrameHeader) ?? {}, payload });
     else pending.reject(errorFromWire((header.e as object) ?? {}));
   }
@@ -160,25 +176,59 @@ export class MeshConnection {
     this.send({ t: "r", i: id, ok: false, e: asShoalError(err).toWire() }, EMPTY_PAYLOAD);
   }
 
+  /**
+   * Frames with small payloads issued in one tick go out in one socket write (a forwarding node
+   * sends many small requests and replies per tick); a large payload is written on its own,
+   * after what was batched, straight from its buffer.
+   */
   private send(header: FrameHeader, payload: Uint8Array, release?: () => void): void {
     if (this.closed) {
       release?.();
       return;
     }
     const head = encodeFrameHead(header, payload.byteLength);
-    let ok: boolean;
-    if (payload.byteLength === 0) {
-      ok = this.writer.write(head);
-      release?.();
-    } else if (payload.byteLength <= COALESCE_BYTES) {
-      const frame = new Uint8Array(head.byteLength + payload.byteLength);
-      frame.set(head, 0);
-      frame.set(payload, head.byteLength);
-      release?.();
-      ok = this.writer.write(frame);
-    } else {
-      ok = this.writer.write(head) && this.writer.write(payload, release);
+    this.batch.push(head);
+    this.batchBytes += head.byteLength;
+    if (payload.byteLength > COALESCE_BYTES) {
+      this.flushBatch();
+      this.checkQueue(this.writer.write(payload, release));
+      return;
     }
+    if (payload.byteLength > 0) {
+      this.batch.push(payload);
+      this.batchBytes += payload.byteLength;
+      if (release) this.batchReleases.push(release);
+    }
+    if (this.batchBytes >= BATCH_BYTES) this.flushBatch();
+    else if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      queueMicrotask(this.flushBound);
+    }
+  }
+
+  private readonly flushBound = () => this.flushBatch();
+
+  private flushBatch(): void {
+    this.flushScheduled = false;
+    if (this.batchBytes === 0 || this.closed) return;
+    let joined = this.batch[0]!;
+    if (this.batch.length > 1) {
+      joined = Buffer.allocUnsafe(this.batchBytes);
+      let at = 0;
+      for (const piece of this.batch) {
+        joined.set(piece, at);
+        at += piece.byteLength;
+      }
+    }
+    const releases = this.batchReleases;
+    this.batch = [];
+    this.batchBytes = 0;
+    this.batchReleases = [];
+    const ok = this.writer.write(joined, releases.length === 0 ? undefined : () => releases.forEach((release) => release()));
+    this.checkQueue(ok);
+  }
+
+  private checkQueue(ok: boolean): void {
     if (!ok) {
       this.options.warn(`dropping mesh connection to ${this.label}: it is not reading (${this.writer.pendingBytes} bytes queued)`);
       this.close();
