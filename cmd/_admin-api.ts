@@ -8,7 +8,7 @@ import { newVolumeRecord, type VolumeRecord } from "../core/volume.ts";
 import type { FrameHeader } from "../transport/frame.ts";
 import type { Group } from "../transport/group.ts";
 import type { VolumeRouter } from "../transport/volume-router.ts";
-import type { SnapshotService } from "../transport/snapshot-service.ts";
+import type { CreateSnapshot, SnapshotService } from "../transport/snapshot-service.ts";
 import type { SnapshotResult } from "../core/snapshot-coordinator.ts";
 import { snapshotLayerId } from "../core/snapshot-record.ts";
 
@@ -47,6 +47,12 @@ export class AdminApi {
         return Promise.resolve(this.routeShow(String(args.volume)));
       case "admin.snap.create":
         return this.createSnapshot(args);
+      case "admin.snap.prepare":
+        return this.prepareSnapshot(args);
+      case "admin.snap.take":
+        return this.options.snapshots.take(String(args.name)).then((result) => describeResult(result, 0));
+      case "admin.snap.release":
+        return this.options.snapshots.release(String(args.name)).then((outcome) => ({ name: String(args.name), outcome }));
       case "admin.snap.list":
         return this.listSnapshots(args.volume === undefined ? undefined : String(args.volume));
       case "admin.snap.delete":
@@ -179,12 +185,16 @@ export class AdminApi {
 
   // ---- snapshots
 
+  private async prepareSnapshot(args: FrameHeader): Promise<FrameHeader> {
+    const request = snapshotRequest(args);
+    const snapshotId = await this.options.snapshots.prepare(request);
+    return { name: request.name, snapshotId, volumes: request.volumes, mode: request.mode, state: "ready" };
+  }
+
   private async createSnapshot(args: FrameHeader): Promise<FrameHeader> {
-    const volumes = Array.isArray(args.volumes) ? (args.volumes as unknown[]).map(String) : [];
-    const mode = args.mode === "timestamp" ? "timestamp" : args.mode === "hold" || args.mode === undefined ? "hold" : undefined;
-    if (!mode) throw new ShoalError("BAD_ARGUMENT", `unknown snapshot mode '${String(args.mode)}'; use hold or timestamp`);
+    const request = snapshotRequest(args);
+    const { mode } = request;
     const startedMs = performance.now();
-    const request = { volumes, name: String(args.name), mode, holdTimeoutMs: args.holdTimeoutMs === undefined ? undefined : Number(args.holdTimeoutMs) } as const;
     let result: SnapshotResult;
     for (let attempt = 1; ; attempt++) {
       try {
@@ -196,17 +206,7 @@ export class AdminApi {
         if (!(err instanceof ShoalError && err.code === "TIMEOUT" && mode === "timestamp" && attempt < SNAPSHOT_ATTEMPTS)) throw err;
       }
     }
-    return {
-      snapshotId: result.snapshotId,
-      name: result.name,
-      volumes: result.volumes,
-      mode: result.mode,
-      participants: result.participants,
-      startedAtMs: result.startedAtMs,
-      cutAtMs: result.cutAtMs ?? null,
-      pendingOn: result.pendingOn,
-      tookMs: Math.round(performance.now() - startedMs),
-    };
+    return describeResult(result!, Math.round(performance.now() - startedMs));
   }
 
   private async listSnapshots(volume: string | undefined): Promise<FrameHeader> {
@@ -318,6 +318,27 @@ export class AdminApi {
     );
     return result;
   }
+}
+
+function snapshotRequest(args: FrameHeader): CreateSnapshot {
+  const volumes = Array.isArray(args.volumes) ? (args.volumes as unknown[]).map(String) : [];
+  const mode = args.mode === "timestamp" ? "timestamp" : args.mode === "hold" || args.mode === undefined ? "hold" : undefined;
+  if (!mode) throw new ShoalError("BAD_ARGUMENT", `unknown snapshot mode '${String(args.mode)}'; use hold or timestamp`);
+  return { volumes, name: String(args.name), mode, holdTimeoutMs: args.holdTimeoutMs === undefined ? undefined : Number(args.holdTimeoutMs) };
+}
+
+function describeResult(result: SnapshotResult, tookMs: number): FrameHeader {
+  return {
+    snapshotId: result.snapshotId,
+    name: result.name,
+    volumes: result.volumes,
+    mode: result.mode,
+    participants: result.participants,
+    startedAtMs: result.startedAtMs,
+    cutAtMs: result.cutAtMs ?? null,
+    pendingOn: result.pendingOn,
+    tookMs,
+  };
 }
 
 function summarize(record: VolumeRecord): FrameHeader {

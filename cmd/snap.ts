@@ -30,6 +30,45 @@ const create = defineCommand({
   },
 });
 
+const prepare = defineCommand({
+  meta: {
+    name: "prepare",
+    description: "Phase 1 of 3: prepare a snapshot and return once every participant is ready (holding, in hold mode) until take, release or the hold timeout",
+  },
+  args: {
+    volumes: { type: "positional", description: "volume names (VOL...)", required: true },
+    name: { type: "string", description: "snapshot name", required: true },
+    mode: { type: "string", description: "hold or timestamp", default: "hold" },
+    holdTimeout: { type: "string", description: "how long participants wait for take", default: "2s", valueHint: "DURATION" },
+    ...nodeArgs,
+  },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const volumes = (args._ as string[]).length > 0 ? (args._ as string[]) : [args.volumes];
+    const result = await adminRequest(nodeAddress(args), "admin.snap.prepare", {
+      volumes,
+      name: args.name,
+      mode: args.mode,
+      holdTimeoutMs: parseDurationMs(args.holdTimeout),
+    });
+    printResult(args.json, result, () => `prepared ${args.name} (${String(result.snapshotId)}); now \`shoal snap take ${args.name}\` on the same node`);
+  },
+});
+
+function phaseCommand(name: "take" | "release", description: string) {
+  return defineCommand({
+    meta: { name, description },
+    args: { name: { type: "positional", description: "snapshot name given to prepare", required: true }, ...nodeArgs },
+    async run(context) {
+      rejectUnknownFlags(context);
+      const { args } = context;
+      const result = await adminRequest(nodeAddress(args), `admin.snap.${name}`, { name: args.name });
+      printResult(args.json, result, () => (name === "take" ? `took ${args.name} (${String(result.snapshotId)})` : `released ${args.name}: ${String(result.outcome)}`));
+    },
+  });
+}
+
 const list = defineCommand({
   meta: { name: "list", description: "List snapshots (of one volume, or all)" },
   args: { volume: { type: "positional", description: "volume name", required: false }, ...nodeArgs },
@@ -95,9 +134,12 @@ const clone = defineCommand({
 });
 
 export default defineCommand({
-  meta: { name: "snap", description: "Crash-consistent snapshots: create, list, delete, rollback, clone" },
+  meta: { name: "snap", description: "Crash-consistent snapshots: create (or prepare/take/release), list, delete, rollback, clone" },
   subCommands: {
     create,
+    prepare,
+    take: phaseCommand("take", "Phase 2 of 3: cut the prepared snapshot (send to the node that ran prepare); returns when it is complete"),
+    release: phaseCommand("release", "Phase 3 of 3: resume; before take this aborts the snapshot"),
     list,
     delete: refCommand("delete", "Delete a snapshot; its space is freed in the background without stalling clients", "admin.snap.delete", "deleted"),
     rollback: refCommand("rollback", "Make a volume read exactly as one of its snapshots", "admin.snap.rollback", "rolled back to"),

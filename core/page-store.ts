@@ -64,6 +64,8 @@ export interface LayerInfo {
 
 export const DEFAULT_CHUNK_SIZE_BYTES = 64 * 1024;
 const TABLE_FILE = "layers.json";
+/** Marks a dropped page file awaiting its unlink. */
+const TRASH_MARK = ".drop";
 const ZERO_WRITE_BYTES_MAX = 1024 * 1024;
 /** Pages a layer deletion moves before making them durable together and dropping the originals. */
 const DELETE_BATCH_PAGES = 32;
@@ -85,6 +87,7 @@ export class PageStore {
   private deletions: Promise<void> = Promise.resolve();
   /** Orders header writes: one captured earlier never overwrites one captured later. */
   private headerSeq = 0;
+  private trashSeq = 0;
   private scratch = new Uint8Array(0);
   private zeros = new Uint8Array(0);
   private closed = false;
@@ -140,14 +143,21 @@ export class PageStore {
   private loadLayerPages(layer: Layer): void {
     const dir = this.layerDir(layer);
     for (const name of fs.readdirSync(dir)) {
+      const filePath = path.join(dir, name);
+      if (name.includes(TRASH_MARK)) {
+        fs.rmSync(filePath, { force: true });
+        continue;
+      }
       const parsed = parseFileName(name);
       if (parsed === undefined) continue;
-      const filePath = path.join(dir, name);
       if (layer.pages.has(parsed.page)) {
         throw new ShoalError("IO_ERROR", `${dir} holds page ${parsed.page} twice (plain and chunked); restore this node's data directory`);
       }
       if (!parsed.chunked) {
-        layer.pages.set(parsed.page, newPageFile(layer, parsed.page, fs.statSync(filePath).size, 0, undefined));
+        const sizeBytes = fs.statSync(filePath).size;
+        // Created but its length never reached the disk: it holds nothing durable.
+        if (sizeBytes === 0) fs.rmSync(filePath, { force: true });
+        else layer.pages.set(parsed.page, newPageFile(layer, parsed.page, sizeBytes, 0, undefined));
         continue;
       }
       const fd = fs.openSync(filePath, "r");
@@ -522,10 +532,22 @@ export class PageStore {
     return file;
   }
 
+  /**
+   * Removes a page file. Unlinking a written 4 MiB file frees its blocks and cached pages, which
+   * takes milliseconds; so it is renamed out of the way (atomic, microseconds) and unlinked off
+   * the event loop. A trash file left by a crash is removed at start.
+   */
   private dropPage(file: PageFile): void {
     this.open.close(file);
     this.markClean(file);
-    fs.rmSync(this.pathOf(file), { force: true });
+    const filePath = this.pathOf(file);
+    const trash = `${filePath}${TRASH_MARK}${++this.trashSeq}`;
+    try {
+      fs.renameSync(filePath, trash);
+      fs.promises.unlink(trash).catch(() => undefined); // a leftover is removed at the next start
+    } catch (err) {
+      if ((err as { code?: string }).code !== "ENOENT") throw err;
+    }
     file.layer.pages.delete(file.page);
     this.dirtyDirs.add(this.layerDir(file.layer));
   }

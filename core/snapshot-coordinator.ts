@@ -57,6 +57,12 @@ export interface SnapshotRequest {
   holdTimeoutMs?: number;
   maxClockSkewMs: number;
   nowMs: number;
+  /**
+   * Split phases for scripts that quiesce an application in between: once every participant is
+   * ready the coordinator reports `ready` and waits for `take()` (or `release()` to abort) until
+   * the hold timeout, instead of taking at once.
+   */
+  manualTake?: boolean;
 }
 
 export interface SnapshotResult {
@@ -78,7 +84,9 @@ export type CoordinatorEffect =
   | { kind: "persist"; record: CoordinatorRecord }
   | { kind: "unpersist"; snapshotId: string }
   | { kind: "done"; snapshotId: string; ok: true; result: SnapshotResult }
-  | { kind: "done"; snapshotId: string; ok: false; error: ShoalError };
+  | { kind: "done"; snapshotId: string; ok: false; error: ShoalError }
+  /** manualTake only: every participant is ready (holding, in hold mode); call take() or release(). */
+  | { kind: "ready"; snapshotId: string };
 
 type Phase = "preparing" | "taking" | "committing" | "aborting";
 
@@ -91,6 +99,9 @@ interface ReadyInfo {
 
 interface Attempt {
   record: CoordinatorRecord;
+  manualTake: boolean;
+  /** manualTake: every participant answered ready; take() may start the take. */
+  allReady: boolean;
   holdTimeoutMs: number;
   maxClockSkewMs: number;
   phase: Phase;
@@ -130,6 +141,7 @@ export class SnapshotCoordinator {
       state: "started",
     };
     const attempt = newAttempt(record, holdTimeoutMs, req.maxClockSkewMs, "preparing", req.nowMs + holdTimeoutMs);
+    attempt.manualTake = req.manualTake === true;
     attempt.nextSendAtMs = req.nowMs + this.config.retryIntervalMs;
     this.attempts.set(req.snapshotId, attempt);
     return [{ kind: "persist", record }, ...this.sendPrepare(attempt, record.participants, req.nowMs)];
@@ -229,7 +241,27 @@ export class SnapshotCoordinator {
     if (attempt.phase !== "preparing" || attempt.ready.has(from)) return NONE;
     attempt.ready.set(from, info);
     if (attempt.ready.size < attempt.record.participants.length) return NONE;
+    if (attempt.manualTake) {
+      attempt.allReady = true;
+      return [{ kind: "ready", snapshotId }];
+    }
     return this.startTake(attempt, nowMs);
+  }
+
+  /** manualTake: take now. Fails with the reason when the snapshot is not ready (or gone). */
+  take(snapshotId: string, nowMs: number): CoordinatorEffect[] {
+    const attempt = this.attempts.get(snapshotId);
+    if (!attempt || attempt.phase !== "preparing" || !attempt.allReady) {
+      throw new ShoalError("CONFLICT", `snapshot ${snapshotId} is not prepared on this coordinator (it finished, failed, or timed out)`);
+    }
+    return this.startTake(attempt, nowMs);
+  }
+
+  /** manualTake: before take, abort and release everyone; after take, nothing is left to do. */
+  release(snapshotId: string, nowMs: number): CoordinatorEffect[] {
+    const attempt = this.attempts.get(snapshotId);
+    if (!attempt || attempt.phase !== "preparing") return NONE;
+    return this.abort(attempt, new ShoalError("CONFLICT", `snapshot '${attempt.record.name}' was released before take`), nowMs);
   }
 
   private startTake(attempt: Attempt, nowMs: number): CoordinatorEffect[] {
@@ -399,6 +431,8 @@ function newAttempt(record: CoordinatorRecord, holdTimeoutMs: number, maxClockSk
     sendIntervalMs: 0,
     deliveryAttempts: 0,
     doneEmitted: false,
+    manualTake: false,
+    allReady: false,
   };
 }
 

@@ -43,7 +43,12 @@ export class SnapshotService implements SnapshotGate {
   private readonly incarnation = crypto.randomUUID().slice(0, 8);
   private counter = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
-  private readonly waiting = new Map<string, { resolve: (r: SnapshotResult) => void; reject: (e: ShoalError) => void }>();
+  private readonly waiting = new Map<
+    string,
+    { resolve: (r: SnapshotResult) => void; reject: (e: ShoalError) => void; promise: Promise<SnapshotResult>; onReady: () => void }
+  >();
+  /** Split-phase snapshots coordinated here, by name. */
+  private readonly prepared = new Map<string, string>();
   /** Snapshot ids whose participant effects are running right now (effects re-enter via hold release). */
   private stopped = false;
 
@@ -87,7 +92,62 @@ export class SnapshotService implements SnapshotGate {
 
   // ---- admin
 
+  /**
+   * Split phases: resolves once every participant is ready (holding, in hold mode); they stay so
+   * until take(), release() or the hold timeout. Returns the snapshot id.
+   */
+  async prepare(request: CreateSnapshot): Promise<string> {
+    for (const [name, snapshotId] of this.prepared) {
+      if (name === request.name && this.waiting.has(snapshotId)) {
+        throw new ShoalError("SNAPSHOT_EXISTS", `a snapshot '${name}' is already being prepared on this node`);
+      }
+    }
+    let onReady!: () => void;
+    const ready = new Promise<void>((resolve) => (onReady = resolve));
+    const { snapshotId, promise: done } = this.begin(request, true, onReady);
+    this.prepared.set(request.name, snapshotId);
+    // Whichever comes first: ready, or the snapshot failing while preparing.
+    await Promise.race([ready, done]);
+    return snapshotId;
+  }
+
+  /** Split phases: cut the snapshot prepared under `name`; resolves when it is complete. */
+  take(name: string): Promise<SnapshotResult> {
+    const snapshotId = this.preparedId(name);
+    const done = this.waiting.get(snapshotId)!.promise;
+    this.runCoordinator(this.coordinator.take(snapshotId, this.nowMs()));
+    return done;
+  }
+
+  /** Split phases: before take, abort (everyone resumes); after take, nothing is left to undo. */
+  async release(name: string): Promise<"aborted" | "complete"> {
+    const snapshotId = this.prepared.get(name);
+    if (snapshotId === undefined) throw new ShoalError("UNKNOWN_SNAPSHOT", `no snapshot '${name}' was prepared on this node`);
+    this.prepared.delete(name);
+    const waiter = this.waiting.get(snapshotId);
+    if (!waiter) return "complete";
+    this.runCoordinator(this.coordinator.release(snapshotId, this.nowMs()));
+    try {
+      await waiter.promise;
+      return "complete";
+    } catch {
+      return "aborted";
+    }
+  }
+
+  private preparedId(name: string): string {
+    const snapshotId = this.prepared.get(name);
+    if (snapshotId === undefined || !this.waiting.has(snapshotId)) {
+      throw new ShoalError("UNKNOWN_SNAPSHOT", `no snapshot '${name}' is prepared on this node; run \`shoal snap prepare\` here first (it may have timed out)`);
+    }
+    return snapshotId;
+  }
+
   create(request: CreateSnapshot): Promise<SnapshotResult> {
+    return this.begin(request, false, () => {}).promise;
+  }
+
+  private begin(request: CreateSnapshot, manualTake: boolean, onReady: () => void): { snapshotId: string; promise: Promise<SnapshotResult> } {
     const { group } = this.options;
     validateSnapshotName(request.name);
     if (request.volumes.length === 0) throw new ShoalError("BAD_ARGUMENT", "name at least one volume to snapshot");
@@ -103,7 +163,14 @@ export class SnapshotService implements SnapshotGate {
       if (!group.isUp(node)) throw new ShoalError("NODE_DOWN", `node ${node} holds pages of these volumes and is down; retry when it is back`);
     }
     const snapshotId = `${group.selfId}.${this.incarnation}.${++this.counter}`;
-    const done = new Promise<SnapshotResult>((resolve, reject) => this.waiting.set(snapshotId, { resolve, reject }));
+    let resolve!: (result: SnapshotResult) => void;
+    let reject!: (error: ShoalError) => void;
+    const promise = new Promise<SnapshotResult>((ok, fail) => {
+      resolve = ok;
+      reject = fail;
+    });
+    promise.catch(() => {}); // observed by whoever awaits it; never an unhandled rejection
+    this.waiting.set(snapshotId, { resolve, reject, promise, onReady });
     this.runCoordinator(
       this.coordinator.startSnapshot({
         snapshotId,
@@ -114,9 +181,10 @@ export class SnapshotService implements SnapshotGate {
         holdTimeoutMs: request.holdTimeoutMs,
         maxClockSkewMs: this.options.maxClockSkewMs,
         nowMs: this.nowMs(),
+        manualTake,
       }),
     );
-    return done;
+    return { snapshotId, promise };
   }
 
   /** Rolls this node's pages of a volume back to a snapshot layer (the admin checked it exists). */
@@ -181,6 +249,9 @@ export class SnapshotService implements SnapshotGate {
           break;
         case "unpersist":
           catalog.deleteProtocolRecord("coordinator", effect.snapshotId);
+          break;
+        case "ready":
+          this.waiting.get(effect.snapshotId)?.onReady();
           break;
         case "done": {
           const waiter = this.waiting.get(effect.snapshotId);

@@ -71,6 +71,15 @@ async function readStamps(node: TestNode, exportName: string): Promise<Map<numbe
   }
 }
 
+async function readBlock(node: TestNode, exportName: string): Promise<Uint8Array> {
+  const client = await connect(node, exportName);
+  try {
+    return await client.read(0, BLOCK_BYTES);
+  } finally {
+    await client.close();
+  }
+}
+
 async function snapshotsUnderLoad(cluster: TestCluster, mode: "hold" | "timestamp", count: number) {
   const volume = `load-${mode}`;
   const created = await cluster.shoal(["volume", "create", volume, "--size", "4M", "--page-size", `${PAGE}`]);
@@ -160,6 +169,48 @@ describe("hold-mode snapshots of a striped volume under load", () => {
     const missing = await cluster.shoal(["snap", "delete", "data@before"]);
     expect(missing.exitCode).toBe(3);
   }, 120_000);
+});
+
+describe("split-phase snapshots for scripts that quiesce an application", () => {
+  let cluster: TestCluster;
+  beforeAll(async () => {
+    cluster = await TestCluster.start(2);
+  });
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  test("prepare holds writes until take; the held write is not in the snapshot; release before take aborts", async () => {
+    const [node1, node2] = cluster.nodes;
+    expect((await cluster.shoal(["volume", "create", "app", "--size", "8M"])).exitCode).toBe(0);
+    const client = await connect(node2!, "app");
+    try {
+      await client.write(0, stampBlock(1));
+      const prepared = await cluster.shoal(["snap", "prepare", "app", "--name", "quiet", "--hold-timeout", "5s", "--json"], { node: node1 });
+      expect(prepared.exitCode).toBe(0);
+      let heldDone = false;
+      const held = client.write(0, stampBlock(2)).then(() => (heldDone = true));
+      await Bun.sleep(300);
+      expect(heldDone).toBe(false); // held while prepared
+      const took = await cluster.shoal(["snap", "take", "quiet", "--json"], { node: node1 });
+      expect(took.exitCode).toBe(0);
+      await held;
+      expect((await cluster.shoal(["snap", "release", "quiet"], { node: node1 })).exitCode).toBe(0);
+      expect(readStamp((await readBlock(node2!, "app@quiet")))).toBe(1);
+      expect(readStamp(await client.read(0, BLOCK_BYTES))).toBe(2);
+
+      expect((await cluster.shoal(["snap", "prepare", "app", "--name", "dropped"], { node: node1 })).exitCode).toBe(0);
+      const released = await cluster.shoal(["snap", "release", "dropped", "--json"], { node: node1 });
+      expect(JSON.parse(released.stdout).outcome).toBe("aborted");
+      await client.write(0, stampBlock(3)); // no longer held
+      const names = JSON.parse((await cluster.shoal(["snap", "list", "app", "--json"])).stdout).snapshots.map((s: { name: string }) => s.name);
+      expect(names).toEqual(["quiet"]);
+      const lateTake = await cluster.shoal(["snap", "take", "dropped"], { node: node1 });
+      expect(lateTake.exitCode).toBe(3);
+    } finally {
+      await client.close();
+    }
+  }, 60_000);
 });
 
 describe("timestamp-mode snapshots with skewed clocks", () => {
