@@ -15,8 +15,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { ShoalError } from "./errors.ts";
-import { fdatasyncAsync, replaceFileSync, syncDirectory, syncDirectorySync, writeDurableTemp } from "./_durable-fs.ts";
+import { fdatasyncAsync, syncDirectory, syncDirectorySync } from "./_durable-fs.ts";
 import { type Layer, LayerTable, validateLayerId } from "./_layer-table.ts";
+import { LayerTableFile } from "./_layer-table-file.ts";
 import { OpenPageFiles } from "./_open-page-files.ts";
 import {
   ABSENT,
@@ -63,7 +64,6 @@ export interface LayerInfo {
 }
 
 export const DEFAULT_CHUNK_SIZE_BYTES = 64 * 1024;
-const TABLE_FILE = "layers.json";
 /** Marks a dropped page file awaiting its unlink. */
 const TRASH_MARK = ".drop";
 const ZERO_WRITE_BYTES_MAX = 1024 * 1024;
@@ -72,17 +72,12 @@ const DELETE_BATCH_PAGES = 32;
 
 export class PageStore {
   private readonly dir: string;
-  private readonly tablePath: string;
   private readonly table: LayerTable;
+  private readonly tableFile: LayerTableFile;
   private readonly open: OpenPageFiles;
   /** Files with writes or chunk states not yet durable. */
   private readonly dirty = new Set<PageFile>();
   private readonly dirtyDirs = new Set<string>();
-  /** Table version last made durable, the write in flight, and directories to remove after it. */
-  private durableVersion = 0;
-  private tableWriter: Promise<void> | undefined;
-  private persistQueued = false;
-  private pendingRemovals: string[] = [];
   /** Deletions run one at a time: each walks a parent/child neighbourhood the next may change. */
   private deletions: Promise<void> = Promise.resolve();
   /** Orders header writes: one captured earlier never overwrites one captured later. */
@@ -96,30 +91,23 @@ export class PageStore {
 
   constructor(options: PageStoreOptions) {
     this.dir = path.join(options.dir, "pages");
-    this.tablePath = path.join(this.dir, TABLE_FILE);
     fs.mkdirSync(this.dir, { recursive: true });
     this.open = new OpenPageFiles(Math.max(2, options.maxOpenFiles ?? 512), (file) => this.pathOf(file), (file) => this.syncFileNow(file));
-    const legacy = !fs.existsSync(this.tablePath);
-    this.table = this.loadTable(legacy, options.chunkSizeBytes);
-    this.loadPages(legacy);
-    if (legacy || this.table.version > 0) this.saveTableNow();
+    if (options.chunkSizeBytes !== undefined) validateChunkSize(options.chunkSizeBytes);
+    const saved = LayerTableFile.load(this.dir);
+    if (saved !== undefined && options.chunkSizeBytes !== undefined && options.chunkSizeBytes !== saved.chunkSizeBytes) {
+      throw new ShoalError(
+        "BAD_ARGUMENT",
+        `the page store in ${this.dir} was created with ${saved.chunkSizeBytes}-byte chunks; start it with that chunk size (or none)`,
+      );
+    }
+    this.table = saved ?? new LayerTable(options.chunkSizeBytes ?? DEFAULT_CHUNK_SIZE_BYTES);
+    this.tableFile = new LayerTableFile(this.dir, this.table, (count) => (this.syncCount += count));
+    this.loadPages(saved === undefined);
+    if (saved === undefined || this.table.version > 0) this.tableFile.saveNow();
   }
 
   // ---- loading
-
-  private loadTable(legacy: boolean, chunkSizeBytes: number | undefined): LayerTable {
-    if (chunkSizeBytes !== undefined) validateChunkSize(chunkSizeBytes);
-    for (const temp of [`${this.tablePath}.tmp`, `${this.tablePath}.tmp-close`]) fs.rmSync(temp, { force: true });
-    if (legacy) return new LayerTable(chunkSizeBytes ?? DEFAULT_CHUNK_SIZE_BYTES);
-    const table = LayerTable.decode(fs.readFileSync(this.tablePath, "utf8"), this.tablePath);
-    if (chunkSizeBytes !== undefined && chunkSizeBytes !== table.chunkSizeBytes) {
-      throw new ShoalError(
-        "BAD_ARGUMENT",
-        `the page store in ${this.dir} was created with ${table.chunkSizeBytes}-byte chunks; start it with that chunk size (or none)`,
-      );
-    }
-    return table;
-  }
 
   /**
    * Attaches each layer's directory. A directory the table does not name is a change that never
@@ -244,7 +232,7 @@ export class PageStore {
     if (file !== undefined) await this.syncFile(file);
     if (layer !== undefined) await this.syncDirIfDirty(this.layerDir(layer));
     await this.syncDirIfDirty(this.dir);
-    await this.persistTable();
+    await this.tableFile.persist();
   }
 
   /** Makes every write and layer change that completed before the call durable. */
@@ -260,7 +248,7 @@ export class PageStore {
       throw err;
     }
     this.syncCount += dirs.length;
-    await this.persistTable();
+    await this.tableFile.persist();
   }
 
   /** Syncs everything synchronously and closes every file; call after `await flush()`. */
@@ -270,7 +258,7 @@ export class PageStore {
     for (const file of this.open.list()) this.open.close(file);
     for (const dir of this.dirtyDirs) syncDirectorySync(dir);
     this.dirtyDirs.clear();
-    if (this.durableVersion < this.table.version) this.saveTableNow();
+    this.tableFile.close();
     this.closed = true;
   }
 
@@ -289,7 +277,7 @@ export class PageStore {
     const parent = parentLayerId === undefined ? undefined : this.requireLayer(parentLayerId);
     if (parent?.deleting) throw deletingError(parent);
     this.table.create(layerId, parent);
-    this.tableChanged();
+    this.tableFile.changed();
   }
 
   /**
@@ -306,7 +294,7 @@ export class PageStore {
     const head = this.table.get(headLayerId) ?? this.table.create(headLayerId, undefined);
     if (head.deleting) throw deletingError(head);
     this.table.freeze(head, snapshotLayerId);
-    this.tableChanged();
+    this.tableFile.changed();
   }
 
   /** Rollback: drops the head's own pages and stacks it on `parentLayerId`; it then reads as that. */
@@ -316,17 +304,17 @@ export class PageStore {
     const head = this.table.get(headLayerId);
     if (head === undefined) {
       this.table.create(headLayerId, parent);
-      this.tableChanged();
+      this.tableFile.changed();
       return;
     }
     if (head.deleting) throw deletingError(head);
     if (head.children > 0) throw stackedError(head, "rolled back");
     if (parent === head) throw new ShoalError("BAD_ARGUMENT", `layer '${head.id}' cannot be its own parent`);
     this.forgetPages(head);
-    if (head.dirExists) this.pendingRemovals.push(this.layerDir(head));
+    if (head.dirExists) this.tableFile.retire(this.layerDir(head));
     this.table.renew(head);
     this.table.setParent(head, parent);
-    this.tableChanged();
+    this.tableFile.changed();
   }
 
   /**
@@ -341,7 +329,7 @@ export class PageStore {
     if (layer !== undefined && !layer.deleting) {
       layer.deleting = true;
       this.table.changed();
-      this.tableChanged();
+      this.tableFile.changed();
     }
     const run = this.deletions.then(() => this.deleteLayerNow(layerId));
     // The next deletion runs whatever this one's fate; this one's caller gets its error.
@@ -356,9 +344,9 @@ export class PageStore {
     if (layer.deleting) throw deletingError(layer);
     if (layer.children > 0) throw stackedError(layer, "dropped");
     this.forgetPages(layer);
-    if (layer.dirExists) this.pendingRemovals.push(this.layerDir(layer));
+    if (layer.dirExists) this.tableFile.retire(this.layerDir(layer));
     this.table.remove(layer);
-    this.tableChanged();
+    this.tableFile.changed();
   }
 
   layers(): LayerInfo[] {
@@ -588,7 +576,7 @@ export class PageStore {
 
   private createImplicitLayer(layerId: string): Layer {
     const layer = this.table.create(layerId, undefined);
-    this.tableChanged();
+    this.tableFile.changed();
     return layer;
   }
 
@@ -687,80 +675,21 @@ export class PageStore {
     this.syncCount++;
   }
 
-  // ---- the layer table on disk
-
-  /** Saves the table soon, in the background; whoever needs it durable awaits persistTable(). */
-  private tableChanged(): void {
-    if (this.persistQueued) return;
-    this.persistQueued = true;
-    queueMicrotask(() => {
-      this.persistQueued = false;
-      // A failure leaves durableVersion behind: flush, FUA and deleteLayer save again and report it.
-      this.persistTable().catch(() => undefined);
-    });
-  }
-
-  private async persistTable(): Promise<void> {
-    const wanted = this.table.version;
-    while (this.durableVersion < wanted) {
-      if (this.tableWriter !== undefined) {
-        await this.tableWriter;
-        continue;
-      }
-      const writer = this.writeTable();
-      this.tableWriter = writer;
-      try {
-        await writer;
-      } finally {
-        if (this.tableWriter === writer) this.tableWriter = undefined;
-      }
-    }
-  }
-
-  private async writeTable(): Promise<void> {
-    const version = this.table.version;
-    const text = this.table.encode();
-    const removals = this.pendingRemovals.splice(0);
-    const temp = `${this.tablePath}.tmp`;
-    try {
-      await writeDurableTemp(temp, text);
-      this.syncCount++;
-      if (this.closed) throw new ShoalError("SHUTTING_DOWN", "the page store closed while saving its layer table");
-      // Renamed synchronously, after the closed check in the same tick: close()'s own save can
-      // never be overwritten by an older table.
-      fs.renameSync(temp, this.tablePath);
-      await syncDirectory(this.dir);
-      this.syncCount++;
-    } catch (err) {
-      this.pendingRemovals.unshift(...removals);
-      throw err;
-    }
-    this.durableVersion = Math.max(this.durableVersion, version);
-    // Directories the durable table no longer names; if this fails, start-up removes them.
-    for (const dir of removals) fs.promises.rm(dir, { recursive: true, force: true }).catch(() => undefined);
-  }
-
-  private saveTableNow(): void {
-    replaceFileSync(this.tablePath, `${this.tablePath}.tmp-close`, this.table.encode(), this.dir);
-    this.syncCount += 2;
-    this.durableVersion = this.table.version;
-  }
-
   // ---- deleting a layer
 
   private async deleteLayerNow(layerId: string): Promise<void> {
     const layer = this.table.get(layerId);
     if (layer === undefined) return; // already gone: a retry after a crash is safe
     // Durably marked before anything moves: after a crash the half-emptied layer refuses reads.
-    await this.persistTable();
+    await this.tableFile.persist();
     const pages = [...layer.pages.keys()].sort((a, b) => a - b);
     for (let start = 0; start < pages.length; start += DELETE_BATCH_PAGES) {
       await this.moveBatch(layer, pages.slice(start, start + DELETE_BATCH_PAGES));
     }
     for (const child of this.table.childrenOf(layer)) this.table.setParent(child, layer.parent);
-    if (layer.dirExists) this.pendingRemovals.push(this.layerDir(layer));
+    if (layer.dirExists) this.tableFile.retire(this.layerDir(layer));
     this.table.remove(layer);
-    await this.persistTable();
+    await this.tableFile.persist();
   }
 
   /**

@@ -267,10 +267,20 @@ export class SnapshotService implements SnapshotGate {
 
   private runParticipant(effects: ParticipantEffect[]): void {
     const { catalog, store, log } = this.options;
+    // A cut must be durable before this node says "taken"; the page store saves its layer table
+    // with the next flush, so messages after a cut wait for one. Released requests do not wait.
+    let cutDurable: Promise<void> | undefined;
     for (const effect of effects) {
       switch (effect.kind) {
         case "send":
-          this.send(effect.to, effect.msg);
+          if (!cutDurable) this.send(effect.to, effect.msg);
+          else {
+            const { to, msg } = effect;
+            cutDurable.then(
+              () => this.send(to, msg),
+              (err) => log.warn(`snapshot ${msg.snapshotId}: making the cut durable failed: ${asShoalError(err).message}`),
+            );
+          }
           break;
         case "hold":
           this.holds.hold(effect.snapshotId, effect.volumes);
@@ -283,6 +293,7 @@ export class SnapshotService implements SnapshotGate {
         case "cut":
           for (const uid of this.localVolumeUids(effect.volumes)) store.freezeLayer(uid, snapshotLayerId(uid, effect.snapshotId));
           catalog.putProtocolRecord("participant", effect.snapshotId, { ...effect.record, volumeUids: this.localVolumeUids(effect.volumes) });
+          cutDurable = store.flush();
           break;
         case "commit":
           catalog.putProtocolRecord("participant", effect.snapshotId, effect.record);

@@ -16,7 +16,7 @@ const PAGE_BYTES = 4 * MiB;
 const BLOCK_BYTES = 4 * KiB;
 const WRITE_PAGES = 16; // 64 MiB, written in full before the snapshot
 const RANDOM_OPS = 8192;
-const FREEZE_REPEATS = 3;
+const FREEZE_REPEATS = 7;
 
 const { values } = parseArgs({ options: { dir: { type: "string" } } });
 const root = fs.mkdtempSync(path.join(values.dir ?? os.tmpdir(), "shoal-layers-bench-"));
@@ -34,6 +34,15 @@ function show(label: string, samplesNs: number[], anchorP50Us?: number): number 
     `${label.padEnd(52)} n=${String(samplesNs.length).padStart(5)}  p50 ${p.p50.toFixed(1).padStart(6)} µs  p90 ${p.p90.toFixed(1).padStart(6)}  p99 ${p.p99.toFixed(1).padStart(7)}  max ${p.max.toFixed(0).padStart(6)}  mean ${p.mean.toFixed(1).padStart(6)}${ratio}`,
   );
   return p.p50;
+}
+
+/** xorshift32: unlike an LCG's low bits, every bit is usable for picking blocks. */
+function xorshift(state: number): number {
+  let x = state || 1;
+  x ^= x << 13;
+  x ^= x >>> 17;
+  x ^= x << 5;
+  return x >>> 0;
 }
 
 function fill(seed: number, bytes: number): Uint8Array {
@@ -56,7 +65,7 @@ function randomWrites(store: PageStore, layer: string, pages: number, count: num
   const later: number[] = [];
   let state = seed;
   for (let index = 0; index < count; index++) {
-    state = (state * 1103515245 + 12345) >>> 0;
+    state = xorshift(state);
     const blockIndex = state % ((pages * PAGE_BYTES) / BLOCK_BYTES);
     const page = Math.floor((blockIndex * BLOCK_BYTES) / PAGE_BYTES);
     const offset = (blockIndex * BLOCK_BYTES) % PAGE_BYTES;
@@ -79,7 +88,7 @@ function randomReads(store: PageStore, layer: string, pages: number, count: numb
   const samples: number[] = [];
   let state = seed;
   for (let index = 0; index < count; index++) {
-    state = (state * 1103515245 + 12345) >>> 0;
+    state = xorshift(state);
     const blockIndex = state % ((pages * PAGE_BYTES) / BLOCK_BYTES);
     const started = Bun.nanoseconds();
     store.read(layer, Math.floor((blockIndex * BLOCK_BYTES) / PAGE_BYTES), (blockIndex * BLOCK_BYTES) % PAGE_BYTES, BLOCK_BYTES, target, 0);
@@ -124,33 +133,39 @@ async function writeLatency(): Promise<void> {
 }
 
 async function freezeTime(): Promise<void> {
-  console.log("\nfreezeLayer time, head with one 4 KiB block written per 4 MiB page (sparse)");
+  console.log("\nfreezeLayer time, head with one 4 KiB block written per 4 MiB page (sparse); anchor: an empty head");
   const store = new PageStore({ dir: path.join(root, "freeze") });
   const block = fill(8, BLOCK_BYTES);
-  const results: { label: string; us: number[] }[] = [];
-  for (const [label, bytes] of [
-    ["64 MiB written", 64 * MiB],
-    ["8 GiB written", 8 * 1024 * MiB],
-  ] as const) {
-    const times: number[] = [];
-    for (let repeat = 0; repeat < FREEZE_REPEATS; repeat++) {
+  const results = new Map<string, number[]>();
+  const record = (label: string, us: number) => {
+    let list = results.get(label);
+    if (!list) results.set(label, (list = []));
+    list.push(us);
+  };
+  const timeFreeze = (head: string): number => {
+    const started = Bun.nanoseconds();
+    store.freezeLayer(head, `${head}@snap`);
+    return (Bun.nanoseconds() - started) / 1000;
+  };
+  for (let repeat = 0; repeat < FREEZE_REPEATS; repeat++) {
+    for (const [label, bytes] of [
+      ["64 MiB written", 64 * MiB],
+      ["8 GiB written", 8 * 1024 * MiB],
+    ] as const) {
       const volume = `vol-${bytes}-${repeat}`;
       for (let page = 0; page < bytes / PAGE_BYTES; page++) store.write(volume, page, 0, block, PAGE_BYTES);
-      store.freezeLayer(`warm-${volume}`, `warm-${volume}@snap`); // the same call on an empty head first
-      Bun.gc(true); // keep a collection out of the measured call
-      const started = Bun.nanoseconds();
-      store.freezeLayer(volume, `${volume}@snap`);
-      times.push((Bun.nanoseconds() - started) / 1000);
+      await store.flush();
+      timeFreeze(`warm-${bytes}-${repeat}`); // the first call after an await runs cold; not counted
+      record(label, timeFreeze(volume));
+      record("empty head (anchor)", timeFreeze(`empty-${bytes}-${repeat}`));
       await store.flush();
     }
-    results.push({ label, us: times });
   }
-  for (const { label, us } of results) {
-    const median = [...us].sort((a, b) => a - b)[Math.floor(us.length / 2)]!;
-    console.log(`${label.padEnd(20)} freezeLayer median ${median.toFixed(1)} µs (runs: ${us.map((t) => t.toFixed(1)).join(", ")})`);
+  const median = (list: number[]) => [...list].sort((a, b) => a - b)[Math.floor(list.length / 2)]!;
+  const anchor = median(results.get("empty head (anchor)")!);
+  for (const [label, us] of results) {
+    console.log(`${label.padEnd(20)} median ${median(us).toFixed(1).padStart(6)} µs  min ${Math.min(...us).toFixed(1).padStart(6)} µs  ratio to anchor ${(median(us) / anchor).toFixed(2)}x  (n=${us.length})`);
   }
-  const [small, large] = results.map(({ us }) => [...us].sort((a, b) => a - b)[Math.floor(us.length / 2)]!);
-  console.log(`ratio 8 GiB / 64 MiB: ${(large! / small!).toFixed(2)}x (128x the pages)`);
   store.close();
 }
 
