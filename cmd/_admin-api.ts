@@ -7,7 +7,7 @@ import { describeRuns, formatRun, holders, pagesPerNode } from "../core/routing.
 import { newVolumeRecord, type VolumeRecord } from "../core/volume.ts";
 import type { FrameHeader } from "../transport/frame.ts";
 import type { Group } from "../transport/group.ts";
-import type { VolumeRouter } from "../transport/volume-router.ts";
+import { storeUsage, type VolumeRouter } from "../transport/volume-router.ts";
 import type { CreateSnapshot, SnapshotService } from "../transport/snapshot-service.ts";
 import type { SnapshotResult } from "../core/snapshot-coordinator.ts";
 import { snapshotLayerId } from "../core/snapshot-record.ts";
@@ -21,7 +21,7 @@ export interface AdminApiOptions {
   startedAtMs: number;
 }
 
-type Usage = Record<string, VolumeUsage>;
+type Usage = Record<string, VolumeUsage & { exclusiveBytes?: number }>;
 
 const SNAPSHOT_ATTEMPTS = 3;
 
@@ -223,7 +223,7 @@ export class AdminApi {
         for (const node of snapshot.participants) {
           const held = usage.get(node);
           if (!held) known = false;
-          else bytes += held[layer]?.bytes ?? 0;
+          else bytes += held[layer]?.exclusiveBytes ?? 0;
         }
         return {
           name: snapshot.name,
@@ -304,7 +304,7 @@ export class AdminApi {
     await Promise.all(
       nodes.map(async (node) => {
         if (node === group.selfId) {
-          result.set(node, Object.fromEntries(store.usage()));
+          result.set(node, storeUsage(store));
           return;
         }
         if (!group.isUp(node)) return;

@@ -89,7 +89,7 @@ const list = defineCommand({
       snapshots.length === 0
         ? "no snapshots"
         : table(
-            ["SNAPSHOT", "ID", "MODE", "CUT", "STATE", "ONLY-HERE"],
+            ["SNAPSHOT", "ID", "MODE", "CUT", "STATE", "EXCLUSIVE"],
             snapshots.map((s) => [
               `${s.volume}@${s.name}`,
               s.snapshotId,

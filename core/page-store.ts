@@ -357,6 +357,33 @@ export class PageStore {
     return result.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
+  /**
+   * Bytes that deleting `layerId` would free: its chunks that no layer stacked on it reads
+   * through to (every child holds that chunk itself). A layer without children frees all it holds.
+   */
+  exclusiveBytes(layerId: string): number {
+    const layer = this.table.get(layerId);
+    if (layer === undefined) return 0;
+    const children = [...this.table.all()].filter((candidate) => candidate.parent === layer);
+    if (children.length === 0) return heldBytes(layer);
+    let bytes = 0;
+    for (const [page, file] of layer.pages) {
+      // Plain files carry no chunk shift of their own; children chunk pages at the store's size.
+      const chunkShift = file.states === undefined ? chunkShiftFor(file.pageSizeBytes, this.table.chunkSizeBytes) : file.chunkShift;
+      const chunkBytes = 2 ** chunkShift;
+      const chunks = file.states === undefined ? chunksIn(file.pageSizeBytes, chunkShift) : file.states.length;
+      for (let chunk = 0; chunk < chunks; chunk++) {
+        if (file.states !== undefined && file.states[chunk] !== DATA) continue;
+        const shadowed = children.every((child) => {
+          const own = child.pages.get(page);
+          return own !== undefined && (own.states === undefined || own.states[chunk] !== ABSENT);
+        });
+        if (shadowed) bytes += chunkBytes;
+      }
+    }
+    return bytes;
+  }
+
   /** Pages and bytes each layer holds itself. */
   usage(): Map<string, VolumeUsage> {
     const result = new Map<string, VolumeUsage>();

@@ -297,7 +297,7 @@ export class VolumeRouter implements ExportCatalog {
       case "store.flush":
         return this.store.flush().then(() => ({}));
       case "store.usage":
-        return { result: { usage: Object.fromEntries(this.store.usage()) } };
+        return { result: { usage: storeUsage(this.store) } };
       default:
         return undefined;
     }
@@ -325,6 +325,15 @@ export class VolumeRouter implements ExportCatalog {
     this.assertOwner(target.record, page as number);
     return { target, page: page as number, pageOffset: pageOffset as number };
   }
+}
+
+/** Per layer: pages and bytes it holds, and for snapshot layers the bytes deleting it would free. */
+export function storeUsage(store: PageStore): Record<string, { pages: number; bytes: number; exclusiveBytes?: number }> {
+  const usage: Record<string, { pages: number; bytes: number; exclusiveBytes?: number }> = {};
+  for (const [layer, held] of store.usage()) {
+    usage[layer] = layer.includes("@") ? { ...held, exclusiveBytes: store.exclusiveBytes(layer) } : held;
+  }
+  return usage;
 }
 
 function checkedLength(value: unknown, record: VolumeRecord, pageOffset: number): number {

@@ -688,3 +688,25 @@ describe("PageStore layers against a model", () => {
     }
   }, 600_000);
 });
+
+describe("PageStore.exclusiveBytes", () => {
+  test("a snapshot frees only the chunks every layer above it has overwritten", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-excl-"));
+    try {
+      const store = new PageStore({ dir });
+      const pageBytes = 256 * 1024; // four 64 KiB chunks
+      store.write("vol", 0, 0, new Uint8Array(pageBytes).fill(1), pageBytes);
+      store.write("vol", 1, 0, new Uint8Array(pageBytes).fill(2), pageBytes);
+      store.freezeLayer("vol", "vol@s1");
+      expect(store.exclusiveBytes("vol@s1")).toBe(0); // the head reads everything through
+      store.write("vol", 0, 0, new Uint8Array(64 * 1024).fill(3), pageBytes); // one whole chunk
+      store.write("vol", 1, 10, new Uint8Array(10).fill(4), pageBytes); // part of a chunk: copied up
+      expect(store.exclusiveBytes("vol@s1")).toBe(2 * 64 * 1024);
+      store.createLayer("clone", "vol@s1"); // a clone reads everything through again
+      expect(store.exclusiveBytes("vol@s1")).toBe(0);
+      store.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
