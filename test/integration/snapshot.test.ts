@@ -171,6 +171,63 @@ describe("hold-mode snapshots of a striped volume under load", () => {
   }, 120_000);
 });
 
+describe("racing and failing snapshots", () => {
+  let cluster: TestCluster;
+  beforeAll(async () => {
+    cluster = await TestCluster.start(3);
+  });
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  test("two snapshots started at once on different coordinators: both succeed or one fails with a reason", async () => {
+    expect((await cluster.shoal(["volume", "create", "race", "--size", "8M", "--page-size", "64K"])).exitCode).toBe(0);
+    for (let round = 0; round < 10; round++) {
+      const outcomes = await Promise.all(
+        [0, 1].map((index) =>
+          adminRequest(cluster.nodes[index]!.meshAddress, "admin.snap.create", { volumes: ["race"], name: `r${round}-${index}`, mode: "hold", holdTimeoutMs: 2000 }).then(
+            () => "ok",
+            (err: Error) => err.message,
+          ),
+        ),
+      );
+      expect(outcomes.filter((outcome) => outcome === "ok").length).toBeGreaterThanOrEqual(1);
+      for (const outcome of outcomes) if (outcome !== "ok") expect(outcome).toMatch(/older snapshot|overlapping|conflict|retry/i);
+    }
+    const listed = JSON.parse((await cluster.shoal(["snap", "list", "race", "--json"], { node: cluster.nodes[2] })).stdout).snapshots;
+    expect(listed.length).toBeGreaterThanOrEqual(10);
+  }, 60_000);
+
+  test("a participant that is down makes the snapshot fail cleanly; nothing is listed", async () => {
+    const node3 = cluster.nodes[2]!;
+    expect((await cluster.shoal(["volume", "create", "spread", "--size", "12M"])).exitCode).toBe(0); // a page on each node
+    await node3.kill9();
+    const failed = await cluster.shoal(["snap", "create", "spread", "--name", "nope"]);
+    expect(failed.exitCode).toBe(5);
+    expect(failed.stderr).toContain("node3");
+    expect(JSON.parse((await cluster.shoal(["snap", "list", "spread", "--json"])).stdout).snapshots).toEqual([]);
+    await node3.start();
+    await cluster.waitConverged();
+    expect((await cluster.shoal(["snap", "create", "spread", "--name", "nope"])).exitCode).toBe(0);
+  }, 60_000);
+
+  test("a participant that stops answering (SIGSTOP) fails the snapshot by the hold timeout; nothing half-made is listed", async () => {
+    const node3 = cluster.nodes[2]!;
+    process.kill(node3.proc!.pid, "SIGSTOP");
+    try {
+      const startedMs = performance.now();
+      const failed = await cluster.shoal(["snap", "create", "spread", "--name", "frozen", "--hold-timeout", "1s"]);
+      expect(failed.exitCode).toBe(5);
+      expect(performance.now() - startedMs).toBeLessThan(8000);
+    } finally {
+      process.kill(node3.proc!.pid, "SIGCONT");
+    }
+    await cluster.waitConverged();
+    const names = JSON.parse((await cluster.shoal(["snap", "list", "spread", "--json"])).stdout).snapshots.map((s: { name: string }) => s.name);
+    expect(names).toEqual(["nope"]);
+  }, 60_000);
+});
+
 describe("split-phase snapshots for scripts that quiesce an application", () => {
   let cluster: TestCluster;
   beforeAll(async () => {
