@@ -39,6 +39,8 @@ export class AdminApi {
         return this.listVolumes();
       case "admin.volume.info":
         return this.volumeInfo(String(args.name));
+      case "admin.volume.restoring":
+        return this.markRestoring(String(args.name), Boolean(args.restoring));
       case "admin.volume.delete":
         return this.deleteVolume(String(args.name));
       case "admin.route.nodes":
@@ -53,6 +55,8 @@ export class AdminApi {
         return this.options.snapshots.take(String(args.name)).then((result) => describeResult(result, 0));
       case "admin.snap.release":
         return this.options.snapshots.release(String(args.name)).then((outcome) => ({ name: String(args.name), outcome }));
+      case "admin.archive.plan":
+        return this.archivePlan(String(args.volume), String(args.snapshot), args.since === undefined ? undefined : String(args.since));
       case "admin.snap.list":
         return this.listSnapshots(args.volume === undefined ? undefined : String(args.volume));
       case "admin.snap.delete":
@@ -99,9 +103,21 @@ export class AdminApi {
       nowMs: Date.now(),
       previousVersion: existing?.version ?? 0,
     });
+    if (args.restoring === true) record.restoring = true; // created by `archive restore --create`
     group.applyVolume(record);
     await group.publishVolume(record, nodes);
     return summarize(record);
+  }
+
+  /** Marks a volume as being restored (clients cannot open it) or as whole again. */
+  private async markRestoring(name: string, restoring: boolean): Promise<FrameHeader> {
+    const { group } = this.options;
+    const record = group.volume(name);
+    const { restoring: _, ...rest } = record;
+    const updated: VolumeRecord = { ...rest, version: record.version + 1, ...(restoring ? { restoring: true } : {}) };
+    group.applyVolume(updated);
+    await group.publishVolume(updated, holders(record.routing));
+    return summarize(updated);
   }
 
   private async listVolumes(): Promise<FrameHeader> {
@@ -297,6 +313,39 @@ export class AdminApi {
     return { ...summarize(record), origin: `${volume}@${name}` };
   }
 
+  // ---- archives
+
+  /** What an archive of VOL@SNAP (or of its changes since another snapshot) must hold. */
+  private async archivePlan(volume: string, snapshotName: string, sinceName: string | undefined): Promise<FrameHeader> {
+    const { group, router } = this.options;
+    const record = group.volume(volume);
+    const snapshot = group.snapshot(volume, snapshotName);
+    const base = sinceName === undefined ? undefined : group.snapshot(volume, sinceName);
+    if (base && base.createdAtMs > snapshot.createdAtMs) {
+      throw new ShoalError("BAD_ARGUMENT", `snapshot '${sinceName}' is newer than '${snapshotName}'; --since names an older snapshot`);
+    }
+    const layer = snapshotLayerId(record.uid, snapshot.snapshotId);
+    const sinceLayer = base ? snapshotLayerId(record.uid, base.snapshotId) : undefined;
+    const nodes = holders(record.routing);
+    const perNode = await Promise.all(
+      nodes.map(async (node) => {
+        if (node === group.selfId) return router.ownChangedPages({ record, layer }, sinceLayer);
+        const response = await group.link(node).request("store.changedPages", { v: record.uid, l: layer, ...(sinceLayer ? { since: sinceLayer } : {}) });
+        return response.result.pages as number[];
+      }),
+    );
+    const pages = perNode.flat().sort((a, b) => a - b);
+    return {
+      volume,
+      volumeUid: record.uid,
+      sizeBytes: record.sizeBytes,
+      pageSizeBytes: record.pageSizeBytes,
+      snapshot: { name: snapshot.name, id: snapshot.snapshotId, cutAtMs: snapshot.cutAtMs ?? snapshot.startedAtMs },
+      base: base ? { name: base.name, id: base.snapshotId } : null,
+      pages,
+    };
+  }
+
   /** Page usage of each node that answers; nodes that are down are missing from the map. */
   private async usageByNode(nodes: string[]): Promise<Map<string, Usage>> {
     const { group, store } = this.options;
@@ -350,5 +399,6 @@ function summarize(record: VolumeRecord): FrameHeader {
     pageCount: pageCount(record),
     nodes: record.routing.nodes,
     routingVersion: record.routing.version,
+    state: record.restoring ? "restoring" : "ready",
   };
 }

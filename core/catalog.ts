@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS members (
 CREATE TABLE IF NOT EXISTS volumes (
   name TEXT PRIMARY KEY, uid TEXT NOT NULL, size_bytes INTEGER NOT NULL, page_size_bytes INTEGER NOT NULL,
   created_at_ms INTEGER NOT NULL, version INTEGER NOT NULL, deleted INTEGER NOT NULL,
-  route_version INTEGER NOT NULL, route_nodes TEXT NOT NULL, route_owners BLOB NOT NULL, origin TEXT
+  route_version INTEGER NOT NULL, route_nodes TEXT NOT NULL, route_owners BLOB NOT NULL, origin TEXT,
+  restoring INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS snapshots (key TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshot_protocol (
@@ -36,6 +37,7 @@ interface VolumeRow {
   route_nodes: string;
   route_owners: Uint8Array;
   origin: string | null;
+  restoring: number;
 }
 
 export class Catalog implements SnapshotCatalog {
@@ -127,12 +129,13 @@ export class Catalog implements SnapshotCatalog {
     this.db
       .query(
         `INSERT INTO volumes (name, uid, size_bytes, page_size_bytes, created_at_ms, version, deleted,
-           route_version, route_nodes, route_owners, origin)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           route_version, route_nodes, route_owners, origin, restoring)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT(name) DO UPDATE SET uid = excluded.uid, size_bytes = excluded.size_bytes,
            page_size_bytes = excluded.page_size_bytes, created_at_ms = excluded.created_at_ms,
            version = excluded.version, deleted = excluded.deleted, route_version = excluded.route_version,
-           route_nodes = excluded.route_nodes, route_owners = excluded.route_owners, origin = excluded.origin`,
+           route_nodes = excluded.route_nodes, route_owners = excluded.route_owners, origin = excluded.origin,
+           restoring = excluded.restoring`,
       )
       .run(
         record.name,
@@ -146,6 +149,7 @@ export class Catalog implements SnapshotCatalog {
         JSON.stringify(wire.nodes),
         wire.owners,
         record.origin ?? null,
+        record.restoring ? 1 : 0,
       );
   }
 }
@@ -177,5 +181,6 @@ function rowToRecord(row: VolumeRow): VolumeRecord {
     deleted: row.deleted !== 0,
     routing: routingFromWire({ version: row.route_version, nodes, owners: row.route_owners }, pageCount(geometry)),
     ...(row.origin ? { origin: row.origin } : {}),
+    ...(row.restoring ? { restoring: true } : {}),
   };
 }

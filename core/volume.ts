@@ -15,6 +15,8 @@ export interface VolumeRecord extends Geometry {
   routing: RoutingTable;
   /** A clone's starting point: the snapshot layer its pages read through to until written. */
   origin?: string;
+  /** An archive restore into it has not finished: clients may not open it. */
+  restoring?: boolean;
 }
 
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -89,5 +91,6 @@ export function volumeFromWire(wire: VolumeRecordWire): VolumeRecord {
     deleted: Boolean(wire.deleted),
     routing: routingFromWire(wire.routing, pageCount(geometry)),
     ...(typeof wire.origin === "string" ? { origin: wire.origin } : {}),
+    ...(wire.restoring === true ? { restoring: true } : {}),
   };
 }

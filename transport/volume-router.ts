@@ -14,6 +14,9 @@ import { dataBuffers } from "./buffer-pool.ts";
 import type { Group } from "./group.ts";
 import type { Reply } from "./mesh-connection.ts";
 
+/** Export-name suffix through which `archive restore` writes a volume that is being restored. */
+export const RESTORE_SUFFIX = "%restore";
+
 /** How many pages one BLOCK_STATUS answer covers at most; clients ask again for the rest. */
 const STATUS_PAGES_MAX = 1024;
 
@@ -57,13 +60,20 @@ export class VolumeRouter implements ExportCatalog {
       if (!record || record.deleted || !snapshot) return undefined;
       return new VolumeDevice(this, record.name, record.uid, record.sizeBytes, record.pageSizeBytes, snapshotLayerId(record.uid, snapshot.snapshotId), name);
     }
-    const record = this.group.volumes.get(name);
-    if (!record || record.deleted) return undefined;
+    // An archive restore writes through the export "VOL%restore"; clients see "VOL" only once
+    // the restore has finished, so a half-restored volume never looks like a whole one.
+    const restoring = name.endsWith(RESTORE_SUFFIX);
+    const volume = restoring ? name.slice(0, -RESTORE_SUFFIX.length) : name;
+    const record = this.group.volumes.get(volume);
+    if (!record || record.deleted || Boolean(record.restoring) !== restoring) return undefined;
     return new VolumeDevice(this, record.name, record.uid, record.sizeBytes, record.pageSizeBytes, record.uid, name);
   }
 
   list(): { name: string; description: string }[] {
-    const volumes = this.group.liveVolumes().map((record) => ({ name: record.name, description: `shoal volume ${record.name}` }));
+    const volumes = this.group
+      .liveVolumes()
+      .filter((record) => !record.restoring)
+      .map((record) => ({ name: record.name, description: `shoal volume ${record.name}` }));
     const snapshots = this.group.liveSnapshots().map((snapshot) => ({
       name: `${snapshot.volume}@${snapshot.name}`,
       description: `shoal snapshot ${snapshot.name} of ${snapshot.volume} (read-only)`,
@@ -298,9 +308,22 @@ export class VolumeRouter implements ExportCatalog {
         return this.store.flush().then(() => ({}));
       case "store.usage":
         return { result: { usage: storeUsage(this.store) } };
+      case "store.changedPages":
+        return { result: { pages: this.ownChangedPages(this.targetOf(args), args.since === undefined ? undefined : String(args.since)) } };
       default:
         return undefined;
     }
+  }
+
+  /**
+   * Pages of a snapshot (or head) this node owns that may differ from `sinceLayer` (every written
+   * page without one), from layer metadata only: no page data is read.
+   */
+  ownChangedPages(target: Target, sinceLayer: string | undefined): number[] {
+    const { record } = target;
+    return this.store
+      .changedPages(target.layer, sinceLayer)
+      .filter((page) => page < record.routing.owners.length && ownerOf(record.routing, page) === this.group.selfId);
   }
 
   private targetOf(args: FrameHeader): Target {
