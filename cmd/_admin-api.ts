@@ -57,6 +57,8 @@ export class AdminApi {
         return this.options.snapshots.release(String(args.name)).then((outcome) => ({ name: String(args.name), outcome }));
       case "admin.archive.plan":
         return this.archivePlan(String(args.volume), String(args.snapshot), args.since === undefined ? undefined : String(args.since));
+      case "admin.volume.changedSince":
+        return this.changedSince(String(args.volume), String(args.snapshot));
       case "admin.snap.list":
         return this.listSnapshots(args.volume === undefined ? undefined : String(args.volume));
       case "admin.snap.delete":
@@ -344,6 +346,22 @@ export class AdminApi {
       base: base ? { name: base.name, id: base.snapshotId } : null,
       pages,
     };
+  }
+
+  /** How many pages of a volume's head may differ from one of its snapshots (layer metadata only). */
+  private async changedSince(volume: string, snapshotName: string): Promise<FrameHeader> {
+    const { group, router } = this.options;
+    const record = group.volume(volume);
+    const snapshot = group.snapshot(volume, snapshotName);
+    const sinceLayer = snapshotLayerId(record.uid, snapshot.snapshotId);
+    const counts = await Promise.all(
+      holders(record.routing).map(async (node) => {
+        if (node === group.selfId) return router.ownChangedPages({ record, layer: record.uid }, sinceLayer).length;
+        const response = await group.link(node).request("store.changedPages", { v: record.uid, since: sinceLayer });
+        return (response.result.pages as number[]).length;
+      }),
+    );
+    return { volume, snapshot: snapshotName, changedPages: counts.reduce((sum, count) => sum + count, 0) };
   }
 
   /** Page usage of each node that answers; nodes that are down are missing from the map. */

@@ -23,7 +23,7 @@ async function connectVolume(nodeAddress: string, volume: string): Promise<NbdCl
   return NbdClient.connect({ host, port, exportName: volume });
 }
 
-class Progress {
+export class Progress {
   private lastMs = 0;
   private readonly startMs = Date.now();
   constructor(private readonly label: string, private readonly totalBytes: number | undefined) {}

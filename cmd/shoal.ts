@@ -4,6 +4,7 @@
 import { defineCommand, runCommand, showUsage } from "citty";
 import { asShoalError, ShoalError } from "../core/errors.ts";
 import { SHOAL_VERSION } from "./_node-runtime.ts";
+import archive from "./archive.ts";
 import node from "./node.ts";
 import route from "./route.ts";
 import snap from "./snap.ts";
@@ -11,7 +12,7 @@ import volume from "./volume.ts";
 
 const main = defineCommand({
   meta: { name: "shoal", version: SHOAL_VERSION, description: "Distributed block storage with crash-consistent snapshots, served over NBD" },
-  subCommands: { node, volume, route, snap },
+  subCommands: { node, volume, route, snap, archive },
 });
 
 async function run(rawArgs: string[]): Promise<void> {

@@ -4,6 +4,7 @@
 export type ErrorCode =
   | "BAD_ARGUMENT"
   | "BAD_FRAME"
+  | "BAD_ARCHIVE"
   | "BAD_REQUEST"
   | "OUT_OF_RANGE"
   | "TOO_LARGE"
@@ -45,6 +46,8 @@ interface CodeInfo {
 const CODE_TABLE: Record<ErrorCode, CodeInfo> = {
   BAD_ARGUMENT: { nbdErrno: NBD_EINVAL, exitCode: 2 },
   BAD_FRAME: { nbdErrno: NBD_EINVAL, exitCode: 6 },
+  // A snapshot archive that is corrupt, truncated, out of order or from a newer shoal: a data error.
+  BAD_ARCHIVE: { nbdErrno: NBD_EIO, exitCode: 6 },
   BAD_REQUEST: { nbdErrno: NBD_EINVAL, exitCode: 2 },
   OUT_OF_RANGE: { nbdErrno: NBD_EINVAL, exitCode: 2 },
   TOO_LARGE: { nbdErrno: NBD_EOVERFLOW, exitCode: 2 },
