@@ -83,4 +83,16 @@ echo "clone    $c"
 if [ "$a" != "$c" ]; then echo "MISMATCH: the clone does not hold the snapshot's data" >&2; exit 1; fi
 echo "match: the clone holds the volume as it was at the snapshot, not the later overwrite"
 
+step "archiving snapshot v1 as a tar stream, verifying it, restoring it into a new volume"
+"$SHOAL" archive create demo@v1 -o "$work/v1.tar"
+tar -tvf "$work/v1.tar" | sed -n 1,3p
+"$SHOAL" archive verify -i "$work/v1.tar"
+"$SHOAL" archive restore demo-restored --create -i "$work/v1.tar" --node "127.0.0.1:${mesh[3]}"
+"$SHOAL" volume export demo-restored "$work/restored.img"
+truncate -s $((200 * 1024 * 1024)) "$work/restored.img"
+r=$(sha256sum < "$work/restored.img" | cut -d' ' -f1)
+echo "restored $r"
+if [ "$a" != "$r" ]; then echo "MISMATCH: the restored volume differs" >&2; exit 1; fi
+echo "match: archive -> verify -> restore gives back the snapshot byte for byte"
+
 step "stopping the nodes"
