@@ -337,7 +337,10 @@ export class AdminApi {
       }),
     );
     const pages = perNode.flat().sort((a, b) => a - b);
+    // Where to pull each page from directly: its owner's NBD address (no forwarding hop).
+    const owners = Object.fromEntries(nodes.map((node, index) => [group.members.get(node)?.nbdAddress ?? "", perNode[index]!]));
     return {
+      owners,
       volume,
       volumeUid: record.uid,
       sizeBytes: record.sizeBytes,

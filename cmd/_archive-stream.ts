@@ -75,7 +75,22 @@ export async function createArchive(
   });
   const pageSizeBytes = Number(plan.pageSizeBytes);
   const sizeBytes = Number(plan.sizeBytes);
-  const client = await nbdClient(nodeAddress, `${volume}@${snapshot}`);
+  // One connection to each owner: every page is read where it lives, in parallel across nodes.
+  const exportName = `${volume}@${snapshot}`;
+  const clientOf = new Map<number, NbdClient>();
+  const clients: NbdClient[] = [];
+  try {
+    for (const [address, owned] of Object.entries(plan.owners as Record<string, number[]>)) {
+      if (owned.length === 0) continue;
+      const { host, port } = parseHostPort(address);
+      const owner = await NbdClient.connect({ host, port, exportName });
+      clients.push(owner);
+      for (const page of owned) clientOf.set(page, owner);
+    }
+  } catch (err) {
+    await Promise.all(clients.map((client) => client.close().catch(() => {})));
+    throw err;
+  }
   const sink = new Sink(target);
   const progress = new Progress(`archive ${volume}@${snapshot}`, pages.length * pageSizeBytes);
   let bytes = 0;
@@ -88,7 +103,7 @@ export async function createArchive(
       while (reads.length < PAGES_IN_FLIGHT && next < pages.length) {
         const page = pages[next++]!;
         const offset = page * pageSizeBytes;
-        reads.push(client.read(offset, Math.min(pageSizeBytes, sizeBytes - offset)));
+        reads.push(clientOf.get(page)!.read(offset, Math.min(pageSizeBytes, sizeBytes - offset)));
       }
     };
     readAhead();
@@ -102,7 +117,7 @@ export async function createArchive(
     await sink.write(writer.finish());
     await sink.close();
   } finally {
-    await client.close().catch(() => {});
+    await Promise.all(clients.map((client) => client.close().catch(() => {})));
   }
   progress.update(bytes, true);
   const seconds = (performance.now() - startMs) / 1000;
@@ -158,6 +173,23 @@ export async function readManifest(source: string): Promise<ArchiveManifest> {
   return manifest;
 }
 
+/** An NBD connection to each node owning pages of `volume`, by page, from its routing table. */
+async function ownerClients(nodeAddress: string, volume: string, exportName: string): Promise<Map<number, NbdClient>> {
+  const [route, members] = await Promise.all([
+    adminRequest(nodeAddress, "admin.route.show", { volume }),
+    adminRequest(nodeAddress, "admin.route.nodes"),
+  ]);
+  const nbdOf = new Map((members.nodes as { id: string; nbdAddress: string }[]).map((member) => [member.id, member.nbdAddress]));
+  const byPage = new Map<number, NbdClient>();
+  for (const entry of route.nodes as { node: string; runs: { first: number; last: number; step: number }[] }[]) {
+    if (entry.runs.length === 0) continue;
+    const { host, port } = parseHostPort(nbdOf.get(entry.node) ?? "");
+    const owner = await NbdClient.connect({ host, port, exportName });
+    for (const run of entry.runs) for (let page = run.first; page <= run.last; page += run.step) byPage.set(page, owner);
+  }
+  return byPage;
+}
+
 /** The snapshot a successful restore leaves behind, so an incremental can prove its base. */
 function restoredSnapshotName(snapshotId: string): string {
   return `restored.${snapshotId}`;
@@ -167,6 +199,7 @@ export async function restoreArchive(nodeAddress: string, volume: string, source
   const startMs = performance.now();
   let manifest: ArchiveManifest | undefined;
   let client: NbdClient | undefined;
+  let owners = new Map<number, NbdClient>();
   const inFlight = new Set<Promise<void>>();
   let pages = 0;
   let bytes = 0;
@@ -182,8 +215,10 @@ export async function restoreArchive(nodeAddress: string, volume: string, source
           manifest = event.manifest;
           await prepareTarget(nodeAddress, volume, manifest, create);
           client = await nbdClient(nodeAddress, `${volume}${RESTORE_SUFFIX}`);
+          owners = await ownerClients(nodeAddress, volume, `${volume}${RESTORE_SUFFIX}`);
         } else if (event.kind === "page") {
-          await track(client!.write(event.page * manifest!.pageSizeBytes, event.data));
+          // Written straight to the page's owner: no forwarding hop.
+          await track((owners.get(event.page) ?? client!).write(event.page * manifest!.pageSizeBytes, event.data));
           pages++;
           bytes += event.data.byteLength;
         } else if (event.kind === "zero") {
@@ -192,13 +227,15 @@ export async function restoreArchive(nodeAddress: string, volume: string, source
           await track(client!.writeZeroes(offset, length));
         } else if (event.kind === "end") {
           await Promise.all(inFlight);
-          await client!.flush();
+          await client!.flush(); // reaches every node this connection forwarded to
+          await Promise.all([...new Set(owners.values())].map((owner) => owner.flush()));
         }
       }
     });
   } finally {
     await Promise.all(inFlight).catch(() => {});
     await client?.close().catch(() => {});
+    await Promise.all([...new Set(owners.values())].map((owner) => owner.close().catch(() => {})));
   }
   // Every digest matched: record what the volume now holds, then let clients see it.
   const done = manifest!;
