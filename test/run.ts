@@ -1,5 +1,6 @@
-// `npm test`: makes sure the real NBD clients the integration tests drive are installed (with
-// apt-get when running as root; otherwise it says what to install and stops, never skips),
+// `npm test`: makes sure the real NBD clients the integration tests drive, and the tar programs
+// the archive tests check against, are installed (with apt-get when running as root; otherwise
+// it says what to install and stops, never skips),
 // builds the binary the tests start, runs the whole suite, and ends with one summary line.
 export {};
 
@@ -8,6 +9,9 @@ const REQUIRED_TOOLS: Record<string, string> = {
   "qemu-img": "qemu-utils",
   nbdcopy: "libnbd-bin",
   nbdinfo: "libnbd-bin",
+  // The archive tests check that both tar implementations list and extract shoal's archives.
+  tar: "tar",
+  bsdtar: "libarchive-tools",
 };
 
 function missingTools(): string[] {

@@ -3,9 +3,12 @@
 // corrupt page is only known at the end. A restore must keep the volume marked incomplete until
 // end() returns the `end` event; any ShoalError("BAD_ARCHIVE") before that means it is not usable.
 //
-// Memory: one entry being gathered (a page, or the bounded manifest or trailer) plus 40 bytes a
-// page entry until the trailer. Entry data comes out as a view of the pushed chunk when it lies
-// in one chunk, else as one copy; don't reuse a pushed chunk's memory until its events are handled.
+// Memory: one entry being gathered (a page, or the bounded manifest or trailer), the page buffers
+// the caller hands back for reuse, and 48 bytes a page entry until the trailer. A page event's
+// data is a view of the pushed chunk when the page lies in one chunk, else a buffer of its own,
+// so a restore may keep several writes in flight; release() it when done and the reader gathers
+// a later page into it: a fresh 4 MiB buffer a page costs page faults and collector work that
+// rival hashing the page (see test/bench/archive.ts).
 import { createHash, type Hash } from "node:crypto";
 import { ShoalError } from "../errors.ts";
 import { decodeTarHeader, encodeTarHeader, isZeroBlock, paddingBytesAfter, type TarHeader } from "./_tar-header.ts";
@@ -43,12 +46,17 @@ type Stage =
   | { kind: "record-padding" }
   | { kind: "done" };
 
+/** Released page buffers kept for reuse: enough for a restore's writes in flight. */
+const MAX_FREE_PAGE_BUFFERS = 16;
 const PAGE_NAME = new RegExp(`^${PAGE_NAME_PREFIX}(\\d{${PAGE_NAME_DIGITS}})$`);
 
 export class ArchiveReader {
   private stage: Stage = { kind: "header" };
   /** Bytes of the stage's current piece, when it spans pushes. */
   private gather: Uint8Array | undefined;
+  /** Page buffers handed out in events, and those handed back (see release()). */
+  private readonly lentPageBuffers = new WeakSet<Uint8Array>();
+  private readonly freePageBuffers: Uint8Array[] = [];
   private gatheredBytes = 0;
   /** Stream offset of the first byte not yet part of a completed piece. */
   private offsetBytes = 0;
@@ -67,49 +75,84 @@ export class ArchiveReader {
 
   /** The events the chunk completes. Throws BAD_ARCHIVE at the first bad byte, and ever after. */
   push(chunk: Uint8Array): ArchiveEvent[] {
-    if (this.failure) throw this.failure;
-    const events: ArchiveEvent[] = [];
-    try {
-      let at = 0;
-      while (at < chunk.byteLength) {
-        if (this.stage.kind === "done") throw archiveError(`${chunk.byteLength - at} bytes follow the end of the archive at offset ${this.offsetBytes}`);
-        const pieceBytes = this.pieceBytes();
-        let piece: Uint8Array | undefined;
-        if (this.gather === undefined && chunk.byteLength - at >= pieceBytes) {
-          piece = chunk.subarray(at, at + pieceBytes);
-          at += pieceBytes;
-        } else {
-          // Unzeroed: every byte is overwritten before use, and zeroing 4 MiB a page is not free.
-          this.gather ??= Buffer.allocUnsafe(pieceBytes);
-          const taken = Math.min(chunk.byteLength - at, pieceBytes - this.gatheredBytes);
-          this.gather.set(chunk.subarray(at, at + taken), this.gatheredBytes);
-          this.gatheredBytes += taken;
-          at += taken;
-          if (this.gatheredBytes < pieceBytes) break;
-          piece = this.gather;
-          this.gather = undefined;
-          this.gatheredBytes = 0;
-        }
-        this.consume(piece, events);
-      }
-    } catch (err) {
-      this.failure = err instanceof ShoalError ? err : new ShoalError("INTERNAL", String(err));
-      throw this.failure;
-    }
-    return events;
+    return this.guarded(() => {
+      const events: ArchiveEvent[] = [];
+      this.feed(chunk, events);
+      return events;
+    });
   }
 
   /** The `end` event if the archive was whole; BAD_ARCHIVE naming where it stopped if not. */
   end(): ArchiveEvent[] {
-    if (this.failure) throw this.failure;
-    if (this.stage.kind !== "done") {
-      this.failure = archiveError(`the archive is truncated: it stops at offset ${this.offsetBytes + this.gatheredBytes} ${this.whereTruncated()}; ${this.lastGoodText()}. A volume restored from it is incomplete`);
-      throw this.failure;
-    }
-    return [{ kind: "end", manifest: this.manifest!, trailer: this.trailer! }];
+    return this.guarded(() => {
+      if (this.stage.kind !== "done") {
+        throw archiveError(`the archive is truncated: it stops at offset ${this.offsetBytes + this.gatheredBytes} ${this.whereTruncated()}; ${this.lastGoodText()}. A volume restored from it is incomplete`);
+      }
+      return [{ kind: "end", manifest: this.manifest!, trailer: this.trailer! }];
+    });
   }
 
-  /** Bytes the current stage consumes at once (never 0: zero-length stages are skipped). */
+  /** Runs a call; the first error is kept and thrown again by every later call. */
+  private guarded(call: () => ArchiveEvent[]): ArchiveEvent[] {
+    if (this.failure) throw this.failure;
+    try {
+      return call();
+    } catch (err) {
+      this.failure = err instanceof ShoalError ? err : new ShoalError("INTERNAL", String(err));
+      throw this.failure;
+    }
+  }
+
+  /**
+   * Hands back a page event's data once the caller is done with it (written, hashed, copied): the
+   * reader will gather a later page into it. Data that is not a reader's buffer is ignored.
+   */
+  release(data: Uint8Array): void {
+    if (!this.lentPageBuffers.has(data)) return;
+    this.lentPageBuffers.delete(data);
+    if (this.freePageBuffers.length < MAX_FREE_PAGE_BUFFERS) this.freePageBuffers.push(data);
+  }
+
+  private feed(chunk: Uint8Array, events: ArchiveEvent[]): void {
+    let at = 0;
+    while (at < chunk.byteLength) {
+      if (this.stage.kind === "done") throw archiveError(`${chunk.byteLength - at} bytes follow the end of the archive at offset ${this.offsetBytes}`);
+      const pieceBytes = this.pieceBytes();
+      let piece: Uint8Array;
+      if (this.gather === undefined && chunk.byteLength - at >= pieceBytes) {
+        piece = chunk.subarray(at, at + pieceBytes);
+        at += pieceBytes;
+      } else {
+        this.gather ??= this.gatherBuffer(pieceBytes);
+        const taken = Math.min(chunk.byteLength - at, pieceBytes - this.gatheredBytes);
+        this.gather.set(chunk.subarray(at, at + taken), this.gatheredBytes);
+        this.gatheredBytes += taken;
+        at += taken;
+        if (this.gatheredBytes < pieceBytes) return;
+        piece = this.gather;
+        this.gather = undefined;
+        this.gatheredBytes = 0;
+      }
+      this.consume(piece, events);
+    }
+  }
+
+  private gathersPage(): boolean {
+    return this.stage.kind === "data" && this.stage.entry.kind === "page";
+  }
+
+  /**
+   * Where a piece that spans pushes is gathered. Always a plain Uint8Array over unzeroed memory
+   * (every byte is written before use), never a Buffer, whose slice() would not copy.
+   */
+  private gatherBuffer(pieceBytes: number): Uint8Array {
+    if (!this.gathersPage() || pieceBytes !== this.manifest!.pageSizeBytes) return unzeroed(pieceBytes);
+    const buffer = this.freePageBuffers.pop() ?? unzeroed(pieceBytes);
+    this.lentPageBuffers.add(buffer);
+    return buffer;
+  }
+
+  /** Bytes the current stage consumes at once: 0 only for an empty entry, which no valid archive has. */
   private pieceBytes(): number {
     const stage = this.stage;
     switch (stage.kind) {
@@ -155,7 +198,10 @@ export class ArchiveReader {
   private onHeader(block: Uint8Array, offsetBytes: number, events: ArchiveEvent[]): void {
     if (isZeroBlock(block)) throw archiveError(`tar's end-of-archive marker at offset ${offsetBytes} comes before the trailer; ${this.lastGoodText()}`);
     const decoded = decodeTarHeader(block);
-    if (!decoded.ok) throw archiveError(`the tar header at offset ${offsetBytes} is corrupt: ${decoded.reason}; ${this.lastGoodText()}`);
+    if (!decoded.ok) {
+      const hint = this.manifest === undefined ? " (is this a shoal archive?)" : `; ${this.lastGoodText()}`;
+      throw archiveError(`the tar header at offset ${offsetBytes} is corrupt: ${decoded.reason}${hint}`);
+    }
     const header = decoded.header;
     if (!sameBytes(block, encodeTarHeader(header))) {
       throw archiveError(`the tar header of '${header.name}' at offset ${offsetBytes} is not the header shoal writes (mode, owner, type or padding differ)`);
@@ -296,6 +342,11 @@ export class ArchiveReader {
   }
 }
 
+function unzeroed(sizeBytes: number): Uint8Array {
+  const buffer = Buffer.allocUnsafe(sizeBytes);
+  return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+}
+
 export interface ArchiveVerdict {
   manifest?: ArchiveManifest;
   trailer?: ArchiveTrailer;
@@ -311,10 +362,16 @@ export function verifyArchive(chunks: Iterable<Uint8Array>): ArchiveVerdict {
   const verdict: ArchiveVerdict = { pageEntries: 0, zeroPages: 0 };
   const tally = (events: ArchiveEvent[]) => {
     for (const event of events) {
-      if (event.kind === "manifest") verdict.manifest = event.manifest;
-      else if (event.kind === "page") verdict.pageEntries++;
-      else if (event.kind === "zero") verdict.zeroPages += event.pageCount;
-      else verdict.trailer = event.trailer;
+      if (event.kind === "manifest") {
+        verdict.manifest = event.manifest;
+      } else if (event.kind === "page") {
+        verdict.pageEntries++;
+        reader.release(event.data);
+      } else if (event.kind === "zero") {
+        verdict.zeroPages += event.pageCount;
+      } else {
+        verdict.trailer = event.trailer;
+      }
     }
   };
   try {
