@@ -134,23 +134,26 @@ export async function createArchive(
 }
 
 /** Feeds a file or stdin through `onEvents`; the reader throws BAD_ARCHIVE at the first bad byte. */
-async function readArchive(source: string, onEvents: (events: ArchiveEvent[]) => Promise<boolean | void>): Promise<void> {
+async function readArchive(source: string, onEvents: (events: ArchiveEvent[], reader: ArchiveReader) => Promise<boolean | void>): Promise<void> {
   const reader = new ArchiveReader();
   const input = source === "-" ? Bun.stdin.stream() : Bun.file(source).stream();
   for await (const chunk of input as AsyncIterable<Uint8Array>) {
-    if ((await onEvents(reader.push(chunk))) === false) return;
+    if ((await onEvents(reader.push(chunk), reader)) === false) return;
   }
-  await onEvents(reader.end());
+  await onEvents(reader.end(), reader);
 }
 
 export async function verifyArchiveStream(source: string): Promise<{ manifest: ArchiveManifest; pages: number; zeroPages: number }> {
   let manifest: ArchiveManifest | undefined;
   let pages = 0;
   let zeroPages = 0;
-  await readArchive(source, async (events) => {
+  await readArchive(source, async (events, reader) => {
     for (const event of events) {
       if (event.kind === "manifest") manifest = event.manifest;
-      else if (event.kind === "page") pages++;
+      else if (event.kind === "page") {
+        pages++;
+        reader.release(event.data); // page buffers are reused: fresh 4 MiB buffers are costly
+      }
       else if (event.kind === "zero") zeroPages += event.pageCount;
     }
   });
@@ -209,7 +212,7 @@ export async function restoreArchive(nodeAddress: string, volume: string, source
     if (inFlight.size >= WRITES_IN_FLIGHT) await Promise.race(inFlight);
   };
   try {
-    await readArchive(source, async (events) => {
+    await readArchive(source, async (events, reader) => {
       for (const event of events) {
         if (event.kind === "manifest") {
           manifest = event.manifest;
@@ -218,7 +221,8 @@ export async function restoreArchive(nodeAddress: string, volume: string, source
           owners = await ownerClients(nodeAddress, volume, `${volume}${RESTORE_SUFFIX}`);
         } else if (event.kind === "page") {
           // Written straight to the page's owner: no forwarding hop.
-          await track((owners.get(event.page) ?? client!).write(event.page * manifest!.pageSizeBytes, event.data));
+          const { data } = event;
+          await track((owners.get(event.page) ?? client!).write(event.page * manifest!.pageSizeBytes, data).then(() => reader.release(data)));
           pages++;
           bytes += event.data.byteLength;
         } else if (event.kind === "zero") {
