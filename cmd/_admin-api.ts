@@ -219,9 +219,9 @@ export class AdminApi {
         result = await this.options.snapshots.create(request);
         break;
       } catch (err) {
-        // A timestamp-mode take that reached someone after its cut time (a stalled event loop, a
-        // slow link) failed cleanly and may simply be tried again with a fresh cut time.
-        if (!(err instanceof ShoalError && err.code === "TIMEOUT" && mode === "timestamp" && attempt < SNAPSHOT_ATTEMPTS)) throw err;
+        // A prepare or take that reached someone too late (a stalled event loop, a slow link)
+        // failed cleanly, everyone released; it may simply be tried again.
+        if (!(err instanceof ShoalError && err.code === "TIMEOUT" && attempt < SNAPSHOT_ATTEMPTS)) throw err;
       }
     }
     return describeResult(result!, Math.round(performance.now() - startedMs));
