@@ -10,7 +10,7 @@ import { parseHostPort } from "../core/member.ts";
 import { NbdClient } from "../transport/nbd-client.ts";
 import { RESTORE_SUFFIX } from "../transport/volume-router.ts";
 import { adminRequest } from "./_cli.ts";
-import { Progress } from "./_volume-stream.ts";
+import { connectExport, Progress } from "./_volume-stream.ts";
 
 /** Pages read ahead of the writer: bounds memory at this many pages whatever the volume size. */
 const PAGES_IN_FLIGHT = 4;
@@ -26,12 +26,6 @@ export interface ArchiveSummary {
   bytes: number;
   seconds: number;
   bytesPerSecond: number;
-}
-
-async function nbdClient(nodeAddress: string, exportName: string): Promise<NbdClient> {
-  const info = await adminRequest(nodeAddress, "admin.node.info");
-  const { host, port } = parseHostPort(String(info.nbdAddress));
-  return NbdClient.connect({ host, port, exportName });
 }
 
 /** A byte sink with backpressure: a file, a tape device or stdout. */
@@ -217,7 +211,7 @@ export async function restoreArchive(nodeAddress: string, volume: string, source
         if (event.kind === "manifest") {
           manifest = event.manifest;
           await prepareTarget(nodeAddress, volume, manifest, create);
-          client = await nbdClient(nodeAddress, `${volume}${RESTORE_SUFFIX}`);
+          client = await connectExport(nodeAddress, `${volume}${RESTORE_SUFFIX}`);
           owners = await ownerClients(nodeAddress, volume, `${volume}${RESTORE_SUFFIX}`);
         } else if (event.kind === "page") {
           // Written straight to the page's owner: no forwarding hop.
@@ -302,7 +296,7 @@ async function prepareTarget(nodeAddress: string, volume: string, manifest: Arch
   await adminRequest(nodeAddress, "admin.volume.restoring", { name: volume, restoring: true });
   if (!manifest.base) {
     // A full archive replaces everything: pages it does not list must read as zeros.
-    const client = await nbdClient(nodeAddress, `${volume}${RESTORE_SUFFIX}`);
+    const client = await connectExport(nodeAddress, `${volume}${RESTORE_SUFFIX}`);
     try {
       const step = Math.max(manifest.pageSizeBytes, Math.floor(1024 ** 3 / manifest.pageSizeBytes) * manifest.pageSizeBytes);
       for (let offset = 0; offset < manifest.sizeBytes; offset += step) await client.trim(offset, Math.min(step, manifest.sizeBytes - offset));

@@ -17,10 +17,11 @@ export interface StreamSummary {
   bytesPerSecond: number;
 }
 
-async function connectVolume(nodeAddress: string, volume: string): Promise<NbdClient> {
+/** An NBD connection to an export through the node at a mesh address (asks it for its NBD address). */
+export async function connectExport(nodeAddress: string, exportName: string): Promise<NbdClient> {
   const info = await adminRequest(nodeAddress, "admin.node.info");
   const { host, port } = parseHostPort(String(info.nbdAddress));
-  return NbdClient.connect({ host, port, exportName: volume });
+  return NbdClient.connect({ host, port, exportName });
 }
 
 export class Progress {
@@ -50,7 +51,7 @@ function isAllZero(bytes: Uint8Array): boolean {
 }
 
 export async function importVolume(nodeAddress: string, volume: string, source: string): Promise<StreamSummary> {
-  const client = await connectVolume(nodeAddress, volume);
+  const client = await connectExport(nodeAddress, volume);
   const startMs = Date.now();
   const progress = new Progress(`import ${volume}`, source === "-" ? undefined : fs.statSync(source).size);
   const input = source === "-" ? Bun.stdin.stream() : Bun.file(source).stream();
@@ -98,7 +99,7 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
 }
 
 export async function exportVolume(nodeAddress: string, volume: string, target: string): Promise<StreamSummary> {
-  const client = await connectVolume(nodeAddress, volume);
+  const client = await connectExport(nodeAddress, volume);
   const startMs = Date.now();
   const size = client.sizeBytes;
   const progress = new Progress(`export ${volume}`, size);
