@@ -222,7 +222,9 @@ export class SnapshotService implements SnapshotGate {
   private send(to: string, msg: SnapshotMessage): void {
     const { group } = this.options;
     if (to === group.selfId) {
-      queueMicrotask(() => this.deliver(to, msg)); // as if over the network: never re-enter the state machine
+      // As if over the network: never re-enter the state machine, and let the messages to the
+      // other nodes (batched at the end of this tick) leave first.
+      setImmediate(() => this.deliver(to, msg));
       return;
     }
     // Lost messages are the protocol's business (it resends); a down peer is reported by the link.
@@ -290,11 +292,15 @@ export class SnapshotService implements SnapshotGate {
         case "release":
           this.holds.release(effect.snapshotId, effect.volumes);
           break;
-        case "cut":
+        case "cut": {
           for (const uid of this.localVolumeUids(effect.volumes)) store.freezeLayer(uid, snapshotLayerId(uid, effect.snapshotId));
-          catalog.putProtocolRecord("participant", effect.snapshotId, { ...effect.record, volumeUids: this.localVolumeUids(effect.volumes) });
-          cutDurable = store.flush();
+          // The record's fsync happens off the hold: released requests need only the frozen layer.
+          // A crash before it leaves a layer no record names, which start() removes, and the
+          // coordinator, never told "taken", aborts.
+          const record = { ...effect.record, volumeUids: this.localVolumeUids(effect.volumes) };
+          cutDurable = store.flush().then(() => catalog.putProtocolRecord("participant", effect.snapshotId, record));
           break;
+        }
         case "commit":
           catalog.putProtocolRecord("participant", effect.snapshotId, effect.record);
           break;
