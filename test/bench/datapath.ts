@@ -34,7 +34,7 @@ import { parseArgs } from "node:util";
 import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
-import { freePort, run, shoalCommand, TestNode, waitFor } from "../integration/_cluster.ts";
+import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
 const ROOT = path.resolve(import.meta.dir, "../..");
 const MiB = 1024 * 1024;
@@ -240,16 +240,7 @@ async function startGroup(resources: Resources, count: number): Promise<TestNode
     resources.nodes.push(node);
     await node.start(index === 1 ? undefined : resources.nodes[0]!.meshAddress);
   }
-  for (const node of resources.nodes) {
-    await waitFor(
-      `${node.id} to see the whole group up`,
-      async () => {
-        const members = (await adminRequest(node.meshAddress, "admin.route.nodes", {}, 3000)).nodes as { state: string }[];
-        return members.length === count && members.every((member) => member.state === "up");
-      },
-      NODE_START_TIMEOUT_MS,
-    );
-  }
+  await waitGroupUp(resources.nodes, NODE_START_TIMEOUT_MS);
   return resources.nodes;
 }
 

@@ -38,7 +38,7 @@ import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { NbdClient } from "../../transport/nbd-client.ts";
-import { freePort, run, TestNode, waitFor } from "../integration/_cluster.ts";
+import { freePort, run, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
 const ROOT = path.resolve(import.meta.dir, "../..");
 const KiB = 1024;
@@ -199,16 +199,7 @@ async function startGroup(resources: Resources, profileDir: string | undefined):
     resources.nodes.push(node);
     await node.start(index === 1 ? undefined : resources.nodes[0]!.meshAddress);
   }
-  for (const node of resources.nodes) {
-    await waitFor(
-      `${node.id} to see the whole group up`,
-      async () => {
-        const members = (await adminRequest(node.meshAddress, "admin.route.nodes", {}, 3000)).nodes as { state: string }[];
-        return members.length === NODE_COUNT && members.every((member) => member.state === "up");
-      },
-      NODE_START_TIMEOUT_MS,
-    );
-  }
+  await waitGroupUp(resources.nodes, NODE_START_TIMEOUT_MS);
   return resources.nodes;
 }
 

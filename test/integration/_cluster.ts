@@ -106,6 +106,20 @@ export class TestNode {
   }
 }
 
+/** Waits until every node sees every one of `nodes` up. */
+export async function waitGroupUp(nodes: TestNode[], timeoutMs = 15_000): Promise<void> {
+  for (const node of nodes) {
+    await waitFor(
+      `${node.id} to see the whole group up`,
+      async () => {
+        const members = (await adminRequest(node.meshAddress, "admin.route.nodes", {}, 3000)).nodes as { state: string }[];
+        return members.length === nodes.length && members.every((member) => member.state === "up");
+      },
+      timeoutMs,
+    );
+  }
+}
+
 export class TestCluster {
   readonly nodes: TestNode[] = [];
   readonly root: string;
@@ -137,13 +151,7 @@ export class TestCluster {
 
   /** Every node sees every member up. */
   async waitConverged(): Promise<void> {
-    for (const node of this.nodes) {
-      await waitFor(`${node.id} to see the whole group up`, async () => {
-        const result = await adminRequest(node.meshAddress, "admin.route.nodes", {}, 3000);
-        const members = result.nodes as { state: string }[];
-        return members.length === this.nodes.length && members.every((member) => member.state === "up");
-      });
-    }
+    await waitGroupUp(this.nodes);
   }
 
   shoal(args: string[], options: { stdin?: Uint8Array | string; node?: TestNode } = {}): Promise<RunResult> {
