@@ -12,6 +12,7 @@ interface VolumeSummary {
   pageCount: number;
   nodes: string[];
   routingVersion: number;
+  state: string;
 }
 
 const create = defineCommand({
@@ -48,8 +49,8 @@ const list = defineCommand({
       volumes.length === 0
         ? "no volumes"
         : table(
-            ["NAME", "SIZE", "PAGE", "PAGES", "NODES"],
-            volumes.map((v) => [v.name, formatSize(v.sizeBytes), formatSize(v.pageSizeBytes), v.pageCount, v.nodes.join(",")]),
+            ["NAME", "SIZE", "PAGE", "PAGES", "STATE", "NODES"],
+            volumes.map((v) => [v.name, formatSize(v.sizeBytes), formatSize(v.pageSizeBytes), v.pageCount, v.state, v.nodes.join(",")]),
           ),
     );
   },
