@@ -10,7 +10,7 @@ import type { Group } from "../transport/group.ts";
 import { storeUsage, type VolumeRouter } from "../transport/volume-router.ts";
 import type { CreateSnapshot, SnapshotService } from "../transport/snapshot-service.ts";
 import type { SnapshotResult } from "../core/snapshot-coordinator.ts";
-import { snapshotLayerId } from "../core/snapshot-record.ts";
+import { parseSnapshotRef, snapshotLayerId } from "../core/snapshot-record.ts";
 
 export interface AdminApiOptions {
   group: Group;
@@ -23,7 +23,26 @@ export interface AdminApiOptions {
 
 type Usage = Record<string, VolumeUsage & { exclusiveBytes?: number }>;
 
-const SNAPSHOT_ATTEMPTS = 3;
+/** A prepare or take that reached someone too late (a stalled event loop, a slow link) failed cleanly: try again. */
+const TIMEOUT_ATTEMPTS = 3;
+/** Pages moved while the snapshot prepared (routing versions differed): try again on the new table. */
+const STALE_ROUTE_ATTEMPTS = 20;
+
+async function retrySnapshot<T>(attempt: () => Promise<T>): Promise<T> {
+  let timeouts = 0;
+  let stale = 0;
+  for (;;) {
+    try {
+      return await attempt();
+    } catch (err) {
+      const code = err instanceof ShoalError ? err.code : undefined;
+      if (code === "TIMEOUT" && ++timeouts < TIMEOUT_ATTEMPTS) continue;
+      if (code !== "STALE_ROUTE" || ++stale >= STALE_ROUTE_ATTEMPTS) throw err;
+      // Let the new table reach this node, and the move's next step start or not.
+      await Bun.sleep(10 + Math.random() * 40);
+    }
+  }
+}
 
 export class AdminApi {
   constructor(private readonly options: AdminApiOptions) {}
@@ -46,7 +65,7 @@ export class AdminApi {
       case "admin.route.nodes":
         return this.routeNodes();
       case "admin.route.show":
-        return Promise.resolve(this.routeShow(String(args.volume)));
+        return this.routeShow(String(args.volume));
       case "admin.snap.create":
         return this.createSnapshot(args);
       case "admin.snap.prepare":
@@ -91,9 +110,9 @@ export class AdminApi {
     const name = String(args.name);
     const existing = group.volumes.get(name);
     if (existing && !existing.deleted) throw new ShoalError("VOLUME_EXISTS", `volume '${name}' already exists`);
-    const nodes = Array.isArray(args.nodes) && args.nodes.length > 0 ? (args.nodes as string[]) : [...group.members.keys()].sort();
+    const nodes = Array.isArray(args.nodes) && args.nodes.length > 0 ? (args.nodes as string[]) : group.liveMembers().map((member) => member.id).sort();
     for (const node of nodes) {
-      if (!group.members.has(node)) throw new ShoalError("UNKNOWN_NODE", `node '${node}' is not a member; \`shoal route nodes\` lists them`);
+      if (!group.members.has(node) || group.members.get(node)!.forgotten) throw new ShoalError("UNKNOWN_NODE", `node '${node}' is not a member; \`shoal route nodes\` lists them`);
       if (!group.isUp(node)) throw new ShoalError("NODE_DOWN", `node '${node}' is down; a volume can only be placed on nodes that are up`);
     }
     const record = newVolumeRecord({
@@ -141,6 +160,7 @@ export class AdminApi {
   private async deleteVolume(name: string): Promise<FrameHeader> {
     const { group } = this.options;
     const record = group.volume(name);
+    if (record.moving) throw new ShoalError("CONFLICT", `volume '${name}' is being moved (move ${record.moving.moveId}); delete it when the move ends`);
     const snapshots = group.liveSnapshots(name);
     if (snapshots.length > 0) {
       throw new ShoalError(
@@ -157,7 +177,7 @@ export class AdminApi {
 
   private async routeNodes(): Promise<FrameHeader> {
     const { group } = this.options;
-    const ids = [...group.members.keys()].sort();
+    const ids = group.liveMembers().map((member) => member.id).sort();
     const usage = await this.usageByNode(ids);
     const nodes = ids.map((id) => {
       const member = group.members.get(id)!;
@@ -183,19 +203,41 @@ export class AdminApi {
     return { nodes };
   }
 
-  private routeShow(name: string): FrameHeader {
-    const record = this.options.group.volume(name);
+  /**
+   * A volume's (or one snapshot's) table with pages and bytes per node. Built only from what
+   * every member shares (the catalog) and each node's own usage, so any member answers alike.
+   */
+  private async routeShow(name: string): Promise<FrameHeader> {
+    const { group } = this.options;
+    const ref = name.includes("@") ? parseSnapshotRef(name) : undefined;
+    const volume = ref?.volume ?? name;
+    const snapshot = ref?.name;
+    const record = group.volume(volume);
+    const layer = snapshot === undefined ? undefined : snapshotLayerId(record.uid, group.snapshot(volume, snapshot).snapshotId);
     const counts = pagesPerNode(record.routing);
     const runs = describeRuns(record.routing);
+    const usage = await this.usageByNode(record.routing.nodes);
+    const bytesOn = (node: string): number | null => {
+      const held = usage.get(node);
+      if (!held) return null;
+      let bytes = 0;
+      for (const [id, layerUsage] of Object.entries(held)) {
+        if (layer === undefined ? id === record.uid || id.startsWith(`${record.uid}@`) : id === layer) bytes += layerUsage.bytes;
+      }
+      return bytes;
+    };
     return {
+      name,
       volume: record.name,
       uid: record.uid,
       version: record.routing.version,
       pageSizeBytes: record.pageSizeBytes,
       pageCount: pageCount(record),
-      nodes: record.routing.nodes.map((node) => ({
+      ...(record.moving ? { moving: record.moving } : {}),
+      nodes: [...record.routing.nodes].sort().map((node) => ({
         node,
         pages: counts.get(node) ?? 0,
+        bytesUsed: bytesOn(node),
         runs: (runs.get(node) ?? []).map((run) => ({ ...run, text: formatRun(run) })),
       })),
     };
@@ -205,7 +247,7 @@ export class AdminApi {
 
   private async prepareSnapshot(args: FrameHeader): Promise<FrameHeader> {
     const request = snapshotRequest(args);
-    const snapshotId = await this.options.snapshots.prepare(request);
+    const snapshotId = await retrySnapshot(() => this.options.snapshots.prepare(request));
     return { name: request.name, snapshotId, volumes: request.volumes, mode: request.mode, state: "ready" };
   }
 
@@ -213,18 +255,8 @@ export class AdminApi {
     const request = snapshotRequest(args);
     const { mode } = request;
     const startedMs = performance.now();
-    let result: SnapshotResult;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        result = await this.options.snapshots.create(request);
-        break;
-      } catch (err) {
-        // A prepare or take that reached someone too late (a stalled event loop, a slow link)
-        // failed cleanly, everyone released; it may simply be tried again.
-        if (!(err instanceof ShoalError && err.code === "TIMEOUT" && attempt < SNAPSHOT_ATTEMPTS)) throw err;
-      }
-    }
-    return describeResult(result!, Math.round(performance.now() - startedMs));
+    const result = await retrySnapshot(() => this.options.snapshots.create(request));
+    return describeResult(result, Math.round(performance.now() - startedMs));
   }
 
   private async listSnapshots(volume: string | undefined): Promise<FrameHeader> {

@@ -13,6 +13,9 @@ import { MeshServer } from "../transport/mesh.ts";
 import { NbdServer } from "../transport/nbd-server.ts";
 import { VolumeRouter } from "../transport/volume-router.ts";
 import { SnapshotService } from "../transport/snapshot-service.ts";
+import { PageMover } from "../transport/page-mover.ts";
+import { MoveService } from "../transport/move-service.ts";
+import { RouteAdmin } from "./_route-admin.ts";
 import { snapshotLayerId } from "../core/snapshot-record.ts";
 import { AdminApi } from "./_admin-api.ts";
 import { createLog } from "./_log.ts";
@@ -50,6 +53,8 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   let router: VolumeRouter;
   let admin: AdminApi;
   let snapshots: SnapshotService;
+  let mover: PageMover;
+  let routeAdmin: RouteAdmin;
   const handler = (connection: MeshConnection, op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> => {
     const groupResult = group.handle(connection, op, args);
     if (groupResult !== undefined) return { result: groupResult };
@@ -61,9 +66,9 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     }
     if (op === "snap.msg") return { result: snapshots.onMessage(connection.peerId!, args) };
     if (op === "snap.rollback") return snapshots.rollbackLocal(String(args.uid), String(args.layer)).then(() => ({}));
-    const routed = router.handle(op, args, payload);
+    const routed = router.handle(op, args, payload) ?? mover.handle(op, args, payload);
     if (routed !== undefined) return routed;
-    const answered = admin.handle(op, args);
+    const answered = admin.handle(op, args) ?? routeAdmin.handle(op, args);
     if (answered !== undefined) return answered.then((result) => ({ result }));
     throw new ShoalError("BAD_REQUEST", `unknown mesh operation '${op}'`);
   };
@@ -106,6 +111,13 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const clockSkewMs = Number(process.env.SHOAL_CLOCK_SKEW_MS ?? 0);
   snapshots = new SnapshotService({ group, store, catalog, log: { info: (m) => log.info(m), warn: (m) => log.warn(m) }, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs });
   router.gate = snapshots;
+  const meshLog = { info: (m: string) => log.info(m), warn: (m: string) => log.warn(m) };
+  mover = new PageMover(group, store, meshLog);
+  mover.snapshots = snapshots;
+  router.mover = mover;
+  snapshots.mover = mover;
+  const moves = new MoveService(group, mover, meshLog);
+  routeAdmin = new RouteAdmin(group, moves);
   admin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
 
   if (group.groupId === undefined) {
@@ -116,6 +128,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   }
   group.start();
   snapshots.start();
+  void moves.start();
   log.info(`node ${id} up: mesh ${meshAddress.host}:${meshPort}, nbd ${nbdAddress.host}:${nbdPort}, data ${options.dataDir}`);
 
   let stopping: Promise<void> | undefined;

@@ -1,5 +1,6 @@
 // `shoal route`: the group's members and each volume's routing table.
 import { defineCommand } from "citty";
+import { isErrorCode, ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import { adminRequest, nodeAddress, nodeArgs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
 
@@ -28,26 +29,151 @@ const nodes = defineCommand({
 });
 
 const show = defineCommand({
-  meta: { name: "show", description: "Show a volume's routing table as page runs per node" },
-  args: { volume: { type: "positional", description: "volume name", required: true }, ...nodeArgs },
+  meta: { name: "show", description: "Show a volume's (or snapshot's) routing table: page runs, pages and bytes per node" },
+  args: { volume: { type: "positional", description: "VOL or VOL@SNAP", required: true }, ...nodeArgs },
   async run(context) {
     rejectUnknownFlags(context);
     const { args } = context;
     const result = await adminRequest(nodeAddress(args), "admin.route.show", { volume: args.volume });
-    const perNode = result.nodes as { node: string; pages: number; runs: { text: string }[] }[];
+    const perNode = result.nodes as { node: string; pages: number; bytesUsed: number | null; runs: { text: string }[] }[];
     printResult(args.json, result, () =>
       [
-        `volume ${String(result.volume)}  routing version ${String(result.version)}  ${String(result.pageCount)} pages of ${formatSize(Number(result.pageSizeBytes))}`,
+        `${String(result.name)}  routing version ${String(result.version)}  ${String(result.pageCount)} pages of ${formatSize(Number(result.pageSizeBytes))}${result.moving ? `  (move ${String((result.moving as { moveId: string }).moveId)} under way)` : ""}`,
         table(
-          ["NODE", "PAGES", "RUNS (first-last/step)"],
-          perNode.map((n) => [n.node, n.pages, n.runs.map((run) => run.text).join(",")]),
+          ["NODE", "PAGES", "USED", "RUNS (first-last/step)"],
+          perNode.map((n) => [n.node, n.pages, n.bytesUsed === null ? "?" : formatSize(n.bytesUsed), n.runs.map((run) => run.text).join(",")]),
         ),
       ].join("\n"),
     );
   },
 });
 
+const dryRunArg = { dryRun: { type: "boolean", description: "print the plan and change nothing" } } as const;
+const waitArg = { wait: { type: "boolean", description: "wait for the move to finish (--no-wait: start it and print its id)", default: true } } as const;
+
+const move = defineCommand({
+  meta: { name: "move", description: "Move pages of a volume (with their snapshot versions) to a node, while clients keep working" },
+  args: {
+    volume: { type: "positional", description: "volume name", required: true },
+    pages: { type: "string", description: "pages to move, e.g. 0-15,40", required: true, valueHint: "A-B[,C...]" },
+    to: { type: "string", description: "node id to move them to", required: true, valueHint: "NODE" },
+    ...dryRunArg,
+    ...waitArg,
+    ...nodeArgs,
+  },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    await runMove(args, "admin.route.move", { volume: args.volume, pages: args.pages, to: args.to, dryRun: Boolean(args.dryRun) });
+  },
+});
+
+const rebalance = defineCommand({
+  meta: { name: "rebalance", description: "Even a volume's pages out over nodes, moving as few pages as it can" },
+  args: {
+    volume: { type: "positional", description: "volume name", required: true },
+    nodes: { type: "string", description: "node ids to spread over (default: every member)", valueHint: "ID,..." },
+    ...dryRunArg,
+    ...waitArg,
+    ...nodeArgs,
+  },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const nodes = args.nodes ? String(args.nodes).split(",").map((node) => node.trim()).filter(Boolean) : undefined;
+    await runMove(args, "admin.route.rebalance", { volume: args.volume, ...(nodes ? { nodes } : {}), dryRun: Boolean(args.dryRun) });
+  },
+});
+
+const drain = defineCommand({
+  meta: { name: "drain", description: "Move every page of every volume and snapshot off a node (then `route forget` it)" },
+  args: { nodeId: { type: "positional", description: "node id to empty", required: true }, ...dryRunArg, ...waitArg, ...nodeArgs },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    await runMove(args, "admin.route.drain", { node: args.nodeId, dryRun: Boolean(args.dryRun) });
+  },
+});
+
+const status = defineCommand({
+  meta: { name: "status", description: "Progress of a move started with --no-wait (ask the node that started it)" },
+  args: { moveId: { type: "positional", description: "move id", required: true }, ...nodeArgs },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const result = await adminRequest(nodeAddress(args), "admin.route.status", { moveId: args.moveId });
+    printResult(args.json, result, () => describeStatus(result as unknown as MoveStatus));
+    if (result.state === "failed") throw failure(result as unknown as MoveStatus);
+  },
+});
+
+const forget = defineCommand({
+  meta: { name: "forget", description: "Remove a drained node from the group for good (refused while it holds pages)" },
+  args: { nodeId: { type: "positional", description: "node id", required: true }, ...nodeArgs },
+  async run(context) {
+    rejectUnknownFlags(context);
+    const { args } = context;
+    const result = await adminRequest(nodeAddress(args), "admin.route.forget", { node: args.nodeId });
+    printResult(args.json, result, () => `node ${String(result.node)} removed from the group`);
+  },
+});
+
+interface MoveStatus {
+  moveId?: string;
+  kind: string;
+  state: "planned" | "running" | "done" | "failed";
+  dryRun?: boolean;
+  pagesTotal: number;
+  pagesMoved?: number;
+  bytesMoved?: number;
+  startedAtMs?: number;
+  finishedAtMs?: number;
+  error?: { code: string; message: string };
+  plan?: { volume: string; steps: { from: string; to: string; pages: number; list: string }[] }[];
+}
+
+/** Starts a move job, then (unless --no-wait) polls it, with progress on stderr, until it ends. */
+async function runMove(args: { node?: string; json?: boolean; wait?: boolean }, op: string, request: Record<string, unknown>): Promise<void> {
+  const address = nodeAddress(args);
+  let result = (await adminRequest(address, op, request as never)) as unknown as MoveStatus;
+  const plan = result.plan;
+  if (result.state === "running" && args.wait !== false) {
+    let lastPrintMs = 0;
+    while (result.state === "running") {
+      await Bun.sleep(200);
+      result = (await adminRequest(address, "admin.route.status", { moveId: result.moveId })) as unknown as MoveStatus;
+      const nowMs = Date.now();
+      if (nowMs - lastPrintMs >= (process.stderr.isTTY ? 250 : 2000) || result.state !== "running") {
+        lastPrintMs = nowMs;
+        const seconds = Math.max((nowMs - (result.startedAtMs ?? nowMs)) / 1000, 0.001);
+        const line = `${result.kind} ${result.moveId}: ${result.pagesMoved}/${result.pagesTotal} pages, ${formatSize(result.bytesMoved ?? 0)} at ${formatSize(Math.round((result.bytesMoved ?? 0) / seconds))}/s`;
+        process.stderr.write(process.stderr.isTTY ? `\r${line}   ${result.state !== "running" ? "\n" : ""}` : `${line}\n`);
+      }
+    }
+  }
+  printResult(args.json, { ...result, plan }, () => [describeStatus(result), ...describePlan(plan)].join("\n"));
+  if (result.state === "failed") throw failure(result);
+}
+
+function describeStatus(status: MoveStatus): string {
+  if (status.state === "planned") return `${status.kind} would move ${status.pagesTotal} page(s) (dry run: nothing changed)`;
+  if (status.pagesTotal === 0) return `${status.kind}: nothing to move`;
+  const seconds = status.finishedAtMs && status.startedAtMs ? ` in ${((status.finishedAtMs - status.startedAtMs) / 1000).toFixed(1)}s` : "";
+  const base = `${status.kind} ${status.moveId}: ${status.state}, ${status.pagesMoved}/${status.pagesTotal} pages moved (${formatSize(status.bytesMoved ?? 0)})${seconds}`;
+  return status.error ? `${base}: ${status.error.message}` : base;
+}
+
+function describePlan(plan: MoveStatus["plan"]): string[] {
+  if (!plan || plan.length === 0) return [];
+  return [table(["VOLUME", "FROM", "TO", "PAGES", "WHICH"], plan.flatMap((entry) => entry.steps.map((step) => [entry.volume, step.from, step.to, step.pages, step.list])))];
+}
+
+function failure(status: MoveStatus): ShoalError {
+  const code = status.error && isErrorCode(status.error.code) ? status.error.code : "INTERNAL";
+  return new ShoalError(code, `${status.kind} ${status.moveId ?? ""} failed after ${status.pagesMoved ?? 0} of ${status.pagesTotal} pages: ${status.error?.message ?? "unknown error"}`);
+}
+
 export default defineCommand({
-  meta: { name: "route", description: "Inspect the group's members and volumes' routing tables" },
-  subCommands: { nodes, show },
+  meta: { name: "route", description: "Inspect members and routing tables; move pages, rebalance, drain and forget nodes" },
+  subCommands: { nodes, show, move, rebalance, drain, status, forget },
 });

@@ -38,6 +38,7 @@ interface VolumeRow {
   route_owners: Uint8Array;
   origin: string | null;
   restoring: number;
+  moving: string | null;
 }
 
 export class Catalog implements SnapshotCatalog {
@@ -48,6 +49,14 @@ export class Catalog implements SnapshotCatalog {
     // FULL: catalog changes are rare (create, delete, join) and must survive power loss.
     this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;");
     this.db.exec(SCHEMA);
+    // Columns added after the first release: a catalog from before gets them empty.
+    this.addColumnIfMissing("volumes", "moving", "TEXT");
+    this.addColumnIfMissing("members", "forgotten", "INTEGER NOT NULL DEFAULT 0");
+  }
+
+  private addColumnIfMissing(table: string, column: string, declaration: string): void {
+    const columns = this.db.query(`PRAGMA table_info(${table})`).all() as { name: string }[];
+    if (!columns.some((existing) => existing.name === column)) this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${declaration}`);
   }
 
   close(): void {
@@ -69,22 +78,25 @@ export class Catalog implements SnapshotCatalog {
       mesh_address: string;
       nbd_address: string;
       joined_at_ms: number;
+      forgotten: number;
     }[];
     return rows.map((row) => ({
       id: row.id,
       meshAddress: row.mesh_address,
       nbdAddress: row.nbd_address,
       joinedAtMs: row.joined_at_ms,
+      ...(row.forgotten ? { forgotten: true } : {}),
     }));
   }
 
   putMember(member: Member): void {
     this.db
       .query(
-        `INSERT INTO members (id, mesh_address, nbd_address, joined_at_ms) VALUES (?, ?, ?, ?)
-         ON CONFLICT(id) DO UPDATE SET mesh_address = excluded.mesh_address, nbd_address = excluded.nbd_address`,
+        `INSERT INTO members (id, mesh_address, nbd_address, joined_at_ms, forgotten) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT(id) DO UPDATE SET mesh_address = excluded.mesh_address, nbd_address = excluded.nbd_address,
+           forgotten = excluded.forgotten`,
       )
-      .run(member.id, member.meshAddress, member.nbdAddress, member.joinedAtMs);
+      .run(member.id, member.meshAddress, member.nbdAddress, member.joinedAtMs, member.forgotten ? 1 : 0);
   }
 
   /** Every snapshot record, tombstones included. */
@@ -129,13 +141,13 @@ export class Catalog implements SnapshotCatalog {
     this.db
       .query(
         `INSERT INTO volumes (name, uid, size_bytes, page_size_bytes, created_at_ms, version, deleted,
-           route_version, route_nodes, route_owners, origin, restoring)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           route_version, route_nodes, route_owners, origin, restoring, moving)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT(name) DO UPDATE SET uid = excluded.uid, size_bytes = excluded.size_bytes,
            page_size_bytes = excluded.page_size_bytes, created_at_ms = excluded.created_at_ms,
            version = excluded.version, deleted = excluded.deleted, route_version = excluded.route_version,
            route_nodes = excluded.route_nodes, route_owners = excluded.route_owners, origin = excluded.origin,
-           restoring = excluded.restoring`,
+           restoring = excluded.restoring, moving = excluded.moving`,
       )
       .run(
         record.name,
@@ -150,6 +162,7 @@ export class Catalog implements SnapshotCatalog {
         wire.owners,
         record.origin ?? null,
         record.restoring ? 1 : 0,
+        record.moving ? JSON.stringify(record.moving) : null,
       );
   }
 }
@@ -182,5 +195,6 @@ function rowToRecord(row: VolumeRow): VolumeRecord {
     routing: routingFromWire({ version: row.route_version, nodes, owners: row.route_owners }, pageCount(geometry)),
     ...(row.origin ? { origin: row.origin } : {}),
     ...(row.restoring ? { restoring: true } : {}),
+    ...(row.moving ? { moving: JSON.parse(row.moving) as VolumeRecord["moving"] } : {}),
   };
 }

@@ -8,6 +8,8 @@ export interface Member {
   /** host:port of the NBD server. */
   nbdAddress: string;
   joinedAtMs: number;
+  /** Removed from the group by `route forget`; kept so a stale peer cannot bring it back. */
+  forgotten?: boolean;
 }
 
 const NODE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;

@@ -63,6 +63,22 @@ export interface LayerInfo {
   deleting: boolean;
 }
 
+/** One layer's copy of a page on its way to another node (see exportPage). */
+export interface PagePiece {
+  layer: string;
+  pageSizeBytes: number;
+  /** Chunked copies: chunk size and per-chunk states; `data` is then the DATA chunks in order. */
+  chunkShift?: number;
+  states?: Uint8Array;
+  data: Uint8Array;
+}
+
+export interface PageExport {
+  /** The layers involved, root first, each with its parent. */
+  layers: { id: string; parent?: string }[];
+  pieces: PagePiece[];
+}
+
 export const DEFAULT_CHUNK_SIZE_BYTES = 64 * 1024;
 /** Marks a dropped page file awaiting its unlink. */
 const TRASH_MARK = ".drop";
@@ -407,6 +423,135 @@ export class PageStore {
     const pages = new Set<number>();
     for (let index = 0; index < stop; index++) for (const page of chain[index]!.pages.keys()) pages.add(page);
     return [...pages].sort((a, b) => a - b);
+  }
+
+  // ---- moving pages to another node
+
+  /**
+   * A page as every layer of a volume holds it, for a move: each layer of the family (the
+   * volume's head and snapshots, per `inFamily`) with all layers below, root first, and the
+   * bytes of every one that holds the page. Synchronous, so it is one consistent moment.
+   */
+  exportPage(page: number, inFamily: (layerId: string) => boolean): PageExport {
+    const layers: Layer[] = [];
+    const seen = new Set<Layer>();
+    for (const layer of this.table.all()) {
+      if (!inFamily(layer.id)) continue;
+      const chain = this.table.chainOf(layer);
+      for (let index = chain.length - 1; index >= 0; index--) {
+        const member = chain[index]!;
+        if (seen.has(member)) continue;
+        seen.add(member);
+        layers.push(member);
+      }
+    }
+    const pieces: PagePiece[] = [];
+    for (const layer of layers) {
+      const file = layer.pages.get(page);
+      if (file === undefined) continue;
+      if (file.states === undefined) {
+        const data = new Uint8Array(file.pageSizeBytes);
+        this.readFile(file, 0, file.pageSizeBytes, data, 0);
+        pieces.push({ layer: layer.id, pageSizeBytes: file.pageSizeBytes, data });
+        continue;
+      }
+      // Only the chunks the layer holds itself travel; the others are states.
+      const chunkBytes = 2 ** file.chunkShift;
+      const data = new Uint8Array(file.dataChunks * chunkBytes);
+      let at = 0;
+      for (let chunk = 0; chunk < file.states.length; chunk++) {
+        if (file.states[chunk] !== DATA) continue;
+        this.readFile(file, chunk * chunkBytes, chunkBytes, data, at);
+        at += chunkBytes;
+      }
+      pieces.push({ layer: layer.id, pageSizeBytes: file.pageSizeBytes, chunkShift: file.chunkShift, states: file.states.slice(), data });
+    }
+    return { layers: layers.map((layer) => ({ id: layer.id, ...(layer.parent ? { parent: layer.parent.id } : {}) })), pieces };
+  }
+
+  /**
+   * Installs a page exported by another node, durably. Layers this store lacks are created and
+   * missing ones inserted where the source's stacks have them (an inserted layer holds nothing
+   * for the other pages, so they read as before). The family's own copies of the page are
+   * replaced; a foreign layer (a clone's origin snapshot, immutable) keeps a copy it has.
+   */
+  async importPage(page: number, exported: PageExport, inFamily: (layerId: string) => boolean): Promise<void> {
+    this.stackLike(exported.layers);
+    const pieces = new Map(exported.pieces.map((piece) => [piece.layer, piece]));
+    const touched = new Set<PageFile>();
+    for (const { id } of exported.layers) {
+      const layer = this.table.get(id)!;
+      const existing = layer.pages.get(page);
+      if (existing !== undefined && !inFamily(id)) continue;
+      if (existing !== undefined) this.dropPage(existing);
+      const piece = pieces.get(id);
+      if (piece !== undefined) touched.add(this.writePiece(layer, page, piece));
+    }
+    await this.syncMoved(touched);
+    await this.tableFile.persist();
+  }
+
+  /** Drops the family's copies of pages this node no longer owns; layers a foreign one stands on keep theirs. */
+  dropPages(pages: number[], inFamily: (layerId: string) => boolean): void {
+    const standsOn = new Set<Layer>();
+    for (const layer of this.table.all()) if (!inFamily(layer.id)) for (const below of this.table.chainOf(layer)) standsOn.add(below);
+    for (const layer of this.table.all()) {
+      if (!inFamily(layer.id) || standsOn.has(layer)) continue;
+      for (const page of pages) {
+        const file = layer.pages.get(page);
+        if (file !== undefined) this.dropPage(file);
+      }
+    }
+  }
+
+  /** Makes the given layers (root first, with parents) exist here stacked as they are at the source. */
+  private stackLike(layers: { id: string; parent?: string }[]): void {
+    const sourceParent = new Map(layers.map((layer) => [layer.id, layer.parent]));
+    const isBelow = (candidate: string, start: string | undefined): boolean => {
+      for (let at = start; at !== undefined; at = sourceParent.get(at)) if (at === candidate) return true;
+      return false;
+    };
+    for (const { id, parent: parentId } of layers) {
+      const parent = parentId === undefined ? undefined : this.requireLayer(parentId);
+      const layer = this.table.get(id);
+      if (layer === undefined) {
+        this.table.create(id, parent);
+        continue;
+      }
+      if (layer.deleting) throw deletingError(layer);
+      if (layer.parent === parent) continue;
+      // Here the layer sits on nothing, or on a layer the source has further down: stack it on
+      // the one in between. Anything else means the two nodes disagree about history.
+      if (layer.parent === undefined || isBelow(layer.parent.id, parentId)) this.table.setParent(layer, parent);
+      else {
+        throw new ShoalError("CONFLICT", `layer '${id}' stands on '${layer.parent.id}' here but on '${parentId ?? "nothing"}' at the source`);
+      }
+    }
+    this.tableFile.changed();
+  }
+
+  private writePiece(layer: Layer, page: number, piece: PagePiece): PageFile {
+    const chunked = piece.states !== undefined;
+    if (chunked && piece.chunkShift !== chunkShiftFor(piece.pageSizeBytes, this.table.chunkSizeBytes)) {
+      throw new ShoalError("CONFLICT", `page ${page} of layer '${layer.id}' comes in ${2 ** (piece.chunkShift ?? 0)}-byte chunks; this node uses ${this.table.chunkSizeBytes}`);
+    }
+    const file = this.createPageFile(layer, page, piece.pageSizeBytes, chunked);
+    const fd = this.open.fdOf(file);
+    if (!chunked) {
+      if (!isAllZero(piece.data)) pwriteFull(fd, piece.data, 0);
+    } else {
+      const chunkBytes = 2 ** file.chunkShift;
+      let at = 0;
+      piece.states!.forEach((state, chunk) => {
+        if (state === DATA) {
+          pwriteFull(fd, piece.data.subarray(at, at + chunkBytes), CHUNK_HEADER_BYTES + chunk * chunkBytes);
+          at += chunkBytes;
+        }
+        if (state !== ABSENT) this.setState(file, chunk, state);
+      });
+    }
+    this.markDataDirty(file);
+    return file;
   }
 
   // ---- reading through layers

@@ -110,3 +110,26 @@ export function routingFromWire(wire: RoutingTableWire, expectedPages: number): 
   }
   return { version: wire.version, nodes: [...wire.nodes], owners };
 }
+
+/** The table after `pages` move to `node`: one version later, the node added to `nodes` if new. */
+export function withOwner(table: RoutingTable, pages: number[], node: string): RoutingTable {
+  let index = table.nodes.indexOf(node);
+  const nodes = index < 0 ? [...table.nodes, node] : table.nodes;
+  if (index < 0) index = nodes.length - 1;
+  if (nodes.length > MAX_NODES_PER_TABLE) throw new ShoalError("BAD_ARGUMENT", "too many nodes for one volume");
+  const owners = new Uint16Array(table.owners);
+  for (const page of pages) {
+    if (!Number.isInteger(page) || page < 0 || page >= owners.length) throw new ShoalError("OUT_OF_RANGE", `page ${page} is not in the routing table`);
+    owners[page] = index;
+  }
+  return { version: table.version + 1, nodes, owners };
+}
+
+/** Pages owned by `node`, ascending. */
+export function pagesOf(table: RoutingTable, node: string): number[] {
+  const index = table.nodes.indexOf(node);
+  const pages: number[] = [];
+  if (index < 0) return pages;
+  for (let page = 0; page < table.owners.length; page++) if (table.owners[page] === index) pages.push(page);
+  return pages;
+}

@@ -63,6 +63,8 @@ export interface SnapshotRequest {
    * the hold timeout, instead of taking at once.
    */
   manualTake?: boolean;
+  /** Routing version of each volume the participants were chosen by; a participant on another refuses. */
+  routingVersions?: Record<string, number>;
 }
 
 export interface SnapshotResult {
@@ -139,6 +141,7 @@ export class SnapshotCoordinator {
       participants: [...req.participants],
       startedAtMs: req.nowMs,
       state: "started",
+      ...(req.routingVersions ? { routingVersions: { ...req.routingVersions } } : {}),
     };
     const attempt = newAttempt(record, holdTimeoutMs, req.maxClockSkewMs, "preparing", req.nowMs + holdTimeoutMs);
     attempt.manualTake = req.manualTake === true;
@@ -398,6 +401,7 @@ export class SnapshotCoordinator {
         sentAtMs: nowMs,
         holdTimeoutMs: attempt.holdTimeoutMs,
         maxClockSkewMs: attempt.maxClockSkewMs,
+        ...(r.routingVersions ? { routingVersions: r.routingVersions } : {}),
       },
     }));
   }

@@ -24,6 +24,8 @@ export interface PrepareMessage {
   sentAtMs: number;
   holdTimeoutMs: number;
   maxClockSkewMs: number;
+  /** Routing version per volume the coordinator chose participants by (absent in old messages). */
+  routingVersions?: Record<string, number>;
 }
 
 /** Participant -> coordinator: holding and drained (hold mode), or prepared (timestamp mode). */
@@ -99,6 +101,7 @@ export interface CoordinatorRecord {
   startedAtMs: number;
   state: "started" | "committed";
   cutAtMs?: number;
+  routingVersions?: Record<string, number>;
 }
 
 /**

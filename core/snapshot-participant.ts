@@ -219,6 +219,13 @@ export class SnapshotParticipant {
     return wakeAtMs === Infinity ? undefined : wakeAtMs;
   }
 
+  /** A snapshot of this volume is under way here (prepared, or its commit wait still running). */
+  involves(volume: string): boolean {
+    for (const entry of this.entries.values()) if (entry.volumes.includes(volume)) return true;
+    for (const fence of this.fences.values()) if (fence.volumes.includes(volume)) return true;
+    return false;
+  }
+
   /** For status output and tests. */
   inspect(): { entries: { snapshotId: string; phase: Phase }[]; fences: number; tombstones: number } {
     const entries = [...this.entries.values()].map((e) => ({ snapshotId: e.snapshotId, phase: e.phase }));

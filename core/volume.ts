@@ -17,6 +17,15 @@ export interface VolumeRecord extends Geometry {
   origin?: string;
   /** An archive restore into it has not finished: clients may not open it. */
   restoring?: boolean;
+  /** A page move holds the routing: only its coordinator changes the table until it clears this. */
+  moving?: MoveLock;
+}
+
+export interface MoveLock {
+  moveId: string;
+  /** The node coordinating the move. */
+  by: string;
+  startedAtMs: number;
 }
 
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -63,7 +72,9 @@ export function newVolumeRecord(spec: NewVolume): VolumeRecord {
 export function isNewer(candidate: VolumeRecord, current: VolumeRecord | undefined): boolean {
   if (!current) return true;
   if (candidate.version !== current.version) return candidate.version > current.version;
-  return candidate.uid > current.uid;
+  if (candidate.uid !== current.uid) return candidate.uid > current.uid;
+  // Two coordinators locked the volume for a move at once: the larger move id wins everywhere.
+  return (candidate.moving?.moveId ?? "") > (current.moving?.moveId ?? "");
 }
 
 /** The record as stored in catalogs and sent between members. */
@@ -92,5 +103,11 @@ export function volumeFromWire(wire: VolumeRecordWire): VolumeRecord {
     routing: routingFromWire(wire.routing, pageCount(geometry)),
     ...(typeof wire.origin === "string" ? { origin: wire.origin } : {}),
     ...(wire.restoring === true ? { restoring: true } : {}),
+    ...(isMoveLock(wire.moving) ? { moving: { moveId: wire.moving.moveId, by: wire.moving.by, startedAtMs: Number(wire.moving.startedAtMs) } } : {}),
   };
+}
+
+function isMoveLock(value: unknown): value is MoveLock {
+  const lock = value as MoveLock | undefined;
+  return typeof lock === "object" && lock !== null && typeof lock.moveId === "string" && typeof lock.by === "string";
 }

@@ -24,6 +24,11 @@ export class Payload {
     readonly byteLength: number,
   ) {}
 
+  /** Several byte arrays as one contiguous copy (one alone is returned as it is). */
+  static concat(parts: Uint8Array[]): Uint8Array {
+    return new Payload(parts, parts.reduce((sum, part) => sum + part.byteLength, 0)).bytes();
+  }
+
   static of(bytes: Uint8Array): Payload {
     return new Payload(bytes.byteLength === 0 ? [] : [bytes], bytes.byteLength);
   }

@@ -17,6 +17,13 @@ export interface GroupDump {
   snapshots?: SnapshotRecord[];
 }
 
+/** A member's answer to a published volume record: the version (and move lock) it kept. */
+export interface VolumeAnswer {
+  node: string;
+  version: number;
+  moveId: string | undefined;
+}
+
 export interface GroupOptions {
   catalog: Catalog;
   self: Member;
@@ -87,11 +94,13 @@ export class Group {
 
   addMember(member: Member): boolean {
     const known = this.members.get(member.id);
-    if (known && known.meshAddress === member.meshAddress && known.nbdAddress === member.nbdAddress) return false;
+    // A forgotten member stays forgotten, whatever a stale peer still says of it.
+    if (known?.forgotten) return false;
+    if (known && known.meshAddress === member.meshAddress && known.nbdAddress === member.nbdAddress && !member.forgotten) return false;
     this.members.set(member.id, member);
     this.options.catalog.putMember(member);
     this.cachedDigest = undefined;
-    if (known && known.meshAddress !== member.meshAddress) {
+    if (member.forgotten || (known && known.meshAddress !== member.meshAddress)) {
       this.links.get(member.id)?.stop();
       this.links.delete(member.id);
     }
@@ -99,8 +108,22 @@ export class Group {
     return true;
   }
 
+  /** Members that have not been forgotten. */
+  liveMembers(): Member[] {
+    return [...this.members.values()].filter((member) => !member.forgotten);
+  }
+
+  /** Removes a member for good (`route forget`): every member is told, and it is refused from now on. */
+  async forget(nodeId: string): Promise<void> {
+    const known = this.members.get(nodeId);
+    if (!known || known.forgotten) throw new ShoalError("UNKNOWN_NODE", `node '${nodeId}' is not a member of this group`);
+    const member: Member = { ...known, forgotten: true };
+    this.addMember(member);
+    await Promise.all([...this.links.values()].map((link) => link.request("group.member", { member }, undefined, 10_000).catch(() => undefined)));
+  }
+
   private ensureLink(member: Member): void {
-    if (!this.started || member.id === this.selfId || this.links.has(member.id)) return;
+    if (!this.started || member.forgotten || member.id === this.selfId || this.links.has(member.id)) return;
     const link = new PeerLink({
       peerId: member.id,
       address: member.meshAddress,
@@ -169,15 +192,17 @@ export class Group {
    * Sends a changed record to every other member. Members in `required` must confirm, or this
    * throws; the others catch up later through the digest if they are down now.
    */
-  async publishVolume(record: VolumeRecord, required: string[]): Promise<void> {
+  async publishVolume(record: VolumeRecord, required: string[]): Promise<VolumeAnswer[]> {
     const wire = volumeToWire(record);
     const failures: string[] = [];
+    const answers: VolumeAnswer[] = [];
     await Promise.all(
       [...this.links.values()].map(async (link) => {
         // A member that is down now catches up through the digest; don't make the admin wait.
         if (link.state !== "up" && !required.includes(link.peerId)) return;
         try {
-          await link.request("catalog.volume", { record: wire }, undefined, 10_000);
+          const response = await link.request("catalog.volume", { record: wire }, undefined, 10_000);
+          answers.push({ node: link.peerId, version: Number(response.result.version), moveId: response.result.moveId as string | undefined });
         } catch (err) {
           if (required.includes(link.peerId)) failures.push(`${link.peerId}: ${(err as Error).message}`);
         }
@@ -186,6 +211,7 @@ export class Group {
     if (failures.length > 0) {
       throw new ShoalError("NODE_DOWN", `volume '${record.name}' was not confirmed by ${failures.join("; ")}`);
     }
+    return answers;
   }
 
   // ---- snapshots
@@ -234,7 +260,7 @@ export class Group {
     if (this.cachedDigest === undefined) {
       const parts: string[] = [];
       for (const member of [...this.members.values()].sort((a, b) => a.id.localeCompare(b.id))) {
-        parts.push(`m:${member.id}@${member.meshAddress}@${member.nbdAddress}`);
+        parts.push(`m:${member.id}@${member.meshAddress}@${member.nbdAddress}${member.forgotten ? "!" : ""}`);
       }
       for (const record of [...this.volumes.values()].sort((a, b) => a.name.localeCompare(b.name))) {
         parts.push(`v:${record.name}:${record.uid}:${record.version}`);
@@ -298,9 +324,13 @@ export class Group {
         return {};
       case "catalog.dump":
         return this.dump() as unknown as FrameHeader;
-      case "catalog.volume":
-        this.applyVolume(volumeFromWire(args.record as VolumeRecordWire));
-        return {};
+      case "catalog.volume": {
+        const record = volumeFromWire(args.record as VolumeRecordWire);
+        this.applyVolume(record);
+        // What this member keeps after the update: a move's coordinator learns from it whether its lock won.
+        const kept = this.volumes.get(record.name)!;
+        return { version: kept.version, ...(kept.moving ? { moveId: kept.moving.moveId } : {}) };
+      }
       case "catalog.snapshot":
         this.applySnapshot(parseSnapshotRecord(args.record));
         return {};
@@ -318,6 +348,9 @@ export class Group {
       if (!this.members.has(member.id)) {
         throw new ShoalError("UNKNOWN_NODE", `node '${member.id}' is not a member of this group; start it with --join`);
       }
+      if (this.members.get(member.id)!.forgotten) {
+        throw new ShoalError("UNKNOWN_NODE", `node '${member.id}' was removed from this group (route forget); refusing it`);
+      }
       this.addMember(member);
       connection.peerId = member.id;
       connection.label = `node ${member.id}`;
@@ -330,6 +363,9 @@ export class Group {
 
   private onJoin(args: FrameHeader): GroupDump {
     const member = parseMember(args.member);
+    if (this.members.get(member.id)?.forgotten) {
+      throw new ShoalError("CONFLICT", `node id '${member.id}' was removed from this group; join with a new id and an empty data directory`);
+    }
     const isNew = this.addMember(member);
     if (isNew) {
       this.options.log.info(`node ${member.id} joined the group (${member.meshAddress})`);
@@ -354,5 +390,11 @@ function parseMember(value: unknown): Member {
   if (!member || typeof member.id !== "string" || typeof member.meshAddress !== "string" || typeof member.nbdAddress !== "string") {
     throw new ShoalError("BAD_REQUEST", "member record is malformed");
   }
-  return { id: member.id, meshAddress: member.meshAddress, nbdAddress: member.nbdAddress, joinedAtMs: Number(member.joinedAtMs) || Date.now() };
+  return {
+    id: member.id,
+    meshAddress: member.meshAddress,
+    nbdAddress: member.nbdAddress,
+    joinedAtMs: Number(member.joinedAtMs) || Date.now(),
+    ...(member.forgotten === true ? { forgotten: true } : {}),
+  };
 }

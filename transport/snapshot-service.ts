@@ -7,13 +7,21 @@ import { HoldQueue } from "../core/hold-queue.ts";
 import type { PageStore } from "../core/page-store.ts";
 import { holders } from "../core/routing.ts";
 import { SnapshotCoordinator, type CoordinatorEffect, type SnapshotResult } from "../core/snapshot-coordinator.ts";
-import { isToCoordinator, type CoordinatorRecord, type ParticipantRecord, type SnapshotMessage, type SnapshotMode } from "../core/snapshot-messages.ts";
+import {
+  isToCoordinator,
+  type CoordinatorRecord,
+  type ParticipantRecord,
+  type PrepareMessage,
+  type SnapshotMessage,
+  type SnapshotMode,
+} from "../core/snapshot-messages.ts";
 import { SnapshotParticipant, type ParticipantEffect } from "../core/snapshot-participant.ts";
 import { snapshotLayerId, validateSnapshotName, type SnapshotRecord } from "../core/snapshot-record.ts";
 import type { FrameHeader } from "./frame.ts";
 import type { Group } from "./group.ts";
 import type { MeshLog } from "./mesh.ts";
 import type { SnapshotGate } from "./volume-router.ts";
+import type { PageMover, SnapshotActivity } from "./page-mover.ts";
 
 export interface SnapshotServiceOptions {
   group: Group;
@@ -36,8 +44,10 @@ export interface CreateSnapshot {
 /** Requests waiting on a hold beyond this make the node give the hold up. */
 const MAX_HELD_REQUESTS = 4096;
 
-export class SnapshotService implements SnapshotGate {
+export class SnapshotService implements SnapshotGate, SnapshotActivity {
   readonly holds: HoldQueue;
+  /** Set once page moves run on this node. */
+  mover: PageMover | undefined;
   private readonly coordinator: SnapshotCoordinator;
   private readonly participant: SnapshotParticipant;
   private readonly incarnation = crypto.randomUUID().slice(0, 8);
@@ -152,8 +162,10 @@ export class SnapshotService implements SnapshotGate {
     validateSnapshotName(request.name);
     if (request.volumes.length === 0) throw new ShoalError("BAD_ARGUMENT", "name at least one volume to snapshot");
     const participants = new Set<string>();
+    const routingVersions: Record<string, number> = {};
     for (const volume of new Set(request.volumes)) {
       const record = group.volume(volume);
+      routingVersions[volume] = record.routing.version;
       if (group.liveSnapshots(volume).some((snapshot) => snapshot.name === request.name)) {
         throw new ShoalError("SNAPSHOT_EXISTS", `volume '${volume}' already has a snapshot '${request.name}'`);
       }
@@ -182,6 +194,7 @@ export class SnapshotService implements SnapshotGate {
         maxClockSkewMs: this.options.maxClockSkewMs,
         nowMs: this.nowMs(),
         manualTake,
+        routingVersions,
       }),
     );
     return { snapshotId, promise };
@@ -214,9 +227,38 @@ export class SnapshotService implements SnapshotGate {
   }
 
   private deliver(from: string, msg: SnapshotMessage): void {
+    if (msg.type === "snap.prepare" && !this.routingAgrees(from, msg)) return;
     const now = this.nowMs();
     if (isToCoordinator(msg)) this.runCoordinator(this.coordinator.onMessage(from, msg, now));
     else this.runParticipant(this.participant.onMessage(from, msg, now));
+  }
+
+  /**
+   * A snapshot's participants are the page owners in the coordinator's tables: a node whose table
+   * for a volume is another version (a page move committed in between) refuses, and the
+   * coordinator tries again with the new table. A move step running here finishes first; none
+   * starts while a snapshot involves the volume (see PageMover).
+   */
+  private routingAgrees(from: string, msg: PrepareMessage): boolean {
+    const { group } = this.options;
+    const running = this.mover?.isRunning(msg.volumes);
+    if (running) {
+      void this.mover!.idle(msg.volumes).then(() => this.deliver(from, msg));
+      return false;
+    }
+    for (const [volume, version] of Object.entries(msg.routingVersions ?? {})) {
+      const local = group.volumes.get(volume)?.routing.version;
+      if (local === undefined || local === version) continue;
+      const error = new ShoalError("STALE_ROUTE", `node ${group.selfId} has routing version ${local} of '${volume}', the coordinator ${version}: pages moved; try again`);
+      this.send(from, { type: "snap.refuse", snapshotId: msg.snapshotId, error: error.toWire() });
+      return false;
+    }
+    return true;
+  }
+
+  /** A snapshot of the volume is prepared or cut here and not finished: page moves wait. */
+  involves(volume: string): boolean {
+    return this.participant.involves(volume);
   }
 
   private send(to: string, msg: SnapshotMessage): void {

@@ -9,7 +9,8 @@ import { MAX_REQUEST_BYTES, slicePages, type PageSlice } from "../core/geometry.
 import type { PageStore } from "../core/page-store.ts";
 import { ownerOf } from "../core/routing.ts";
 import type { VolumeRecord } from "../core/volume.ts";
-import type { FrameHeader, Payload } from "./frame.ts";
+import { Payload, type FrameHeader } from "./frame.ts";
+import type { PageMover } from "./page-mover.ts";
 import { dataBuffers } from "./buffer-pool.ts";
 import type { Group } from "./group.ts";
 import type { Reply } from "./mesh-connection.ts";
@@ -19,6 +20,8 @@ export const RESTORE_SUFFIX = "%restore";
 
 /** How many pages one BLOCK_STATUS answer covers at most; clients ask again for the rest. */
 const STATUS_PAGES_MAX = 1024;
+/** Times a request may be passed on between nodes whose tables disagree (see readPage). */
+const MAX_HOPS = 3;
 
 /**
  * What the snapshot protocol asks of the data path on a page's owner: hold-mode snapshots queue
@@ -44,6 +47,8 @@ export class VolumeRouter implements ExportCatalog {
   private readonly dirtyPeers = new Set<string>();
   /** Set by the snapshot service once it runs. */
   gate: SnapshotGate | undefined;
+  /** Set once page moves run on this node: tells which pages are frozen. */
+  mover: PageMover | undefined;
 
   constructor(
     private readonly group: Group,
@@ -93,60 +98,28 @@ export class VolumeRouter implements ExportCatalog {
   // ---- client-side operations, cut by page and sent to each page's owner
 
   read(target: Target, offset: number, length: number, into: Uint8Array, intoOffset: number): Promise<void> | void {
-    const { record } = target;
     let pending: Promise<void>[] | undefined;
-    for (const slice of slicePages(record, offset, length)) {
-      const owner = ownerOf(record.routing, slice.page);
-      const at = intoOffset + slice.bufferOffset;
-      const done =
-        owner === this.group.selfId
-          ? this.executeLocalRead(target, slice.page, slice.pageOffset, slice.length, into, at)
-          : this.forwardRead(owner, target, slice, into, at);
+    for (const slice of slicePages(target.record, offset, length)) {
+      const done = this.readPage(target, slice.page, slice.pageOffset, slice.length, into, intoOffset + slice.bufferOffset, 0);
       if (done) (pending ??= []).push(done);
     }
     if (pending) return Promise.all(pending).then(() => {});
   }
 
-  private async forwardRead(owner: string, target: Target, slice: PageSlice, into: Uint8Array, at: number): Promise<void> {
-    const response = await this.group
-      .link(owner)
-      .request("page.read", { ...this.addressOf(target), p: slice.page, o: slice.pageOffset, n: slice.length });
-    if (response.payload.byteLength !== slice.length) {
-      throw new ShoalError("IO_ERROR", `node ${owner} returned ${response.payload.byteLength} bytes for a ${slice.length}-byte read`);
-    }
-    response.payload.copyTo(into, at);
-  }
-
   write(target: Target, offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
-    const { record } = target;
     let pending: Promise<unknown>[] | undefined;
-    for (const slice of slicePages(record, offset, data.byteLength)) {
-      const owner = ownerOf(record.routing, slice.page);
+    for (const slice of slicePages(target.record, offset, data.byteLength)) {
       const piece = data.subarray(slice.bufferOffset, slice.bufferOffset + slice.length);
-      let done: Promise<unknown> | void;
-      if (owner === this.group.selfId) done = this.executeLocalWrite(target, slice.page, slice.pageOffset, [piece], fua);
-      else {
-        this.dirtyPeers.add(owner);
-        done = this.group.link(owner).request("page.write", { ...this.addressOf(target), p: slice.page, o: slice.pageOffset, f: fua }, piece);
-      }
+      const done = this.writePage(target, slice.page, slice.pageOffset, [piece], fua, 0);
       if (done) (pending ??= []).push(done);
     }
     if (pending) return Promise.all(pending).then(() => {});
   }
 
   zero(target: Target, offset: number, length: number, fua: boolean): Promise<void> | void {
-    const { record } = target;
     let pending: Promise<unknown>[] | undefined;
-    for (const slice of slicePages(record, offset, length)) {
-      const owner = ownerOf(record.routing, slice.page);
-      let done: Promise<unknown> | void;
-      if (owner === this.group.selfId) done = this.executeLocalZero(target, slice.page, slice.pageOffset, slice.length, fua);
-      else {
-        this.dirtyPeers.add(owner);
-        done = this.group
-          .link(owner)
-          .request("page.zero", { ...this.addressOf(target), p: slice.page, o: slice.pageOffset, n: slice.length, f: fua });
-      }
+    for (const slice of slicePages(target.record, offset, length)) {
+      const done = this.zeroPage(target, slice.page, slice.pageOffset, slice.length, fua, 0);
       if (done) (pending ??= []).push(done);
     }
     if (pending) return Promise.all(pending).then(() => {});
@@ -165,6 +138,106 @@ export class VolumeRouter implements ExportCatalog {
       for (const peer of peers) this.dirtyPeers.add(peer); // still owed a flush
       throw (results[failed] as PromiseRejectedResult).reason;
     }
+  }
+
+  // ---- one page: run here if this node owns it, else send it to the owner
+  // A node that gets a request for a page it no longer owns (the sender's table is older than
+  // its own) passes it on to the owner it knows, at most MAX_HOPS times; a request that finds
+  // its page frozen by a move waits and then routes again, by the table current by then.
+
+  private readPage(target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> | void {
+    const owner = ownerOf(target.record.routing, page);
+    if (owner !== this.group.selfId) return this.forwardRead(owner, target, page, pageOffset, length, into, at, hops);
+    const again = () => this.readPage(this.refreshed(target), page, pageOffset, length, into, at, hops);
+    if (this.mover?.isFrozen(target.record.uid, page)) return this.afterThaw(target, page, again);
+    if (this.heldFor(target)) return this.gate!.holds.enqueue(target.record.name, again);
+    this.store.read(target.layer, page, pageOffset, length, into, at);
+  }
+
+  /** `parts` are written one after another from `pageOffset` (a forwarded payload arrives in chunks). */
+  private writePage(target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<void> | void {
+    const { record } = target;
+    if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
+    const owner = ownerOf(record.routing, page);
+    if (owner !== this.group.selfId) return this.forwardWrite(owner, target, page, pageOffset, parts, fua, hops);
+    const again = () => this.writePage(this.refreshed(target), page, pageOffset, parts, fua, hops);
+    if (this.mover?.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
+    if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
+    const ackNotBeforeMs = this.gate ? this.gate.beforeWrite(record.name) : 0;
+    let at = pageOffset;
+    for (const part of parts) {
+      this.store.write(target.layer, page, at, part, record.pageSizeBytes);
+      at += part.byteLength;
+    }
+    return this.acknowledge(target, page, fua, ackNotBeforeMs);
+  }
+
+  private zeroPage(target: Target, page: number, pageOffset: number, length: number, fua: boolean, hops: number): Promise<void> | void {
+    const { record } = target;
+    if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
+    const owner = ownerOf(record.routing, page);
+    if (owner !== this.group.selfId) {
+      this.checkHops(record, page, hops);
+      this.dirtyPeers.add(owner);
+      return this.group
+        .link(owner)
+        .request("page.zero", { ...this.addressOf(target), p: page, o: pageOffset, n: length, f: fua, h: hops + 1 })
+        .then(() => {});
+    }
+    const again = () => this.zeroPage(this.refreshed(target), page, pageOffset, length, fua, hops);
+    if (this.mover?.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
+    if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
+    const ackNotBeforeMs = this.gate ? this.gate.beforeWrite(record.name) : 0;
+    this.store.zero(target.layer, page, pageOffset, length, record.pageSizeBytes);
+    return this.acknowledge(target, page, fua, ackNotBeforeMs);
+  }
+
+  private async forwardRead(owner: string, target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> {
+    this.checkHops(target.record, page, hops);
+    const response = await this.group
+      .link(owner)
+      .request("page.read", { ...this.addressOf(target), p: page, o: pageOffset, n: length, h: hops + 1 });
+    if (response.payload.byteLength !== length) {
+      throw new ShoalError("IO_ERROR", `node ${owner} returned ${response.payload.byteLength} bytes for a ${length}-byte read`);
+    }
+    response.payload.copyTo(into, at);
+  }
+
+  private forwardWrite(owner: string, target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<void> {
+    this.checkHops(target.record, page, hops);
+    this.dirtyPeers.add(owner);
+    const payload = Payload.concat(parts);
+    return this.group
+      .link(owner)
+      .request("page.write", { ...this.addressOf(target), p: page, o: pageOffset, f: fua, h: hops + 1 }, payload)
+      .then(() => {});
+  }
+
+  /** Tables disagree for longer than a few hops only while a move is being published: fail, the client retries. */
+  private checkHops(record: VolumeRecord, page: number, hops: number): void {
+    if (hops >= MAX_HOPS) {
+      throw new ShoalError("NOT_OWNER", `page ${page} of '${record.name}' was passed on ${hops} times without reaching its owner (routing version ${record.routing.version} here)`);
+    }
+  }
+
+  /** A request to a page a move is shipping: runs again (routed afresh) once the move step ends. */
+  private afterThaw(target: Target, page: number, again: () => Promise<void> | void): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.mover!.whenThawed(target.record.uid, page, () => {
+        try {
+          Promise.resolve(again()).then(resolve, reject);
+        } catch (err) {
+          reject(err);
+        }
+      });
+    });
+  }
+
+  /** The target with the volume's record as it is now (a move may have changed the table). */
+  private refreshed(target: Target): Target {
+    const record = this.group.volumeByUid(target.record.uid);
+    if (!record) throw new ShoalError("UNKNOWN_VOLUME", `volume '${target.record.name}' was deleted or replaced while in use`);
+    return { record, layer: target.layer };
   }
 
   async blockStatus(target: Target, offset: number, length: number): Promise<Extent[]> {
@@ -205,57 +278,9 @@ export class VolumeRouter implements ExportCatalog {
     return target.layer === target.record.uid ? { v: target.record.uid } : { v: target.record.uid, l: target.layer };
   }
 
-  // ---- execution on the owner (local requests and forwarded ones alike)
-
-  private assertOwner(record: VolumeRecord, page: number): void {
-    if (page < 0 || page >= record.routing.owners.length || ownerOf(record.routing, page) !== this.group.selfId) {
-      throw new ShoalError(
-        "NOT_OWNER",
-        `node ${this.group.selfId} does not own page ${page} of '${record.name}' (routing version ${record.routing.version})`,
-      );
-    }
-  }
-
   /** Requests to a volume's head wait while a hold-mode snapshot holds it; snapshots never do. */
   private heldFor(target: Target): boolean {
     return target.layer === target.record.uid && this.gate !== undefined && this.gate.holds.isHeld(target.record.name);
-  }
-
-  executeLocalRead(target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number): Promise<void> | void {
-    this.assertOwner(target.record, page);
-    if (this.heldFor(target)) {
-      return this.gate!.holds.enqueue(target.record.name, () => this.executeLocalRead(target, page, pageOffset, length, into, at));
-    }
-    this.store.read(target.layer, page, pageOffset, length, into, at);
-  }
-
-  /** `parts` are written one after another from `pageOffset` (a forwarded payload arrives in chunks). */
-  executeLocalWrite(target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean): Promise<void> | void {
-    const { record } = target;
-    this.assertOwner(record, page);
-    if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
-    if (this.heldFor(target)) {
-      return this.gate!.holds.enqueue(record.name, () => this.executeLocalWrite(target, page, pageOffset, parts, fua));
-    }
-    const ackNotBeforeMs = this.gate ? this.gate.beforeWrite(record.name) : 0;
-    let at = pageOffset;
-    for (const part of parts) {
-      this.store.write(target.layer, page, at, part, record.pageSizeBytes);
-      at += part.byteLength;
-    }
-    return this.acknowledge(target, page, fua, ackNotBeforeMs);
-  }
-
-  executeLocalZero(target: Target, page: number, pageOffset: number, length: number, fua: boolean): Promise<void> | void {
-    const { record } = target;
-    this.assertOwner(record, page);
-    if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
-    if (this.heldFor(target)) {
-      return this.gate!.holds.enqueue(record.name, () => this.executeLocalZero(target, page, pageOffset, length, fua));
-    }
-    const ackNotBeforeMs = this.gate ? this.gate.beforeWrite(record.name) : 0;
-    this.store.zero(target.layer, page, pageOffset, length, record.pageSizeBytes);
-    return this.acknowledge(target, page, fua, ackNotBeforeMs);
   }
 
   /** FUA waits for the disk; a timestamp-mode commit wait waits for the clock. */
@@ -273,39 +298,57 @@ export class VolumeRouter implements ExportCatalog {
   handle(op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> | undefined {
     switch (op) {
       case "page.read": {
-        const { target, page, pageOffset } = this.pageArgs(args);
+        const { target, page, pageOffset, hops } = this.pageArgs(args);
         const length = checkedLength(args.n, target.record, pageOffset);
         const data = dataBuffers.acquire(length);
         const release = () => dataBuffers.release(data);
         let done: Promise<void> | void;
         try {
-          done = this.executeLocalRead(target, page, pageOffset, length, data, 0);
+          done = this.readPage(target, page, pageOffset, length, data, 0, hops);
         } catch (err) {
           release();
           throw err;
         }
-        return done ? done.then(() => ({ payload: data, release }), (err) => Promise.reject(err)) : { payload: data, release };
+        if (!done) return { payload: data, release };
+        return done.then(
+          () => ({ payload: data, release }),
+          (err) => {
+            release();
+            throw err;
+          },
+        );
       }
       case "page.write": {
-        const { target, page, pageOffset } = this.pageArgs(args);
+        const { target, page, pageOffset, hops } = this.pageArgs(args);
         checkedLength(payload.byteLength, target.record, pageOffset);
         // Written part by part as the chunks arrived: no gathering copy.
-        const done = this.executeLocalWrite(target, page, pageOffset, payload.parts, Boolean(args.f));
+        const done = this.writePage(target, page, pageOffset, payload.parts, Boolean(args.f), hops);
         return done ? done.then(() => ({})) : {};
       }
       case "page.zero": {
-        const { target, page, pageOffset } = this.pageArgs(args);
+        const { target, page, pageOffset, hops } = this.pageArgs(args);
         const length = checkedLength(args.n, target.record, pageOffset);
-        const done = this.executeLocalZero(target, page, pageOffset, length, Boolean(args.f));
+        const done = this.zeroPage(target, page, pageOffset, length, Boolean(args.f), hops);
         return done ? done.then(() => ({})) : {};
       }
       case "page.status": {
         const target = this.targetOf(args);
         const pages = Array.isArray(args.ps) ? (args.ps as unknown[]).slice(0, STATUS_PAGES_MAX) : [];
-        return { result: { a: pages.map((page) => this.store.isAllocated(target.layer, Number(page))) } };
+        // A page this node no longer owns (the asker's table is older) is reported allocated:
+        // the client then reads it, through the owner, rather than skipping data.
+        const { routing } = target.record;
+        return {
+          result: {
+            a: pages.map((page) => {
+              const index = Number(page);
+              return !(index >= 0 && index < routing.owners.length && ownerOf(routing, index) === this.group.selfId) || this.store.isAllocated(target.layer, index);
+            }),
+          },
+        };
       }
       case "store.flush":
-        return this.store.flush().then(() => ({}));
+        // Writes this node passed on to a page's new owner are part of what it acknowledged.
+        return this.flush().then(() => ({}));
       case "store.usage":
         return { result: { usage: storeUsage(this.store) } };
       case "store.changedPages":
@@ -338,15 +381,18 @@ export class VolumeRouter implements ExportCatalog {
     return { record, layer };
   }
 
-  private pageArgs(args: FrameHeader): { target: Target; page: number; pageOffset: number } {
+  private pageArgs(args: FrameHeader): { target: Target; page: number; pageOffset: number; hops: number } {
     const target = this.targetOf(args);
     const page = args.p;
     const pageOffset = args.o;
     if (!Number.isInteger(page) || !Number.isInteger(pageOffset) || (pageOffset as number) < 0) {
       throw new ShoalError("BAD_REQUEST", "page request has no valid page or offset");
     }
-    this.assertOwner(target.record, page as number);
-    return { target, page: page as number, pageOffset: pageOffset as number };
+    if ((page as number) >= target.record.routing.owners.length) {
+      throw new ShoalError("OUT_OF_RANGE", `page ${String(page)} is past the end of '${target.record.name}'`);
+    }
+    const hops = Number.isInteger(args.h) ? (args.h as number) : 1;
+    return { target, page: page as number, pageOffset: pageOffset as number, hops };
   }
 }
 

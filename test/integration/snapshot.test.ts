@@ -3,73 +3,13 @@
 // timestamp mode with skewed clocks; every snapshot is read back over NBD and checked as a cut.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { adminRequest } from "../../cmd/_cli.ts";
-import { NbdClient } from "../../transport/nbd-client.ts";
 import { BLOCK_BYTES, checkCut, readStamp, stampBlock, WriteHistory } from "./_cut-checker.ts";
+import { connect, readStamps, startWriters } from "./_writers.ts";
 import { run, TestCluster, type TestNode } from "./_cluster.ts";
 
 const PAGE = 64 * 1024; // small pages: the written region spans many pages on every node
 const BLOCKS = 256; // 1 MiB written region
 const WRITERS_PER_NODE = 2;
-
-async function connect(node: TestNode, exportName: string): Promise<NbdClient> {
-  return NbdClient.connect({ host: "127.0.0.1", port: node.nbdPort, exportName });
-}
-
-/** Writers: each owns the blocks b with b % writerCount == index and keeps one write per block in flight. */
-async function startWriters(cluster: TestCluster, volume: string, history: WriteHistory) {
-  let stop = false;
-  let errors = 0;
-  let maxLatencyMs = 0;
-  const clients: NbdClient[] = [];
-  const writerCount = cluster.nodes.length * WRITERS_PER_NODE;
-  const loops: Promise<void>[] = [];
-  for (let writer = 0; writer < writerCount; writer++) {
-    const client = await connect(cluster.nodes[writer % cluster.nodes.length]!, volume);
-    clients.push(client);
-    const blocks = [...Array(BLOCKS).keys()].filter((block) => block % writerCount === writer);
-    loops.push(
-      (async () => {
-        let cursor = 0;
-        while (!stop) {
-          // Four blocks of this writer in flight at once, each block written once at a time.
-          const batch = [0, 1, 2, 3].map(() => blocks[cursor++ % blocks.length]!);
-          await Promise.all(
-            batch.map(async (block) => {
-              const record = history.issue(block, performance.now());
-              try {
-                await client.write(block * BLOCK_BYTES, stampBlock(record.id));
-                record.ackedAtMs = performance.now();
-                maxLatencyMs = Math.max(maxLatencyMs, record.ackedAtMs - record.issuedAtMs);
-              } catch {
-                errors++;
-              }
-            }),
-          );
-        }
-      })(),
-    );
-  }
-  return {
-    async stop() {
-      stop = true;
-      await Promise.all(loops);
-      await Promise.all(clients.map((client) => client.close()));
-      return { errors, maxLatencyMs };
-    },
-  };
-}
-
-async function readStamps(node: TestNode, exportName: string): Promise<Map<number, number>> {
-  const client = await connect(node, exportName);
-  try {
-    const bytes = await client.read(0, BLOCKS * BLOCK_BYTES);
-    const stamps = new Map<number, number>();
-    for (let block = 0; block < BLOCKS; block++) stamps.set(block, readStamp(bytes.subarray(block * BLOCK_BYTES, (block + 1) * BLOCK_BYTES)));
-    return stamps;
-  } finally {
-    await client.close();
-  }
-}
 
 async function readBlock(node: TestNode, exportName: string): Promise<Uint8Array> {
   const client = await connect(node, exportName);
@@ -85,7 +25,7 @@ async function snapshotsUnderLoad(cluster: TestCluster, mode: "hold" | "timestam
   const created = await cluster.shoal(["volume", "create", volume, "--size", "4M", "--page-size", `${PAGE}`]);
   expect(created.exitCode).toBe(0);
   const history = new WriteHistory();
-  const writers = await startWriters(cluster, volume, history);
+  const writers = await startWriters(cluster.nodes, volume, history, { writersPerNode: WRITERS_PER_NODE, blocks: BLOCKS });
   const verdicts: string[] = [];
   const distinctCuts = new Set<string>();
   let failures = 0;
@@ -100,7 +40,7 @@ async function snapshotsUnderLoad(cluster: TestCluster, mode: "hold" | "timestam
         continue;
       }
       const reader = cluster.nodes[(index + 1) % cluster.nodes.length]!;
-      const stamps = await readStamps(reader, `${volume}@s${index}`);
+      const stamps = await readStamps(reader, `${volume}@s${index}`, BLOCKS);
       distinctCuts.add([...stamps.values()].join(","));
       const verdict = checkCut(history, stamps);
       if (!verdict.ok) verdicts.push(`snapshot s${index} (${mode}) is not a cut: ${verdict.reason}`);
@@ -347,7 +287,7 @@ describe("a coordinator killed in the middle of a snapshot", () => {
     // Whatever point each kill hit, a snapshot is either complete and a cut, or not there at all.
     const listed = JSON.parse((await cluster.shoal(["snap", "list", "held", "--json"], { node: node2 })).stdout).snapshots as { name: string }[];
     for (const snapshot of listed) {
-      const verdict = checkCut(history, await readStamps(node3!, `held@${snapshot.name}`));
+      const verdict = checkCut(history, await readStamps(node3!, `held@${snapshot.name}`, BLOCKS));
       expect(verdict.reason).toBeUndefined();
     }
     console.log(`coordinator kills: ${outcomes.join(" | ")}; listed afterwards: ${listed.map((s) => s.name).join(",") || "none"}; max write latency ${maxLatencyMs.toFixed(1)} ms`);

@@ -1,0 +1,120 @@
+// The admin operations behind `shoal route move/rebalance/drain/status/forget`: plans are made
+// here from this node's tables, and carried out by its MoveService in the background.
+import { ShoalError } from "../core/errors.ts";
+import { parsePageList, planDrain, planMove, planRebalance, type PageMove } from "../core/move-plan.ts";
+import { pagesOf } from "../core/routing.ts";
+import type { FrameHeader } from "../transport/frame.ts";
+import type { Group } from "../transport/group.ts";
+import type { MoveService, MoveTask } from "../transport/move-service.ts";
+
+export class RouteAdmin {
+  constructor(
+    private readonly group: Group,
+    private readonly moves: MoveService,
+  ) {}
+
+  /** Returns undefined for ops that are not its own. */
+  handle(op: string, args: FrameHeader): Promise<FrameHeader> | undefined {
+    switch (op) {
+      case "admin.route.move":
+        return this.move(args);
+      case "admin.route.rebalance":
+        return this.rebalance(args);
+      case "admin.route.drain":
+        return this.drain(args);
+      case "admin.route.status":
+        return Promise.resolve(this.moves.status(String(args.moveId)) as unknown as FrameHeader);
+      case "admin.route.forget":
+        return this.forget(String(args.node));
+      default:
+        return undefined;
+    }
+  }
+
+  private async move(args: FrameHeader): Promise<FrameHeader> {
+    const record = this.group.volume(String(args.volume));
+    const to = this.memberId(String(args.to));
+    const pages = parsePageList(String(args.pages ?? ""), record.routing.owners.length);
+    return this.start("move", [{ volume: record.name, moves: planMove(record.routing, pages, to) }], args.dryRun === true);
+  }
+
+  private async rebalance(args: FrameHeader): Promise<FrameHeader> {
+    const record = this.group.volume(String(args.volume));
+    const nodes = Array.isArray(args.nodes) && args.nodes.length > 0 ? (args.nodes as unknown[]).map((node) => this.memberId(String(node))) : this.liveIds();
+    return this.start("rebalance", [{ volume: record.name, moves: planRebalance(record.routing, nodes) }], args.dryRun === true);
+  }
+
+  /** Every page of every volume (snapshots follow their volume's table) off one node. */
+  private async drain(args: FrameHeader): Promise<FrameHeader> {
+    const node = this.memberId(String(args.node));
+    const targets = this.liveIds().filter((id) => id !== node);
+    const tasks: MoveTask[] = [];
+    for (const record of this.group.liveVolumes()) {
+      if (pagesOf(record.routing, node).length === 0) continue;
+      tasks.push({ volume: record.name, moves: planDrain(record.routing, node, targets) });
+    }
+    return this.start("drain", tasks, args.dryRun === true);
+  }
+
+  private async forget(node: string): Promise<FrameHeader> {
+    const id = this.memberId(node);
+    if (id === this.group.selfId) throw new ShoalError("BAD_ARGUMENT", `node ${id} cannot forget itself; ask another member`);
+    const holding = this.group.liveVolumes().filter((record) => pagesOf(record.routing, id).length > 0);
+    if (holding.length > 0) {
+      throw new ShoalError(
+        "CONFLICT",
+        `node ${id} still holds pages of ${holding.map((record) => `'${record.name}'`).join(", ")}; run \`shoal route drain ${id}\` first`,
+      );
+    }
+    await this.group.forget(id);
+    return { node: id, forgotten: true };
+  }
+
+  private async start(kind: string, tasks: MoveTask[], dryRun: boolean): Promise<FrameHeader> {
+    const plan = tasks.map((task) => ({ volume: task.volume, steps: summarizeMoves(task.moves) }));
+    const pages = tasks.reduce((sum, task) => sum + task.moves.length, 0);
+    if (dryRun || pages === 0) return { kind, dryRun, pagesTotal: pages, plan, state: pages === 0 ? "done" : "planned" };
+    const status = await this.moves.run(kind, tasks);
+    return { ...status, plan } as unknown as FrameHeader;
+  }
+
+  private memberId(node: string): string {
+    const member = this.group.members.get(node);
+    if (!member || member.forgotten) throw new ShoalError("UNKNOWN_NODE", `node '${node}' is not a member of this group; \`shoal route nodes\` lists them`);
+    return member.id;
+  }
+
+  private liveIds(): string[] {
+    return this.group
+      .liveMembers()
+      .map((member) => member.id)
+      .sort();
+  }
+}
+
+/** The plan per source and target: how many pages and which. */
+function summarizeMoves(moves: PageMove[]): { from: string; to: string; pages: number; list: string }[] {
+  const byPair = new Map<string, number[]>();
+  for (const move of moves) {
+    const key = `${move.from}\u0000${move.to}`;
+    let pages = byPair.get(key);
+    if (!pages) byPair.set(key, (pages = []));
+    pages.push(move.page);
+  }
+  return [...byPair].map(([key, pages]) => {
+    const [from, to] = key.split("\u0000") as [string, string];
+    return { from, to, pages: pages.length, list: formatPages(pages) };
+  });
+}
+
+/** Sorted pages as "0-3,7,9-12". */
+export function formatPages(pages: number[]): string {
+  const parts: string[] = [];
+  for (let index = 0; index < pages.length; ) {
+    let end = index;
+    while (end + 1 < pages.length && pages[end + 1] === pages[end]! + 1) end++;
+    parts.push(end === index ? `${pages[index]}` : `${pages[index]}-${pages[end]}`);
+    index = end + 1;
+  }
+  return parts.join(",");
+}

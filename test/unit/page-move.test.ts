@@ -1,0 +1,200 @@
+// Moving pages between page stores (export/import/drop), the move plans, and the move step's
+// state machine.
+import { afterEach, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { batchMoves, parsePageList, planDrain, planMove, planRebalance } from "../../core/move-plan.ts";
+import { MoveStep, type MoveStepEffect } from "../../core/page-move.ts";
+import { PageStore } from "../../core/page-store.ts";
+import { pagesPerNode, stripedTable, withOwner } from "../../core/routing.ts";
+import { familyOf } from "../../transport/page-mover.ts";
+import { expectLayerReads, LayerModel, prng } from "./_layer-model.ts";
+
+const KiB = 1024;
+const PAGE = 64 * KiB;
+const dirs: string[] = [];
+function tempDir(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-move-"));
+  dirs.push(dir);
+  return dir;
+}
+afterEach(() => {
+  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** A source store with a volume "v" (three snapshots) and a clone "c" of v@s2, written at random. */
+function sourceWithHistory(seed: number) {
+  const store = new PageStore({ dir: tempDir(), chunkSizeBytes: 4 * KiB });
+  const model = new LayerModel(PAGE, 4);
+  const random = prng(seed);
+  const write = (id: string) => {
+    const page = random.int(4);
+    const at = random.int(PAGE - 9000);
+    const data = random.bytes(1 + random.int(9000));
+    store.write(id, page, at, data, PAGE);
+    model.write(id, page, at, data);
+  };
+  for (let round = 1; round <= 3; round++) {
+    for (let count = 0; count < 8; count++) write("v");
+    store.freezeLayer("v", `v@s${round}`);
+    model.copy(`v@s${round}`, "v");
+  }
+  for (let count = 0; count < 5; count++) write("v");
+  store.createLayer("c", "v@s2");
+  model.copy("c", "v@s2");
+  for (let count = 0; count < 5; count++) write("c");
+  store.zero("v", 3, 0, PAGE, PAGE);
+  model.zero("v", 3, 0, PAGE);
+  return { store, model };
+}
+
+describe("moving pages between page stores", () => {
+  test("every layer of the family reads the same on the target, also after reopening", async () => {
+    for (const seed of [1, 2, 3]) {
+      const { store: source, model } = sourceWithHistory(seed);
+      const targetDir = tempDir();
+      const target = new PageStore({ dir: targetDir, chunkSizeBytes: 4 * KiB });
+      for (let page = 0; page < 4; page++) await target.importPage(page, source.exportPage(page, familyOf("v")), familyOf("v"));
+      for (const id of ["v", "v@s1", "v@s2", "v@s3"]) expectLayerReads(target, model, id);
+      target.close();
+      const reopened = new PageStore({ dir: targetDir });
+      for (const id of ["v", "v@s1", "v@s2", "v@s3"]) expectLayerReads(reopened, model, id);
+      expect(reopened.parentOf("v")).toBe("v@s3");
+      expect(reopened.parentOf("v@s1")).toBeUndefined();
+    }
+  });
+
+  test("a layer the target lacks is inserted into its stack; other pages read as before", async () => {
+    const { store: source, model } = sourceWithHistory(4);
+    const target = new PageStore({ dir: tempDir(), chunkSizeBytes: 4 * KiB });
+    // The target holds page 9 of v, with only the first snapshot: v -> v@s1.
+    target.write("v", 9, 0, new Uint8Array(100).fill(5), PAGE);
+    target.freezeLayer("v", "v@s1");
+    target.write("v", 9, 50, new Uint8Array(10).fill(6), PAGE);
+    await target.importPage(2, source.exportPage(2, familyOf("v")), familyOf("v"));
+    expect(target.parentOf("v")).toBe("v@s3");
+    expect(target.parentOf("v@s3")).toBe("v@s2");
+    expect(target.parentOf("v@s2")).toBe("v@s1");
+    const read = (layer: string) => {
+      const into = new Uint8Array(100);
+      target.read(layer, 9, 0, 100, into, 0);
+      return into;
+    };
+    expect([...read("v").subarray(45, 65)]).toEqual([5, 5, 5, 5, 5, ...Array(10).fill(6), 5, 5, 5, 5, 5]);
+    expect(read("v@s1").every((byte) => byte === 5)).toBe(true);
+    const actual = new Uint8Array(PAGE);
+    for (const id of ["v", "v@s1", "v@s2", "v@s3"]) {
+      target.read(id, 2, 0, PAGE, actual, 0);
+      expect(Buffer.compare(actual, model.bytesOf(id).subarray(2 * PAGE, 3 * PAGE))).toBe(0);
+    }
+  });
+
+  test("dropping moved pages keeps what a clone on the source still reads through", () => {
+    const { store: source, model } = sourceWithHistory(5);
+    source.dropPages([0, 1, 2, 3], familyOf("v"));
+    // v and v@s3 lose the pages; v@s2 and v@s1 carry the clone and keep them.
+    expect(source.layers().find((layer) => layer.id === "v")!.pages).toBe(0);
+    expect(source.layers().find((layer) => layer.id === "v@s3")!.pages).toBe(0);
+    expectLayerReads(source, model, "c");
+    expectLayerReads(source, model, "v@s2");
+  });
+
+  test("a family with no layers exports nothing; an install replaces a stale copy", async () => {
+    const empty = new PageStore({ dir: tempDir() });
+    const exported = empty.exportPage(0, familyOf("v"));
+    expect(exported).toEqual({ layers: [], pieces: [] });
+    const target = new PageStore({ dir: tempDir() });
+    target.write("v", 0, 0, new Uint8Array(10).fill(1), PAGE);
+    const fresh = new PageStore({ dir: tempDir() });
+    fresh.write("v", 0, 0, new Uint8Array(10).fill(2), PAGE);
+    await target.importPage(0, fresh.exportPage(0, familyOf("v")), familyOf("v"));
+    const into = new Uint8Array(10);
+    target.read("v", 0, 0, 10, into, 0);
+    expect([...into]).toEqual(Array(10).fill(2));
+  });
+});
+
+describe("move plans", () => {
+  test("page lists: ranges, single pages, steps; bad ones refused", () => {
+    expect(parsePageList("0-3,7, 9-12/3", 16)).toEqual([0, 1, 2, 3, 7, 9, 12]);
+    expect(() => parsePageList("3-1", 16)).toThrow(expect.objectContaining({ code: "BAD_ARGUMENT" }));
+    expect(() => parsePageList("16", 16)).toThrow(expect.objectContaining({ code: "OUT_OF_RANGE" }));
+    expect(() => parsePageList("a", 16)).toThrow(expect.objectContaining({ code: "BAD_ARGUMENT" }));
+  });
+
+  test("rebalance evens pages out with the fewest moves, and is a no-op when balanced", () => {
+    for (const [pages, before, after] of [
+      [64, ["a", "b", "c"], ["a", "b", "c", "d"]],
+      [10, ["a"], ["a", "b", "c"]],
+      [17, ["a", "b", "c", "d"], ["b", "d"]],
+    ] as [number, string[], string[]][]) {
+      const table = stripedTable(pages, before);
+      const moves = planRebalance(table, after);
+      let moved = table;
+      for (const move of moves) moved = withOwner(moved, [move.page], move.to);
+      const counts = [...pagesPerNode(moved)].filter(([node]) => after.includes(node)).map(([, count]) => count);
+      expect(Math.max(...counts) - Math.min(...counts)).toBeLessThanOrEqual(1);
+      expect(counts.reduce((a, b) => a + b, 0)).toBe(pages);
+      // Fewest moves: every page above a node's share moves, nothing else.
+      const share = Math.ceil(pages / after.length);
+      const over = [...pagesPerNode(table)].reduce((sum, [node, count]) => sum + (after.includes(node) ? Math.max(0, count - share) : count), 0);
+      expect(moves.length).toBeLessThanOrEqual(over + after.length);
+      expect(planRebalance(moved, after)).toEqual([]);
+    }
+  });
+
+  test("drain empties one node onto the least loaded others; batches share source and target", () => {
+    const table = stripedTable(12, ["a", "b", "c"]);
+    const moves = planDrain(table, "b", ["a", "b", "c"]);
+    expect(moves.map((move) => move.page)).toEqual([1, 4, 7, 10]);
+    expect(new Set(moves.map((move) => move.to))).toEqual(new Set(["a", "c"]));
+    expect(() => planDrain(table, "a", ["a"])).toThrow(expect.objectContaining({ code: "BAD_ARGUMENT" }));
+    const batches = batchMoves(planMove(table, [0, 1, 2, 3, 4, 5, 6, 7], "c"), 2);
+    for (const batch of batches) {
+      expect(batch.pages.length).toBeLessThanOrEqual(2);
+      expect(batch.to).toBe("c");
+    }
+    expect(batches.flatMap((batch) => batch.pages).sort((x, y) => x - y)).toEqual([0, 1, 3, 4, 6, 7]);
+  });
+});
+
+describe("MoveStep", () => {
+  const request = { stepId: "s", volume: "v", volumeUid: "u", pages: [1, 2], to: "t", newVersion: 5, nowMs: 0 };
+  const kinds = (effects: MoveStepEffect[]) => effects.map((effect) => effect.kind);
+
+  test("freeze and install, then commit, then publish; copies drop only once the target confirmed", () => {
+    const step = new MoveStep(request);
+    expect(step.onInstalled()).toEqual([]); // not installing yet
+    expect(kinds(step.onQuiet(1))).toEqual(["freeze", "install"]);
+    expect(kinds(step.onInstalled())).toEqual(["commit"]);
+    expect(kinds(step.onCommitted())).toEqual(["publish"]);
+    expect(kinds(step.onPublished())).toEqual(["drop", "unfreeze", "done"]);
+    expect(step.onFailed({ code: "IO_ERROR", message: "late" })).toEqual([]);
+  });
+
+  test("a failure before commit unfreezes and fails; after commit the step completes, keeping the copies", () => {
+    const early = new MoveStep(request);
+    early.onQuiet(1);
+    const failed = early.onFailed({ code: "NODE_DOWN", message: "gone" });
+    expect(kinds(failed)).toEqual(["unfreeze", "done"]);
+    expect(failed[1]).toMatchObject({ ok: false, error: { code: "NODE_DOWN" } });
+    const late = new MoveStep(request);
+    late.onQuiet(1);
+    late.onInstalled();
+    late.onCommitted();
+    const completed = late.onFailed({ code: "TIMEOUT", message: "no answer" });
+    expect(kinds(completed)).toEqual(["unfreeze", "done"]);
+    expect(completed[1]).toMatchObject({ ok: true, published: false });
+  });
+
+  test("waiting for snapshots and for the target both time out", () => {
+    const quiet = new MoveStep(request, { quietTimeoutMs: 10, installTimeoutMs: 20 });
+    expect(quiet.onTick(9)).toEqual([]);
+    expect(quiet.onTick(10)[0]).toMatchObject({ kind: "done", ok: false, error: { code: "TIMEOUT" } });
+    const install = new MoveStep(request, { quietTimeoutMs: 10, installTimeoutMs: 20 });
+    install.onQuiet(5);
+    expect(install.nextWakeAtMs()).toBe(25);
+    expect(kinds(install.onTick(25))).toEqual(["unfreeze", "done"]);
+  });
+});

@@ -1,0 +1,280 @@
+// Page moves on this node: as the source it drives one MoveStep at a time per volume (freezing
+// the pages' requests, shipping their layers, committing the new routing table); as the target
+// it stores shipped pages durably. The volume router asks it which pages are frozen.
+import { asShoalError, ShoalError } from "../core/errors.ts";
+import { MoveStep, type MoveStepEffect } from "../core/page-move.ts";
+import { MAX_REQUEST_BYTES } from "../core/geometry.ts";
+import type { PageExport, PagePiece, PageStore } from "../core/page-store.ts";
+import { ownerOf } from "../core/routing.ts";
+import { volumeFromWire, volumeToWire, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
+import { Payload, type FrameHeader } from "./frame.ts";
+import type { Group } from "./group.ts";
+import type { Reply } from "./mesh-connection.ts";
+import type { MeshLog } from "./mesh.ts";
+
+/** What a move needs to know of snapshots on this node. */
+export interface SnapshotActivity {
+  /** A snapshot of the volume is prepared or cut here and not finished. */
+  involves(volume: string): boolean;
+}
+
+/** Pages shipped at once; each is one request (or a few, for pages with many layers). */
+const INSTALL_CONCURRENCY = 4;
+/** Staged pieces of a page nobody finished sending are dropped after this. */
+const STAGING_TTL_MS = 60_000;
+const QUIET_POLL_MS = 5;
+
+/** Layers of a volume's own family: its head (the uid) and its snapshots (uid@id). */
+export function familyOf(uid: string): (layerId: string) => boolean {
+  const prefix = `${uid}@`;
+  return (layerId) => layerId === uid || layerId.startsWith(prefix);
+}
+
+export class PageMover {
+  /** Requests waiting for frozen pages, by `${uid}:${page}`. */
+  private readonly frozen = new Map<string, (() => void)[]>();
+  /** The step running per volume name: one at a time. */
+  private readonly running = new Map<string, Promise<unknown>>();
+  private readonly staged = new Map<string, { pieces: PagePiece[]; layers: PageExport["layers"]; expiresAtMs: number }>();
+  snapshots: SnapshotActivity | undefined;
+
+  constructor(
+    private readonly group: Group,
+    private readonly store: PageStore,
+    private readonly log: MeshLog,
+  ) {}
+
+  // ---- the data path's questions
+
+  /** True while a step ships this page: requests to it must wait (see thaw). */
+  isFrozen(uid: string, page: number): boolean {
+    return this.frozen.size > 0 && this.frozen.has(`${uid}:${page}`);
+  }
+
+  /** Runs `retry` once the page thaws; it routes again by the table then current. */
+  whenThawed(uid: string, page: number, retry: () => void): void {
+    this.frozen.get(`${uid}:${page}`)!.push(retry);
+  }
+
+  isRunning(volumes: string[]): boolean {
+    return this.running.size > 0 && volumes.some((volume) => this.running.has(volume));
+  }
+
+  /** Settles when no step of these volumes runs here (a snapshot prepare waits for that). */
+  async idle(volumes: string[]): Promise<void> {
+    for (;;) {
+      const steps = volumes.map((volume) => this.running.get(volume)).filter((step) => step !== undefined);
+      if (steps.length === 0) return;
+      await Promise.allSettled(steps);
+    }
+  }
+
+  // ---- mesh
+
+  handle(op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> | undefined {
+    switch (op) {
+      case "move.step":
+        return this.step(args).then((result) => ({ result }));
+      case "move.install":
+        return this.install(args, payload);
+      default:
+        return undefined;
+    }
+  }
+
+  // ---- source
+
+  /**
+   * Runs one step: `record` is the volume's next record, built by the move's coordinator, in
+   * which `pages` (owned here now) belong to `to`.
+   */
+  step(args: FrameHeader): Promise<FrameHeader> {
+    const next = volumeFromWire(args.record as VolumeRecordWire);
+    const pages = Array.isArray(args.pages) ? (args.pages as unknown[]).map(Number) : [];
+    const to = String(args.to);
+    const current = this.group.volumeByUid(next.uid);
+    if (!current) throw new ShoalError("UNKNOWN_VOLUME", `node ${this.group.selfId} has no volume with uid ${next.uid}`);
+    if (next.version <= current.version || next.moving?.moveId !== current.moving?.moveId || !next.moving) {
+      throw new ShoalError("STALE_ROUTE", `volume '${current.name}' changed under the move (version ${current.version} here); retry the move`);
+    }
+    for (const page of pages) {
+      if (!Number.isInteger(page) || page < 0 || page >= current.routing.owners.length) throw new ShoalError("OUT_OF_RANGE", `page ${page} is not in '${current.name}'`);
+      if (ownerOf(current.routing, page) !== this.group.selfId) {
+        throw new ShoalError("NOT_OWNER", `node ${this.group.selfId} does not own page ${page} of '${current.name}' (routing version ${current.routing.version})`);
+      }
+      if (ownerOf(next.routing, page) !== to) throw new ShoalError("BAD_REQUEST", `the new table does not give page ${page} to ${to}`);
+    }
+    if (to === this.group.selfId || !this.group.members.has(to)) throw new ShoalError("UNKNOWN_NODE", `cannot move pages to '${to}'`);
+    if (this.running.has(current.name)) throw new ShoalError("CONFLICT", `a move step of '${current.name}' is already running on node ${this.group.selfId}`);
+    const step = new MoveStep({ stepId: String(args.stepId), volume: current.name, volumeUid: current.uid, pages, to, newVersion: next.version, nowMs: Date.now() });
+    const done = this.drive(step, next);
+    this.running.set(current.name, done);
+    const forget = () => {
+      if (this.running.get(current.name) === done) this.running.delete(current.name);
+    };
+    done.then(forget, forget);
+    return done;
+  }
+
+  private drive(step: MoveStep, next: VolumeRecord): Promise<FrameHeader> {
+    const uid = step.request.volumeUid;
+    let bytes = 0;
+    return new Promise<FrameHeader>((resolve, reject) => {
+      const ticker = setInterval(() => apply(step.onTick(Date.now())), 100);
+      const fail = (err: unknown) => apply(step.onFailed(asShoalError(err).toWire()));
+      const apply = (effects: MoveStepEffect[]): void => {
+        for (const effect of effects) {
+          switch (effect.kind) {
+            case "freeze":
+              for (const page of effect.pages) this.frozen.set(`${uid}:${page}`, []);
+              break;
+            case "install":
+              this.ship(uid, effect.pages, effect.to, step.request.stepId).then((shipped) => {
+                bytes = shipped;
+                apply(step.onInstalled());
+              }, fail);
+              break;
+            case "commit":
+              try {
+                this.group.applyVolume(next); // durable in the catalog before this returns
+              } catch (err) {
+                fail(err);
+                break;
+              }
+              apply(step.onCommitted());
+              break;
+            case "publish":
+              this.group
+                .link(effect.to)
+                .request("catalog.volume", { record: volumeToWire(next) }, undefined, 10_000)
+                .then(() => apply(step.onPublished()), fail);
+              break;
+            case "drop":
+              this.store.dropPages(effect.pages, familyOf(uid));
+              break;
+            case "unfreeze":
+              this.thaw(uid, effect.pages);
+              break;
+            case "done":
+              clearInterval(ticker);
+              if (!effect.ok) {
+                reject(new ShoalError(effect.error.code, effect.error.message));
+                break;
+              }
+              if (!effect.published) this.log.warn(`move step ${step.request.stepId}: node ${step.request.to} has not confirmed it owns the pages; it learns by digest`);
+              // Everyone else learns now; members that are down catch up by digest.
+              void this.group.publishVolume(next, []).catch(() => undefined);
+              resolve({ version: next.version, published: effect.published, bytes });
+              break;
+          }
+        }
+      };
+      // The check and the freeze happen in one turn: no snapshot can start in between.
+      const waitQuiet = () => {
+        if (step.phase !== "quiet") return;
+        if (this.snapshots?.involves(step.request.volume)) setTimeout(waitQuiet, QUIET_POLL_MS);
+        else apply(step.onQuiet(Date.now()));
+      };
+      waitQuiet();
+    });
+  }
+
+  private thaw(uid: string, pages: number[]): void {
+    for (const page of pages) {
+      const key = `${uid}:${page}`;
+      const waiting = this.frozen.get(key);
+      this.frozen.delete(key);
+      for (const retry of waiting ?? []) retry();
+    }
+  }
+
+  /** Ships the pages' layers to the target, a few pages at a time; each arrives durable. */
+  private async ship(uid: string, pages: number[], to: string, stepId: string): Promise<number> {
+    const link = this.group.link(to);
+    const inFamily = familyOf(uid);
+    let next = 0;
+    let bytes = 0;
+    const worker = async () => {
+      while (next < pages.length) {
+        const page = pages[next++]!;
+        // Read when sent, not all up front: the pages are frozen, so this is still their state.
+        const exported = this.store.exportPage(page, inFamily);
+        const groups = splitPieces(exported.pieces);
+        for (let index = 0; index < groups.length; index++) {
+          const group = groups[index]!;
+          const last = index === groups.length - 1;
+          const payload = Payload.concat(group.map((piece) => piece.data));
+          bytes += payload.byteLength;
+          await link.request(
+            "move.install",
+            {
+              stepId,
+              v: uid,
+              p: page,
+              last,
+              ...(last ? { layers: exported.layers } : {}),
+              pieces: group.map(({ data: _data, ...meta }) => ({ ...meta, bytes: _data.byteLength })),
+            },
+            payload,
+            30_000,
+          );
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(INSTALL_CONCURRENCY, pages.length) }, worker));
+    return bytes;
+  }
+
+  // ---- target
+
+  private async install(args: FrameHeader, payload: Payload): Promise<Reply> {
+    const uid = String(args.v);
+    const page = Number(args.p);
+    const record = this.group.volumeByUid(uid);
+    if (!record) throw new ShoalError("UNKNOWN_VOLUME", `node ${this.group.selfId} has no volume with uid ${uid}`);
+    if (!Number.isInteger(page) || page < 0 || page >= record.routing.owners.length) throw new ShoalError("OUT_OF_RANGE", `page ${String(args.p)} is not in '${record.name}'`);
+    if (ownerOf(record.routing, page) === this.group.selfId) {
+      throw new ShoalError("CONFLICT", `node ${this.group.selfId} already owns page ${page} of '${record.name}'`);
+    }
+    const key = `${String(args.stepId)}:${uid}:${page}`;
+    const now = Date.now();
+    for (const [stale, entry] of this.staged) if (entry.expiresAtMs < now) this.staged.delete(stale);
+    const entry = this.staged.get(key) ?? { pieces: [], layers: [], expiresAtMs: now + STAGING_TTL_MS };
+    this.staged.set(key, entry);
+    const bytes = payload.bytes();
+    let at = 0;
+    for (const meta of (args.pieces as (Omit<PagePiece, "data"> & { bytes: number })[]) ?? []) {
+      const length = Number(meta.bytes);
+      if (!Number.isInteger(length) || length < 0 || at + length > bytes.byteLength) throw new ShoalError("BAD_REQUEST", "move.install pieces do not match the payload");
+      entry.pieces.push({
+        layer: String(meta.layer),
+        pageSizeBytes: Number(meta.pageSizeBytes),
+        ...(meta.states !== undefined ? { chunkShift: Number(meta.chunkShift), states: new Uint8Array(meta.states) } : {}),
+        // Copied: the payload's chunks belong to the connection's buffers.
+        data: bytes.slice(at, at + length),
+      });
+      at += length;
+    }
+    if (!args.last) return {};
+    this.staged.delete(key);
+    const layers = (args.layers as PageExport["layers"]) ?? [];
+    await this.store.importPage(page, { layers, pieces: entry.pieces }, familyOf(uid));
+    return {};
+  }
+}
+
+/** Groups pieces so each request stays under the mesh's payload limit. */
+function splitPieces(pieces: PagePiece[]): PagePiece[][] {
+  const groups: PagePiece[][] = [[]];
+  let bytes = 0;
+  for (const piece of pieces) {
+    if (piece.data.byteLength > MAX_REQUEST_BYTES) throw new ShoalError("TOO_LARGE", `a page copy of ${piece.data.byteLength} bytes is over the mesh limit`);
+    if (bytes + piece.data.byteLength > MAX_REQUEST_BYTES) {
+      groups.push([]);
+      bytes = 0;
+    }
+    groups[groups.length - 1]!.push(piece);
+    bytes += piece.data.byteLength;
+  }
+  return groups;
+}
