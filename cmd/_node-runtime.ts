@@ -90,8 +90,9 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     onVolumeChanged: (record, previous) => {
       if (previous && (record.deleted || previous.uid !== record.uid)) dropLayer(previous.uid);
       // A clone starts as an empty layer over the snapshot it was cloned from, on every node
-      // that holds its pages (the same nodes as the snapshot's).
-      if (!record.deleted && record.origin && previous?.uid !== record.uid && !store.hasLayer(record.uid)) {
+      // that holds its pages (the same nodes as the snapshot's). A node without that snapshot
+      // (one that joined later) holds none of them; a page move brings the layers along.
+      if (!record.deleted && record.origin && previous?.uid !== record.uid && !store.hasLayer(record.uid) && store.hasLayer(record.origin)) {
         store.createLayer(record.uid, record.origin);
       }
     },

@@ -101,9 +101,13 @@ mesh[4]=$(port); nbd[4]=$(port)
 "$SHOAL" node --id node4 --data "$work/node4" --listen "127.0.0.1:${mesh[4]}" --nbd "127.0.0.1:${nbd[4]}" --join "127.0.0.1:${mesh[1]}" \
   2>"$work/node4.log" &
 pids+=($!)
+up=0
 for _ in $(seq 1 100); do
-  [ "$("$SHOAL" route nodes --json 2>/dev/null | grep -c '"state": "up"')" = 4 ] && break; sleep 0.1
+  up=$("$SHOAL" route nodes --json 2>/dev/null | grep -c '"state": "up"' || true)
+  [ "$up" = 4 ] && break; sleep 0.1
 done
+if [ "$up" != 4 ]; then echo "node4 did not come up; its log:" >&2; cat "$work/node4.log" >&2; "$SHOAL" route nodes >&2; exit 1; fi
+"$SHOAL" route nodes
 "$SHOAL" route rebalance demo --dry-run
 "$SHOAL" route rebalance demo
 "$SHOAL" route show demo
