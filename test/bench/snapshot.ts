@@ -6,7 +6,8 @@
 //
 //   bun test/bench/snapshot.ts [--snapshots 100] [--interval-ms 200] [--rate 400] [--inflight 32]
 //                              [--duration 10] [--load-size 1G] [--big 8G] [--delete-size 1G]
-//                              [--json] [--bin PATH] [--profile DIR] [--timeout-minutes 30]
+//                              [--only hold,ts,del,create] [--json] [--bin PATH] [--profile DIR]
+//                              [--timeout-minutes 30]
 //
 // Measures (each on its own fresh volume, filled with sequential 1 MiB writes, then `sync`, so no
 // measure pays for another's writeback; every latency anchor is that volume's own steady state):
@@ -95,6 +96,8 @@ interface Options {
   /** Nodes run with Bun's CPU profiler and write <node>.md here when the run ends normally. */
   profileDir?: string;
   timeoutMs: number;
+  /** Which measures run (--only hold,ts,del,create). */
+  only: Set<MeasureKey>;
 }
 
 // ---- processes and cleanup: everything started is registered here and killed on any exit
@@ -138,6 +141,7 @@ function parseOptions(): Options {
       bin: { type: "string" },
       profile: { type: "string" },
       "timeout-minutes": { type: "string", default: "30" },
+      only: { type: "string", default: "hold,ts,del,create" },
     },
     strict: true,
   });
@@ -164,7 +168,17 @@ function parseOptions(): Options {
     bin: values.bin,
     profileDir: values.profile === undefined ? undefined : path.resolve(values.profile),
     timeoutMs: integer("timeout-minutes", values["timeout-minutes"]!, 1, 600) * 60_000,
+    only: parseOnly(values.only!),
   };
+}
+
+const MEASURES = ["hold", "ts", "del", "create"] as const;
+type MeasureKey = (typeof MEASURES)[number];
+
+function parseOnly(text: string): Set<MeasureKey> {
+  const keys = text.split(",").map((key) => key.trim());
+  for (const key of keys) if (!(MEASURES as readonly string[]).includes(key)) throw new Error(`--only ${text}: give some of ${MEASURES.join(",")}`);
+  return new Set(keys as MeasureKey[]);
 }
 
 function progress(message: string): void {
@@ -859,11 +873,12 @@ function table(header: string[], rows: string[][]): string {
 const ms = (value: number) => (Number.isFinite(value) ? value.toFixed(2) : "-");
 const x = (value: number) => (Number.isFinite(value) ? `${value.toFixed(2)}x` : "-");
 
+/** Measures not chosen with --only are absent. */
 type Results = {
-  hold: Awaited<ReturnType<typeof measureHold>>;
-  timestamp: Awaited<ReturnType<typeof measureTimestamp>>;
-  createVsData: Awaited<ReturnType<typeof measureCreateVsData>>;
-  deletion: Awaited<ReturnType<typeof measureDelete>>;
+  hold?: Awaited<ReturnType<typeof measureHold>>;
+  timestamp?: Awaited<ReturnType<typeof measureTimestamp>>;
+  createVsData?: Awaited<ReturnType<typeof measureCreateVsData>>;
+  deletion?: Awaited<ReturnType<typeof measureDelete>>;
 };
 
 /** Each measure judged: `value` is the judged number (ms for 1, a ratio for the rest). */
@@ -872,7 +887,7 @@ function verdicts(results: Results) {
   const below = (value: number, limit: number) => Number.isFinite(value) && value < limit;
   const atMost = (value: number, limit: number) => Number.isFinite(value) && value <= limit;
   return [
-    {
+    hold && {
       measure: "1 hold-mode stall p99 (p50)",
       value: hold.stall.stall.p99Ms,
       display: `${ms(hold.stall.stall.p99Ms)} ms (${ms(hold.stall.stall.p50Ms)})`,
@@ -880,7 +895,7 @@ function verdicts(results: Results) {
       target: `< ${TARGETS.holdStallP99Ms} ms`,
       met: below(hold.stall.stall.p99Ms, TARGETS.holdStallP99Ms),
     },
-    {
+    timestamp && {
       measure: "2 timestamp-mode p99 / none",
       value: timestamp.ratio,
       display: `${ms(timestamp.with.p99Ms)} ms`,
@@ -888,7 +903,7 @@ function verdicts(results: Results) {
       target: `<= ${TARGETS.timestampP99Ratio}x`,
       met: atMost(timestamp.ratio, TARGETS.timestampP99Ratio),
     },
-    {
+    createVsData && {
       measure: `3 create ${createVsData.bigWrittenBytes / GiB} GiB / 64 MiB written`,
       value: createVsData.ratio,
       display: `${ms(createVsData.big.wall.p50Ms)} ms`,
@@ -896,7 +911,7 @@ function verdicts(results: Results) {
       target: `< ${TARGETS.createTimeRatio}x`,
       met: below(createVsData.ratio, TARGETS.createTimeRatio),
     },
-    {
+    hold && {
       measure: "4 post-snapshot p50 (1st s) / steady",
       value: hold.post.ratio,
       display: `${ms(hold.post.firstSecond.p50Ms)} ms`,
@@ -904,7 +919,7 @@ function verdicts(results: Results) {
       target: `<= ${TARGETS.postSnapshotP50Ratio}x`,
       met: atMost(hold.post.ratio, TARGETS.postSnapshotP50Ratio),
     },
-    {
+    deletion && {
       measure: "5 delete p99 / steady",
       value: deletion.ratio,
       display: `${ms(deletion.during.p99Ms)} ms`,
@@ -912,7 +927,7 @@ function verdicts(results: Results) {
       target: `<= ${TARGETS.deleteP99Ratio}x`,
       met: atMost(deletion.ratio, TARGETS.deleteP99Ratio),
     },
-  ];
+  ].filter((verdict) => verdict !== undefined);
 }
 
 function latencyRow(label: string, s: LatencyStats): string[] {
@@ -921,30 +936,43 @@ function latencyRow(label: string, s: LatencyStats): string[] {
 
 function renderReport(results: Results, options: Options, info: RunInfo): string {
   const { hold, timestamp, createVsData, deletion } = results;
-  const summary = verdicts(results).map((v, index) => [v.measure, v.display, v.anchor, index === 0 ? "" : x(v.value), v.target, v.met ? "met" : "NOT MET"]);
+  const summary = verdicts(results).map((v) => [v.measure, v.display, v.anchor, v.measure.startsWith("1 ") ? "" : x(v.value), v.target, v.met ? "met" : "NOT MET"]);
   const latencyRows = [
-    latencyRow("hold: steady (no snapshots)", hold.steady.stats),
-    latencyRow("hold: 1st s after a snapshot", hold.post.firstSecond),
-    latencyRow("hold: 1-3 s after a snapshot", hold.post.oneToThreeSeconds),
-    latencyRow("hold: between series snapshots", hold.stall.between),
-    latencyRow("hold: per-snapshot stall", hold.stall.stall),
-    latencyRow("hold: create wall", hold.stall.createWall),
-    latencyRow("hold: create tookMs (coord.)", hold.stall.createTook),
-    latencyRow("ts: without snapshots", timestamp.without),
-    latencyRow("ts: with snapshots back to back", timestamp.with),
-    latencyRow("ts: create wall", timestamp.createWall),
-    latencyRow(`create wall, 64 MiB written`, createVsData.small.wall),
-    latencyRow(`create wall, ${createVsData.bigWrittenBytes / GiB} GiB written`, createVsData.big.wall),
-    latencyRow(`create tookMs, 64 MiB written`, createVsData.small.took),
-    latencyRow(`create tookMs, ${createVsData.bigWrittenBytes / GiB} GiB written`, createVsData.big.took),
-    latencyRow("del: steady", deletion.steady),
-    latencyRow("del: during the delete", deletion.during),
+    ...(hold
+      ? [
+          latencyRow("hold: steady (no snapshots)", hold.steady.stats),
+          latencyRow("hold: 1st s after a snapshot", hold.post.firstSecond),
+          latencyRow("hold: 1-3 s after a snapshot", hold.post.oneToThreeSeconds),
+          latencyRow("hold: between series snapshots", hold.stall.between),
+          latencyRow("hold: per-snapshot stall", hold.stall.stall),
+          latencyRow("hold: create wall", hold.stall.createWall),
+          latencyRow("hold: create tookMs (coord.)", hold.stall.createTook),
+        ]
+      : []),
+    ...(timestamp
+      ? [
+          latencyRow("ts: without snapshots", timestamp.without),
+          latencyRow("ts: with snapshots back to back", timestamp.with),
+          latencyRow("ts: create wall", timestamp.createWall),
+        ]
+      : []),
+    ...(createVsData
+      ? [
+          latencyRow(`create wall, 64 MiB written`, createVsData.small.wall),
+          latencyRow(`create wall, ${createVsData.bigWrittenBytes / GiB} GiB written`, createVsData.big.wall),
+          latencyRow(`create tookMs, 64 MiB written`, createVsData.small.took),
+          latencyRow(`create tookMs, ${createVsData.bigWrittenBytes / GiB} GiB written`, createVsData.big.took),
+        ]
+      : []),
+    ...(deletion ? [latencyRow("del: steady", deletion.steady), latencyRow("del: during the delete", deletion.during)] : []),
   ];
-  const loads: [string, LoadHealth][] = [["hold", hold.load], ["ts", timestamp.load], ["del", deletion.load]];
+  const loads = ([["hold", hold?.load], ["ts", timestamp?.load], ["del", deletion?.load]] as [string, LoadHealth | undefined][]).filter(
+    (entry): entry is [string, LoadHealth] => entry[1] !== undefined,
+  );
   const failed = [
-    hold.post.failures.count + hold.stall.failures.count > 0 ? `hold-mode creates failed: ${hold.post.failures.count + hold.stall.failures.count} (${hold.stall.failures.first ?? hold.post.failures.first})` : "",
-    timestamp.failures.count > 0 ? `timestamp-mode creates failed: ${timestamp.failures.count} (${timestamp.failures.first})` : "",
-    createVsData.failures.small.count + createVsData.failures.big.count > 0 ? `create-vs-data creates failed: ${createVsData.failures.small.count + createVsData.failures.big.count}` : "",
+    hold && hold.post.failures.count + hold.stall.failures.count > 0 ? `hold-mode creates failed: ${hold.post.failures.count + hold.stall.failures.count} (${hold.stall.failures.first ?? hold.post.failures.first})` : "",
+    timestamp && timestamp.failures.count > 0 ? `timestamp-mode creates failed: ${timestamp.failures.count} (${timestamp.failures.first})` : "",
+    createVsData && createVsData.failures.small.count + createVsData.failures.big.count > 0 ? `create-vs-data creates failed: ${createVsData.failures.small.count + createVsData.failures.big.count}` : "",
   ].filter(Boolean);
   return [
     `shoal ${info.revision}; ${NODE_COUNT} nodes on loopback, volumes striped over all, 4 MiB pages, 64 KiB copy-on-write chunks`,
@@ -955,12 +983,20 @@ function renderReport(results: Results, options: Options, info: RunInfo): string
     "",
     table(["MEASURE", "VALUE", "ANCHOR", "RATIO", "TARGET", "VERDICT"], summary),
     "",
-    `1: ${hold.stall.snapshots} hold-mode snapshots every ${options.intervalMs} ms; stall = max latency of writes in flight during the create call - steady p50`,
-    `   worst: ${hold.stall.worst.map((w) => `${w.name} ${ms(w.stallMs)} ms (create ${ms(w.wallMs)} ms)`).join(", ")}`,
-    `2: ${timestamp.snapshots} timestamp-mode snapshots in ${options.durationMs / 1000} s, back to back`,
-    `3: ${CREATE_ROUNDS} hold-mode creates per volume, alternating, load on a third volume; ratio of median wall times (tookMs: as the coordinator measured)`,
-    `4: ${hold.post.snapshots} hold-mode snapshots ${POST_SPACING_MS / 1000} s apart; writes issued in the first ${POST_WINDOW_MS / 1000} s after each create returned`,
-    `5: snapshot held ${deletion.snapshotHeldBytes === null ? "?" : `${(deletion.snapshotHeldBytes / MiB).toFixed(0)} MiB`} alone; delete call ${ms(deletion.deleteCallMs)} ms, layer gone from every node after ${ms(deletion.layerGoneAfterMs)} ms, window ${ms(deletion.windowMs)} ms, ${(deletion.freedBytes / MiB).toFixed(0)} MiB freed`,
+    ...(hold
+      ? [
+          `1: ${hold.stall.snapshots} hold-mode snapshots every ${options.intervalMs} ms; stall = max latency of writes in flight during the create call - steady p50`,
+          `   worst: ${hold.stall.worst.map((w) => `${w.name} ${ms(w.stallMs)} ms (create ${ms(w.wallMs)} ms)`).join(", ")}`,
+        ]
+      : []),
+    ...(timestamp ? [`2: ${timestamp.snapshots} timestamp-mode snapshots in ${options.durationMs / 1000} s, back to back`] : []),
+    ...(createVsData ? [`3: ${CREATE_ROUNDS} hold-mode creates per volume, alternating, load on a third volume; ratio of median wall times (tookMs: as the coordinator measured)`] : []),
+    ...(hold ? [`4: ${hold.post.snapshots} hold-mode snapshots ${POST_SPACING_MS / 1000} s apart; writes issued in the first ${POST_WINDOW_MS / 1000} s after each create returned`] : []),
+    ...(deletion
+      ? [
+          `5: snapshot held ${deletion.snapshotHeldBytes === null ? "?" : `${(deletion.snapshotHeldBytes / MiB).toFixed(0)} MiB`} alone; delete call ${ms(deletion.deleteCallMs)} ms, layer gone from every node after ${ms(deletion.layerGoneAfterMs)} ms, window ${ms(deletion.windowMs)} ms, ${(deletion.freedBytes / MiB).toFixed(0)} MiB freed`,
+        ]
+      : []),
     ...failed,
     "",
     table(["WRITE LATENCY (ms)", "N", "P50", "P90", "P99", "P99.9", "MAX"], latencyRows),
@@ -1009,7 +1045,8 @@ async function measure(resources: Resources, options: Options): Promise<void> {
   const monitor = new ForeignCpuMonitor(() => [process.pid, ...nodes.map((node) => node.proc?.pid ?? -1)]);
   monitor.start();
   const foreignCpu: RunInfo["foreignCpu"] = {};
-  const phase = async <T>(key: string, title: string, work: () => Promise<T>): Promise<T> => {
+  const phase = async <T>(key: MeasureKey, title: string, work: () => Promise<T>): Promise<T | undefined> => {
+    if (!options.only.has(key)) return undefined;
     progress(title);
     const fromMs = performance.now();
     const result = await work();
