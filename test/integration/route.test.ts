@@ -49,6 +49,8 @@ describe("route move", () => {
     let io = await qemuIo(node1.nbdUrl("mv"), "write -P 0x11 0 24M", "flush");
     expect(io.exitCode).toBe(0);
     expect((await cluster.shoal(["snap", "create", "mv", "--name", "before"])).exitCode).toBe(0);
+    // A clone shares the snapshot's pages where they are; moving mv's pages must not take them from it.
+    expect((await cluster.shoal(["snap", "clone", "mv@before", "mvc"])).exitCode).toBe(0);
     io = await qemuIo(node2.nbdUrl("mv"), "write -P 0x22 1M 64K", "write -P 0x33 9M 4K", "flush");
     expect(io.exitCode).toBe(0);
 
@@ -78,6 +80,8 @@ describe("route move", () => {
       expect(read.stdout).not.toMatch(/Pattern verification failed|error/);
       const snap = await qemuIo(node.nbdUrl("mv@before"), "-r", "read -P 0x11 0 24M", "read -P 0 24M 4M");
       expect(snap.stdout).not.toMatch(/Pattern verification failed|error/);
+      const clone = await qemuIo(node.nbdUrl("mvc"), "read -P 0x11 0 24M", "read -P 0 24M 4M");
+      expect(clone.stdout).not.toMatch(/Pattern verification failed|error/);
     }
     // The snapshot's versions moved too: node1 and node3 hold none of pages 0-5 any more.
     const snapDoc = JSON.parse((await cluster.shoal(["route", "show", "mv@before", "--json"])).stdout);
