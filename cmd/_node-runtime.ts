@@ -129,7 +129,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   }
   group.start();
   snapshots.start();
-  void moves.start();
+  moves.start();
   log.info(`node ${id} up: mesh ${meshAddress.host}:${meshPort}, nbd ${nbdAddress.host}:${nbdPort}, data ${options.dataDir}`);
 
   let stopping: Promise<void> | undefined;
@@ -138,6 +138,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       log.info(`node ${id} stopping: finishing requests in flight`);
       await nbd.close();
       snapshots.stop();
+      moves.stop();
       mesh.stop();
       group.stop();
       await store.flush();

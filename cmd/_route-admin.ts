@@ -67,6 +67,7 @@ export class RouteAdmin {
       );
     }
     await this.group.forget(id);
+    await this.moves.unlockMovesOf(id);
     return { node: id, forgotten: true };
   }
 

@@ -13,6 +13,7 @@ import type { PageMover } from "./page-mover.ts";
 /** Pages per step: bigger steps move faster, smaller ones keep each page frozen for less time. */
 const STEP_PAGES = 4;
 const STEP_TIMEOUT_MS = 120_000;
+const ORPHAN_SWEEP_MS = 5000;
 /** Finished jobs kept for `route status`. */
 const FINISHED_JOBS_KEPT = 100;
 
@@ -37,6 +38,7 @@ export interface MoveJobStatus {
 export class MoveService {
   private readonly jobs = new Map<string, MoveJobStatus>();
   private counter = 0;
+  private sweeper: ReturnType<typeof setInterval> | undefined;
   private readonly incarnation = crypto.randomUUID().slice(0, 8);
 
   constructor(
@@ -45,12 +47,35 @@ export class MoveService {
     private readonly log: MeshLog,
   ) {}
 
-  /** Moves this node coordinated before a restart did not survive it: their locks go. */
-  async start(): Promise<void> {
+  /**
+   * Moves this node coordinated before a restart did not survive it: their locks go. Checked
+   * again now and then, because a step that was running at a source when this node died may
+   * commit a table still carrying the lock after the first unlock.
+   */
+  start(): void {
+    const sweep = () => void this.unlockOrphans();
+    sweep();
+    this.sweeper = setInterval(sweep, ORPHAN_SWEEP_MS);
+    this.sweeper.unref?.();
+  }
+
+  stop(): void {
+    clearInterval(this.sweeper);
+  }
+
+  private async unlockOrphans(): Promise<void> {
     for (const record of this.group.liveVolumes()) {
-      if (record.moving?.by !== this.group.selfId) continue;
-      this.log.warn(`move ${record.moving.moveId} of '${record.name}' was cut short by a restart of this node; unlocking the volume (run the move again)`);
-      await this.unlock(record.name, record.moving.moveId).catch((err) => this.log.warn(`unlocking '${record.name}' failed: ${asShoalError(err).message}`));
+      const lock = record.moving;
+      if (lock?.by !== this.group.selfId || this.jobs.get(lock.moveId)?.state === "running") continue;
+      this.log.warn(`move ${lock.moveId} of '${record.name}' was cut short by a restart of this node; unlocking the volume (run the move again)`);
+      await this.unlock(record.name, lock.moveId).catch((err) => this.log.warn(`unlocking '${record.name}' failed: ${asShoalError(err).message}`));
+    }
+  }
+
+  /** A forgotten node's moves can never finish: drop their locks. */
+  async unlockMovesOf(node: string): Promise<void> {
+    for (const record of this.group.liveVolumes()) {
+      if (record.moving?.by === node) await this.unlock(record.name, record.moving.moveId);
     }
   }
 
@@ -63,16 +88,6 @@ export class MoveService {
         if (!this.group.isUp(node)) throw new ShoalError("NODE_DOWN", `node ${node} is down; pages cannot move to it (nothing was changed)`);
       }
     }
-    const locked: string[] = [];
-    try {
-      for (const task of nonEmpty) {
-        await this.lock(task.volume, moveId);
-        locked.push(task.volume);
-      }
-    } catch (err) {
-      for (const volume of locked) await this.unlock(volume, moveId).catch(() => undefined);
-      throw err;
-    }
     const status: MoveJobStatus = {
       moveId,
       kind,
@@ -83,7 +98,19 @@ export class MoveService {
       bytesMoved: 0,
       startedAtMs: Date.now(),
     };
+    // Known as running before any lock is taken, so the orphan sweep leaves its locks alone.
     this.jobs.set(moveId, status);
+    const locked: string[] = [];
+    try {
+      for (const task of nonEmpty) {
+        await this.lock(task.volume, moveId);
+        locked.push(task.volume);
+      }
+    } catch (err) {
+      this.jobs.delete(moveId);
+      for (const volume of locked) await this.unlock(volume, moveId).catch(() => undefined);
+      throw err;
+    }
     this.trimJobs();
     void this.execute(status, nonEmpty);
     return { ...status };

@@ -148,13 +148,18 @@ describe("route move", () => {
       [node1, node3, node3], // from node1 to node3, kill the target
       [node3, node1, node3], // from node3 to node1, kill the source
     ];
+    let interrupted = 0;
     for (const [from, to, victim] of rounds) {
       await Bun.sleep(200);
       const pages = await pagesOf(from);
       const started = await cluster.shoal(["route", "move", "crash", "--pages", pages, "--to", to.id, "--no-wait", "--json"], { node: node2 });
       expect(started.exitCode).toBe(0);
       const { moveId } = JSON.parse(started.stdout);
-      await Bun.sleep(30);
+      // Mid-move: some steps committed, more to come.
+      await waitFor("the move to get going", async () => {
+        const status = await adminRequest(node2.meshAddress, "admin.route.status", { moveId });
+        return Number(status.pagesMoved) >= 4 || status.state !== "running";
+      });
       await victim.kill9();
       const ended = await waitFor("the move to end", async () => {
         const status = await adminRequest(node2.meshAddress, "admin.route.status", { moveId });
@@ -163,11 +168,13 @@ describe("route move", () => {
       await victim.start();
       await cluster.waitConverged();
       console.log(`move ${from.id} -> ${to.id}, ${victim.id} killed: ${String(ended.state)} after ${String(ended.pagesMoved)}/${String(ended.pagesTotal)} pages`);
+      if (ended.state === "failed" && Number(ended.pagesMoved) > 0) interrupted++;
       // Retried with everything up, it completes whatever the first attempt managed.
       const retry = await cluster.shoal(["route", "move", "crash", "--pages", pages, "--to", to.id, "--json"], { node: node2 });
       expect(retry.exitCode).toBe(0);
       expect(JSON.parse(retry.stdout).state).toBe("done");
     }
+    expect(interrupted).toBeGreaterThan(0); // at least one kill landed mid-move
     await Bun.sleep(200);
     const result = await writers.stop();
     console.log(`crash test: ${history.writes.size} writes, ${result.errors} failed while a node was down`);
