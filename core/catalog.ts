@@ -1,6 +1,8 @@
 // Each node's durable catalog in bun:sqlite (WAL): its identity, the group's members and every
 // volume record with its routing table. Page data lives in files (see page-store.ts), not here.
 import { Database } from "bun:sqlite";
+import * as fs from "node:fs";
+import { fdatasyncAsync } from "./_durable-fs.ts";
 import { ShoalError } from "./errors.ts";
 import type { Member } from "./member.ts";
 import { routingFromWire, routingToWire } from "./routing.ts";
@@ -43,12 +45,26 @@ interface VolumeRow {
 
 export class Catalog implements SnapshotCatalog {
   private readonly db: Database;
+  /**
+   * The snapshot protocol's records and the snapshot records go through a second connection
+   * that does not fsync on commit: they are written several times per snapshot, and an fsync on
+   * the event loop stalls every client of the node. Who needs one durable awaits durable(),
+   * which syncs the shared write-ahead log off the loop.
+   */
+  private readonly lazyDb: Database;
+  private readonly walPath: string;
+  private walFd = -1;
+  private syncing = false;
+  private readonly waiting: { resolve: () => void; reject: (err: unknown) => void }[] = [];
 
   constructor(path: string) {
     this.db = new Database(path, { create: true, strict: true });
     // FULL: catalog changes are rare (create, delete, join) and must survive power loss.
     this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;");
     this.db.exec(SCHEMA);
+    this.lazyDb = new Database(path, { strict: true });
+    this.lazyDb.exec("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;");
+    this.walPath = `${path}-wal`;
     // Columns added after the first release: a catalog from before gets them empty.
     this.addColumnIfMissing("volumes", "moving", "TEXT");
     this.addColumnIfMissing("members", "forgotten", "INTEGER NOT NULL DEFAULT 0");
@@ -60,7 +76,41 @@ export class Catalog implements SnapshotCatalog {
   }
 
   close(): void {
+    if (this.walFd >= 0) fs.closeSync(this.walFd);
+    this.walFd = -1;
+    this.lazyDb.close();
     this.db.close();
+  }
+
+  /**
+   * Resolves once every change made so far is on disk: protocol and snapshot records are written
+   * without an fsync (see lazyDb); this syncs the write-ahead log in the background. Callers that
+   * arrive while a sync runs share the next one.
+   */
+  durable(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.waiting.push({ resolve, reject });
+      if (!this.syncing) this.syncWal();
+    });
+  }
+
+  private syncWal(): void {
+    const batch = this.waiting.splice(0);
+    this.syncing = true;
+    (async () => {
+      if (this.walFd < 0) this.walFd = fs.openSync(this.walPath, "r");
+      await fdatasyncAsync(this.walFd);
+    })().then(
+      () => {
+        for (const waiter of batch) waiter.resolve();
+      },
+      (err) => {
+        for (const waiter of batch) waiter.reject(err);
+      },
+    ).finally(() => {
+      this.syncing = false;
+      if (this.waiting.length > 0) this.syncWal();
+    });
   }
 
   getMeta(key: string): string | undefined {
@@ -106,7 +156,7 @@ export class Catalog implements SnapshotCatalog {
   }
 
   putSnapshot(record: SnapshotRecord): void {
-    this.db
+    this.lazyDb
       .query("INSERT INTO snapshots (key, record) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET record = excluded.record")
       .run(snapshotKey(record), JSON.stringify(record));
   }
@@ -118,7 +168,7 @@ export class Catalog implements SnapshotCatalog {
   }
 
   putProtocolRecord(role: ProtocolRole, snapshotId: string, record: unknown): void {
-    this.db
+    this.lazyDb
       .query(
         `INSERT INTO snapshot_protocol (role, snapshot_id, record) VALUES (?, ?, ?)
          ON CONFLICT(role, snapshot_id) DO UPDATE SET record = excluded.record`,
@@ -127,7 +177,7 @@ export class Catalog implements SnapshotCatalog {
   }
 
   deleteProtocolRecord(role: ProtocolRole, snapshotId: string): void {
-    this.db.query("DELETE FROM snapshot_protocol WHERE role = ? AND snapshot_id = ?").run(role, snapshotId);
+    this.lazyDb.query("DELETE FROM snapshot_protocol WHERE role = ? AND snapshot_id = ?").run(role, snapshotId);
   }
 
   /** Every record, tombstones included (they keep a deleted name from coming back through a stale peer). */
@@ -170,6 +220,8 @@ export class Catalog implements SnapshotCatalog {
 export type ProtocolRole = "coordinator" | "participant";
 
 export interface SnapshotCatalog {
+  /** Resolves once every change made so far is on disk. */
+  durable(): Promise<void>;
   snapshots(): SnapshotRecord[];
   putSnapshot(record: SnapshotRecord): void;
   protocolRecords<T>(role: ProtocolRole): T[];

@@ -48,6 +48,13 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   readonly holds: HoldQueue;
   /** Set once page moves run on this node. */
   mover: PageMover | undefined;
+  /**
+   * Protocol records are written without an fsync on the event loop (see Catalog.durable); what a
+   * record promises must reach nobody before it is on disk. So each role's messages, answers and
+   * publications wait, in order, for the role's last record write to be durable.
+   */
+  private readonly coordinatorRecords: DurabilityGate;
+  private readonly participantRecords: DurabilityGate;
   private readonly coordinator: SnapshotCoordinator;
   private readonly participant: SnapshotParticipant;
   private readonly incarnation = crypto.randomUUID().slice(0, 8);
@@ -66,6 +73,10 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const nodeId = options.group.selfId;
     this.coordinator = new SnapshotCoordinator({ nodeId });
     this.participant = new SnapshotParticipant({ nodeId, incarnation: this.incarnation, maxClockSkewMs: options.maxClockSkewMs });
+    const warn = (role: string) => (err: unknown) =>
+      options.log.warn(`snapshot protocol: making the ${role}'s record durable failed (${asShoalError(err).message}); its messages are held back`);
+    this.coordinatorRecords = new DurabilityGate(warn("coordinator"));
+    this.participantRecords = new DurabilityGate(warn("participant"));
     this.holds = new HoldQueue(MAX_HELD_REQUESTS, (snapshotIds) => {
       for (const snapshotId of snapshotIds) {
         const error = new ShoalError("HOLD_TIMEOUT", `node ${nodeId} had ${MAX_HELD_REQUESTS} requests waiting on the hold`);
@@ -282,28 +293,37 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const { catalog } = this.options;
     for (const effect of effects) {
       switch (effect.kind) {
-        case "send":
-          this.send(effect.to, effect.msg);
+        case "send": {
+          const { to, msg } = effect;
+          this.coordinatorRecords.after(() => this.send(to, msg));
           break;
-        case "persist":
-          catalog.putProtocolRecord("coordinator", effect.record.snapshotId, effect.record);
-          // The decision is the point of no return: publish the snapshot now, so a crash before
-          // "done" cannot leave a committed snapshot nobody lists (recovery publishes again).
-          if (effect.record.state === "committed") this.publish(effect.record);
+        }
+        case "persist": {
+          const { record } = effect;
+          catalog.putProtocolRecord("coordinator", record.snapshotId, record);
+          this.coordinatorRecords.track(() => catalog.durable());
+          // The decision is the point of no return: publish the snapshot once it is durable, so
+          // a crash before "done" cannot leave a committed snapshot nobody lists (recovery
+          // publishes again), nor one listed that recovery would abort.
+          if (record.state === "committed") this.coordinatorRecords.after(() => this.publish(record));
           break;
+        }
         case "unpersist":
           catalog.deleteProtocolRecord("coordinator", effect.snapshotId);
           break;
-        case "ready":
-          this.waiting.get(effect.snapshotId)?.onReady();
-          break;
-        case "done": {
-          const waiter = this.waiting.get(effect.snapshotId);
-          this.waiting.delete(effect.snapshotId);
-          if (effect.ok) waiter?.resolve(effect.result);
-          else waiter?.reject(effect.error);
+        case "ready": {
+          const { snapshotId } = effect;
+          this.coordinatorRecords.after(() => this.waiting.get(snapshotId)?.onReady());
           break;
         }
+        case "done":
+          this.coordinatorRecords.after(() => {
+            const waiter = this.waiting.get(effect.snapshotId);
+            this.waiting.delete(effect.snapshotId);
+            if (effect.ok) waiter?.resolve(effect.result);
+            else waiter?.reject(effect.error);
+          });
+          break;
       }
     }
     this.rearm();
@@ -311,21 +331,14 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
 
   private runParticipant(effects: ParticipantEffect[]): void {
     const { catalog, store, log } = this.options;
-    // A cut must be durable before this node says "taken"; the page store saves its layer table
-    // with the next flush, so messages after a cut wait for one. Released requests do not wait.
-    let cutDurable: Promise<void> | undefined;
     for (const effect of effects) {
       switch (effect.kind) {
-        case "send":
-          if (!cutDurable) this.send(effect.to, effect.msg);
-          else {
-            const { to, msg } = effect;
-            cutDurable.then(
-              () => this.send(to, msg),
-              (err) => log.warn(`snapshot ${msg.snapshotId}: making the cut durable failed: ${asShoalError(err).message}`),
-            );
-          }
+        case "send": {
+          // "taken" after a cut, "ack" after a commit: only once the record behind it is durable.
+          const { to, msg } = effect;
+          this.participantRecords.after(() => this.send(to, msg));
           break;
+        }
         case "hold":
           this.holds.hold(effect.snapshotId, effect.volumes);
           // Requests run synchronously on this node's event loop: none is mid-execution now.
@@ -336,15 +349,21 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
           break;
         case "cut": {
           for (const uid of this.localVolumeUids(effect.volumes)) store.freezeLayer(uid, snapshotLayerId(uid, effect.snapshotId));
-          // The record's fsync happens off the hold: released requests need only the frozen layer.
-          // A crash before it leaves a layer no record names, which start() removes, and the
-          // coordinator, never told "taken", aborts.
+          // The cut's data and record become durable off the hold: released requests need only the
+          // frozen layer. A crash before leaves a layer no record names, which start() removes,
+          // and the coordinator, never told "taken", aborts.
           const record = { ...effect.record, volumeUids: this.localVolumeUids(effect.volumes) };
-          cutDurable = store.flush().then(() => catalog.putProtocolRecord("participant", effect.snapshotId, record));
+          this.participantRecords.track(() =>
+            store.flush().then(() => {
+              catalog.putProtocolRecord("participant", effect.snapshotId, record);
+              return catalog.durable();
+            }),
+          );
           break;
         }
         case "commit":
           catalog.putProtocolRecord("participant", effect.snapshotId, effect.record);
+          this.participantRecords.track(() => catalog.durable());
           break;
         case "discard":
           for (const layer of this.layersOf(effect.snapshotId)) {
@@ -425,5 +444,28 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const now = this.nowMs();
     this.runCoordinator(this.coordinator.onTick(now));
     this.runParticipant(this.participant.onTick(now));
+  }
+}
+
+/** Orders actions after durability work: each `after` runs once everything tracked before it is done. */
+class DurabilityGate {
+  private pending: Promise<void> | undefined;
+
+  constructor(private readonly onFailure: (err: unknown) => void) {}
+
+  /** Starts `work` once the work tracked before it settled; actions from now on wait for it. */
+  track(work: () => Promise<void>): void {
+    const previous = this.pending;
+    const next = previous ? previous.then(work, work) : work();
+    this.pending = next;
+    const settled = () => {
+      if (this.pending === next) this.pending = undefined;
+    };
+    next.then(settled, settled);
+  }
+
+  after(run: () => void): void {
+    if (!this.pending) run();
+    else this.pending.then(run, this.onFailure);
   }
 }
