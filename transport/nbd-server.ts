@@ -8,6 +8,8 @@ import { MAX_REQUEST_BYTES } from "../core/geometry.ts";
 import { ByteQueue } from "./_byte-queue.ts";
 import { dataBuffers } from "./buffer-pool.ts";
 import { SocketWriter } from "./socket-writer.ts";
+import { type ByteStream, TlsServerSession } from "./nbd-tls-session.ts";
+import type { TlsIdentity } from "./tls-identity.ts";
 import {
   BASE_ALLOCATION_CONTEXT,
   BASE_ALLOCATION_CONTEXT_ID,
@@ -38,6 +40,7 @@ import {
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_POLICY,
   NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -89,6 +92,8 @@ export interface NbdServerOptions {
   log: NbdServerLog;
   /** Requests executing at once on one connection; further input waits (the socket is paused). */
   maxInFlightPerConnection?: number;
+  /** NBD_OPT_STARTTLS with this identity (client certificates from its CA required); `required` refuses plain clients. */
+  tls?: { identity: TlsIdentity; required: boolean };
 }
 
 const DEFAULT_MAX_IN_FLIGHT = 64;
@@ -115,6 +120,7 @@ interface ServerContext {
   readonly catalog: ExportCatalog;
   readonly log: NbdServerLog;
   readonly maxInFlight: number;
+  readonly tls: NbdServerOptions["tls"];
   shuttingDown: boolean;
 }
 
@@ -132,7 +138,7 @@ export class NbdServer {
     if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > MAX_IN_FLIGHT_LIMIT) {
       throw new ShoalError("BAD_ARGUMENT", `maxInFlightPerConnection must be between 1 and ${MAX_IN_FLIGHT_LIMIT}, not ${maxInFlight}`);
     }
-    this.context = { catalog: opts.catalog, log: opts.log, maxInFlight, shuttingDown: false };
+    this.context = { catalog: opts.catalog, log: opts.log, maxInFlight, tls: opts.tls, shuttingDown: false };
   }
 
   get connectionCount(): number {
@@ -183,7 +189,7 @@ export class NbdServer {
       socket.terminate();
       return;
     }
-    const connection = new NbdConnection(socket, this.context);
+    const connection = new NbdConnection(socket, this.context, socket);
     socket.data = connection;
     this.connections.add(connection);
     connection.start();
@@ -267,8 +273,11 @@ function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
 class NbdConnection {
   private phase: Phase = "flags";
   private readonly input = new ByteQueue();
-  private readonly outbox: SocketWriter;
+  private outbox: SocketWriter;
   private readonly peer: string;
+  /** Set by NBD_OPT_STARTTLS: from then on the socket's bytes are ciphertext for it. */
+  private tlsSession: TlsServerSession | undefined;
+  private plainRefusalLogged = false;
   private paused = false;
   private ended = false;
   /** Small replies waiting for the end of the tick; see send(). */
@@ -306,11 +315,12 @@ class NbdConnection {
   private deviceFailureLogged = false;
 
   constructor(
-    private readonly socket: ServerSocket,
+    private socket: ByteStream,
     private readonly context: ServerContext,
+    remote: { remoteAddress: string; remotePort: number },
   ) {
     this.outbox = new SocketWriter(socket, OUTBOX_HIGH_WATER_BYTES);
-    this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.peer = `${remote.remoteAddress}:${remote.remotePort}`;
   }
 
   start(): void {
@@ -320,6 +330,11 @@ class NbdConnection {
   }
 
   onData(chunk: Uint8Array): void {
+    if (this.tlsSession) this.tlsSession.receive(chunk);
+    else this.onPlaintext(chunk);
+  }
+
+  private onPlaintext(chunk: Uint8Array): void {
     if (this.phase === "draining" || this.phase === "closed") return;
     this.input.push(chunk);
     if (this.input.lengthBytes > MAX_INPUT_BYTES) {
@@ -329,6 +344,11 @@ class NbdConnection {
   }
 
   onDrain(): void {
+    if (this.tlsSession) this.tlsSession.onRawDrain();
+    else this.onPlaintextDrain();
+  }
+
+  private onPlaintextDrain(): void {
     this.outbox.drain();
     this.pump();
   }
@@ -341,6 +361,7 @@ class NbdConnection {
 
   onClosed(): void {
     this.phase = "closed";
+    this.tlsSession?.terminate();
     this.input.clear();
     if (this.awaitingPayload !== undefined) this.release(this.awaitingPayload);
     this.awaitingPayload = undefined;
@@ -519,6 +540,9 @@ class NbdConnection {
     if (this.context.shuttingDown && option !== NBD_OPT_ABORT && option !== NBD_OPT_EXPORT_NAME) {
       return this.refuse(option, NBD_REP_ERR_SHUTDOWN, "the server is shutting down");
     }
+    if (this.context.tls?.required && this.tlsSession === undefined && option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
+      return this.refuseWithoutTls(option);
+    }
     switch (option) {
       case NBD_OPT_EXPORT_NAME:
         return this.handleExportName(data);
@@ -590,10 +614,52 @@ class NbdConnection {
     this.reply(NBD_OPT_LIST, NBD_REP_ACK);
   }
 
-  /** TLS plugs in here: reply ACK, then upgrade the socket before reading the next option. */
+  /** ACK, then the same connection continues inside TLS; the client must present a certificate. */
   private handleStartTls(data: Uint8Array): void {
-    if (data.length !== 0) return this.refuse(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
-    this.refuse(NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY, "TLS is not configured on this server");
+    const option = NBD_OPT_STARTTLS;
+    if (data.length !== 0) return this.refuse(option, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+    const tls = this.context.tls;
+    if (tls === undefined) return this.refuse(option, NBD_REP_ERR_POLICY, "TLS is not configured on this server (start the node with --tls)");
+    if (this.tlsSession !== undefined) return this.refuse(option, NBD_REP_ERR_INVALID, "TLS is already on");
+    if (!this.fixedNewstyle) return this.refuse(option, NBD_REP_ERR_POLICY, "TLS needs fixed newstyle negotiation");
+    this.reply(option, NBD_REP_ACK);
+    this.flushBatch();
+    if (this.input.lengthBytes > 0) return this.violation("sent data after NBD_OPT_STARTTLS before the TLS handshake");
+    // The spec: options negotiated before STARTTLS are forgotten.
+    this.structuredReplies = false;
+    this.metaContextExport = undefined;
+    const raw = this.socket;
+    const session = new TlsServerSession(raw, this.outbox, tls.identity, {
+      onSecure: () => {},
+      onPlaintext: (chunk) => this.guard(() => this.onPlaintext(chunk)),
+      onDrain: () => this.guard(() => this.onPlaintextDrain()),
+      onFailed: (reason) => {
+        this.context.log.warn(`nbd client ${this.peer}: refused: ${reason}; disconnecting`);
+        this.terminate();
+      },
+    });
+    this.tlsSession = session;
+    this.socket = session;
+    this.outbox = new SocketWriter(session, OUTBOX_HIGH_WATER_BYTES);
+  }
+
+  /** --tls-required: the spec's answer to anything but STARTTLS and ABORT before TLS is on. */
+  private refuseWithoutTls(option: number): void {
+    if (!this.plainRefusalLogged) {
+      this.plainRefusalLogged = true;
+      this.context.log.warn(`nbd client ${this.peer}: refused: this server requires TLS and the client did not NBD_OPT_STARTTLS`);
+    }
+    // NBD_OPT_EXPORT_NAME has no error reply: the spec says to close.
+    if (option === NBD_OPT_EXPORT_NAME) return this.beginDrain();
+    this.refuse(option, NBD_REP_ERR_TLS_REQD, "this server requires TLS: send NBD_OPT_STARTTLS first");
+  }
+
+  private guard(work: () => void): void {
+    try {
+      work();
+    } catch (err) {
+      this.crash(err);
+    }
   }
 
   private handleStructuredReply(data: Uint8Array): void {
