@@ -8,7 +8,7 @@ import { MAX_REQUEST_BYTES } from "../core/geometry.ts";
 import { ByteQueue } from "./_byte-queue.ts";
 import { dataBuffers } from "./buffer-pool.ts";
 import { SocketWriter } from "./socket-writer.ts";
-import { type ByteStream, TlsServerSession } from "./nbd-tls-session.ts";
+import { type ByteStream, startServerTls } from "./nbd-tls-session.ts";
 import type { TlsIdentity } from "./tls-identity.ts";
 import {
   BASE_ALLOCATION_CONTEXT,
@@ -189,7 +189,7 @@ export class NbdServer {
       socket.terminate();
       return;
     }
-    const connection = new NbdConnection(socket, this.context, socket);
+    const connection = new NbdConnection(socket, this.context);
     socket.data = connection;
     this.connections.add(connection);
     connection.start();
@@ -275,8 +275,11 @@ class NbdConnection {
   private readonly input = new ByteQueue();
   private outbox: SocketWriter;
   private readonly peer: string;
-  /** Set by NBD_OPT_STARTTLS: from then on the socket's bytes are ciphertext for it. */
-  private tlsSession: TlsServerSession | undefined;
+  /** The client's socket; after NBD_OPT_STARTTLS `socket` is the TLS socket over it. */
+  private readonly rawSocket: ServerSocket;
+  private socket: ByteStream;
+  /** Set by NBD_OPT_STARTTLS: from then on what the raw socket reports is ciphertext, not ours. */
+  private tlsUpgraded = false;
   private plainRefusalLogged = false;
   private paused = false;
   private ended = false;
@@ -315,12 +318,13 @@ class NbdConnection {
   private deviceFailureLogged = false;
 
   constructor(
-    private socket: ByteStream,
+    socket: ServerSocket,
     private readonly context: ServerContext,
-    remote: { remoteAddress: string; remotePort: number },
   ) {
+    this.rawSocket = socket;
+    this.socket = socket;
     this.outbox = new SocketWriter(socket, OUTBOX_HIGH_WATER_BYTES);
-    this.peer = `${remote.remoteAddress}:${remote.remotePort}`;
+    this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
   }
 
   start(): void {
@@ -329,9 +333,9 @@ class NbdConnection {
     this.send(encodeGreeting());
   }
 
+  /** From the raw socket. */
   onData(chunk: Uint8Array): void {
-    if (this.tlsSession) this.tlsSession.receive(chunk);
-    else this.onPlaintext(chunk);
+    if (!this.tlsUpgraded) this.onPlaintext(chunk);
   }
 
   private onPlaintext(chunk: Uint8Array): void {
@@ -343,9 +347,9 @@ class NbdConnection {
     this.pump();
   }
 
+  /** From the raw socket. */
   onDrain(): void {
-    if (this.tlsSession) this.tlsSession.onRawDrain();
-    else this.onPlaintextDrain();
+    if (!this.tlsUpgraded) this.onPlaintextDrain();
   }
 
   private onPlaintextDrain(): void {
@@ -361,7 +365,6 @@ class NbdConnection {
 
   onClosed(): void {
     this.phase = "closed";
-    this.tlsSession?.terminate();
     this.input.clear();
     if (this.awaitingPayload !== undefined) this.release(this.awaitingPayload);
     this.awaitingPayload = undefined;
@@ -381,6 +384,7 @@ class NbdConnection {
   terminate(): void {
     this.phase = "closed";
     this.socket.terminate();
+    if (this.socket !== this.rawSocket) this.rawSocket.terminate();
   }
 
   crash(err: unknown): void {
@@ -540,7 +544,7 @@ class NbdConnection {
     if (this.context.shuttingDown && option !== NBD_OPT_ABORT && option !== NBD_OPT_EXPORT_NAME) {
       return this.refuse(option, NBD_REP_ERR_SHUTDOWN, "the server is shutting down");
     }
-    if (this.context.tls?.required && this.tlsSession === undefined && option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
+    if (this.context.tls?.required && !this.tlsUpgraded && option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
       return this.refuseWithoutTls(option);
     }
     switch (option) {
@@ -620,7 +624,7 @@ class NbdConnection {
     if (data.length !== 0) return this.refuse(option, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
     const tls = this.context.tls;
     if (tls === undefined) return this.refuse(option, NBD_REP_ERR_POLICY, "TLS is not configured on this server (start the node with --tls)");
-    if (this.tlsSession !== undefined) return this.refuse(option, NBD_REP_ERR_INVALID, "TLS is already on");
+    if (this.tlsUpgraded) return this.refuse(option, NBD_REP_ERR_INVALID, "TLS is already on");
     if (!this.fixedNewstyle) return this.refuse(option, NBD_REP_ERR_POLICY, "TLS needs fixed newstyle negotiation");
     this.reply(option, NBD_REP_ACK);
     this.flushBatch();
@@ -628,19 +632,23 @@ class NbdConnection {
     // The spec: options negotiated before STARTTLS are forgotten.
     this.structuredReplies = false;
     this.metaContextExport = undefined;
-    const raw = this.socket;
-    const session = new TlsServerSession(raw, this.outbox, tls.identity, {
+    // The ACK is tiny and goes out at once; if the kernel did not take it, TLS would jump the queue.
+    if (this.outbox.pendingBytes > 0) return this.violation("is not reading the NBD_OPT_STARTTLS reply");
+    this.rawSocket.timeout(0);
+    const secure = startServerTls(this.rawSocket as Socket<unknown>, tls.identity, {
       onSecure: () => {},
-      onPlaintext: (chunk) => this.guard(() => this.onPlaintext(chunk)),
-      onDrain: () => this.guard(() => this.onPlaintextDrain()),
       onFailed: (reason) => {
         this.context.log.warn(`nbd client ${this.peer}: refused: ${reason}; disconnecting`);
         this.terminate();
       },
+      onPlaintext: (chunk) => this.guard(() => this.onPlaintext(chunk)),
+      onDrain: () => this.guard(() => this.onPlaintextDrain()),
+      onTimeout: () => this.onTimeout(),
     });
-    this.tlsSession = session;
-    this.socket = session;
-    this.outbox = new SocketWriter(session, OUTBOX_HIGH_WATER_BYTES);
+    this.tlsUpgraded = true;
+    this.socket = secure;
+    this.outbox = new SocketWriter(secure, OUTBOX_HIGH_WATER_BYTES);
+    secure.timeout(HANDSHAKE_TIMEOUT_SECONDS);
   }
 
   /** --tls-required: the spec's answer to anything but STARTTLS and ABORT before TLS is on. */

@@ -127,12 +127,11 @@ describe("TLS group", () => {
     const node3 = cluster.nodes[2]!;
     // Trusts our CA (so it would accept the server) but holds a certificate from another one.
     const foreign = path.join(certs, "foreign-client");
-    fs.mkdirSync(foreign);
+    await issue(other(), "mallory", "--role", "client", "--layout", "qemu", "--out", foreign);
     fs.copyFileSync(path.join(ca(), "ca-cert.pem"), path.join(foreign, "ca-cert.pem"));
     const none = path.join(certs, "no-client-cert");
     fs.mkdirSync(none);
     fs.copyFileSync(path.join(ca(), "ca-cert.pem"), path.join(none, "ca-cert.pem"));
-    await issue(other(), "mallory", "--role", "client", "--layout", "qemu", "--out", foreign);
     for (const dir of [foreign, none]) {
       const result = await run(["nbdinfo", `nbds://127.0.0.1:${node3.nbdPort}/tv?tls-certificates=${dir}`]);
       expect(result.exitCode).not.toBe(0);
