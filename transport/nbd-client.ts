@@ -431,10 +431,10 @@ export class NbdClient {
   }
 
   /** The server's exports (NBD_OPT_LIST), then a polite NBD_OPT_ABORT. */
-  static async listExports(options: { host: string; port: number }): Promise<NbdExportEntry[]> {
+  static async listExports(options: { host: string; port: number; tls?: TlsIdentity }): Promise<NbdExportEntry[]> {
     const wire = await Wire.open(options.host, options.port);
     try {
-      return await withTimeout(wire, listOn(wire), "NBD_OPT_LIST");
+      return await withTimeout(wire, listOn(wire, options.tls ?? tlsIdentity()), "NBD_OPT_LIST");
     } finally {
       wire.socket.end();
     }
@@ -701,8 +701,9 @@ function ownedResult(view: Uint8Array): Uint8Array {
   return view.length < COPY_READ_BELOW_BYTES && view.byteLength !== view.buffer.byteLength ? view.slice() : view;
 }
 
-async function listOn(wire: Wire): Promise<NbdExportEntry[]> {
+async function listOn(wire: Wire, identity: TlsIdentity | undefined): Promise<NbdExportEntry[]> {
   await greet(wire);
+  if (identity) await startTls(wire, identity);
   const { replies, final } = await negotiate(wire, NBD_OPT_LIST);
   if (final.replyType !== NBD_REP_ACK) throw optionFailure(wire, "NBD_OPT_LIST", final);
   const entries: NbdExportEntry[] = [];
