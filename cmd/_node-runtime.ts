@@ -44,9 +44,10 @@ export const SHOAL_VERSION = "0.1.0";
 
 export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const log = createLog();
+  // Bad credentials are found before anything is created on disk.
+  const tls = nodeTlsIdentity(options);
   fs.mkdirSync(options.dataDir, { recursive: true });
   const catalog = new Catalog(path.join(options.dataDir, "catalog.db"));
-  const tls = nodeTlsIdentity(options);
   const id = resolveNodeId(catalog, options.id ?? tls?.name);
   if (tls && tls.name !== id) {
     throw new ShoalError("BAD_ARGUMENT", `the certificate in ${tls.dir} is for '${tls.name}' but this node is '${id}'; issue one with \`shoal tls issue CADIR ${id}\``);
