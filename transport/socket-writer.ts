@@ -1,5 +1,7 @@
 // Writes to a Bun socket without losing bytes: Bun's socket.write may take only part of a buffer
 // under backpressure, and the rest must be written again from the drain handler, in order.
+import type { Socket } from "bun";
+
 export class SocketWriter {
   private readonly queue: Uint8Array[] = [];
   /** Called when the queue entry at the same index has been handed to the kernel. */
@@ -7,8 +9,7 @@ export class SocketWriter {
   private queuedBytes = 0;
 
   constructor(
-    /** A Bun socket, or anything that takes bytes the same way (a TLS session over one). */
-    private readonly socket: { write(bytes: Uint8Array): number },
+    private readonly socket: Socket<unknown>,
     /** Past this many unsent bytes the peer is not reading; the owner should drop it. */
     readonly maxQueuedBytes: number,
   ) {}
