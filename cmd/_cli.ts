@@ -4,6 +4,7 @@ import type { ArgDef, ArgsDef } from "citty";
 import { ShoalError } from "../core/errors.ts";
 import type { FrameHeader } from "../transport/frame.ts";
 import { dialMesh } from "../transport/mesh.ts";
+import { loadTlsIdentity, tlsIdentity, useTlsIdentity } from "../transport/tls-identity.ts";
 
 export const DEFAULT_NODE = "127.0.0.1:7400";
 
@@ -14,9 +15,21 @@ export const nodeArgs = {
     valueHint: "HOST:PORT",
   },
   json: { type: "boolean", description: "print one JSON document on stdout instead of a table" },
+  tls: {
+    type: "string",
+    description: "TLS credentials with an admin certificate from the group's CA (default $SHOAL_TLS); needed when the group runs with --tls",
+    valueHint: "DIR",
+  },
 } as const satisfies ArgsDef;
 
-export function nodeAddress(args: { node?: string }): string {
+/**
+ * The node to talk to. Every admin command passes its arguments here first, so this is also
+ * where the process takes its TLS identity (--tls or $SHOAL_TLS) for the mesh and NBD connections
+ * it is about to open: one command, one identity.
+ */
+export function nodeAddress(args: { node?: string; tls?: string }): string {
+  const tlsDir = args.tls || process.env.SHOAL_TLS;
+  if (tlsDir && tlsIdentity()?.dir !== tlsDir) useTlsIdentity(loadTlsIdentity(tlsDir));
   return args.node || process.env.SHOAL_NODE || DEFAULT_NODE;
 }
 
@@ -47,12 +60,20 @@ export async function adminRequest(address: string, op: string, args: FrameHeade
     throw new ShoalError("BAD_REQUEST", "the admin client serves no requests");
   }, { info: () => {}, warn: () => {} });
   try {
-    await connection.request("hello", { role: "admin" }, undefined, 5000);
+    await connection.request("hello", { role: "admin" }, undefined, 5000).catch((err: unknown) => {
+      throw tlsHint(err);
+    });
     const response = await connection.request(op, args, undefined, timeoutMs);
     return response.result;
   } finally {
     connection.close();
   }
+}
+
+/** A node on TLS drops a plain client right after its first bytes; say what probably happened. */
+function tlsHint(err: unknown): unknown {
+  if (tlsIdentity() || !(err instanceof ShoalError) || err.code !== "NODE_DOWN") return err;
+  return new ShoalError("NODE_DOWN", `${err.message}; if the group runs with --tls, pass --tls DIR (or set SHOAL_TLS) with an admin certificate`);
 }
 
 export function printResult(json: boolean | undefined, result: unknown, human: () => string): void {

@@ -10,6 +10,8 @@ import type { FrameHeader, Payload } from "../transport/frame.ts";
 import { Group } from "../transport/group.ts";
 import type { MeshConnection, Reply } from "../transport/mesh-connection.ts";
 import { MeshServer } from "../transport/mesh.ts";
+import { meshOpRefusal } from "../transport/mesh-tls.ts";
+import { loadTlsIdentity, type TlsIdentity, useTlsIdentity } from "../transport/tls-identity.ts";
 import { NbdServer } from "../transport/nbd-server.ts";
 import { VolumeRouter } from "../transport/volume-router.ts";
 import { SnapshotService } from "../transport/snapshot-service.ts";
@@ -28,6 +30,10 @@ export interface NodeOptions {
   join?: string;
   /** Bound on any node's clock error that timestamp-mode snapshots rely on. */
   maxClockSkewMs: number;
+  /** Credentials directory: mutual TLS on the mesh, STARTTLS offered on NBD. */
+  tlsDir?: string;
+  /** Refuse NBD clients that do not STARTTLS. */
+  tlsRequired?: boolean;
 }
 
 export interface RunningNode {
@@ -41,9 +47,15 @@ export const SHOAL_VERSION = "0.1.0";
 
 export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const log = createLog();
+  // Bad credentials are found before anything is created on disk.
+  const tls = nodeTlsIdentity(options);
   fs.mkdirSync(options.dataDir, { recursive: true });
   const catalog = new Catalog(path.join(options.dataDir, "catalog.db"));
-  const id = resolveNodeId(catalog, options.id);
+  const id = resolveNodeId(catalog, options.id ?? tls?.name);
+  if (tls && tls.name !== id) {
+    throw new ShoalError("BAD_ARGUMENT", `the certificate in ${tls.dir} is for '${tls.name}' but this node is '${id}'; issue one with \`shoal tls issue CADIR ${id}\``);
+  }
+  useTlsIdentity(tls);
   const store = new PageStore({ dir: options.dataDir });
   const meshAddress = parseHostPort(options.listen);
   const nbdAddress = parseHostPort(options.nbd);
@@ -56,6 +68,10 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   let mover: PageMover;
   let routeAdmin: RouteAdmin;
   const handler = (connection: MeshConnection, op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> => {
+    if (tls) {
+      const refusal = meshOpRefusal(connection.certificate, op, args);
+      if (refusal) throw new ShoalError("NOT_AUTHENTICATED", refusal);
+    }
     const groupResult = group.handle(connection, op, args);
     if (groupResult !== undefined) return { result: groupResult };
     if (connection.peerId === undefined && op !== "group.join") {
@@ -73,7 +89,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     throw new ShoalError("BAD_REQUEST", `unknown mesh operation '${op}'`);
   };
 
-  const mesh = new MeshServer(handler, { info: (m) => log.info(m), warn: (m) => log.warn(m) });
+  const mesh = new MeshServer(handler, { info: (m) => log.info(m), warn: (m) => log.warn(m) }, tls);
   const meshPort = mesh.listen(meshAddress.host, meshAddress.port);
   const self: Member = {
     id,
@@ -106,7 +122,11 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     store.deleteLayer(layer).catch((err: unknown) => log.warn(`removing layer ${layer} failed: ${(err as Error).message}`));
   };
   router = new VolumeRouter(group, store);
-  const nbd = new NbdServer({ catalog: router, log: { info: (m: string) => log.info(m), warn: (m: string) => log.warn(m) } });
+  const nbd = new NbdServer({
+    catalog: router,
+    log: { info: (m: string) => log.info(m), warn: (m: string) => log.warn(m) },
+    tls: tls ? { identity: tls, required: options.tlsRequired === true } : undefined,
+  });
   const { port: nbdPort } = await nbd.listen(nbdAddress.host, nbdAddress.port);
   group.addMember({ ...self, nbdAddress: `${nbdAddress.host}:${nbdPort}` });
   const clockSkewMs = Number(process.env.SHOAL_CLOCK_SKEW_MS ?? 0);
@@ -130,7 +150,8 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   group.start();
   snapshots.start();
   moves.start();
-  log.info(`node ${id} up: mesh ${meshAddress.host}:${meshPort}, nbd ${nbdAddress.host}:${nbdPort}, data ${options.dataDir}`);
+  const security = tls ? `, TLS (mesh mutual, NBD ${options.tlsRequired ? "required" : "offered"})` : "";
+  log.info(`node ${id} up: mesh ${meshAddress.host}:${meshPort}, nbd ${nbdAddress.host}:${nbdPort}, data ${options.dataDir}${security}`);
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> =>
@@ -147,6 +168,18 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       log.info(`node ${id} stopped`);
     })());
   return { id, meshPort, nbdPort, stop };
+}
+
+function nodeTlsIdentity(options: NodeOptions): TlsIdentity | undefined {
+  if (!options.tlsDir) {
+    if (options.tlsRequired) throw new ShoalError("BAD_ARGUMENT", "--tls-required needs --tls DIR");
+    return undefined;
+  }
+  const identity = loadTlsIdentity(options.tlsDir);
+  if (identity.role !== "node") {
+    throw new ShoalError("BAD_ARGUMENT", `the certificate in ${options.tlsDir} is a ${identity.role} certificate; a node needs one issued with --role node`);
+  }
+  return identity;
 }
 
 function resolveNodeId(catalog: Catalog, requested: string | undefined): string {

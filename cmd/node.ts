@@ -17,6 +17,8 @@ export default defineCommand({
       default: "5ms",
       valueHint: "DURATION",
     },
+    tls: { type: "string", description: "TLS credentials (from `shoal tls issue`): mutual TLS on the mesh, STARTTLS on NBD", valueHint: "DIR" },
+    tlsRequired: { type: "boolean", description: "refuse NBD clients that do not STARTTLS (needs --tls)" },
   },
   async run(context) {
     rejectUnknownFlags(context);
@@ -28,6 +30,8 @@ export default defineCommand({
       nbd: args.nbd,
       join: args.join,
       maxClockSkewMs: parseDurationMs(args.maxClockSkew),
+      tlsDir: args.tls,
+      tlsRequired: args.tlsRequired,
     });
     await new Promise<void>((resolve) => {
       const onSignal = () => {

@@ -8,11 +8,12 @@ import archive from "./archive.ts";
 import node from "./node.ts";
 import route from "./route.ts";
 import snap from "./snap.ts";
+import tls from "./tls.ts";
 import volume from "./volume.ts";
 
 const main = defineCommand({
   meta: { name: "shoal", version: SHOAL_VERSION, description: "Distributed block storage with crash-consistent snapshots, served over NBD" },
-  subCommands: { node, volume, route, snap, archive },
+  subCommands: { node, volume, route, snap, archive, tls },
 });
 
 async function run(rawArgs: string[]): Promise<void> {

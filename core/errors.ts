@@ -24,6 +24,7 @@ export type ErrorCode =
   | "IO_ERROR"
   | "NO_SPACE"
   | "SHUTTING_DOWN"
+  | "NOT_AUTHENTICATED"
   | "INTERNAL";
 
 // NBD errno values from the NBD protocol (doc/proto.md, "Error values").
@@ -42,7 +43,7 @@ interface CodeInfo {
 }
 
 // Exit codes: 1 generic failure, 2 usage, 3 not found, 4 conflict/exists, 5 unavailable (node down,
-// timeout), 6 I/O or data error. Scripts branch on these.
+// timeout), 6 I/O or data error, 7 refused by TLS authentication. Scripts branch on these.
 const CODE_TABLE: Record<ErrorCode, CodeInfo> = {
   BAD_ARGUMENT: { nbdErrno: NBD_EINVAL, exitCode: 2 },
   BAD_FRAME: { nbdErrno: NBD_EINVAL, exitCode: 6 },
@@ -68,6 +69,8 @@ const CODE_TABLE: Record<ErrorCode, CodeInfo> = {
   IO_ERROR: { nbdErrno: NBD_EIO, exitCode: 6 },
   NO_SPACE: { nbdErrno: NBD_ENOSPC, exitCode: 6 },
   SHUTTING_DOWN: { nbdErrno: NBD_ESHUTDOWN, exitCode: 5 },
+  // No certificate, one from another CA, or one whose role may not do this: fix credentials.
+  NOT_AUTHENTICATED: { nbdErrno: NBD_EPERM, exitCode: 7 },
   INTERNAL: { nbdErrno: NBD_EIO, exitCode: 1 },
 };
 

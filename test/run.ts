@@ -12,6 +12,8 @@ const REQUIRED_TOOLS: Record<string, string> = {
   // The archive tests check that both tar implementations list and extract shoal's archives.
   tar: "tar",
   bsdtar: "libarchive-tools",
+  // `shoal tls init/issue` drive the openssl CLI; the TLS tests make a CA with it.
+  openssl: "openssl",
 };
 
 function missingTools(): string[] {

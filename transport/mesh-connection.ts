@@ -3,6 +3,7 @@
 import type { Socket } from "bun";
 import { errorFromWire, asShoalError, ShoalError } from "../core/errors.ts";
 import { encodeFrameHead, FrameDecoder, EMPTY_PAYLOAD, type Frame, type FrameHeader, type Payload } from "./frame.ts";
+import type { PeerCertificate } from "./mesh-tls.ts";
 import { SocketWriter } from "./socket-writer.ts";
 
 export interface Reply {
@@ -65,6 +66,10 @@ export class MeshConnection {
   private sweep: ReturnType<typeof setInterval> | undefined;
   /** Filled by the hello exchange: the peer's node id, or "admin". */
   peerId: string | undefined;
+  /** What the peer proved in the TLS handshake; undefined on plain TCP. */
+  certificate: PeerCertificate | undefined;
+  /** Why the other end refused us (a "refused" frame), reported instead of a bare close. */
+  private refusal: ShoalError | undefined;
   label: string;
 
   constructor(private readonly options: MeshConnectionOptions) {
@@ -78,7 +83,7 @@ export class MeshConnection {
   }
 
   request(op: string, args: FrameHeader, payload: Uint8Array = EMPTY_PAYLOAD, timeoutMs = DEFAULT_REQUEST_TIMEOUT_MS): Promise<Response> {
-    if (this.closed) return Promise.reject(new ShoalError("NODE_DOWN", `connection to ${this.label} is closed`));
+    if (this.closed) return Promise.reject(this.refusal ?? new ShoalError("NODE_DOWN", `connection to ${this.label} is closed`));
     if (this.pending.size >= MAX_PENDING_REQUESTS) {
       return Promise.reject(new ShoalError("NODE_DOWN", `too many requests in flight to ${this.label}`));
     }
@@ -122,7 +127,7 @@ export class MeshConnection {
     this.closed = true;
     clearInterval(this.sweep);
     for (const [, pending] of this.pending) {
-      pending.reject(new ShoalError("NODE_DOWN", `connection to ${this.label} closed`));
+      pending.reject(this.refusal ?? new ShoalError("NODE_DOWN", `connection to ${this.label} closed`));
     }
     this.pending.clear();
     this.socket.end();
@@ -133,7 +138,10 @@ export class MeshConnection {
     const { header } = frame;
     if (header.t === "r") this.onResponse(header, frame.payload);
     else if (header.t === "q") this.onRequest(header, frame.payload);
-    else {
+    else if (header.t === "x") {
+      this.refusal = errorFromWire((header.e as object) ?? {});
+      this.close();
+    } else {
       this.options.warn(`dropping mesh connection from ${this.label}: frame of unknown type ${String(header.t)}`);
       this.close();
     }

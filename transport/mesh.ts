@@ -3,8 +3,10 @@
 import type { Socket, TCPSocketListener } from "bun";
 import { ShoalError } from "../core/errors.ts";
 import { parseHostPort } from "../core/member.ts";
-import type { FrameHeader } from "./frame.ts";
+import { encodeFrameHead, type FrameHeader } from "./frame.ts";
 import { MeshConnection, type RequestHandler, type Response } from "./mesh-connection.ts";
+import { meshTlsOptions, type PeerCertificate, TLS_HANDSHAKE_TIMEOUT_SECONDS, verifyPeer } from "./mesh-tls.ts";
+import { type TlsIdentity, tlsIdentity } from "./tls-identity.ts";
 
 export interface MeshLog {
   info(message: string): void;
@@ -20,23 +22,32 @@ export class MeshServer {
   constructor(
     private readonly handler: RequestHandler,
     private readonly log: MeshLog,
+    /** Mutual TLS: only peers with a certificate from the same CA get a connection. */
+    private readonly tls?: TlsIdentity,
   ) {}
 
   listen(host: string, port: number): number {
+    const tls = this.tls;
     this.listener = Bun.listen<SocketData>({
       hostname: host,
       port,
+      data: {},
+      tls: tls ? meshTlsOptions(tls) : undefined,
       socket: {
         open: (socket) => {
-          const connection = new MeshConnection({
-            socket: socket as Socket<unknown>,
-            handler: this.handler,
-            label: `${socket.remoteAddress}`,
-            warn: this.log.warn,
-            onClose: (closed) => this.connections.delete(closed),
-          });
-          socket.data = { connection };
-          this.connections.add(connection);
+          if (tls) socket.timeout(TLS_HANDSHAKE_TIMEOUT_SECONDS);
+          else this.accept(socket, undefined);
+        },
+        handshake: (socket, success, error) => {
+          const verdict = verifyPeer(socket as Socket<unknown>, success, error);
+          if (typeof verdict !== "string") return this.accept(socket, verdict);
+          this.log.warn(`refusing mesh connection from ${socket.remoteAddress}:${socket.remotePort}: ${verdict}`);
+          refuse(socket as Socket<unknown>, success, verdict);
+        },
+        timeout: (socket) => {
+          if (socket.data.connection) return;
+          this.log.warn(`refusing mesh connection from ${socket.remoteAddress}:${socket.remotePort}: no TLS handshake in ${TLS_HANDSHAKE_TIMEOUT_SECONDS} s`);
+          socket.terminate();
         },
         data: (socket, chunk) => socket.data.connection?.onData(chunk),
         drain: (socket) => socket.data.connection?.onDrain(),
@@ -47,13 +58,37 @@ export class MeshServer {
     return this.listener.port;
   }
 
+  private accept(socket: Socket<SocketData>, certificate: PeerCertificate | undefined): void {
+    socket.timeout(0);
+    const connection = new MeshConnection({
+      socket: socket as Socket<unknown>,
+      handler: this.handler,
+      label: `${socket.remoteAddress}`,
+      warn: this.log.warn,
+      onClose: (closed) => this.connections.delete(closed),
+    });
+    connection.certificate = certificate;
+    socket.data = { connection };
+    this.connections.add(connection);
+  }
+
   stop(): void {
     this.listener?.stop(true);
     for (const connection of this.connections) connection.close();
   }
 }
 
-/** Dials a mesh address; the returned connection is ready for requests. */
+/** Tells a refused peer why in a "refused" frame when the TLS session stands, then closes. */
+function refuse(socket: Socket<unknown>, sessionUp: boolean, reason: string): void {
+  if (!sessionUp) return void socket.terminate();
+  socket.write(encodeFrameHead({ t: "x", e: new ShoalError("NOT_AUTHENTICATED", `the node refused this connection: ${reason}`).toWire() }, 0));
+  socket.end();
+}
+
+/**
+ * Dials a mesh address; the returned connection is ready for requests. With a TLS identity set
+ * for this process it is ready only once the node proved a certificate from our CA.
+ */
 export async function dialMesh(
   address: string,
   handler: RequestHandler,
@@ -62,36 +97,62 @@ export async function dialMesh(
   connectTimeoutMs = 5000,
 ): Promise<MeshConnection> {
   const { host, port } = parseHostPort(address);
-  let connection: MeshConnection | undefined;
-  const connecting = Bun.connect<SocketData>({
+  const identity = tlsIdentity();
+  let settle!: { resolve: (connection: MeshConnection) => void; reject: (error: ShoalError) => void };
+  const ready = new Promise<MeshConnection>((resolve, reject) => (settle = { resolve, reject }));
+  const start = (socket: Socket<SocketData>, certificate: PeerCertificate | undefined) => {
+    const connection = new MeshConnection({ socket: socket as Socket<unknown>, handler, label: address, warn: log.warn, onClose });
+    connection.certificate = certificate;
+    socket.data = { connection };
+    settle.resolve(connection);
+  };
+  let socket: Socket<SocketData> | undefined;
+  Bun.connect<SocketData>({
     hostname: host,
     port,
+    data: {},
+    tls: identity ? meshTlsOptions(identity) : undefined,
     socket: {
-      open: (socket) => {
-        connection = new MeshConnection({ socket: socket as Socket<unknown>, handler, label: address, warn: log.warn, onClose });
-        socket.data = { connection };
+      open: (opened) => {
+        if (!identity) start(opened, undefined);
       },
-      data: (socket, chunk) => socket.data.connection?.onData(chunk),
-      drain: (socket) => socket.data.connection?.onDrain(),
-      close: (socket) => socket.data.connection?.close(),
-      error: (socket) => socket.data.connection?.close(),
+      handshake: (shaken, success, error) => {
+        const verdict = verifyPeer(shaken as Socket<unknown>, success, error);
+        if (typeof verdict !== "string") return start(shaken, verdict);
+        settle.reject(new ShoalError("NOT_AUTHENTICATED", `refusing the node at ${address}: ${verdict}`));
+        shaken.end();
+      },
+      data: (s, chunk) => s.data.connection?.onData(chunk),
+      drain: (s) => s.data.connection?.onDrain(),
+      close: (s) => closedWhileDialing(s, address, identity !== undefined, settle.reject),
+      error: (s) => closedWhileDialing(s, address, identity !== undefined, settle.reject),
       connectError: () => {},
     },
-  });
+  }).then(
+    (connected) => (socket = connected),
+    (err: unknown) => settle.reject(new ShoalError("NODE_DOWN", `cannot reach ${address}: ${(err as Error).message}`)),
+  );
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new ShoalError("NODE_DOWN", `no answer from ${address} in ${connectTimeoutMs} ms`)), connectTimeoutMs);
   });
   try {
-    await Promise.race([connecting, timeout]);
+    return await Promise.race([ready, timeout]);
   } catch (err) {
-    if (err instanceof ShoalError) throw err;
-    throw new ShoalError("NODE_DOWN", `cannot reach ${address}: ${(err as Error).message}`);
+    socket?.terminate();
+    throw err;
   } finally {
     clearTimeout(timer);
   }
-  if (!connection) throw new ShoalError("NODE_DOWN", `cannot reach ${address}`);
-  return connection;
+}
+
+function closedWhileDialing(socket: Socket<SocketData>, address: string, tls: boolean, reject: (error: ShoalError) => void): void {
+  if (socket.data.connection) return socket.data.connection.close();
+  reject(
+    tls
+      ? new ShoalError("NOT_AUTHENTICATED", `the node at ${address} closed the connection during the TLS handshake; does it run with --tls and the same CA?`)
+      : new ShoalError("NODE_DOWN", `the node at ${address} closed the connection`),
+  );
 }
 
 export interface PeerLinkOptions {
@@ -118,6 +179,8 @@ const WAIT_FOR_UP_MS = 3000;
 export class PeerLink {
   private connection: MeshConnection | undefined;
   private stopped = false;
+  /** The last refusal logged, so a peer refused on every retry is logged once, not every backoff. */
+  private lastRefusal = "";
   private backoffMs = BACKOFF_MIN_MS;
   private heartbeat: ReturnType<typeof setInterval> | undefined;
   private waiters: (() => void)[] = [];
@@ -168,6 +231,9 @@ export class PeerLink {
       let connection: MeshConnection | undefined;
       try {
         connection = await dialMesh(this.address, this.options.handler, this.options.log, (closed) => this.onClosed(closed));
+        if (connection.certificate && connection.certificate.name !== this.peerId) {
+          throw new ShoalError("NOT_AUTHENTICATED", `the node at ${this.address} has a certificate for '${connection.certificate.name}', not '${this.peerId}'`);
+        }
         const hello = await connection.request("hello", this.options.hello(), undefined, 5000);
         this.options.onPeerInfo(hello.result);
         connection.peerId = this.peerId;
@@ -180,7 +246,9 @@ export class PeerLink {
         return;
       } catch (err) {
         connection?.close();
-        if (err instanceof ShoalError && err.code === "CONFLICT") this.options.log.warn((err as Error).message);
+        const refusal = err instanceof ShoalError && (err.code === "CONFLICT" || err.code === "NOT_AUTHENTICATED") ? err.message : "";
+        if (refusal && refusal !== this.lastRefusal) this.options.log.warn(refusal);
+        this.lastRefusal = refusal;
         await Bun.sleep(this.backoffMs * (0.5 + Math.random()));
         this.backoffMs = Math.min(this.backoffMs * 2, BACKOFF_MAX_MS);
       }

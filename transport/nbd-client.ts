@@ -4,7 +4,9 @@
 import type { Socket } from "bun";
 import { type ErrorCode, NBD_EINVAL, NBD_ENOSPC, NBD_EOVERFLOW, NBD_EPERM, NBD_ESHUTDOWN, ShoalError } from "../core/errors.ts";
 import { ByteQueue } from "./_byte-queue.ts";
+import { meshTlsOptions, verifyPeer } from "./mesh-tls.ts";
 import { SocketWriter } from "./socket-writer.ts";
+import { type TlsIdentity, tlsIdentity } from "./tls-identity.ts";
 import {
   BASE_ALLOCATION_CONTEXT,
   type BlockSizeConstraints,
@@ -33,6 +35,7 @@ import {
   NBD_OPT_GO,
   NBD_OPT_LIST,
   NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REPLY_FLAG_DONE,
   NBD_REPLY_TYPE_BLOCK_STATUS,
@@ -83,6 +86,8 @@ export interface NbdClientOptions {
   structuredReplies?: boolean;
   /** Requests in flight at once; further calls wait for a free slot. Default 64. */
   maxInFlight?: number;
+  /** STARTTLS with this identity (verifying the server against its CA); default: the process's (tls-identity.ts). */
+  tls?: TlsIdentity;
 }
 
 /** One run of base:allocation status. */
@@ -117,6 +122,8 @@ class Wire {
   writer!: SocketWriter;
   socket!: ClientSocket;
   closedError: ShoalError | undefined;
+  /** After STARTTLS the raw socket still reports the ciphertext; only the TLS socket's data counts. */
+  tlsUpgraded = false;
   /** Set once the handshake is over; then every chunk goes to the reply parser. */
   onInput: (() => void) | undefined;
   onClose: ((error: ShoalError) => void) | undefined;
@@ -141,6 +148,27 @@ class Wire {
 
   send(bytes: Uint8Array): void {
     if (this.closedError === undefined) this.writer.write(bytes);
+  }
+
+  /** Continues this connection inside TLS (after an acknowledged NBD_OPT_STARTTLS). */
+  startTls(identity: TlsIdentity): Promise<void> {
+    this.tlsUpgraded = true;
+    return new Promise<void>((resolve, reject) => {
+      const handlers = {
+        ...WIRE_HANDLERS,
+        data: (socket: ClientSocket, chunk: Uint8Array) => socket.data.handleData(chunk),
+        handshake: (socket: ClientSocket, success: boolean, error: Error | null) => {
+          const verdict = verifyPeer(socket as Socket<unknown>, success, error);
+          if (typeof verdict !== "string") return resolve();
+          socket.terminate();
+          reject(new ShoalError("NOT_AUTHENTICATED", `refusing NBD server ${this.address}: ${verdict}`));
+        },
+      };
+      const [, secure] = this.socket.upgradeTLS<Wire>({ data: this, tls: meshTlsOptions(identity), socket: handlers });
+      this.socket = secure;
+      this.writer = new SocketWriter(secure, Number.MAX_SAFE_INTEGER);
+      this.closeWaiters.push(() => reject(this.closedError));
+    });
   }
 
   /** Exactly `count` bytes, for the handshake; one read at a time. */
@@ -181,7 +209,7 @@ class Wire {
 const WIRE_HANDLERS = {
   binaryType: "uint8array" as const,
   data(socket: ClientSocket, chunk: Uint8Array) {
-    socket.data.handleData(chunk);
+    if (!socket.data.tlsUpgraded) socket.data.handleData(chunk);
   },
   drain(socket: ClientSocket) {
     socket.data.writer.drain();
@@ -267,6 +295,8 @@ interface Negotiated {
 
 async function handshake(wire: Wire, options: NbdClientOptions): Promise<Negotiated> {
   const noZeroes = await greet(wire);
+  const identity = options.tls ?? tlsIdentity();
+  if (identity) await startTls(wire, identity);
   let structuredReplies = false;
   let metaContextId: number | undefined;
   if (options.structuredReplies !== false) {
@@ -297,6 +327,14 @@ async function handshake(wire: Wire, options: NbdClientOptions): Promise<Negotia
   }
   if (final.replyType !== NBD_REP_ACK) throw optionFailure(wire, `export '${options.exportName}'`, final);
   return { ...exportInfoFrom(wire, replies), structuredReplies, metaContextId };
+}
+
+/** NBD_OPT_STARTTLS; everything after it, replies included, travels inside TLS. */
+async function startTls(wire: Wire, identity: TlsIdentity): Promise<void> {
+  const { final } = await negotiate(wire, NBD_OPT_STARTTLS);
+  if (final.replyType !== NBD_REP_ACK) throw optionFailure(wire, "NBD_OPT_STARTTLS (TLS)", final, "NOT_AUTHENTICATED");
+  if (wire.input.lengthBytes > 0) throw protocolError(wire, "data after the NBD_OPT_STARTTLS reply, before the TLS handshake");
+  await wire.startTls(identity);
 }
 
 function exportInfoFrom(wire: Wire, replies: OptionReply[]): { sizeBytes: number; transmissionFlags: number; blockSize: BlockSizeConstraints | undefined } {
@@ -393,10 +431,10 @@ export class NbdClient {
   }
 
   /** The server's exports (NBD_OPT_LIST), then a polite NBD_OPT_ABORT. */
-  static async listExports(options: { host: string; port: number }): Promise<NbdExportEntry[]> {
+  static async listExports(options: { host: string; port: number; tls?: TlsIdentity }): Promise<NbdExportEntry[]> {
     const wire = await Wire.open(options.host, options.port);
     try {
-      return await withTimeout(wire, listOn(wire), "NBD_OPT_LIST");
+      return await withTimeout(wire, listOn(wire, options.tls ?? tlsIdentity()), "NBD_OPT_LIST");
     } finally {
       wire.socket.end();
     }
@@ -663,8 +701,9 @@ function ownedResult(view: Uint8Array): Uint8Array {
   return view.length < COPY_READ_BELOW_BYTES && view.byteLength !== view.buffer.byteLength ? view.slice() : view;
 }
 
-async function listOn(wire: Wire): Promise<NbdExportEntry[]> {
+async function listOn(wire: Wire, identity: TlsIdentity | undefined): Promise<NbdExportEntry[]> {
   await greet(wire);
+  if (identity) await startTls(wire, identity);
   const { replies, final } = await negotiate(wire, NBD_OPT_LIST);
   if (final.replyType !== NBD_REP_ACK) throw optionFailure(wire, "NBD_OPT_LIST", final);
   const entries: NbdExportEntry[] = [];

@@ -8,6 +8,8 @@ import { MAX_REQUEST_BYTES } from "../core/geometry.ts";
 import { ByteQueue } from "./_byte-queue.ts";
 import { dataBuffers } from "./buffer-pool.ts";
 import { SocketWriter } from "./socket-writer.ts";
+import { type ByteStream, startServerTls } from "./nbd-tls-session.ts";
+import type { TlsIdentity } from "./tls-identity.ts";
 import {
   BASE_ALLOCATION_CONTEXT,
   BASE_ALLOCATION_CONTEXT_ID,
@@ -38,6 +40,7 @@ import {
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_POLICY,
   NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -89,6 +92,8 @@ export interface NbdServerOptions {
   log: NbdServerLog;
   /** Requests executing at once on one connection; further input waits (the socket is paused). */
   maxInFlightPerConnection?: number;
+  /** NBD_OPT_STARTTLS with this identity (client certificates from its CA required); `required` refuses plain clients. */
+  tls?: { identity: TlsIdentity; required: boolean };
 }
 
 const DEFAULT_MAX_IN_FLIGHT = 64;
@@ -115,6 +120,7 @@ interface ServerContext {
   readonly catalog: ExportCatalog;
   readonly log: NbdServerLog;
   readonly maxInFlight: number;
+  readonly tls: NbdServerOptions["tls"];
   shuttingDown: boolean;
 }
 
@@ -132,7 +138,7 @@ export class NbdServer {
     if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > MAX_IN_FLIGHT_LIMIT) {
       throw new ShoalError("BAD_ARGUMENT", `maxInFlightPerConnection must be between 1 and ${MAX_IN_FLIGHT_LIMIT}, not ${maxInFlight}`);
     }
-    this.context = { catalog: opts.catalog, log: opts.log, maxInFlight, shuttingDown: false };
+    this.context = { catalog: opts.catalog, log: opts.log, maxInFlight, tls: opts.tls, shuttingDown: false };
   }
 
   get connectionCount(): number {
@@ -267,8 +273,14 @@ function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
 class NbdConnection {
   private phase: Phase = "flags";
   private readonly input = new ByteQueue();
-  private readonly outbox: SocketWriter;
+  private outbox: SocketWriter;
   private readonly peer: string;
+  /** The client's socket; after NBD_OPT_STARTTLS `socket` is the TLS socket over it. */
+  private readonly rawSocket: ServerSocket;
+  private socket: ByteStream;
+  /** Set by NBD_OPT_STARTTLS: from then on what the raw socket reports is ciphertext, not ours. */
+  private tlsUpgraded = false;
+  private plainRefusalLogged = false;
   private paused = false;
   private ended = false;
   /** Small replies waiting for the end of the tick; see send(). */
@@ -306,9 +318,11 @@ class NbdConnection {
   private deviceFailureLogged = false;
 
   constructor(
-    private readonly socket: ServerSocket,
+    socket: ServerSocket,
     private readonly context: ServerContext,
   ) {
+    this.rawSocket = socket;
+    this.socket = socket;
     this.outbox = new SocketWriter(socket, OUTBOX_HIGH_WATER_BYTES);
     this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
   }
@@ -319,7 +333,12 @@ class NbdConnection {
     this.send(encodeGreeting());
   }
 
+  /** From the raw socket. */
   onData(chunk: Uint8Array): void {
+    if (!this.tlsUpgraded) this.onPlaintext(chunk);
+  }
+
+  private onPlaintext(chunk: Uint8Array): void {
     if (this.phase === "draining" || this.phase === "closed") return;
     this.input.push(chunk);
     if (this.input.lengthBytes > MAX_INPUT_BYTES) {
@@ -328,7 +347,12 @@ class NbdConnection {
     this.pump();
   }
 
+  /** From the raw socket. */
   onDrain(): void {
+    if (!this.tlsUpgraded) this.onPlaintextDrain();
+  }
+
+  private onPlaintextDrain(): void {
     this.outbox.drain();
     this.pump();
   }
@@ -360,6 +384,7 @@ class NbdConnection {
   terminate(): void {
     this.phase = "closed";
     this.socket.terminate();
+    if (this.socket !== this.rawSocket) this.rawSocket.terminate();
   }
 
   crash(err: unknown): void {
@@ -519,6 +544,9 @@ class NbdConnection {
     if (this.context.shuttingDown && option !== NBD_OPT_ABORT && option !== NBD_OPT_EXPORT_NAME) {
       return this.refuse(option, NBD_REP_ERR_SHUTDOWN, "the server is shutting down");
     }
+    if (this.context.tls?.required && !this.tlsUpgraded && option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
+      return this.refuseWithoutTls(option);
+    }
     switch (option) {
       case NBD_OPT_EXPORT_NAME:
         return this.handleExportName(data);
@@ -590,10 +618,56 @@ class NbdConnection {
     this.reply(NBD_OPT_LIST, NBD_REP_ACK);
   }
 
-  /** TLS plugs in here: reply ACK, then upgrade the socket before reading the next option. */
+  /** ACK, then the same connection continues inside TLS; the client must present a certificate. */
   private handleStartTls(data: Uint8Array): void {
-    if (data.length !== 0) return this.refuse(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
-    this.refuse(NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY, "TLS is not configured on this server");
+    const option = NBD_OPT_STARTTLS;
+    if (data.length !== 0) return this.refuse(option, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+    const tls = this.context.tls;
+    if (tls === undefined) return this.refuse(option, NBD_REP_ERR_POLICY, "TLS is not configured on this server (start the node with --tls)");
+    if (this.tlsUpgraded) return this.refuse(option, NBD_REP_ERR_INVALID, "TLS is already on");
+    if (!this.fixedNewstyle) return this.refuse(option, NBD_REP_ERR_POLICY, "TLS needs fixed newstyle negotiation");
+    this.reply(option, NBD_REP_ACK);
+    this.flushBatch();
+    if (this.input.lengthBytes > 0) return this.violation("sent data after NBD_OPT_STARTTLS before the TLS handshake");
+    // The spec: options negotiated before STARTTLS are forgotten.
+    this.structuredReplies = false;
+    this.metaContextExport = undefined;
+    // The ACK is tiny and goes out at once; if the kernel did not take it, TLS would jump the queue.
+    if (this.outbox.pendingBytes > 0) return this.violation("is not reading the NBD_OPT_STARTTLS reply");
+    this.rawSocket.timeout(0);
+    const secure = startServerTls(this.rawSocket as Socket<unknown>, tls.identity, {
+      onSecure: () => {},
+      onFailed: (reason) => {
+        this.context.log.warn(`nbd client ${this.peer}: refused: ${reason}; disconnecting`);
+        this.terminate();
+      },
+      onPlaintext: (chunk) => this.guard(() => this.onPlaintext(chunk)),
+      onDrain: () => this.guard(() => this.onPlaintextDrain()),
+      onTimeout: () => this.onTimeout(),
+    });
+    this.tlsUpgraded = true;
+    this.socket = secure;
+    this.outbox = new SocketWriter(secure, OUTBOX_HIGH_WATER_BYTES);
+    secure.timeout(HANDSHAKE_TIMEOUT_SECONDS);
+  }
+
+  /** --tls-required: the spec's answer to anything but STARTTLS and ABORT before TLS is on. */
+  private refuseWithoutTls(option: number): void {
+    if (!this.plainRefusalLogged) {
+      this.plainRefusalLogged = true;
+      this.context.log.warn(`nbd client ${this.peer}: refused: this server requires TLS and the client did not NBD_OPT_STARTTLS`);
+    }
+    // NBD_OPT_EXPORT_NAME has no error reply: the spec says to close.
+    if (option === NBD_OPT_EXPORT_NAME) return this.beginDrain();
+    this.refuse(option, NBD_REP_ERR_TLS_REQD, "this server requires TLS: send NBD_OPT_STARTTLS first");
+  }
+
+  private guard(work: () => void): void {
+    try {
+      work();
+    } catch (err) {
+      this.crash(err);
+    }
   }
 
   private handleStructuredReply(data: Uint8Array): void {

@@ -2,7 +2,13 @@
 // three-node Shoal group (direct, forwarded, striped) on the same disk, and prints Shoal's ratios
 // against those anchors plus node RSS with a 1 TiB volume. Not a *.test.ts: `bun test` skips it.
 //
-//   bun test/bench/datapath.ts [--size 1G] [--runtime 10] [--rounds 1] [--json] [--bin PATH] [--end-fsync]
+//   bun test/bench/datapath.ts [--size 1G] [--runtime 10] [--rounds 1] [--json] [--bin PATH] [--end-fsync] [--tls]
+//
+// --tls adds a second three-node group running with --tls/--tls-required (mutual TLS on the mesh,
+// NBD over STARTTLS) and compares sequential 1 MiB copies through it with the plain group, direct
+// and forwarded, in the same run. That comparison uses nbdcopy for both sides (1 connection, 16
+// requests of 1 MiB, like the fio jobs): fio's nbd engine cannot present a client certificate
+// (libnbd refuses tls-certificates in its URI, and as root only reads /etc/pki/libnbd).
 //
 // Fairness, the same for every system under test:
 // - Backing store: fresh sparse files (`truncate`) for the anchors; Shoal's page files are sparse
@@ -34,6 +40,7 @@ import { parseArgs } from "node:util";
 import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
+import { loadTlsIdentity, useTlsIdentity } from "../../transport/tls-identity.ts";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
 const ROOT = path.resolve(import.meta.dir, "../..");
@@ -58,6 +65,7 @@ interface Options {
   json: boolean;
   bin?: string;
   endFsync: boolean;
+  tls: boolean;
 }
 
 interface Job {
@@ -143,6 +151,7 @@ function parseOptions(): Options {
       json: { type: "boolean", default: false },
       bin: { type: "string" },
       "end-fsync": { type: "boolean", default: false },
+      tls: { type: "boolean", default: false },
     },
     strict: true,
   });
@@ -152,7 +161,7 @@ function parseOptions(): Options {
   const rounds = Number(values.rounds);
   if (!Number.isInteger(runtimeSeconds) || runtimeSeconds < 1 || runtimeSeconds > 600) throw new Error(`--runtime ${values.runtime}: give 1..600 seconds`);
   if (!Number.isInteger(rounds) || rounds < 1 || rounds > 9) throw new Error(`--rounds ${values.rounds}: give 1..9`);
-  return { sizeBytes, runtimeSeconds, rounds, json: values.json!, bin: values.bin, endFsync: values["end-fsync"]! };
+  return { sizeBytes, runtimeSeconds, rounds, json: values.json!, bin: values.bin, endFsync: values["end-fsync"]!, tls: values.tls! };
 }
 
 /** Which source was measured: the lead commits while benchmarks run. */
@@ -234,20 +243,25 @@ async function startNbdkitFile(resources: Resources, sizeBytes: number): Promise
   return { key: "nbdkitFile", label: "nbdkit-file", uri };
 }
 
-async function startGroup(resources: Resources, count: number): Promise<TestNode[]> {
+/** A group of `count` nodes; with `certificates` (from makeCertificates) they run with TLS required. */
+async function startGroup(resources: Resources, count: number, certificates?: string): Promise<TestNode[]> {
+  const nodes: TestNode[] = [];
   for (let index = 1; index <= count; index++) {
-    const node = new TestNode(`node${index}`, path.join(resources.root, `node${index}`), await freePort(), await freePort());
+    const dataDir = path.join(resources.root, `${certificates ? "tls-" : ""}node${index}`);
+    const node = new TestNode(`node${index}`, dataDir, await freePort(), await freePort());
+    if (certificates) node.extraArgs = ["--tls", path.join(certificates, `node${index}`), "--tls-required"];
     resources.nodes.push(node);
-    await node.start(index === 1 ? undefined : resources.nodes[0]!.meshAddress);
+    nodes.push(node);
+    await node.start(index === 1 ? undefined : nodes[0]!.meshAddress);
   }
-  await waitGroupUp(resources.nodes, NODE_START_TIMEOUT_MS);
-  return resources.nodes;
+  await waitGroupUp(nodes, NODE_START_TIMEOUT_MS);
+  return nodes;
 }
 
-async function createVolume(nodes: TestNode[], name: string, size: string, placement?: string[]): Promise<void> {
+async function createVolume(nodes: TestNode[], name: string, size: string, placement?: string[], env: Record<string, string> = {}): Promise<void> {
   const args = [...shoalCommand(), "volume", "create", name, "--size", size, "--node", nodes[0]!.meshAddress];
   if (placement) args.push("--nodes", placement.join(","));
-  const created = await run(args, { timeoutMs: 60_000 });
+  const created = await run(args, { timeoutMs: 60_000, env });
   if (created.exitCode !== 0) throw new Error(`volume create ${name} failed: ${created.stderr}`);
   for (const node of nodes) {
     await waitFor(`${node.id} to know volume ${name}`, async () => {
@@ -369,9 +383,11 @@ async function checkRoundTrip(resources: Resources, target: Target, pattern: str
   if (copied.exitCode !== 0) throw new Error(`nbdcopy to ${target.label} failed: ${copied.stderr}`);
   const readBack = path.join(resources.root, `readback-${target.key}.raw`);
   const mib = ROUND_TRIP_BYTES / MiB;
-  const dd = await run(["qemu-img", "dd", "-f", "raw", "-O", "raw", `if=${target.uri}`, `of=${readBack}`, "bs=1M", `count=${mib}`], { timeoutMs: 60_000 });
+  const dd = target.uri.startsWith("nbds:")
+    ? await run(["nbdcopy", "--no-extents", "--synchronous", target.uri, readBack], { timeoutMs: 60_000 })
+    : await run(["qemu-img", "dd", "-f", "raw", "-O", "raw", `if=${target.uri}`, `of=${readBack}`, "bs=1M", `count=${mib}`], { timeoutMs: 60_000 });
   if (dd.exitCode !== 0) throw new Error(`qemu-img dd from ${target.label} failed: ${dd.stderr}`);
-  if (!fs.readFileSync(pattern).equals(fs.readFileSync(readBack))) {
+  if (!fs.readFileSync(pattern).equals(fs.readFileSync(readBack).subarray(0, ROUND_TRIP_BYTES))) {
     throw new Error(`${target.label} returned different bytes than were written to its first ${mib} MiB; not benchmarking a broken data path`);
   }
   fs.rmSync(readBack);
@@ -499,6 +515,103 @@ function formatResult(result: JobResult | undefined, unit: "mb" | "iops"): strin
   return result.capped ? `${text}*` : text;
 }
 
+// ---- TLS on vs. off
+
+type CopyKey = "seqWrite" | "seqRead";
+const COPY_JOBS: { key: CopyKey; label: string }[] = [
+  { key: "seqWrite", label: "seq write 1M" },
+  { key: "seqRead", label: "seq read 1M" },
+];
+const TLS_TARGET_RATIO = 0.7;
+
+interface TlsRow {
+  path: "direct" | "forwarded";
+  job: CopyKey;
+  plainMbPerSecond: number;
+  tlsMbPerSecond: number;
+  ratio: number;
+}
+
+/** A CA and certificates for three nodes, an admin and an NBD client (qemu/libnbd layout), made by `shoal tls`. */
+async function makeCertificates(resources: Resources): Promise<{ dir: string; admin: string; client: string }> {
+  const dir = path.join(resources.root, "tls");
+  const shoal = (args: string[]) => run([...shoalCommand(), "tls", ...args], { timeoutMs: 30_000 });
+  const steps = [["init", dir], ...[1, 2, 3].map((index) => ["issue", dir, `node${index}`]), ["issue", dir, "admin", "--role", "admin"], ["issue", dir, "bench", "--role", "client", "--layout", "qemu"]];
+  for (const step of steps) {
+    const result = await shoal(step);
+    if (result.exitCode !== 0) throw new Error(`shoal tls ${step.join(" ")} failed: ${result.stderr}`);
+  }
+  return { dir, admin: path.join(dir, "admin"), client: path.join(dir, "bench") };
+}
+
+/** MB/s of one nbdcopy: 1 connection, 16 requests of 1 MiB in flight, every byte sent (no sparseness, no extents). */
+async function timedCopy(source: string, target: string, bytes: number): Promise<number> {
+  const started = performance.now();
+  const copied = await run(["nbdcopy", "-C", "1", "-R", "16", "--request-size=1048576", "-S", "0", "--no-extents", source, target], { timeoutMs: SEQUENTIAL_RUNTIME_SECONDS_MAX * 1000 });
+  if (copied.exitCode !== 0) throw new Error(`nbdcopy ${source} ${target} failed: ${copied.stderr}`);
+  return bytes / 1e6 / ((performance.now() - started) / 1000);
+}
+
+/**
+ * The same sequential copies through the plain group (already running) and a TLS group started
+ * here: writes then reads of the whole size, plain and TLS interleaved per round, lower medians.
+ */
+async function measureTls(resources: Resources, plainNodes: TestNode[], options: Options): Promise<TlsRow[]> {
+  const certificates = await makeCertificates(resources);
+  const size = `${options.sizeBytes / MiB}M`;
+  // The bench process asks the TLS nodes whether they are up, so it presents the admin certificate meanwhile.
+  useTlsIdentity(loadTlsIdentity(certificates.admin));
+  let tlsNodes: TestNode[];
+  try {
+    tlsNodes = await startGroup(resources, 3, certificates.dir);
+    await createVolume(tlsNodes, "seq", size, ["node1"], { SHOAL_TLS: certificates.admin });
+  } finally {
+    useTlsIdentity(undefined);
+  }
+  await createVolume(plainNodes, "seq", size, ["node1"]);
+  const source = randomFile(resources, "seq-source.raw", options.sizeBytes);
+  const uri = (node: TestNode, tls: boolean) =>
+    tls ? `nbds://127.0.0.1:${node.nbdPort}/seq?tls-certificates=${certificates.client}` : `nbd://127.0.0.1:${node.nbdPort}/seq`;
+  const pattern = randomFile(resources, "tls-round-trip.raw", ROUND_TRIP_BYTES);
+  await checkRoundTrip(resources, { key: "shoalForwarded", label: "shoal forwarded TLS", uri: uri(tlsNodes[1]!, true) }, pattern);
+  const samples = new Map<string, number[]>();
+  const record = (key: string, value: number) => samples.set(key, [...(samples.get(key) ?? []), value]);
+  for (let round = 1; round <= options.rounds; round++) {
+    for (const [pathName, index] of [["direct", 0], ["forwarded", 1]] as const) {
+      for (const tls of [false, true]) {
+        const target = uri((tls ? tlsNodes : plainNodes)[index]!, tls);
+        await syncDisks();
+        const writeMbPerSecond = await timedCopy(source, target, options.sizeBytes);
+        await syncDisks();
+        const readMbPerSecond = await timedCopy(target, "null:", options.sizeBytes);
+        record(`${pathName}/${tls}/seqWrite`, writeMbPerSecond);
+        record(`${pathName}/${tls}/seqRead`, readMbPerSecond);
+        progress(`round ${round} ${pathName.padEnd(9)} ${tls ? "TLS  " : "plain"} seq write ${writeMbPerSecond.toFixed(1).padStart(7)} MB/s, seq read ${readMbPerSecond.toFixed(1).padStart(7)} MB/s`);
+      }
+    }
+  }
+  const lowerMedian = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!;
+  return (["direct", "forwarded"] as const).flatMap((pathName) =>
+    COPY_JOBS.map(({ key }) => {
+      const plainMbPerSecond = lowerMedian(samples.get(`${pathName}/false/${key}`)!);
+      const tlsMbPerSecond = lowerMedian(samples.get(`${pathName}/true/${key}`)!);
+      return { path: pathName, job: key, plainMbPerSecond, tlsMbPerSecond, ratio: tlsMbPerSecond / plainMbPerSecond };
+    }),
+  );
+}
+
+function renderTlsReport(rows: TlsRow[], options: Options): string {
+  const label = (key: CopyKey) => COPY_JOBS.find((job) => job.key === key)!.label;
+  return [
+    `TLS on vs. off: nbdcopy, 1 connection, 16 x 1 MiB requests, ${options.sizeBytes / MiB} MiB, ${options.rounds > 1 ? `median of ${options.rounds} rounds` : "1 round"};`,
+    "TLS group: --tls --tls-required (mutual TLS on the mesh, NBD_OPT_STARTTLS with client certificates)",
+    table(
+      ["MEASURE", "PATH", "PLAIN MB/s", "TLS MB/s", "TLS/PLAIN", `TARGET>=${TLS_TARGET_RATIO}`],
+      rows.map((row) => [label(row.job), row.path, row.plainMbPerSecond.toFixed(1), row.tlsMbPerSecond.toFixed(1), row.ratio.toFixed(2), verdict(row.ratio, TLS_TARGET_RATIO)]),
+    ),
+  ].join("\n");
+}
+
 // ---- main
 
 async function main(): Promise<void> {
@@ -530,11 +643,12 @@ async function main(): Promise<void> {
     ];
     const { median: results, rounds } = await measureTargets(resources, targets, options);
     measureMemoryAfterLoad(memory);
+    const tls = options.tls ? await measureTls(resources, nodes, options) : undefined;
     const info: RunInfo = { revision, qemuAio: qemu.aio, loadAtStart, loadAtEnd: loadAverage() };
-    const report = renderReport(targets, results, memory, options, info);
+    const report = renderReport(targets, results, memory, options, info) + (tls ? `\n\n${renderTlsReport(tls, options)}` : "");
     if (options.json) {
       console.error(report);
-      console.log(JSON.stringify({ ...info, options, targets, results, rounds, ratios: ratios(results), memory }, null, 2));
+      console.log(JSON.stringify({ ...info, options, targets, results, rounds, ratios: ratios(results), memory, tls }, null, 2));
     } else {
       console.log(report);
     }

@@ -60,6 +60,8 @@ export async function run(command: string[], options: { stdin?: Uint8Array | str
 export class TestNode {
   proc: Subprocess | undefined;
   stderrLog = "";
+  /** More `shoal node` flags (e.g. --tls DIR). */
+  extraArgs: string[] = [];
 
   constructor(
     readonly id: string,
@@ -80,6 +82,7 @@ export class TestNode {
   async start(join?: string): Promise<void> {
     const args = [...shoalCommand(), "node", "--id", this.id, "--data", this.dataDir, "--listen", this.meshAddress, "--nbd", `127.0.0.1:${this.nbdPort}`];
     if (join) args.push("--join", join);
+    args.push(...this.extraArgs);
     this.stderrLog = "";
     const proc = Bun.spawn(args, { stdout: "ignore", stderr: "pipe", stdin: "ignore", env: { ...process.env, SHOAL_LOG_LEVEL: "3", ...this.env } });
     this.proc = proc;
@@ -129,10 +132,14 @@ export class TestCluster {
   }
 
   /** `env` may differ per node (e.g. SHOAL_CLOCK_SKEW_MS): pass a function of the node's index. */
-  static async start(count: number, env: Record<string, string> | ((index: number) => Record<string, string>) = {}): Promise<TestCluster> {
+  static async start(
+    count: number,
+    env: Record<string, string> | ((index: number) => Record<string, string>) = {},
+    nodeArgs: (index: number) => string[] = () => [],
+  ): Promise<TestCluster> {
     const cluster = new TestCluster();
     try {
-      for (let index = 0; index < count; index++) await cluster.addNode(typeof env === "function" ? env(index) : env);
+      for (let index = 0; index < count; index++) await cluster.addNode(typeof env === "function" ? env(index) : env, nodeArgs(index));
       await cluster.waitConverged();
     } catch (err) {
       await cluster.stop();
@@ -141,9 +148,10 @@ export class TestCluster {
     return cluster;
   }
 
-  async addNode(env: Record<string, string> = {}): Promise<TestNode> {
+  async addNode(env: Record<string, string> = {}, extraArgs: string[] = []): Promise<TestNode> {
     const index = this.nodes.length + 1;
     const node = new TestNode(`node${index}`, path.join(this.root, `node${index}`), await freePort(), await freePort(), env);
+    node.extraArgs = extraArgs;
     this.nodes.push(node);
     await node.start(index === 1 ? undefined : this.nodes[0]!.meshAddress);
     return node;
