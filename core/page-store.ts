@@ -73,6 +73,11 @@ export interface PagePiece {
   data: Uint8Array;
 }
 
+/** Pages installed by importPage and not yet made durable (see syncImport). */
+export class ImportBatch {
+  readonly files = new Set<PageFile>();
+}
+
 export interface PageExport {
   /** The layers involved, root first, each with its parent. */
   layers: { id: string; parent?: string }[];
@@ -470,24 +475,27 @@ export class PageStore {
   }
 
   /**
-   * Installs a page exported by another node, durably. Layers this store lacks are created and
+   * Installs a page exported by another node (durable once syncImport(batch) returns). Layers this store lacks are created and
    * missing ones inserted where the source's stacks have them (an inserted layer holds nothing
    * for the other pages, so they read as before). The family's own copies of the page are
    * replaced; a foreign layer (a clone's origin snapshot, immutable) keeps a copy it has.
    */
-  async importPage(page: number, exported: PageExport, inFamily: (layerId: string) => boolean): Promise<void> {
+  importPage(page: number, exported: PageExport, inFamily: (layerId: string) => boolean, batch: ImportBatch): void {
     this.stackLike(exported.layers);
     const pieces = new Map(exported.pieces.map((piece) => [piece.layer, piece]));
-    const touched = new Set<PageFile>();
     for (const { id } of exported.layers) {
       const layer = this.table.get(id)!;
       const existing = layer.pages.get(page);
       if (existing !== undefined && !inFamily(id)) continue;
       if (existing !== undefined) this.dropPage(existing);
       const piece = pieces.get(id);
-      if (piece !== undefined) touched.add(this.writePiece(layer, page, piece));
+      if (piece !== undefined) batch.files.add(this.writePiece(layer, page, piece));
     }
-    await this.syncMoved(touched);
+  }
+
+  /** Makes the pages of an import batch durable: their files, directories and the layer table. */
+  async syncImport(batch: ImportBatch): Promise<void> {
+    await this.syncMoved(batch.files);
     await this.tableFile.persist();
   }
 
@@ -871,22 +879,29 @@ export class PageStore {
    */
   private async moveBatch(layer: Layer, pages: number[]): Promise<void> {
     const touched = new Set<PageFile>();
+    // Whether any child got anything: a page every child overwrote in full (the common case
+    // for an old snapshot) moves nothing, and then nothing needs an fsync before the drop:
+    // a directory fsync commits the filesystem's journal, which flushes the clients' writes.
+    let moved = false;
     // 1. Every child but one that lacks the page gets the chunks: merged into its file or copied.
     //    The layer's own file is synced too, so a child that adopts it gets durable bytes.
     for (const page of pages) {
       const source = layer.pages.get(page);
       if (source === undefined) continue;
-      touched.add(source);
       const lacking: Layer[] = [];
       for (const child of this.table.childrenOf(layer)) {
-        if (child.pages.has(page)) await this.mergeInto(child, source, touched);
+        if (child.pages.has(page)) moved = (await this.mergeInto(child, source, touched)) || moved;
         else lacking.push(child);
       }
+      if (lacking.length > 0) touched.add(source);
       lacking.pop();
-      for (const child of lacking) await this.copyInto(child, source, touched);
+      for (const child of lacking) {
+        await this.copyInto(child, source, touched);
+        moved = true;
+      }
       await this.pause();
     }
-    await this.syncMoved(touched);
+    if (moved || touched.size > 0) await this.syncMoved(touched);
     // 2. With those durable, a sole child still lacking a page takes the file itself, by rename.
     for (const page of pages) {
       const source = layer.pages.get(page);
@@ -899,9 +914,10 @@ export class PageStore {
       const lacking = this.table.childrenOf(layer).filter((child) => !child.pages.has(page));
       if (lacking.length === 1 && !changed) this.adopt(lacking[0]!, source);
       else for (const child of lacking) await this.copyInto(child, source, touched);
+      moved ||= changed || lacking.length > 0;
       await this.pause();
     }
-    await this.syncMoved(touched);
+    if (moved) await this.syncMoved(touched);
     // 3. Every child now holds what it read through the layer: the layer's copies can go.
     for (const page of pages) {
       const source = layer.pages.get(page);

@@ -11,7 +11,7 @@ import type { MeshLog } from "./mesh.ts";
 import type { PageMover } from "./page-mover.ts";
 
 /** Pages per step: bigger steps move faster, smaller ones keep each page frozen for less time. */
-const STEP_PAGES = 4;
+const STEP_PAGES = 8;
 const STEP_TIMEOUT_MS = 120_000;
 const ORPHAN_SWEEP_MS = 5000;
 /** Finished jobs kept for `route status`. */

@@ -4,7 +4,7 @@
 import { asShoalError, ShoalError } from "../core/errors.ts";
 import { MoveStep, type MoveStepEffect } from "../core/page-move.ts";
 import { MAX_REQUEST_BYTES } from "../core/geometry.ts";
-import type { PageExport, PagePiece, PageStore } from "../core/page-store.ts";
+import { ImportBatch, type PageExport, type PagePiece, type PageStore } from "../core/page-store.ts";
 import { ownerOf } from "../core/routing.ts";
 import { volumeFromWire, volumeToWire, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
 import { Payload, type FrameHeader } from "./frame.ts";
@@ -36,6 +36,8 @@ export class PageMover {
   /** The step running per volume name: one at a time. */
   private readonly running = new Map<string, Promise<unknown>>();
   private readonly staged = new Map<string, { pieces: PagePiece[]; layers: PageExport["layers"]; expiresAtMs: number }>();
+  /** Pages installed per step, made durable together when the source seals the step. */
+  private readonly batches = new Map<string, { batch: ImportBatch; expiresAtMs: number }>();
   snapshots: SnapshotActivity | undefined;
 
   constructor(
@@ -77,6 +79,8 @@ export class PageMover {
         return this.step(args).then((result) => ({ result }));
       case "move.install":
         return this.install(args, payload);
+      case "move.seal":
+        return this.seal(String(args.stepId));
       default:
         return undefined;
     }
@@ -222,6 +226,8 @@ export class PageMover {
       }
     };
     await Promise.all(Array.from({ length: Math.min(INSTALL_CONCURRENCY, pages.length) }, worker));
+    // One fsync pass for the whole step, not one per page.
+    await link.request("move.seal", { stepId }, undefined, 60_000);
     return bytes;
   }
 
@@ -236,9 +242,11 @@ export class PageMover {
     if (ownerOf(record.routing, page) === this.group.selfId) {
       throw new ShoalError("CONFLICT", `node ${this.group.selfId} already owns page ${page} of '${record.name}'`);
     }
-    const key = `${String(args.stepId)}:${uid}:${page}`;
+    const stepId = String(args.stepId);
+    const key = `${stepId}:${uid}:${page}`;
     const now = Date.now();
     for (const [stale, entry] of this.staged) if (entry.expiresAtMs < now) this.staged.delete(stale);
+    for (const [stale, entry] of this.batches) if (entry.expiresAtMs < now) this.batches.delete(stale);
     const entry = this.staged.get(key) ?? { pieces: [], layers: [], expiresAtMs: now + STAGING_TTL_MS };
     this.staged.set(key, entry);
     const bytes = payload.bytes();
@@ -250,15 +258,26 @@ export class PageMover {
         layer: String(meta.layer),
         pageSizeBytes: Number(meta.pageSizeBytes),
         ...(meta.states !== undefined ? { chunkShift: Number(meta.chunkShift), states: new Uint8Array(meta.states) } : {}),
-        // Copied: the payload's chunks belong to the connection's buffers.
-        data: bytes.slice(at, at + length),
+        // A view: every received chunk has a buffer of its own, never reused.
+        data: bytes.subarray(at, at + length),
       });
       at += length;
     }
     if (!args.last) return {};
     this.staged.delete(key);
     const layers = (args.layers as PageExport["layers"]) ?? [];
-    await this.store.importPage(page, { layers, pieces: entry.pieces }, familyOf(uid));
+    let step = this.batches.get(stepId);
+    if (!step) this.batches.set(stepId, (step = { batch: new ImportBatch(), expiresAtMs: now + STAGING_TTL_MS }));
+    this.store.importPage(page, { layers, pieces: entry.pieces }, familyOf(uid), step.batch);
+    return {};
+  }
+
+  /** The source sent every page of a step: make them durable before it commits. */
+  private async seal(stepId: string): Promise<Reply> {
+    const step = this.batches.get(stepId);
+    if (!step) throw new ShoalError("CONFLICT", `node ${this.group.selfId} has no pages of move step ${stepId} (restarted since?)`);
+    this.batches.delete(stepId);
+    await this.store.syncImport(step.batch);
     return {};
   }
 }

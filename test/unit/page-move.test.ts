@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { batchMoves, parsePageList, planDrain, planMove, planRebalance } from "../../core/move-plan.ts";
 import { MoveStep, type MoveStepEffect } from "../../core/page-move.ts";
-import { PageStore } from "../../core/page-store.ts";
+import { ImportBatch, PageStore, type PageExport } from "../../core/page-store.ts";
 import { pagesPerNode, stripedTable, withOwner } from "../../core/routing.ts";
 import { familyOf } from "../../transport/page-mover.ts";
 import { expectLayerReads, LayerModel, prng } from "./_layer-model.ts";
@@ -49,13 +49,20 @@ function sourceWithHistory(seed: number) {
   return { store, model };
 }
 
+/** Installs pages the way a target does: all of them, then one sync. */
+async function install(target: PageStore, pages: [number, PageExport][]): Promise<void> {
+  const batch = new ImportBatch();
+  for (const [page, exported] of pages) target.importPage(page, exported, familyOf("v"), batch);
+  await target.syncImport(batch);
+}
+
 describe("moving pages between page stores", () => {
   test("every layer of the family reads the same on the target, also after reopening", async () => {
     for (const seed of [1, 2, 3]) {
       const { store: source, model } = sourceWithHistory(seed);
       const targetDir = tempDir();
       const target = new PageStore({ dir: targetDir, chunkSizeBytes: 4 * KiB });
-      for (let page = 0; page < 4; page++) await target.importPage(page, source.exportPage(page, familyOf("v")), familyOf("v"));
+      await install(target, [0, 1, 2, 3].map((page) => [page, source.exportPage(page, familyOf("v"))]));
       for (const id of ["v", "v@s1", "v@s2", "v@s3"]) expectLayerReads(target, model, id);
       target.close();
       const reopened = new PageStore({ dir: targetDir });
@@ -72,7 +79,7 @@ describe("moving pages between page stores", () => {
     target.write("v", 9, 0, new Uint8Array(100).fill(5), PAGE);
     target.freezeLayer("v", "v@s1");
     target.write("v", 9, 50, new Uint8Array(10).fill(6), PAGE);
-    await target.importPage(2, source.exportPage(2, familyOf("v")), familyOf("v"));
+    await install(target, [[2, source.exportPage(2, familyOf("v"))]]);
     expect(target.parentOf("v")).toBe("v@s3");
     expect(target.parentOf("v@s3")).toBe("v@s2");
     expect(target.parentOf("v@s2")).toBe("v@s1");
@@ -108,7 +115,7 @@ describe("moving pages between page stores", () => {
     target.write("v", 0, 0, new Uint8Array(10).fill(1), PAGE);
     const fresh = new PageStore({ dir: tempDir() });
     fresh.write("v", 0, 0, new Uint8Array(10).fill(2), PAGE);
-    await target.importPage(0, fresh.exportPage(0, familyOf("v")), familyOf("v"));
+    await install(target, [[0, fresh.exportPage(0, familyOf("v"))]]);
     const into = new Uint8Array(10);
     target.read("v", 0, 0, 10, into, 0);
     expect([...into]).toEqual(Array(10).fill(2));
