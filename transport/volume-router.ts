@@ -43,8 +43,16 @@ export interface Target {
 }
 
 export class VolumeRouter implements ExportCatalog {
-  /** Peers this node forwarded writes to since its last flush: a flush must reach them. */
-  private readonly dirtyPeers = new Set<string>();
+  /**
+   * Nodes that applied writes this node acknowledged since they were last flushed, with the
+   * incarnation that applied them: a flush must reach each, and fails if it restarted since
+   * (its unsynced writes may be gone). Owed to the node that applied the write, not to the hop
+   * it was sent to, so a flush never has to travel along forwarding paths.
+   */
+  private readonly debts = new Map<string, { boot: string; seq: number }>();
+  private debtSeq = 0;
+  /** This process's incarnation, reported with every write it applies. */
+  readonly bootId = crypto.randomUUID().slice(0, 8);
   /** Set by the snapshot service once it runs. */
   gate: SnapshotGate | undefined;
   /** Set once page moves run on this node: tells which pages are frozen. */
@@ -107,37 +115,52 @@ export class VolumeRouter implements ExportCatalog {
   }
 
   write(target: Target, offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
-    let pending: Promise<unknown>[] | undefined;
+    let pending: Promise<void>[] | undefined;
     for (const slice of slicePages(target.record, offset, data.byteLength)) {
       const piece = data.subarray(slice.bufferOffset, slice.bufferOffset + slice.length);
       const done = this.writePage(target, slice.page, slice.pageOffset, [piece], fua, 0);
-      if (done) (pending ??= []).push(done);
+      if (done) (pending ??= []).push(done.then(this.owe));
     }
     if (pending) return Promise.all(pending).then(() => {});
   }
 
   zero(target: Target, offset: number, length: number, fua: boolean): Promise<void> | void {
-    let pending: Promise<unknown>[] | undefined;
+    let pending: Promise<void>[] | undefined;
     for (const slice of slicePages(target.record, offset, length)) {
       const done = this.zeroPage(target, slice.page, slice.pageOffset, slice.length, fua, 0);
-      if (done) (pending ??= []).push(done);
+      if (done) (pending ??= []).push(done.then(this.owe));
     }
     if (pending) return Promise.all(pending).then(() => {});
   }
 
-  /** Durability for every write completed through this node, wherever its pages live. */
+  /** A write this node acknowledges was applied by `applier`: the next flush owes it one. */
+  private readonly owe = (applier: Applier | void): void => {
+    if (!applier || applier.n === this.group.selfId) return;
+    this.debts.set(applier.n, { boot: applier.b, seq: ++this.debtSeq });
+  };
+
+  /**
+   * Durability for every write acknowledged through this node before the call, wherever it was
+   * applied. A debt is settled only by a flush that succeeded and only if no newer write renewed
+   * it meanwhile, so concurrent flushes each cover everything before them.
+   */
   async flush(): Promise<void> {
-    const peers = [...this.dirtyPeers];
-    this.dirtyPeers.clear();
-    const results = await Promise.allSettled([
-      this.store.flush(),
-      ...peers.map((peer) => this.group.link(peer).request("store.flush", {})),
-    ]);
-    const failed = results.findIndex((result) => result.status === "rejected");
-    if (failed >= 0) {
-      for (const peer of peers) this.dirtyPeers.add(peer); // still owed a flush
-      throw (results[failed] as PromiseRejectedResult).reason;
-    }
+    const owed = [...this.debts];
+    const [local, ...remote] = await Promise.allSettled([this.store.flush(), ...owed.map(([node]) => this.group.link(node).request("store.flush", {}))]);
+    let failure: unknown = local!.status === "rejected" ? local!.reason : undefined;
+    remote.forEach((result, index) => {
+      const [node, debt] = owed[index]!;
+      if (result.status === "rejected") {
+        failure ??= result.reason; // still owed
+        return;
+      }
+      if (debt.boot !== "" && result.value.result.b !== debt.boot) {
+        failure ??= new ShoalError("IO_ERROR", `node ${node} restarted after applying writes acknowledged through this node; those not yet flushed may be lost`);
+      }
+      // Paid, or never payable (the node restarted and said so once): settled either way.
+      if (this.debts.get(node)?.seq === debt.seq) this.debts.delete(node);
+    });
+    if (failure !== undefined) throw failure;
   }
 
   // ---- one page: run here if this node owns it, else send it to the owner
@@ -155,7 +178,8 @@ export class VolumeRouter implements ExportCatalog {
   }
 
   /** `parts` are written one after another from `pageOffset` (a forwarded payload arrives in chunks). */
-  private writePage(target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<void> | void {
+  /** Resolves to the node that applied the write when another did (undefined: this one). */
+  private writePage(target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier | void> | void {
     const { record } = target;
     if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
     const owner = ownerOf(record.routing, page);
@@ -172,17 +196,16 @@ export class VolumeRouter implements ExportCatalog {
     return this.acknowledge(target, page, fua, ackNotBeforeMs);
   }
 
-  private zeroPage(target: Target, page: number, pageOffset: number, length: number, fua: boolean, hops: number): Promise<void> | void {
+  private zeroPage(target: Target, page: number, pageOffset: number, length: number, fua: boolean, hops: number): Promise<Applier | void> | void {
     const { record } = target;
     if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
     const owner = ownerOf(record.routing, page);
     if (owner !== this.group.selfId) {
       this.checkHops(record, page, hops);
-      this.dirtyPeers.add(owner);
       return this.group
         .link(owner)
         .request("page.zero", { ...this.addressOf(target), p: page, o: pageOffset, n: length, f: fua, h: hops + 1 })
-        .then(() => {});
+        .then((response) => applierOf(response.result, owner));
     }
     const again = () => this.zeroPage(this.refreshed(target), page, pageOffset, length, fua, hops);
     if (this.mover?.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
@@ -203,14 +226,13 @@ export class VolumeRouter implements ExportCatalog {
     response.payload.copyTo(into, at);
   }
 
-  private forwardWrite(owner: string, target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<void> {
+  private forwardWrite(owner: string, target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier> {
     this.checkHops(target.record, page, hops);
-    this.dirtyPeers.add(owner);
     const payload = Payload.concat(parts);
     return this.group
       .link(owner)
       .request("page.write", { ...this.addressOf(target), p: page, o: pageOffset, f: fua, h: hops + 1 }, payload)
-      .then(() => {});
+      .then((response) => applierOf(response.result, owner));
   }
 
   /** Tables disagree for longer than a few hops only while a move is being published: fail, the client retries. */
@@ -221,8 +243,8 @@ export class VolumeRouter implements ExportCatalog {
   }
 
   /** A request to a page a move is shipping: runs again (routed afresh) once the move step ends. */
-  private afterThaw(target: Target, page: number, again: () => Promise<void> | void): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
+  private afterThaw<T>(target: Target, page: number, again: () => Promise<T> | T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
       this.mover!.whenThawed(target.record.uid, page, () => {
         try {
           Promise.resolve(again()).then(resolve, reject);
@@ -271,6 +293,11 @@ export class VolumeRouter implements ExportCatalog {
       else extents.push({ length: slice.length, hole });
     });
     return extents;
+  }
+
+  /** A write's answer: who applied it (a write passed on reports the node that really did). */
+  private answerFor(applier: Applier | void): FrameHeader {
+    return applier ? { n: applier.n, b: applier.b } : { n: this.group.selfId, b: this.bootId };
   }
 
   /** How a target is named on the wire: the volume uid, and the layer when it is not the head. */
@@ -323,13 +350,13 @@ export class VolumeRouter implements ExportCatalog {
         checkedLength(payload.byteLength, target.record, pageOffset);
         // Written part by part as the chunks arrived: no gathering copy.
         const done = this.writePage(target, page, pageOffset, payload.parts, Boolean(args.f), hops);
-        return done ? done.then(() => ({})) : {};
+        return done ? done.then((applier) => ({ result: this.answerFor(applier) })) : { result: this.answerFor(undefined) };
       }
       case "page.zero": {
         const { target, page, pageOffset, hops } = this.pageArgs(args);
         const length = checkedLength(args.n, target.record, pageOffset);
         const done = this.zeroPage(target, page, pageOffset, length, Boolean(args.f), hops);
-        return done ? done.then(() => ({})) : {};
+        return done ? done.then((applier) => ({ result: this.answerFor(applier) })) : { result: this.answerFor(undefined) };
       }
       case "page.status": {
         const target = this.targetOf(args);
@@ -347,8 +374,8 @@ export class VolumeRouter implements ExportCatalog {
         };
       }
       case "store.flush":
-        // Writes this node passed on to a page's new owner are part of what it acknowledged.
-        return this.flush().then(() => ({}));
+        // Only this node's own store: whoever acknowledged a write owes its applier directly.
+        return this.store.flush().then(() => ({ result: { b: this.bootId } }));
       case "store.usage":
         return { result: { usage: storeUsage(this.store) } };
       case "store.changedPages":
@@ -394,6 +421,17 @@ export class VolumeRouter implements ExportCatalog {
     const hops = Number.isInteger(args.h) ? (args.h as number) : 1;
     return { target, page: page as number, pageOffset: pageOffset as number, hops };
   }
+}
+
+/** The node (and its incarnation) that applied a write. */
+interface Applier {
+  n: string;
+  b: string;
+}
+
+/** Who applied a forwarded write; an answer without one (an older node) names the node asked. */
+function applierOf(result: FrameHeader, asked: string): Applier {
+  return typeof result.n === "string" && typeof result.b === "string" ? { n: result.n, b: result.b } : { n: asked, b: "" };
 }
 
 /** Per layer: pages and bytes it holds, and for snapshot layers the bytes deleting it would free. */

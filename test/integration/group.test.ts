@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { adminRequest } from "../../cmd/_cli.ts";
+import { NbdClient } from "../../transport/nbd-client.ts";
 import { run, shoalCommand, TestCluster, waitFor } from "./_cluster.ts";
 
 const MiB = 1024 * 1024;
@@ -179,6 +180,21 @@ describe("volumes on a three-node group", () => {
     await cluster.waitConverged();
     const again = await qemuIo(node2!.nbdUrl("vol1"), "read -P 0x77 4M 2M");
     expect(again.stdout).not.toMatch(/Pattern verification failed|error/);
+  });
+
+  test("a FLUSH after the node holding unflushed forwarded writes restarted fails, once, instead of claiming them durable", async () => {
+    const [node1, node2] = cluster.nodes;
+    const client = await NbdClient.connect({ host: "127.0.0.1", port: node1!.nbdPort, exportName: "vol1" });
+    try {
+      await client.write(4 * MiB, new Uint8Array(4096).fill(0x42)); // page 1: node2, not flushed
+      await node2!.kill9();
+      await node2!.start();
+      await cluster.waitConverged();
+      await expect(client.flush()).rejects.toThrow();
+      await client.flush(); // reported once; nothing is owed any more
+    } finally {
+      await client.close();
+    }
   });
 
   test("a node that was down catches up on volumes created and deleted meanwhile", async () => {

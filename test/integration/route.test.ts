@@ -171,6 +171,7 @@ describe("route move", () => {
       if (ended.state === "failed" && Number(ended.pagesMoved) > 0) interrupted++;
       // Retried with everything up, it completes whatever the first attempt managed.
       const retry = await cluster.shoal(["route", "move", "crash", "--pages", pages, "--to", to.id, "--json"], { node: node2 });
+      if (retry.exitCode !== 0) console.log(`retry failed: ${retry.stderr}`);
       expect(retry.exitCode).toBe(0);
       expect(JSON.parse(retry.stdout).state).toBe("done");
     }
