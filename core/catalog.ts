@@ -186,9 +186,14 @@ export class Catalog implements SnapshotCatalog {
     return rows.map(rowToRecord);
   }
 
-  putVolume(record: VolumeRecord): void {
+  /**
+   * Stores a volume record. "now": committed with an fsync before this returns. "later": a copy
+   * another member already holds durably (or one the caller will await durable() for), written
+   * without an fsync on the event loop.
+   */
+  putVolume(record: VolumeRecord, durability: "now" | "later" = "now"): void {
     const wire = routingToWire(record.routing);
-    this.db
+    (durability === "now" ? this.db : this.lazyDb)
       .query(
         `INSERT INTO volumes (name, uid, size_bytes, page_size_bytes, created_at_ms, version, deleted,
            route_version, route_nodes, route_owners, origin, restoring, moving)

@@ -70,7 +70,8 @@ export interface PagePiece {
   /** Chunked copies: chunk size and per-chunk states; `data` is then the DATA chunks in order. */
   chunkShift?: number;
   states?: Uint8Array;
-  data: Uint8Array;
+  /** The bytes, in as many parts as they arrived in (one after another). */
+  data: Uint8Array[];
 }
 
 /** Pages installed by importPage and not yet made durable (see syncImport). */
@@ -436,8 +437,9 @@ export class PageStore {
    * A page as every layer of a volume holds it, for a move: each layer of the family (the
    * volume's head and snapshots, per `inFamily`) with all layers below, root first, and the
    * bytes of every one that holds the page. Synchronous, so it is one consistent moment.
+   * `allocate` provides the buffers (a pool's, so a move does not fault in fresh memory per page).
    */
-  exportPage(page: number, inFamily: (layerId: string) => boolean): PageExport {
+  exportPage(page: number, inFamily: (layerId: string) => boolean, allocate: (bytes: number) => Uint8Array = (bytes) => new Uint8Array(bytes)): PageExport {
     const layers: Layer[] = [];
     const seen = new Set<Layer>();
     for (const layer of this.table.all()) {
@@ -455,21 +457,21 @@ export class PageStore {
       const file = layer.pages.get(page);
       if (file === undefined) continue;
       if (file.states === undefined) {
-        const data = new Uint8Array(file.pageSizeBytes);
+        const data = allocate(file.pageSizeBytes);
         this.readFile(file, 0, file.pageSizeBytes, data, 0);
-        pieces.push({ layer: layer.id, pageSizeBytes: file.pageSizeBytes, data });
+        pieces.push({ layer: layer.id, pageSizeBytes: file.pageSizeBytes, data: [data] });
         continue;
       }
       // Only the chunks the layer holds itself travel; the others are states.
       const chunkBytes = 2 ** file.chunkShift;
-      const data = new Uint8Array(file.dataChunks * chunkBytes);
+      const data = allocate(file.dataChunks * chunkBytes);
       let at = 0;
       for (let chunk = 0; chunk < file.states.length; chunk++) {
         if (file.states[chunk] !== DATA) continue;
         this.readFile(file, chunk * chunkBytes, chunkBytes, data, at);
         at += chunkBytes;
       }
-      pieces.push({ layer: layer.id, pageSizeBytes: file.pageSizeBytes, chunkShift: file.chunkShift, states: file.states.slice(), data });
+      pieces.push({ layer: layer.id, pageSizeBytes: file.pageSizeBytes, chunkShift: file.chunkShift, states: file.states.slice(), data: [data] });
     }
     return { layers: layers.map((layer) => ({ id: layer.id, ...(layer.parent ? { parent: layer.parent.id } : {}) })), pieces };
   }
@@ -545,19 +547,18 @@ export class PageStore {
     }
     const file = this.createPageFile(layer, page, piece.pageSizeBytes, chunked);
     const fd = this.open.fdOf(file);
+    // Written straight from the received parts: no gathering copy of a 4 MiB page.
+    const bytes = new PartsCursor(piece.data);
     if (!chunked) {
-      if (!isAllZero(piece.data)) pwriteFull(fd, piece.data, 0);
+      bytes.writeTo(fd, 0, bytes.remaining, (part) => !isAllZero(part));
     } else {
       const chunkBytes = 2 ** file.chunkShift;
-      let at = 0;
       piece.states!.forEach((state, chunk) => {
-        if (state === DATA) {
-          pwriteFull(fd, piece.data.subarray(at, at + chunkBytes), CHUNK_HEADER_BYTES + chunk * chunkBytes);
-          at += chunkBytes;
-        }
+        if (state === DATA) bytes.writeTo(fd, CHUNK_HEADER_BYTES + chunk * chunkBytes, chunkBytes, () => true);
         if (state !== ABSENT) this.setState(file, chunk, state);
       });
     }
+    if (bytes.remaining !== 0) throw new ShoalError("BAD_REQUEST", `page ${page} of layer '${layer.id}' came with ${bytes.remaining} bytes too many`);
     this.markDataDirty(file);
     return file;
   }
@@ -1031,6 +1032,36 @@ export class PageStore {
   private zerosOf(bytes: number): Uint8Array {
     if (this.zeros.byteLength < bytes) this.zeros = new Uint8Array(bytes);
     return this.zeros.subarray(0, bytes);
+  }
+}
+
+/** Reads byte arrays one after another, as if they were one. */
+class PartsCursor {
+  private index = 0;
+  private offset = 0;
+  remaining: number;
+
+  constructor(private readonly parts: Uint8Array[]) {
+    this.remaining = parts.reduce((sum, part) => sum + part.byteLength, 0);
+  }
+
+  /** pwrites the next `length` bytes at `position`, skipping pieces `worth` turns down (all zeros into a sparse file). */
+  writeTo(fd: number, position: number, length: number, worth: (piece: Uint8Array) => boolean): void {
+    if (length > this.remaining) throw new ShoalError("BAD_REQUEST", `a page copy is ${length - this.remaining} bytes short`);
+    this.remaining -= length;
+    while (length > 0) {
+      const part = this.parts[this.index]!;
+      const take = Math.min(length, part.byteLength - this.offset);
+      const piece = part.subarray(this.offset, this.offset + take);
+      if (worth(piece)) pwriteFull(fd, piece, position);
+      position += take;
+      length -= take;
+      this.offset += take;
+      if (this.offset === part.byteLength) {
+        this.index++;
+        this.offset = 0;
+      }
+    }
   }
 }
 

@@ -154,10 +154,11 @@ export class Group {
   // ---- volumes
 
   /** Stores `record` if it is newer than what this node has. Returns whether it did. */
-  applyVolume(record: VolumeRecord): boolean {
+  applyVolume(record: VolumeRecord, durability: "now" | "later" = "now"): boolean {
     const previous = this.volumes.get(record.name);
     if (!isNewer(record, previous)) return false;
-    this.options.catalog.putVolume(record);
+    this.options.catalog.putVolume(record, durability);
+    if (durability === "later") void this.options.catalog.durable().catch(() => undefined);
     this.indexVolume(record);
     this.cachedDigest = undefined;
     this.options.onVolumeChanged(record, previous);
@@ -255,6 +256,11 @@ export class Group {
 
   // ---- convergence
 
+  /** Resolves once every catalog change so far is on disk (see Catalog.durable). */
+  durable(): Promise<void> {
+    return this.options.catalog.durable();
+  }
+
   /** Changes whenever members or any volume record change; equal digests mean equal catalogs. */
   digest(): string {
     if (this.cachedDigest === undefined) {
@@ -284,7 +290,8 @@ export class Group {
     for (const member of dump.members ?? []) {
       if (member.id !== this.selfId) this.addMember(member);
     }
-    for (const wire of dump.volumes ?? []) this.applyVolume(volumeFromWire(wire));
+    // Copies of records their members hold durably: no fsync on the loop per record.
+    for (const wire of dump.volumes ?? []) this.applyVolume(volumeFromWire(wire), "later");
     for (const record of dump.snapshots ?? []) this.applySnapshot(parseSnapshotRecord(record));
   }
 
@@ -326,7 +333,8 @@ export class Group {
         return this.dump() as unknown as FrameHeader;
       case "catalog.volume": {
         const record = volumeFromWire(args.record as VolumeRecordWire);
-        this.applyVolume(record);
+        // The sender holds it durably; a copy lost in a crash here comes back by digest.
+        this.applyVolume(record, "later");
         // What this member keeps after the update: a move's coordinator learns from it whether its lock won.
         const kept = this.volumes.get(record.name)!;
         return { version: kept.version, ...(kept.moving ? { moveId: kept.moving.moveId } : {}) };

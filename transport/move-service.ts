@@ -154,7 +154,7 @@ export class MoveService {
     const next: VolumeRecord = { ...current, version: current.version + 1, routing: withOwner(current.routing, pages, to) };
     const args = { record: volumeToWire(next), pages, to, stepId: `${moveId}.${next.version}` };
     const result = from === this.group.selfId ? await this.mover.step(args) : (await this.group.link(from).request("move.step", args, undefined, STEP_TIMEOUT_MS)).result;
-    this.group.applyVolume(next);
+    this.group.applyVolume(next, "later"); // the source holds it durably
     return Number(result.bytes ?? 0);
   }
 

@@ -7,10 +7,11 @@ import { MAX_REQUEST_BYTES } from "../core/geometry.ts";
 import { ImportBatch, type PageExport, type PagePiece, type PageStore } from "../core/page-store.ts";
 import { ownerOf } from "../core/routing.ts";
 import { volumeFromWire, volumeToWire, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
+import { dataBuffers } from "./buffer-pool.ts";
 import { Payload, type FrameHeader } from "./frame.ts";
 import type { Group } from "./group.ts";
 import type { Reply } from "./mesh-connection.ts";
-import type { MeshLog } from "./mesh.ts";
+import type { MeshLog, PeerLink } from "./mesh.ts";
 
 /** What a move needs to know of snapshots on this node. */
 export interface SnapshotActivity {
@@ -139,13 +140,23 @@ export class PageMover {
               }, fail);
               break;
             case "commit":
+              // The point of no return: the new table is on disk here before anyone hears of it.
+              // Synced off the event loop; the frozen pages' requests wait, the rest run on.
               try {
-                this.group.applyVolume(next); // durable in the catalog before this returns
+                this.group.applyVolume(next, "later");
               } catch (err) {
                 fail(err);
                 break;
               }
-              apply(step.onCommitted());
+              this.group.durable().then(
+                () => apply(step.onCommitted()),
+                (err) => {
+                  // The table already changed here; tell the target, whose copy then outranks
+                  // ours at any restart (the digest brings it back).
+                  this.log.warn(`move step ${step.request.stepId}: syncing the catalog failed (${asShoalError(err).message}); going on`);
+                  apply(step.onCommitted());
+                },
+              );
               break;
             case "publish":
               this.group
@@ -202,26 +213,16 @@ export class PageMover {
       while (next < pages.length) {
         const page = pages[next++]!;
         // Read when sent, not all up front: the pages are frozen, so this is still their state.
-        const exported = this.store.exportPage(page, inFamily);
-        const groups = splitPieces(exported.pieces);
-        for (let index = 0; index < groups.length; index++) {
-          const group = groups[index]!;
-          const last = index === groups.length - 1;
-          const payload = Payload.concat(group.map((piece) => piece.data));
-          bytes += payload.byteLength;
-          await link.request(
-            "move.install",
-            {
-              stepId,
-              v: uid,
-              p: page,
-              last,
-              ...(last ? { layers: exported.layers } : {}),
-              pieces: group.map(({ data: _data, ...meta }) => ({ ...meta, bytes: _data.byteLength })),
-            },
-            payload,
-            30_000,
-          );
+        const buffers: Uint8Array[] = [];
+        const exported = this.store.exportPage(page, inFamily, (size) => {
+          const buffer = dataBuffers.acquire(size);
+          buffers.push(buffer);
+          return buffer;
+        });
+        try {
+          await this.shipPage(link, stepId, uid, page, exported, (sent) => (bytes += sent));
+        } finally {
+          for (const buffer of buffers) dataBuffers.release(buffer);
         }
       }
     };
@@ -229,6 +230,19 @@ export class PageMover {
     // One fsync pass for the whole step, not one per page.
     await link.request("move.seal", { stepId }, undefined, 60_000);
     return bytes;
+  }
+
+  /** One page: a request per group of layers that fits a frame, the last with the layer stack. */
+  private async shipPage(link: PeerLink, stepId: string, uid: string, page: number, exported: PageExport, sent: (bytes: number) => void): Promise<void> {
+    const groups = splitPieces(exported.pieces);
+    for (let index = 0; index < groups.length; index++) {
+      const group = groups[index]!;
+      const last = index === groups.length - 1;
+      const payload = Payload.concat(group.flatMap((piece) => piece.data));
+      sent(payload.byteLength);
+      const pieces = group.map(({ data, ...meta }) => ({ ...meta, bytes: data.reduce((sum, part) => sum + part.byteLength, 0) }));
+      await link.request("move.install", { stepId, v: uid, p: page, last, ...(last ? { layers: exported.layers } : {}), pieces }, payload, 30_000);
+    }
   }
 
   // ---- target
@@ -249,20 +263,21 @@ export class PageMover {
     for (const [stale, entry] of this.batches) if (entry.expiresAtMs < now) this.batches.delete(stale);
     const entry = this.staged.get(key) ?? { pieces: [], layers: [], expiresAtMs: now + STAGING_TTL_MS };
     this.staged.set(key, entry);
-    const bytes = payload.bytes();
-    let at = 0;
-    for (const meta of (args.pieces as (Omit<PagePiece, "data"> & { bytes: number })[]) ?? []) {
-      const length = Number(meta.bytes);
-      if (!Number.isInteger(length) || length < 0 || at + length > bytes.byteLength) throw new ShoalError("BAD_REQUEST", "move.install pieces do not match the payload");
+    // Views of the received chunks (each has a buffer of its own, never reused): no copy.
+    const metas = (args.pieces as (Omit<PagePiece, "data"> & { bytes: number })[]) ?? [];
+    const lengths = metas.map((meta) => Number(meta.bytes));
+    if (lengths.some((length) => !Number.isInteger(length) || length < 0) || lengths.reduce((sum, length) => sum + length, 0) !== payload.byteLength) {
+      throw new ShoalError("BAD_REQUEST", "move.install pieces do not match the payload");
+    }
+    const datas = splitParts(payload.parts, lengths);
+    metas.forEach((meta, index) => {
       entry.pieces.push({
         layer: String(meta.layer),
         pageSizeBytes: Number(meta.pageSizeBytes),
         ...(meta.states !== undefined ? { chunkShift: Number(meta.chunkShift), states: new Uint8Array(meta.states) } : {}),
-        // A view: every received chunk has a buffer of its own, never reused.
-        data: bytes.subarray(at, at + length),
+        data: datas[index]!,
       });
-      at += length;
-    }
+    });
     if (!args.last) return {};
     this.staged.delete(key);
     const layers = (args.layers as PageExport["layers"]) ?? [];
@@ -287,13 +302,37 @@ function splitPieces(pieces: PagePiece[]): PagePiece[][] {
   const groups: PagePiece[][] = [[]];
   let bytes = 0;
   for (const piece of pieces) {
-    if (piece.data.byteLength > MAX_REQUEST_BYTES) throw new ShoalError("TOO_LARGE", `a page copy of ${piece.data.byteLength} bytes is over the mesh limit`);
-    if (bytes + piece.data.byteLength > MAX_REQUEST_BYTES) {
+    const pieceBytes = piece.data.reduce((sum, part) => sum + part.byteLength, 0);
+    if (pieceBytes > MAX_REQUEST_BYTES) throw new ShoalError("TOO_LARGE", `a page copy of ${pieceBytes} bytes is over the mesh limit`);
+    if (bytes + pieceBytes > MAX_REQUEST_BYTES) {
       groups.push([]);
       bytes = 0;
     }
     groups[groups.length - 1]!.push(piece);
-    bytes += piece.data.byteLength;
+    bytes += pieceBytes;
   }
   return groups;
+}
+
+/** Cuts a run of byte arrays into consecutive pieces of the given lengths, as views. */
+function splitParts(parts: Uint8Array[], lengths: number[]): Uint8Array[][] {
+  const pieces: Uint8Array[][] = [];
+  let index = 0;
+  let offset = 0;
+  for (let length of lengths) {
+    const piece: Uint8Array[] = [];
+    while (length > 0) {
+      const part = parts[index]!;
+      const take = Math.min(length, part.byteLength - offset);
+      piece.push(part.subarray(offset, offset + take));
+      length -= take;
+      offset += take;
+      if (offset === part.byteLength) {
+        index++;
+        offset = 0;
+      }
+    }
+    pieces.push(piece);
+  }
+  return pieces;
 }
