@@ -15,7 +15,9 @@ import { VolumeRouter } from "../transport/volume-router.ts";
 import { SnapshotService } from "../transport/snapshot-service.ts";
 import { snapshotLayerId } from "../core/snapshot-record.ts";
 import { AdminApi } from "./_admin-api.ts";
-import { createLog } from "./_log.ts";
+import { createLog, type LogFormat } from "./_log.ts";
+import { nodeMetrics, watchNodeState } from "../transport/node-metrics.ts";
+import { serveMetrics } from "../transport/metrics-endpoint.ts";
 
 export interface NodeOptions {
   id?: string;
@@ -25,6 +27,9 @@ export interface NodeOptions {
   join?: string;
   /** Bound on any node's clock error that timestamp-mode snapshots rely on. */
   maxClockSkewMs: number;
+  /** HOST:PORT for the Prometheus endpoint; none when undefined. */
+  metrics?: string;
+  logFormat?: LogFormat;
 }
 
 export interface RunningNode {
@@ -37,7 +42,7 @@ export interface RunningNode {
 export const SHOAL_VERSION = "0.1.0";
 
 export async function startNode(options: NodeOptions): Promise<RunningNode> {
-  const log = createLog();
+  const log = createLog(undefined, options.logFormat);
   fs.mkdirSync(options.dataDir, { recursive: true });
   const catalog = new Catalog(path.join(options.dataDir, "catalog.db"));
   const id = resolveNodeId(catalog, options.id);
@@ -107,6 +112,9 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   snapshots = new SnapshotService({ group, store, catalog, log: { info: (m) => log.info(m), warn: (m) => log.warn(m) }, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs });
   router.gate = snapshots;
   admin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
+  watchNodeState(nodeMetrics, { group, store, version: SHOAL_VERSION, startedAtMs, nbdConnections: () => nbd.connectionCount, meshConnections: () => mesh.connections.size });
+  const metricsAddress = options.metrics === undefined ? undefined : parseHostPort(options.metrics);
+  const metricsEndpoint = metricsAddress && serveMetrics(metricsAddress.host, metricsAddress.port, nodeMetrics.registry);
 
   if (group.groupId === undefined) {
     if (options.join) await group.join(options.join);
@@ -116,13 +124,15 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   }
   group.start();
   snapshots.start();
-  log.info(`node ${id} up: mesh ${meshAddress.host}:${meshPort}, nbd ${nbdAddress.host}:${nbdPort}, data ${options.dataDir}`);
+  const metricsNote = metricsAddress ? `, metrics http://${metricsAddress.host}:${metricsEndpoint!.port}/metrics` : "";
+  log.info(`node ${id} up: mesh ${meshAddress.host}:${meshPort}, nbd ${nbdAddress.host}:${nbdPort}, data ${options.dataDir}${metricsNote}`);
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
       log.info(`node ${id} stopping: finishing requests in flight`);
       await nbd.close();
+      metricsEndpoint?.stop();
       snapshots.stop();
       mesh.stop();
       group.stop();

@@ -4,6 +4,7 @@ import type { Socket } from "bun";
 import { errorFromWire, asShoalError, ShoalError } from "../core/errors.ts";
 import { encodeFrameHead, FrameDecoder, EMPTY_PAYLOAD, type Frame, type FrameHeader, type Payload } from "./frame.ts";
 import { SocketWriter } from "./socket-writer.ts";
+import { nodeMetrics } from "./node-metrics.ts";
 
 export interface Reply {
   result?: FrameHeader;
@@ -106,6 +107,7 @@ export class MeshConnection {
       frames = this.decoder.push(chunk);
     } catch (err) {
       this.options.warn(`dropping mesh connection from ${this.label}: ${asShoalError(err).message}`);
+      nodeMetrics.meshBadFrames.inc();
       this.close();
       return;
     }

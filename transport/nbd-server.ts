@@ -7,6 +7,7 @@ import { NBD_ESHUTDOWN, ShoalError, asShoalError, nbdErrnoFor } from "../core/er
 import { MAX_REQUEST_BYTES } from "../core/geometry.ts";
 import { ByteQueue } from "./_byte-queue.ts";
 import { dataBuffers } from "./buffer-pool.ts";
+import { nodeMetrics } from "./node-metrics.ts";
 import { SocketWriter } from "./socket-writer.ts";
 import {
   BASE_ALLOCATION_CONTEXT,
@@ -246,6 +247,7 @@ class RequestSlot {
   offset = 0;
   length = 0;
   costBytes = 0;
+  startedMs = 0;
   payload: Uint8Array | undefined = undefined;
   reply: Uint8Array | undefined = undefined;
   fault: RequestFault | undefined = undefined;
@@ -420,6 +422,7 @@ class NbdConnection {
   /** A protocol violation: one warning, then the same clean close as a disconnect. */
   private violation(reason: string): void {
     this.context.log.warn(`nbd client ${this.peer}: ${reason}; disconnecting`);
+    nodeMetrics.nbdViolations.inc();
     this.beginDrain();
   }
 
@@ -729,6 +732,7 @@ class NbdConnection {
   private execute(slot: RequestSlot): void {
     const device = this.device!;
     const fua = (slot.flags & NBD_CMD_FLAG_FUA) !== 0;
+    slot.startedMs = performance.now();
     let result: unknown;
     try {
       switch (slot.type) {
@@ -770,6 +774,7 @@ class NbdConnection {
   /** A device call finished; called directly or from a promise, so it must never throw. */
   complete(slot: RequestSlot, value: unknown): void {
     try {
+      nodeMetrics.nbdDone(slot.type, slot.length, slot.startedMs, true);
       if (slot.type === NBD_CMD_READ) this.sendReadReply(slot.reply!);
       else if (this.phase !== "closed") {
         if (slot.type === NBD_CMD_BLOCK_STATUS) this.sendBlockStatus(slot, value);
@@ -784,6 +789,7 @@ class NbdConnection {
 
   fail(slot: RequestSlot, error: unknown): void {
     try {
+      nodeMetrics.nbdDone(slot.type, slot.length, slot.startedMs, false);
       const message = asShoalError(error).message;
       if (!this.deviceFailureLogged) {
         this.deviceFailureLogged = true;
@@ -836,12 +842,14 @@ class NbdConnection {
     slot.costBytes = carriesPayload && request.length <= MAX_REQUEST_BYTES ? request.length : 0;
     this.inFlight++;
     this.inFlightBytes += slot.costBytes;
+    nodeMetrics.nbdInFlight.inc();
     return slot;
   }
 
   private release(slot: RequestSlot): void {
     this.inFlight--;
     this.inFlightBytes -= slot.costBytes;
+    nodeMetrics.nbdInFlight.dec();
     slot.payload = undefined;
     slot.reply = undefined;
     slot.fault = undefined;

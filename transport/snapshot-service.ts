@@ -14,6 +14,7 @@ import type { FrameHeader } from "./frame.ts";
 import type { Group } from "./group.ts";
 import type { MeshLog } from "./mesh.ts";
 import type { SnapshotGate } from "./volume-router.ts";
+import { nodeMetrics } from "./node-metrics.ts";
 
 export interface SnapshotServiceOptions {
   group: Group;
@@ -171,6 +172,7 @@ export class SnapshotService implements SnapshotGate {
     });
     promise.catch(() => {}); // observed by whoever awaits it; never an unhandled rejection
     this.waiting.set(snapshotId, { resolve, reject, promise, onReady });
+    nodeMetrics.snapshotStarted(snapshotId);
     this.runCoordinator(
       this.coordinator.startSnapshot({
         snapshotId,
@@ -253,11 +255,13 @@ export class SnapshotService implements SnapshotGate {
           catalog.deleteProtocolRecord("coordinator", effect.snapshotId);
           break;
         case "ready":
+          nodeMetrics.snapshotReady(effect.snapshotId);
           this.waiting.get(effect.snapshotId)?.onReady();
           break;
         case "done": {
           const waiter = this.waiting.get(effect.snapshotId);
           this.waiting.delete(effect.snapshotId);
+          if (waiter) nodeMetrics.snapshotDone(effect.snapshotId, effect.ok);
           if (effect.ok) waiter?.resolve(effect.result);
           else waiter?.reject(effect.error);
           break;
@@ -286,11 +290,13 @@ export class SnapshotService implements SnapshotGate {
           break;
         case "hold":
           this.holds.hold(effect.snapshotId, effect.volumes);
+          nodeMetrics.holdStarted(effect.snapshotId);
           // Requests run synchronously on this node's event loop: none is mid-execution now.
           queueMicrotask(() => this.runParticipant(this.participant.onInflightDrained(effect.snapshotId, this.nowMs())));
           break;
         case "release":
           this.holds.release(effect.snapshotId, effect.volumes);
+          nodeMetrics.holdReleased(effect.snapshotId);
           break;
         case "cut": {
           for (const uid of this.localVolumeUids(effect.volumes)) store.freezeLayer(uid, snapshotLayerId(uid, effect.snapshotId));

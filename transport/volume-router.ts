@@ -11,6 +11,7 @@ import { ownerOf } from "../core/routing.ts";
 import type { VolumeRecord } from "../core/volume.ts";
 import type { FrameHeader, Payload } from "./frame.ts";
 import { dataBuffers } from "./buffer-pool.ts";
+import { nodeMetrics } from "./node-metrics.ts";
 import type { Group } from "./group.ts";
 import type { Reply } from "./mesh-connection.ts";
 
@@ -97,6 +98,7 @@ export class VolumeRouter implements ExportCatalog {
     let pending: Promise<void>[] | undefined;
     for (const slice of slicePages(record, offset, length)) {
       const owner = ownerOf(record.routing, slice.page);
+      nodeMetrics.countPage("read", owner === this.group.selfId ? "local" : "forwarded", slice.length);
       const at = intoOffset + slice.bufferOffset;
       const done =
         owner === this.group.selfId
@@ -123,6 +125,7 @@ export class VolumeRouter implements ExportCatalog {
     for (const slice of slicePages(record, offset, data.byteLength)) {
       const owner = ownerOf(record.routing, slice.page);
       const piece = data.subarray(slice.bufferOffset, slice.bufferOffset + slice.length);
+      nodeMetrics.countPage("write", owner === this.group.selfId ? "local" : "forwarded", slice.length);
       let done: Promise<unknown> | void;
       if (owner === this.group.selfId) done = this.executeLocalWrite(target, slice.page, slice.pageOffset, [piece], fua);
       else {
@@ -139,6 +142,7 @@ export class VolumeRouter implements ExportCatalog {
     let pending: Promise<unknown>[] | undefined;
     for (const slice of slicePages(record, offset, length)) {
       const owner = ownerOf(record.routing, slice.page);
+      nodeMetrics.countPage("zero", owner === this.group.selfId ? "local" : "forwarded", slice.length);
       let done: Promise<unknown> | void;
       if (owner === this.group.selfId) done = this.executeLocalZero(target, slice.page, slice.pageOffset, slice.length, fua);
       else {
@@ -275,6 +279,7 @@ export class VolumeRouter implements ExportCatalog {
       case "page.read": {
         const { target, page, pageOffset } = this.pageArgs(args);
         const length = checkedLength(args.n, target.record, pageOffset);
+        nodeMetrics.countPage("read", "peer", length);
         const data = dataBuffers.acquire(length);
         const release = () => dataBuffers.release(data);
         let done: Promise<void> | void;
@@ -288,7 +293,7 @@ export class VolumeRouter implements ExportCatalog {
       }
       case "page.write": {
         const { target, page, pageOffset } = this.pageArgs(args);
-        checkedLength(payload.byteLength, target.record, pageOffset);
+        nodeMetrics.countPage("write", "peer", checkedLength(payload.byteLength, target.record, pageOffset));
         // Written part by part as the chunks arrived: no gathering copy.
         const done = this.executeLocalWrite(target, page, pageOffset, payload.parts, Boolean(args.f));
         return done ? done.then(() => ({})) : {};
@@ -296,6 +301,7 @@ export class VolumeRouter implements ExportCatalog {
       case "page.zero": {
         const { target, page, pageOffset } = this.pageArgs(args);
         const length = checkedLength(args.n, target.record, pageOffset);
+        nodeMetrics.countPage("zero", "peer", length);
         const done = this.executeLocalZero(target, page, pageOffset, length, Boolean(args.f));
         return done ? done.then(() => ({})) : {};
       }
