@@ -36,6 +36,7 @@ export class NodeMetrics {
   private readonly snapshotHold: Histogram;
   private readonly snapshotStartedMs = new Map<string, number>();
   private readonly snapshotReadyMs = new Map<string, number>();
+  private readonly snapshotTakingMs = new Map<string, number>();
   private readonly holdStartedMs = new Map<string, number>();
 
   readonly movePagesTotal;
@@ -67,7 +68,7 @@ export class NodeMetrics {
     };
     this.pages = { read: byPath("read"), write: byPath("write"), zero: byPath("zero") };
 
-    this.snapshotPhase = r.histogram("shoal_snapshot_phase_seconds", "snapshots coordinated here: prepare (start to all ready), take (ready to done), total", ["phase"]);
+    this.snapshotPhase = r.histogram("shoal_snapshot_phase_seconds", "snapshots coordinated here: prepare (start to every participant ready), take (take sent to done), total", ["phase"]);
     this.snapshotResults = r.counter("shoal_snapshots_total", "snapshots coordinated here, by result", ["result"]);
     this.snapshotHold = r.histogram("shoal_snapshot_hold_seconds", "how long this node held a volume's requests for a hold-mode snapshot").with();
 
@@ -95,27 +96,39 @@ export class NodeMetrics {
   // ---- snapshots (coordinator phases on the coordinator, holds on each participant)
 
   snapshotStarted(snapshotId: string): void {
-    if (this.snapshotStartedMs.size >= MAX_TRACKED_SNAPSHOTS) this.snapshotStartedMs.clear();
+    if (this.snapshotStartedMs.size >= MAX_TRACKED_SNAPSHOTS) {
+      this.snapshotStartedMs.clear();
+      this.snapshotReadyMs.clear();
+      this.snapshotTakingMs.clear();
+    }
     this.snapshotStartedMs.set(snapshotId, performance.now());
   }
 
+  /** Every participant is ready: the end of the prepare phase (idempotent). */
   snapshotReady(snapshotId: string): void {
     const startedMs = this.snapshotStartedMs.get(snapshotId);
-    if (startedMs === undefined) return;
+    if (startedMs === undefined || this.snapshotReadyMs.has(snapshotId)) return;
     const nowMs = performance.now();
     this.snapshotReadyMs.set(snapshotId, nowMs);
     this.snapshotPhase.with("prepare").observe((nowMs - startedMs) / 1000);
   }
 
+  /** The coordinator sends take: the take phase starts (for a split-phase snapshot, after the operator's pause). */
+  snapshotTaking(snapshotId: string): void {
+    this.snapshotReady(snapshotId);
+    if (this.snapshotStartedMs.has(snapshotId) && !this.snapshotTakingMs.has(snapshotId)) this.snapshotTakingMs.set(snapshotId, performance.now());
+  }
+
   snapshotDone(snapshotId: string, ok: boolean): void {
     const startedMs = this.snapshotStartedMs.get(snapshotId);
-    const readyMs = this.snapshotReadyMs.get(snapshotId);
+    const takingMs = this.snapshotTakingMs.get(snapshotId);
     this.snapshotStartedMs.delete(snapshotId);
     this.snapshotReadyMs.delete(snapshotId);
+    this.snapshotTakingMs.delete(snapshotId);
     this.snapshotResults.with(ok ? "ok" : "failed").inc();
     if (startedMs === undefined || !ok) return;
     const nowMs = performance.now();
-    if (readyMs !== undefined) this.snapshotPhase.with("take").observe((nowMs - readyMs) / 1000);
+    if (takingMs !== undefined) this.snapshotPhase.with("take").observe((nowMs - takingMs) / 1000);
     this.snapshotPhase.with("total").observe((nowMs - startedMs) / 1000);
   }
 

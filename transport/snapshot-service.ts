@@ -243,6 +243,7 @@ export class SnapshotService implements SnapshotGate {
     for (const effect of effects) {
       switch (effect.kind) {
         case "send":
+          if (effect.msg.type === "snap.take") nodeMetrics.snapshotTaking(effect.msg.snapshotId);
           this.send(effect.to, effect.msg);
           break;
         case "persist":

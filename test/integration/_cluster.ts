@@ -60,6 +60,8 @@ export async function run(command: string[], options: { stdin?: Uint8Array | str
 export class TestNode {
   proc: Subprocess | undefined;
   stderrLog = "";
+  /** More `shoal node` flags (--metrics, --config, ...), for tests of those flags. */
+  extraArgs: string[] = [];
 
   constructor(
     readonly id: string,
@@ -80,6 +82,7 @@ export class TestNode {
   async start(join?: string): Promise<void> {
     const args = [...shoalCommand(), "node", "--id", this.id, "--data", this.dataDir, "--listen", this.meshAddress, "--nbd", `127.0.0.1:${this.nbdPort}`];
     if (join) args.push("--join", join);
+    args.push(...this.extraArgs);
     this.stderrLog = "";
     const proc = Bun.spawn(args, { stdout: "ignore", stderr: "pipe", stdin: "ignore", env: { ...process.env, SHOAL_LOG_LEVEL: "3", ...this.env } });
     this.proc = proc;
