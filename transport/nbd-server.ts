@@ -104,6 +104,12 @@ const MAX_INPUT_BYTES = 2 * (MAX_REQUEST_BYTES + REQUEST_HEADER_BYTES) + 1024 * 
 const COALESCE_REPLY_BYTES = 64 * 1024;
 const COALESCE_BATCH_BYTES = 256 * 1024;
 const MAX_CONNECTIONS = 1024;
+/**
+ * Input buffered by all connections together (partial requests, WRITE payloads still arriving).
+ * Past it, a connection that holds more than its share when more arrives is dropped: clients
+ * that send most of a 32 MiB WRITE and stall must not add up to gigabytes.
+ */
+const MAX_SERVER_INPUT_BYTES = 128 * 1024 * 1024;
 const MAX_OPTIONS_PER_CONNECTION = 1024;
 const MAX_LISTED_EXPORTS = 10_000;
 const HANDSHAKE_TIMEOUT_SECONDS = 30;
@@ -117,6 +123,9 @@ interface ServerContext {
   readonly log: NbdServerLog;
   readonly maxInFlight: number;
   shuttingDown: boolean;
+  /** Sum of every connection's buffered input; see MAX_SERVER_INPUT_BYTES. */
+  bufferedInputBytes: number;
+  connectionCount: number;
 }
 
 type ServerSocket = Socket<NbdConnection | undefined>;
@@ -133,7 +142,7 @@ export class NbdServer {
     if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > MAX_IN_FLIGHT_LIMIT) {
       throw new ShoalError("BAD_ARGUMENT", `maxInFlightPerConnection must be between 1 and ${MAX_IN_FLIGHT_LIMIT}, not ${maxInFlight}`);
     }
-    this.context = { catalog: opts.catalog, log: opts.log, maxInFlight, shuttingDown: false };
+    this.context = { catalog: opts.catalog, log: opts.log, maxInFlight, shuttingDown: false, bufferedInputBytes: 0, connectionCount: 0 };
   }
 
   get connectionCount(): number {
@@ -187,11 +196,13 @@ export class NbdServer {
     const connection = new NbdConnection(socket, this.context);
     socket.data = connection;
     this.connections.add(connection);
+    this.context.connectionCount = this.connections.size;
     connection.start();
   }
 
   private forget(connection: NbdConnection): void {
     this.connections.delete(connection);
+    this.context.connectionCount = this.connections.size;
     if (this.connections.size === 0) this.allClosed?.();
   }
 
@@ -306,6 +317,8 @@ class NbdConnection {
   /** A WRITE whose header is parsed and whose payload is still arriving. */
   private awaitingPayload: RequestSlot | undefined;
   private deviceFailureLogged = false;
+  /** This connection's part of context.bufferedInputBytes. */
+  private accountedInputBytes = 0;
 
   constructor(
     private readonly socket: ServerSocket,
@@ -326,8 +339,21 @@ class NbdConnection {
     this.input.push(chunk);
     if (this.input.lengthBytes > MAX_INPUT_BYTES) {
       this.violation(`buffered ${this.input.lengthBytes} bytes of input without a complete request`);
+    } else if (this.context.bufferedInputBytes + chunk.length > MAX_SERVER_INPUT_BYTES && this.input.lengthBytes > this.fairInputShare()) {
+      this.violation(`holds ${this.input.lengthBytes} bytes of unfinished input while the server's ${MAX_SERVER_INPUT_BYTES}-byte input budget is spent`);
     }
     this.pump();
+  }
+
+  private fairInputShare(): number {
+    return MAX_SERVER_INPUT_BYTES / Math.max(1, this.context.connectionCount);
+  }
+
+  /** Keeps the server-wide count of buffered input in step with this connection's. */
+  private accountInput(): void {
+    const delta = this.input.lengthBytes - this.accountedInputBytes;
+    this.accountedInputBytes += delta;
+    this.context.bufferedInputBytes += delta;
   }
 
   onDrain(): void {
@@ -344,6 +370,7 @@ class NbdConnection {
   onClosed(): void {
     this.phase = "closed";
     this.input.clear();
+    this.accountInput();
     if (this.awaitingPayload !== undefined) this.release(this.awaitingPayload);
     this.awaitingPayload = undefined;
   }
@@ -384,6 +411,7 @@ class NbdConnection {
       } while (this.pumpAgain);
     } finally {
       this.pumping = false;
+      this.accountInput();
     }
     this.updateFlowControl();
     this.finishIfDrained();
