@@ -34,6 +34,7 @@ export class MeshServer {
             label: `${socket.remoteAddress}`,
             warn: this.log.warn,
             onClose: (closed) => this.connections.delete(closed),
+            inbound: true,
           });
           socket.data = { connection };
           this.connections.add(connection);
