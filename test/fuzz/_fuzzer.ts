@@ -8,7 +8,10 @@ import { adminRequest } from "../../cmd/_cli.ts";
 import { NbdClient } from "../../transport/nbd-client.ts";
 import { run, TestCluster, type TestNode } from "../integration/_cluster.ts";
 import { Prng } from "../sim/prng.ts";
-import { nbdSession, nextInput, type FuzzInput, type FuzzTargetInfo, type PortKind } from "./_inputs.ts";
+import { MAX_REQUEST_BYTES } from "../../core/geometry.ts";
+import { MAX_FRAME_BYTES } from "../../transport/frame.ts";
+import { encodeClientFlags, encodeInfoRequest, encodeOption, encodeRequest, NBD_CMD_WRITE, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_OPT_GO } from "../../transport/nbd-codec.ts";
+import { nbdSession, nextInput, randomBytes, type FuzzInput, type FuzzTargetInfo, type PortKind } from "./_inputs.ts";
 
 const VOLUME_BYTES = 16 * 1024 * 1024;
 /** Whatever hostile clients do, the node under fire stays under this resident size. */
@@ -119,6 +122,28 @@ export class Fuzzer {
     await Promise.all(slow);
   }
 
+  /**
+   * Stalled big writers: `count` clients each declare the largest frame the protocol allows (an
+   * NBD WRITE of 32 MiB after a valid handshake; a mesh frame of 36 MiB), send `sentBytes` of it and
+   * stop. Whatever they send, the node may not hold all of it: memory must stay bounded.
+   */
+  async stalledBigWriters(prng: Prng, count: number, sentBytes: number): Promise<void> {
+    const body = randomBytes(prng, sentBytes);
+    const sockets = await Promise.all(
+      Array.from({ length: count }, async (_, i) => {
+        const input: FuzzInput = i % 2 === 0 ? { port: "nbd", kind: "nbd-stalled-write", bytes: stalledNbdWrite(this.target) } : { port: "mesh", kind: "mesh-stalled-frame", bytes: stalledMeshFrame() };
+        this.remember(input);
+        return openAndSend(this.port(input.port), [input.bytes, body]);
+      }),
+    );
+    try {
+      await Bun.sleep(500); // let the node take in what the kernel buffered
+      await this.checkHealthy(`with ${count} stalled writers of ${sentBytes >> 20} MiB each`);
+    } finally {
+      for (const socket of sockets) socket?.terminate();
+    }
+  }
+
   /** `count` connections opened at once and held open (half of them mid-handshake) while the good client works. */
   async burst(prng: Prng, count: number): Promise<void> {
     const sockets: Socket<undefined>[] = [];
@@ -190,6 +215,47 @@ export class Fuzzer {
   }
 }
 
+function stalledNbdWrite(target: FuzzTargetInfo): Uint8Array {
+  const handshake = [
+    encodeClientFlags(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES),
+    encodeOption(NBD_OPT_GO, encodeInfoRequest(target.exportName, [])),
+    encodeRequest({ type: NBD_CMD_WRITE, flags: 0, handleHigh: 1, handleLow: 1, offset: 0, length: MAX_REQUEST_BYTES }),
+  ];
+  return Buffer.concat(handshake);
+}
+
+function stalledMeshFrame(): Uint8Array {
+  const prefix = new Uint8Array(8);
+  new DataView(prefix.buffer).setUint32(0, MAX_FRAME_BYTES);
+  new DataView(prefix.buffer).setUint32(4, 16);
+  return prefix;
+}
+
+/** Connects and writes `pieces` in full (waiting for drains), then leaves the socket open. */
+async function openAndSend(port: number, pieces: Uint8Array[]): Promise<Socket<undefined> | undefined> {
+  let pending = Buffer.concat(pieces);
+  let resolveSent: () => void = () => {};
+  const sent = new Promise<void>((resolve) => (resolveSent = resolve));
+  const push = (socket: Socket<undefined>) => {
+    while (pending.byteLength > 0) {
+      const written = socket.write(pending);
+      if (written <= 0) return;
+      pending = pending.subarray(written);
+    }
+    resolveSent();
+  };
+  let socket: Socket<undefined>;
+  try {
+    socket = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {}, drain: (s) => push(s), close: () => resolveSent(), error() {} } });
+  } catch {
+    return undefined;
+  }
+  push(socket);
+  // A node that drops the connection (or stops reading for good) ends the wait too.
+  await Promise.race([sent, Bun.sleep(5000)]);
+  return socket;
+}
+
 /** Resident set size of a process, from /proc. */
 export function rssBytes(pid: number): number {
   const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
@@ -236,9 +302,12 @@ export interface Campaign {
   slowWriters: number;
   slowWritersMs: number;
   burstConnections: number;
+  /** Clients that send most of a maximal frame and stall, and how much each sends. */
+  stalledWriters: number;
+  stalledBytes: number;
 }
 
-export const SUITE_CAMPAIGN: Campaign = { mixedRounds: 6, inputsPerRound: 1200, slowWriters: 24, slowWritersMs: 3000, burstConnections: 1000 };
+export const SUITE_CAMPAIGN: Campaign = { mixedRounds: 5, inputsPerRound: 1000, slowWriters: 24, slowWritersMs: 3000, burstConnections: 1000, stalledWriters: 48, stalledBytes: 24 * 1024 * 1024 };
 
 /** Every phase once, in order, checking health after each; throws FuzzFailure with the seed and recent inputs. */
 export async function runCampaign(fuzzer: Fuzzer, prng: Prng, campaign: Campaign): Promise<void> {
@@ -251,4 +320,6 @@ export async function runCampaign(fuzzer: Fuzzer, prng: Prng, campaign: Campaign
   await fuzzer.checkHealthy("slow writers");
   await fuzzer.burst(prng.fork(), campaign.burstConnections);
   await fuzzer.checkHealthy("connection burst");
+  await fuzzer.stalledBigWriters(prng.fork(), campaign.stalledWriters, campaign.stalledBytes);
+  await fuzzer.checkHealthy("stalled big writers");
 }
