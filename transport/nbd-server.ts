@@ -110,6 +110,14 @@ const MAX_CONNECTIONS = 1024;
  * that send most of a 32 MiB WRITE and stall must not add up to gigabytes.
  */
 const MAX_SERVER_INPUT_BYTES = 128 * 1024 * 1024;
+/**
+ * READ/WRITE bytes in flight on all connections together. Beyond the memory, this bounds what
+ * this node asks of a peer at once: forwarded reads whose replies outrun the mesh link's send
+ * queue (256 MiB) made the peer drop the link as "not reading".
+ */
+const MAX_SERVER_IN_FLIGHT_BYTES = 128 * 1024 * 1024;
+/** Replies not yet taken by their clients, all connections together; see noteUnsent(). */
+const MAX_SERVER_UNSENT_BYTES = 128 * 1024 * 1024;
 const MAX_OPTIONS_PER_CONNECTION = 1024;
 const MAX_LISTED_EXPORTS = 10_000;
 const HANDSHAKE_TIMEOUT_SECONDS = 30;
@@ -125,6 +133,10 @@ interface ServerContext {
   shuttingDown: boolean;
   /** Sum of every connection's buffered input; see MAX_SERVER_INPUT_BYTES. */
   bufferedInputBytes: number;
+  inFlightBytes: number;
+  unsentBytes: number;
+  /** A server-wide budget has room again: connections that stopped for it may go on. */
+  wakeBlocked: () => void;
   connectionCount: number;
 }
 
@@ -142,7 +154,16 @@ export class NbdServer {
     if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > MAX_IN_FLIGHT_LIMIT) {
       throw new ShoalError("BAD_ARGUMENT", `maxInFlightPerConnection must be between 1 and ${MAX_IN_FLIGHT_LIMIT}, not ${maxInFlight}`);
     }
-    this.context = { catalog: opts.catalog, log: opts.log, maxInFlight, shuttingDown: false, bufferedInputBytes: 0, connectionCount: 0 };
+    let wakeScheduled = false;
+    const wakeBlocked = () => {
+      if (wakeScheduled) return;
+      wakeScheduled = true;
+      queueMicrotask(() => {
+        wakeScheduled = false;
+        for (const connection of this.connections) connection.wake();
+      });
+    };
+    this.context = { catalog: opts.catalog, log: opts.log, maxInFlight, shuttingDown: false, bufferedInputBytes: 0, inFlightBytes: 0, unsentBytes: 0, connectionCount: 0, wakeBlocked };
   }
 
   get connectionCount(): number {
@@ -258,6 +279,8 @@ class RequestSlot {
   offset = 0;
   length = 0;
   costBytes = 0;
+  /** Counted in the server-wide in-flight bytes: from execution on, not while a WRITE's payload arrives. */
+  executing = false;
   startedMs = 0;
   payload: Uint8Array | undefined = undefined;
   reply: Uint8Array | undefined = undefined;
@@ -317,8 +340,9 @@ class NbdConnection {
   /** A WRITE whose header is parsed and whose payload is still arriving. */
   private awaitingPayload: RequestSlot | undefined;
   private deviceFailureLogged = false;
-  /** This connection's part of context.bufferedInputBytes. */
+  /** This connection's part of context.bufferedInputBytes and context.unsentBytes. */
   private accountedInputBytes = 0;
+  private accountedUnsentBytes = 0;
 
   constructor(
     private readonly socket: ServerSocket,
@@ -349,11 +373,40 @@ class NbdConnection {
     return MAX_SERVER_INPUT_BYTES / Math.max(1, this.context.connectionCount);
   }
 
-  /** Keeps the server-wide count of buffered input in step with this connection's. */
+  /** Keeps the server-wide counts of buffered input and unsent replies in step with this connection's. */
   private accountInput(): void {
     const delta = this.input.lengthBytes - this.accountedInputBytes;
     this.accountedInputBytes += delta;
     this.context.bufferedInputBytes += delta;
+    const unsent = this.phase === "closed" ? 0 : this.unsentBytes();
+    const wasFull = this.context.unsentBytes >= MAX_SERVER_UNSENT_BYTES;
+    this.context.unsentBytes += unsent - this.accountedUnsentBytes;
+    this.accountedUnsentBytes = unsent;
+    if (wasFull && this.context.unsentBytes < MAX_SERVER_UNSENT_BYTES) this.context.wakeBlocked();
+  }
+
+  /** Called when a server-wide budget frees up: a connection paused for it reads again. */
+  wake(): void {
+    if (this.phase !== "transmission" || !this.paused || this.pumping) return;
+    try {
+      this.pump();
+    } catch (err) {
+      this.crash(err);
+    }
+  }
+
+  /**
+   * While the server's unsent replies are over budget no connection starts new requests; a client
+   * holding more than its share of them is cut, so clients that ask and never read cannot stall
+   * everyone else (or hold the memory).
+   */
+  private noteUnsent(): void {
+    if (this.context.unsentBytes <= MAX_SERVER_UNSENT_BYTES || this.phase === "closed") return;
+    if (this.accountedUnsentBytes <= MAX_SERVER_UNSENT_BYTES / Math.max(1, this.context.connectionCount)) return;
+    this.context.log.warn(`nbd client ${this.peer}: holds ${this.accountedUnsentBytes} bytes of replies it does not read while the server's ${MAX_SERVER_UNSENT_BYTES}-byte budget is spent; disconnecting`);
+    nodeMetrics.nbdViolations.inc();
+    this.terminate();
+    this.accountInput();
   }
 
   onDrain(): void {
@@ -413,6 +466,7 @@ class NbdConnection {
       this.pumping = false;
       this.accountInput();
     }
+    this.noteUnsent();
     this.updateFlowControl();
     this.finishIfDrained();
   }
@@ -443,7 +497,9 @@ class NbdConnection {
     return (
       this.inFlight < this.context.maxInFlight &&
       this.inFlightBytes < MAX_IN_FLIGHT_BYTES &&
-      this.unsentBytes() < OUTBOX_HIGH_WATER_BYTES
+      this.unsentBytes() < OUTBOX_HIGH_WATER_BYTES &&
+      this.context.inFlightBytes < MAX_SERVER_IN_FLIGHT_BYTES &&
+      this.context.unsentBytes < MAX_SERVER_UNSENT_BYTES
     );
   }
 
@@ -761,6 +817,8 @@ class NbdConnection {
     const device = this.device!;
     const fua = (slot.flags & NBD_CMD_FLAG_FUA) !== 0;
     slot.startedMs = performance.now();
+    slot.executing = true;
+    this.context.inFlightBytes += slot.costBytes;
     let result: unknown;
     try {
       switch (slot.type) {
@@ -877,6 +935,12 @@ class NbdConnection {
   private release(slot: RequestSlot): void {
     this.inFlight--;
     this.inFlightBytes -= slot.costBytes;
+    if (slot.executing) {
+      slot.executing = false;
+      const wasFull = this.context.inFlightBytes >= MAX_SERVER_IN_FLIGHT_BYTES;
+      this.context.inFlightBytes -= slot.costBytes;
+      if (wasFull && this.context.inFlightBytes < MAX_SERVER_IN_FLIGHT_BYTES) this.context.wakeBlocked();
+    }
     nodeMetrics.nbdInFlight.dec();
     slot.payload = undefined;
     slot.reply = undefined;
