@@ -10,7 +10,7 @@ import { run, TestCluster, type TestNode } from "../integration/_cluster.ts";
 import { Prng } from "../sim/prng.ts";
 import { MAX_REQUEST_BYTES } from "../../core/geometry.ts";
 import { MAX_FRAME_BYTES } from "../../transport/frame.ts";
-import { encodeClientFlags, encodeInfoRequest, encodeOption, encodeRequest, NBD_CMD_WRITE, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_OPT_GO } from "../../transport/nbd-codec.ts";
+import { encodeClientFlags, encodeInfoRequest, encodeOption, encodeRequest, NBD_CMD_READ, NBD_CMD_WRITE, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_OPT_GO } from "../../transport/nbd-codec.ts";
 import { nbdSession, nextInput, randomBytes, type FuzzInput, type FuzzTargetInfo, type PortKind } from "./_inputs.ts";
 
 const VOLUME_BYTES = 16 * 1024 * 1024;
@@ -144,6 +144,26 @@ export class Fuzzer {
     }
   }
 
+  /**
+   * Stalled readers: `count` clients open the export, ask for `requests` reads of the whole
+   * volume and never read a byte of the replies. The replies may not pile up without limit.
+   */
+  async stalledReaders(prng: Prng, count: number, requests: number): Promise<void> {
+    const sockets = await Promise.all(
+      Array.from({ length: count }, () => {
+        const input: FuzzInput = { port: "nbd", kind: "nbd-stalled-reader", bytes: stalledNbdReads(this.target, requests, prng.nextU32()) };
+        this.remember(input);
+        return openAndSend(this.port(input.port), [input.bytes], { paused: true });
+      }),
+    );
+    try {
+      await Bun.sleep(1000); // let the node read the volume into replies nobody takes
+      await this.checkHealthy(`with ${count} clients not reading ${requests} whole-volume reads each`);
+    } finally {
+      for (const socket of sockets) socket?.terminate();
+    }
+  }
+
   /** `count` connections opened at once and held open (half of them mid-handshake) while the good client works. */
   async burst(prng: Prng, count: number): Promise<void> {
     const sockets: Socket<undefined>[] = [];
@@ -174,6 +194,7 @@ export class Fuzzer {
 
   /** The victim is alive, under the RSS bound, and a client can write and read back through it. */
   async checkHealthy(phase: string): Promise<void> {
+    if (process.env.SHOAL_FUZZ_VERBOSE) console.error(`fuzz: checking after ${phase} (${this.inputsTried} inputs)`);
     const proc = this.victim.proc!;
     if (proc.exitCode !== null) this.fail(phase, `the node exited with code ${proc.exitCode}`);
     if (this.other.proc!.exitCode !== null) this.fail(phase, `the other node exited with code ${this.other.proc!.exitCode}`);
@@ -189,15 +210,17 @@ export class Fuzzer {
     const pattern = new Uint8Array(128 * 1024).fill(round & 0xff);
     const offset = 4 * 1024 * 1024 - 64 * 1024;
     try {
-      const client = await NbdClient.connect({ host: "127.0.0.1", port: this.victim.nbdPort, exportName: "good" });
-      try {
-        await client.write(offset, pattern);
-        await client.flush();
-        const back = await client.read(offset, pattern.byteLength);
-        if (!Buffer.from(back).equals(Buffer.from(pattern))) throw new Error("read back different data through the node under fire");
-      } finally {
-        await client.close();
-      }
+      await withDeadline(GOOD_CLIENT_TIMEOUT_MS, "write and read back", async () => {
+        const client = await NbdClient.connect({ host: "127.0.0.1", port: this.victim.nbdPort, exportName: "good" });
+        try {
+          await client.write(offset, pattern);
+          await client.flush();
+          const back = await client.read(offset, pattern.byteLength);
+          if (!Buffer.from(back).equals(Buffer.from(pattern))) throw new Error("read back different data through the node under fire");
+        } finally {
+          await client.close();
+        }
+      });
       const viaOther = await run(["qemu-io", "-f", "raw", "-r", "-c", `read -P ${round & 0xff} ${offset} ${pattern.byteLength}`, this.other.nbdUrl("good")], { timeoutMs: 20_000 });
       if (viaOther.exitCode !== 0 || /fail|error/i.test(viaOther.stdout)) throw new Error(`qemu-io through the other node: ${viaOther.stdout}${viaOther.stderr}`);
     } catch (err) {
@@ -224,6 +247,14 @@ function stalledNbdWrite(target: FuzzTargetInfo): Uint8Array {
   return Buffer.concat(handshake);
 }
 
+function stalledNbdReads(target: FuzzTargetInfo, requests: number, handle: number): Uint8Array {
+  const parts = [encodeClientFlags(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES), encodeOption(NBD_OPT_GO, encodeInfoRequest(target.exportName, []))];
+  for (let i = 0; i < requests; i++) {
+    parts.push(encodeRequest({ type: NBD_CMD_READ, flags: 0, handleHigh: handle, handleLow: i, offset: 0, length: target.exportSizeBytes }));
+  }
+  return Buffer.concat(parts);
+}
+
 function stalledMeshFrame(): Uint8Array {
   const prefix = new Uint8Array(8);
   new DataView(prefix.buffer).setUint32(0, MAX_FRAME_BYTES);
@@ -232,7 +263,7 @@ function stalledMeshFrame(): Uint8Array {
 }
 
 /** Connects and writes `pieces` in full (waiting for drains), then leaves the socket open. */
-async function openAndSend(port: number, pieces: Uint8Array[]): Promise<Socket<undefined> | undefined> {
+async function openAndSend(port: number, pieces: Uint8Array[], options: { paused?: boolean } = {}): Promise<Socket<undefined> | undefined> {
   let pending = Buffer.concat(pieces);
   let resolveSent: () => void = () => {};
   const sent = new Promise<void>((resolve) => (resolveSent = resolve));
@@ -250,10 +281,25 @@ async function openAndSend(port: number, pieces: Uint8Array[]): Promise<Socket<u
   } catch {
     return undefined;
   }
+  // A client that never reads: the kernel's receive buffer fills and the node's replies queue.
+  if (options.paused) socket.pause();
   push(socket);
   // A node that drops the connection (or stops reading for good) ends the wait too.
   await Promise.race([sent, Bun.sleep(5000)]);
   return socket;
+}
+
+/** A well-behaved client that waits this long is not being served. */
+const GOOD_CLIENT_TIMEOUT_MS = 20_000;
+
+async function withDeadline(timeoutMs: number, what: string, work: () => Promise<void>): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} took over ${timeoutMs} ms`)), timeoutMs)));
+  try {
+    await Promise.race([work(), expired]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Resident set size of a process, from /proc. */
@@ -305,9 +351,12 @@ export interface Campaign {
   /** Clients that send most of a maximal frame and stall, and how much each sends. */
   stalledWriters: number;
   stalledBytes: number;
+  /** Clients that ask for whole-volume reads and never read the replies, and how many reads each. */
+  stalledReaders: number;
+  stalledReads: number;
 }
 
-export const SUITE_CAMPAIGN: Campaign = { mixedRounds: 5, inputsPerRound: 1000, slowWriters: 24, slowWritersMs: 3000, burstConnections: 1000, stalledWriters: 48, stalledBytes: 24 * 1024 * 1024 };
+export const SUITE_CAMPAIGN: Campaign = { mixedRounds: 3, inputsPerRound: 1000, slowWriters: 24, slowWritersMs: 3000, burstConnections: 1000, stalledWriters: 48, stalledBytes: 24 * 1024 * 1024, stalledReaders: 6, stalledReads: 8 };
 
 /** Every phase once, in order, checking health after each; throws FuzzFailure with the seed and recent inputs. */
 export async function runCampaign(fuzzer: Fuzzer, prng: Prng, campaign: Campaign): Promise<void> {
@@ -322,4 +371,6 @@ export async function runCampaign(fuzzer: Fuzzer, prng: Prng, campaign: Campaign
   await fuzzer.checkHealthy("connection burst");
   await fuzzer.stalledBigWriters(prng.fork(), campaign.stalledWriters, campaign.stalledBytes);
   await fuzzer.checkHealthy("stalled big writers");
+  await fuzzer.stalledReaders(prng.fork(), campaign.stalledReaders, campaign.stalledReads);
+  await fuzzer.checkHealthy("stalled readers");
 }

@@ -18,7 +18,7 @@ test("hostile input on both ports never takes the node down, nor its memory, nor
       `fuzz: seed ${SEED}: ${fuzzer.inputsTried} inputs (${kinds}) in ${((performance.now() - startedMs) / 1000).toFixed(1)} s; ` +
         `node RSS max ${(fuzzer.maxRssBytes / 2 ** 20).toFixed(0)} MiB`,
     );
-    expect(fuzzer.inputsTried).toBeGreaterThan(5000);
+    expect(fuzzer.inputsTried).toBeGreaterThan(3500);
     expect(fuzzer.maxRssBytes).toBeLessThan(RSS_LIMIT_BYTES);
     // The node saw the garbage as garbage (one log line per bad connection), not as silence.
     expect(fuzzer.victim.stderrLog).toMatch(/disconnecting|dropping mesh connection/);
