@@ -116,7 +116,7 @@ const MAX_SERVER_INPUT_BYTES = 128 * 1024 * 1024;
  * queue (256 MiB) made the peer drop the link as "not reading".
  */
 const MAX_SERVER_IN_FLIGHT_BYTES = 128 * 1024 * 1024;
-/** Replies not yet taken by their clients, all connections together; see noteUnsent(). */
+/** Replies not yet taken by their clients, all connections together; see canAdmit() and noteUnsent(). */
 const MAX_SERVER_UNSENT_BYTES = 128 * 1024 * 1024;
 const MAX_OPTIONS_PER_CONNECTION = 1024;
 const MAX_LISTED_EXPORTS = 10_000;
@@ -363,14 +363,14 @@ class NbdConnection {
     this.input.push(chunk);
     if (this.input.lengthBytes > MAX_INPUT_BYTES) {
       this.violation(`buffered ${this.input.lengthBytes} bytes of input without a complete request`);
-    } else if (this.context.bufferedInputBytes + chunk.length > MAX_SERVER_INPUT_BYTES && this.input.lengthBytes > this.fairInputShare()) {
+    } else if (this.context.bufferedInputBytes + chunk.length > MAX_SERVER_INPUT_BYTES && this.input.lengthBytes > this.fairShare(MAX_SERVER_INPUT_BYTES)) {
       this.violation(`holds ${this.input.lengthBytes} bytes of unfinished input while the server's ${MAX_SERVER_INPUT_BYTES}-byte input budget is spent`);
     }
     this.pump();
   }
 
-  private fairInputShare(): number {
-    return MAX_SERVER_INPUT_BYTES / Math.max(1, this.context.connectionCount);
+  private fairShare(budgetBytes: number): number {
+    return budgetBytes / Math.max(1, this.context.connectionCount);
   }
 
   /** Keeps the server-wide counts of buffered input and unsent replies in step with this connection's. */
@@ -379,10 +379,8 @@ class NbdConnection {
     this.accountedInputBytes += delta;
     this.context.bufferedInputBytes += delta;
     const unsent = this.phase === "closed" ? 0 : this.unsentBytes();
-    const wasFull = this.context.unsentBytes >= MAX_SERVER_UNSENT_BYTES;
     this.context.unsentBytes += unsent - this.accountedUnsentBytes;
     this.accountedUnsentBytes = unsent;
-    if (wasFull && this.context.unsentBytes < MAX_SERVER_UNSENT_BYTES) this.context.wakeBlocked();
   }
 
   /** Called when a server-wide budget frees up: a connection paused for it reads again. */
@@ -396,13 +394,12 @@ class NbdConnection {
   }
 
   /**
-   * While the server's unsent replies are over budget no connection starts new requests; a client
-   * holding more than its share of them is cut, so clients that ask and never read cannot stall
-   * everyone else (or hold the memory).
+   * While the server's unsent replies are over budget, a client holding more than its share of
+   * them is cut: clients that ask and never read cannot hold the memory.
    */
   private noteUnsent(): void {
     if (this.context.unsentBytes <= MAX_SERVER_UNSENT_BYTES || this.phase === "closed") return;
-    if (this.accountedUnsentBytes <= MAX_SERVER_UNSENT_BYTES / Math.max(1, this.context.connectionCount)) return;
+    if (this.accountedUnsentBytes <= this.fairShare(MAX_SERVER_UNSENT_BYTES)) return;
     this.context.log.warn(`nbd client ${this.peer}: holds ${this.accountedUnsentBytes} bytes of replies it does not read while the server's ${MAX_SERVER_UNSENT_BYTES}-byte budget is spent; disconnecting`);
     nodeMetrics.nbdViolations.inc();
     this.terminate();
@@ -494,12 +491,13 @@ class NbdConnection {
   }
 
   private canAdmit(): boolean {
+    // Each connection may use its share of the server-wide budgets (at least one request), so
+    // no client, reading or not, can take them all and stall the others.
     return (
       this.inFlight < this.context.maxInFlight &&
-      this.inFlightBytes < MAX_IN_FLIGHT_BYTES &&
-      this.unsentBytes() < OUTBOX_HIGH_WATER_BYTES &&
-      this.context.inFlightBytes < MAX_SERVER_IN_FLIGHT_BYTES &&
-      this.context.unsentBytes < MAX_SERVER_UNSENT_BYTES
+      this.inFlightBytes < Math.min(MAX_IN_FLIGHT_BYTES, this.fairShare(MAX_SERVER_IN_FLIGHT_BYTES)) &&
+      this.unsentBytes() < Math.min(OUTBOX_HIGH_WATER_BYTES, this.fairShare(MAX_SERVER_UNSENT_BYTES)) &&
+      this.context.inFlightBytes < MAX_SERVER_IN_FLIGHT_BYTES
     );
   }
 
