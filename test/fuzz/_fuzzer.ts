@@ -356,7 +356,7 @@ export interface Campaign {
   stalledReads: number;
 }
 
-export const SUITE_CAMPAIGN: Campaign = { mixedRounds: 3, inputsPerRound: 1000, slowWriters: 24, slowWritersMs: 3000, burstConnections: 1000, stalledWriters: 48, stalledBytes: 24 * 1024 * 1024, stalledReaders: 6, stalledReads: 8 };
+export const SUITE_CAMPAIGN: Campaign = { mixedRounds: 3, inputsPerRound: 1000, slowWriters: 24, slowWritersMs: 3000, burstConnections: 1000, stalledWriters: 48, stalledBytes: 24 * 1024 * 1024, stalledReaders: 16, stalledReads: 12 };
 
 /** Every phase once, in order, checking health after each; throws FuzzFailure with the seed and recent inputs. */
 export async function runCampaign(fuzzer: Fuzzer, prng: Prng, campaign: Campaign): Promise<void> {

@@ -18,7 +18,7 @@ const { values } = parseArgs({
 const firstSeed = Number(values.seed);
 const durationMs = parseDurationMs(values.duration!);
 const maxRounds = values.rounds === undefined ? Infinity : Number(values.rounds);
-const SOAK_CAMPAIGN: Campaign = { mixedRounds: 20, inputsPerRound: 1000, slowWriters: 64, slowWritersMs: 10_000, burstConnections: 1000, stalledWriters: 64, stalledBytes: 30 * 1024 * 1024, stalledReaders: 16, stalledReads: 12 };
+const SOAK_CAMPAIGN: Campaign = { mixedRounds: 20, inputsPerRound: 1000, slowWriters: 64, slowWritersMs: 10_000, burstConnections: 1000, stalledWriters: 64, stalledBytes: 30 * 1024 * 1024, stalledReaders: 32, stalledReads: 16 };
 
 const startedMs = performance.now();
 let total = 0;
