@@ -374,7 +374,7 @@ class NbdConnection {
   }
 
   /** Keeps the server-wide counts of buffered input and unsent replies in step with this connection's. */
-  private accountInput(): void {
+  private accountBuffers(): void {
     const delta = this.input.lengthBytes - this.accountedInputBytes;
     this.accountedInputBytes += delta;
     this.context.bufferedInputBytes += delta;
@@ -403,7 +403,7 @@ class NbdConnection {
     this.context.log.warn(`nbd client ${this.peer}: holds ${this.accountedUnsentBytes} bytes of replies it does not read while the server's ${MAX_SERVER_UNSENT_BYTES}-byte budget is spent; disconnecting`);
     nodeMetrics.nbdViolations.inc();
     this.terminate();
-    this.accountInput();
+    this.accountBuffers();
   }
 
   onDrain(): void {
@@ -420,7 +420,7 @@ class NbdConnection {
   onClosed(): void {
     this.phase = "closed";
     this.input.clear();
-    this.accountInput();
+    this.accountBuffers();
     if (this.awaitingPayload !== undefined) this.release(this.awaitingPayload);
     this.awaitingPayload = undefined;
   }
@@ -461,7 +461,7 @@ class NbdConnection {
       } while (this.pumpAgain);
     } finally {
       this.pumping = false;
-      this.accountInput();
+      this.accountBuffers();
     }
     this.noteUnsent();
     this.updateFlowControl();
