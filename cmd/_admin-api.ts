@@ -178,7 +178,8 @@ export class AdminApi {
   private async routeNodes(): Promise<FrameHeader> {
     const { group } = this.options;
     const ids = group.liveMembers().map((member) => member.id).sort();
-    const usage = await this.usageByNode(ids);
+    const [usage, infos] = await Promise.all([this.usageByNode(ids), this.infoByNode(ids)]);
+    const nowMs = Date.now();
     const nodes = ids.map((id) => {
       const member = group.members.get(id)!;
       const link = group.links.get(id);
@@ -195,7 +196,10 @@ export class AdminApi {
         nbdAddress: member.nbdAddress,
         state: group.isUp(id) ? "up" : "down",
         self: id === group.selfId,
-        lastHeartbeatMs: id === group.selfId ? null : (link?.lastHeartbeatMs ?? null),
+        lastHeartbeatMs: id === group.selfId ? null : (link?.lastHeartbeatMs || null),
+        heartbeatAgeMs: id === group.selfId || !link?.lastHeartbeatMs ? null : nowMs - link.lastHeartbeatMs,
+        version: infos.get(id)?.version ?? null,
+        uptimeMs: infos.get(id)?.uptimeMs ?? null,
         pagesWritten: held ? pages : null,
         bytesUsed: held ? bytes : null,
       };
@@ -397,6 +401,29 @@ export class AdminApi {
       }),
     );
     return { volume, snapshot: snapshotName, changedPages: counts.reduce((sum, count) => sum + count, 0) };
+  }
+
+  /** Version and uptime of each node that answers; nodes that are down are missing from the map. */
+  private async infoByNode(nodes: string[]): Promise<Map<string, { version: string; uptimeMs: number }>> {
+    const { group } = this.options;
+    const result = new Map<string, { version: string; uptimeMs: number }>();
+    await Promise.all(
+      nodes.map(async (node) => {
+        if (node === group.selfId) {
+          const info = this.nodeInfo();
+          result.set(node, { version: String(info.version), uptimeMs: Number(info.uptimeMs) });
+          return;
+        }
+        if (!group.isUp(node)) return;
+        try {
+          const info = (await group.link(node).request("admin.node.info", {}, undefined, 3000)).result;
+          result.set(node, { version: String(info.version), uptimeMs: Number(info.uptimeMs) });
+        } catch {
+          // reported as unknown (null) by the caller
+        }
+      }),
+    );
+    return result;
   }
 
   /** Page usage of each node that answers; nodes that are down are missing from the map. */

@@ -50,7 +50,8 @@ export function rejectUnknownFlags(context: { rawArgs: string[]; cmd: { args?: u
   }
 }
 
-function kebab(name: string): string {
+/** citty hands flags over camelCase; people and config files write them kebab-case. */
+export function kebab(name: string): string {
   return name.replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`);
 }
 

@@ -20,7 +20,9 @@ import { MoveService } from "../transport/move-service.ts";
 import { RouteAdmin } from "./_route-admin.ts";
 import { snapshotLayerId } from "../core/snapshot-record.ts";
 import { AdminApi } from "./_admin-api.ts";
-import { createLog } from "./_log.ts";
+import { createLog, type LogFormat } from "./_log.ts";
+import { nodeMetrics, watchNodeState } from "../transport/node-metrics.ts";
+import { serveMetrics } from "../transport/metrics-endpoint.ts";
 
 export interface NodeOptions {
   id?: string;
@@ -34,6 +36,9 @@ export interface NodeOptions {
   tlsDir?: string;
   /** Refuse NBD clients that do not STARTTLS. */
   tlsRequired?: boolean;
+  /** HOST:PORT for the Prometheus endpoint; none when undefined. */
+  metrics?: string;
+  logFormat?: LogFormat;
 }
 
 export interface RunningNode {
@@ -46,7 +51,7 @@ export interface RunningNode {
 export const SHOAL_VERSION = "0.1.0";
 
 export async function startNode(options: NodeOptions): Promise<RunningNode> {
-  const log = createLog();
+  const log = createLog(undefined, options.logFormat);
   // Bad credentials are found before anything is created on disk.
   const tls = nodeTlsIdentity(options);
   fs.mkdirSync(options.dataDir, { recursive: true });
@@ -140,6 +145,9 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const moves = new MoveService(group, mover, meshLog);
   routeAdmin = new RouteAdmin(group, moves);
   admin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
+  watchNodeState(nodeMetrics, { group, store, version: SHOAL_VERSION, startedAtMs, nbdConnections: () => nbd.connectionCount, meshConnections: () => mesh.connections.size });
+  const metricsAddress = options.metrics === undefined ? undefined : parseHostPort(options.metrics);
+  const metricsEndpoint = metricsAddress && serveMetrics(metricsAddress.host, metricsAddress.port, nodeMetrics.registry);
 
   if (group.groupId === undefined) {
     if (options.join) await group.join(options.join);
@@ -151,13 +159,15 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   snapshots.start();
   moves.start();
   const security = tls ? `, TLS (mesh mutual, NBD ${options.tlsRequired ? "required" : "offered"})` : "";
-  log.info(`node ${id} up: mesh ${meshAddress.host}:${meshPort}, nbd ${nbdAddress.host}:${nbdPort}, data ${options.dataDir}${security}`);
+  const metricsNote = metricsAddress ? `, metrics http://${metricsAddress.host}:${metricsEndpoint!.port}/metrics` : "";
+  log.info(`node ${id} up: mesh ${meshAddress.host}:${meshPort}, nbd ${nbdAddress.host}:${nbdPort}, data ${options.dataDir}${security}${metricsNote}`);
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
       log.info(`node ${id} stopping: finishing requests in flight`);
       await nbd.close();
+      metricsEndpoint?.stop();
       snapshots.stop();
       moves.stop();
       mesh.stop();

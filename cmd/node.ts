@@ -1,37 +1,49 @@
 // `shoal node`: runs a storage node in the foreground until SIGINT or SIGTERM.
-import { defineCommand } from "citty";
+import { defineCommand, type ArgsDef } from "citty";
 import { startNode } from "./_node-runtime.ts";
 import { parseDurationMs, rejectUnknownFlags } from "./_cli.ts";
+import { resolveSettings, withoutDefaults, type Settings } from "./_config.ts";
+import { parseLogFormat } from "./_log.ts";
+
+/** The node's flags with their defaults; a config file may set any of them (except config). */
+const nodeFlags = {
+  config: { type: "string", description: "TOML file whose keys are these flags, kebab-case (default $SHOAL_CONFIG); flags win", valueHint: "FILE" },
+  id: { type: "string", description: "node id (generated once and kept in the data dir when omitted)" },
+  data: { type: "string", description: "data directory", default: "./shoal-data", valueHint: "DIR" },
+  listen: { type: "string", description: "peer mesh and admin address", default: "127.0.0.1:7400", valueHint: "HOST:PORT" },
+  nbd: { type: "string", description: "NBD address", default: "127.0.0.1:10809", valueHint: "HOST:PORT" },
+  join: { type: "string", description: "join the group of the member at this mesh address", valueHint: "HOST:PORT" },
+  maxClockSkew: {
+    type: "string",
+    description: "bound on any node's clock error, for timestamp-mode snapshots",
+    default: "5ms",
+    valueHint: "DURATION",
+  },
+  metrics: { type: "string", description: "serve Prometheus metrics over HTTP at http://HOST:PORT/metrics", valueHint: "HOST:PORT" },
+  logFormat: { type: "string", description: "log lines on stderr: human, or json (one object per line)", default: "human", valueHint: "FORMAT" },
+  tls: { type: "string", description: "TLS credentials (from `shoal tls issue`): mutual TLS on the mesh, STARTTLS on NBD", valueHint: "DIR" },
+  tlsRequired: { type: "boolean", description: "refuse NBD clients that do not STARTTLS (needs --tls)" },
+} as const satisfies ArgsDef;
 
 export default defineCommand({
   meta: { name: "node", description: "Run a storage node (a one-node group unless --join names a member)" },
-  args: {
-    id: { type: "string", description: "node id (generated once and kept in the data dir when omitted)" },
-    data: { type: "string", description: "data directory", default: "./shoal-data", valueHint: "DIR" },
-    listen: { type: "string", description: "peer mesh and admin address", default: "127.0.0.1:7400", valueHint: "HOST:PORT" },
-    nbd: { type: "string", description: "NBD address", default: "127.0.0.1:10809", valueHint: "HOST:PORT" },
-    join: { type: "string", description: "join the group of the member at this mesh address", valueHint: "HOST:PORT" },
-    maxClockSkew: {
-      type: "string",
-      description: "bound on any node's clock error, for timestamp-mode snapshots (default 5ms)",
-      default: "5ms",
-      valueHint: "DURATION",
-    },
-    tls: { type: "string", description: "TLS credentials (from `shoal tls issue`): mutual TLS on the mesh, STARTTLS on NBD", valueHint: "DIR" },
-    tlsRequired: { type: "boolean", description: "refuse NBD clients that do not STARTTLS (needs --tls)" },
-  },
+  args: withoutDefaults(nodeFlags),
   async run(context) {
     rejectUnknownFlags(context);
-    const { args } = context;
+    const configPath = context.args.config || process.env.SHOAL_CONFIG || undefined;
+    const settings = resolveSettings(nodeFlags, context.args as Settings, configPath);
+    const text = (name: string) => settings[name] as string | undefined;
     const node = await startNode({
-      id: args.id,
-      dataDir: args.data,
-      listen: args.listen,
-      nbd: args.nbd,
-      join: args.join,
-      maxClockSkewMs: parseDurationMs(args.maxClockSkew),
-      tlsDir: args.tls,
-      tlsRequired: args.tlsRequired,
+      id: text("id"),
+      dataDir: text("data")!,
+      listen: text("listen")!,
+      nbd: text("nbd")!,
+      join: text("join"),
+      maxClockSkewMs: parseDurationMs(text("maxClockSkew")!),
+      metrics: text("metrics"),
+      logFormat: parseLogFormat(text("logFormat")!),
+      tlsDir: text("tls"),
+      tlsRequired: settings.tlsRequired === true,
     });
     await new Promise<void>((resolve) => {
       const onSignal = () => {

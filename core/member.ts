@@ -32,3 +32,15 @@ export function parseHostPort(text: string, defaultPort?: number): { host: strin
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ShoalError("BAD_ARGUMENT", `'${text}' has no valid port`);
   return { host, port };
 }
+
+const HOST_NAME = /^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/;
+const HOST_V6 = /^\[[0-9A-Fa-f:.%a-z]{2,63}\]$/;
+
+/** A member record from the wire names a real-looking host and port, so garbage never reaches the catalog. */
+export function isValidMemberAddress(text: string): boolean {
+  const lastColon = text.lastIndexOf(":");
+  if (lastColon <= 0) return false;
+  const host = text.slice(0, lastColon);
+  const port = text.slice(lastColon + 1);
+  return (HOST_NAME.test(host) || HOST_V6.test(host)) && /^\d{1,5}$/.test(port) && Number(port) >= 1 && Number(port) <= 65535;
+}

@@ -79,6 +79,8 @@ export class FrameDecoder {
   /** Offset of the first unread byte in chunks[0]. */
   private headOffset = 0;
   private buffered = 0;
+  /** Largest frame accepted (prefix excluded); lowered for connections not yet trusted. */
+  maxFrameBytes = MAX_FRAME_BYTES;
 
   /** Returns the frames completed by `chunk`. Throws BAD_FRAME on garbage. */
   push(chunk: Uint8Array): Frame[] {
@@ -92,7 +94,7 @@ export class FrameDecoder {
       const view = new DataView(prefix.buffer, prefix.byteOffset, PREFIX_BYTES);
       const rest = view.getUint32(0);
       const headerBytes = view.getUint32(4);
-      if (rest < 4 || rest > MAX_FRAME_BYTES || headerBytes > MAX_HEADER_BYTES || headerBytes > rest - 4) {
+      if (rest < 4 || rest > this.maxFrameBytes || headerBytes > MAX_HEADER_BYTES || headerBytes > rest - 4) {
         throw new ShoalError("BAD_FRAME", `mesh frame with length ${rest} and header ${headerBytes} is malformed`);
       }
       if (this.buffered < 4 + rest) break;

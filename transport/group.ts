@@ -3,7 +3,7 @@
 // catalog digest differs from a peer's, which every hello and heartbeat carries.
 import { ShoalError } from "../core/errors.ts";
 import type { Catalog } from "../core/catalog.ts";
-import type { Member } from "../core/member.ts";
+import { isValidMemberAddress, isValidNodeId, type Member } from "../core/member.ts";
 import { isNewer, volumeFromWire, volumeToWire, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
 import { isNewerSnapshot, snapshotKey, type SnapshotRecord } from "../core/snapshot-record.ts";
 import type { FrameHeader } from "./frame.ts";
@@ -397,6 +397,10 @@ function parseMember(value: unknown): Member {
   const member = value as Member | undefined;
   if (!member || typeof member.id !== "string" || typeof member.meshAddress !== "string" || typeof member.nbdAddress !== "string") {
     throw new ShoalError("BAD_REQUEST", "member record is malformed");
+  }
+  // A garbled address would re-point the member's link and be stored in the catalog.
+  if (!isValidNodeId(member.id) || !isValidMemberAddress(member.meshAddress) || !isValidMemberAddress(member.nbdAddress)) {
+    throw new ShoalError("BAD_REQUEST", `member record for '${member.id.slice(0, 64)}' has an invalid id or address`);
   }
   return {
     id: member.id,

@@ -2,9 +2,10 @@
 // many in flight at once. Used for peer links, inbound peers and admin clients alike.
 import type { Socket } from "bun";
 import { errorFromWire, asShoalError, ShoalError } from "../core/errors.ts";
-import { encodeFrameHead, FrameDecoder, EMPTY_PAYLOAD, type Frame, type FrameHeader, type Payload } from "./frame.ts";
+import { encodeFrameHead, FrameDecoder, EMPTY_PAYLOAD, MAX_FRAME_BYTES, type Frame, type FrameHeader, type Payload } from "./frame.ts";
 import type { PeerCertificate } from "./mesh-tls.ts";
 import { SocketWriter } from "./socket-writer.ts";
+import { nodeMetrics } from "./node-metrics.ts";
 
 export interface Reply {
   result?: FrameHeader;
@@ -42,6 +43,14 @@ const MAX_PENDING_REQUESTS = 4096;
 const COALESCE_BYTES = 64 * 1024;
 /** A batch of small frames is written once it reaches this size, or at the end of the tick. */
 const BATCH_BYTES = 256 * 1024;
+/**
+ * Inbound connections that are not a member's (before hello, and admin clients) send only small
+ * requests; bounding their frames, their time to say hello and their number bounds the memory
+ * anyone who can reach the port can make the node hold (a member may send 36 MiB frames).
+ */
+const UNTRUSTED_MAX_FRAME_BYTES = 64 * 1024;
+const HELLO_TIMEOUT_MS = 10_000;
+const MAX_INBOUND_CONNECTIONS = 1024;
 
 export interface MeshConnectionOptions {
   socket: Socket<unknown>;
@@ -50,6 +59,8 @@ export interface MeshConnectionOptions {
   label: string;
   warn: (message: string) => void;
   onClose?: (connection: MeshConnection) => void;
+  /** Accepted by this node's listener (not dialed): untrusted until a member's hello. */
+  inbound?: boolean;
 }
 
 export class MeshConnection {
@@ -64,18 +75,46 @@ export class MeshConnection {
   private batchReleases: (() => void)[] = [];
   private flushScheduled = false;
   private sweep: ReturnType<typeof setInterval> | undefined;
-  /** Filled by the hello exchange: the peer's node id, or "admin". */
-  peerId: string | undefined;
   /** What the peer proved in the TLS handshake; undefined on plain TCP. */
   certificate: PeerCertificate | undefined;
   /** Why the other end refused us (a "refused" frame), reported instead of a bare close. */
   private refusal: ShoalError | undefined;
+  private identity: string | undefined;
+  private helloTimer: ReturnType<typeof setTimeout> | undefined;
+  private static inboundOpen = 0;
   label: string;
 
   constructor(private readonly options: MeshConnectionOptions) {
     this.socket = options.socket;
     this.label = options.label;
     this.writer = new SocketWriter(options.socket, MAX_QUEUED_BYTES);
+    if (options.inbound) this.limitUntilHello();
+  }
+
+  /** Filled by the hello exchange: the peer's node id, or "admin". A member's id lifts the limits. */
+  get peerId(): string | undefined {
+    return this.identity;
+  }
+
+  set peerId(id: string | undefined) {
+    this.identity = id;
+    if (id === undefined || id === "admin") return;
+    this.decoder.maxFrameBytes = MAX_FRAME_BYTES;
+    clearTimeout(this.helloTimer);
+  }
+
+  private limitUntilHello(): void {
+    this.decoder.maxFrameBytes = UNTRUSTED_MAX_FRAME_BYTES;
+    if (++MeshConnection.inboundOpen > MAX_INBOUND_CONNECTIONS) {
+      this.options.warn(`refusing mesh connection from ${this.label}: ${MAX_INBOUND_CONNECTIONS} inbound connections open`);
+      queueMicrotask(() => this.close());
+      return;
+    }
+    this.helloTimer = setTimeout(() => {
+      if (this.identity !== undefined) return;
+      this.options.warn(`dropping mesh connection from ${this.label}: no hello in ${HELLO_TIMEOUT_MS} ms`);
+      this.close();
+    }, HELLO_TIMEOUT_MS);
   }
 
   get isClosed(): boolean {
@@ -111,6 +150,7 @@ export class MeshConnection {
       frames = this.decoder.push(chunk);
     } catch (err) {
       this.options.warn(`dropping mesh connection from ${this.label}: ${asShoalError(err).message}`);
+      nodeMetrics.meshBadFrames.inc();
       this.close();
       return;
     }
@@ -126,6 +166,8 @@ export class MeshConnection {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.sweep);
+    clearTimeout(this.helloTimer);
+    if (this.options.inbound) MeshConnection.inboundOpen--;
     for (const [, pending] of this.pending) {
       pending.reject(this.refusal ?? new ShoalError("NODE_DOWN", `connection to ${this.label} closed`));
     }

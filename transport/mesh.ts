@@ -66,6 +66,7 @@ export class MeshServer {
       label: `${socket.remoteAddress}`,
       warn: this.log.warn,
       onClose: (closed) => this.connections.delete(closed),
+      inbound: true,
     });
     connection.certificate = certificate;
     socket.data = { connection };

@@ -8,6 +8,7 @@ import { withOwner } from "../core/routing.ts";
 import { volumeToWire, type VolumeRecord } from "../core/volume.ts";
 import type { Group } from "./group.ts";
 import type { MeshLog } from "./mesh.ts";
+import { nodeMetrics } from "./node-metrics.ts";
 import type { PageMover } from "./page-mover.ts";
 
 /** Pages per step: bigger steps move faster, smaller ones keep each page frozen for less time. */
@@ -126,11 +127,16 @@ export class MoveService {
     let pending = [...tasks];
     try {
       for (const task of tasks) {
+        let done = 0;
+        nodeMetrics.setMoveProgress(task.volume, done, task.moves.length);
         for (const batch of batchMoves(task.moves, STEP_PAGES)) {
           const bytes = await this.step(task.volume, status.moveId, batch.from, batch.to, batch.pages);
+          done += batch.pages.length;
+          nodeMetrics.setMoveProgress(task.volume, done, task.moves.length);
           status.pagesMoved += batch.pages.length;
           status.bytesMoved += bytes;
         }
+        nodeMetrics.clearMoveProgress(task.volume);
         await this.unlock(task.volume, status.moveId);
         pending = pending.filter((other) => other !== task);
       }
@@ -140,7 +146,10 @@ export class MoveService {
       status.state = "failed";
       status.error = error.toWire();
       this.log.warn(`move ${status.moveId} failed: ${error.message}`);
-      for (const task of pending) await this.unlock(task.volume, status.moveId).catch(() => undefined);
+      for (const task of pending) {
+        nodeMetrics.clearMoveProgress(task.volume);
+        await this.unlock(task.volume, status.moveId).catch(() => undefined);
+      }
     }
     status.finishedAtMs = Date.now();
   }

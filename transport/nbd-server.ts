@@ -7,6 +7,7 @@ import { NBD_ESHUTDOWN, ShoalError, asShoalError, nbdErrnoFor } from "../core/er
 import { MAX_REQUEST_BYTES } from "../core/geometry.ts";
 import { ByteQueue } from "./_byte-queue.ts";
 import { dataBuffers } from "./buffer-pool.ts";
+import { nodeMetrics } from "./node-metrics.ts";
 import { SocketWriter } from "./socket-writer.ts";
 import { type ByteStream, startServerTls } from "./nbd-tls-session.ts";
 import type { TlsIdentity } from "./tls-identity.ts";
@@ -108,6 +109,20 @@ const MAX_INPUT_BYTES = 2 * (MAX_REQUEST_BYTES + REQUEST_HEADER_BYTES) + 1024 * 
 const COALESCE_REPLY_BYTES = 64 * 1024;
 const COALESCE_BATCH_BYTES = 256 * 1024;
 const MAX_CONNECTIONS = 1024;
+/**
+ * Input buffered by all connections together (partial requests, WRITE payloads still arriving).
+ * Past it, a connection that holds more than its share when more arrives is dropped: clients
+ * that send most of a 32 MiB WRITE and stall must not add up to gigabytes.
+ */
+const MAX_SERVER_INPUT_BYTES = 128 * 1024 * 1024;
+/**
+ * READ/WRITE bytes in flight on all connections together. Beyond the memory, this bounds what
+ * this node asks of a peer at once: forwarded reads whose replies outrun the mesh link's send
+ * queue (256 MiB) made the peer drop the link as "not reading".
+ */
+const MAX_SERVER_IN_FLIGHT_BYTES = 128 * 1024 * 1024;
+/** Replies not yet taken by their clients, all connections together; see canAdmit() and noteUnsent(). */
+const MAX_SERVER_UNSENT_BYTES = 128 * 1024 * 1024;
 const MAX_OPTIONS_PER_CONNECTION = 1024;
 const MAX_LISTED_EXPORTS = 10_000;
 const HANDSHAKE_TIMEOUT_SECONDS = 30;
@@ -122,6 +137,13 @@ interface ServerContext {
   readonly maxInFlight: number;
   readonly tls: NbdServerOptions["tls"];
   shuttingDown: boolean;
+  /** Sum of every connection's buffered input; see MAX_SERVER_INPUT_BYTES. */
+  bufferedInputBytes: number;
+  inFlightBytes: number;
+  unsentBytes: number;
+  /** A server-wide budget has room again: connections that stopped for it may go on. */
+  wakeBlocked: () => void;
+  connectionCount: number;
 }
 
 type ServerSocket = Socket<NbdConnection | undefined>;
@@ -138,7 +160,16 @@ export class NbdServer {
     if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > MAX_IN_FLIGHT_LIMIT) {
       throw new ShoalError("BAD_ARGUMENT", `maxInFlightPerConnection must be between 1 and ${MAX_IN_FLIGHT_LIMIT}, not ${maxInFlight}`);
     }
-    this.context = { catalog: opts.catalog, log: opts.log, maxInFlight, tls: opts.tls, shuttingDown: false };
+    let wakeScheduled = false;
+    const wakeBlocked = () => {
+      if (wakeScheduled) return;
+      wakeScheduled = true;
+      queueMicrotask(() => {
+        wakeScheduled = false;
+        for (const connection of this.connections) connection.wake();
+      });
+    };
+    this.context = { catalog: opts.catalog, log: opts.log, maxInFlight, tls: opts.tls, shuttingDown: false, bufferedInputBytes: 0, inFlightBytes: 0, unsentBytes: 0, connectionCount: 0, wakeBlocked };
   }
 
   get connectionCount(): number {
@@ -192,11 +223,13 @@ export class NbdServer {
     const connection = new NbdConnection(socket, this.context);
     socket.data = connection;
     this.connections.add(connection);
+    this.context.connectionCount = this.connections.size;
     connection.start();
   }
 
   private forget(connection: NbdConnection): void {
     this.connections.delete(connection);
+    this.context.connectionCount = this.connections.size;
     if (this.connections.size === 0) this.allClosed?.();
   }
 
@@ -252,6 +285,9 @@ class RequestSlot {
   offset = 0;
   length = 0;
   costBytes = 0;
+  /** Counted in the server-wide in-flight bytes: from execution on, not while a WRITE's payload arrives. */
+  executing = false;
+  startedMs = 0;
   payload: Uint8Array | undefined = undefined;
   reply: Uint8Array | undefined = undefined;
   fault: RequestFault | undefined = undefined;
@@ -316,6 +352,9 @@ class NbdConnection {
   /** A WRITE whose header is parsed and whose payload is still arriving. */
   private awaitingPayload: RequestSlot | undefined;
   private deviceFailureLogged = false;
+  /** This connection's part of context.bufferedInputBytes and context.unsentBytes. */
+  private accountedInputBytes = 0;
+  private accountedUnsentBytes = 0;
 
   constructor(
     socket: ServerSocket,
@@ -343,8 +382,47 @@ class NbdConnection {
     this.input.push(chunk);
     if (this.input.lengthBytes > MAX_INPUT_BYTES) {
       this.violation(`buffered ${this.input.lengthBytes} bytes of input without a complete request`);
+    } else if (this.context.bufferedInputBytes + chunk.length > MAX_SERVER_INPUT_BYTES && this.input.lengthBytes > this.fairShare(MAX_SERVER_INPUT_BYTES)) {
+      this.violation(`holds ${this.input.lengthBytes} bytes of unfinished input while the server's ${MAX_SERVER_INPUT_BYTES}-byte input budget is spent`);
     }
     this.pump();
+  }
+
+  private fairShare(budgetBytes: number): number {
+    return budgetBytes / Math.max(1, this.context.connectionCount);
+  }
+
+  /** Keeps the server-wide counts of buffered input and unsent replies in step with this connection's. */
+  private accountBuffers(): void {
+    const delta = this.input.lengthBytes - this.accountedInputBytes;
+    this.accountedInputBytes += delta;
+    this.context.bufferedInputBytes += delta;
+    const unsent = this.phase === "closed" ? 0 : this.unsentBytes();
+    this.context.unsentBytes += unsent - this.accountedUnsentBytes;
+    this.accountedUnsentBytes = unsent;
+  }
+
+  /** Called when a server-wide budget frees up: a connection paused for it reads again. */
+  wake(): void {
+    if (this.phase !== "transmission" || !this.paused || this.pumping) return;
+    try {
+      this.pump();
+    } catch (err) {
+      this.crash(err);
+    }
+  }
+
+  /**
+   * While the server's unsent replies are over budget, a client holding more than its share of
+   * them is cut: clients that ask and never read cannot hold the memory.
+   */
+  private noteUnsent(): void {
+    if (this.context.unsentBytes <= MAX_SERVER_UNSENT_BYTES || this.phase === "closed") return;
+    if (this.accountedUnsentBytes <= this.fairShare(MAX_SERVER_UNSENT_BYTES)) return;
+    this.context.log.warn(`nbd client ${this.peer}: holds ${this.accountedUnsentBytes} bytes of replies it does not read while the server's ${MAX_SERVER_UNSENT_BYTES}-byte budget is spent; disconnecting`);
+    nodeMetrics.nbdViolations.inc();
+    this.terminate();
+    this.accountBuffers();
   }
 
   /** From the raw socket. */
@@ -366,6 +444,7 @@ class NbdConnection {
   onClosed(): void {
     this.phase = "closed";
     this.input.clear();
+    this.accountBuffers();
     if (this.awaitingPayload !== undefined) this.release(this.awaitingPayload);
     this.awaitingPayload = undefined;
   }
@@ -407,7 +486,9 @@ class NbdConnection {
       } while (this.pumpAgain);
     } finally {
       this.pumping = false;
+      this.accountBuffers();
     }
+    this.noteUnsent();
     this.updateFlowControl();
     this.finishIfDrained();
   }
@@ -435,16 +516,20 @@ class NbdConnection {
   }
 
   private canAdmit(): boolean {
+    // Each connection may use its share of the server-wide budgets (at least one request), so
+    // no client, reading or not, can take them all and stall the others.
     return (
       this.inFlight < this.context.maxInFlight &&
-      this.inFlightBytes < MAX_IN_FLIGHT_BYTES &&
-      this.unsentBytes() < OUTBOX_HIGH_WATER_BYTES
+      this.inFlightBytes < Math.min(MAX_IN_FLIGHT_BYTES, this.fairShare(MAX_SERVER_IN_FLIGHT_BYTES)) &&
+      this.unsentBytes() < Math.min(OUTBOX_HIGH_WATER_BYTES, this.fairShare(MAX_SERVER_UNSENT_BYTES)) &&
+      this.context.inFlightBytes < MAX_SERVER_IN_FLIGHT_BYTES
     );
   }
 
   /** A protocol violation: one warning, then the same clean close as a disconnect. */
   private violation(reason: string): void {
     this.context.log.warn(`nbd client ${this.peer}: ${reason}; disconnecting`);
+    nodeMetrics.nbdViolations.inc();
     this.beginDrain();
   }
 
@@ -803,6 +888,9 @@ class NbdConnection {
   private execute(slot: RequestSlot): void {
     const device = this.device!;
     const fua = (slot.flags & NBD_CMD_FLAG_FUA) !== 0;
+    slot.startedMs = performance.now();
+    slot.executing = true;
+    this.context.inFlightBytes += slot.costBytes;
     let result: unknown;
     try {
       switch (slot.type) {
@@ -844,6 +932,7 @@ class NbdConnection {
   /** A device call finished; called directly or from a promise, so it must never throw. */
   complete(slot: RequestSlot, value: unknown): void {
     try {
+      nodeMetrics.nbdDone(slot.type, slot.length, slot.startedMs, true);
       if (slot.type === NBD_CMD_READ) this.sendReadReply(slot.reply!);
       else if (this.phase !== "closed") {
         if (slot.type === NBD_CMD_BLOCK_STATUS) this.sendBlockStatus(slot, value);
@@ -858,6 +947,7 @@ class NbdConnection {
 
   fail(slot: RequestSlot, error: unknown): void {
     try {
+      nodeMetrics.nbdDone(slot.type, slot.length, slot.startedMs, false);
       const message = asShoalError(error).message;
       if (!this.deviceFailureLogged) {
         this.deviceFailureLogged = true;
@@ -910,12 +1000,20 @@ class NbdConnection {
     slot.costBytes = carriesPayload && request.length <= MAX_REQUEST_BYTES ? request.length : 0;
     this.inFlight++;
     this.inFlightBytes += slot.costBytes;
+    nodeMetrics.nbdInFlight.inc();
     return slot;
   }
 
   private release(slot: RequestSlot): void {
     this.inFlight--;
     this.inFlightBytes -= slot.costBytes;
+    if (slot.executing) {
+      slot.executing = false;
+      const wasFull = this.context.inFlightBytes >= MAX_SERVER_IN_FLIGHT_BYTES;
+      this.context.inFlightBytes -= slot.costBytes;
+      if (wasFull && this.context.inFlightBytes < MAX_SERVER_IN_FLIGHT_BYTES) this.context.wakeBlocked();
+    }
+    nodeMetrics.nbdInFlight.dec();
     slot.payload = undefined;
     slot.reply = undefined;
     slot.fault = undefined;

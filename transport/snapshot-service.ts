@@ -22,6 +22,7 @@ import type { Group } from "./group.ts";
 import type { MeshLog } from "./mesh.ts";
 import type { SnapshotGate } from "./volume-router.ts";
 import type { PageMover, SnapshotActivity } from "./page-mover.ts";
+import { nodeMetrics } from "./node-metrics.ts";
 
 export interface SnapshotServiceOptions {
   group: Group;
@@ -194,6 +195,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     });
     promise.catch(() => {}); // observed by whoever awaits it; never an unhandled rejection
     this.waiting.set(snapshotId, { resolve, reject, promise, onReady });
+    nodeMetrics.snapshotStarted(snapshotId);
     this.runCoordinator(
       this.coordinator.startSnapshot({
         snapshotId,
@@ -295,6 +297,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
       switch (effect.kind) {
         case "send": {
           const { to, msg } = effect;
+          if (msg.type === "snap.take") nodeMetrics.snapshotTaking(msg.snapshotId);
           this.coordinatorRecords.after(() => this.send(to, msg));
           break;
         }
@@ -313,6 +316,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
           break;
         case "ready": {
           const { snapshotId } = effect;
+          nodeMetrics.snapshotReady(snapshotId);
           this.coordinatorRecords.after(() => this.waiting.get(snapshotId)?.onReady());
           break;
         }
@@ -320,6 +324,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
           this.coordinatorRecords.after(() => {
             const waiter = this.waiting.get(effect.snapshotId);
             this.waiting.delete(effect.snapshotId);
+            if (waiter) nodeMetrics.snapshotDone(effect.snapshotId, effect.ok);
             if (effect.ok) waiter?.resolve(effect.result);
             else waiter?.reject(effect.error);
           });
@@ -341,11 +346,13 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         }
         case "hold":
           this.holds.hold(effect.snapshotId, effect.volumes);
+          nodeMetrics.holdStarted(effect.snapshotId);
           // Requests run synchronously on this node's event loop: none is mid-execution now.
           queueMicrotask(() => this.runParticipant(this.participant.onInflightDrained(effect.snapshotId, this.nowMs())));
           break;
         case "release":
           this.holds.release(effect.snapshotId, effect.volumes);
+          nodeMetrics.holdReleased(effect.snapshotId);
           break;
         case "cut": {
           for (const uid of this.localVolumeUids(effect.volumes)) store.freezeLayer(uid, snapshotLayerId(uid, effect.snapshotId));

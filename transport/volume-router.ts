@@ -12,6 +12,7 @@ import type { VolumeRecord } from "../core/volume.ts";
 import { Payload, type FrameHeader } from "./frame.ts";
 import type { PageMover } from "./page-mover.ts";
 import { dataBuffers } from "./buffer-pool.ts";
+import { nodeMetrics } from "./node-metrics.ts";
 import type { Group } from "./group.ts";
 import type { Reply } from "./mesh-connection.ts";
 
@@ -108,6 +109,7 @@ export class VolumeRouter implements ExportCatalog {
   read(target: Target, offset: number, length: number, into: Uint8Array, intoOffset: number): Promise<void> | void {
     let pending: Promise<void>[] | undefined;
     for (const slice of slicePages(target.record, offset, length)) {
+      nodeMetrics.countPage("read", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
       const done = this.readPage(target, slice.page, slice.pageOffset, slice.length, into, intoOffset + slice.bufferOffset, 0);
       if (done) (pending ??= []).push(done);
     }
@@ -118,6 +120,7 @@ export class VolumeRouter implements ExportCatalog {
     let pending: Promise<void>[] | undefined;
     for (const slice of slicePages(target.record, offset, data.byteLength)) {
       const piece = data.subarray(slice.bufferOffset, slice.bufferOffset + slice.length);
+      nodeMetrics.countPage("write", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
       const done = this.writePage(target, slice.page, slice.pageOffset, [piece], fua, 0);
       if (done) (pending ??= []).push(done.then(this.owe));
     }
@@ -127,6 +130,7 @@ export class VolumeRouter implements ExportCatalog {
   zero(target: Target, offset: number, length: number, fua: boolean): Promise<void> | void {
     let pending: Promise<void>[] | undefined;
     for (const slice of slicePages(target.record, offset, length)) {
+      nodeMetrics.countPage("zero", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
       const done = this.zeroPage(target, slice.page, slice.pageOffset, slice.length, fua, 0);
       if (done) (pending ??= []).push(done.then(this.owe));
     }
@@ -169,10 +173,12 @@ export class VolumeRouter implements ExportCatalog {
   // its page frozen by a move waits and then routes again, by the table current by then.
 
   private readPage(target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> | void {
+    const again = () => this.readPage(this.refreshed(target), page, pageOffset, length, into, at, hops);
+    // Before the owner check: between a move's commit and its publish this node's table already
+    // names the target, which does not know yet.
+    if (this.mover?.isFrozen(target.record.uid, page)) return this.afterThaw(target, page, again);
     const owner = ownerOf(target.record.routing, page);
     if (owner !== this.group.selfId) return this.forwardRead(owner, target, page, pageOffset, length, into, at, hops);
-    const again = () => this.readPage(this.refreshed(target), page, pageOffset, length, into, at, hops);
-    if (this.mover?.isFrozen(target.record.uid, page)) return this.afterThaw(target, page, again);
     if (this.heldFor(target)) return this.gate!.holds.enqueue(target.record.name, again);
     this.store.read(target.layer, page, pageOffset, length, into, at);
   }
@@ -182,10 +188,10 @@ export class VolumeRouter implements ExportCatalog {
   private writePage(target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier | void> | void {
     const { record } = target;
     if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
-    const owner = ownerOf(record.routing, page);
-    if (owner !== this.group.selfId) return this.forwardWrite(owner, target, page, pageOffset, parts, fua, hops);
     const again = () => this.writePage(this.refreshed(target), page, pageOffset, parts, fua, hops);
     if (this.mover?.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
+    const owner = ownerOf(record.routing, page);
+    if (owner !== this.group.selfId) return this.forwardWrite(owner, target, page, pageOffset, parts, fua, hops);
     if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
     const ackNotBeforeMs = this.gate ? this.gate.beforeWrite(record.name) : 0;
     let at = pageOffset;
@@ -199,6 +205,8 @@ export class VolumeRouter implements ExportCatalog {
   private zeroPage(target: Target, page: number, pageOffset: number, length: number, fua: boolean, hops: number): Promise<Applier | void> | void {
     const { record } = target;
     if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
+    const again = () => this.zeroPage(this.refreshed(target), page, pageOffset, length, fua, hops);
+    if (this.mover?.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
     const owner = ownerOf(record.routing, page);
     if (owner !== this.group.selfId) {
       this.checkHops(record, page, hops);
@@ -207,8 +215,6 @@ export class VolumeRouter implements ExportCatalog {
         .request("page.zero", { ...this.addressOf(target), p: page, o: pageOffset, n: length, f: fua, h: hops + 1 })
         .then((response) => applierOf(response.result, owner));
     }
-    const again = () => this.zeroPage(this.refreshed(target), page, pageOffset, length, fua, hops);
-    if (this.mover?.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
     if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
     const ackNotBeforeMs = this.gate ? this.gate.beforeWrite(record.name) : 0;
     this.store.zero(target.layer, page, pageOffset, length, record.pageSizeBytes);
@@ -327,6 +333,7 @@ export class VolumeRouter implements ExportCatalog {
       case "page.read": {
         const { target, page, pageOffset, hops } = this.pageArgs(args);
         const length = checkedLength(args.n, target.record, pageOffset);
+        nodeMetrics.countPage("read", "peer", length);
         const data = dataBuffers.acquire(length);
         const release = () => dataBuffers.release(data);
         let done: Promise<void> | void;
@@ -347,7 +354,7 @@ export class VolumeRouter implements ExportCatalog {
       }
       case "page.write": {
         const { target, page, pageOffset, hops } = this.pageArgs(args);
-        checkedLength(payload.byteLength, target.record, pageOffset);
+        nodeMetrics.countPage("write", "peer", checkedLength(payload.byteLength, target.record, pageOffset));
         // Written part by part as the chunks arrived: no gathering copy.
         const done = this.writePage(target, page, pageOffset, payload.parts, Boolean(args.f), hops);
         return done ? done.then((applier) => ({ result: this.answerFor(applier) })) : { result: this.answerFor(undefined) };
@@ -355,6 +362,7 @@ export class VolumeRouter implements ExportCatalog {
       case "page.zero": {
         const { target, page, pageOffset, hops } = this.pageArgs(args);
         const length = checkedLength(args.n, target.record, pageOffset);
+        nodeMetrics.countPage("zero", "peer", length);
         const done = this.zeroPage(target, page, pageOffset, length, Boolean(args.f), hops);
         return done ? done.then((applier) => ({ result: this.answerFor(applier) })) : { result: this.answerFor(undefined) };
       }

@@ -60,7 +60,7 @@ export async function run(command: string[], options: { stdin?: Uint8Array | str
 export class TestNode {
   proc: Subprocess | undefined;
   stderrLog = "";
-  /** More `shoal node` flags (e.g. --tls DIR). */
+  /** More `shoal node` flags (--tls DIR, --metrics, --config, ...), for tests of those flags. */
   extraArgs: string[] = [];
 
   constructor(
