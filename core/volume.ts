@@ -73,6 +73,8 @@ export function isNewer(candidate: VolumeRecord, current: VolumeRecord | undefin
   if (!current) return true;
   if (candidate.version !== current.version) return candidate.version > current.version;
   if (candidate.uid !== current.uid) return candidate.uid > current.uid;
+  // A lock taken on a stale copy may tie with a newer record: the newer table always wins.
+  if (candidate.routing.version !== current.routing.version) return candidate.routing.version > current.routing.version;
   // Two coordinators locked the volume for a move at once: the larger move id wins everywhere.
   return (candidate.moving?.moveId ?? "") > (current.moving?.moveId ?? "");
 }

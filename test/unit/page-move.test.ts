@@ -8,6 +8,7 @@ import { batchMoves, parsePageList, planDrain, planMove, planRebalance } from ".
 import { MoveStep, type MoveStepEffect } from "../../core/page-move.ts";
 import { ImportBatch, PageStore, type PageExport } from "../../core/page-store.ts";
 import { pagesPerNode, stripedTable, withOwner } from "../../core/routing.ts";
+import { isNewer, newVolumeRecord } from "../../core/volume.ts";
 import { familyOf } from "../../transport/page-mover.ts";
 import { expectLayerReads, LayerModel, prng } from "./_layer-model.ts";
 
@@ -163,6 +164,20 @@ describe("move plans", () => {
       expect(batch.to).toBe("c");
     }
     expect(batches.flatMap((batch) => batch.pages).sort((x, y) => x - y)).toEqual([0, 1, 3, 4, 6, 7]);
+  });
+});
+
+describe("volume records under moves", () => {
+  test("a move lock taken on a stale copy never beats a newer table of the same version; between two locks the larger id wins", () => {
+    const base = newVolumeRecord({ name: "v", sizeBytes: 64 * 1024 * 1024, pageSizeBytes: 4 * 1024 * 1024, nodes: ["a", "b"], uid: "u", nowMs: 0, previousVersion: 0 });
+    const moved = { ...base, version: 3, routing: withOwner(withOwner(base.routing, [0], "b"), [2], "b") };
+    const staleLock = { ...base, version: 3, moving: { moveId: "z", by: "a", startedAtMs: 0 } };
+    expect(isNewer(moved, staleLock)).toBe(true);
+    expect(isNewer(staleLock, moved)).toBe(false);
+    const lockA = { ...moved, version: 4, moving: { moveId: "a.1", by: "a", startedAtMs: 0 } };
+    const lockB = { ...moved, version: 4, moving: { moveId: "b.1", by: "b", startedAtMs: 0 } };
+    expect(isNewer(lockB, lockA)).toBe(true);
+    expect(isNewer(lockA, lockB)).toBe(false);
   });
 });
 
