@@ -306,6 +306,8 @@ export class AdminApi {
   private async rollbackSnapshot(volume: string, name: string): Promise<FrameHeader> {
     const { group } = this.options;
     const record = group.volume(volume);
+    // A move copies pages while clients write them; a rollback under it would not be seen.
+    if (record.moving) throw new ShoalError("CONFLICT", `volume '${volume}' is being moved (move ${record.moving.moveId}); roll back when the move ends`);
     const snapshot = group.snapshot(volume, name);
     const layer = snapshotLayerId(record.uid, snapshot.snapshotId);
     const nodes = holders(record.routing);

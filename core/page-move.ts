@@ -3,8 +3,10 @@
 // after the target holds the pages durably; so a crash at any step leaves every page with one
 // owner that has its last acknowledged write:
 //   quiet    wait until no snapshot involves the volume (a cut must see one owner per page)
-//   install  requests to the pages are frozen (queued); their layers are read and sent to the
-//            target, which writes and syncs them before answering
+//   copy     the pages' layers are sent to the target while clients keep using them; the
+//            source notes which pages were written meanwhile
+//   install  requests to the pages are frozen (queued); the pages written during the copy are
+//            sent again, and the target syncs the step's pages before answering
 //   commit   the new table (pages -> target) becomes durable here: the point of no return
 //   publish  the target is told; once it confirmed, the source drops its copies; either way the
 //            queued requests run again, routed by the new table (to the target)
@@ -26,9 +28,11 @@ export interface MoveStepRequest {
 }
 
 export type MoveStepEffect =
+  /** Send the pages to the target without freezing them, noting writes to them; answer onCopied / onFailed. */
+  | { kind: "precopy"; to: string; pages: number[] }
   /** Stop starting client requests on these pages: queue them until `unfreeze`. */
   | { kind: "freeze"; pages: number[] }
-  /** Read the pages' layers and send them to the target; answer with onInstalled / onFailed. */
+  /** Send these pages (written during the copy) again, then have the target sync all of the step's; answer onInstalled / onFailed. */
   | { kind: "install"; to: string; pages: number[] }
   /** Make the new routing version durable here; answer with onCommitted / onFailed. */
   | { kind: "commit" }
@@ -41,7 +45,7 @@ export type MoveStepEffect =
   | { kind: "done"; ok: true; published: boolean }
   | { kind: "done"; ok: false; error: { code: ErrorCode; message: string } };
 
-export type MoveStepPhase = "quiet" | "install" | "commit" | "publish" | "done";
+export type MoveStepPhase = "quiet" | "copy" | "install" | "commit" | "publish" | "done";
 
 export interface MoveStepConfig {
   /** How long a step waits for snapshots of the volume to finish before giving up. */
@@ -64,15 +68,25 @@ export class MoveStep {
     this.deadlineMs = request.nowMs + config.quietTimeoutMs;
   }
 
-  /** No snapshot involves the volume now (and none can start before the next effect runs). */
+  /** No snapshot involves the volume now (and none can start until the step ends). */
   onQuiet(nowMs: number): MoveStepEffect[] {
     if (this.phase !== "quiet") return [];
+    this.phase = "copy";
+    this.deadlineMs = nowMs + this.config.installTimeoutMs;
+    const { pages, to } = this.request;
+    return [{ kind: "precopy", to, pages }];
+  }
+
+  /** The copy arrived; `written` are the pages clients wrote since it began: only they travel again, frozen. */
+  onCopied(written: number[], nowMs: number): MoveStepEffect[] {
+    if (this.phase !== "copy") return [];
     this.phase = "install";
     this.deadlineMs = nowMs + this.config.installTimeoutMs;
     const { pages, to } = this.request;
+    const again = written.filter((page) => pages.includes(page));
     return [
       { kind: "freeze", pages },
-      { kind: "install", to, pages },
+      { kind: "install", to, pages: again },
     ];
   }
 
@@ -98,6 +112,7 @@ export class MoveStep {
   onFailed(error: { code: ErrorCode; message: string }): MoveStepEffect[] {
     switch (this.phase) {
       case "quiet":
+      case "copy":
         this.phase = "done";
         return [{ kind: "done", ok: false, error }];
       case "install":
@@ -112,13 +127,13 @@ export class MoveStep {
   }
 
   onTick(nowMs: number): MoveStepEffect[] {
-    if ((this.phase !== "quiet" && this.phase !== "install") || nowMs < this.deadlineMs) return [];
+    if ((this.phase !== "quiet" && this.phase !== "copy" && this.phase !== "install") || nowMs < this.deadlineMs) return [];
     const waitingFor = this.phase === "quiet" ? "snapshots of the volume to finish" : `node ${this.request.to} to store the pages`;
     return this.onFailed({ code: "TIMEOUT", message: `move step ${this.request.stepId} gave up waiting for ${waitingFor}` });
   }
 
   nextWakeAtMs(): number | undefined {
-    return this.phase === "quiet" || this.phase === "install" ? this.deadlineMs : undefined;
+    return this.phase === "quiet" || this.phase === "copy" || this.phase === "install" ? this.deadlineMs : undefined;
   }
 
   /**

@@ -24,6 +24,8 @@ const INSTALL_CONCURRENCY = 4;
 /** Staged pieces of a page nobody finished sending are dropped after this. */
 const STAGING_TTL_MS = 60_000;
 const QUIET_POLL_MS = 5;
+/** Unfrozen copy rounds at most before the pages are frozen for the rest. */
+const PRECOPY_ROUNDS = 4;
 
 /** Layers of a volume's own family: its head (the uid) and its snapshots (uid@id). */
 export function familyOf(uid: string): (layerId: string) => boolean {
@@ -34,6 +36,8 @@ export function familyOf(uid: string): (layerId: string) => boolean {
 export class PageMover {
   /** Requests waiting for frozen pages, by `${uid}:${page}`. */
   private readonly frozen = new Map<string, (() => void)[]>();
+  /** Pages written during a step's copy, by volume uid (see the "precopy" effect). */
+  private readonly written = new Map<string, Set<number>>();
   /** The step running per volume name: one at a time. */
   private readonly running = new Map<string, Promise<unknown>>();
   private readonly staged = new Map<string, { pieces: PagePiece[]; layers: PageExport["layers"]; expiresAtMs: number }>();
@@ -52,6 +56,11 @@ export class PageMover {
   /** True while a step ships this page: requests to it must wait (see thaw). */
   isFrozen(uid: string, page: number): boolean {
     return this.frozen.size > 0 && this.frozen.has(`${uid}:${page}`);
+  }
+
+  /** A write to a page this node owns is about to be applied: a step copying it sends it again. */
+  noteWrite(uid: string, page: number): void {
+    if (this.written.size > 0) this.written.get(uid)?.add(page);
   }
 
   /** Runs `retry` once the page thaws; it routes again by the table then current. */
@@ -81,7 +90,7 @@ export class PageMover {
       case "move.install":
         return this.install(args, payload);
       case "move.seal":
-        return this.seal(String(args.stepId));
+        return this.seal(String(args.stepId), args.final !== false);
       default:
         return undefined;
     }
@@ -133,11 +142,32 @@ export class PageMover {
             case "freeze":
               for (const page of effect.pages) this.frozen.set(`${uid}:${page}`, []);
               break;
+            case "precopy": {
+              // Written pages are noted from now until the freeze, which comes in the same turn as
+              // the copy's end: a write in between cannot slip through unnoticed.
+              const written = new Set<number>();
+              this.written.set(uid, written);
+              this.precopy(uid, effect.pages, effect.to, step.request.stepId, written).then(
+                (shipped) => {
+                  bytes += shipped;
+                  this.written.delete(uid);
+                  apply(step.onCopied([...written], Date.now()));
+                },
+                (err) => {
+                  this.written.delete(uid);
+                  fail(err);
+                },
+              );
+              break;
+            }
             case "install":
-              this.ship(uid, effect.pages, effect.to, step.request.stepId).then((shipped) => {
-                bytes = shipped;
-                apply(step.onInstalled());
-              }, fail);
+              this.ship(uid, effect.pages, effect.to, step.request.stepId)
+                .then(async (shipped) => {
+                  bytes += shipped;
+                  // One fsync pass at the target for every page of the step, copied or sent again.
+                  await this.group.link(effect.to).request("move.seal", { stepId: step.request.stepId, final: true }, undefined, 60_000);
+                })
+                .then(() => apply(step.onInstalled()), fail);
               break;
             case "commit":
               // The point of no return: the new table is on disk here before anyone hears of it.
@@ -203,7 +233,27 @@ export class PageMover {
     }
   }
 
-  /** Ships the pages' layers to the target, a few pages at a time; each arrives durable. */
+  /**
+   * Copies the pages while clients keep writing them, then copies again those written meanwhile,
+   * for a few rounds while that shrinks: the pages are frozen only for the last few written. The
+   * target syncs what it has before the freeze, so the frozen part waits for little I/O.
+   * `written` collects the pages written since the current round began.
+   */
+  private async precopy(uid: string, pages: number[], to: string, stepId: string, written: Set<number>): Promise<number> {
+    let bytes = 0;
+    let round = pages;
+    for (let rounds = 0; ; rounds++) {
+      written.clear();
+      bytes += await this.ship(uid, round, to, stepId);
+      if (written.size <= 1 || written.size >= round.length || rounds + 1 >= PRECOPY_ROUNDS) break;
+      round = [...written];
+    }
+    // Writes during this sync land in `written` too: their pages go again, frozen.
+    await this.group.link(to).request("move.seal", { stepId, final: false }, undefined, 60_000);
+    return bytes;
+  }
+
+  /** Ships the pages' layers to the target, a few pages at a time (made durable by move.seal). */
   private async ship(uid: string, pages: number[], to: string, stepId: string): Promise<number> {
     const link = this.group.link(to);
     const inFamily = familyOf(uid);
@@ -212,7 +262,7 @@ export class PageMover {
     const worker = async () => {
       while (next < pages.length) {
         const page = pages[next++]!;
-        // Read when sent, not all up front: the pages are frozen, so this is still their state.
+        // Read when sent, not all up front: the copy is as fresh as it can be.
         const buffers: Uint8Array[] = [];
         const exported = this.store.exportPage(page, inFamily, (size) => {
           const buffer = dataBuffers.acquire(size);
@@ -227,8 +277,6 @@ export class PageMover {
       }
     };
     await Promise.all(Array.from({ length: Math.min(INSTALL_CONCURRENCY, pages.length) }, worker));
-    // One fsync pass for the whole step, not one per page.
-    await link.request("move.seal", { stepId }, undefined, 60_000);
     return bytes;
   }
 
@@ -288,10 +336,11 @@ export class PageMover {
   }
 
   /** The source sent every page of a step: make them durable before it commits. */
-  private async seal(stepId: string): Promise<Reply> {
+  /** Syncs what the step installed so far; the final seal (before the source commits) also ends the step here. */
+  private async seal(stepId: string, final: boolean): Promise<Reply> {
     const step = this.batches.get(stepId);
     if (!step) throw new ShoalError("CONFLICT", `node ${this.group.selfId} has no pages of move step ${stepId} (restarted since?)`);
-    this.batches.delete(stepId);
+    if (final) this.batches.delete(stepId);
     await this.store.syncImport(step.batch);
     return {};
   }

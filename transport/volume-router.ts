@@ -193,6 +193,7 @@ export class VolumeRouter implements ExportCatalog {
     const owner = ownerOf(record.routing, page);
     if (owner !== this.group.selfId) return this.forwardWrite(owner, target, page, pageOffset, parts, fua, hops);
     if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
+    this.mover?.noteWrite(record.uid, page);
     const ackNotBeforeMs = this.gate ? this.gate.beforeWrite(record.name) : 0;
     let at = pageOffset;
     for (const part of parts) {
@@ -216,6 +217,7 @@ export class VolumeRouter implements ExportCatalog {
         .then((response) => applierOf(response.result, owner));
     }
     if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
+    this.mover?.noteWrite(record.uid, page);
     const ackNotBeforeMs = this.gate ? this.gate.beforeWrite(record.name) : 0;
     this.store.zero(target.layer, page, pageOffset, length, record.pageSizeBytes);
     return this.acknowledge(target, page, fua, ackNotBeforeMs);

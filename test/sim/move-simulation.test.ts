@@ -57,7 +57,7 @@ describe("page-move simulation", () => {
     ["a node that drops, on restart, pages installed for a version it has not seen", { restartDropsByTableOnly: true }, /is lost|returned/, 764],
     ["a coordinator that plans the next step on a table older than the last commit", { coordinatorForgetsTable: true }, /committed twice|claimed by/, 21],
     ["a source that builds the new version on its own stale table", { sourceIgnoresVersion: true }, /did not own|in one step|claimed by/, 14],
-    ["an entry that owes a flush to the next hop instead of the node that applied the write", { flushMissesForwardedWrites: true }, /is lost|returned/, 3447],
+    ["an entry that owes a flush to the next hop instead of the node that applied the write", { flushMissesForwardedWrites: true }, /is lost|returned/, 4012],
     ["a flush that succeeds at a peer which restarted (and lost writes) since", { flushIgnoresRestart: true }, /is lost|returned/, 79],
     ["a flush that clears the node's debts as it starts, under a concurrent flush", { flushClearsDebtsAtStart: true }, /is lost|returned/, 1593],
   ];

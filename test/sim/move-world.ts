@@ -75,6 +75,7 @@ export interface MoveWorldOptions {
 
 /** Named places where a planned crash can strike (the source ones: just before that effect runs). */
 export const CRASH_POINTS = [
+  "source:precopy",
   "source:freeze",
   "source:install",
   "source:commit",
@@ -269,8 +270,8 @@ type Payload =
   | { kind: "store.flushed"; key: string; ok: boolean }
   | { kind: "step.start"; step: DecidedStep; key: string }
   | { kind: "step.done"; stepId: string; key: string; ok: boolean; table?: RoutingTable; code?: string }
-  | { kind: "install"; key: string; version: number; pages: [number, PageCopy | undefined][] }
-  | { kind: "installed"; key: string }
+  | { kind: "install"; key: string; version: number; pages: [number, PageCopy | undefined][]; precopy?: boolean }
+  | { kind: "installed"; key: string; precopy?: boolean }
   | { kind: "publish"; key: string; table: RoutingTable }
   | { kind: "published"; key: string }
   | { kind: "gossip"; table: RoutingTable; answer: boolean };
@@ -286,6 +287,8 @@ class SimNode {
   table: RoutingTable;
   memoryPages = new Map<number, PageCopy>();
   frozen = new Set<number>();
+  /** While a step copies its pages unfrozen: the pages written meanwhile, sent again frozen. */
+  copyWritten: Set<number> | undefined;
   queue: { op: ClientOp; hops: number }[] = [];
   running: RunningStep | undefined;
   coordinatorWaiting: { key: string; timer: number } | undefined;
@@ -473,6 +476,7 @@ class MoveWorld {
     node.table = cloneTable(node.durableTable);
     node.memoryPages = new Map();
     node.frozen = new Set();
+    node.copyWritten = undefined;
     node.queue = [];
     node.running = undefined;
     node.coordinatorWaiting = undefined;
@@ -573,9 +577,13 @@ class MoveWorld {
         return this.stepDone(node, payload);
       case "install":
         return this.install(node, from, payload);
-      case "installed":
-        if (node.running?.key === payload.key) this.runEffects(node, node.running.machine.onInstalled());
-        return;
+      case "installed": {
+        if (node.running?.key !== payload.key) return;
+        if (!payload.precopy) return this.runEffects(node, node.running.machine.onInstalled());
+        const written = [...(node.copyWritten ?? [])];
+        node.copyWritten = undefined;
+        return this.runEffects(node, node.running.machine.onCopied(written, this.nowMs));
+      }
       case "publish":
         if (this.adopt(node, payload.table) && this.crashPoint(node, "target:adopted")) return;
         return this.send(node.id, from, { kind: "published", key: payload.key });
@@ -737,6 +745,7 @@ class MoveWorld {
   /** The write lands in memory at once; a FUA write is answered only after a sync made it durable. */
   private applyWrite(node: SimNode, op: ClientOp): void {
     node.memoryPages.set(op.page, { stamp: op.id, installedFor: 0 });
+    node.copyWritten?.add(op.page);
     const order = ++this.order;
     const write = this.history.writes.get(op.id)!;
     write.applyOrder = order;
@@ -908,6 +917,12 @@ class MoveWorld {
   private runEffect(node: SimNode, running: RunningStep, effect: MoveStepEffect): void {
     const { decided, key } = running;
     switch (effect.kind) {
+      case "precopy": {
+        node.copyWritten = new Set();
+        const pages = effect.pages.map((page): [number, PageCopy | undefined] => [page, copyOf(node.memoryPages.get(page))]);
+        this.send(node.id, effect.to, { kind: "install", key, version: decided.version, pages, precopy: true });
+        return;
+      }
       case "freeze":
         for (const page of effect.pages) node.frozen.add(page);
         return;
@@ -1002,7 +1017,7 @@ class MoveWorld {
     this.log(`${node.id} writes install ${install.key} pages ${pages.join(",")}`);
     if (this.sabotage.targetSkipsSync) {
       // Answers at once and syncs only a while later, as a lazy write-back would.
-      this.send(node.id, source, { kind: "installed", key: install.key });
+      this.send(node.id, source, { kind: "installed", key: install.key, precopy: install.precopy });
       this.atOn(node, this.nowMs + 20 + this.rng.range(0, this.scenario.syncDelayMaxMs), () => syncPages(node, pages));
       return;
     }
@@ -1010,7 +1025,7 @@ class MoveWorld {
     this.atOn(node, this.nowMs + this.rng.range(0, this.scenario.syncDelayMaxMs), () => {
       syncPages(node, pages);
       if (this.crashPoint(node, "target:synced")) return;
-      this.send(node.id, source, { kind: "installed", key: install.key });
+      this.send(node.id, source, { kind: "installed", key: install.key, precopy: install.precopy });
     });
   }
 }

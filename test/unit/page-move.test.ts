@@ -185,10 +185,15 @@ describe("MoveStep", () => {
   const request = { stepId: "s", volume: "v", volumeUid: "u", pages: [1, 2], to: "t", newVersion: 5, nowMs: 0 };
   const kinds = (effects: MoveStepEffect[]) => effects.map((effect) => effect.kind);
 
-  test("freeze and install, then commit, then publish; copies drop only once the target confirmed", () => {
+  test("copy unfrozen, then freeze and send again what was written meanwhile, commit, publish; copies drop only once the target confirmed", () => {
     const step = new MoveStep(request);
     expect(step.onInstalled()).toEqual([]); // not installing yet
-    expect(kinds(step.onQuiet(1))).toEqual(["freeze", "install"]);
+    expect(kinds(step.onQuiet(1))).toEqual(["precopy"]);
+    const frozen = step.onCopied([2, 9], 2);
+    expect(frozen).toEqual([
+      { kind: "freeze", pages: [1, 2] },
+      { kind: "install", to: "t", pages: [2] }, // only the page written during the copy travels again
+    ]);
     expect(kinds(step.onInstalled())).toEqual(["commit"]);
     expect(kinds(step.onCommitted())).toEqual(["publish"]);
     expect(kinds(step.onPublished())).toEqual(["drop", "unfreeze", "done"]);
@@ -196,13 +201,18 @@ describe("MoveStep", () => {
   });
 
   test("a failure before commit unfreezes and fails; after commit the step completes, keeping the copies", () => {
+    const copying = new MoveStep(request);
+    copying.onQuiet(1);
+    expect(kinds(copying.onFailed({ code: "NODE_DOWN", message: "gone" }))).toEqual(["done"]); // nothing frozen yet
     const early = new MoveStep(request);
     early.onQuiet(1);
+    early.onCopied([], 1);
     const failed = early.onFailed({ code: "NODE_DOWN", message: "gone" });
     expect(kinds(failed)).toEqual(["unfreeze", "done"]);
     expect(failed[1]).toMatchObject({ ok: false, error: { code: "NODE_DOWN" } });
     const late = new MoveStep(request);
     late.onQuiet(1);
+    late.onCopied([], 1);
     late.onInstalled();
     late.onCommitted();
     const completed = late.onFailed({ code: "TIMEOUT", message: "no answer" });
@@ -216,7 +226,8 @@ describe("MoveStep", () => {
     expect(quiet.onTick(10)[0]).toMatchObject({ kind: "done", ok: false, error: { code: "TIMEOUT" } });
     const install = new MoveStep(request, { quietTimeoutMs: 10, installTimeoutMs: 20 });
     install.onQuiet(5);
-    expect(install.nextWakeAtMs()).toBe(25);
-    expect(kinds(install.onTick(25))).toEqual(["unfreeze", "done"]);
+    install.onCopied([], 8);
+    expect(install.nextWakeAtMs()).toBe(28);
+    expect(kinds(install.onTick(28))).toEqual(["unfreeze", "done"]);
   });
 });
