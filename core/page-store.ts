@@ -495,6 +495,14 @@ export class PageStore {
     }
   }
 
+  /**
+   * Starts syncing the batch's files in the background, so the disk writes while more pages
+   * arrive; syncImport then waits for little. A failure shows again there (the file stays dirty).
+   */
+  startSync(batch: ImportBatch): void {
+    for (const file of batch.files) this.syncFile(file).catch(() => undefined);
+  }
+
   /** Makes the pages of an import batch durable: their files, directories and the layer table. */
   async syncImport(batch: ImportBatch): Promise<void> {
     await this.syncMoved(batch.files);

@@ -336,6 +336,7 @@ export class PageMover {
     let step = this.batches.get(stepId);
     if (!step) this.batches.set(stepId, (step = { batch: new ImportBatch(), expiresAtMs: now + STAGING_TTL_MS }));
     this.store.importPage(page, { layers, pieces: entry.pieces }, familyOf(uid), step.batch);
+    this.store.startSync(step.batch);
     return {};
   }
 
