@@ -51,8 +51,9 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   mover: PageMover | undefined;
   /**
    * Protocol records are written without an fsync on the event loop (see Catalog.durable); what a
-   * record promises must reach nobody before it is on disk. So each role's messages, answers and
-   * publications wait, in order, for the role's last record write to be durable.
+   * record promises must reach nobody before it is on disk. So the messages and answers that rest
+   * on a record (commit, the snapshot's publication and success; taken, the ack of a commit) wait,
+   * in order, for the role's last record write to be durable. The rest go at once.
    */
   private readonly coordinatorRecords: DurabilityGate;
   private readonly participantRecords: DurabilityGate;
@@ -298,7 +299,10 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         case "send": {
           const { to, msg } = effect;
           if (msg.type === "snap.take") nodeMetrics.snapshotTaking(msg.snapshotId);
-          this.coordinatorRecords.after(() => this.send(to, msg));
+          // Only a commit rests on a record (the decision); everything else may go at once: a
+          // coordinator that forgets a snapshot in a crash answers abort, which is what it means.
+          if (msg.type === "snap.commit") this.coordinatorRecords.after(() => this.send(to, msg));
+          else this.send(to, msg);
           break;
         }
         case "persist": {
@@ -317,7 +321,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         case "ready": {
           const { snapshotId } = effect;
           nodeMetrics.snapshotReady(snapshotId);
-          this.coordinatorRecords.after(() => this.waiting.get(snapshotId)?.onReady());
+          this.waiting.get(snapshotId)?.onReady();
           break;
         }
         case "done":
@@ -339,9 +343,11 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     for (const effect of effects) {
       switch (effect.kind) {
         case "send": {
-          // "taken" after a cut, "ack" after a commit: only once the record behind it is durable.
+          // "taken" after a cut and "ack" of a commit rest on a record: they wait until it is
+          // durable. A "ready" must not: the node holds its clients' requests until take.
           const { to, msg } = effect;
-          this.participantRecords.after(() => this.send(to, msg));
+          if (msg.type === "snap.taken" || (msg.type === "snap.ack" && msg.outcome === "committed")) this.participantRecords.after(() => this.send(to, msg));
+          else this.send(to, msg);
           break;
         }
         case "hold":

@@ -41,6 +41,7 @@ import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { loadTlsIdentity, useTlsIdentity } from "../../transport/tls-identity.ts";
+import { NbdClient } from "../../transport/nbd-client.ts";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
 const ROOT = path.resolve(import.meta.dir, "../..");
@@ -525,7 +526,8 @@ const COPY_JOBS: { key: CopyKey; label: string }[] = [
 const TLS_TARGET_RATIO = 0.7;
 
 interface TlsRow {
-  path: "direct" | "forwarded";
+  /** Which server and client: shoal's paths with nbdcopy, nbdkit-file (the anchor) with nbdcopy, shoal with our own client. */
+  path: "direct" | "forwarded" | "nbdkit-file" | "direct, Bun client";
   job: CopyKey;
   plainMbPerSecond: number;
   tlsMbPerSecond: number;
@@ -574,24 +576,45 @@ async function measureTls(resources: Resources, plainNodes: TestNode[], options:
     tls ? `nbds://127.0.0.1:${node.nbdPort}/seq?tls-certificates=${certificates.client}` : `nbd://127.0.0.1:${node.nbdPort}/seq`;
   const pattern = randomFile(resources, "tls-round-trip.raw", ROUND_TRIP_BYTES);
   await checkRoundTrip(resources, { key: "shoalForwarded", label: "shoal forwarded TLS", uri: uri(tlsNodes[1]!, true) }, pattern);
+  // The anchor: nbdkit's file plugin with and without TLS, same certificates, same nbdcopy.
+  const nbdkit = await startNbdkitTls(resources, certificates.dir, certificates.client, options.sizeBytes);
   const samples = new Map<string, number[]>();
   const record = (key: string, value: number) => samples.set(key, [...(samples.get(key) ?? []), value]);
+  const clientIdentity = loadTlsIdentity(certificates.client);
   for (let round = 1; round <= options.rounds; round++) {
-    for (const [pathName, index] of [["direct", 0], ["forwarded", 1]] as const) {
+    const targets: [TlsRow["path"], (tls: boolean) => string][] = [
+      ["direct", (tls) => uri((tls ? tlsNodes : plainNodes)[0]!, tls)],
+      ["forwarded", (tls) => uri((tls ? tlsNodes : plainNodes)[1]!, tls)],
+      ["nbdkit-file", (tls) => (tls ? nbdkit.tlsUri : nbdkit.plainUri)],
+    ];
+    for (const [pathName, target] of targets) {
       for (const tls of [false, true]) {
-        const target = uri((tls ? tlsNodes : plainNodes)[index]!, tls);
         await syncDisks();
-        const writeMbPerSecond = await timedCopy(source, target, options.sizeBytes);
+        const writeMbPerSecond = await timedCopy(source, target(tls), options.sizeBytes);
         await syncDisks();
-        const readMbPerSecond = await timedCopy(target, "null:", options.sizeBytes);
+        const readMbPerSecond = await timedCopy(target(tls), "null:", options.sizeBytes);
         record(`${pathName}/${tls}/seqWrite`, writeMbPerSecond);
         record(`${pathName}/${tls}/seqRead`, readMbPerSecond);
-        progress(`round ${round} ${pathName.padEnd(9)} ${tls ? "TLS  " : "plain"} seq write ${writeMbPerSecond.toFixed(1).padStart(7)} MB/s, seq read ${readMbPerSecond.toFixed(1).padStart(7)} MB/s`);
+        progress(`round ${round} ${pathName.padEnd(11)} ${tls ? "TLS  " : "plain"} seq write ${writeMbPerSecond.toFixed(1).padStart(7)} MB/s, seq read ${readMbPerSecond.toFixed(1).padStart(7)} MB/s`);
+      }
+    }
+    // Our own client (Bun's TLS, BoringSSL) against the direct path: the server's share of the cost.
+    for (const tls of [false, true]) {
+      useTlsIdentity(tls ? clientIdentity : undefined);
+      try {
+        const node = (tls ? tlsNodes : plainNodes)[0]!;
+        await syncDisks();
+        const { writeMbPerSecond, readMbPerSecond } = await clientCopy(node, options.sizeBytes);
+        record(`direct, Bun client/${tls}/seqWrite`, writeMbPerSecond);
+        record(`direct, Bun client/${tls}/seqRead`, readMbPerSecond);
+        progress(`round ${round} Bun client  ${tls ? "TLS  " : "plain"} seq write ${writeMbPerSecond.toFixed(1).padStart(7)} MB/s, seq read ${readMbPerSecond.toFixed(1).padStart(7)} MB/s`);
+      } finally {
+        useTlsIdentity(undefined);
       }
     }
   }
   const lowerMedian = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)]!;
-  return (["direct", "forwarded"] as const).flatMap((pathName) =>
+  return (["direct", "forwarded", "nbdkit-file", "direct, Bun client"] as const).flatMap((pathName) =>
     COPY_JOBS.map(({ key }) => {
       const plainMbPerSecond = lowerMedian(samples.get(`${pathName}/false/${key}`)!);
       const tlsMbPerSecond = lowerMedian(samples.get(`${pathName}/true/${key}`)!);
@@ -600,11 +623,58 @@ async function measureTls(resources: Resources, plainNodes: TestNode[], options:
   );
 }
 
+/** nbdkit's file plugin twice: plain, and with TLS required using a server certificate from the same CA. */
+async function startNbdkitTls(resources: Resources, caDir: string, clientDir: string, sizeBytes: number): Promise<{ plainUri: string; tlsUri: string }> {
+  const serverDir = path.join(caDir, "nbdkit-server");
+  const issued = await run([...shoalCommand(), "tls", "issue", caDir, "nbdkit", "--role", "node", "--out", serverDir], { timeoutMs: 30_000 });
+  if (issued.exitCode !== 0) throw new Error(`shoal tls issue for nbdkit failed: ${issued.stderr}`);
+  // nbdkit reads ca-cert.pem, server-cert.pem and server-key.pem from its directory.
+  fs.copyFileSync(path.join(serverDir, "cert.pem"), path.join(serverDir, "server-cert.pem"));
+  fs.copyFileSync(path.join(serverDir, "key.pem"), path.join(serverDir, "server-key.pem"));
+  const plainPort = await freePort();
+  const tlsPort = await freePort();
+  const plainFile = sparseFile(resources, "nbdkit-tls-plain.raw", sizeBytes);
+  const tlsFile = sparseFile(resources, "nbdkit-tls.raw", sizeBytes);
+  const plain = resources.spawn(["nbdkit", "-f", "-p", String(plainPort), "-i", "127.0.0.1", "file", plainFile]);
+  const secure = resources.spawn(["nbdkit", "-f", "-p", String(tlsPort), "-i", "127.0.0.1", "--tls=require", `--tls-certificates=${serverDir}`, "--tls-verify-peer", "file", tlsFile]);
+  const plainUri = `nbd://127.0.0.1:${plainPort}/`;
+  const tlsUri = `nbds://127.0.0.1:${tlsPort}/?tls-certificates=${clientDir}`;
+  await waitForExport(plainUri, plain, "nbdkit");
+  await waitForExport(tlsUri, secure, "nbdkit --tls=require");
+  return { plainUri, tlsUri };
+}
+
+/** MB/s of our own NBD client (Bun's TLS when the process has an identity): 1 MiB writes then reads, 16 in flight. */
+async function clientCopy(node: TestNode, bytes: number): Promise<{ writeMbPerSecond: number; readMbPerSecond: number }> {
+  const client = await NbdClient.connect({ host: "127.0.0.1", port: node.nbdPort, exportName: "seq", maxInFlight: 16 });
+  try {
+    const chunk = new Uint8Array(MiB);
+    crypto.getRandomValues(chunk.subarray(0, 65536));
+    const timed = async (op: (offset: number) => Promise<unknown>) => {
+      const started = performance.now();
+      const inFlight = new Set<Promise<unknown>>();
+      for (let offset = 0; offset < bytes; offset += MiB) {
+        const done: Promise<unknown> = op(offset).finally(() => inFlight.delete(done));
+        inFlight.add(done);
+        if (inFlight.size >= 16) await Promise.race(inFlight);
+      }
+      await Promise.all(inFlight);
+      return bytes / 1e6 / ((performance.now() - started) / 1000);
+    };
+    const writeMbPerSecond = await timed((offset) => client.write(offset, chunk));
+    const readMbPerSecond = await timed((offset) => client.read(offset, MiB));
+    return { writeMbPerSecond, readMbPerSecond };
+  } finally {
+    await client.close();
+  }
+}
+
 function renderTlsReport(rows: TlsRow[], options: Options): string {
   const label = (key: CopyKey) => COPY_JOBS.find((job) => job.key === key)!.label;
   return [
-    `TLS on vs. off: nbdcopy, 1 connection, 16 x 1 MiB requests, ${options.sizeBytes / MiB} MiB, ${options.rounds > 1 ? `median of ${options.rounds} rounds` : "1 round"};`,
-    "TLS group: --tls --tls-required (mutual TLS on the mesh, NBD_OPT_STARTTLS with client certificates)",
+    `TLS on vs. off: nbdcopy (GnuTLS), 1 connection, 16 x 1 MiB requests, ${options.sizeBytes / MiB} MiB, ${options.rounds > 1 ? `median of ${options.rounds} rounds` : "1 round"};`,
+    "TLS group: --tls --tls-required (mutual TLS on the mesh, NBD_OPT_STARTTLS with client certificates);",
+    "nbdkit-file: the anchor, plain and --tls=require with the same certificates; Bun client: our NbdClient (BoringSSL) instead of nbdcopy",
     table(
       ["MEASURE", "PATH", "PLAIN MB/s", "TLS MB/s", "TLS/PLAIN", `TARGET>=${TLS_TARGET_RATIO}`],
       rows.map((row) => [label(row.job), row.path, row.plainMbPerSecond.toFixed(1), row.tlsMbPerSecond.toFixed(1), row.ratio.toFixed(2), verdict(row.ratio, TLS_TARGET_RATIO)]),
