@@ -89,6 +89,8 @@ export const DEFAULT_CHUNK_SIZE_BYTES = 64 * 1024;
 /** Marks a dropped page file awaiting its unlink. */
 const TRASH_MARK = ".drop";
 const ZERO_WRITE_BYTES_MAX = 1024 * 1024;
+/** Time between two page files a deletion unlinks: spreads the filesystem's work (see moveBatch). */
+const DROP_SPACING_MS = 4;
 /** Pages a layer deletion moves before making them durable together and dropping the originals. */
 const DELETE_BATCH_PAGES = 32;
 
@@ -714,19 +716,21 @@ export class PageStore {
    * takes milliseconds; so it is renamed out of the way (atomic, microseconds) and unlinked off
    * the event loop. A trash file left by a crash is removed at start.
    */
-  private dropPage(file: PageFile): void {
+  private dropPage(file: PageFile): Promise<void> {
     this.open.close(file);
     this.markClean(file);
     const filePath = this.pathOf(file);
     const trash = `${filePath}${TRASH_MARK}${++this.trashSeq}`;
+    let unlinked = Promise.resolve();
     try {
       fs.renameSync(filePath, trash);
-      fs.promises.unlink(trash).catch(() => undefined); // a leftover is removed at the next start
+      unlinked = fs.promises.unlink(trash).catch(() => undefined); // a leftover is removed at the next start
     } catch (err) {
       if ((err as { code?: string }).code !== "ENOENT") throw err;
     }
     file.layer.pages.delete(file.page);
     this.dirtyDirs.add(this.layerDir(file.layer));
+    return unlinked;
   }
 
   /** Forgets every page of a layer whose directory is being retired (no unlink per file). */
@@ -927,12 +931,14 @@ export class PageStore {
       await this.pause();
     }
     if (moved) await this.syncMoved(touched);
-    // 3. Every child now holds what it read through the layer: the layer's copies can go.
+    // 3. Every child now holds what it read through the layer: the layer's copies can go, one
+    //    unlink at a time: freeing a 4 MiB file's blocks is filesystem journal work, and a burst
+    //    of them stalls the clients' writes.
     for (const page of pages) {
       const source = layer.pages.get(page);
       if (source === undefined) continue;
-      this.dropPage(source);
-      await this.pause();
+      await this.dropPage(source);
+      await this.pause(DROP_SPACING_MS);
     }
   }
 
@@ -963,8 +969,8 @@ export class PageStore {
   }
 
   /** Lets client I/O run between deletion steps; a closed store stops the deletion there. */
-  private async pause(): Promise<void> {
-    await yieldToClients();
+  private async pause(ms = 0): Promise<void> {
+    await (ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : yieldToClients());
     if (this.closed) throw new ShoalError("SHUTTING_DOWN", "the page store closed during a layer deletion; it resumes when deleteLayer is called again");
   }
 
