@@ -42,9 +42,9 @@ import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { loadTlsIdentity, useTlsIdentity } from "../../transport/tls-identity.ts";
 import { NbdClient } from "../../transport/nbd-client.ts";
+import { buildShoal, loadAverage, progress, sourceRevision, syncDisks, table } from "./_bench.ts";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
-const ROOT = path.resolve(import.meta.dir, "../..");
 const MiB = 1024 * 1024;
 const NODE_START_TIMEOUT_MS = 20_000;
 const ANCHOR_START_TIMEOUT_MS = 10_000;
@@ -52,7 +52,6 @@ const ANCHOR_START_TIMEOUT_MS = 10_000;
 const SEQUENTIAL_RUNTIME_SECONDS_MAX = 120;
 /** fio is killed if it outlives its own runtime bound by this much (a hung connection). */
 const FIO_GRACE_MS = 60_000;
-const SYNC_TIMEOUT_MS = 120_000;
 const RSS_TARGET_BYTES = 150 * 1000 * 1000;
 const HUGE_VOLUME_SIZE = "1T";
 const FIO_IODEPTH = 16;
@@ -165,37 +164,7 @@ function parseOptions(): Options {
   return { sizeBytes, runtimeSeconds, rounds, json: values.json!, bin: values.bin, endFsync: values["end-fsync"]!, tls: values.tls! };
 }
 
-/** Which source was measured: the lead commits while benchmarks run. */
-async function sourceRevision(): Promise<string> {
-  const head = await run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], { timeoutMs: 10_000 });
-  const dirty = await run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], { timeoutMs: 10_000 });
-  if (head.exitCode !== 0) return "unknown";
-  return `${head.stdout.trim()}${dirty.stdout.trim() ? " + uncommitted changes" : ""}`;
-}
-
-/** The 1-minute load average: other work on the machine skews every row, so the report shows it. */
-function loadAverage(): number {
-  return Number(fs.readFileSync("/proc/loadavg", "utf8").split(" ")[0]);
-}
-
-function progress(message: string): void {
-  console.error(`[bench] ${message}`);
-}
-
 // ---- the systems under test
-
-/** Builds the binary into the temp dir so the run measures the current source without touching dist/. */
-async function buildShoal(resources: Resources, bin: string | undefined): Promise<string> {
-  // shoalCommand() quietly falls back to bun + source when SHOAL_BIN is missing; a bench must not.
-  if (bin) {
-    if (!fs.existsSync(bin)) throw new Error(`--bin ${bin}: no such file`);
-    return path.resolve(bin);
-  }
-  const outfile = path.join(resources.root, "shoal");
-  const built = await run([process.execPath, "build", "--compile", path.join(ROOT, "cmd/shoal.ts"), "--outfile", outfile], { timeoutMs: 120_000 });
-  if (built.exitCode !== 0) throw new Error(`building shoal failed:\n${built.stderr}`);
-  return outfile;
-}
 
 async function waitForExport(uri: string, proc: Subprocess, what: string): Promise<void> {
   await waitFor(
@@ -332,11 +301,6 @@ interface FioSide {
   runtime: number;
 }
 
-async function syncDisks(): Promise<void> {
-  const synced = await run(["sync"], { timeoutMs: SYNC_TIMEOUT_MS });
-  if (synced.exitCode !== 0) throw new Error(`sync failed: ${synced.stderr}`);
-}
-
 /** Every round runs every target in turn (writes before reads); cells are medians over rounds. */
 async function measureTargets(resources: Resources, targets: Target[], options: Options): Promise<{ median: Results; rounds: Results[] }> {
   const rounds: Results[] = [];
@@ -432,12 +396,6 @@ function measureMemoryAfterLoad(memory: NodeMemory[]): void {
 }
 
 // ---- report
-
-function table(header: string[], rows: string[][]): string {
-  const widths = header.map((cell, column) => Math.max(cell.length, ...rows.map((row) => row[column]!.length)));
-  const line = (cells: string[]) => cells.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join("  ");
-  return [line(header), ...rows.map(line)].join("\n");
-}
 
 function ratio(numerator: JobResult | undefined, denominator: JobResult | undefined): number {
   return numerator && denominator && denominator.mbPerSecond > 0 ? numerator.mbPerSecond / denominator.mbPerSecond : 0;
@@ -697,7 +655,7 @@ async function main(): Promise<void> {
     const loadAtStart = loadAverage();
     progress(`temp dir ${resources.root}; load average ${loadAtStart}`);
     const revision = await sourceRevision();
-    process.env.SHOAL_BIN = await buildShoal(resources, options.bin);
+    process.env.SHOAL_BIN = await buildShoal(resources.root, options.bin);
     const size = `${options.sizeBytes / MiB}M`;
     const qemu = await startQemuNbd(resources, options.sizeBytes);
     const anchors = [qemu.target, await startNbdkitFile(resources, options.sizeBytes)];

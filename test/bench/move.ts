@@ -33,9 +33,9 @@ import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { NbdClient } from "../../transport/nbd-client.ts";
+import { bounded, buildShoal, loadAverage, percentile, progress, sourceRevision, syncDisks, table } from "./_bench.ts";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
-const ROOT = path.resolve(import.meta.dir, "../..");
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const PAGE_BYTES = 4 * MiB;
@@ -48,7 +48,6 @@ const NODE_START_TIMEOUT_MS = 20_000;
 const ADMIN_TIMEOUT_MS = 30_000;
 const MOVE_TIMEOUT_MS = 600_000;
 const FILL_TIMEOUT_MS = 600_000;
-const SYNC_TIMEOUT_MS = 300_000;
 const BASELINE_TIMEOUT_MS = 300_000;
 const DRAIN_TIMEOUT_MS = 15_000;
 
@@ -110,22 +109,6 @@ function parseOptions(): Options {
   };
 }
 
-function progress(message: string): void {
-  console.error(`[bench] ${message}`);
-}
-
-async function bounded<T>(work: Promise<T>, timeoutMs: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${timeoutMs} ms`)), timeoutMs);
-  });
-  try {
-    return await Promise.race([work, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 // ---- processes: every node and anchor process is registered here and killed on any exit
 
 class Resources {
@@ -149,18 +132,6 @@ class Resources {
     await this.stopNodes(this.nodes);
     fs.rmSync(this.root, { recursive: true, force: true });
   }
-}
-
-/** Builds the binary into the temp dir so the run measures the current source without touching dist/. */
-async function buildShoal(resources: Resources, bin: string | undefined): Promise<string> {
-  if (bin) {
-    if (!fs.existsSync(bin)) throw new Error(`--bin ${bin}: no such file`);
-    return path.resolve(bin);
-  }
-  const outfile = path.join(resources.root, "shoal");
-  const built = await run([process.execPath, "build", "--compile", path.join(ROOT, "cmd/shoal.ts"), "--outfile", outfile], { timeoutMs: 180_000 });
-  if (built.exitCode !== 0) throw new Error(`building shoal failed:\n${built.stderr}`);
-  return outfile;
 }
 
 /** Starts node`index` under `dir` (joining `join` if given) and registers it. */
@@ -262,11 +233,6 @@ async function differingChunks(node: TestNode, volume: string, bytes: number, ha
     await client.close();
   }
   return differing.sort((a, b) => a - b);
-}
-
-async function syncDisks(): Promise<void> {
-  const synced = await run(["sync"], { timeoutMs: SYNC_TIMEOUT_MS });
-  if (synced.exitCode !== 0) throw new Error(`sync failed: ${synced.stderr}`);
 }
 
 // ---- CPU use: was a phase short of CPU, and who used it?
@@ -556,12 +522,6 @@ interface Window {
   clientLagMaxMs: number;
 }
 
-/** Nearest rank: the smallest value with at least q of the samples at or below it. */
-function percentile(sorted: Float64Array, q: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
-}
-
 function stats(samples: number[]): LatencyStats {
   const sorted = Float64Array.from(samples).sort();
   return { count: sorted.length, p50Ms: percentile(sorted, 0.5), p99Ms: percentile(sorted, 0.99), maxMs: percentile(sorted, 1) };
@@ -625,12 +585,6 @@ type Results = {
   throughput: Awaited<ReturnType<typeof measureThroughput>>;
   latency: Awaited<ReturnType<typeof measureLatency>>;
 };
-
-function table(header: string[], rows: string[][]): string {
-  const widths = header.map((cell, column) => Math.max(cell.length, ...rows.map((row) => row[column]!.length)));
-  const line = (cells: string[]) => cells.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join("  ");
-  return [line(header), ...rows.map(line)].join("\n");
-}
 
 const fixed = (value: number, digits = 2) => (Number.isFinite(value) ? value.toFixed(digits) : "-");
 const times = (value: number) => (Number.isFinite(value) ? `${value.toFixed(2)}x` : "-");
@@ -705,25 +659,13 @@ interface RunInfo {
   loadAtEnd: number;
 }
 
-/** Which source was measured: the lead commits while benchmarks run. */
-async function sourceRevision(): Promise<string> {
-  const head = await run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], { timeoutMs: 10_000 });
-  const dirty = await run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], { timeoutMs: 10_000 });
-  if (head.exitCode !== 0) return "unknown";
-  return `${head.stdout.trim()}${dirty.stdout.trim() ? " + uncommitted changes" : ""}`;
-}
-
-function loadAverage(): number {
-  return Number(fs.readFileSync("/proc/loadavg", "utf8").split(" ")[0]);
-}
-
 // ---- main
 
 async function measure(resources: Resources, options: Options): Promise<void> {
   const loadAtStart = loadAverage();
   progress(`temp dir ${resources.root}; load average ${loadAtStart}`);
   const revision = await sourceRevision();
-  process.env.SHOAL_BIN = await buildShoal(resources, options.bin);
+  process.env.SHOAL_BIN = await buildShoal(resources.root, options.bin);
   const throughput = await measureThroughput(resources, options);
   const latency = await measureLatency(resources, options);
   const results: Results = { throughput, latency };

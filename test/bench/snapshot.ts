@@ -39,9 +39,9 @@ import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { NbdClient } from "../../transport/nbd-client.ts";
+import { bounded, buildShoal, loadAverage, percentile, progress, sourceRevision, syncDisks, table } from "./_bench.ts";
 import { freePort, run, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
-const ROOT = path.resolve(import.meta.dir, "../..");
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
@@ -60,7 +60,6 @@ const WARMUP_MS = 1000;
 const HOLD_TIMEOUT_MS = 2000;
 const ADMIN_TIMEOUT_MS = 30_000;
 const NODE_START_TIMEOUT_MS = 20_000;
-const SYNC_TIMEOUT_MS = 300_000;
 const FILL_TIMEOUT_MS = 900_000;
 const DRAIN_TIMEOUT_MS = 15_000;
 const DELETE_TIMEOUT_MS = 120_000;
@@ -181,27 +180,11 @@ function parseOnly(text: string): Set<MeasureKey> {
   return new Set(keys as MeasureKey[]);
 }
 
-function progress(message: string): void {
-  console.error(`[bench] ${message}`);
-}
-
 function sleep(ms: number): Promise<void> {
   return Bun.sleep(Math.max(0, ms));
 }
 
 // ---- the group
-
-/** Builds the binary into the temp dir so the run measures the current source without touching dist/. */
-async function buildShoal(resources: Resources, bin: string | undefined): Promise<string> {
-  if (bin) {
-    if (!fs.existsSync(bin)) throw new Error(`--bin ${bin}: no such file`);
-    return path.resolve(bin);
-  }
-  const outfile = path.join(resources.root, "shoal");
-  const built = await run([process.execPath, "build", "--compile", path.join(ROOT, "cmd/shoal.ts"), "--outfile", outfile], { timeoutMs: 120_000 });
-  if (built.exitCode !== 0) throw new Error(`building shoal failed:\n${built.stderr}`);
-  return outfile;
-}
 
 async function startGroup(resources: Resources, profileDir: string | undefined): Promise<TestNode[]> {
   if (profileDir) fs.mkdirSync(profileDir, { recursive: true });
@@ -264,23 +247,6 @@ async function fillVolume(nodes: TestNode[], volume: string, bytes: number, patt
     await Promise.all(clients.map((client) => client.close()));
   }
   return performance.now() - started;
-}
-
-async function syncDisks(): Promise<void> {
-  const synced = await run(["sync"], { timeoutMs: SYNC_TIMEOUT_MS });
-  if (synced.exitCode !== 0) throw new Error(`sync failed: ${synced.stderr}`);
-}
-
-async function bounded<T>(work: Promise<T>, timeoutMs: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${timeoutMs} ms`)), timeoutMs);
-  });
-  try {
-    return await Promise.race([work, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 // ---- the load: every write's issue time and latency
@@ -434,12 +400,6 @@ interface LatencyStats {
   p99Ms: number;
   p999Ms: number;
   maxMs: number;
-}
-
-/** Nearest rank: the smallest value with at least q of the samples at or below it. */
-function percentile(sorted: ArrayLike<number>, q: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
 }
 
 function stats(samples: number[]): LatencyStats {
@@ -864,12 +824,6 @@ function readProcStat(pid: number): { ppid: number; ticks: number; command: stri
 
 // ---- report
 
-function table(header: string[], rows: string[][]): string {
-  const widths = header.map((cell, column) => Math.max(cell.length, ...rows.map((row) => row[column]!.length)));
-  const line = (cells: string[]) => cells.map((cell, column) => (column <= 1 ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join("  ");
-  return [line(header), ...rows.map(line)].join("\n");
-}
-
 const ms = (value: number) => (Number.isFinite(value) ? value.toFixed(2) : "-");
 const x = (value: number) => (Number.isFinite(value) ? `${value.toFixed(2)}x` : "-");
 
@@ -981,7 +935,7 @@ function renderReport(results: Results, options: Options, info: RunInfo): string
     `other processes' CPU during each phase (incl. its fills): ${Object.entries(info.foreignCpu).map(([key, used]) => `${key} ${used.seconds.toFixed(1)} s${used.seconds >= FOREIGN_CPU_NOISY_SECONDS ? ` (NOISY: ${used.top})` : ""}`).join(", ")}`,
     ...info.notes,
     "",
-    table(["MEASURE", "VALUE", "ANCHOR", "RATIO", "TARGET", "VERDICT"], summary),
+    table(["MEASURE", "VALUE", "ANCHOR", "RATIO", "TARGET", "VERDICT"], summary, 2),
     "",
     ...(hold
       ? [
@@ -1018,18 +972,6 @@ interface RunInfo {
   foreignCpu: Record<string, { seconds: number; top: string | undefined }>;
 }
 
-/** Which source was measured: the lead commits while benchmarks run. */
-async function sourceRevision(): Promise<string> {
-  const head = await run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], { timeoutMs: 10_000 });
-  const dirty = await run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], { timeoutMs: 10_000 });
-  if (head.exitCode !== 0) return "unknown";
-  return `${head.stdout.trim()}${dirty.stdout.trim() ? " + uncommitted changes" : ""}`;
-}
-
-function loadAverage(): number {
-  return Number(fs.readFileSync("/proc/loadavg", "utf8").split(" ")[0]);
-}
-
 // ---- main
 
 async function measure(resources: Resources, options: Options): Promise<void> {
@@ -1039,7 +981,7 @@ async function measure(resources: Resources, options: Options): Promise<void> {
   const scaled = await fitBigToDisk(options, resources.root);
   if (scaled) notes.push(`NOTE: ${scaled}`);
   const revision = await sourceRevision();
-  process.env.SHOAL_BIN = await buildShoal(resources, options.bin);
+  process.env.SHOAL_BIN = await buildShoal(resources.root, options.bin);
   const nodes = await startGroup(resources, options.profileDir);
   const context: Context = { nodes, options };
   const monitor = new ForeignCpuMonitor(() => [process.pid, ...nodes.map((node) => node.proc?.pid ?? -1)]);

@@ -1,0 +1,73 @@
+// What every benchmark in test/bench/ needs besides its own measures: the binary under test,
+// progress lines, disk syncs, bounded waits, percentiles, tables, and the run's provenance
+// (source revision, machine load) for the report.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { run } from "../integration/_cluster.ts";
+
+export const ROOT = path.resolve(import.meta.dir, "../..");
+const BUILD_TIMEOUT_MS = 180_000;
+const SYNC_TIMEOUT_MS = 300_000;
+
+export function progress(message: string): void {
+  console.error(`[bench] ${message}`);
+}
+
+/**
+ * `--bin` as given, or the current source built into `dir`, so a run measures what is checked
+ * out without touching dist/ (shoalCommand() would quietly fall back to bun + source).
+ */
+export async function buildShoal(dir: string, bin: string | undefined): Promise<string> {
+  if (bin) {
+    if (!fs.existsSync(bin)) throw new Error(`--bin ${bin}: no such file`);
+    return path.resolve(bin);
+  }
+  const outfile = path.join(dir, "shoal");
+  const built = await run([process.execPath, "build", "--compile", path.join(ROOT, "cmd/shoal.ts"), "--outfile", outfile], { timeoutMs: BUILD_TIMEOUT_MS });
+  if (built.exitCode !== 0) throw new Error(`building shoal failed:\n${built.stderr}`);
+  return outfile;
+}
+
+/** `sync`, so no measure pays for the writeback of the one before. */
+export async function syncDisks(): Promise<void> {
+  const synced = await run(["sync"], { timeoutMs: SYNC_TIMEOUT_MS });
+  if (synced.exitCode !== 0) throw new Error(`sync failed: ${synced.stderr}`);
+}
+
+export async function bounded<T>(work: Promise<T>, timeoutMs: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${timeoutMs} ms`)), timeoutMs);
+  });
+  try {
+    return await Promise.race([work, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The q-quantile (nearest rank) of sorted values; NaN when there are none. */
+export function percentile(sorted: ArrayLike<number>, q: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
+
+/** Columns aligned: the first `textColumns` to the left, the numbers after them to the right. */
+export function table(header: string[], rows: string[][], textColumns = 1): string {
+  const widths = header.map((cell, column) => Math.max(cell.length, ...rows.map((row) => row[column]!.length)));
+  const line = (cells: string[]) => cells.map((cell, column) => (column < textColumns ? cell.padEnd(widths[column]!) : cell.padStart(widths[column]!))).join("  ");
+  return [line(header), ...rows.map(line)].join("\n");
+}
+
+/** Which source was measured: commits land while benchmarks run. */
+export async function sourceRevision(): Promise<string> {
+  const head = await run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], { timeoutMs: 10_000 });
+  const dirty = await run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], { timeoutMs: 10_000 });
+  if (head.exitCode !== 0) return "unknown";
+  return `${head.stdout.trim()}${dirty.stdout.trim() ? " + uncommitted changes" : ""}`;
+}
+
+/** The 1-minute load average: other work on the machine skews every row, so reports show it. */
+export function loadAverage(): number {
+  return Number(fs.readFileSync("/proc/loadavg", "utf8").split(" ")[0]);
+}
