@@ -468,8 +468,19 @@ function describeResult(result: SnapshotResult, tookMs: number): FrameHeader {
     startedAtMs: result.startedAtMs,
     cutAtMs: result.cutAtMs ?? null,
     pendingOn: result.pendingOn,
+    // Hold mode: per participant, how long it held and what the requests it queued waited.
+    holds: Object.fromEntries(
+      Object.entries(result.holds ?? {}).map(([node, hold]) => [
+        node,
+        { heldMs: roundMs(hold.heldMs), queued: hold.queued, longestWaitMs: roundMs(hold.longestWaitMs) },
+      ]),
+    ),
     tookMs,
   };
+}
+
+function roundMs(ms: number): number {
+  return Math.round(ms * 100) / 100;
 }
 
 function summarize(record: VolumeRecord): FrameHeader {

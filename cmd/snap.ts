@@ -23,12 +23,23 @@ const create = defineCommand({
       mode: args.mode,
       holdTimeoutMs: parseDurationMs(args.holdTimeout),
     });
-    printResult(args.json, result, () => {
-      const cut = result.cutAtMs ? new Date(Number(result.cutAtMs)).toISOString() : new Date(Number(result.startedAtMs)).toISOString();
-      return `snapshot ${String(result.name)} (${String(result.snapshotId)}) of ${(result.volumes as string[]).join(", ")}: ${String(result.mode)} mode, cut at ${cut}, ${(result.participants as string[]).length} participant(s), ${String(result.tookMs)} ms`;
-    });
+    printResult(args.json, result, () => describeCreated(result));
   },
 });
+
+/** The human form of a snapshot just made: one line, then one per node that held requests. */
+function describeCreated(result: Record<string, unknown>): string {
+  const cut = new Date(Number(result.cutAtMs ?? result.startedAtMs)).toISOString();
+  const lines = [
+    `snapshot ${String(result.name)} (${String(result.snapshotId)}) of ${(result.volumes as string[]).join(", ")}: ${String(result.mode)} mode, cut at ${cut}, ${(result.participants as string[]).length} participant(s), ${String(result.tookMs)} ms`,
+  ];
+  const holds = (result.holds ?? {}) as Record<string, { heldMs: number; queued: number; longestWaitMs: number }>;
+  for (const [node, hold] of Object.entries(holds).sort(([a], [b]) => a.localeCompare(b))) {
+    const waited = hold.queued === 0 ? "no request waited" : `${hold.queued} request(s) waited, longest ${hold.longestWaitMs} ms`;
+    lines.push(`  ${node}: held ${hold.heldMs} ms, ${waited}`);
+  }
+  return lines.join("\n");
+}
 
 const prepare = defineCommand({
   meta: {
@@ -64,7 +75,7 @@ function phaseCommand(name: "take" | "release", description: string) {
       rejectUnknownFlags(context);
       const { args } = context;
       const result = await adminRequest(nodeAddress(args), `admin.snap.${name}`, { name: args.name });
-      printResult(args.json, result, () => (name === "take" ? `took ${args.name} (${String(result.snapshotId)})` : `released ${args.name}: ${String(result.outcome)}`));
+      printResult(args.json, result, () => (name === "take" ? describeCreated(result) : `released ${args.name}: ${String(result.outcome)}`));
     },
   });
 }

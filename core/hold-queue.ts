@@ -2,9 +2,11 @@
 // order, and run when the last hold on their volume is released. Bounded: a full queue makes
 // the node give the hold up rather than queue without limit.
 import { ShoalError } from "./errors.ts";
+import type { HoldReport } from "./snapshot-messages.ts";
 
 interface Waiting {
   volume: string;
+  enqueuedAtMs: number;
   run: () => void;
 }
 
@@ -12,11 +14,15 @@ export class HoldQueue {
   /** volume name -> ids of the snapshots holding it */
   private readonly holds = new Map<string, Set<string>>();
   private waiting: Waiting[] = [];
+  /** snapshot id -> when its hold started */
+  private readonly startedAtMs = new Map<string, number>();
 
   constructor(
     readonly maxWaiting: number,
     /** Told when the queue is full, so the holds can be abandoned. */
     private readonly onFull: (snapshotIds: string[]) => void,
+    /** A monotonic clock in ms, for what each hold cost. */
+    private readonly now: () => number = () => performance.now(),
   ) {}
 
   isHeld(volume: string): boolean {
@@ -28,6 +34,7 @@ export class HoldQueue {
   }
 
   hold(snapshotId: string, volumes: string[]): void {
+    if (!this.startedAtMs.has(snapshotId)) this.startedAtMs.set(snapshotId, this.now());
     for (const volume of volumes) {
       let ids = this.holds.get(volume);
       if (!ids) this.holds.set(volume, (ids = new Set()));
@@ -35,8 +42,14 @@ export class HoldQueue {
     }
   }
 
-  /** Drops one snapshot's hold and starts, in order, every waiting request no hold covers any more. */
-  release(snapshotId: string, volumes: string[]): void {
+  /**
+   * Drops one snapshot's hold and starts, in order, every waiting request no hold covers any more.
+   * Reports how long the hold lasted and what the requests it released waited.
+   */
+  release(snapshotId: string, volumes: string[]): HoldReport {
+    const nowMs = this.now();
+    const heldMs = nowMs - (this.startedAtMs.get(snapshotId) ?? nowMs);
+    this.startedAtMs.delete(snapshotId);
     for (const volume of volumes) {
       const ids = this.holds.get(volume);
       if (!ids) continue;
@@ -47,7 +60,12 @@ export class HoldQueue {
     const runnable: Waiting[] = [];
     for (const entry of this.waiting) (this.holds.has(entry.volume) ? stillHeld : runnable).push(entry);
     this.waiting = stillHeld;
-    for (const entry of runnable) entry.run();
+    let longestWaitMs = 0;
+    for (const entry of runnable) {
+      longestWaitMs = Math.max(longestWaitMs, nowMs - entry.enqueuedAtMs);
+      entry.run();
+    }
+    return { heldMs, queued: runnable.length, longestWaitMs };
   }
 
   /** Runs `start` once `volume` is no longer held; resolves with what it returns. */
@@ -63,6 +81,7 @@ export class HoldQueue {
     return new Promise<T>((resolve, reject) => {
       this.waiting.push({
         volume,
+        enqueuedAtMs: this.now(),
         run: () => {
           try {
             Promise.resolve(start()).then(resolve, reject);

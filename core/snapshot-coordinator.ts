@@ -6,6 +6,7 @@ import { ShoalError, errorFromWire } from "./errors.ts";
 import type {
   AbortMessage,
   CoordinatorRecord,
+  HoldReport,
   NodeId,
   SnapshotMessage,
   SnapshotMode,
@@ -74,10 +75,15 @@ export interface SnapshotResult {
   mode: SnapshotMode;
   participants: NodeId[];
   startedAtMs: number;
-  /** Timestamp mode: the cut time T on the coordinator's clock (real cut instant T + skew). */
+  /**
+   * The cut instant T on the coordinator's clock. Timestamp mode: the planned T (real cut within
+   * its skew bound). Hold mode: when take was sent, an instant at which every participant held.
+   */
   cutAtMs?: number;
   /** Participants that had not yet acknowledged the commit; they make it visible when they learn of it. */
   pendingOn: NodeId[];
+  /** Hold mode: what the hold cost each participant's clients, as each reported it. */
+  holds?: Record<NodeId, HoldReport>;
 }
 
 export type CoordinatorEffect =
@@ -111,6 +117,7 @@ interface Attempt {
   deadlineMs: number;
   ready: Map<NodeId, ReadyInfo>;
   taken: Set<NodeId>;
+  holds: Map<NodeId, HoldReport>;
   acked: Set<NodeId>;
   nextSendAtMs: number;
   sendIntervalMs: number;
@@ -155,7 +162,7 @@ export class SnapshotCoordinator {
       case "snap.ready":
         return this.onReady(from, msg.snapshotId, { ...msg, receivedAtMs: nowMs }, nowMs);
       case "snap.taken":
-        return this.onTaken(from, msg.snapshotId, nowMs);
+        return this.onTaken(from, msg.snapshotId, nowMs, msg.hold);
       case "snap.refuse":
         return this.onRefuse(from, msg.snapshotId, msg.error, nowMs);
       case "snap.ack":
@@ -274,13 +281,17 @@ export class SnapshotCoordinator {
       attempt.record.cutAtMs = plan;
       // Participants cut by T + skew in real time; give the taken replies a full timeout after that.
       attempt.deadlineMs = plan + 2 * attempt.maxClockSkewMs + attempt.holdTimeoutMs;
+    } else {
+      // Every participant said ready and holds until this take reaches it (a lapsed hold refuses
+      // the take), so now is an instant at which all of them hold: the cut's T.
+      attempt.record.cutAtMs = nowMs;
     }
     attempt.phase = "taking";
     attempt.nextSendAtMs = nowMs + this.config.retryIntervalMs;
     return this.sendTake(attempt, attempt.record.participants);
   }
 
-  private onTaken(from: NodeId, snapshotId: string, nowMs: number): CoordinatorEffect[] {
+  private onTaken(from: NodeId, snapshotId: string, nowMs: number, hold: HoldReport | undefined): CoordinatorEffect[] {
     const attempt = this.attempts.get(snapshotId);
     if (!attempt) return [presumedAbort(from, snapshotId)];
     if (!attempt.record.participants.includes(from)) return NONE;
@@ -293,6 +304,7 @@ export class SnapshotCoordinator {
         return attempt.acked.has(from) ? NONE : [sendCommit(from, attempt)];
       case "taking":
         attempt.taken.add(from);
+        if (isHoldReport(hold)) attempt.holds.set(from, hold);
         if (attempt.taken.size < attempt.record.participants.length) return NONE;
         return this.commit(attempt, nowMs);
     }
@@ -415,7 +427,7 @@ export class SnapshotCoordinator {
         type: "snap.take" as const,
         snapshotId: r.snapshotId,
         prepareNonce: attempt.ready.get(to)!.prepareNonce,
-        ...(r.cutAtMs === undefined ? {} : { cutAtMs: r.cutAtMs }),
+        ...(r.cutAtMs === undefined || r.mode !== "timestamp" ? {} : { cutAtMs: r.cutAtMs }),
       },
     }));
   }
@@ -430,6 +442,7 @@ function newAttempt(record: CoordinatorRecord, holdTimeoutMs: number, maxClockSk
     deadlineMs,
     ready: new Map(),
     taken: new Set(),
+    holds: new Map(),
     acked: new Set(),
     nextSendAtMs: Infinity,
     sendIntervalMs: 0,
@@ -493,6 +506,14 @@ function doneOk(attempt: Attempt): CoordinatorEffect {
     startedAtMs: r.startedAtMs,
     ...(r.cutAtMs === undefined ? {} : { cutAtMs: r.cutAtMs }),
     pendingOn: r.participants.filter((p) => !attempt.acked.has(p)),
+    ...(attempt.holds.size > 0 ? { holds: Object.fromEntries(attempt.holds) } : {}),
   };
   return { kind: "done", snapshotId: r.snapshotId, ok: true, result };
+}
+
+/** A peer's report is shown to operators, never trusted for anything else: keep it only if well formed. */
+function isHoldReport(hold: unknown): hold is HoldReport {
+  if (typeof hold !== "object" || hold === null) return false;
+  const { heldMs, queued, longestWaitMs } = hold as Record<string, unknown>;
+  return [heldMs, queued, longestWaitMs].every((n) => typeof n === "number" && Number.isFinite(n) && n >= 0);
 }

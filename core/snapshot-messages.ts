@@ -52,6 +52,18 @@ export interface TakeMessage {
 export interface TakenMessage {
   type: "snap.taken";
   snapshotId: string;
+  /** Hold mode: how long this participant held its clients' requests for the snapshot. */
+  hold?: HoldReport;
+}
+
+/** What a hold cost one participant's clients, measured by the participant (monotonic clock). */
+export interface HoldReport {
+  /** From the hold starting to its release. */
+  heldMs: number;
+  /** Requests that arrived during the hold and waited for it. */
+  queued: number;
+  /** The longest any of them waited (0 if none). */
+  longestWaitMs: number;
 }
 
 export interface CommitMessage {

@@ -5,6 +5,7 @@
 // of threading a registry through every constructor; every child is resolved once, up front.
 import { Counter, type Gauge, Histogram, LATENCY_BUCKETS_SECONDS, MetricsRegistry } from "../core/metrics.ts";
 import type { PageStore } from "../core/page-store.ts";
+import type { HoldReport } from "../core/snapshot-messages.ts";
 import type { Group } from "./group.ts";
 
 /** NBD command types (NBD_CMD_*) by their wire number, as metric label values. */
@@ -37,7 +38,6 @@ export class NodeMetrics {
   private readonly snapshotStartedMs = new Map<string, number>();
   private readonly snapshotReadyMs = new Map<string, number>();
   private readonly snapshotTakingMs = new Map<string, number>();
-  private readonly holdStartedMs = new Map<string, number>();
 
   readonly movePagesTotal;
   readonly movePagesDone;
@@ -132,16 +132,8 @@ export class NodeMetrics {
     this.snapshotPhase.with("total").observe((nowMs - startedMs) / 1000);
   }
 
-  holdStarted(snapshotId: string): void {
-    if (this.holdStartedMs.size >= MAX_TRACKED_SNAPSHOTS) this.holdStartedMs.clear();
-    this.holdStartedMs.set(snapshotId, performance.now());
-  }
-
-  holdReleased(snapshotId: string): void {
-    const startedMs = this.holdStartedMs.get(snapshotId);
-    if (startedMs === undefined) return;
-    this.holdStartedMs.delete(snapshotId);
-    this.snapshotHold.observe((performance.now() - startedMs) / 1000);
+  holdReleased(report: HoldReport): void {
+    this.snapshotHold.observe(report.heldMs / 1000);
   }
 
   // ---- route moves (called by the move code)

@@ -10,6 +10,7 @@ import { SnapshotCoordinator, type CoordinatorEffect, type SnapshotResult } from
 import {
   isToCoordinator,
   type CoordinatorRecord,
+  type HoldReport,
   type ParticipantRecord,
   type PrepareMessage,
   type SnapshotMessage,
@@ -44,6 +45,8 @@ export interface CreateSnapshot {
 
 /** Requests waiting on a hold beyond this make the node give the hold up. */
 const MAX_HELD_REQUESTS = 4096;
+/** Hold reports kept for snapshots not yet committed here (oldest first out: reports of aborted holds are never asked for). */
+const MAX_HOLD_REPORTS = 64;
 
 export class SnapshotService implements SnapshotGate, SnapshotActivity {
   readonly holds: HoldQueue;
@@ -68,7 +71,8 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   >();
   /** Split-phase snapshots coordinated here, by name. */
   private readonly prepared = new Map<string, string>();
-  /** Snapshot ids whose participant effects are running right now (effects re-enter via hold release). */
+  /** What this node's holds cost its clients, told to the coordinator with "taken" (by snapshot id). */
+  private readonly holdReports = new Map<string, HoldReport>();
   private stopped = false;
 
   constructor(private readonly options: SnapshotServiceOptions) {
@@ -279,8 +283,9 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const { group } = this.options;
     if (to === group.selfId) {
       // As if over the network: never re-enter the state machine, and let the messages to the
-      // other nodes (batched at the end of this tick) leave first.
-      setImmediate(() => this.deliver(to, msg));
+      // other nodes (their batch is flushed by an earlier microtask) leave first. A microtask,
+      // not a later event-loop turn: under load a turn is milliseconds, and this node may hold.
+      queueMicrotask(() => this.deliver(to, msg));
       return;
     }
     // Lost messages are the protocol's business (it resends); a down peer is reported by the link.
@@ -345,21 +350,28 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         case "send": {
           // "taken" after a cut and "ack" of a commit rest on a record: they wait until it is
           // durable. A "ready" must not: the node holds its clients' requests until take.
-          const { to, msg } = effect;
+          const { to } = effect;
+          let { msg } = effect;
+          if (msg.type === "snap.taken") {
+            const hold = this.holdReports.get(msg.snapshotId);
+            if (hold) msg = { ...msg, hold };
+          }
           if (msg.type === "snap.taken" || (msg.type === "snap.ack" && msg.outcome === "committed")) this.participantRecords.after(() => this.send(to, msg));
           else this.send(to, msg);
           break;
         }
         case "hold":
           this.holds.hold(effect.snapshotId, effect.volumes);
-          nodeMetrics.holdStarted(effect.snapshotId);
           // Requests run synchronously on this node's event loop: none is mid-execution now.
           queueMicrotask(() => this.runParticipant(this.participant.onInflightDrained(effect.snapshotId, this.nowMs())));
           break;
-        case "release":
-          this.holds.release(effect.snapshotId, effect.volumes);
-          nodeMetrics.holdReleased(effect.snapshotId);
+        case "release": {
+          const report = this.holds.release(effect.snapshotId, effect.volumes);
+          nodeMetrics.holdReleased(report);
+          if (this.holdReports.size >= MAX_HOLD_REPORTS) this.holdReports.delete(this.holdReports.keys().next().value!);
+          this.holdReports.set(effect.snapshotId, report);
           break;
+        }
         case "cut": {
           for (const uid of this.localVolumeUids(effect.volumes)) store.freezeLayer(uid, snapshotLayerId(uid, effect.snapshotId));
           // The cut's data and record become durable off the hold: released requests need only the
@@ -375,10 +387,12 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
           break;
         }
         case "commit":
+          this.holdReports.delete(effect.snapshotId);
           catalog.putProtocolRecord("participant", effect.snapshotId, effect.record);
           this.participantRecords.track(() => catalog.durable());
           break;
         case "discard":
+          this.holdReports.delete(effect.snapshotId);
           for (const layer of this.layersOf(effect.snapshotId)) {
             store.deleteLayer(layer).catch((err) => log.warn(`discarding snapshot layer ${layer} failed: ${asShoalError(err).message}`));
           }

@@ -28,12 +28,14 @@ async function snapshotsUnderLoad(cluster: TestCluster, mode: "hold" | "timestam
   const writers = await startWriters(cluster.nodes, volume, history, { writersPerNode: WRITERS_PER_NODE, blocks: BLOCKS });
   const verdicts: string[] = [];
   const distinctCuts = new Set<string>();
+  const holds: { heldMs: number; queued: number; longestWaitMs: number }[] = [];
   let failures = 0;
   try {
     for (let index = 0; index < count; index++) {
       const coordinator = cluster.nodes[index % cluster.nodes.length]!;
       try {
-        await adminRequest(coordinator.meshAddress, "admin.snap.create", { volumes: [volume], name: `s${index}`, mode, holdTimeoutMs: 2000 });
+        const result = await adminRequest(coordinator.meshAddress, "admin.snap.create", { volumes: [volume], name: `s${index}`, mode, holdTimeoutMs: 2000 });
+        holds.push(...Object.values(result.holds as Record<string, (typeof holds)[number]>));
       } catch (err) {
         failures++;
         console.log(`snapshot s${index} (${mode}) failed cleanly: ${(err as Error).message}`);
@@ -49,7 +51,17 @@ async function snapshotsUnderLoad(cluster: TestCluster, mode: "hold" | "timestam
     const { errors } = await writers.stop();
     expect(errors).toBe(0);
   }
-  console.log(`${mode}: ${count - failures} snapshots checked, ${failures} refused, ${history.writes.size} writes, ${distinctCuts.size} distinct cuts`);
+  const queued = holds.reduce((sum, hold) => sum + hold.queued, 0);
+  const longestHeldMs = Math.max(0, ...holds.map((hold) => hold.heldMs));
+  console.log(`${mode}: ${count - failures} snapshots checked, ${failures} refused, ${history.writes.size} writes, ${distinctCuts.size} distinct cuts; ${queued} requests held, longest hold ${longestHeldMs.toFixed(1)} ms`);
+  if (mode === "hold") {
+    // Every participant reports its hold, and no request it queued waited longer than the hold.
+    expect(holds.length).toBe((count - failures) * cluster.nodes.length);
+    for (const hold of holds) expect(hold.longestWaitMs).toBeLessThanOrEqual(hold.heldMs);
+    expect(queued).toBeGreaterThan(0); // six writers never pause: some of their requests met a hold
+  } else {
+    expect(holds).toEqual([]);
+  }
   // Every snapshot caught the writers mid-flight: a checker fed identical states proves little.
   expect(distinctCuts.size).toBeGreaterThan((count - failures) * 0.9);
   return { verdicts, failures, writes: history.writes.size };
@@ -81,7 +93,12 @@ describe("hold-mode snapshots of a striped volume under load", () => {
     expect((await qemuIo(node1!, "data", "write -P 0x11 0 12M")).exitCode).toBe(0);
     const created = await cluster.shoal(["snap", "create", "data", "--name", "before", "--json"], { node: node2 });
     expect(created.exitCode).toBe(0);
-    expect(JSON.parse(created.stdout)).toMatchObject({ name: "before", mode: "hold", volumes: ["data"] });
+    const snapshot = JSON.parse(created.stdout);
+    expect(snapshot).toMatchObject({ name: "before", mode: "hold", volumes: ["data"] });
+    // T of a hold-mode snapshot: when take went out, between the start and the answer.
+    expect(snapshot.cutAtMs).toBeGreaterThanOrEqual(snapshot.startedAtMs);
+    expect(snapshot.cutAtMs).toBeLessThanOrEqual(Date.now());
+    expect(Object.keys(snapshot.holds).sort()).toEqual([...snapshot.participants].sort());
     expect((await qemuIo(node1!, "data", "write -P 0x22 4M 4100K")).exitCode).toBe(0);
 
     const listed = JSON.parse((await cluster.shoal(["snap", "list", "data", "--json"], { node: node3 })).stdout);

@@ -114,6 +114,25 @@ describe("hold mode", () => {
     expect(h.coordinatorRecords("a")).toEqual([]); // forgotten after every ack
   });
 
+  test("the result names T (when take went out) and each participant's hold report; malformed reports are dropped", () => {
+    const h = new Harness(["a", "b", "c"]);
+    h.start("a", "a.1", "hold", ["a", "b", "c"]);
+    h.drop = (m) => m.msg.type === "snap.taken";
+    h.nowMs += 7;
+    h.pump();
+    const coordinator = h.coordinators.get("a")!;
+    const report = { heldMs: 1.5, queued: 3, longestWaitMs: 1.25 };
+    h.apply("a", coordinator.onMessage("a", { type: "snap.taken", snapshotId: "a.1", hold: report }, h.nowMs));
+    h.apply("a", coordinator.onMessage("b", { type: "snap.taken", snapshotId: "a.1", hold: { heldMs: -1, queued: 0, longestWaitMs: 0 } }, h.nowMs));
+    h.apply("a", coordinator.onMessage("c", { type: "snap.taken", snapshotId: "a.1" }, h.nowMs));
+    h.drop = () => false;
+    h.pump();
+    expect(h.done("a.1")).toMatchObject({ ok: true, result: { cutAtMs: 1007, holds: { a: report } } });
+    const done = h.done("a.1") as { result: { holds: Record<string, unknown> } };
+    expect(Object.keys(done.result.holds)).toEqual(["a"]);
+    expect(h.sent("snap.take").every((m) => !("cutAtMs" in m))).toBe(true); // hold-mode takes carry no T
+  });
+
   test("a silent coordinator makes participants release at the hold timeout, shortened by the skew allowance", () => {
     const h = new Harness(["a", "b"], 10);
     h.start("a", "a.1", "hold", ["a", "b"], 500);
