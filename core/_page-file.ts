@@ -1,5 +1,5 @@
 // One page as one layer holds it on disk, and the chunk map that lets a layer hold only part of a
-// page (copy-on-write after a snapshot copies a 64 KiB chunk, not a 4 MiB page).
+// page (copy-on-write after a snapshot copies a chunk, 4 KiB by default, not a 4 MiB page).
 //
 // Two file forms, told apart by name so a file can move between layers by rename:
 //   `<page>`    plain: exactly the page's bytes, sparse; every chunk is the layer's own.

@@ -85,12 +85,23 @@ export interface PageExport {
   pieces: PagePiece[];
 }
 
-export const DEFAULT_CHUNK_SIZE_BYTES = 64 * 1024;
+/**
+ * 4 KiB: a 4 KiB-aligned write after a snapshot replaces whole chunks and copies nothing (at
+ * 64 KiB every such write read and rewrote 60 KiB it did not change, and the cut's flush had
+ * sixteen times the bytes to sync). One state byte per chunk: 1024 for a 4 MiB page.
+ */
+export const DEFAULT_CHUNK_SIZE_BYTES = 4 * 1024;
 /** Marks a dropped page file awaiting its unlink. */
 const TRASH_MARK = ".drop";
 const ZERO_WRITE_BYTES_MAX = 1024 * 1024;
 /** Time between two page files a deletion unlinks: spreads the filesystem's work (see moveBatch). */
 const DROP_SPACING_MS = 4;
+/**
+ * Syncs one flush keeps in flight. The runtime's small thread pool also makes page files off the
+ * event loop (prepareWrite) and syncs the catalog: a flush of a thousand dirty files must not
+ * queue those behind it.
+ */
+const FLUSH_SYNCS_IN_FLIGHT = 1;
 /** Pages a layer deletion moves before making them durable together and dropping the originals. */
 const DELETE_BATCH_PAGES = 32;
 
@@ -110,6 +121,8 @@ export class PageStore {
   private scratch = new Uint8Array(0);
   private zeros = new Uint8Array(0);
   private closed = false;
+  /** Page files being created off the event loop (see prepareWrite), by directory and page. */
+  private readonly creating = new Map<string, Promise<void>>();
   /** fsync/fdatasync calls made, for tests and metrics: proves a flush reached this store. */
   syncCount = 0;
 
@@ -215,6 +228,77 @@ export class PageStore {
     this.readThrough(this.table.chainOf(layer), 0, page, pageOffset, length, target, targetOffset);
   }
 
+  /**
+   * Creating a page file (and a layer's directory) is journaled filesystem work that can wait
+   * milliseconds on the journal, and right after a snapshot every page's first write needs one:
+   * done inline, it stalls every client of the node. So a writer asks here first: when the layer
+   * lacks the page, the file is made off the event loop and only this write waits, for the
+   * returned promise (which never rejects), then writes. An optimisation only: write() still
+   * makes whatever is missing, and a file made for a layer that changed meanwhile (a snapshot
+   * froze it, a rollback renewed it) is removed, never used.
+   */
+  prepareWrite(layerId: string, page: number, pageSizeBytes: number): Promise<void> | undefined {
+    const layer = this.table.get(layerId);
+    if (layer === undefined || layer.pages.has(page) || layer.deleting || layer.children > 0 || this.closed) return undefined;
+    const key = `${layer.dir}/${page}`;
+    let pending = this.creating.get(key);
+    if (pending === undefined) {
+      pending = this.createPageFileOffLoop(layer, page, pageSizeBytes).finally(() => this.creating.delete(key));
+      this.creating.set(key, pending);
+    }
+    return pending;
+  }
+
+  private async createPageFileOffLoop(layer: Layer, page: number, pageSizeBytes: number): Promise<void> {
+    const chunked = this.heldBelow(layer, page);
+    const chunkShift = chunked ? chunkShiftFor(pageSizeBytes, this.table.chunkSizeBytes) : 0;
+    const file = newPageFile(layer, page, pageSizeBytes, chunkShift, chunked ? new Uint8Array(chunksIn(pageSizeBytes, chunkShift)) : undefined);
+    const dir = this.layerDir(layer);
+    const filePath = this.pathOf(file);
+    let fd: number;
+    try {
+      if (!layer.dirExists) {
+        await fs.promises.mkdir(dir, { recursive: true });
+        if (layer.dir === path.basename(dir) && !layer.dirExists) {
+          layer.dirExists = true;
+          this.dirtyDirs.add(this.dir);
+        }
+      }
+      // O_EXCL: a file this call did not create is never touched by it.
+      fd = await openOffLoop(filePath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL);
+    } catch {
+      return; // write() makes the file itself and reports what goes wrong
+    }
+    try {
+      await ftruncateOffLoop(fd, dataOffsetOf(file) + pageSizeBytes);
+    } catch {
+      fs.closeSync(fd);
+      this.removeUnclaimed(layer, page, filePath);
+      return;
+    }
+    const stillWanted =
+      !this.closed && this.table.get(layer.id) === layer && this.layerDir(layer) === dir && !layer.pages.has(page) && !layer.deleting && layer.children === 0 && this.heldBelow(layer, page) === chunked;
+    if (stillWanted) {
+      layer.pages.set(page, file);
+      this.dirtyDirs.add(dir);
+      this.open.adopt(file, fd);
+      return;
+    }
+    fs.closeSync(fd);
+    this.removeUnclaimed(layer, page, filePath);
+  }
+
+  /** Removes a file createPageFileOffLoop made unless the layer took that very path meanwhile. */
+  private removeUnclaimed(layer: Layer, page: number, filePath: string): void {
+    const claimed = layer.pages.get(page);
+    if (claimed !== undefined && this.pathOf(claimed) === filePath) return;
+    try {
+      fs.unlinkSync(filePath);
+    } catch {
+      // gone with its directory, or left for the next start (an empty file reads as before)
+    }
+  }
+
   write(layerId: string, page: number, pageOffset: number, data: Uint8Array, pageSizeBytes: number): void {
     if (data.byteLength === 0) return;
     const layer = this.table.get(layerId) ?? this.createImplicitLayer(layerId);
@@ -265,8 +349,8 @@ export class PageStore {
     const dirs = [...this.dirtyDirs];
     this.dirtyDirs.clear();
     try {
-      await Promise.all(files.map((file) => this.syncFile(file)));
-      await Promise.all(dirs.map(syncDirectory));
+      await inTurns(files, FLUSH_SYNCS_IN_FLIGHT, (file) => this.syncFile(file));
+      await inTurns(dirs, FLUSH_SYNCS_IN_FLIGHT, syncDirectory);
     } catch (err) {
       for (const dir of dirs) this.dirtyDirs.add(dir);
       throw err;
@@ -468,10 +552,9 @@ export class PageStore {
       const chunkBytes = 2 ** file.chunkShift;
       const data = allocate(file.dataChunks * chunkBytes);
       let at = 0;
-      for (let chunk = 0; chunk < file.states.length; chunk++) {
-        if (file.states[chunk] !== DATA) continue;
-        this.readFile(file, chunk * chunkBytes, chunkBytes, data, at);
-        at += chunkBytes;
+      for (const [first, count] of dataRuns(file.states)) {
+        this.readFile(file, first * chunkBytes, count * chunkBytes, data, at);
+        at += count * chunkBytes;
       }
       pieces.push({ layer: layer.id, pageSizeBytes: file.pageSizeBytes, chunkShift: file.chunkShift, states: file.states.slice(), data: [data] });
     }
@@ -563,8 +646,8 @@ export class PageStore {
       bytes.writeTo(fd, 0, bytes.remaining, (part) => !isAllZero(part));
     } else {
       const chunkBytes = 2 ** file.chunkShift;
+      for (const [first, count] of dataRuns(piece.states!)) bytes.writeTo(fd, CHUNK_HEADER_BYTES + first * chunkBytes, count * chunkBytes, () => true);
       piece.states!.forEach((state, chunk) => {
-        if (state === DATA) bytes.writeTo(fd, CHUNK_HEADER_BYTES + chunk * chunkBytes, chunkBytes, () => true);
         if (state !== ABSENT) this.setState(file, chunk, state);
       });
     }
@@ -1118,5 +1201,37 @@ function notWritableError(layer: Layer): ShoalError {
 export function assertPageRange(pageOffset: number, length: number, pageSizeBytes: number): void {
   if (pageOffset < 0 || length < 0 || pageOffset + length > pageSizeBytes) {
     throw new ShoalError("OUT_OF_RANGE", `range ${pageOffset}+${length} is outside a page of ${pageSizeBytes} bytes`);
+  }
+}
+
+function openOffLoop(filePath: string, flags: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(filePath, flags, 0o644, (err, fd) => (err ? reject(err) : resolve(fd))));
+}
+
+function ftruncateOffLoop(fd: number, length: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.ftruncate(fd, length, (err) => (err ? reject(err) : resolve())));
+}
+
+/** Runs `work` over `items` with at most `inFlight` running at once; rejects with the first failure, after all settled. */
+async function inTurns<T>(items: T[], inFlight: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: unknown;
+  const lane = async () => {
+    while (next < items.length) {
+      const item = items[next++]!;
+      await work(item).catch((err) => (failure ??= err));
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(inFlight, items.length) }, lane));
+  if (failure !== undefined) throw failure;
+}
+
+/** Runs of consecutive DATA chunks as [first chunk, count]: one read or write each, not one per chunk. */
+function* dataRuns(states: Uint8Array): Generator<[number, number]> {
+  for (let chunk = 0; chunk < states.length; chunk++) {
+    if (states[chunk] !== DATA) continue;
+    const first = chunk;
+    while (chunk + 1 < states.length && states[chunk + 1] === DATA) chunk++;
+    yield [first, chunk - first + 1];
   }
 }

@@ -88,7 +88,7 @@ function parentsOf(store: PageStore): Record<string, string | undefined> {
 describe("PageStore layers", () => {
   test("a snapshot keeps every byte of a chunk the head then overwrites in part; only that chunk is copied", () => {
     const dir = tempDir();
-    const store = new PageStore({ dir }); // default 64 KiB chunks
+    const store = new PageStore({ dir, chunkSizeBytes: 64 * KiB });
     const pageBytes = 4 * 1024 * KiB;
     const random = prng(7);
     const original = random.bytes(pageBytes);
@@ -693,7 +693,7 @@ describe("PageStore.exclusiveBytes", () => {
   test("a snapshot frees only the chunks every layer above it has overwritten", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-excl-"));
     try {
-      const store = new PageStore({ dir });
+      const store = new PageStore({ dir, chunkSizeBytes: 64 * 1024 });
       const pageBytes = 256 * 1024; // four 64 KiB chunks
       store.write("vol", 0, 0, new Uint8Array(pageBytes).fill(1), pageBytes);
       store.write("vol", 1, 0, new Uint8Array(pageBytes).fill(2), pageBytes);
@@ -708,5 +708,53 @@ describe("PageStore.exclusiveBytes", () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("PageStore.prepareWrite (page files made off the event loop)", () => {
+  test("makes the missing file, which the next write uses; nothing to do once it exists", async () => {
+    const dir = tempDir();
+    const store = new PageStore({ dir });
+    const first = store.prepareWrite("v", 0, PAGE);
+    expect(first).toBeUndefined(); // an unknown layer is made by write() itself
+    store.write("v", 0, 0, new Uint8Array(4 * KiB).fill(1), PAGE);
+    store.freezeLayer("v", "v@s1");
+    const pending = store.prepareWrite("v", 0, PAGE)!;
+    expect(pending).toBeInstanceOf(Promise);
+    expect(store.prepareWrite("v", 0, PAGE)).toBe(pending); // one creation per page at a time
+    await pending;
+    expect(store.prepareWrite("v", 0, PAGE)).toBeUndefined();
+    const filesBefore = pageFiles(dir).sort();
+    store.write("v", 0, 4 * KiB, new Uint8Array(4 * KiB).fill(2), PAGE);
+    expect(pageFiles(dir).sort()).toEqual(filesBefore); // write() made no file of its own
+    await store.flush();
+    const reopened = reopen(store, dir);
+    const head = new Uint8Array(8 * KiB);
+    reopened.read("v", 0, 0, 8 * KiB, head, 0);
+    expect(head.subarray(0, 4 * KiB).every((b) => b === 1)).toBe(true); // through to the snapshot
+    expect(head.subarray(4 * KiB).every((b) => b === 2)).toBe(true);
+    const snapshot = new Uint8Array(8 * KiB);
+    reopened.read("v@s1", 0, 0, 8 * KiB, snapshot, 0);
+    expect(snapshot.subarray(4 * KiB).every((b) => b === 0)).toBe(true);
+    reopened.close();
+  });
+
+  test("a file made for a head that a snapshot froze meanwhile is removed, never used", async () => {
+    const dir = tempDir();
+    const store = new PageStore({ dir });
+    store.write("v", 1, 0, new Uint8Array(4 * KiB).fill(7), PAGE); // layer exists, page 0 missing
+    const pending = store.prepareWrite("v", 0, PAGE)!;
+    store.freezeLayer("v", "v@s1"); // before the creation completes
+    await pending;
+    const layers = pageFiles(dir).map((file) => path.basename(file));
+    expect(layers.sort()).toEqual(["1"]); // no stray page-0 file in the snapshot's directory
+    store.write("v", 0, 0, new Uint8Array(4 * KiB).fill(9), PAGE); // the new head makes its own
+    const read = new Uint8Array(4 * KiB);
+    store.read("v@s1", 0, 0, 4 * KiB, read, 0);
+    expect(read.every((b) => b === 0)).toBe(true);
+    store.read("v", 0, 0, 4 * KiB, read, 0);
+    expect(read.every((b) => b === 9)).toBe(true);
+    await store.flush();
+    store.close();
   });
 });
