@@ -117,6 +117,9 @@ interface Attempt {
   deadlineMs: number;
   ready: Map<NodeId, ReadyInfo>;
   taken: Set<NodeId>;
+  /** Timestamp mode: participants that said they cut (taken ones did too); allcut went out once all had. */
+  cut: Set<NodeId>;
+  allCutSent: boolean;
   holds: Map<NodeId, HoldReport>;
   acked: Set<NodeId>;
   nextSendAtMs: number;
@@ -163,6 +166,8 @@ export class SnapshotCoordinator {
         return this.onReady(from, msg.snapshotId, { ...msg, receivedAtMs: nowMs }, nowMs);
       case "snap.taken":
         return this.onTaken(from, msg.snapshotId, nowMs, msg.hold);
+      case "snap.cut":
+        return this.onCut(from, msg.snapshotId);
       case "snap.refuse":
         return this.onRefuse(from, msg.snapshotId, msg.error, nowMs);
       case "snap.ack":
@@ -310,6 +315,16 @@ export class SnapshotCoordinator {
     }
   }
 
+  /** Timestamp mode: once every participant has cut, tell them all, so acks stop commit-waiting. */
+  private onCut(from: NodeId, snapshotId: string): CoordinatorEffect[] {
+    const attempt = this.attempts.get(snapshotId);
+    if (!attempt || attempt.phase !== "taking" || attempt.allCutSent || !attempt.record.participants.includes(from)) return NONE;
+    attempt.cut.add(from);
+    if (!attempt.record.participants.every((p) => attempt.cut.has(p) || attempt.taken.has(p))) return NONE;
+    attempt.allCutSent = true;
+    return attempt.record.participants.map((to) => ({ kind: "send" as const, to, msg: { type: "snap.allcut" as const, snapshotId } }));
+  }
+
   private onRefuse(from: NodeId, snapshotId: string, error: WireError, nowMs: number): CoordinatorEffect[] {
     const attempt = this.attempts.get(snapshotId);
     if (!attempt || !isUndecided(attempt) || !attempt.record.participants.includes(from)) return NONE;
@@ -442,6 +457,8 @@ function newAttempt(record: CoordinatorRecord, holdTimeoutMs: number, maxClockSk
     deadlineMs,
     ready: new Map(),
     taken: new Set(),
+    cut: new Set(),
+    allCutSent: false,
     holds: new Map(),
     acked: new Set(),
     nextSendAtMs: Infinity,

@@ -66,6 +66,17 @@ export interface HoldReport {
   longestWaitMs: number;
 }
 
+/**
+ * Timestamp mode, participant -> coordinator: cut here (not yet durable; "taken" says that).
+ * Coordinator -> participants, once every participant said so: every cut is made, so writes
+ * applied after a cut need not wait out the commit wait any more. Both best effort: a lost one
+ * only means acknowledgements wait until T + 2 * skew, as without them.
+ */
+export interface CutMessage {
+  type: "snap.cut" | "snap.allcut";
+  snapshotId: string;
+}
+
 export interface CommitMessage {
   type: "snap.commit";
   snapshotId: string;
@@ -91,13 +102,13 @@ export interface AckMessage {
   outcome: "committed" | "aborted";
 }
 
-export type ToParticipantMessage = PrepareMessage | TakeMessage | CommitMessage | AbortMessage;
-export type ToCoordinatorMessage = ReadyMessage | TakenMessage | RefuseMessage | AckMessage;
+export type ToParticipantMessage = PrepareMessage | TakeMessage | CommitMessage | AbortMessage | (CutMessage & { type: "snap.allcut" });
+export type ToCoordinatorMessage = ReadyMessage | TakenMessage | RefuseMessage | AckMessage | (CutMessage & { type: "snap.cut" });
 export type SnapshotMessage = ToParticipantMessage | ToCoordinatorMessage;
 
 /** Routes an incoming snapshot message to the right state machine on the receiving node. */
 export function isToCoordinator(msg: SnapshotMessage): msg is ToCoordinatorMessage {
-  return msg.type === "snap.ready" || msg.type === "snap.taken" || msg.type === "snap.refuse" || msg.type === "snap.ack";
+  return msg.type === "snap.ready" || msg.type === "snap.taken" || msg.type === "snap.refuse" || msg.type === "snap.ack" || msg.type === "snap.cut";
 }
 
 /**

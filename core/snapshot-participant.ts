@@ -61,12 +61,18 @@ export type ParticipantEffect =
   /** Delete the pending snapshot and its record. */
   | { kind: "discard"; snapshotId: string }
   /** Drop the protocol record only; the committed snapshot stays. */
-  | { kind: "forget"; snapshotId: string };
+  | { kind: "forget"; snapshotId: string }
+  /** The snapshot's commit wait is over (every participant cut, or it committed, aborted or ran out): acknowledge what waited on it. */
+  | { kind: "unfence"; snapshotId: string };
 
-/** The answer to beforeWrite: carry out `effects` (cuts) first, apply the write, then ack no earlier than ackNotBeforeMs. */
+/**
+ * The answer to beforeWrite: carry out `effects` (cuts) first, apply the write, then ack once
+ * every snapshot in `fences` is unfenced (at the latest when the local clock reads ackNotBeforeMs).
+ */
 export interface WriteAdmission {
   effects: ParticipantEffect[];
   ackNotBeforeMs: number;
+  fences: string[];
 }
 
 type Phase = "holding" | "ready" | "prepared" | "armed" | "pending";
@@ -105,6 +111,7 @@ interface Fence {
 }
 
 const NONE: ParticipantEffect[] = [];
+const NO_FENCES: string[] = [];
 
 export class SnapshotParticipant {
   readonly config: ParticipantConfig;
@@ -127,6 +134,9 @@ export class SnapshotParticipant {
         return this.onCommit(from, msg.snapshotId, nowMs);
       case "snap.abort":
         return this.onAbort(from, msg.snapshotId, msg.reason, nowMs);
+      case "snap.allcut":
+        // Every participant has cut: a write applied after ours can no longer precede one in the snapshot.
+        return this.entries.get(msg.snapshotId)?.coordinator === from ? this.unfence(msg.snapshotId) : NONE;
       default:
         return NONE; // coordinator-bound messages are not ours
     }
@@ -153,17 +163,20 @@ export class SnapshotParticipant {
       }
     }
     let ackNotBeforeMs = stampMs;
-    for (const fence of this.fences.values()) {
-      if (fence.untilMs > ackNotBeforeMs && fence.volumes.includes(volume)) ackNotBeforeMs = fence.untilMs;
+    let fences: string[] = NO_FENCES;
+    for (const [snapshotId, fence] of this.fences) {
+      if (fence.untilMs <= stampMs || !fence.volumes.includes(volume)) continue;
+      ackNotBeforeMs = Math.max(ackNotBeforeMs, fence.untilMs);
+      fences = [...fences, snapshotId];
     }
-    return { effects, ackNotBeforeMs };
+    return { effects, ackNotBeforeMs, fences };
   }
 
   onTick(nowMs: number): ParticipantEffect[] {
     const effects: ParticipantEffect[] = [];
     for (const entry of [...this.entries.values()]) effects.push(...this.tickEntry(entry, nowMs));
     // Once the local clock has read untilMs, real time is past T + skew: later acks are safe whatever the clock says next.
-    for (const [snapshotId, fence] of this.fences) if (nowMs >= fence.untilMs) this.fences.delete(snapshotId);
+    for (const [snapshotId, fence] of this.fences) if (nowMs >= fence.untilMs) effects.push(...this.unfence(snapshotId));
     for (const [snapshotId, tomb] of this.tombstones) {
       if (nowMs < tomb.forgetAtMs) continue;
       this.tombstones.delete(snapshotId);
@@ -348,6 +361,7 @@ export class SnapshotParticipant {
     const effects: ParticipantEffect[] = [{ kind: "cut", snapshotId: entry.snapshotId, volumes: entry.volumes, record }];
     // Holding past the local cut buys nothing: every participant held before the take was sent.
     if (wasHolding) effects.push(release(entry));
+    if (entry.mode === "timestamp") effects.push({ kind: "send", to: entry.coordinator, msg: { type: "snap.cut", snapshotId: entry.snapshotId } });
     effects.push(taken(entry));
     return effects;
   }
@@ -361,11 +375,11 @@ export class SnapshotParticipant {
       this.entries.delete(snapshotId);
       // Commit means every participant has cut, so any write applied from now on is out of the
       // snapshot and no write in it can follow it: the commit wait has nothing left to protect.
-      this.fences.delete(snapshotId);
+      const unfenced = this.unfence(snapshotId);
       const record = { ...recordOf(entry, "committed"), forgetAtMs: nowMs + this.retainMs(entry.maxClockSkewMs) };
       if (entry.cutAtMs !== undefined) record.cutAtMs = entry.cutAtMs;
       this.tombstones.set(snapshotId, { outcome: "committed", forgetAtMs: record.forgetAtMs, persisted: true });
-      return [{ kind: "commit", snapshotId, record }, ack];
+      return [{ kind: "commit", snapshotId, record }, ...unfenced, ack];
     }
     // Other aborted tombstones may be refusals of stale duplicates that came after this node
     // committed and forgot the snapshot; only a discarded cut contradicts a commit.
@@ -381,12 +395,12 @@ export class SnapshotParticipant {
       return this.tombstones.get(snapshotId)?.outcome === "committed" ? NONE : [ack];
     }
     this.entries.delete(snapshotId);
-    this.fences.delete(snapshotId);
+    const unfenced = this.unfence(snapshotId); // no snapshot, nothing to keep consistent with
     const discardedCut = entry.phase === "pending";
     this.addTombstone(snapshotId, { outcome: "aborted", reason, discardedCut, forgetAtMs: nowMs + this.retainMs(entry.maxClockSkewMs), persisted: false });
-    if (discardedCut) return [{ kind: "discard", snapshotId }, ack];
+    if (discardedCut) return [{ kind: "discard", snapshotId }, ...unfenced, ack];
     if (entry.phase === "holding" || entry.phase === "ready") return [release(entry), ack];
-    return [ack];
+    return [...unfenced, ack];
   }
 
   private tickEntry(entry: Entry, nowMs: number): ParticipantEffect[] {
@@ -407,6 +421,10 @@ export class SnapshotParticipant {
         entry.queryIntervalMs = Math.min(entry.queryIntervalMs * 2, this.config.maxQueryIntervalMs);
         return [taken(entry)];
     }
+  }
+
+  private unfence(snapshotId: string): ParticipantEffect[] {
+    return this.fences.delete(snapshotId) ? [{ kind: "unfence", snapshotId }] : NONE;
   }
 
   /** Gives up a snapshot not yet cut here (never a pending one) and tells the coordinator why. */

@@ -71,6 +71,8 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   >();
   /** Split-phase snapshots coordinated here, by name. */
   private readonly prepared = new Map<string, string>();
+  /** Acknowledgements waiting on a timestamp-mode snapshot's commit wait, by snapshot id. */
+  private readonly fenceWaiters = new Map<string, { promise: Promise<void>; resolve: () => void }>();
   /** What this node's holds cost its clients, told to the coordinator with "taken" (by snapshot id). */
   private readonly holdReports = new Map<string, HoldReport>();
   private stopped = false;
@@ -111,10 +113,24 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
 
   // ---- the data path's questions (SnapshotGate)
 
-  beforeWrite(volume: string): number {
+  beforeWrite(volume: string): Promise<void> | undefined {
     const admission = this.participant.beforeWrite(volume, this.nowMs());
     if (admission.effects.length > 0) this.runParticipant(admission.effects);
-    return admission.ackNotBeforeMs;
+    if (admission.fences.length === 0) return undefined;
+    const waits = admission.fences.map((snapshotId) => this.unfenced(snapshotId));
+    return waits.length === 1 ? waits[0] : Promise.all(waits).then(() => {});
+  }
+
+  /** Resolves when the participant unfences the snapshot (its commit wait is over). */
+  private unfenced(snapshotId: string): Promise<void> {
+    let waiter = this.fenceWaiters.get(snapshotId);
+    if (!waiter) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((done) => (resolve = done));
+      waiter = { promise, resolve };
+      this.fenceWaiters.set(snapshotId, waiter);
+    }
+    return waiter.promise;
   }
 
   // ---- admin
@@ -401,6 +417,12 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         case "forget":
           catalog.deleteProtocolRecord("participant", effect.snapshotId);
           break;
+        case "unfence": {
+          const waiter = this.fenceWaiters.get(effect.snapshotId);
+          this.fenceWaiters.delete(effect.snapshotId);
+          waiter?.resolve();
+          break;
+        }
       }
     }
     this.rearm();

@@ -31,9 +31,8 @@ const MAX_HOPS = 3;
  */
 export interface SnapshotGate {
   readonly holds: HoldQueue;
-  /** Cuts due before this write, then the local time its ack must wait for (0: none). */
-  beforeWrite(volume: string): number;
-  nowMs(): number;
+  /** Makes the cuts due before this write; returns what its ack must wait for (the commit wait), if anything. */
+  beforeWrite(volume: string): Promise<void> | undefined;
 }
 
 /** What a request addresses: a volume's writable head, or one of its snapshots (read-only). */
@@ -198,13 +197,13 @@ export class VolumeRouter implements ExportCatalog {
     if (creating) return creating.then(() => this.writePage(this.refreshed(target), page, pageOffset, parts, fua, hops, true));
     if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
     this.mover?.noteWrite(record.uid, page);
-    const ackNotBeforeMs = this.gate ? this.gate.beforeWrite(record.name) : 0;
+    const commitWait = this.gate?.beforeWrite(record.name);
     let at = pageOffset;
     for (const part of parts) {
       this.store.write(target.layer, page, at, part, record.pageSizeBytes);
       at += part.byteLength;
     }
-    return this.acknowledge(target, page, fua, ackNotBeforeMs);
+    return this.acknowledge(target, page, fua, commitWait);
   }
 
   private zeroPage(target: Target, page: number, pageOffset: number, length: number, fua: boolean, hops: number): Promise<Applier | void> | void {
@@ -222,9 +221,9 @@ export class VolumeRouter implements ExportCatalog {
     }
     if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
     this.mover?.noteWrite(record.uid, page);
-    const ackNotBeforeMs = this.gate ? this.gate.beforeWrite(record.name) : 0;
+    const commitWait = this.gate?.beforeWrite(record.name);
     this.store.zero(target.layer, page, pageOffset, length, record.pageSizeBytes);
-    return this.acknowledge(target, page, fua, ackNotBeforeMs);
+    return this.acknowledge(target, page, fua, commitWait);
   }
 
   private async forwardRead(owner: string, target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> {
@@ -323,12 +322,10 @@ export class VolumeRouter implements ExportCatalog {
   }
 
   /** FUA waits for the disk; a timestamp-mode commit wait waits for the clock. */
-  private acknowledge(target: Target, page: number, fua: boolean, ackNotBeforeMs: number): Promise<void> | void {
-    const waitMs = ackNotBeforeMs > 0 ? ackNotBeforeMs - this.gate!.nowMs() : 0;
-    if (!fua && waitMs <= 0) return;
-    const synced = fua ? this.store.syncPage(target.layer, page) : Promise.resolve();
-    if (waitMs <= 0) return synced;
-    return Promise.all([synced, Bun.sleep(waitMs)]).then(() => {});
+  private acknowledge(target: Target, page: number, fua: boolean, commitWait: Promise<void> | undefined): Promise<void> | void {
+    if (!fua) return commitWait;
+    const synced = this.store.syncPage(target.layer, page);
+    return commitWait ? Promise.all([synced, commitWait]).then(() => {}) : synced;
   }
 
   // ---- mesh requests from peers

@@ -15,6 +15,8 @@ export interface Sabotage {
   ignoreHold?: boolean;
   /** The node acknowledges writes at once, ignoring ackNotBeforeMs. */
   ignoreCommitWait?: boolean;
+  /** Everyone is told "allcut" as soon as the first participant says it cut. */
+  allCutEarly?: boolean;
 }
 
 export interface WorldOptions {
@@ -142,6 +144,8 @@ class SimNode {
   awaitingDrain = new Map<string, string[]>();
   acceptedPieces = new Set<number>();
   pendingWrites = new Map<number, Set<number>>();
+  /** Applied pieces whose ack waits for snapshots' commit waits to end (unfence). */
+  fencedAcks: { piece: PieceRecord; entry: NodeId; fences: Set<string> }[] = [];
   timerGeneration = 0;
   armedWakeAtMs: number | undefined;
 
@@ -356,6 +360,7 @@ class World {
     node.awaitingDrain = new Map();
     node.acceptedPieces = new Set();
     node.pendingWrites = new Map();
+    node.fencedAcks = [];
     node.timerGeneration++;
     node.armedWakeAtMs = undefined;
     for (const other of this.nodes) {
@@ -416,6 +421,10 @@ class World {
 
   private send(from: SimNode, to: NodeId, payload: Payload): void {
     const target = this.nodes.find((n) => n.id === to)!;
+    if (this.sabotage.allCutEarly && payload.kind === "snap" && payload.msg.type === "snap.cut") {
+      const allCut: SnapshotMessage = { type: "snap.allcut", snapshotId: payload.msg.snapshotId };
+      for (const node of this.nodes) if (node.up) this.at(this.nowMs, () => this.deliver(node, to, { kind: "snap", msg: allCut }));
+    }
     if (to === from.id) {
       this.at(this.nowMs, () => this.deliver(target, from.id, payload));
       return;
@@ -509,6 +518,9 @@ class World {
           break;
         case "forget":
           node.participantRecords.delete(effect.snapshotId);
+          break;
+        case "unfence":
+          this.unfence(node, effect.snapshotId);
           break;
       }
     }
@@ -661,17 +673,24 @@ class World {
     node.inflight.set(piece.volume, node.inflight.get(piece.volume)! - 1);
     this.checkDrains(node);
     this.rearm(node, false);
-    const ackNotBeforeMs = this.sabotage.ignoreCommitWait ? stampMs : admission.ackNotBeforeMs;
-    if (ackNotBeforeMs > stampMs) this.log(`${node.id} piece ${piece.pieceId} commit-waits until ${ackNotBeforeMs.toFixed(3)} (stamp ${stampMs.toFixed(3)})`);
-    this.ackWhenClockReads(node, ackNotBeforeMs, piece, entry);
-  }
-
-  private ackWhenClockReads(node: SimNode, ackNotBeforeMs: number, piece: PieceRecord, entry: NodeId): void {
-    if (this.clock(node) >= ackNotBeforeMs) {
+    if (this.sabotage.ignoreCommitWait || admission.fences.length === 0) {
       this.send(node, entry, { kind: "pieceAck", pieceId: piece.pieceId, writeId: piece.writeId });
       return;
     }
-    this.atOn(node, ackNotBeforeMs - node.offsetMs + 1e-6, () => this.ackWhenClockReads(node, ackNotBeforeMs, piece, entry));
+    // The participant unfences each snapshot when its clock reads T + 2e, or earlier when every
+    // participant has cut (allcut), the snapshot committed or it aborted.
+    this.log(`${node.id} piece ${piece.pieceId} commit-waits for ${admission.fences.join(",")} (until ${admission.ackNotBeforeMs.toFixed(3)} at the latest)`);
+    node.fencedAcks.push({ piece, entry, fences: new Set(admission.fences) });
+  }
+
+  private unfence(node: SimNode, snapshotId: string): void {
+    const waiting = node.fencedAcks;
+    node.fencedAcks = [];
+    for (const fenced of waiting) {
+      fenced.fences.delete(snapshotId);
+      if (fenced.fences.size > 0) node.fencedAcks.push(fenced);
+      else this.send(node, fenced.entry, { kind: "pieceAck", pieceId: fenced.piece.pieceId, writeId: fenced.piece.writeId });
+    }
   }
 
   private checkDrains(node: SimNode): void {

@@ -43,6 +43,10 @@ describe("snapshot simulation", () => {
     expect(firstCaughtSeed("timestamp", { ignoreCommitWait: true })).toBeDefined();
   });
 
+  test("the checker catches a coordinator that says allcut before every participant has cut", () => {
+    expect(firstCaughtSeed("timestamp", { allCutEarly: true })).toBeDefined();
+  });
+
   // Seeds that once failed (a participant asserted on a late commit after forgetting the snapshot).
   // They are tied to this version of the world's random stream; the unit tests pin the mechanism.
   const REGRESSION_SEEDS: [SnapshotMode, number][] = [["hold", 17543], ["hold", 39010], ["hold", 89016], ["timestamp", 65659], ["timestamp", 71994]];

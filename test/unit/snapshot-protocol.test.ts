@@ -190,6 +190,30 @@ describe("hold mode", () => {
 });
 
 describe("timestamp mode", () => {
+  test("once every participant has cut, the coordinator says so and acknowledgements stop waiting, before any commit", () => {
+    const h = new Harness(["a", "b"], 5);
+    h.start("a", "a.1", "timestamp", ["a", "b"]);
+    h.drop = (m) => m.msg.type === "snap.taken"; // no commit: only allcut can lift the fence
+    h.pump();
+    const cutAtMs = (h.sent("snap.take")[0] as { cutAtMs: number }).cutAtMs;
+    const b = h.participants.get("b")!;
+    const admission = b.beforeWrite("db", cutAtMs + 1);
+    h.apply("b", admission.effects);
+    expect(admission.fences).toEqual(["a.1"]);
+    h.pump();
+    expect(h.sent("snap.allcut")).toEqual([]); // a has not cut yet
+    h.nowMs = cutAtMs;
+    h.tick("a");
+    h.pump();
+    expect(h.sent("snap.allcut").length).toBe(2);
+    expect(h.kinds("b")).toContain("unfence");
+    expect(h.done("a.1")).toBeUndefined(); // still not committed
+    expect(b.beforeWrite("db", cutAtMs + 2)).toEqual({ effects: [], ackNotBeforeMs: cutAtMs + 2, fences: [] });
+    // An allcut from anyone but the coordinator is ignored.
+    const c = new SnapshotParticipant({ nodeId: "c", incarnation: "c#1", maxClockSkewMs: 5 });
+    expect(c.onMessage("x", { type: "snap.allcut", snapshotId: "a.1" }, cutAtMs)).toEqual([]);
+  });
+
   test("cuts at the first write stamped at or after T, and commit-waits writes after the cut", () => {
     const h = new Harness(["a", "b"], 5);
     h.offsets.set("b", 4);
@@ -199,11 +223,12 @@ describe("timestamp mode", () => {
     const cutAtMs = take.cutAtMs;
     expect(cutAtMs).toBe(h.clock("a") + 0 + 2 * 5 + 20); // round trip 0 in this harness, margin 20
     const b = h.participants.get("b")!;
-    expect(b.beforeWrite("db", cutAtMs - 1)).toEqual({ effects: [], ackNotBeforeMs: cutAtMs - 1 });
-    expect(b.beforeWrite("other", cutAtMs)).toEqual({ effects: [], ackNotBeforeMs: cutAtMs });
+    expect(b.beforeWrite("db", cutAtMs - 1)).toEqual({ effects: [], ackNotBeforeMs: cutAtMs - 1, fences: [] });
+    expect(b.beforeWrite("other", cutAtMs)).toEqual({ effects: [], ackNotBeforeMs: cutAtMs, fences: [] });
     const admission = b.beforeWrite("db", cutAtMs + 1);
-    expect(admission.effects.map((e) => e.kind)).toEqual(["cut", "send"]);
+    expect(admission.effects.map((e) => (e.kind === "send" ? e.msg.type : e.kind))).toEqual(["cut", "snap.cut", "snap.taken"]);
     expect(admission.ackNotBeforeMs).toBe(cutAtMs + 10);
+    expect(admission.fences).toEqual(["a.1"]);
     expect(b.beforeWrite("db", cutAtMs + 20).ackNotBeforeMs).toBe(cutAtMs + 20);
     h.apply("b", admission.effects);
     h.nowMs = cutAtMs; // a cuts on its timer
