@@ -102,6 +102,8 @@ const DROP_SPACING_MS = 4;
  * queue those behind it.
  */
 const FLUSH_SYNCS_IN_FLIGHT = 1;
+/** Spares one snapshot makes for its new head at most (a page each); other pages make theirs on demand. */
+const MAX_SPARES_PER_FREEZE = 256;
 /** Pages a layer deletion moves before making them durable together and dropping the originals. */
 const DELETE_BATCH_PAGES = 32;
 
@@ -121,7 +123,8 @@ export class PageStore {
   private scratch = new Uint8Array(0);
   private zeros = new Uint8Array(0);
   private closed = false;
-  /** Page files being created off the event loop (see prepareWrite), by directory and page. */
+  /** Spare page files made off the event loop (see prepareWrite), by directory and page. */
+  private readonly spares = new Map<string, Spare>();
   private readonly creating = new Map<string, Promise<void>>();
   /** fsync/fdatasync calls made, for tests and metrics: proves a flush reached this store. */
   syncCount = 0;
@@ -175,26 +178,30 @@ export class PageStore {
       }
       const parsed = parseFileName(name);
       if (parsed === undefined) continue;
+      const file = this.loadPageFile(layer, parsed.page, parsed.chunked, filePath);
+      // Empty (created, never synced, or a spare nobody took): it holds nothing; a missing file reads the same.
+      if (file === undefined) {
+        fs.rmSync(filePath, { force: true });
+        continue;
+      }
       if (layer.pages.has(parsed.page)) {
         throw new ShoalError("IO_ERROR", `${dir} holds page ${parsed.page} twice (plain and chunked); restore this node's data directory`);
       }
-      if (!parsed.chunked) {
-        const sizeBytes = fs.statSync(filePath).size;
-        // Created but its length never reached the disk: it holds nothing durable.
-        if (sizeBytes === 0) fs.rmSync(filePath, { force: true });
-        else layer.pages.set(parsed.page, newPageFile(layer, parsed.page, sizeBytes, 0, undefined));
-        continue;
-      }
-      const fd = fs.openSync(filePath, "r");
-      let header: ReturnType<typeof readHeader>;
-      try {
-        header = readHeader(fd, filePath, this.table.chunkSizeBytes);
-      } finally {
-        fs.closeSync(fd);
-      }
-      // Never synced: it held nothing durable, and a missing file reads the same (all ABSENT).
-      if (header === undefined) fs.rmSync(filePath, { force: true });
-      else layer.pages.set(parsed.page, newPageFile(layer, parsed.page, header.pageSizeBytes, header.chunkShift, header.states));
+      layer.pages.set(parsed.page, file);
+    }
+  }
+
+  private loadPageFile(layer: Layer, page: number, chunked: boolean, filePath: string): PageFile | undefined {
+    if (!chunked) {
+      const sizeBytes = fs.statSync(filePath).size;
+      return sizeBytes === 0 ? undefined : newPageFile(layer, page, sizeBytes, 0, undefined);
+    }
+    const fd = fs.openSync(filePath, "r");
+    try {
+      const header = readHeader(fd, filePath, this.table.chunkSizeBytes);
+      return header === undefined ? undefined : newPageFile(layer, page, header.pageSizeBytes, header.chunkShift, header.states);
+    } finally {
+      fs.closeSync(fd);
     }
   }
 
@@ -231,71 +238,99 @@ export class PageStore {
   /**
    * Creating a page file (and a layer's directory) is journaled filesystem work that can wait
    * milliseconds on the journal, and right after a snapshot every page's first write needs one:
-   * done inline, it stalls every client of the node. So a writer asks here first: when the layer
-   * lacks the page, the file is made off the event loop and only this write waits, for the
-   * returned promise (which never rejects), then writes. An optimisation only: write() still
-   * makes whatever is missing, and a file made for a layer that changed meanwhile (a snapshot
-   * froze it, a rollback renewed it) is removed, never used.
+   * done inline, it stalls every client of the node. So files are made ahead, off the event loop,
+   * as spares: empty chunked files no layer refers to yet, which createPageFile takes instead of
+   * opening one. freezeLayer makes spares for the new head's likely pages; a writer asks here
+   * first and, when the layer lacks the page and no spare is ready, waits for one (the promise
+   * never rejects), then writes. An optimisation only: write() still makes whatever is missing.
+   * A spare nobody takes stays behind as an empty file, which reads as absent and start-up removes.
    */
   prepareWrite(layerId: string, page: number, pageSizeBytes: number): Promise<void> | undefined {
     const layer = this.table.get(layerId);
     if (layer === undefined || layer.pages.has(page) || layer.deleting || layer.children > 0 || this.closed) return undefined;
-    const key = `${layer.dir}/${page}`;
-    let pending = this.creating.get(key);
-    if (pending === undefined) {
-      pending = this.createPageFileOffLoop(layer, page, pageSizeBytes).finally(() => this.creating.delete(key));
-      this.creating.set(key, pending);
-    }
-    return pending;
+    // Only chunked files have spares: a plain one is a base layer's page, made once in its life.
+    if (!this.heldBelow(layer, page)) return undefined;
+    const key = spareKey(layer, page);
+    if (this.spares.has(key)) return undefined;
+    return this.creating.get(key) ?? this.makeSpare(layer, page, pageSizeBytes);
   }
 
-  private async createPageFileOffLoop(layer: Layer, page: number, pageSizeBytes: number): Promise<void> {
-    const chunked = this.heldBelow(layer, page);
-    const chunkShift = chunked ? chunkShiftFor(pageSizeBytes, this.table.chunkSizeBytes) : 0;
-    const file = newPageFile(layer, page, pageSizeBytes, chunkShift, chunked ? new Uint8Array(chunksIn(pageSizeBytes, chunkShift)) : undefined);
+  private makeSpare(layer: Layer, page: number, pageSizeBytes: number): Promise<void> {
+    const key = spareKey(layer, page);
+    const made = this.makeSpareNow(layer, page, pageSizeBytes, key).finally(() => this.creating.delete(key));
+    this.creating.set(key, made);
+    return made;
+  }
+
+  private async makeSpareNow(layer: Layer, page: number, pageSizeBytes: number, key: string): Promise<void> {
     const dir = this.layerDir(layer);
-    const filePath = this.pathOf(file);
+    const filePath = path.join(dir, fileName(page, true));
     let fd: number;
     try {
-      if (!layer.dirExists) {
-        await fs.promises.mkdir(dir, { recursive: true });
-        if (layer.dir === path.basename(dir) && !layer.dirExists) {
-          layer.dirExists = true;
-          this.dirtyDirs.add(this.dir);
-        }
-      }
+      // The layer counts its directory as made (and owes it a sync) once a spare is taken.
+      if (!layer.dirExists) await fs.promises.mkdir(dir, { recursive: true });
       // O_EXCL: a file this call did not create is never touched by it.
       fd = await openOffLoop(filePath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL);
     } catch {
       return; // write() makes the file itself and reports what goes wrong
     }
     try {
-      await ftruncateOffLoop(fd, dataOffsetOf(file) + pageSizeBytes);
+      await ftruncateOffLoop(fd, CHUNK_HEADER_BYTES + pageSizeBytes);
     } catch {
       fs.closeSync(fd);
-      this.removeUnclaimed(layer, page, filePath);
       return;
     }
-    const stillWanted =
-      !this.closed && this.table.get(layer.id) === layer && this.layerDir(layer) === dir && !layer.pages.has(page) && !layer.deleting && layer.children === 0 && this.heldBelow(layer, page) === chunked;
-    if (stillWanted) {
-      layer.pages.set(page, file);
-      this.dirtyDirs.add(dir);
-      this.open.adopt(file, fd);
+    const usable = !this.closed && this.table.get(layer.id) === layer && this.layerDir(layer) === dir && !layer.pages.has(page) && !layer.deleting && layer.children === 0;
+    if (usable) {
+      this.spares.set(key, { layer, pageSizeBytes, fd });
       return;
     }
     fs.closeSync(fd);
-    this.removeUnclaimed(layer, page, filePath);
+    // Left where it is (empty: it reads as absent, start-up removes it), unless the page now has
+    // a plain file beside it: then this layer can never take it, and two files for one page
+    // would not load.
+    const held = layer.pages.get(page);
+    if (held !== undefined && this.pathOf(held) !== filePath) fs.rmSync(filePath, { force: true });
   }
 
-  /** Removes a file createPageFileOffLoop made unless the layer took that very path meanwhile. */
-  private removeUnclaimed(layer: Layer, page: number, filePath: string): void {
-    const claimed = layer.pages.get(page);
-    if (claimed !== undefined && this.pathOf(claimed) === filePath) return;
-    try {
-      fs.unlinkSync(filePath);
-    } catch {
-      // gone with its directory, or left for the next start (an empty file reads as before)
+  /** Makes spares for the pages a new head is likely to write first: those its parent was just writing. */
+  private makeSparesFor(head: Layer, parent: Layer): void {
+    const pages: { page: number; pageSizeBytes: number }[] = [];
+    const seen = new Set<number>();
+    const consider = (file: PageFile) => {
+      if (pages.length >= MAX_SPARES_PER_FREEZE || seen.has(file.page)) return;
+      seen.add(file.page);
+      pages.push({ page: file.page, pageSizeBytes: file.pageSizeBytes });
+    };
+    // Pages written since the last flush: an idle volume's snapshots make no spares at all.
+    for (const file of this.dirty) if (file.layer === parent) consider(file);
+    // One after another: the runtime's thread pool also carries flushes and the catalog's syncs.
+    void (async () => {
+      for (const { page, pageSizeBytes } of pages) {
+        if (this.closed || this.table.get(head.id) !== head) return;
+        const key = spareKey(head, page);
+        if (head.pages.has(page) || this.spares.has(key)) continue;
+        await (this.creating.get(key) ?? this.makeSpare(head, page, pageSizeBytes));
+      }
+    })();
+  }
+
+  private takeSpare(layer: Layer, page: number): Spare | undefined {
+    const key = spareKey(layer, page);
+    const spare = this.spares.get(key);
+    if (spare === undefined) return undefined;
+    this.spares.delete(key);
+    if (spare.layer === layer) return spare;
+    fs.closeSync(spare.fd);
+    return undefined;
+  }
+
+  /** Closes a layer's spares (frozen, renewed or dropped): their files stay behind, empty. */
+  private dropSpares(layer: Layer): void {
+    for (const [key, spare] of this.spares) {
+      if (spare.layer !== layer) continue;
+      this.spares.delete(key);
+      fs.closeSync(spare.fd);
     }
   }
 
@@ -364,6 +399,8 @@ export class PageStore {
     if (this.closed) return;
     for (const file of [...this.dirty]) this.syncFileNow(file);
     for (const file of this.open.list()) this.open.close(file);
+    for (const spare of this.spares.values()) fs.closeSync(spare.fd);
+    this.spares.clear();
     for (const dir of this.dirtyDirs) syncDirectorySync(dir);
     this.dirtyDirs.clear();
     this.tableFile.close();
@@ -401,8 +438,10 @@ export class PageStore {
     }
     const head = this.table.get(headLayerId) ?? this.table.create(headLayerId, undefined);
     if (head.deleting) throw deletingError(head);
-    this.table.freeze(head, snapshotLayerId);
+    const newHead = this.table.freeze(head, snapshotLayerId);
     this.tableFile.changed();
+    this.dropSpares(head); // the snapshot's now: never written
+    this.makeSparesFor(newHead, head);
   }
 
   /** Rollback: drops the head's own pages and stacks it on `parentLayerId`; it then reads as that. */
@@ -419,6 +458,7 @@ export class PageStore {
     if (head.children > 0) throw stackedError(head, "rolled back");
     if (parent === head) throw new ShoalError("BAD_ARGUMENT", `layer '${head.id}' cannot be its own parent`);
     this.forgetPages(head);
+    this.dropSpares(head);
     if (head.dirExists) this.tableFile.retire(this.layerDir(head));
     this.table.renew(head);
     this.table.setParent(head, parent);
@@ -452,6 +492,7 @@ export class PageStore {
     if (layer.deleting) throw deletingError(layer);
     if (layer.children > 0) throw stackedError(layer, "dropped");
     this.forgetPages(layer);
+    this.dropSpares(layer);
     if (layer.dirExists) this.tableFile.retire(this.layerDir(layer));
     this.table.remove(layer);
     this.tableFile.changed();
@@ -780,6 +821,15 @@ export class PageStore {
     const chunkShift = chunked ? chunkShiftFor(pageSizeBytes, this.table.chunkSizeBytes) : 0;
     const states = chunked ? new Uint8Array(chunksIn(pageSizeBytes, chunkShift)) : undefined;
     const file = newPageFile(layer, page, pageSizeBytes, chunkShift, states);
+    const spare = chunked ? this.takeSpare(layer, page) : undefined;
+    if (spare !== undefined && spare.pageSizeBytes === pageSizeBytes) {
+      this.ensureDir(layer); // made already: no journal work, just the bookkeeping
+      layer.pages.set(page, file);
+      this.dirtyDirs.add(this.layerDir(layer));
+      this.open.adopt(file, spare.fd);
+      return file;
+    }
+    if (spare !== undefined) fs.closeSync(spare.fd); // the same path is opened (and truncated) below
     this.ensureDir(layer);
     const fd = fs.openSync(this.pathOf(file), "w+");
     try {
@@ -956,6 +1006,7 @@ export class PageStore {
   private async deleteLayerNow(layerId: string): Promise<void> {
     const layer = this.table.get(layerId);
     if (layer === undefined) return; // already gone: a retry after a crash is safe
+    this.dropSpares(layer);
     // Durably marked before anything moves: after a crash the half-emptied layer refuses reads.
     await this.tableFile.persist();
     const pages = [...layer.pages.keys()].sort((a, b) => a - b);
@@ -1020,9 +1071,21 @@ export class PageStore {
     for (const page of pages) {
       const source = layer.pages.get(page);
       if (source === undefined) continue;
-      await this.dropPage(source);
+      await this.unlinkDeleted(source);
       await this.pause(DROP_SPACING_MS);
     }
+  }
+
+  /**
+   * Removes a page file of a layer being deleted, entirely off the event loop. Unlike dropPage no
+   * rename first: nothing makes a file at this path again (the layer is marked deleting and its
+   * directory goes with it), and a crash before the unlink leaves a file the resumed deletion drops.
+   */
+  private async unlinkDeleted(file: PageFile): Promise<void> {
+    this.open.close(file);
+    this.markClean(file);
+    file.layer.pages.delete(file.page);
+    await fs.promises.unlink(this.pathOf(file)).catch(() => undefined); // a leftover goes with the directory
   }
 
   /** Copies into a child's page file the chunks it lacks and `source` has; true if any changed. */
@@ -1074,6 +1137,8 @@ export class PageStore {
 
   private adopt(child: Layer, source: PageFile): void {
     const from = source.layer;
+    const spare = this.takeSpare(child, source.page);
+    if (spare !== undefined) fs.closeSync(spare.fd); // the rename below replaces its file
     this.ensureDir(child);
     const fromPath = this.pathOf(source);
     source.layer = child;
@@ -1234,4 +1299,15 @@ function* dataRuns(states: Uint8Array): Generator<[number, number]> {
     while (chunk + 1 < states.length && states[chunk + 1] === DATA) chunk++;
     yield [first, chunk - first + 1];
   }
+}
+
+/** An empty chunked page file made ahead for a layer (see prepareWrite). */
+interface Spare {
+  layer: Layer;
+  pageSizeBytes: number;
+  fd: number;
+}
+
+function spareKey(layer: Layer, page: number): string {
+  return `${layer.dir}/${page}`;
 }

@@ -711,50 +711,76 @@ describe("PageStore.exclusiveBytes", () => {
   });
 });
 
-describe("PageStore.prepareWrite (page files made off the event loop)", () => {
-  test("makes the missing file, which the next write uses; nothing to do once it exists", async () => {
+describe("PageStore spare page files (made off the event loop)", () => {
+  test("a snapshot makes spares for the head's pages; writes take them, and nothing else changes", async () => {
     const dir = tempDir();
     const store = new PageStore({ dir });
-    const first = store.prepareWrite("v", 0, PAGE);
-    expect(first).toBeUndefined(); // an unknown layer is made by write() itself
-    store.write("v", 0, 0, new Uint8Array(4 * KiB).fill(1), PAGE);
+    expect(store.prepareWrite("v", 0, PAGE)).toBeUndefined(); // an unknown layer: write() makes it
+    for (let page = 0; page < 3; page++) store.write("v", page, 0, new Uint8Array(4 * KiB).fill(1 + page), PAGE);
+    expect(store.prepareWrite("v", 5, PAGE)).toBeUndefined(); // a base layer's page: plain, made inline
     store.freezeLayer("v", "v@s1");
-    const pending = store.prepareWrite("v", 0, PAGE)!;
-    expect(pending).toBeInstanceOf(Promise);
-    expect(store.prepareWrite("v", 0, PAGE)).toBe(pending); // one creation per page at a time
-    await pending;
-    expect(store.prepareWrite("v", 0, PAGE)).toBeUndefined();
-    const filesBefore = pageFiles(dir).sort();
-    store.write("v", 0, 4 * KiB, new Uint8Array(4 * KiB).fill(2), PAGE);
-    expect(pageFiles(dir).sort()).toEqual(filesBefore); // write() made no file of its own
+    const pending = store.prepareWrite("v", 0, PAGE);
+    if (pending) await pending;
+    await Bun.sleep(50); // the spares for pages 1 and 2 too
+    expect(store.prepareWrite("v", 1, PAGE)).toBeUndefined(); // ready
+    const headDir = (files: string[]) => files.filter((file) => file.endsWith(".c")).map((file) => path.basename(file)).sort();
+    expect(headDir(pageFiles(dir))).toEqual(["0.c", "1.c", "2.c"]);
+    expect(store.layers().find((layer) => layer.id === "v")!.pages).toBe(0); // spares are no layer's pages
+    store.write("v", 0, 4 * KiB, new Uint8Array(4 * KiB).fill(9), PAGE);
+    expect(headDir(pageFiles(dir))).toEqual(["0.c", "1.c", "2.c"]); // taken, not made anew
+    expect(store.layers().find((layer) => layer.id === "v")!.pages).toBe(1);
     await store.flush();
+    // Restart: the spares nobody took are empty and go; what was written stays.
     const reopened = reopen(store, dir);
+    expect(headDir(pageFiles(dir))).toEqual(["0.c"]);
     const head = new Uint8Array(8 * KiB);
     reopened.read("v", 0, 0, 8 * KiB, head, 0);
     expect(head.subarray(0, 4 * KiB).every((b) => b === 1)).toBe(true); // through to the snapshot
-    expect(head.subarray(4 * KiB).every((b) => b === 2)).toBe(true);
-    const snapshot = new Uint8Array(8 * KiB);
-    reopened.read("v@s1", 0, 0, 8 * KiB, snapshot, 0);
-    expect(snapshot.subarray(4 * KiB).every((b) => b === 0)).toBe(true);
+    expect(head.subarray(4 * KiB).every((b) => b === 9)).toBe(true);
+    const other = new Uint8Array(4 * KiB);
+    reopened.read("v", 2, 0, 4 * KiB, other, 0);
+    expect(other.every((b) => b === 3)).toBe(true);
     reopened.close();
   });
 
-  test("a file made for a head that a snapshot froze meanwhile is removed, never used", async () => {
+  test("a spare made for a head a snapshot froze meanwhile is never used; it stays empty and start-up removes it", async () => {
     const dir = tempDir();
     const store = new PageStore({ dir });
-    store.write("v", 1, 0, new Uint8Array(4 * KiB).fill(7), PAGE); // layer exists, page 0 missing
+    store.write("v", 0, 0, new Uint8Array(4 * KiB).fill(7), PAGE);
+    store.freezeLayer("v", "v@s1");
+    store.write("v", 1, 0, new Uint8Array(4 * KiB).fill(8), PAGE); // layer v has page 1, lacks page 0
     const pending = store.prepareWrite("v", 0, PAGE)!;
-    store.freezeLayer("v", "v@s1"); // before the creation completes
+    store.freezeLayer("v", "v@s2"); // before the spare is made
     await pending;
-    const layers = pageFiles(dir).map((file) => path.basename(file));
-    expect(layers.sort()).toEqual(["1"]); // no stray page-0 file in the snapshot's directory
-    store.write("v", 0, 0, new Uint8Array(4 * KiB).fill(9), PAGE); // the new head makes its own
+    await Bun.sleep(50);
+    store.write("v", 0, 0, new Uint8Array(4 * KiB).fill(9), PAGE); // the new head makes or takes its own
     const read = new Uint8Array(4 * KiB);
-    store.read("v@s1", 0, 0, 4 * KiB, read, 0);
-    expect(read.every((b) => b === 0)).toBe(true);
+    store.read("v@s2", 0, 0, 4 * KiB, read, 0);
+    expect(read.every((b) => b === 7)).toBe(true); // s2 still reads through to s1
     store.read("v", 0, 0, 4 * KiB, read, 0);
     expect(read.every((b) => b === 9)).toBe(true);
     await store.flush();
-    store.close();
+    const reopened = reopen(store, dir);
+    reopened.read("v@s2", 0, 0, 4 * KiB, read, 0);
+    expect(read.every((b) => b === 7)).toBe(true);
+    expect(reopened.layers().map((layer) => [layer.id, layer.pages])).toEqual([["v", 1], ["v@s1", 1], ["v@s2", 1]]);
+    reopened.close();
+  });
+
+  test("a deletion that hands a plain file to a head with a spare for that page leaves one page file", async () => {
+    const dir = tempDir();
+    const store = new PageStore({ dir });
+    store.write("v", 0, 0, new Uint8Array(4 * KiB).fill(5), PAGE); // plain file in the base layer
+    store.freezeLayer("v", "v@s1"); // spare 0.c for the head
+    await Bun.sleep(50);
+    await store.deleteLayer("v@s1"); // the head takes 0 (plain) by rename, beside its spare
+    const read = new Uint8Array(4 * KiB);
+    store.read("v", 0, 0, 4 * KiB, read, 0);
+    expect(read.every((b) => b === 5)).toBe(true);
+    await store.flush();
+    const reopened = reopen(store, dir); // would refuse a page held twice
+    reopened.read("v", 0, 0, 4 * KiB, read, 0);
+    expect(read.every((b) => b === 5)).toBe(true);
+    reopened.close();
   });
 });
