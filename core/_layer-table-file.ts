@@ -81,6 +81,9 @@ export class LayerTableFile {
 
   /** Final synchronous save; a background save still in flight will not overwrite it. */
   close(): void {
+    // A background save may have a rename of its older temp file queued: take the file away
+    // first (rename is atomic: it either ran already, and is overwritten below, or finds nothing).
+    fs.rmSync(`${this.tablePath}${TEMP_SUFFIX}`, { force: true });
     if (this.durableVersion < this.table.version) this.saveNow();
     this.closed = true;
   }
@@ -94,9 +97,10 @@ export class LayerTableFile {
       await writeDurableTemp(temp, text);
       this.countSyncs(1);
       if (this.closed) throw new ShoalError("SHUTTING_DOWN", "the page store closed while saving its layer table");
-      // Renamed synchronously, after the closed check in the same turn: close()'s own save can
-      // never be overwritten by an older table.
-      fs.renameSync(temp, this.tablePath);
+      // Off the event loop: a rename is journaled work that waits milliseconds while the disk
+      // syncs, and every client of the node would wait with it. close() removes the temp file
+      // first, so this rename can never put an older table over close()'s own save.
+      await fs.promises.rename(temp, this.tablePath);
       await syncDirectory(this.dir);
       this.countSyncs(1);
     } catch (err) {
