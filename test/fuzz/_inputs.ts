@@ -205,7 +205,7 @@ function adminRequest(prng: Prng, id: number): Uint8Array {
 }
 
 function snapshotMessage(prng: Prng): unknown {
-  const type = prng.pick(["snap.prepare", "snap.take", "snap.commit", "snap.abort", "snap.ready", "snap.taken", "snap.refuse", "snap.ack", "snap.bogus"]);
+  const type = prng.pick(["snap.prepare", "snap.take", "snap.commit", "snap.abort", "snap.ready", "snap.taken", "snap.refuse", "snap.ack", "snap.cut", "snap.allcut", "snap.bogus"]);
   return {
     type: maybeOdd(prng, type),
     snapshotId: maybeOdd(prng, `fuzz.${prng.int(0, 3)}`),
@@ -221,6 +221,7 @@ function snapshotMessage(prng: Prng): unknown {
     outcome: maybeOdd(prng, "aborted"),
     reason: maybeOdd(prng, { code: "TIMEOUT", message: "fuzz" }),
     error: maybeOdd(prng, { code: "TIMEOUT", message: "fuzz" }),
+    hold: maybeOdd(prng, { heldMs: 1.5, queued: 2, longestWaitMs: 1 }),
   };
 }
 
