@@ -71,3 +71,47 @@ export async function sourceRevision(): Promise<string> {
 export function loadAverage(): number {
   return Number(fs.readFileSync("/proc/loadavg", "utf8").split(" ")[0]);
 }
+
+/** What runBench needs of a benchmark's processes. */
+export interface BenchResources {
+  nodes: { id: string; stderrLog: string }[];
+  /** Kills what the run started and removes its files; `finished`: the run ended normally. */
+  cleanup(finished: boolean): Promise<void>;
+}
+
+/**
+ * Runs `measure` under a watchdog: SIGINT, SIGTERM or the time limit stop every process the run
+ * started; a failure prints the log tails of nodes that warned. Cleans up either way.
+ */
+export async function runBench(resources: BenchResources, timeoutMs: number, measure: () => Promise<void>): Promise<void> {
+  const abort = (why: string, code: number) => {
+    progress(`${why}: stopping every process this run started`);
+    void resources.cleanup(false).finally(() => process.exit(code));
+  };
+  process.on("SIGINT", () => abort("SIGINT", 130));
+  process.on("SIGTERM", () => abort("SIGTERM", 143));
+  const watchdog = setTimeout(() => abort(`the run exceeded --timeout-minutes ${timeoutMs / 60_000}`, 1), timeoutMs);
+  let finished = false;
+  try {
+    await measure();
+    finished = true;
+  } catch (err) {
+    for (const node of resources.nodes) {
+      if (node.stderrLog.includes("WARN") || node.stderrLog.includes("ERROR")) progress(`${node.id} log tail:\n${node.stderrLog.slice(-2000)}`);
+    }
+    throw err;
+  } finally {
+    clearTimeout(watchdog);
+    await resources.cleanup(finished);
+  }
+}
+
+/** The human report on stdout; with --json it goes to stderr and stdout carries `document`. */
+export function printReport(report: string, json: boolean, document: () => unknown): void {
+  if (!json) {
+    console.log(report);
+    return;
+  }
+  console.error(report);
+  console.log(JSON.stringify(document(), null, 2));
+}

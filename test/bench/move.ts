@@ -33,7 +33,7 @@ import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { NbdClient } from "../../transport/nbd-client.ts";
-import { bounded, buildShoal, loadAverage, percentile, progress, sourceRevision, syncDisks, table } from "./_bench.ts";
+import { bounded, buildShoal, loadAverage, percentile, printReport, progress, runBench, sourceRevision, syncDisks, table } from "./_bench.ts";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
 const KiB = 1024;
@@ -670,36 +670,13 @@ async function measure(resources: Resources, options: Options): Promise<void> {
   const latency = await measureLatency(resources, options);
   const results: Results = { throughput, latency };
   const info: RunInfo = { revision, loadAtStart, loadAtEnd: loadAverage() };
-  const report = renderReport(results, options, info);
-  if (options.json) {
-    console.error(report);
-    console.log(JSON.stringify({ ...info, options, targets: TARGETS, verdicts: verdicts(results), results }, null, 2));
-  } else {
-    console.log(report);
-  }
+  printReport(renderReport(results, options, info), options.json, () => ({ ...info, options, targets: TARGETS, verdicts: verdicts(results), results }));
 }
 
 async function main(): Promise<void> {
   const options = parseOptions();
   const resources = new Resources();
-  const abort = (why: string, code: number) => {
-    progress(`${why}: stopping every process this run started`);
-    void resources.cleanup().finally(() => process.exit(code));
-  };
-  process.on("SIGINT", () => abort("SIGINT", 130));
-  process.on("SIGTERM", () => abort("SIGTERM", 143));
-  const watchdog = setTimeout(() => abort(`the run exceeded --timeout-minutes ${options.timeoutMs / 60_000}`, 1), options.timeoutMs);
-  try {
-    await measure(resources, options);
-  } catch (err) {
-    for (const node of resources.nodes) {
-      if (node.stderrLog.includes("WARN") || node.stderrLog.includes("ERROR")) progress(`${node.dataDir} log tail:\n${node.stderrLog.slice(-2000)}`);
-    }
-    throw err;
-  } finally {
-    clearTimeout(watchdog);
-    await resources.cleanup();
-  }
+  await runBench(resources, options.timeoutMs, () => measure(resources, options));
 }
 
 await main();

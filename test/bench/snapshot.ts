@@ -41,7 +41,7 @@ import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { NbdClient } from "../../transport/nbd-client.ts";
-import { bounded, buildShoal, loadAverage, percentile, progress, sourceRevision, syncDisks, table } from "./_bench.ts";
+import { bounded, buildShoal, loadAverage, percentile, printReport, progress, runBench, sourceRevision, syncDisks, table } from "./_bench.ts";
 import { freePort, run, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
 const KiB = 1024;
@@ -1063,39 +1063,17 @@ async function measure(resources: Resources, options: Options): Promise<void> {
   monitor.stop();
   const results: Results = { hold, timestamp, createVsData, deletion };
   const info: RunInfo = { revision, loadAtStart, loadAtEnd: loadAverage(), notes, foreignCpu };
-  const report = renderReport(results, options, info);
-  if (options.json) {
-    console.error(report);
-    console.log(JSON.stringify({ ...info, options, targets: TARGETS, verdicts: verdicts(results), results }, null, 2));
-  } else {
-    console.log(report);
-  }
+  printReport(renderReport(results, options, info), options.json, () => ({ ...info, options, targets: TARGETS, verdicts: verdicts(results), results }));
 }
 
 async function main(): Promise<void> {
   const options = parseOptions();
   const resources = new Resources();
-  const abort = (why: string, code: number) => {
-    progress(`${why}: stopping every process this run started`);
-    void resources.cleanup().finally(() => process.exit(code));
-  };
-  process.on("SIGINT", () => abort("SIGINT", 130));
-  process.on("SIGTERM", () => abort("SIGTERM", 143));
-  const watchdog = setTimeout(() => abort(`the run exceeded --timeout-minutes ${options.timeoutMs / 60_000}`, 1), options.timeoutMs);
-  let finished = false;
-  try {
-    await measure(resources, options);
-    finished = true;
-  } catch (err) {
-    for (const node of resources.nodes) {
-      if (node.stderrLog.includes("WARN") || node.stderrLog.includes("ERROR")) progress(`${node.id} log tail:\n${node.stderrLog.slice(-2000)}`);
-    }
-    throw err;
-  } finally {
-    clearTimeout(watchdog);
-    await resources.cleanup(finished && options.profileDir !== undefined);
-    if (finished && options.profileDir) progress(`node CPU profiles in ${options.profileDir}`);
-  }
+  // Nodes run under the profiler write their profiles only when stopped gracefully.
+  const profiled = options.profileDir !== undefined;
+  const cleanup = (finished: boolean) => resources.cleanup(finished && profiled);
+  await runBench({ nodes: resources.nodes, cleanup }, options.timeoutMs, () => measure(resources, options));
+  if (profiled) progress(`node CPU profiles in ${options.profileDir}`);
 }
 
 await main();
