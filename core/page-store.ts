@@ -379,10 +379,29 @@ export class PageStore {
   }
 
   /** Makes every write and layer change that completed before the call durable. */
-  async flush(): Promise<void> {
-    const files = [...this.dirty];
-    const dirs = [...this.dirtyDirs];
-    this.dirtyDirs.clear();
+  flush(): Promise<void> {
+    return this.flushFiles([...this.dirty], [...this.dirtyDirs]);
+  }
+
+  /**
+   * Makes durable what these layers hold (their written files and directory entries) and the
+   * layer table; other layers' unsynced writes wait for the next flush. A snapshot's cut needs
+   * no more, and must not pay for every other volume's writes on the node.
+   */
+  flushLayers(layerIds: string[]): Promise<void> {
+    const layers = new Set<Layer>();
+    for (const id of layerIds) {
+      const layer = this.table.get(id);
+      if (layer !== undefined) layers.add(layer);
+    }
+    const files = [...this.dirty].filter((file) => layers.has(file.layer));
+    // The store's own directory too: it holds the entries of layer directories made since.
+    const dirs = [this.dir, ...[...layers].map((layer) => this.layerDir(layer))].filter((dir) => this.dirtyDirs.has(dir));
+    return this.flushFiles(files, dirs);
+  }
+
+  private async flushFiles(files: PageFile[], dirs: string[]): Promise<void> {
+    for (const dir of dirs) this.dirtyDirs.delete(dir);
     try {
       await inTurns(files, FLUSH_SYNCS_IN_FLIGHT, (file) => this.syncFile(file));
       await inTurns(dirs, FLUSH_SYNCS_IN_FLIGHT, syncDirectory);

@@ -389,13 +389,16 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
           break;
         }
         case "cut": {
-          for (const uid of this.localVolumeUids(effect.volumes)) store.freezeLayer(uid, snapshotLayerId(uid, effect.snapshotId));
+          const uids = this.localVolumeUids(effect.volumes);
+          const cutLayers = uids.map((uid) => snapshotLayerId(uid, effect.snapshotId));
+          uids.forEach((uid, index) => store.freezeLayer(uid, cutLayers[index]!));
           // The cut's data and record become durable off the hold: released requests need only the
-          // frozen layer. A crash before leaves a layer no record names, which start() removes,
-          // and the coordinator, never told "taken", aborts.
-          const record = { ...effect.record, volumeUids: this.localVolumeUids(effect.volumes) };
+          // frozen layer. Only the cut layers are synced, not the node's other volumes. A crash
+          // before leaves a layer no record names, which start() removes, and the coordinator,
+          // never told "taken", aborts.
+          const record = { ...effect.record, volumeUids: uids };
           this.participantRecords.track(() =>
-            store.flush().then(() => {
+            store.flushLayers(cutLayers).then(() => {
               catalog.putProtocolRecord("participant", effect.snapshotId, record);
               return catalog.durable();
             }),

@@ -784,3 +784,29 @@ describe("PageStore spare page files (made off the event loop)", () => {
     reopened.close();
   });
 });
+
+describe("PageStore.flushLayers", () => {
+  test("syncs the named layers' files and the table, not other volumes' writes", async () => {
+    const dir = tempDir();
+    const store = new PageStore({ dir });
+    store.write("a", 0, 0, new Uint8Array(4 * KiB).fill(1), PAGE);
+    store.write("b", 0, 0, new Uint8Array(4 * KiB).fill(2), PAGE);
+    store.write("b", 1, 0, new Uint8Array(4 * KiB).fill(3), PAGE);
+    store.freezeLayer("a", "a@s1");
+    const before = store.syncCount;
+    await store.flushLayers(["a@s1"]);
+    const forA = store.syncCount - before;
+    await store.flush(); // what is left: volume b's two files
+    const forRest = store.syncCount - before - forA;
+    expect(forA).toBeGreaterThan(0);
+    expect(forRest).toBeGreaterThanOrEqual(2);
+    const again = store.syncCount;
+    await store.flushLayers(["a@s1", "no-such-layer"]);
+    expect(store.syncCount).toBe(again); // nothing left to sync
+    const reopened = reopen(store, dir);
+    const read = new Uint8Array(4 * KiB);
+    reopened.read("a@s1", 0, 0, 4 * KiB, read, 0);
+    expect(read.every((byte) => byte === 1)).toBe(true);
+    reopened.close();
+  });
+});
