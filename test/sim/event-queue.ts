@@ -29,6 +29,28 @@ export class EventQueue {
     heap[i] = item;
   }
 
+  /**
+   * Runs events in time order until none is left or the next comes after `untilMs`, telling
+   * `onTime` each event's time first. Stops with an error text after `budget` events (a
+   * livelock) or at an exception (its stack); returns how many events ran.
+   */
+  runUntil(untilMs: number, budget: number, onTime: (atMs: number) => void): { events: number; error?: string } {
+    let events = 0;
+    let nowMs = 0;
+    try {
+      for (;;) {
+        const event = this.pop();
+        if (!event || event.atMs > untilMs) return { events };
+        if (++events > budget) return { events, error: `event budget of ${budget} exceeded at ${nowMs.toFixed(3)} ms (livelock?)` };
+        nowMs = event.atMs;
+        onTime(nowMs);
+        event.run();
+      }
+    } catch (err) {
+      return { events, error: `exception at ${nowMs.toFixed(3)} ms: ${(err as Error).stack ?? String(err)}` };
+    }
+  }
+
   pop(): Scheduled | undefined {
     const heap = this.heap;
     const top = heap[0];

@@ -321,7 +321,6 @@ export function runMoveWorld(options: MoveWorldOptions): MoveHistory {
 class MoveWorld {
   private nowMs = 0;
   private order = 0;
-  private events = 0;
   private timerSeq = 0;
   private readonly agenda = new EventQueue();
   private readonly rng: Prng;
@@ -384,21 +383,9 @@ class MoveWorld {
     this.planWorkload();
     this.planFaults();
     this.at(this.scenario.activeEndMs, () => this.heal());
-    try {
-      for (;;) {
-        const event = this.agenda.pop();
-        if (!event || event.atMs > this.scenario.quiesceEndMs) break;
-        if (++this.events > EVENT_BUDGET) {
-          this.history.errors.push(`event budget of ${EVENT_BUDGET} exceeded at ${this.nowMs.toFixed(3)} ms (livelock?)`);
-          break;
-        }
-        this.nowMs = event.atMs;
-        event.run();
-      }
-    } catch (err) {
-      this.history.errors.push(`exception at ${this.nowMs.toFixed(3)} ms: ${(err as Error).stack ?? String(err)}`);
-    }
-    this.history.eventCount = this.events;
+    const { events, error } = this.agenda.runUntil(this.scenario.quiesceEndMs, EVENT_BUDGET, (atMs) => (this.nowMs = atMs));
+    if (error !== undefined) this.history.errors.push(error);
+    this.history.eventCount = events;
     this.history.stepsCommitted = this.byId.get(this.coordinatorId)!.coordinatorPlan!.committed;
     this.history.final = this.nodes.map(finalNode);
     return this.history;

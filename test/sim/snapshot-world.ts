@@ -165,7 +165,6 @@ export function runWorld(options: WorldOptions): History {
 class World {
   private nowMs = 0;
   private order = 0;
-  private events = 0;
   private readonly agenda = new EventQueue();
   private readonly rng: Prng;
   private readonly faultRng: Prng;
@@ -219,21 +218,9 @@ class World {
     this.planWorkload();
     this.planFaults();
     this.at(this.scenario.activeEndMs, () => this.heal());
-    try {
-      for (;;) {
-        const event = this.agenda.pop();
-        if (!event || event.atMs > this.scenario.quiesceEndMs) break;
-        if (++this.events > EVENT_BUDGET) {
-          this.history.errors.push(`event budget of ${EVENT_BUDGET} exceeded at ${this.nowMs.toFixed(3)} ms (livelock?)`);
-          break;
-        }
-        this.nowMs = event.atMs;
-        event.run();
-      }
-    } catch (err) {
-      this.history.errors.push(`exception at ${this.nowMs.toFixed(3)} ms: ${(err as Error).stack ?? String(err)}`);
-    }
-    this.history.eventCount = this.events;
+    const { events, error } = this.agenda.runUntil(this.scenario.quiesceEndMs, EVENT_BUDGET, (atMs) => (this.nowMs = atMs));
+    if (error !== undefined) this.history.errors.push(error);
+    this.history.eventCount = events;
     this.history.nodes = this.nodes.map(finalNode);
     return this.history;
   }
