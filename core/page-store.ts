@@ -104,6 +104,8 @@ const DROP_SPACING_MS = 4;
 const FLUSH_SYNCS_IN_FLIGHT = 1;
 /** Spares one snapshot makes for its new head at most (a page each); other pages make theirs on demand. */
 const MAX_SPARES_PER_FREEZE = 256;
+/** Spares open (or being made) in the whole store at most, each holding a descriptor; the oldest go first. */
+const MAX_SPARES = 512;
 /** Pages a layer deletion moves before making them durable together and dropping the originals. */
 const DELETE_BATCH_PAGES = 32;
 
@@ -252,7 +254,18 @@ export class PageStore {
     if (!this.heldBelow(layer, page)) return undefined;
     const key = spareKey(layer, page);
     if (this.spares.has(key)) return undefined;
-    return this.creating.get(key) ?? this.makeSpare(layer, page, pageSizeBytes);
+    return this.creating.get(key) ?? (this.sparesFull() ? undefined : this.makeSpare(layer, page, pageSizeBytes));
+  }
+
+  /** Keeps the spares under MAX_SPARES, closing the oldest (its file stays, empty); false if none can go. */
+  private sparesFull(): boolean {
+    while (this.spares.size + this.creating.size >= MAX_SPARES) {
+      const oldest = this.spares.entries().next().value;
+      if (oldest === undefined) return true;
+      this.spares.delete(oldest[0]);
+      fs.closeSync(oldest[1].fd);
+    }
+    return false;
   }
 
   private makeSpare(layer: Layer, page: number, pageSizeBytes: number): Promise<void> {
@@ -307,7 +320,7 @@ export class PageStore {
     // One after another: the runtime's thread pool also carries flushes and the catalog's syncs.
     void (async () => {
       for (const { page, pageSizeBytes } of pages) {
-        if (this.closed || this.table.get(head.id) !== head) return;
+        if (this.closed || this.table.get(head.id) !== head || this.sparesFull()) return;
         const key = spareKey(head, page);
         if (head.pages.has(page) || this.spares.has(key)) continue;
         await (this.creating.get(key) ?? this.makeSpare(head, page, pageSizeBytes));

@@ -810,3 +810,28 @@ describe("PageStore.flushLayers", () => {
     reopened.close();
   });
 });
+
+describe("PageStore spares are bounded", () => {
+  test("at most 512 spares stay open in a store, the oldest closed first; every write still lands", async () => {
+    const dir = tempDir();
+    const fdsBefore = fs.readdirSync("/proc/self/fd").length;
+    const store = new PageStore({ dir, maxOpenFiles: 1024 }); // every written file stays open and dirty
+    // Three volumes of 256 written pages each: three cuts ask for 768 spares.
+    for (const volume of ["a", "b", "c"]) for (let page = 0; page < 256; page++) store.write(volume, page, 0, new Uint8Array(512).fill(page & 255), 64 * KiB);
+    for (const volume of ["a", "b", "c"]) store.freezeLayer(volume, `${volume}@s1`);
+    await Bun.sleep(1500);
+    const fdsOpen = fs.readdirSync("/proc/self/fd").length - fdsBefore;
+    for (const volume of ["a", "b", "c"]) for (let page = 0; page < 256; page++) store.write(volume, page, 512, new Uint8Array(512).fill(7), 64 * KiB);
+    await store.flush();
+    const reopened = reopen(store, dir);
+    const read = new Uint8Array(1024);
+    for (const volume of ["a", "b", "c"]) {
+      reopened.read(volume, 255, 0, 1024, read, 0);
+      expect(read.subarray(0, 512).every((byte) => byte === 255)).toBe(true);
+      expect(read.subarray(512).every((byte) => byte === 7)).toBe(true);
+    }
+    reopened.close();
+    // The 768 written page files and at most 512 spares (without the bound: 768 + 768).
+    expect(fdsOpen).toBeLessThanOrEqual(768 + 512 + 8);
+  });
+});
