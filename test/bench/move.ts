@@ -32,14 +32,14 @@ import { parseArgs } from "node:util";
 import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
-import { NbdClient } from "../../transport/nbd-client.ts";
+import type { NbdClient } from "../../transport/nbd-client.ts";
 import { bounded, buildShoal, loadAverage, percentile, printReport, progress, runBench, sourceRevision, syncDisks, table } from "./_bench.ts";
+import { connect, fillRandom, PacedWriteLoad } from "./_write-load.ts";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const PAGE_BYTES = 4 * MiB;
-const BLOCK_BYTES = 4 * KiB;
 const IO_BYTES = 1 * MiB;
 const IO_WORKERS = 8;
 const WARMUP_MS = 1000;
@@ -49,7 +49,6 @@ const ADMIN_TIMEOUT_MS = 30_000;
 const MOVE_TIMEOUT_MS = 600_000;
 const FILL_TIMEOUT_MS = 600_000;
 const BASELINE_TIMEOUT_MS = 300_000;
-const DRAIN_TIMEOUT_MS = 15_000;
 
 const USAGE = `usage: bun test/bench/move.ts [--size 1G] [--duration 5] [--rate 300] [--inflight 32] [--json] [--bin PATH] [--timeout-minutes 10]
   --size       volume size for both measures (a multiple of 4 MiB); the move carries all of it
@@ -167,15 +166,6 @@ async function createVolume(nodes: TestNode[], name: string, sizeBytes: number, 
     });
   }
   return created.nodes as string[];
-}
-
-function connect(node: TestNode, volume: string, maxInFlight: number): Promise<NbdClient> {
-  return NbdClient.connect({ host: "127.0.0.1", port: node.nbdPort, exportName: volume, maxInFlight });
-}
-
-function fillRandom(data: Uint8Array): Uint8Array {
-  for (let offset = 0; offset < data.byteLength; offset += 65536) crypto.getRandomValues(data.subarray(offset, Math.min(offset + 65536, data.byteLength)));
-  return data;
 }
 
 /**
@@ -398,111 +388,12 @@ async function measureThroughput(resources: Resources, options: Options) {
 
 // ---- 2. latency: the load
 
-/**
- * 4 KiB writes at random aligned offsets from one NBD client per node, each at a steady rate
- * with a bounded number in flight. A 1 ms pacer issues what has fallen due since the start; the
- * gaps between its ticks measure this process's own event-loop lag.
- */
-class WriteLoad {
-  /** Per completed write: when it was issued and how long it took. */
-  readonly issuedAtMs: number[] = [];
-  readonly latencyMs: number[] = [];
-  /** Per pacer tick: when it ran and the gap since the one before. */
-  readonly tickAtMs: number[] = [];
-  readonly tickGapMs: number[] = [];
-  /** When each skipped write fell due (its client was at the in-flight bound). */
-  readonly skippedAtMs: number[] = [];
-  issued = 0;
-  errors = 0;
-  firstError: string | undefined;
-  private readonly inflight: number[];
-  private readonly issuedPerClient: number[];
-  private readonly block = fillRandom(new Uint8Array(BLOCK_BYTES));
-  private readonly blocks: number;
-  private readonly startedAtMs = performance.now();
-  private lastTickMs = this.startedAtMs;
-  private seed = 0x2545f491;
-  private readonly timer: ReturnType<typeof setInterval>;
-
-  private constructor(
-    private readonly clients: NbdClient[],
-    rangeBytes: number,
-    private readonly ratePerClient: number,
-    private readonly maxInflight: number,
-  ) {
-    this.blocks = Math.floor(rangeBytes / BLOCK_BYTES);
-    this.inflight = clients.map(() => 0);
-    this.issuedPerClient = clients.map(() => 0);
-    this.timer = setInterval(() => this.tick(), 1);
-  }
-
-  static async start(nodes: TestNode[], volume: string, rangeBytes: number, options: Options): Promise<WriteLoad> {
-    const clients = await Promise.all(nodes.map((node) => connect(node, volume, options.inflightPerClient)));
-    return new WriteLoad(clients, rangeBytes, options.ratePerClient, options.inflightPerClient);
-  }
-
-  async stop(): Promise<void> {
-    clearInterval(this.timer);
-    try {
-      await waitFor("the load's writes in flight to finish", () => this.inflight.every((count) => count === 0), DRAIN_TIMEOUT_MS);
-    } finally {
-      await Promise.all(this.clients.map((client) => client.close()));
-    }
-  }
-
-  /** Latencies of writes issued in [fromMs, toMs), and this process's lag meanwhile. */
-  window(fromMs: number, toMs: number): Window {
-    const latencies: number[] = [];
-    for (let index = 0; index < this.issuedAtMs.length; index++) {
-      const at = this.issuedAtMs[index]!;
-      if (at >= fromMs && at < toMs) latencies.push(this.latencyMs[index]!);
-    }
-    const gaps: number[] = [];
-    for (let index = 0; index < this.tickAtMs.length; index++) {
-      const at = this.tickAtMs[index]!;
-      if (at >= fromMs && at < toMs) gaps.push(this.tickGapMs[index]!);
-    }
-    const lag = stats(gaps);
-    const skipped = this.skippedAtMs.filter((at) => at >= fromMs && at < toMs).length;
-    return { ms: toMs - fromMs, latency: stats(latencies), skipped, writesPerSecond: latencies.length / ((toMs - fromMs) / 1000), clientLagP99Ms: lag.p99Ms, clientLagMaxMs: lag.maxMs };
-  }
-
-  private tick(): void {
-    const now = performance.now();
-    this.tickAtMs.push(now);
-    this.tickGapMs.push(now - this.lastTickMs);
-    this.lastTickMs = now;
-    const due = Math.floor(((now - this.startedAtMs) * this.ratePerClient) / 1000);
-    this.clients.forEach((client, index) => {
-      for (; this.issuedPerClient[index]! < due; this.issuedPerClient[index]!++) {
-        if (this.inflight[index]! >= this.maxInflight) this.skippedAtMs.push(now);
-        else this.issue(client, index);
-      }
-    });
-  }
-
-  private issue(client: NbdClient, index: number): void {
-    // xorshift32: cheap, and the same offsets every run.
-    this.seed ^= this.seed << 13;
-    this.seed ^= this.seed >>> 17;
-    this.seed ^= this.seed << 5;
-    const offset = ((this.seed >>> 0) % this.blocks) * BLOCK_BYTES;
-    const issuedAtMs = performance.now();
-    this.inflight[index]!++;
-    this.issued++;
-    client.write(offset, this.block).then(
-      () => {
-        this.issuedAtMs.push(issuedAtMs);
-        this.latencyMs.push(performance.now() - issuedAtMs);
-        this.inflight[index]!--;
-      },
-      (err: unknown) => {
-        this.errors++;
-        this.firstError ??= (err as Error).message;
-        this.inflight[index]!--;
-      },
-    );
-  }
+/** Latencies of the load's writes issued in [fromMs, toMs), and this process's lag meanwhile. */
+function windowOf(load: PacedWriteLoad, fromMs: number, toMs: number): Window {
+  const latencies = load.log.issuedIn(fromMs, toMs);
+  const lag = stats(load.ticks.issuedIn(fromMs, toMs));
+  const skipped = load.skippedAtMs.filter((at) => at >= fromMs && at < toMs).length;
+  return { ms: toMs - fromMs, latency: stats(latencies), skipped, writesPerSecond: latencies.length / ((toMs - fromMs) / 1000), clientLagP99Ms: lag.p99Ms, clientLagMaxMs: lag.maxMs };
 }
 
 interface LatencyStats {
@@ -539,7 +430,7 @@ async function measureLatency(resources: Resources, options: Options) {
   await waitGroupUp(all, NODE_START_TIMEOUT_MS);
 
   progress(`load: ${nodes.length} clients x ${options.ratePerClient} writes/s of 4 KiB; ${WARMUP_MS / 1000} s warm-up, ${options.durationMs / 1000} s before the rebalance`);
-  const load = await WriteLoad.start(nodes, "lat", options.sizeBytes, options);
+  const load = await PacedWriteLoad.start(nodes, "lat", options.sizeBytes, options);
   let summary: MoveSummary;
   let cpu: CpuUse;
   let before: Window, during: Window, after: Window;
@@ -553,13 +444,12 @@ async function measureLatency(resources: Resources, options: Options) {
     const duringToMs = performance.now();
     await Bun.sleep(AFTER_MS);
     const afterToMs = performance.now();
-    before = load.window(beforeFromMs, duringFromMs);
-    during = load.window(duringFromMs, duringToMs);
-    after = load.window(duringToMs, afterToMs);
+    before = windowOf(load, beforeFromMs, duringFromMs);
+    during = windowOf(load, duringFromMs, duringToMs);
+    after = windowOf(load, duringToMs, afterToMs);
   } finally {
     await load.stop();
   }
-  if (load.errors > 0) throw new Error(`${load.errors} of ${load.issued} load writes failed; the first: ${load.firstError}`);
   if (summary.state !== "done") throw new Error(`the rebalance ended ${summary.state}`);
   const route = await adminRequest(node4.meshAddress, "admin.route.show", { volume: "lat" }, ADMIN_TIMEOUT_MS);
   const perNode = Object.fromEntries((route.nodes as { node: string; pages: number }[]).map((entry) => [entry.node, entry.pages]));
@@ -575,7 +465,7 @@ async function measureLatency(resources: Resources, options: Options) {
     before,
     during,
     after,
-    load: { issued: load.issued, skipped: load.skippedAtMs.length, errors: load.errors },
+    load: { issued: load.counters.issued, skipped: load.counters.skipped, errors: load.counters.errors },
   };
 }
 

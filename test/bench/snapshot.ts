@@ -40,7 +40,7 @@ import { parseArgs } from "node:util";
 import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
-import { NbdClient } from "../../transport/nbd-client.ts";
+import { connect, fillRandom, PacedWriteLoad } from "./_write-load.ts";
 import { bounded, buildShoal, loadAverage, percentile, printReport, progress, runBench, sourceRevision, syncDisks, table } from "./_bench.ts";
 import { freePort, run, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
@@ -48,7 +48,6 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
 const NODE_COUNT = 3;
-const BLOCK_BYTES = 4 * KiB;
 const FILL_WRITE_BYTES = 1 * MiB;
 const FILL_INFLIGHT = 8;
 /** stripedTable puts page p on the (p % nodes)-th node; fills send each page to its owner. */
@@ -65,7 +64,6 @@ const HOLD_TIMEOUT_MS = 2000;
 const ADMIN_TIMEOUT_MS = 30_000;
 const NODE_START_TIMEOUT_MS = 20_000;
 const FILL_TIMEOUT_MS = 900_000;
-const DRAIN_TIMEOUT_MS = 15_000;
 const DELETE_TIMEOUT_MS = 120_000;
 const DELETE_POLL_MS = 100;
 /** Disk use that has not dropped by more than this over DELETE_SETTLE_POLLS polls has settled. */
@@ -216,16 +214,6 @@ async function createVolume(nodes: TestNode[], name: string, sizeBytes: number):
   return String(created.uid);
 }
 
-function connect(node: TestNode, volume: string, maxInFlight: number): Promise<NbdClient> {
-  return NbdClient.connect({ host: "127.0.0.1", port: node.nbdPort, exportName: volume, maxInFlight });
-}
-
-function randomBytes(bytes: number): Uint8Array {
-  const data = new Uint8Array(bytes);
-  for (let offset = 0; offset < bytes; offset += 65536) crypto.getRandomValues(data.subarray(offset, offset + 65536));
-  return data;
-}
-
 /**
  * Writes [0, bytes) with 1 MiB writes, each page through the node that owns it (no forwarding),
  * then FLUSHes, so the pages are allocated and durable before anything is measured.
@@ -251,148 +239,6 @@ async function fillVolume(nodes: TestNode[], volume: string, bytes: number, patt
     await Promise.all(clients.map((client) => client.close()));
   }
   return performance.now() - started;
-}
-
-// ---- the load: every write's issue time and latency
-
-/** Growable columns: one row per completed write. */
-class WriteLog {
-  issuedAtMs = new Float64Array(1 << 16);
-  latencyMs = new Float64Array(1 << 16);
-  count = 0;
-
-  push(issuedAtMs: number, latencyMs: number): void {
-    if (this.count === this.issuedAtMs.length) {
-      const issued = new Float64Array(this.count * 2);
-      const latency = new Float64Array(this.count * 2);
-      issued.set(this.issuedAtMs);
-      latency.set(this.latencyMs);
-      this.issuedAtMs = issued;
-      this.latencyMs = latency;
-    }
-    this.issuedAtMs[this.count] = issuedAtMs;
-    this.latencyMs[this.count] = latencyMs;
-    this.count++;
-  }
-
-  /** Latencies of writes issued in [fromMs, toMs). */
-  issuedIn(fromMs: number, toMs: number): number[] {
-    const result: number[] = [];
-    for (let index = 0; index < this.count; index++) {
-      const issued = this.issuedAtMs[index]!;
-      if (issued >= fromMs && issued < toMs) result.push(this.latencyMs[index]!);
-    }
-    return result;
-  }
-
-  /** Latencies of writes in flight at some point of [fromMs, toMs]. */
-  overlapping(fromMs: number, toMs: number): number[] {
-    const result: number[] = [];
-    for (let index = 0; index < this.count; index++) {
-      const issued = this.issuedAtMs[index]!;
-      if (issued <= toMs && issued + this.latencyMs[index]! >= fromMs) result.push(this.latencyMs[index]!);
-    }
-    return result;
-  }
-}
-
-interface LoadCounters {
-  issued: number;
-  completed: number;
-  skipped: number;
-  errors: number;
-  firstError: string | undefined;
-}
-
-/**
- * One NBD client per node, each writing 4 KiB at random aligned offsets of [0, rangeBytes) at a
- * steady rate with a bounded number in flight. A 1 ms pacer issues what is due; the gaps between
- * its ticks measure this process's own event-loop lag.
- */
-class RandomWriteLoad {
-  readonly log = new WriteLog();
-  readonly tickGapsMs: number[] = [];
-  readonly counters: LoadCounters = { issued: 0, completed: 0, skipped: 0, errors: 0, firstError: undefined };
-  private readonly inflight: number[];
-  private readonly due: number[];
-  private readonly block = randomBytes(BLOCK_BYTES);
-  private readonly blocks: number;
-  private seed = 0x9e3779b9;
-  private timer: ReturnType<typeof setInterval> | undefined;
-  private startedAtMs = 0;
-  private lastTickMs = 0;
-  private stopping: Promise<void> | undefined;
-
-  private constructor(
-    private readonly clients: NbdClient[],
-    rangeBytes: number,
-    private readonly ratePerClient: number,
-    private readonly maxInflight: number,
-  ) {
-    this.blocks = Math.floor(rangeBytes / BLOCK_BYTES);
-    this.inflight = clients.map(() => 0);
-    this.due = clients.map(() => 0);
-  }
-
-  static async start(nodes: TestNode[], volume: string, rangeBytes: number, options: Options): Promise<RandomWriteLoad> {
-    const clients = await Promise.all(nodes.map((node) => connect(node, volume, options.inflightPerClient)));
-    const load = new RandomWriteLoad(clients, rangeBytes, options.ratePerClient, options.inflightPerClient);
-    load.startedAtMs = load.lastTickMs = performance.now();
-    load.timer = setInterval(() => load.tick(), 1);
-    return load;
-  }
-
-  /** Stops issuing, waits (bounded) for writes in flight, closes the clients. Idempotent. */
-  stop(): Promise<void> {
-    this.stopping ??= this.stopNow();
-    return this.stopping;
-  }
-
-  private async stopNow(): Promise<void> {
-    clearInterval(this.timer);
-    this.timer = undefined;
-    try {
-      await waitFor("the load's writes in flight to finish", () => this.inflight.every((count) => count === 0), DRAIN_TIMEOUT_MS);
-    } finally {
-      await Promise.all(this.clients.map((client) => client.close()));
-    }
-    if (this.counters.errors > 0) throw new Error(`${this.counters.errors} load writes failed; the first: ${this.counters.firstError}`);
-  }
-
-  private tick(): void {
-    const now = performance.now();
-    this.tickGapsMs.push(now - this.lastTickMs);
-    this.lastTickMs = now;
-    const dueTotal = Math.floor(((now - this.startedAtMs) * this.ratePerClient) / 1000);
-    for (let index = 0; index < this.clients.length; index++) {
-      for (; this.due[index]! < dueTotal; this.due[index]!++) {
-        if (this.inflight[index]! >= this.maxInflight) this.counters.skipped++;
-        else this.issue(index);
-      }
-    }
-  }
-
-  private issue(index: number): void {
-    this.seed ^= this.seed << 13;
-    this.seed ^= this.seed >>> 17;
-    this.seed ^= this.seed << 5;
-    const offset = ((this.seed >>> 0) % this.blocks) * BLOCK_BYTES;
-    const issuedAtMs = performance.now();
-    this.inflight[index]!++;
-    this.counters.issued++;
-    this.clients[index]!.write(offset, this.block).then(
-      () => {
-        this.log.push(issuedAtMs, performance.now() - issuedAtMs);
-        this.counters.completed++;
-        this.inflight[index]!--;
-      },
-      (err: unknown) => {
-        this.counters.errors++;
-        this.counters.firstError ??= (err as Error).message;
-        this.inflight[index]!--;
-      },
-    );
-  }
 }
 
 // ---- statistics
@@ -478,14 +324,14 @@ interface Context {
 /** A fresh volume of `sizeBytes`, written in full, synced; returns its uid. */
 async function preparedVolume(context: Context, name: string, sizeBytes: number, writtenBytes = sizeBytes): Promise<string> {
   const uid = await createVolume(context.nodes, name, sizeBytes);
-  const fillMs = await fillVolume(context.nodes, name, writtenBytes, randomBytes(FILL_WRITE_BYTES));
+  const fillMs = await fillVolume(context.nodes, name, writtenBytes, fillRandom(new Uint8Array(FILL_WRITE_BYTES)));
   progress(`${name}: wrote ${writtenBytes / MiB} MiB in ${(fillMs / 1000).toFixed(1)} s (${((writtenBytes / 1e6) / (fillMs / 1000)).toFixed(0)} MB/s); syncing`);
   await syncDisks();
   return uid;
 }
 
 /** Steady state on a running load: warm-up (discarded), then `durationMs` measured. */
-async function steadyWindow(load: RandomWriteLoad, durationMs: number): Promise<{ fromMs: number; toMs: number; stats: LatencyStats }> {
+async function steadyWindow(load: PacedWriteLoad, durationMs: number): Promise<{ fromMs: number; toMs: number; stats: LatencyStats }> {
   await sleep(WARMUP_MS);
   const fromMs = performance.now();
   await sleep(durationMs);
@@ -501,8 +347,8 @@ interface LoadHealth {
   clientTickGapMaxMs: number;
 }
 
-function health(load: RandomWriteLoad, elapsedMs: number): LoadHealth {
-  const gaps = Float64Array.from(load.tickGapsMs).sort();
+function health(load: PacedWriteLoad, elapsedMs: number): LoadHealth {
+  const gaps = load.ticks.values.slice(0, load.ticks.count).sort();
   return {
     issued: load.counters.issued,
     skipped: load.counters.skipped,
@@ -517,7 +363,7 @@ async function measureHold(context: Context) {
   const { nodes, options } = context;
   const volume = "hold";
   await preparedVolume(context, volume, options.loadSizeBytes);
-  const load = await RandomWriteLoad.start(nodes, volume, options.loadSizeBytes, options);
+  const load = await PacedWriteLoad.start(nodes, volume, options.loadSizeBytes, options);
   const startedMs = performance.now();
   try {
     const steady = await steadyWindow(load, options.durationMs);
@@ -540,7 +386,7 @@ async function measureHold(context: Context) {
   }
 }
 
-function postSnapshot(load: RandomWriteLoad, steady: LatencyStats, timings: CreateTiming[]) {
+function postSnapshot(load: PacedWriteLoad, steady: LatencyStats, timings: CreateTiming[]) {
   const ok = succeeded(timings);
   const firstSecond = ok.flatMap((timing) => load.log.issuedIn(timing.endMs, timing.endMs + POST_WINDOW_MS));
   const later = ok.flatMap((timing) => load.log.issuedIn(timing.endMs + POST_WINDOW_MS, timing.endMs + POST_SPACING_MS));
@@ -555,7 +401,7 @@ function postSnapshot(load: RandomWriteLoad, steady: LatencyStats, timings: Crea
   };
 }
 
-function holdStall(load: RandomWriteLoad, steady: LatencyStats, timings: CreateTiming[]) {
+function holdStall(load: PacedWriteLoad, steady: LatencyStats, timings: CreateTiming[]) {
   const ok = succeeded(timings);
   const perSnapshot = ok.map((timing) => {
     const overlapping = load.log.overlapping(timing.startMs, timing.endMs);
@@ -591,7 +437,7 @@ async function measureTimestamp(context: Context) {
   const { nodes, options } = context;
   const volume = "ts";
   await preparedVolume(context, volume, options.loadSizeBytes);
-  const load = await RandomWriteLoad.start(nodes, volume, options.loadSizeBytes, options);
+  const load = await PacedWriteLoad.start(nodes, volume, options.loadSizeBytes, options);
   const startedMs = performance.now();
   try {
     const without = await steadyWindow(load, options.durationMs);
@@ -642,7 +488,7 @@ async function measureCreateVsData(context: Context) {
   await preparedVolume(context, "small", options.bigBytes, SMALL_WRITTEN_BYTES);
   await preparedVolume(context, "big", options.bigBytes);
   await preparedVolume(context, "background", options.loadSizeBytes);
-  const load = await RandomWriteLoad.start(nodes, "background", options.loadSizeBytes, options);
+  const load = await PacedWriteLoad.start(nodes, "background", options.loadSizeBytes, options);
   try {
     await sleep(WARMUP_MS);
     const small: CreateTiming[] = [];
@@ -721,11 +567,11 @@ async function measureDelete(context: Context) {
   if (snapshot.error) throw new Error(`snapshot del@old failed: ${snapshot.error}`);
   const snapshotId = String(((await adminRequest(nodes[0]!.meshAddress, "admin.snap.list", { volume }, ADMIN_TIMEOUT_MS)).snapshots as { name: string; snapshotId: string }[]).find((s) => s.name === "old")!.snapshotId);
   // Whole 1 MiB writes cover whole chunks: no copy-up, the head simply takes every chunk.
-  const overwriteMs = await fillVolume(nodes, volume, bytes, randomBytes(FILL_WRITE_BYTES));
+  const overwriteMs = await fillVolume(nodes, volume, bytes, fillRandom(new Uint8Array(FILL_WRITE_BYTES)));
   progress(`del: overwrote ${bytes / MiB} MiB after the snapshot in ${(overwriteMs / 1000).toFixed(1)} s; syncing`);
   await syncDisks();
   const heldBytes = await snapshotHeldBytes(nodes[0]!, volume, "old");
-  const load = await RandomWriteLoad.start(nodes, volume, bytes, options);
+  const load = await PacedWriteLoad.start(nodes, volume, bytes, options);
   const startedMs = performance.now();
   try {
     const steady = await steadyWindow(load, options.durationMs);
