@@ -115,3 +115,25 @@ export function printReport(report: string, json: boolean, document: () => unkno
   console.error(report);
   console.log(JSON.stringify(document(), null, 2));
 }
+
+export interface LatencyStats {
+  count: number;
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+  p999Ms: number;
+  maxMs: number;
+}
+
+/** Percentiles of latency samples in ms (NaN when there are none). */
+export function stats(samples: ArrayLike<number>): LatencyStats {
+  const sorted = Float64Array.from(samples).sort();
+  return {
+    count: sorted.length,
+    p50Ms: percentile(sorted, 0.5),
+    p90Ms: percentile(sorted, 0.9),
+    p99Ms: percentile(sorted, 0.99),
+    p999Ms: percentile(sorted, 0.999),
+    maxMs: sorted.length === 0 ? Number.NaN : sorted[sorted.length - 1]!,
+  };
+}

@@ -33,7 +33,7 @@ import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import type { NbdClient } from "../../transport/nbd-client.ts";
-import { bounded, buildShoal, loadAverage, percentile, printReport, progress, runBench, sourceRevision, syncDisks, table } from "./_bench.ts";
+import { bounded, buildShoal, loadAverage, printReport, progress, runBench, sourceRevision, stats, syncDisks, table, type LatencyStats } from "./_bench.ts";
 import { connect, fillRandom, PacedWriteLoad } from "./_write-load.ts";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
@@ -396,13 +396,6 @@ function windowOf(load: PacedWriteLoad, fromMs: number, toMs: number): Window {
   return { ms: toMs - fromMs, latency: stats(latencies), skipped, writesPerSecond: latencies.length / ((toMs - fromMs) / 1000), clientLagP99Ms: lag.p99Ms, clientLagMaxMs: lag.maxMs };
 }
 
-interface LatencyStats {
-  count: number;
-  p50Ms: number;
-  p99Ms: number;
-  maxMs: number;
-}
-
 interface Window {
   ms: number;
   latency: LatencyStats;
@@ -411,11 +404,6 @@ interface Window {
   writesPerSecond: number;
   clientLagP99Ms: number;
   clientLagMaxMs: number;
-}
-
-function stats(samples: number[]): LatencyStats {
-  const sorted = Float64Array.from(samples).sort();
-  return { count: sorted.length, p50Ms: percentile(sorted, 0.5), p99Ms: percentile(sorted, 0.99), maxMs: percentile(sorted, 1) };
 }
 
 // ---- 2. latency: the measure

@@ -41,7 +41,7 @@ import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { connect, fillRandom, PacedWriteLoad } from "./_write-load.ts";
-import { bounded, buildShoal, loadAverage, percentile, printReport, progress, runBench, sourceRevision, syncDisks, table } from "./_bench.ts";
+import { bounded, buildShoal, loadAverage, percentile, printReport, progress, runBench, sourceRevision, stats, syncDisks, table, type LatencyStats } from "./_bench.ts";
 import { freePort, run, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
 const KiB = 1024;
@@ -242,27 +242,6 @@ async function fillVolume(nodes: TestNode[], volume: string, bytes: number, patt
 }
 
 // ---- statistics
-
-interface LatencyStats {
-  count: number;
-  p50Ms: number;
-  p90Ms: number;
-  p99Ms: number;
-  p999Ms: number;
-  maxMs: number;
-}
-
-function stats(samples: number[]): LatencyStats {
-  const sorted = Float64Array.from(samples).sort();
-  return {
-    count: sorted.length,
-    p50Ms: percentile(sorted, 0.5),
-    p90Ms: percentile(sorted, 0.9),
-    p99Ms: percentile(sorted, 0.99),
-    p999Ms: percentile(sorted, 0.999),
-    maxMs: sorted.length === 0 ? Number.NaN : sorted[sorted.length - 1]!,
-  };
-}
 
 function median(samples: number[]): number {
   return percentile(Float64Array.from(samples).sort(), 0.5);
