@@ -143,6 +143,11 @@ export class LayerTable {
     this.version++;
   }
 
+  /** Layers a freeze of this head would stack below the new head: the head's chain plus one. */
+  depthAfterFreeze(head: Layer): number {
+    return this.chainOf(head).length + 1;
+  }
+
   private assertChainRoom(parent: Layer, extra: number): void {
     if (this.chainOf(parent).length + extra > MAX_CHAIN_LAYERS) {
       throw new ShoalError("TOO_LARGE", `layer '${parent.id}' already has ${MAX_CHAIN_LAYERS - 1} layers below it; delete older snapshots first`);

@@ -16,7 +16,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { ShoalError } from "./errors.ts";
 import { fdatasyncAsync, syncDirectory, syncDirectorySync } from "./_durable-fs.ts";
-import { type Layer, LayerTable, validateLayerId } from "./_layer-table.ts";
+import { type Layer, LayerTable, MAX_CHAIN_LAYERS, validateLayerId } from "./_layer-table.ts";
 import { LayerTableFile } from "./_layer-table-file.ts";
 import { OpenPageFiles } from "./_open-page-files.ts";
 import {
@@ -455,6 +455,20 @@ export class PageStore {
     if (parent?.deleting) throw deletingError(parent);
     this.table.create(layerId, parent);
     this.tableFile.changed();
+  }
+
+  /**
+   * Why freezeLayer(headLayerId, ...) would fail now, or undefined: a head that already sits on
+   * MAX_CHAIN_LAYERS - 1 layers (that many snapshots of one volume) takes no more.
+   */
+  freezeRefusal(headLayerId: string): ShoalError | undefined {
+    const head = this.table.get(headLayerId);
+    if (head === undefined) return undefined;
+    if (head.deleting) return deletingError(head);
+    if (this.table.depthAfterFreeze(head) > MAX_CHAIN_LAYERS) {
+      return new ShoalError("TOO_LARGE", `${MAX_CHAIN_LAYERS - 1} snapshots are stacked under it, the most a volume can have; delete older snapshots first`);
+    }
+    return undefined;
   }
 
   /**

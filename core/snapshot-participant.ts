@@ -205,6 +205,19 @@ export class SnapshotParticipant {
     return this.abortLocally(entry, error, nowMs);
   }
 
+  /**
+   * The node could not make a cut it started (its store refused the freeze). Nothing was said
+   * "taken", so the coordinator cannot have committed: give the snapshot up here, drop whatever
+   * part of the cut was made, and tell the coordinator why.
+   */
+  cutFailed(snapshotId: string, error: ShoalError, nowMs: number): ParticipantEffect[] {
+    const entry = this.entries.get(snapshotId);
+    if (!entry || entry.phase !== "pending") return NONE;
+    this.entries.delete(snapshotId);
+    this.addTombstone(snapshotId, { outcome: "aborted", reason: error.toWire(), forgetAtMs: nowMs + this.retainMs(entry.maxClockSkewMs), persisted: false });
+    return [...this.unfence(snapshotId), { kind: "discard", snapshotId }, refuse(entry.coordinator, snapshotId, error.toWire())];
+  }
+
   /** Call once on a fresh participant with every persisted record; pending snapshots ask their coordinator at once. */
   recover(records: ParticipantRecord[], nowMs: number): ParticipantEffect[] {
     for (const record of records) {

@@ -261,7 +261,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   }
 
   private deliver(from: string, msg: SnapshotMessage): void {
-    if (msg.type === "snap.prepare" && !this.routingAgrees(from, msg)) return;
+    if (msg.type === "snap.prepare" && !(this.routingAgrees(from, msg) && this.roomForCut(from, msg))) return;
     const now = this.nowMs();
     if (isToCoordinator(msg)) this.runCoordinator(this.coordinator.onMessage(from, msg, now));
     else this.runParticipant(this.participant.onMessage(from, msg, now));
@@ -288,6 +288,25 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
       return false;
     }
     return true;
+  }
+
+  /** Refuses a prepare whose cut this node's store could not make (a volume at its snapshot limit). */
+  private roomForCut(from: string, msg: PrepareMessage): boolean {
+    const refusal = this.cutRefusal(msg.volumes);
+    if (refusal === undefined) return true;
+    this.send(from, { type: "snap.refuse", snapshotId: msg.snapshotId, error: refusal.toWire() });
+    return false;
+  }
+
+  private cutRefusal(volumes: string[]): ShoalError | undefined {
+    const { group, store } = this.options;
+    for (const name of volumes) {
+      const record = group.volumes.get(name);
+      if (!record || record.deleted || !holders(record.routing).includes(group.selfId)) continue;
+      const refusal = store.freezeRefusal(record.uid);
+      if (refusal) return new ShoalError(refusal.code, `volume '${name}' on node ${group.selfId}: ${refusal.message}`);
+    }
+    return undefined;
   }
 
   /** A snapshot of the volume is prepared or cut here and not finished: page moves wait. */
@@ -361,6 +380,8 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
 
   private runParticipant(effects: ParticipantEffect[]): void {
     const { catalog, store, log } = this.options;
+    /** Cuts the store refused, by snapshot id: nothing more is said of them but why. */
+    const failedCuts = new Map<string, ShoalError>();
     for (const effect of effects) {
       switch (effect.kind) {
         case "send": {
@@ -368,6 +389,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
           // durable. A "ready" must not: the node holds its clients' requests until take.
           const { to } = effect;
           let { msg } = effect;
+          if (failedCuts.has(msg.snapshotId) && (msg.type === "snap.taken" || msg.type === "snap.cut")) break;
           if (msg.type === "snap.taken") {
             const hold = this.holdReports.get(msg.snapshotId);
             if (hold) msg = { ...msg, hold };
@@ -391,7 +413,14 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         case "cut": {
           const uids = this.localVolumeUids(effect.volumes);
           const cutLayers = uids.map((uid) => snapshotLayerId(uid, effect.snapshotId));
-          uids.forEach((uid, index) => store.freezeLayer(uid, cutLayers[index]!));
+          // Prepare checked this too, but another snapshot may have been cut since. Checked for
+          // every volume first, so a refused cut leaves nothing behind.
+          const refusal = this.cutRefusal(effect.volumes) ?? this.freezeAll(uids, cutLayers);
+          if (refusal) {
+            log.warn(`snapshot ${effect.snapshotId} cannot be cut here: ${refusal.message}`);
+            failedCuts.set(effect.snapshotId, refusal);
+            break;
+          }
           // The cut's data and record become durable off the hold: released requests need only the
           // frozen layer. Only the cut layers are synced, not the node's other volumes. A crash
           // before leaves a layer no record names, which start() removes, and the coordinator,
@@ -428,10 +457,21 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         }
       }
     }
+    for (const [snapshotId, error] of failedCuts) this.runParticipant(this.participant.cutFailed(snapshotId, error, this.nowMs()));
     this.rearm();
   }
 
   /** Uids of the named volumes whose head layer lives (at least partly) on this node. */
+  /** Freezes each head into its cut layer; an unexpected failure is returned, not thrown (the holds must still be released). */
+  private freezeAll(uids: string[], cutLayers: string[]): ShoalError | undefined {
+    try {
+      uids.forEach((uid, index) => this.options.store.freezeLayer(uid, cutLayers[index]!));
+      return undefined;
+    } catch (err) {
+      return asShoalError(err);
+    }
+  }
+
   private localVolumeUids(volumes: string[]): string[] {
     const { group } = this.options;
     const uids: string[] = [];

@@ -187,6 +187,61 @@ describe("racing and failing snapshots", () => {
   }, 60_000);
 });
 
+describe("a volume at its snapshot limit", () => {
+  let cluster: TestCluster;
+  beforeAll(async () => {
+    cluster = await TestCluster.start(2);
+  });
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  test("refuses the 1024th snapshot with TOO_LARGE while clients keep writing; deleting one makes room", async () => {
+    const [node1, node2] = cluster.nodes;
+    // Pages on node1 only; the writer goes through node2 (forwarded), as the admin does.
+    expect((await cluster.shoal(["volume", "create", "deep", "--size", "1M", "--page-size", "64K", "--nodes", "node1"])).exitCode).toBe(0);
+    const writer = await connect(node2!, "deep");
+    let stop = false;
+    let writes = 0;
+    let writeError: unknown;
+    const loop = (async () => {
+      for (let block = 0; !stop; block = (block + 1) % 64) {
+        try {
+          await writer.write(block * BLOCK_BYTES, stampBlock(++writes));
+        } catch (err) {
+          writeError ??= err;
+        }
+      }
+    })();
+    try {
+      const limit = 1023;
+      for (let index = 0; index < limit; index++) {
+        await adminRequest(node2!.meshAddress, "admin.snap.create", { volumes: ["deep"], name: `d${index}`, mode: index % 8 === 0 ? "timestamp" : "hold", holdTimeoutMs: 2000 });
+      }
+      const refused = await cluster.shoal(["snap", "create", "deep", "--name", "one-more"], { node: node2 });
+      expect(refused.exitCode).toBe(2);
+      expect(refused.stderr).toContain("TOO_LARGE");
+      expect(refused.stderr).toMatch(/1023 snapshots .*delete older snapshots first/);
+      // Nothing was held or left behind: writes go on, and no half snapshot is listed.
+      const before = writes;
+      await Bun.sleep(200);
+      expect(writes).toBeGreaterThan(before);
+      const names = JSON.parse((await cluster.shoal(["snap", "list", "deep", "--json"])).stdout).snapshots.map((s: { name: string }) => s.name);
+      expect(names.length).toBe(limit);
+      expect(names).not.toContain("one-more");
+      expect((await cluster.shoal(["snap", "delete", "deep@d0"])).exitCode).toBe(0);
+      expect((await cluster.shoal(["snap", "create", "deep", "--name", "one-more"], { node: node2 })).exitCode).toBe(0);
+    } finally {
+      stop = true;
+      await loop;
+      await writer.close();
+    }
+    expect(writeError).toBeUndefined();
+    const last = await readBlock(node1!, "deep@one-more");
+    expect(readStamp(last)).toBeGreaterThan(0);
+  }, 120_000);
+});
+
 describe("split-phase snapshots for scripts that quiesce an application", () => {
   let cluster: TestCluster;
   beforeAll(async () => {

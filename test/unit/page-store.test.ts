@@ -153,6 +153,22 @@ describe("PageStore layers", () => {
     expect(parentsOf(store)).toEqual({ v: "v@s5", "v@s5": "v@s4", "v@s4": "v@s3", "v@s3": "v@s2", "v@s2": "v@s1", "v@s1": undefined });
   });
 
+  test("a head takes 1023 snapshots; the next freeze is refused beforehand and changes nothing", async () => {
+    const store = new PageStore({ dir: tempDir(), chunkSizeBytes: 4 * KiB });
+    store.write("v", 0, 0, new Uint8Array([1]), 64 * KiB);
+    for (let index = 1; index <= 1023; index++) {
+      expect(store.freezeRefusal("v")).toBeUndefined();
+      store.freezeLayer("v", `v@s${index}`);
+    }
+    expect(store.freezeRefusal("v")?.code).toBe("TOO_LARGE");
+    expect(() => store.freezeLayer("v", "v@s1024")).toThrow(/delete older snapshots/);
+    expect(store.hasLayer("v@s1024")).toBe(false);
+    expect(store.parentOf("v")).toBe("v@s1023");
+    await store.deleteLayer("v@s1");
+    expect(store.freezeRefusal("v")).toBeUndefined();
+    expect(store.freezeRefusal("unknown")).toBeUndefined(); // a volume with no pages here yet
+  });
+
   test("a clone of a middle snapshot reads as that snapshot, then diverges without touching it", () => {
     const store = new PageStore({ dir: tempDir(), chunkSizeBytes: 4 * KiB });
     const page = 64 * KiB;

@@ -2,6 +2,7 @@
 // surface: happy paths in both modes, hold timeout, late take, conflicts, crash recovery, and the
 // rules the simulation reaches only rarely (prepare nonces, skew allowance, recovered commit wait).
 import { describe, expect, test } from "bun:test";
+import { ShoalError } from "../../core/errors.ts";
 import { SnapshotCoordinator, type CoordinatorEffect } from "../../core/snapshot-coordinator.ts";
 import type { CoordinatorRecord, NodeId, ParticipantRecord, SnapshotMessage, SnapshotMode } from "../../core/snapshot-messages.ts";
 import { isToCoordinator } from "../../core/snapshot-messages.ts";
@@ -283,6 +284,32 @@ describe("failures and recovery", () => {
     h.pump();
     expect(h.kinds("b")).toEqual(["hold", "cut", "release", "discard"]);
     expect(h.coordinators.get("a")!.inspect()).toEqual([]);
+  });
+
+  test("a cut the store refuses is given up: discarded, never said taken, and the snapshot fails with the reason", () => {
+    const h = new Harness(["a", "b"], 5);
+    // b's cut fails the moment it is made: the service drops what followed it and reports the failure.
+    h.drop = (m) => m.from === "b" && (m.msg.type === "snap.taken" || m.msg.type === "snap.cut");
+    h.start("a", "a.1", "timestamp", ["a", "b"]);
+    h.pump();
+    h.nowMs += 35; // past T (now + 30: no round trip, 2 x 5 ms skew, 20 ms margin), inside the commit wait
+    h.tick("a");
+    h.tick("b");
+    h.pump();
+    const b = h.participants.get("b")!;
+    expect(b.inspect().entries).toEqual([{ snapshotId: "a.1", phase: "pending" }]);
+    const failure = new ShoalError("TOO_LARGE", "volume 'db' on node b: 1023 snapshots are stacked under it");
+    const effects = h.apply("b", b.cutFailed("a.1", failure, h.clock("b")));
+    expect(effects.map((e) => (e.kind === "send" ? e.msg.type : e.kind))).toEqual(["unfence", "discard", "snap.refuse"]);
+    expect(b.cutFailed("a.1", failure, h.clock("b"))).toEqual([]); // once
+    h.drop = () => false;
+    h.pump();
+    const done = h.done("a.1");
+    expect(done).toMatchObject({ ok: false });
+    expect((done as { error: ShoalError }).error.code).toBe("TOO_LARGE");
+    expect(h.kinds("a")).toContain("discard");
+    expect(h.kinds("a")).not.toContain("commit");
+    expect(b.inspect().entries).toEqual([]);
   });
 
   test("a coordinator restarted after persisting commit delivers the commit", () => {
