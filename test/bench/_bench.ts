@@ -72,6 +72,20 @@ export function loadAverage(): number {
   return Number(fs.readFileSync("/proc/loadavg", "utf8").split(" ")[0]);
 }
 
+/** Linux reports process CPU time in USER_HZ ticks, 100 a second on every architecture's ABI. */
+const USER_HZ = 100;
+
+/** CPU time (user + system, every thread) a process has used so far, in ms; 0 once it is gone. */
+export function processCpuMs(pid: number): number {
+  try {
+    // Fields after "(comm) ": state is the 1st, utime the 12th, stime the 13th.
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / USER_HZ;
+  } catch {
+    return 0;
+  }
+}
+
 /** What runBench needs of a benchmark's processes. */
 export interface BenchResources {
   nodes: { id: string; stderrLog: string }[];

@@ -27,6 +27,9 @@
 //    holds the old data), then deleted; p99 of writes from the delete call until every node's
 //    layer table no longer names the layer and disk use stopped dropping (statfs; at least 1 s).
 //
+// Measures 1 and 2 also report what snapshots cost in CPU (/proc: user + system, all threads):
+// the nodes' busy cores without and with snapshots, and the extra node CPU per snapshot.
+//
 // Load: each client issues writes at --rate per second (open loop, so a stall delays writes that
 // were due rather than hiding them), at most --inflight in flight; a write due while the client
 // is at that bound is skipped and counted. Latency is performance.now() from issue to reply in
@@ -41,7 +44,7 @@ import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { connect, fillRandom, PacedWriteLoad } from "./_write-load.ts";
-import { bounded, buildShoal, loadAverage, percentile, printReport, progress, runBench, sourceRevision, stats, syncDisks, table, type LatencyStats } from "./_bench.ts";
+import { bounded, buildShoal, loadAverage, percentile, printReport, processCpuMs, progress, runBench, sourceRevision, stats, syncDisks, table, type LatencyStats } from "./_bench.ts";
 import { freePort, run, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
 const KiB = 1024;
@@ -309,13 +312,58 @@ async function preparedVolume(context: Context, name: string, sizeBytes: number,
   return uid;
 }
 
+/** CPU the nodes and this process (the load's clients, the admin requests) had used at an instant. */
+interface CpuSample {
+  atMs: number;
+  nodesMs: number;
+  benchMs: number;
+}
+
+function cpuSample(nodes: TestNode[]): CpuSample {
+  let nodesMs = 0;
+  for (const node of nodes) if (node.proc) nodesMs += processCpuMs(node.proc.pid);
+  return { atMs: performance.now(), nodesMs, benchMs: processCpuMs(process.pid) };
+}
+
+/** What snapshots cost in CPU: the busy cores without and with them, and the extra per snapshot. */
+interface SnapshotCpu {
+  nodesCoresWithout: number;
+  nodesCoresWith: number;
+  benchCoresWithout: number;
+  benchCoresWith: number;
+  /** Node CPU beyond the load's own, per snapshot taken in the window. */
+  nodesMsPerSnapshot: number;
+  benchMsPerSnapshot: number;
+}
+
+function snapshotCpu(without: [CpuSample, CpuSample], during: [CpuSample, CpuSample], snapshots: number): SnapshotCpu {
+  const cores = ([from, to]: [CpuSample, CpuSample], key: "nodesMs" | "benchMs") => (to[key] - from[key]) / (to.atMs - from.atMs);
+  const extraPerSnapshot = (key: "nodesMs" | "benchMs") => ((cores(during, key) - cores(without, key)) * (during[1].atMs - during[0].atMs)) / Math.max(1, snapshots);
+  return {
+    nodesCoresWithout: cores(without, "nodesMs"),
+    nodesCoresWith: cores(during, "nodesMs"),
+    benchCoresWithout: cores(without, "benchMs"),
+    benchCoresWith: cores(during, "benchMs"),
+    nodesMsPerSnapshot: extraPerSnapshot("nodesMs"),
+    benchMsPerSnapshot: extraPerSnapshot("benchMs"),
+  };
+}
+
+function describeCpu(label: string, cpu: SnapshotCpu): string {
+  return (
+    `   CPU: nodes ${cpu.nodesCoresWithout.toFixed(2)} cores busy without snapshots, ${cpu.nodesCoresWith.toFixed(2)} with (${label}); ` +
+    `${cpu.nodesMsPerSnapshot.toFixed(1)} ms of node CPU per snapshot, plus ${cpu.benchMsPerSnapshot.toFixed(1)} ms in this process (admin client)`
+  );
+}
+
 /** Steady state on a running load: warm-up (discarded), then `durationMs` measured. */
-async function steadyWindow(load: PacedWriteLoad, durationMs: number): Promise<{ fromMs: number; toMs: number; stats: LatencyStats }> {
+async function steadyWindow(load: PacedWriteLoad, durationMs: number, nodes: TestNode[]): Promise<{ fromMs: number; toMs: number; stats: LatencyStats; cpu: [CpuSample, CpuSample] }> {
   await sleep(WARMUP_MS);
+  const cpuFrom = cpuSample(nodes);
   const fromMs = performance.now();
   await sleep(durationMs);
   const toMs = performance.now();
-  return { fromMs, toMs, stats: stats(load.log.issuedIn(fromMs, toMs)) };
+  return { fromMs, toMs, stats: stats(load.log.issuedIn(fromMs, toMs)), cpu: [cpuFrom, cpuSample(nodes)] };
 }
 
 interface LoadHealth {
@@ -345,7 +393,7 @@ async function measureHold(context: Context) {
   const load = await PacedWriteLoad.start(nodes, volume, options.loadSizeBytes, options);
   const startedMs = performance.now();
   try {
-    const steady = await steadyWindow(load, options.durationMs);
+    const steady = await steadyWindow(load, options.durationMs, nodes);
     progress(`hold: steady p50 ${steady.stats.p50Ms.toFixed(2)} ms, p99 ${steady.stats.p99Ms.toFixed(2)} ms over ${steady.stats.count} writes`);
     const post: CreateTiming[] = [];
     for (let index = 0; index < POST_SNAPSHOTS; index++) {
@@ -353,13 +401,15 @@ async function measureHold(context: Context) {
       await sleep(POST_SPACING_MS);
     }
     const stalls: CreateTiming[] = [];
+    const seriesCpuFrom = cpuSample(nodes);
     for (let index = 0; index < options.snapshots; index++) {
       const timing = await createSnapshot(nodes[index % nodes.length]!, volume, `s${index}`, "hold");
       stalls.push(timing);
       await sleep(options.intervalMs - timing.wallMs);
     }
+    const cpu = snapshotCpu(steady.cpu, [seriesCpuFrom, cpuSample(nodes)], stalls.length);
     await load.stop(); // waits for the writes in flight: the last create's overlaps complete
-    return { steady, post: postSnapshot(load, steady.stats, post), stall: holdStall(load, steady.stats, stalls), load: health(load, performance.now() - startedMs) };
+    return { steady, post: postSnapshot(load, steady.stats, post), stall: holdStall(load, steady.stats, stalls), cpu, load: health(load, performance.now() - startedMs) };
   } finally {
     await load.stop().catch(() => undefined);
   }
@@ -419,13 +469,15 @@ async function measureTimestamp(context: Context) {
   const load = await PacedWriteLoad.start(nodes, volume, options.loadSizeBytes, options);
   const startedMs = performance.now();
   try {
-    const without = await steadyWindow(load, options.durationMs);
+    const without = await steadyWindow(load, options.durationMs, nodes);
+    const cpuFrom = cpuSample(nodes);
     const fromMs = performance.now();
     const timings: CreateTiming[] = [];
     while (performance.now() - fromMs < options.durationMs) {
       timings.push(await createSnapshot(nodes[timings.length % nodes.length]!, volume, `t${timings.length}`, "timestamp"));
     }
     const toMs = performance.now();
+    const cpu = snapshotCpu(without.cpu, [cpuFrom, cpuSample(nodes)], timings.length);
     // Then one snapshot every TS_SPACED_INTERVAL_MS: writes issued while a create call runs.
     const spaced: CreateTiming[] = [];
     const spacedFromMs = performance.now();
@@ -449,6 +501,7 @@ async function measureTimestamp(context: Context) {
       createWall: stats(ok.map((timing) => timing.wallMs)),
       ratio: withStats.p99Ms / without.stats.p99Ms,
       duringRatio: during.p99Ms / without.stats.p99Ms,
+      cpu,
       load: health(load, performance.now() - startedMs),
     };
   } finally {
@@ -553,7 +606,7 @@ async function measureDelete(context: Context) {
   const load = await PacedWriteLoad.start(nodes, volume, bytes, options);
   const startedMs = performance.now();
   try {
-    const steady = await steadyWindow(load, options.durationMs);
+    const steady = await steadyWindow(load, options.durationMs, nodes);
     const usageBeforeBytes = diskUsedBytes(nodes);
     progress(`del: steady p99 ${steady.stats.p99Ms.toFixed(2)} ms; deleting the snapshot`);
     const fromMs = performance.now();
@@ -822,12 +875,14 @@ function renderReport(results: Results, options: Options, info: RunInfo): string
           `   (the nodes' own reports; median ${hold.stall.queuedPerSnapshot.p50Ms.toFixed(0)} requests queued per snapshot). Client-seen stall: max latency of writes in flight`,
           `   during the create call - steady p50; an upper bound that also counts what else the snapshot costs (its flush, copy-on-write)`,
           `   worst: ${hold.stall.worst.map((w) => `${w.name} ${ms(w.stallMs)} ms (create ${ms(w.wallMs)} ms)`).join(", ")}`,
+          describeCpu(`one snapshot every ${options.intervalMs} ms`, hold.cpu),
         ]
       : []),
     ...(timestamp
       ? [
           `2: ${timestamp.snapshots} timestamp-mode snapshots in ${options.durationMs / 1000} s, back to back (every write is one of the first after a cut); then ${timestamp.spacedSnapshots},`,
           `   one every ${TS_SPACED_INTERVAL_MS / 1000} s, counting the writes issued while a create call ran`,
+          describeCpu("back to back", timestamp.cpu),
         ]
       : []),
     ...(createVsData ? [`3: ${CREATE_ROUNDS} hold-mode creates per volume, alternating, load on a third volume; ratio of median wall times (tookMs: as the coordinator measured)`] : []),
