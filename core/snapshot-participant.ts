@@ -252,6 +252,11 @@ export class SnapshotParticipant {
     return false;
   }
 
+  /** Acknowledgements of writes after this snapshot's cut still wait (see WriteAdmission.fences). */
+  isFenced(snapshotId: string): boolean {
+    return this.fences.has(snapshotId);
+  }
+
   /** For status output and tests. */
   inspect(): { entries: { snapshotId: string; phase: Phase }[]; fences: number; tombstones: number } {
     const entries = [...this.entries.values()].map((e) => ({ snapshotId: e.snapshotId, phase: e.phase }));

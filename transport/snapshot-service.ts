@@ -116,8 +116,10 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   beforeWrite(volume: string): Promise<void> | undefined {
     const admission = this.participant.beforeWrite(volume, this.nowMs());
     if (admission.effects.length > 0) this.runParticipant(admission.effects);
-    if (admission.fences.length === 0) return undefined;
-    const waits = admission.fences.map((snapshotId) => this.unfenced(snapshotId));
+    // Running the cut may have ended its fence at once (a cut the store refused is given up).
+    const fences = admission.fences.filter((snapshotId) => this.participant.isFenced(snapshotId));
+    if (fences.length === 0) return undefined;
+    const waits = fences.map((snapshotId) => this.unfenced(snapshotId));
     return waits.length === 1 ? waits[0] : Promise.all(waits).then(() => {});
   }
 

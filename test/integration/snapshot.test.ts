@@ -215,9 +215,17 @@ describe("a volume at its snapshot limit", () => {
     })();
     try {
       const limit = 1023;
-      for (let index = 0; index < limit; index++) {
+      for (let index = 0; index < limit - 1; index++) {
         await adminRequest(node2!.meshAddress, "admin.snap.create", { volumes: ["deep"], name: `d${index}`, mode: index % 8 === 0 ? "timestamp" : "hold", holdTimeoutMs: 2000 });
       }
+      // Two prepared at once, one below the limit: both pass prepare, the second is refused at its cut.
+      for (const [node, name] of [[node1!, "last"], [node2!, "late"]] as const) {
+        expect((await cluster.shoal(["snap", "prepare", "deep", "--name", name, "--mode", "timestamp"], { node })).exitCode).toBe(0);
+      }
+      expect((await cluster.shoal(["snap", "take", "last"], { node: node1 })).exitCode).toBe(0);
+      const lateCut = await cluster.shoal(["snap", "take", "late"], { node: node2 });
+      expect(lateCut.exitCode).toBe(2);
+      expect(lateCut.stderr).toContain("TOO_LARGE");
       const refused = await cluster.shoal(["snap", "create", "deep", "--name", "one-more"], { node: node2 });
       expect(refused.exitCode).toBe(2);
       expect(refused.stderr).toContain("TOO_LARGE");
@@ -229,6 +237,7 @@ describe("a volume at its snapshot limit", () => {
       const names = JSON.parse((await cluster.shoal(["snap", "list", "deep", "--json"])).stdout).snapshots.map((s: { name: string }) => s.name);
       expect(names.length).toBe(limit);
       expect(names).not.toContain("one-more");
+      expect(names).not.toContain("late");
       expect((await cluster.shoal(["snap", "delete", "deep@d0"])).exitCode).toBe(0);
       expect((await cluster.shoal(["snap", "create", "deep", "--name", "one-more"], { node: node2 })).exitCode).toBe(0);
     } finally {
