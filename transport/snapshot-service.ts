@@ -302,11 +302,9 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
 
   private cutRefusal(volumes: string[]): ShoalError | undefined {
     const { group, store } = this.options;
-    for (const name of volumes) {
-      const record = group.volumes.get(name);
-      if (!record || record.deleted || !holders(record.routing).includes(group.selfId)) continue;
+    for (const record of this.localVolumes(volumes)) {
       const refusal = store.freezeRefusal(record.uid);
-      if (refusal) return new ShoalError(refusal.code, `volume '${name}' on node ${group.selfId}: ${refusal.message}`);
+      if (refusal) return new ShoalError(refusal.code, `volume '${record.name}' on node ${group.selfId}: ${refusal.message}`);
     }
     return undefined;
   }
@@ -413,7 +411,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
           break;
         }
         case "cut": {
-          const uids = this.localVolumeUids(effect.volumes);
+          const uids = this.localVolumes(effect.volumes).map((record) => record.uid);
           const cutLayers = uids.map((uid) => snapshotLayerId(uid, effect.snapshotId));
           // Prepare checked this too, but another snapshot may have been cut since. Checked for
           // every volume first, so a refused cut leaves nothing behind.
@@ -474,14 +472,13 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     }
   }
 
-  private localVolumeUids(volumes: string[]): string[] {
+  /** The records of those volumes that hold pages on this node. */
+  private localVolumes(volumes: string[]) {
     const { group } = this.options;
-    const uids: string[] = [];
-    for (const name of volumes) {
+    return volumes.flatMap((name) => {
       const record = group.volumes.get(name);
-      if (record && !record.deleted && holders(record.routing).includes(group.selfId)) uids.push(record.uid);
-    }
-    return uids;
+      return record && !record.deleted && holders(record.routing).includes(group.selfId) ? [record] : [];
+    });
   }
 
   private layersOf(snapshotId: string): string[] {
