@@ -1,8 +1,9 @@
 // The pages this node holds, in copy-on-write layers: a volume's head layer (id = volume uid)
 // over its snapshots, clones over a snapshot. One sparse file per page a layer holds; a layer
 // with a parent holds pages chunk by chunk (see _page-file.ts), so the first write after a
-// snapshot copies one 64 KiB chunk, not the page. Taking a snapshot renames no file and copies
-// no byte: the head's layer object becomes the snapshot and a new empty head is stacked on it.
+// snapshot copies one 4 KiB chunk (the default), not the page. Taking a snapshot renames no file
+// and copies no byte: the head's layer object becomes the snapshot and a new empty head is
+// stacked on it; the head's first write to each page renames a spare file made ahead into place.
 // Reads and writes are synchronous pread/pwrite (page-cache hits cost microseconds and an async
 // hop would cost more); fsync is asynchronous and only on FLUSH, FUA and eviction.
 //
@@ -10,6 +11,7 @@
 //   layers.json           the layer table: id, parent, directory, deleting (see _layer-table.ts)
 //   <dir>/<page>          a plain page file (every chunk the layer's own)
 //   <dir>/<page>.c        a chunked page file (4 KiB chunk-state header, then the page)
+//   ~spares/<n>           empty chunked files made ahead (see _spare-page-files.ts)
 // Layer-table changes are saved in the background and are durable once flush() or a FUA
 // syncPage() returns; a directory the durable table does not name is removed at start.
 import * as fs from "node:fs";
@@ -19,6 +21,7 @@ import { fdatasyncAsync, syncDirectory, syncDirectorySync } from "./_durable-fs.
 import { type Layer, LayerTable, MAX_CHAIN_LAYERS, validateLayerId } from "./_layer-table.ts";
 import { LayerTableFile } from "./_layer-table-file.ts";
 import { OpenPageFiles } from "./_open-page-files.ts";
+import { SPARES_DIR_NAME, SparePageFiles } from "./_spare-page-files.ts";
 import {
   ABSENT,
   allData,
@@ -97,15 +100,10 @@ const ZERO_WRITE_BYTES_MAX = 1024 * 1024;
 /** Time between two page files a deletion unlinks: spreads the filesystem's work (see moveBatch). */
 const DROP_SPACING_MS = 4;
 /**
- * Syncs one flush keeps in flight. The runtime's small thread pool also makes page files off the
- * event loop (prepareWrite) and syncs the catalog: a flush of a thousand dirty files must not
- * queue those behind it.
+ * Syncs one flush keeps in flight. The runtime's small thread pool also makes spare page files
+ * and syncs the catalog: a flush of a thousand dirty files must not queue those behind it.
  */
 const FLUSH_SYNCS_IN_FLIGHT = 1;
-/** Spares one snapshot makes for its new head at most (a page each); other pages make theirs on demand. */
-const MAX_SPARES_PER_FREEZE = 256;
-/** Spares open (or being made) in the whole store at most, each holding a descriptor; the oldest go first. */
-const MAX_SPARES = 512;
 /** Pages a layer deletion moves before making them durable together and dropping the originals. */
 const DELETE_BATCH_PAGES = 32;
 
@@ -125,15 +123,17 @@ export class PageStore {
   private scratch = new Uint8Array(0);
   private zeros = new Uint8Array(0);
   private closed = false;
-  /** Spare page files made off the event loop (see prepareWrite), by directory and page. */
-  private readonly spares = new Map<string, Spare>();
-  private readonly creating = new Map<string, Promise<void>>();
+  /** Empty page files made ahead, which a page's first write in a layer renames into place. */
+  private readonly spareFiles: SparePageFiles;
+  /** Directories of heads made ahead that no file is in yet (at most one per head). */
+  private readonly dirsMadeAhead = new Set<string>();
   /** fsync/fdatasync calls made, for tests and metrics: proves a flush reached this store. */
   syncCount = 0;
 
   constructor(options: PageStoreOptions) {
     this.dir = path.join(options.dir, "pages");
     fs.mkdirSync(this.dir, { recursive: true });
+    this.spareFiles = new SparePageFiles(this.dir);
     this.open = new OpenPageFiles(Math.max(2, options.maxOpenFiles ?? 512), (file) => this.pathOf(file), (file) => this.syncFileNow(file));
     if (options.chunkSizeBytes !== undefined) validateChunkSize(options.chunkSizeBytes);
     const saved = LayerTableFile.load(this.dir);
@@ -160,7 +160,8 @@ export class PageStore {
     const byDirectory = this.table.byDirectory();
     for (const entry of fs.readdirSync(this.dir, { withFileTypes: true })) {
       if (!entry.isDirectory()) continue;
-      const layer = byDirectory.get(entry.name) ?? (legacy ? this.table.adoptLegacy(entry.name) : undefined);
+      // Spares a crash left behind (written or not, nothing names them) and directories no table names go.
+      const layer = entry.name === SPARES_DIR_NAME ? undefined : byDirectory.get(entry.name) ?? (legacy ? this.table.adoptLegacy(entry.name) : undefined);
       if (layer === undefined) {
         fs.rmSync(path.join(this.dir, entry.name), { recursive: true, force: true });
         continue;
@@ -235,116 +236,6 @@ export class PageStore {
       return;
     }
     this.readThrough(this.table.chainOf(layer), 0, page, pageOffset, length, target, targetOffset);
-  }
-
-  /**
-   * Creating a page file (and a layer's directory) is journaled filesystem work that can wait
-   * milliseconds on the journal, and right after a snapshot every page's first write needs one:
-   * done inline, it stalls every client of the node. So files are made ahead, off the event loop,
-   * as spares: empty chunked files no layer refers to yet, which createPageFile takes instead of
-   * opening one. freezeLayer makes spares for the new head's likely pages; a writer asks here
-   * first and, when the layer lacks the page and no spare is ready, waits for one (the promise
-   * never rejects), then writes. An optimisation only: write() still makes whatever is missing.
-   * A spare nobody takes stays behind as an empty file, which reads as absent and start-up removes.
-   */
-  prepareWrite(layerId: string, page: number, pageSizeBytes: number): Promise<void> | undefined {
-    const layer = this.table.get(layerId);
-    if (layer === undefined || layer.pages.has(page) || layer.deleting || layer.children > 0 || this.closed) return undefined;
-    // Only chunked files have spares: a plain one is a base layer's page, made once in its life.
-    if (!this.heldBelow(layer, page)) return undefined;
-    const key = spareKey(layer, page);
-    if (this.spares.has(key)) return undefined;
-    return this.creating.get(key) ?? (this.sparesFull() ? undefined : this.makeSpare(layer, page, pageSizeBytes));
-  }
-
-  /** Keeps the spares under MAX_SPARES, closing the oldest (its file stays, empty); false if none can go. */
-  private sparesFull(): boolean {
-    while (this.spares.size + this.creating.size >= MAX_SPARES) {
-      const oldest = this.spares.entries().next().value;
-      if (oldest === undefined) return true;
-      this.spares.delete(oldest[0]);
-      fs.closeSync(oldest[1].fd);
-    }
-    return false;
-  }
-
-  private makeSpare(layer: Layer, page: number, pageSizeBytes: number): Promise<void> {
-    const key = spareKey(layer, page);
-    const made = this.makeSpareNow(layer, page, pageSizeBytes, key).finally(() => this.creating.delete(key));
-    this.creating.set(key, made);
-    return made;
-  }
-
-  private async makeSpareNow(layer: Layer, page: number, pageSizeBytes: number, key: string): Promise<void> {
-    const dir = this.layerDir(layer);
-    const filePath = path.join(dir, fileName(page, true));
-    let fd: number;
-    try {
-      // The layer counts its directory as made (and owes it a sync) once a spare is taken.
-      if (!layer.dirExists) await fs.promises.mkdir(dir, { recursive: true });
-      // O_EXCL: a file this call did not create is never touched by it.
-      fd = await openOffLoop(filePath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL);
-    } catch {
-      return; // write() makes the file itself and reports what goes wrong
-    }
-    try {
-      await ftruncateOffLoop(fd, CHUNK_HEADER_BYTES + pageSizeBytes);
-    } catch {
-      fs.closeSync(fd);
-      return;
-    }
-    const usable = !this.closed && this.table.get(layer.id) === layer && this.layerDir(layer) === dir && !layer.pages.has(page) && !layer.deleting && layer.children === 0;
-    if (usable) {
-      this.spares.set(key, { layer, pageSizeBytes, fd });
-      return;
-    }
-    fs.closeSync(fd);
-    // Left where it is (empty: it reads as absent, start-up removes it), unless the page now has
-    // a plain file beside it: then this layer can never take it, and two files for one page
-    // would not load.
-    const held = layer.pages.get(page);
-    if (held !== undefined && this.pathOf(held) !== filePath) fs.rmSync(filePath, { force: true });
-  }
-
-  /** Makes spares for the pages a new head is likely to write first: those its parent was just writing. */
-  private makeSparesFor(head: Layer, parent: Layer): void {
-    const pages: { page: number; pageSizeBytes: number }[] = [];
-    const seen = new Set<number>();
-    const consider = (file: PageFile) => {
-      if (pages.length >= MAX_SPARES_PER_FREEZE || seen.has(file.page)) return;
-      seen.add(file.page);
-      pages.push({ page: file.page, pageSizeBytes: file.pageSizeBytes });
-    };
-    // Pages written since the last flush: an idle volume's snapshots make no spares at all.
-    for (const file of this.dirty) if (file.layer === parent) consider(file);
-    // One after another: the runtime's thread pool also carries flushes and the catalog's syncs.
-    void (async () => {
-      for (const { page, pageSizeBytes } of pages) {
-        if (this.closed || this.table.get(head.id) !== head || this.sparesFull()) return;
-        const key = spareKey(head, page);
-        if (head.pages.has(page) || this.spares.has(key)) continue;
-        await (this.creating.get(key) ?? this.makeSpare(head, page, pageSizeBytes));
-      }
-    })();
-  }
-
-  private takeSpare(layer: Layer, page: number): Spare | undefined {
-    const key = spareKey(layer, page);
-    const spare = this.spares.get(key);
-    if (spare === undefined) return undefined;
-    this.spares.delete(key);
-    if (spare.layer === layer) return spare;
-    fs.closeSync(spare.fd);
-    return undefined;
-  }
-
-  /** Closes a layer's spares (frozen, renewed or dropped): their files stay behind, empty. */
-  private dropSpares(layer: Layer): void {
-    for (const [key, spare] of this.spares) {
-      if (spare.layer !== layer) continue;
-      this.spares.delete(key);
-      fs.closeSync(spare.fd);
-    }
   }
 
   write(layerId: string, page: number, pageOffset: number, data: Uint8Array, pageSizeBytes: number): void {
@@ -426,13 +317,17 @@ export class PageStore {
     await this.tableFile.persist();
   }
 
+  /** Resolves once the spare page files being made are made; for tests. */
+  settleSpares(): Promise<void> {
+    return this.spareFiles.settled();
+  }
+
   /** Syncs everything synchronously and closes every file; call after `await flush()`. */
   close(): void {
     if (this.closed) return;
     for (const file of [...this.dirty]) this.syncFileNow(file);
     for (const file of this.open.list()) this.open.close(file);
-    for (const spare of this.spares.values()) fs.closeSync(spare.fd);
-    this.spares.clear();
+    this.spareFiles.close();
     for (const dir of this.dirtyDirs) syncDirectorySync(dir);
     this.dirtyDirs.clear();
     this.tableFile.close();
@@ -484,10 +379,10 @@ export class PageStore {
     }
     const head = this.table.get(headLayerId) ?? this.table.create(headLayerId, undefined);
     if (head.deleting) throw deletingError(head);
+    this.dirsMadeAhead.delete(this.layerDir(head)); // a snapshot's now: never written
     const newHead = this.table.freeze(head, snapshotLayerId);
     this.tableFile.changed();
-    this.dropSpares(head); // the snapshot's now: never written
-    this.makeSparesFor(newHead, head);
+    this.makeDirAhead(newHead);
   }
 
   /** Rollback: drops the head's own pages and stacks it on `parentLayerId`; it then reads as that. */
@@ -504,7 +399,6 @@ export class PageStore {
     if (head.children > 0) throw stackedError(head, "rolled back");
     if (parent === head) throw new ShoalError("BAD_ARGUMENT", `layer '${head.id}' cannot be its own parent`);
     this.forgetPages(head);
-    this.dropSpares(head);
     if (head.dirExists) this.tableFile.retire(this.layerDir(head));
     this.table.renew(head);
     this.table.setParent(head, parent);
@@ -538,7 +432,6 @@ export class PageStore {
     if (layer.deleting) throw deletingError(layer);
     if (layer.children > 0) throw stackedError(layer, "dropped");
     this.forgetPages(layer);
-    this.dropSpares(layer);
     if (layer.dirExists) this.tableFile.retire(this.layerDir(layer));
     this.table.remove(layer);
     this.tableFile.changed();
@@ -867,27 +760,37 @@ export class PageStore {
     const chunkShift = chunked ? chunkShiftFor(pageSizeBytes, this.table.chunkSizeBytes) : 0;
     const states = chunked ? new Uint8Array(chunksIn(pageSizeBytes, chunkShift)) : undefined;
     const file = newPageFile(layer, page, pageSizeBytes, chunkShift, states);
-    const spare = chunked ? this.takeSpare(layer, page) : undefined;
-    if (spare !== undefined && spare.pageSizeBytes === pageSizeBytes) {
-      this.ensureDir(layer); // made already: no journal work, just the bookkeeping
-      layer.pages.set(page, file);
-      this.dirtyDirs.add(this.layerDir(layer));
-      this.open.adopt(file, spare.fd);
-      return file;
-    }
-    if (spare !== undefined) fs.closeSync(spare.fd); // the same path is opened (and truncated) below
     this.ensureDir(layer);
-    const fd = fs.openSync(this.pathOf(file), "w+");
-    try {
-      fs.ftruncateSync(fd, dataOffsetOf(file) + pageSizeBytes);
-    } catch (err) {
-      fs.closeSync(fd);
-      throw err;
-    }
+    // A plain file is a base layer's page, made once in its life; chunked ones come after every snapshot.
+    const fd = (chunked ? this.renameSpare(file) : undefined) ?? this.makeFile(file);
     layer.pages.set(page, file);
     this.dirtyDirs.add(this.layerDir(layer));
     this.open.adopt(file, fd);
     return file;
+  }
+
+  /** A spare renamed into the file's place, its descriptor; undefined when none is ready. */
+  private renameSpare(file: PageFile): number | undefined {
+    const spare = this.spareFiles.take(file.pageSizeBytes);
+    if (spare === undefined) return undefined;
+    try {
+      fs.renameSync(spare.filePath, this.pathOf(file));
+      return spare.fd;
+    } catch {
+      fs.closeSync(spare.fd); // left where it is; start-up removes it, and makeFile reports what is wrong
+      return undefined;
+    }
+  }
+
+  private makeFile(file: PageFile): number {
+    const fd = fs.openSync(this.pathOf(file), "w+");
+    try {
+      fs.ftruncateSync(fd, dataOffsetOf(file) + file.pageSizeBytes);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+    return fd;
   }
 
   /**
@@ -914,6 +817,7 @@ export class PageStore {
 
   /** Forgets every page of a layer whose directory is being retired (no unlink per file). */
   private forgetPages(layer: Layer): void {
+    this.dirsMadeAhead.delete(this.layerDir(layer));
     for (const file of layer.pages.values()) {
       this.open.close(file);
       this.markClean(file);
@@ -954,9 +858,25 @@ export class PageStore {
 
   private ensureDir(layer: Layer): void {
     if (layer.dirExists) return;
-    fs.mkdirSync(this.layerDir(layer), { recursive: true });
+    const dir = this.layerDir(layer);
+    if (!this.dirsMadeAhead.delete(dir)) fs.mkdirSync(dir, { recursive: true });
     layer.dirExists = true;
-    this.dirtyDirs.add(this.dir);
+    this.dirtyDirs.add(this.dir); // the new entry must be durable before any file in it is
+  }
+
+  /**
+   * A new head's directory, made off the event loop: its first write then needs no journal work.
+   * Counted as made (and its entry owed a sync) only once a file goes in: an idle volume's
+   * snapshots cost no sync.
+   */
+  private makeDirAhead(layer: Layer): void {
+    const dir = this.layerDir(layer);
+    fs.promises.mkdir(dir, { recursive: true }).then(
+      // A layer renewed, dropped or frozen meanwhile leaves an empty directory: harmless, and
+      // start-up removes it if no table names it.
+      () => void (this.table.get(layer.id) === layer && this.layerDir(layer) === dir && !layer.dirExists && this.dirsMadeAhead.add(dir)),
+      () => undefined, // ensureDir makes it inline and reports what goes wrong
+    );
   }
 
   // ---- syncing files
@@ -1052,7 +972,6 @@ export class PageStore {
   private async deleteLayerNow(layerId: string): Promise<void> {
     const layer = this.table.get(layerId);
     if (layer === undefined) return; // already gone: a retry after a crash is safe
-    this.dropSpares(layer);
     // Durably marked before anything moves: after a crash the half-emptied layer refuses reads.
     await this.tableFile.persist();
     const pages = [...layer.pages.keys()].sort((a, b) => a - b);
@@ -1183,8 +1102,6 @@ export class PageStore {
 
   private adopt(child: Layer, source: PageFile): void {
     const from = source.layer;
-    const spare = this.takeSpare(child, source.page);
-    if (spare !== undefined) fs.closeSync(spare.fd); // the rename below replaces its file
     this.ensureDir(child);
     const fromPath = this.pathOf(source);
     source.layer = child;
@@ -1315,14 +1232,6 @@ export function assertPageRange(pageOffset: number, length: number, pageSizeByte
   }
 }
 
-function openOffLoop(filePath: string, flags: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.open(filePath, flags, 0o644, (err, fd) => (err ? reject(err) : resolve(fd))));
-}
-
-function ftruncateOffLoop(fd: number, length: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.ftruncate(fd, length, (err) => (err ? reject(err) : resolve())));
-}
-
 /** Runs `work` over `items` with at most `inFlight` running at once; rejects with the first failure, after all settled. */
 async function inTurns<T>(items: T[], inFlight: number, work: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
@@ -1347,13 +1256,3 @@ function* dataRuns(states: Uint8Array): Generator<[number, number]> {
   }
 }
 
-/** An empty chunked page file made ahead for a layer (see prepareWrite). */
-interface Spare {
-  layer: Layer;
-  pageSizeBytes: number;
-  fd: number;
-}
-
-function spareKey(layer: Layer, page: number): string {
-  return `${layer.dir}/${page}`;
-}

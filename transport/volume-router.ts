@@ -182,19 +182,17 @@ export class VolumeRouter implements ExportCatalog {
     this.store.read(target.layer, page, pageOffset, length, into, at);
   }
 
-  /** `parts` are written one after another from `pageOffset` (a forwarded payload arrives in chunks). */
-  /** Resolves to the node that applied the write when another did (undefined: this one). */
-  private writePage(target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number, fileAsked = false): Promise<Applier | void> | void {
+  /**
+   * `parts` are written one after another from `pageOffset` (a forwarded payload arrives in
+   * chunks). Resolves to the node that applied the write when another did (undefined: this one).
+   */
+  private writePage(target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier | void> | void {
     const { record } = target;
     if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
-    const again = () => this.writePage(this.refreshed(target), page, pageOffset, parts, fua, hops, fileAsked);
+    const again = () => this.writePage(this.refreshed(target), page, pageOffset, parts, fua, hops);
     if (this.mover?.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
     const owner = ownerOf(record.routing, page);
     if (owner !== this.group.selfId) return this.forwardWrite(owner, target, page, pageOffset, parts, fua, hops);
-    // A page file the layer lacks is made off the event loop first; the write then starts over
-    // (once: if the file is still missing, say a snapshot froze the layer meanwhile, write() makes it).
-    const creating = fileAsked ? undefined : this.store.prepareWrite(target.layer, page, record.pageSizeBytes);
-    if (creating) return creating.then(() => this.writePage(this.refreshed(target), page, pageOffset, parts, fua, hops, true));
     if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
     this.mover?.noteWrite(record.uid, page);
     const commitWait = this.gate?.beforeWrite(record.name);
