@@ -260,6 +260,8 @@ interface CreateTiming {
   wallMs: number;
   /** As the coordinator measured it, excluding the admin connection. */
   tookMs: number;
+  /** Timestamp mode: the cut time T, on this process's performance.now() scale (NaN otherwise). */
+  cutAtMs: number;
   /** Hold mode: each participant's report of its hold (held time, requests queued, longest wait). */
   holds: HoldReport[];
   error: string | undefined;
@@ -274,17 +276,20 @@ interface HoldReport {
 async function createSnapshot(node: TestNode, volume: string, name: string, mode: "hold" | "timestamp"): Promise<CreateTiming> {
   const startMs = performance.now();
   let tookMs = Number.NaN;
+  let cutAtMs = Number.NaN;
   let holds: HoldReport[] = [];
   let error: string | undefined;
   try {
     const result = await adminRequest(node.meshAddress, "admin.snap.create", { volumes: [volume], name, mode, holdTimeoutMs: HOLD_TIMEOUT_MS }, ADMIN_TIMEOUT_MS);
     tookMs = Number(result.tookMs);
+    // The nodes' clocks are this machine's (no skew here): T in wall time, moved to our monotonic scale.
+    if (typeof result.cutAtMs === "number") cutAtMs = result.cutAtMs - performance.timeOrigin;
     holds = Object.values((result.holds ?? {}) as Record<string, HoldReport>);
   } catch (err) {
     error = (err as Error).message;
   }
   const endMs = performance.now();
-  return { name, coordinator: node.id, startMs, endMs, wallMs: endMs - startMs, tookMs, holds, error };
+  return { name, coordinator: node.id, startMs, endMs, wallMs: endMs - startMs, tookMs, cutAtMs, holds, error };
 }
 
 function succeeded(timings: CreateTiming[]): CreateTiming[] {
@@ -430,6 +435,24 @@ function postSnapshot(load: PacedWriteLoad, steady: LatencyStats, timings: Creat
   };
 }
 
+/**
+ * The writes of the spaced snapshots by when they were issued relative to the cut time T: where
+ * in a create the latency goes (prepare, the commit wait and first writes after T, the cut's flush).
+ */
+function sinceCutWindows(load: PacedWriteLoad, timings: CreateTiming[]): { label: string; stats: LatencyStats }[] {
+  const withCut = timings.filter((timing) => Number.isFinite(timing.cutAtMs));
+  const window = (label: string, from: (t: CreateTiming) => number, to: (t: CreateTiming) => number) => ({
+    label,
+    stats: stats(withCut.flatMap((timing) => load.log.issuedIn(from(timing), Math.min(to(timing), timing.endMs)))),
+  });
+  return [
+    window("ts: 1/s, issued before T", (t) => t.startMs, (t) => t.cutAtMs),
+    window("ts: 1/s, issued T..T+10 ms", (t) => t.cutAtMs, (t) => t.cutAtMs + 10),
+    window("ts: 1/s, issued T+10..40 ms", (t) => t.cutAtMs + 10, (t) => t.cutAtMs + 40),
+    window("ts: 1/s, issued T+40 ms..end", (t) => t.cutAtMs + 40, (t) => t.endMs),
+  ];
+}
+
 function holdStall(load: PacedWriteLoad, steady: LatencyStats, timings: CreateTiming[]) {
   const ok = succeeded(timings);
   const perSnapshot = ok.map((timing) => {
@@ -490,11 +513,13 @@ async function measureTimestamp(context: Context) {
     const withStats = stats(load.log.issuedIn(fromMs, toMs));
     const spacedOk = succeeded(spaced);
     const during = stats(spacedOk.flatMap((timing) => load.log.issuedIn(timing.startMs, timing.endMs)));
+    const sinceCut = sinceCutWindows(load, spacedOk);
     const ok = succeeded(timings);
     return {
       without: without.stats,
       with: withStats,
       during,
+      sinceCut,
       snapshots: ok.length,
       spacedSnapshots: spacedOk.length,
       failures: failures([...timings, ...spaced]),
@@ -839,6 +864,7 @@ function renderReport(results: Results, options: Options, info: RunInfo): string
           latencyRow("ts: without snapshots", timestamp.without),
           latencyRow("ts: with snapshots back to back", timestamp.with),
           latencyRow("ts: during creates, 1/s", timestamp.during),
+          ...timestamp.sinceCut.map((window) => latencyRow(window.label, window.stats)),
           latencyRow("ts: create wall", timestamp.createWall),
         ]
       : []),
