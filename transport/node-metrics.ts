@@ -35,6 +35,9 @@ export class NodeMetrics {
   private readonly snapshotPhase;
   private readonly snapshotResults;
   private readonly snapshotHold: Histogram;
+  private readonly commitWait: Histogram;
+  /** Timestamp-mode cuts made here whose commit wait is running, by snapshot id: when it began. */
+  private readonly commitWaitFromMs = new Map<string, number>();
   private readonly snapshotStartedMs = new Map<string, number>();
   private readonly snapshotReadyMs = new Map<string, number>();
   private readonly snapshotTakingMs = new Map<string, number>();
@@ -71,6 +74,9 @@ export class NodeMetrics {
     this.snapshotPhase = r.histogram("shoal_snapshot_phase_seconds", "snapshots coordinated here: prepare (start to every participant ready), take (take sent to done), total", ["phase"]);
     this.snapshotResults = r.counter("shoal_snapshots_total", "snapshots coordinated here, by result", ["result"]);
     this.snapshotHold = r.histogram("shoal_snapshot_hold_seconds", "how long this node held a volume's requests for a hold-mode snapshot").with();
+    this.commitWait = r
+      .histogram("shoal_snapshot_commit_wait_seconds", "timestamp mode: from this node's cut until every participant is known to have cut (acks of writes applied meanwhile wait)")
+      .with();
 
     this.movePagesTotal = r.gauge("shoal_move_pages_total", "pages a running route move of the volume has to move", ["volume"]);
     this.movePagesDone = r.gauge("shoal_move_pages_done", "pages a running route move of the volume has moved", ["volume"]);
@@ -134,6 +140,19 @@ export class NodeMetrics {
 
   holdReleased(report: HoldReport): void {
     this.snapshotHold.observe(report.heldMs / 1000);
+  }
+
+  /** A timestamp-mode cut here: acknowledgements of writes applied from now on wait (see commitWaitEnded). */
+  commitWaitStarted(snapshotId: string): void {
+    if (this.commitWaitFromMs.size >= MAX_TRACKED_SNAPSHOTS) this.commitWaitFromMs.clear();
+    this.commitWaitFromMs.set(snapshotId, performance.now());
+  }
+
+  commitWaitEnded(snapshotId: string): void {
+    const fromMs = this.commitWaitFromMs.get(snapshotId);
+    if (fromMs === undefined) return;
+    this.commitWaitFromMs.delete(snapshotId);
+    this.commitWait.observe((performance.now() - fromMs) / 1000);
   }
 
   // ---- route moves (called by the move code)

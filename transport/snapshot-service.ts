@@ -443,6 +443,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
             failedCuts.set(effect.snapshotId, refusal);
             break;
           }
+          if (effect.record.commitWaitUntilMs !== undefined) nodeMetrics.commitWaitStarted(effect.snapshotId);
           // The cut's data and record become durable off the hold: released requests need only the
           // frozen layer. Only the cut layers are synced, not the node's other volumes. A crash
           // before leaves a layer no record names, which start() removes, and the coordinator,
@@ -472,6 +473,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
           catalog.deleteProtocolRecord("participant", effect.snapshotId);
           break;
         case "unfence": {
+          nodeMetrics.commitWaitEnded(effect.snapshotId);
           const waiter = this.fenceWaiters.get(effect.snapshotId);
           this.fenceWaiters.delete(effect.snapshotId);
           waiter?.resolve();

@@ -46,6 +46,7 @@ import { parseSize } from "../../core/geometry.ts";
 import { connect, fillRandom, PacedWriteLoad } from "./_write-load.ts";
 import { bounded, buildShoal, loadAverage, percentile, printReport, processCpuMs, progress, runBench, sourceRevision, stats, syncDisks, table, type LatencyStats } from "./_bench.ts";
 import { freePort, run, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
+import { scrape, sumOf } from "../integration/_prometheus.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -198,6 +199,7 @@ async function startGroup(resources: Resources, profileDir: string | undefined):
     // The compiled binary honours BUN_OPTIONS; the profile is written when the node exits cleanly.
     const env: Record<string, string> = profileDir ? { BUN_OPTIONS: `--cpu-prof-md --cpu-prof-dir=${profileDir} --cpu-prof-name=${id}.md` } : {};
     const node = new TestNode(id, path.join(resources.root, id), await freePort(), await freePort(), env);
+    node.extraArgs = ["--metrics", `127.0.0.1:${await freePort()}`];
     resources.nodes.push(node);
     await node.start(index === 1 ? undefined : resources.nodes[0]!.meshAddress);
   }
@@ -435,6 +437,23 @@ function postSnapshot(load: PacedWriteLoad, steady: LatencyStats, timings: Creat
   };
 }
 
+/** The nodes' commit-wait histograms summed (timestamp mode: each cut until every participant is known to have cut). */
+async function commitWaitTotals(nodes: TestNode[]): Promise<{ seconds: number; cuts: number }> {
+  let seconds = 0;
+  let cuts = 0;
+  for (const node of nodes) {
+    const samples = await scrape(node.extraArgs[1]!);
+    seconds += sumOf(samples, "shoal_snapshot_commit_wait_seconds_sum");
+    cuts += sumOf(samples, "shoal_snapshot_commit_wait_seconds_count");
+  }
+  return { seconds, cuts };
+}
+
+function commitWaitSince(from: { seconds: number; cuts: number }, to: { seconds: number; cuts: number }): { meanMs: number; cuts: number } {
+  const cuts = to.cuts - from.cuts;
+  return { meanMs: cuts > 0 ? ((to.seconds - from.seconds) * 1000) / cuts : Number.NaN, cuts };
+}
+
 /**
  * The writes of the spaced snapshots by when they were issued relative to the cut time T: where
  * in a create the latency goes (prepare, the commit wait and first writes after T, the cut's flush).
@@ -503,12 +522,14 @@ async function measureTimestamp(context: Context) {
     const cpu = snapshotCpu(without.cpu, [cpuFrom, cpuSample(nodes)], timings.length);
     // Then one snapshot every TS_SPACED_INTERVAL_MS: writes issued while a create call runs.
     const spaced: CreateTiming[] = [];
+    const commitWaitFrom = await commitWaitTotals(nodes);
     const spacedFromMs = performance.now();
     while (performance.now() - spacedFromMs < options.durationMs) {
       const timing = await createSnapshot(nodes[spaced.length % nodes.length]!, volume, `u${spaced.length}`, "timestamp");
       spaced.push(timing);
       await sleep(TS_SPACED_INTERVAL_MS - timing.wallMs);
     }
+    const commitWait = commitWaitSince(commitWaitFrom, await commitWaitTotals(nodes));
     await load.stop();
     const withStats = stats(load.log.issuedIn(fromMs, toMs));
     const spacedOk = succeeded(spaced);
@@ -520,6 +541,7 @@ async function measureTimestamp(context: Context) {
       with: withStats,
       during,
       sinceCut,
+      commitWait,
       snapshots: ok.length,
       spacedSnapshots: spacedOk.length,
       failures: failures([...timings, ...spaced]),
@@ -909,6 +931,7 @@ function renderReport(results: Results, options: Options, info: RunInfo): string
           `2: ${timestamp.snapshots} timestamp-mode snapshots in ${options.durationMs / 1000} s, back to back (every write is one of the first after a cut); then ${timestamp.spacedSnapshots},`,
           `   one every ${TS_SPACED_INTERVAL_MS / 1000} s, counting the writes issued while a create call ran`,
           describeCpu("back to back", timestamp.cpu),
+          `   commit wait (a cut until every participant is known to have cut; writes applied meanwhile wait for their ack): mean ${ms(timestamp.commitWait.meanMs)} ms over ${timestamp.commitWait.cuts} cuts of the one-a-second snapshots (nodes' histograms)`,
         ]
       : []),
     ...(createVsData ? [`3: ${CREATE_ROUNDS} hold-mode creates per volume, alternating, load on a third volume; ratio of median wall times (tookMs: as the coordinator measured)`] : []),

@@ -81,6 +81,18 @@ describe("metrics", () => {
     for (const phase of ["prepare", "take", "total"]) expect(sumOf(samples1, "shoal_snapshot_phase_seconds_count", { phase })).toBe(1);
     expect(sumOf(samples1, "shoal_snapshot_hold_seconds_count")).toBe(1);
     expect(sumOf(samples2, "shoal_snapshot_hold_seconds_count")).toBe(1);
+    expect(sumOf(samples1, "shoal_snapshot_commit_wait_seconds_count")).toBe(0); // hold mode has none
+  });
+
+  test("a timestamp-mode snapshot records each participant's commit wait", async () => {
+    const created = await shoal(["snap", "create", "m", "--name", "metrics-ts", "--mode", "timestamp"]);
+    expect(created.exitCode).toBe(0);
+    for (const metrics of [metrics1, metrics2]) {
+      // The wait ends with the last cut heard (or at the latest T + 2 x skew), which may follow the reply.
+      await waitFor("the commit wait to be recorded", async () => sumOf(await scrape(metrics), "shoal_snapshot_commit_wait_seconds_count") === 1);
+      const samples = await scrape(metrics);
+      expect(sumOf(samples, "shoal_snapshot_commit_wait_seconds_sum")).toBeLessThan(1);
+    }
   });
 
   test("other paths are 404", async () => {
