@@ -159,8 +159,8 @@ export class PageStore {
   private loadPages(legacy: boolean): void {
     const byDirectory = this.table.byDirectory();
     for (const entry of fs.readdirSync(this.dir, { withFileTypes: true })) {
-      if (!entry.isDirectory()) continue;
       // Spares a crash left behind (written or not, nothing names them) and directories no table names go.
+      if (!entry.isDirectory() && entry.name !== SPARES_DIR_NAME) continue;
       const layer = entry.name === SPARES_DIR_NAME ? undefined : byDirectory.get(entry.name) ?? (legacy ? this.table.adoptLegacy(entry.name) : undefined);
       if (layer === undefined) {
         fs.rmSync(path.join(this.dir, entry.name), { recursive: true, force: true });

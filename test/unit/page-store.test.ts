@@ -782,6 +782,28 @@ describe("PageStore spare page files (made ahead, renamed into place)", () => {
     restarted.close();
   });
 
+  test("when spares cannot be made (the disk refuses), every write still makes its own file and lands", async () => {
+    const dir = tempDir();
+    const store = new PageStore({ dir });
+    fs.writeFileSync(sparesDir(dir), "not a directory"); // mkdir of ~spares fails from now on
+    for (let page = 0; page < 4; page++) store.write("v", page, 0, new Uint8Array(4 * KiB).fill(1), PAGE);
+    store.freezeLayer("v", "v@s1");
+    for (let page = 0; page < 4; page++) {
+      store.write("v", page, 4 * KiB, new Uint8Array(4 * KiB).fill(2 + page), PAGE);
+      await store.settleSpares();
+    }
+    await store.flush();
+    const reopened = reopen(store, dir);
+    expect(fs.existsSync(sparesDir(dir))).toBe(false); // start-up clears the obstacle like any leftover
+    const read = new Uint8Array(8 * KiB);
+    for (let page = 0; page < 4; page++) {
+      reopened.read("v", page, 0, 8 * KiB, read, 0);
+      expect(read.subarray(0, 4 * KiB).every((b) => b === 1)).toBe(true);
+      expect(read.subarray(4 * KiB).every((b) => b === 2 + page)).toBe(true);
+    }
+    reopened.close();
+  });
+
   test("a deletion that hands a plain file to a head leaves one page file, and later writes land in it", async () => {
     const dir = tempDir();
     const store = new PageStore({ dir });
