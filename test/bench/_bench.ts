@@ -86,6 +86,19 @@ export function processCpuMs(pid: number): number {
   }
 }
 
+/**
+ * How long a process's main thread (its event loop) has been runnable but waiting for a CPU, in
+ * ms (Linux schedstat; 0 where unavailable). Time an event loop spends here delays every request
+ * it serves, whatever the code does.
+ */
+export function mainThreadRunQueueMs(pid: number): number {
+  try {
+    return Number(fs.readFileSync(`/proc/${pid}/task/${pid}/schedstat`, "utf8").split(" ")[1]) / 1e6;
+  } catch {
+    return 0;
+  }
+}
+
 /** What runBench needs of a benchmark's processes. */
 export interface BenchResources {
   nodes: { id: string; stderrLog: string }[];

@@ -44,7 +44,7 @@ import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { connect, fillRandom, PacedWriteLoad } from "./_write-load.ts";
-import { bounded, buildShoal, loadAverage, percentile, printReport, processCpuMs, progress, runBench, sourceRevision, stats, syncDisks, table, type LatencyStats } from "./_bench.ts";
+import { bounded, buildShoal, loadAverage, mainThreadRunQueueMs, percentile, printReport, processCpuMs, progress, runBench, sourceRevision, stats, syncDisks, table, type LatencyStats } from "./_bench.ts";
 import { freePort, run, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 import { scrape, sumOf } from "../integration/_prometheus.ts";
 
@@ -324,12 +324,19 @@ interface CpuSample {
   atMs: number;
   nodesMs: number;
   benchMs: number;
+  /** The nodes' event-loop threads' time waiting for a CPU, summed. */
+  nodesRunQueueMs: number;
 }
 
 function cpuSample(nodes: TestNode[]): CpuSample {
   let nodesMs = 0;
-  for (const node of nodes) if (node.proc) nodesMs += processCpuMs(node.proc.pid);
-  return { atMs: performance.now(), nodesMs, benchMs: processCpuMs(process.pid) };
+  let nodesRunQueueMs = 0;
+  for (const node of nodes) {
+    if (!node.proc) continue;
+    nodesMs += processCpuMs(node.proc.pid);
+    nodesRunQueueMs += mainThreadRunQueueMs(node.proc.pid);
+  }
+  return { atMs: performance.now(), nodesMs, benchMs: processCpuMs(process.pid), nodesRunQueueMs };
 }
 
 /** What snapshots cost in CPU: the busy cores without and with them, and the extra per snapshot. */
@@ -341,10 +348,13 @@ interface SnapshotCpu {
   /** Node CPU beyond the load's own, per snapshot taken in the window. */
   nodesMsPerSnapshot: number;
   benchMsPerSnapshot: number;
+  /** Per node, ms per second its event loop was runnable but had no CPU. */
+  runQueueMsPerSecondWithout: number;
+  runQueueMsPerSecondWith: number;
 }
 
 function snapshotCpu(without: [CpuSample, CpuSample], during: [CpuSample, CpuSample], snapshots: number): SnapshotCpu {
-  const cores = ([from, to]: [CpuSample, CpuSample], key: "nodesMs" | "benchMs") => (to[key] - from[key]) / (to.atMs - from.atMs);
+  const cores = ([from, to]: [CpuSample, CpuSample], key: "nodesMs" | "benchMs" | "nodesRunQueueMs") => (to[key] - from[key]) / (to.atMs - from.atMs);
   const extraPerSnapshot = (key: "nodesMs" | "benchMs") => ((cores(during, key) - cores(without, key)) * (during[1].atMs - during[0].atMs)) / Math.max(1, snapshots);
   return {
     nodesCoresWithout: cores(without, "nodesMs"),
@@ -353,13 +363,16 @@ function snapshotCpu(without: [CpuSample, CpuSample], during: [CpuSample, CpuSam
     benchCoresWith: cores(during, "benchMs"),
     nodesMsPerSnapshot: extraPerSnapshot("nodesMs"),
     benchMsPerSnapshot: extraPerSnapshot("benchMs"),
+    runQueueMsPerSecondWithout: (cores(without, "nodesRunQueueMs") * 1000) / NODE_COUNT,
+    runQueueMsPerSecondWith: (cores(during, "nodesRunQueueMs") * 1000) / NODE_COUNT,
   };
 }
 
 function describeCpu(label: string, cpu: SnapshotCpu): string {
   return (
     `   CPU: nodes ${cpu.nodesCoresWithout.toFixed(2)} cores busy without snapshots, ${cpu.nodesCoresWith.toFixed(2)} with (${label}); ` +
-    `${cpu.nodesMsPerSnapshot.toFixed(1)} ms of node CPU per snapshot, plus ${cpu.benchMsPerSnapshot.toFixed(1)} ms in this process (admin client)`
+    `${cpu.nodesMsPerSnapshot.toFixed(1)} ms of node CPU per snapshot, plus ${cpu.benchMsPerSnapshot.toFixed(1)} ms in this process (admin client)\n` +
+    `   each node's event loop waited for a CPU ${cpu.runQueueMsPerSecondWithout.toFixed(0)} ms per second without snapshots, ${cpu.runQueueMsPerSecondWith.toFixed(0)} with (runnable, no CPU free: on two CPUs every process's work, ours included, delays the others)`
   );
 }
 
