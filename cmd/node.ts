@@ -3,7 +3,8 @@ import { defineCommand, type ArgsDef } from "citty";
 import { startNode } from "./_node-runtime.ts";
 import { parseDurationMs, rejectUnknownFlags } from "./_cli.ts";
 import { resolveSettings, withoutDefaults, type Settings } from "./_config.ts";
-import { parseLogFormat } from "./_log.ts";
+import { createLog, parseLogFormat } from "./_log.ts";
+import { reexecWithAllocatorTuning } from "./_allocator-tuning.ts";
 
 /** The node's flags with their defaults; a config file may set any of them (except config). */
 const nodeFlags = {
@@ -30,6 +31,8 @@ export default defineCommand({
   args: withoutDefaults(nodeFlags),
   async run(context) {
     rejectUnknownFlags(context);
+    // Before anything is opened: the new image inherits only stdio.
+    reexecWithAllocatorTuning((message) => createLog("node").warn(message));
     const configPath = context.args.config || process.env.SHOAL_CONFIG || undefined;
     const settings = resolveSettings(nodeFlags, context.args as Settings, configPath);
     const text = (name: string) => settings[name] as string | undefined;
