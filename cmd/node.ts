@@ -31,7 +31,7 @@ export default defineCommand({
   args: withoutDefaults(nodeFlags),
   async run(context) {
     rejectUnknownFlags(context);
-    // Before anything is opened: the new image inherits only stdio.
+    // First, before anything of ours is open: the new image would inherit it.
     reexecWithAllocatorTuning((message) => createLog("node").warn(message));
     const configPath = context.args.config || process.env.SHOAL_CONFIG || undefined;
     const settings = resolveSettings(nodeFlags, context.args as Settings, configPath);
