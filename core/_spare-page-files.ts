@@ -66,10 +66,7 @@ export class SparePageFiles {
   close(): void {
     this.closed = true;
     for (const pool of this.pools.values()) {
-      for (const spare of pool.ready) {
-        fs.closeSync(spare.fd);
-        fs.rmSync(spare.filePath, { force: true });
-      }
+      pool.ready.forEach(discard);
       pool.ready = [];
     }
   }
@@ -88,8 +85,7 @@ export class SparePageFiles {
       const spare = await this.make(pageSizeBytes);
       if (spare === undefined) return; // the disk refuses: writers make their own files and report why
       if (this.closed) {
-        fs.closeSync(spare.fd);
-        fs.rmSync(spare.filePath, { force: true });
+        discard(spare);
         return;
       }
       pool.ready.push(spare);
@@ -109,10 +105,14 @@ export class SparePageFiles {
     try {
       await new Promise<void>((resolve, reject) => fs.ftruncate(fd, CHUNK_HEADER_BYTES + pageSizeBytes, (err) => (err ? reject(err) : resolve())));
     } catch {
-      fs.closeSync(fd);
-      fs.rmSync(filePath, { force: true });
+      discard({ fd, filePath });
       return undefined;
     }
     return { fd, filePath };
   }
+}
+
+function discard(spare: SpareFile): void {
+  fs.closeSync(spare.fd);
+  fs.rmSync(spare.filePath, { force: true });
 }
