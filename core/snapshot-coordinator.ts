@@ -3,6 +3,7 @@
 // clock reads): the node feeds it messages, ticks and peer-down notices and carries out the
 // effects it returns, in order. Presumed abort: a snapshot this node has no record of was aborted.
 import { ShoalError, errorFromWire } from "./errors.ts";
+import { commitWaits, type OffsetSample } from "./clock-offset.ts";
 import type {
   AbortMessage,
   CoordinatorRecord,
@@ -33,6 +34,8 @@ export interface CoordinatorConfig {
   cutMarginMs: number;
   /** Timestamp mode: never pick T further ahead than this; a slower network fails the snapshot. */
   maxCutLeadMs: number;
+  /** How coarse this node's clock readings are; offset bounds are widened by it. */
+  clockResolutionMs: number;
 }
 
 export const DEFAULT_COORDINATOR_CONFIG: Omit<CoordinatorConfig, "nodeId"> = {
@@ -45,6 +48,7 @@ export const DEFAULT_COORDINATOR_CONFIG: Omit<CoordinatorConfig, "nodeId"> = {
   maxDeliveryAttempts: 10,
   cutMarginMs: 20,
   maxCutLeadMs: 1000,
+  clockResolutionMs: 1,
 };
 
 export interface SnapshotRequest {
@@ -103,6 +107,7 @@ interface ReadyInfo {
   clockMs: number;
   echoSentAtMs: number;
   receivedAtMs: number;
+  clockResolutionMs?: number;
 }
 
 interface Attempt {
@@ -116,6 +121,8 @@ interface Attempt {
   /** Prepare/take must finish by then (coordinator clock). */
   deadlineMs: number;
   ready: Map<NodeId, ReadyInfo>;
+  /** Timestamp mode: each participant's commit wait, measured from the ready round trips. */
+  commitWaits: Map<NodeId, number>;
   taken: Set<NodeId>;
   /** Timestamp mode: participants that said they cut (taken ones did too); allcut went out once all had. */
   cut: Set<NodeId>;
@@ -224,6 +231,12 @@ export class SnapshotCoordinator {
     return wakeAtMs === Infinity ? undefined : wakeAtMs;
   }
 
+  /** A snapshot is being prepared or taken: the clock offsets measured for it must stay true. */
+  clockInUse(): boolean {
+    for (const attempt of this.attempts.values()) if (isUndecided(attempt)) return true;
+    return false;
+  }
+
   /** For status output and tests: the snapshots this coordinator still tracks, by phase. */
   inspect(): { snapshotId: string; phase: Phase }[] {
     return [...this.attempts.values()].map((a) => ({ snapshotId: a.record.snapshotId, phase: a.phase }));
@@ -284,6 +297,7 @@ export class SnapshotCoordinator {
       const plan = planCut(attempt, nowMs, this.config);
       if (plan instanceof ShoalError) return this.abort(attempt, plan, nowMs);
       attempt.record.cutAtMs = plan;
+      attempt.commitWaits = commitWaits(offsetSamples(attempt), plan, attempt.maxClockSkewMs, this.config.clockResolutionMs);
       // Participants cut by T + skew in real time; give the taken replies a full timeout after that.
       attempt.deadlineMs = plan + 2 * attempt.maxClockSkewMs + attempt.holdTimeoutMs;
     } else {
@@ -443,6 +457,7 @@ export class SnapshotCoordinator {
         snapshotId: r.snapshotId,
         prepareNonce: attempt.ready.get(to)!.prepareNonce,
         ...(r.cutAtMs === undefined || r.mode !== "timestamp" ? {} : { cutAtMs: r.cutAtMs }),
+        ...(attempt.commitWaits.has(to) ? { commitWaitMs: attempt.commitWaits.get(to)! } : {}),
       },
     }));
   }
@@ -456,6 +471,7 @@ function newAttempt(record: CoordinatorRecord, holdTimeoutMs: number, maxClockSk
     phase,
     deadlineMs,
     ready: new Map(),
+    commitWaits: new Map(),
     taken: new Set(),
     cut: new Set(),
     allCutSent: false,
@@ -495,6 +511,15 @@ function planCut(attempt: Attempt, nowMs: number, config: CoordinatorConfig): nu
     return new ShoalError("TIMEOUT", `round trips of ${Math.round(maxRoundTripMs)} ms plus skew allowance exceed the ${config.maxCutLeadMs} ms cut lead; the network is too slow for a timestamp snapshot now`);
   }
   return nowMs + leadMs;
+}
+
+function offsetSamples(attempt: Attempt): Map<NodeId, OffsetSample> {
+  const samples = new Map<NodeId, OffsetSample>();
+  for (const [node, info] of attempt.ready) {
+    const clockResolutionMs = typeof info.clockResolutionMs === "number" && info.clockResolutionMs >= 0 ? info.clockResolutionMs : 1;
+    samples.set(node, { sentAtMs: info.echoSentAtMs, clockMs: info.clockMs, receivedAtMs: info.receivedAtMs, clockResolutionMs });
+  }
+  return samples;
 }
 
 function presumedAbort(to: NodeId, snapshotId: string): CoordinatorEffect {

@@ -20,7 +20,7 @@ export interface PrepareMessage {
   mode: SnapshotMode;
   /** Coordinator clock when the snapshot started; with snapshotId it orders competing holds (older wins). */
   startedAtMs: number;
-  /** Coordinator clock when this copy was sent; echoed in ready to measure the round trip, and ages stale copies. */
+  /** Coordinator clock when this copy left (stamped at the send); echoed in ready to measure the round trip, and ages stale copies. */
   sentAtMs: number;
   holdTimeoutMs: number;
   maxClockSkewMs: number;
@@ -37,6 +37,8 @@ export interface ReadyMessage {
   /** Participant clock when it answered. */
   clockMs: number;
   echoSentAtMs: number;
+  /** How coarse the participant's clock readings are (absent: whole milliseconds). */
+  clockResolutionMs?: number;
 }
 
 /** Coordinator -> participant: cut now (hold mode) or at the first local moment the clock reads cutAtMs. */
@@ -46,6 +48,11 @@ export interface TakeMessage {
   prepareNonce: string;
   /** Timestamp mode only: the cut time T on the coordinator's clock. */
   cutAtMs?: number;
+  /**
+   * Timestamp mode only: once its clock reads cutAtMs + commitWaitMs, every participant's clock
+   * has read cutAtMs (from offsets measured on prepare/ready), so the commit wait may end then.
+   */
+  commitWaitMs?: number;
 }
 
 /** Participant -> coordinator: the cut is recorded durably (pending). Resent as a question while pending. */

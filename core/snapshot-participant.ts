@@ -21,6 +21,8 @@ export interface ParticipantConfig {
   incarnation: string;
   /** This node's own bound on clock error; the larger of it and the coordinator's is used. */
   maxClockSkewMs: number;
+  /** How coarse this node's clock readings are; told to coordinators, which widen offset bounds by it. */
+  clockResolutionMs: number;
   /** Snapshots this node takes part in at once (holding, prepared or pending); more are refused. */
   maxSnapshotsInProgress: number;
   maxVolumesPerSnapshot: number;
@@ -46,6 +48,7 @@ export const DEFAULT_PARTICIPANT_CONFIG: Omit<ParticipantConfig, "nodeId" | "inc
   queryIntervalMs: 250,
   maxQueryIntervalMs: 5000,
   maxTombstones: 4096,
+  clockResolutionMs: 1,
 };
 
 export type ParticipantEffect =
@@ -91,6 +94,8 @@ interface Entry {
   /** holding/ready: end of hold; prepared: give up waiting for take. */
   deadlineMs: number;
   cutAtMs?: number;
+  /** Timestamp mode: the commit wait the coordinator measured for this node (see TakeMessage). */
+  commitWaitMs?: number;
   nextQueryAtMs: number;
   queryIntervalMs: number;
 }
@@ -153,7 +158,8 @@ export class SnapshotParticipant {
   /**
    * Called on every write, with the local clock read when the write is applied (same event-loop
    * turn). In timestamp mode a write stamped at or after T makes this node cut first, and a write
-   * applied after any cut waits for its ack until the local clock reads T + 2 * skew.
+   * applied after any cut waits for its ack until the local clock reads T plus the commit wait
+   * (2 * skew, or less when the coordinator measured the clocks' offsets; see clock-offset.ts).
    */
   beforeWrite(volume: string, stampMs: number): WriteAdmission {
     let effects = NONE;
@@ -175,7 +181,7 @@ export class SnapshotParticipant {
   onTick(nowMs: number): ParticipantEffect[] {
     const effects: ParticipantEffect[] = [];
     for (const entry of [...this.entries.values()]) effects.push(...this.tickEntry(entry, nowMs));
-    // Once the local clock has read untilMs, real time is past T + skew: later acks are safe whatever the clock says next.
+    // Once the local clock has read untilMs, every participant's clock has read T: later acks are safe whatever the clock says next.
     for (const [snapshotId, fence] of this.fences) if (nowMs >= fence.untilMs) effects.push(...this.unfence(snapshotId));
     for (const [snapshotId, tomb] of this.tombstones) {
       if (nowMs < tomb.forgetAtMs) continue;
@@ -249,6 +255,13 @@ export class SnapshotParticipant {
   involves(volume: string): boolean {
     for (const entry of this.entries.values()) if (entry.volumes.includes(volume)) return true;
     for (const fence of this.fences.values()) if (fence.volumes.includes(volume)) return true;
+    return false;
+  }
+
+  /** A snapshot not yet cut here, or a commit wait, relies on this clock running without steps. */
+  clockInUse(): boolean {
+    if (this.fences.size > 0) return true;
+    for (const entry of this.entries.values()) if (entry.phase !== "pending") return true;
     return false;
   }
 
@@ -344,11 +357,11 @@ export class SnapshotParticipant {
       return this.abortLocally(entry, new ShoalError("CONFLICT", `take for snapshot ${msg.snapshotId} does not match node ${this.config.nodeId}'s current prepare`), nowMs);
     }
     if (entry.mode === "hold") return this.cut(entry, nowMs);
-    return this.arm(entry, msg.cutAtMs, nowMs);
+    return this.arm(entry, msg.cutAtMs, msg.commitWaitMs, nowMs);
   }
 
   /** Timestamp mode: remember T; the cut happens at the first write stamped >= T or tick at >= T. */
-  private arm(entry: Entry, cutAtMs: number | undefined, nowMs: number): ParticipantEffect[] {
+  private arm(entry: Entry, cutAtMs: number | undefined, commitWaitMs: number | undefined, nowMs: number): ParticipantEffect[] {
     if (cutAtMs === undefined || !Number.isFinite(cutAtMs)) {
       return this.abortLocally(entry, new ShoalError("BAD_REQUEST", "timestamp-mode take without a cut time"), nowMs);
     }
@@ -362,6 +375,7 @@ export class SnapshotParticipant {
     }
     entry.phase = "armed";
     entry.cutAtMs = cutAtMs;
+    if (typeof commitWaitMs === "number" && commitWaitMs >= 0) entry.commitWaitMs = commitWaitMs;
     return NONE;
   }
 
@@ -373,8 +387,12 @@ export class SnapshotParticipant {
     const record = recordOf(entry, "pending");
     if (entry.mode === "timestamp") {
       record.cutAtMs = entry.cutAtMs!;
-      record.commitWaitUntilMs = entry.cutAtMs! + 2 * entry.maxClockSkewMs;
-      this.fences.set(entry.snapshotId, { volumes: entry.volumes, untilMs: record.commitWaitUntilMs });
+      // The record keeps the skew bound's wait: after a restart this clock may be re-anchored, and
+      // the measured offsets no longer describe it.
+      const skewWaitMs = 2 * entry.maxClockSkewMs;
+      record.commitWaitUntilMs = entry.cutAtMs! + skewWaitMs;
+      const untilMs = entry.cutAtMs! + Math.min(skewWaitMs, entry.commitWaitMs ?? skewWaitMs);
+      this.fences.set(entry.snapshotId, { volumes: entry.volumes, untilMs });
     }
     const effects: ParticipantEffect[] = [{ kind: "cut", snapshotId: entry.snapshotId, volumes: entry.volumes, record }];
     // Holding past the local cut buys nothing: every participant held before the take was sent.
@@ -481,7 +499,14 @@ export class SnapshotParticipant {
     return {
       kind: "send",
       to: entry.coordinator,
-      msg: { type: "snap.ready", snapshotId: entry.snapshotId, prepareNonce: entry.prepareNonce, clockMs: nowMs, echoSentAtMs },
+      msg: {
+        type: "snap.ready",
+        snapshotId: entry.snapshotId,
+        prepareNonce: entry.prepareNonce,
+        clockMs: nowMs,
+        echoSentAtMs,
+        clockResolutionMs: this.config.clockResolutionMs,
+      },
     };
   }
 }

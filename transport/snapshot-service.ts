@@ -24,6 +24,7 @@ import type { MeshLog } from "./mesh.ts";
 import type { SnapshotGate } from "./volume-router.ts";
 import type { PageMover, SnapshotActivity } from "./page-mover.ts";
 import { nodeMetrics } from "./node-metrics.ts";
+import { NodeClock } from "./node-clock.ts";
 
 export interface SnapshotServiceOptions {
   group: Group;
@@ -78,11 +79,14 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   /** Answers queued behind the participant's record, by destination, type and snapshot. */
   private readonly answersQueued = new Set<string>();
   private stopped = false;
+  private readonly clock: NodeClock;
 
   constructor(private readonly options: SnapshotServiceOptions) {
     const nodeId = options.group.selfId;
-    this.coordinator = new SnapshotCoordinator({ nodeId });
-    this.participant = new SnapshotParticipant({ nodeId, incarnation: this.incarnation, maxClockSkewMs: options.maxClockSkewMs });
+    this.clock = new NodeClock(options.clockSkewMs, (stepMs) => options.log.info(`wall clock was set by ${stepMs.toFixed(1)} ms; the snapshot clock follows`));
+    const clockResolutionMs = this.clock.resolutionMs;
+    this.coordinator = new SnapshotCoordinator({ nodeId, clockResolutionMs });
+    this.participant = new SnapshotParticipant({ nodeId, incarnation: this.incarnation, maxClockSkewMs: options.maxClockSkewMs, clockResolutionMs });
     const warn = (role: string) => (err: unknown) =>
       options.log.warn(`snapshot protocol: making the ${role}'s record durable failed (${asShoalError(err).message}); its messages are held back`);
     this.coordinatorRecords = new DurabilityGate(warn("coordinator"));
@@ -96,7 +100,8 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   }
 
   nowMs(): number {
-    return Date.now() + this.options.clockSkewMs;
+    if (!this.coordinator.clockInUse() && !this.participant.clockInUse()) this.clock.followWallClock();
+    return this.clock.nowMs();
   }
 
   /** Recovers both roles from the catalog: undecided snapshots abort, decided ones finish. */
@@ -318,6 +323,10 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
 
   private send(to: string, msg: SnapshotMessage): void {
     const { group } = this.options;
+    // A prepare leaves after the coordinator's record is durable: stamp it now, not when it was
+    // made, so the round trip the ready measures (and the clock offsets bounded by it) leave the
+    // record's fsync out.
+    if (msg.type === "snap.prepare") msg = { ...msg, sentAtMs: this.nowMs() };
     if (to === group.selfId) {
       // As if over the network: never re-enter the state machine, and let the messages to the
       // other nodes (their batch is flushed by an earlier microtask) leave first. A microtask,

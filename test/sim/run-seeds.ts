@@ -1,6 +1,6 @@
 // Runs many simulation seeds of the snapshot protocol and prints every failing seed with the
 // command that replays it. `bun test/sim/run-seeds.ts --mode timestamp --seeds 100000 [--seed N]
-// [--start S] [--sabotage ignoreHold|ignoreCommitWait|allCutEarly] [--trace]`. Exits 1 if any seed failed.
+// [--start S] [--sabotage ignoreHold|ignoreCommitWait|allCutEarly|shortCommitWait|clockStepsAnytime] [--trace]`. Exits 1 if any seed failed.
 import type { SnapshotMode } from "../../core/snapshot-messages.ts";
 import { checkHistory } from "./snapshot-checker.ts";
 import { runWorld, type Sabotage } from "./snapshot-world.ts";
@@ -35,8 +35,9 @@ function parseArgs(argv: string[]): Args {
     else if (flag === "--trace") args.trace = true;
     else if (flag === "--sabotage") {
       const kind = value();
-      if (kind !== "ignoreHold" && kind !== "ignoreCommitWait" && kind !== "allCutEarly") usage(`unknown sabotage '${kind}'`);
-      args.sabotage[kind] = true;
+      const kinds = ["ignoreHold", "ignoreCommitWait", "allCutEarly", "shortCommitWait", "clockStepsAnytime"] as const;
+      if (!(kinds as readonly string[]).includes(kind)) usage(`unknown sabotage '${kind}'`);
+      args.sabotage[kind as keyof Sabotage] = true;
     } else usage(`unknown argument '${flag}'`);
   }
   return args;
@@ -49,7 +50,7 @@ function positive(text: string, flag: string): number {
 }
 
 function usage(problem: string): never {
-  console.error(`${problem}\nusage: bun test/sim/run-seeds.ts [--mode hold|timestamp|both] [--seeds N] [--start S] [--seed N] [--sabotage ignoreHold|ignoreCommitWait|allCutEarly] [--trace]`);
+  console.error(`${problem}\nusage: bun test/sim/run-seeds.ts [--mode hold|timestamp|both] [--seeds N] [--start S] [--seed N] [--sabotage ignoreHold|ignoreCommitWait|allCutEarly|shortCommitWait|clockStepsAnytime] [--trace]`);
   process.exit(2);
 }
 

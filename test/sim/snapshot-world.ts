@@ -17,6 +17,10 @@ export interface Sabotage {
   ignoreCommitWait?: boolean;
   /** Everyone is told "allcut" as soon as the first participant says it cut. */
   allCutEarly?: boolean;
+  /** The coordinator tells each participant 70% of the commit wait the measured offsets need. */
+  shortCommitWait?: boolean;
+  /** Nodes follow clock steps even while a snapshot relies on their earlier readings. */
+  clockStepsAnytime?: boolean;
 }
 
 export interface WorldOptions {
@@ -291,7 +295,15 @@ class World {
     }
   }
 
+  /**
+   * The time daemon sets this node's clock. A node follows such a step only while no snapshot relies
+   * on its earlier readings (transport/node-clock.ts); until then its clock runs on unstepped.
+   */
   private jumpClock(node: SimNode): void {
+    if (!this.sabotage.clockStepsAnytime && node.up && (node.coordinator.clockInUse() || node.participant.clockInUse())) {
+      this.at(this.nowMs + this.rng.range(1, 20), () => this.jumpClock(node));
+      return;
+    }
     node.offsetMs = this.rng.range(-this.scenario.skewMs, this.scenario.skewMs);
     this.log(`${node.id} clock offset now ${node.offsetMs.toFixed(3)}`);
     if (node.up) this.rearm(node, true);
@@ -315,11 +327,14 @@ class World {
       maxDeliveryAttempts: 6,
       cutMarginMs: this.scenario.cutMarginMs,
       maxCutLeadMs: 500,
+      // Simulated clocks read exactly: offset bounds get no slack, the hardest case for them.
+      clockResolutionMs: 0,
     });
     node.participant = new SnapshotParticipant({
       nodeId: node.id,
       incarnation: `${node.id}#${node.incarnation}`,
       maxClockSkewMs: this.scenario.skewMs,
+      clockResolutionMs: 0,
       maxPrepareAgeMs: 200,
       maxCutLeadMs: 500,
       queryIntervalMs: 20,
@@ -411,6 +426,9 @@ class World {
     if (this.sabotage.allCutEarly && payload.kind === "snap" && payload.msg.type === "snap.cut") {
       const allCut: SnapshotMessage = { type: "snap.allcut", snapshotId: payload.msg.snapshotId };
       for (const node of this.nodes) if (node.up) this.at(this.nowMs, () => this.deliver(node, to, { kind: "snap", msg: allCut }));
+    }
+    if (this.sabotage.shortCommitWait && payload.kind === "snap" && payload.msg.type === "snap.take" && payload.msg.commitWaitMs !== undefined) {
+      payload = { ...payload, msg: { ...payload.msg, commitWaitMs: payload.msg.commitWaitMs * 0.7 } };
     }
     if (to === from.id) {
       this.at(this.nowMs, () => this.deliver(target, from.id, payload));

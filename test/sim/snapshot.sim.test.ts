@@ -47,6 +47,14 @@ describe("snapshot simulation", () => {
     expect(firstCaughtSeed("timestamp", { allCutEarly: true })).toBeDefined();
   });
 
+  test("the checker catches a commit wait shorter than the measured clock offsets allow", () => {
+    expect(firstCaughtSeed("timestamp", { shortCommitWait: true })).toBeDefined();
+  });
+
+  test("the checker catches a node whose clock steps while a snapshot relies on it", () => {
+    expect(firstCaughtSeed("timestamp", { clockStepsAnytime: true })).toBeDefined();
+  });
+
   // Seeds that once failed (a participant asserted on a late commit after forgetting the snapshot).
   // They are tied to this version of the world's random stream; the unit tests pin the mechanism.
   const REGRESSION_SEEDS: [SnapshotMode, number][] = [["hold", 17543], ["hold", 39010], ["hold", 89016], ["timestamp", 65659], ["timestamp", 71994]];

@@ -228,7 +228,10 @@ describe("timestamp mode", () => {
     expect(b.beforeWrite("other", cutAtMs)).toEqual({ effects: [], ackNotBeforeMs: cutAtMs, fences: [] });
     const admission = b.beforeWrite("db", cutAtMs + 1);
     expect(admission.effects.map((e) => (e.kind === "send" ? e.msg.type : e.kind))).toEqual(["cut", "snap.cut", "snap.taken"]);
-    expect(admission.ackNotBeforeMs).toBe(cutAtMs + 10);
+    // Measured on prepare/ready (zero round trip, 1 ms resolution on both ends): b's offset from a
+    // lies in [2, 6] and a's own in [-2, 2], so b waits 6 - (-2) = 8 ms, plus 2 x 500 ppm of the
+    // 40 ms from prepare to T + 2 skew; under the skew bound's 10 ms.
+    expect(admission.ackNotBeforeMs).toBeCloseTo(cutAtMs + 8.04, 9);
     expect(admission.fences).toEqual(["a.1"]);
     expect(b.beforeWrite("db", cutAtMs + 20).ackNotBeforeMs).toBe(cutAtMs + 20);
     h.apply("b", admission.effects);
@@ -238,6 +241,33 @@ describe("timestamp mode", () => {
     expect(h.done("a.1")).toMatchObject({ ok: true, result: { cutAtMs } });
     // After commit every participant has cut, so later writes need no wait.
     expect(b.beforeWrite("db", cutAtMs + 2).ackNotBeforeMs).toBe(cutAtMs + 2);
+  });
+
+  test("the clock is in use from prepare until the commit wait ends, and free again after", () => {
+    const h = new Harness(["a", "b"], 5);
+    const inUse = () => ["a", "b"].map((n) => h.coordinators.get(n)!.clockInUse() || h.participants.get(n)!.clockInUse());
+    expect(inUse()).toEqual([false, false]);
+    h.start("a", "a.1", "timestamp", ["a", "b"]);
+    expect(inUse()).toEqual([true, false]); // the coordinator's readings bracket the ready round trips
+    h.drop = (m) => m.msg.type === "snap.taken"; // keep the snapshot undecided: only time ends the waits
+    h.pump();
+    expect(inUse()).toEqual([true, true]);
+    const cutAtMs = (h.sent("snap.take")[0] as { cutAtMs: number }).cutAtMs;
+    h.nowMs = cutAtMs + 1;
+    h.tick("b"); // b cuts; its commit wait runs
+    expect(h.participants.get("b")!.clockInUse()).toBe(true);
+    h.nowMs = cutAtMs + 10;
+    h.tick("a");
+    h.tick("b");
+    // Both cut, both waits over; the pending cut and the coordinator's undecided take remain.
+    expect(h.participants.get("b")!.clockInUse()).toBe(false);
+    expect(h.coordinators.get("a")!.clockInUse()).toBe(true);
+    h.drop = () => false;
+    h.apply("b", [{ kind: "send", to: "a", msg: { type: "snap.taken", snapshotId: "a.1" } }]);
+    h.apply("a", [{ kind: "send", to: "a", msg: { type: "snap.taken", snapshotId: "a.1" } }]);
+    h.pump();
+    expect(h.done("a.1")).toMatchObject({ ok: true });
+    expect(inUse()).toEqual([false, false]);
   });
 
   test("a take that arrives after its cut time is refused and the snapshot fails cleanly", () => {
@@ -292,7 +322,7 @@ describe("failures and recovery", () => {
     h.drop = (m) => m.from === "b" && (m.msg.type === "snap.taken" || m.msg.type === "snap.cut");
     h.start("a", "a.1", "timestamp", ["a", "b"]);
     h.pump();
-    h.nowMs += 35; // past T (now + 30: no round trip, 2 x 5 ms skew, 20 ms margin), inside the commit wait
+    h.nowMs += 32; // past T (now + 30: no round trip, 2 x 5 ms skew, 20 ms margin), inside the 4 ms commit wait
     h.tick("a");
     h.tick("b");
     h.pump();
