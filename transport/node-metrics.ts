@@ -75,7 +75,7 @@ export class NodeMetrics {
     this.snapshotResults = r.counter("shoal_snapshots_total", "snapshots coordinated here, by result", ["result"]);
     this.snapshotHold = r.histogram("shoal_snapshot_hold_seconds", "how long this node held a volume's requests for a hold-mode snapshot").with();
     this.commitWait = r
-      .histogram("shoal_snapshot_commit_wait_seconds", "timestamp mode: from this node's cut until every participant is known to have cut (acks of writes applied meanwhile wait)")
+      .histogram("shoal_snapshot_commit_wait_seconds", "timestamp mode: from this node's cut until every participant's clock has read T (acks of writes applied meanwhile wait)")
       .with();
 
     this.movePagesTotal = r.gauge("shoal_move_pages_total", "pages a running route move of the volume has to move", ["volume"]);

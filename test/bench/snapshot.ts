@@ -450,7 +450,7 @@ function postSnapshot(load: PacedWriteLoad, steady: LatencyStats, timings: Creat
   };
 }
 
-/** The nodes' commit-wait histograms summed (timestamp mode: each cut until every participant is known to have cut). */
+/** The nodes' commit-wait histograms summed (timestamp mode: from each cut until every participant's clock has read T). */
 async function commitWaitTotals(nodes: TestNode[]): Promise<{ seconds: number; cuts: number }> {
   let seconds = 0;
   let cuts = 0;
@@ -944,7 +944,7 @@ function renderReport(results: Results, options: Options, info: RunInfo): string
           `2: ${timestamp.snapshots} timestamp-mode snapshots in ${options.durationMs / 1000} s, back to back (every write is one of the first after a cut); then ${timestamp.spacedSnapshots},`,
           `   one every ${TS_SPACED_INTERVAL_MS / 1000} s, counting the writes issued while a create call ran`,
           describeCpu("back to back", timestamp.cpu),
-          `   commit wait (a cut until every participant is known to have cut; writes applied meanwhile wait for their ack): mean ${ms(timestamp.commitWait.meanMs)} ms over ${timestamp.commitWait.cuts} cuts of the one-a-second snapshots (nodes' histograms)`,
+          `   commit wait (from a cut until every participant's clock has read T; acks of writes applied meanwhile wait): mean ${ms(timestamp.commitWait.meanMs)} ms over ${timestamp.commitWait.cuts} cuts of the one-a-second snapshots (nodes' histograms)`,
         ]
       : []),
     ...(createVsData ? [`3: ${CREATE_ROUNDS} hold-mode creates per volume, alternating, load on a third volume; ratio of median wall times (tookMs: as the coordinator measured)`] : []),
