@@ -251,6 +251,13 @@ export class SnapshotParticipant {
     return wakeAtMs === Infinity ? undefined : wakeAtMs;
   }
 
+  /** When the earliest commit wait ends (Infinity: none runs). */
+  nextFenceEndMs(): number {
+    let endMs = Infinity;
+    for (const fence of this.fences.values()) endMs = Math.min(endMs, fence.untilMs);
+    return endMs;
+  }
+
   /** A snapshot of this volume is under way here (prepared, or its commit wait still running). */
   involves(volume: string): boolean {
     for (const entry of this.entries.values()) if (entry.volumes.includes(volume)) return true;

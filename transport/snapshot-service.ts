@@ -66,6 +66,10 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   private readonly incarnation = crypto.randomUUID().slice(0, 8);
   private counter = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  /** Turns of the event loop waited out before a commit wait ends (see rearm). */
+  private poll: ReturnType<typeof setImmediate> | undefined;
+  /** When the protocol next wants a tick (Infinity: never). */
+  private wakeAtMs = Infinity;
   private readonly waiting = new Map<
     string,
     { resolve: (r: SnapshotResult) => void; reject: (e: ShoalError) => void; promise: Promise<SnapshotResult>; onReady: () => void }
@@ -116,11 +120,14 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   stop(): void {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearImmediate(this.poll);
   }
 
   // ---- the data path's questions (SnapshotGate)
 
   beforeWrite(volume: string): Promise<void> | undefined {
+    // A timer the busy event loop has not run yet: its work (a commit wait ending) goes first.
+    if (this.wakeAtMs <= this.nowMs()) this.tick();
     const admission = this.participant.beforeWrite(volume, this.nowMs());
     if (admission.effects.length > 0) this.runParticipant(admission.effects);
     // Running the cut may have ended its fence at once (a cut the store refused is given up).
@@ -559,8 +566,26 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     if (this.stopped) return;
     const wakeAtMs = Math.min(this.coordinator.nextWakeAtMs() ?? Infinity, this.participant.nextWakeAtMs() ?? Infinity);
     clearTimeout(this.timer);
+    clearImmediate(this.poll);
+    this.wakeAtMs = wakeAtMs;
     if (wakeAtMs === Infinity) return;
-    this.timer = setTimeout(() => this.tick(), Math.max(0, wakeAtMs - this.nowMs()));
+    const delayMs = wakeAtMs - this.nowMs();
+    if (wakeAtMs !== this.participant.nextFenceEndMs()) {
+      this.timer = setTimeout(() => this.tick(), Math.max(0, Math.ceil(delayMs)));
+      return;
+    }
+    // Acknowledgements wait for this one. Timers here fire in whole milliseconds and at least
+    // 1 ms out, so a commit wait ending in 1.3 ms would end after 2.2: time the bulk, then wait
+    // out the last millisecond in turns of the event loop, which keep serving I/O.
+    if (delayMs > 2) {
+      this.timer = setTimeout(() => this.rearm(), Math.floor(delayMs) - 1);
+      return;
+    }
+    const poll = () => {
+      if (this.nowMs() >= wakeAtMs) this.tick();
+      else this.poll = setImmediate(poll);
+    };
+    this.poll = setImmediate(poll);
   }
 
   private tick(): void {
