@@ -61,6 +61,8 @@ export function manifestOf(spec: ArchiveSpec): ArchiveManifest {
   if (pages === undefined) throw new ShoalError("INTERNAL", "archive candidate pages must be strictly increasing integers");
   const manifest = canonicalManifest({
     ...spec,
+    // Whole milliseconds, as every reader of this format version expects; node clocks read finer.
+    snapshot: { ...spec.snapshot, cutAtMs: Math.floor(spec.snapshot.cutAtMs) },
     format: MANIFEST_FORMAT,
     version: ARCHIVE_FORMAT_VERSION,
     pages,

@@ -267,6 +267,12 @@ describe("snapshot archive: round trip", () => {
     const full = readArchive([sampleArchive().bytes]).manifest!;
     expect([full.base, full.unlisted, full.recordSizeBytes]).toEqual([null, "zero", 10240]);
   });
+
+  test("a cut time read to a fraction of a millisecond is written in whole milliseconds, as readers expect", () => {
+    const cutAtMs = CREATED_AT_MS - 5000 + 0.731;
+    const { bytes } = sampleArchive({ snapshot: { name: "nightly", id: "snap-id-9", cutAtMs } });
+    expect(readArchive([bytes]).manifest!.snapshot.cutAtMs).toBe(CREATED_AT_MS - 5000);
+  });
 });
 
 describe("snapshot archive: records", () => {
