@@ -156,7 +156,8 @@ export class SnapshotCoordinator {
       volumes: [...req.volumes],
       mode: req.mode,
       participants: [...req.participants],
-      startedAtMs: req.nowMs,
+      // Times operators see are whole milliseconds (scripts do integer arithmetic on them).
+      startedAtMs: Math.floor(req.nowMs),
       state: "started",
       ...(req.routingVersions ? { routingVersions: { ...req.routingVersions } } : {}),
     };
@@ -302,8 +303,9 @@ export class SnapshotCoordinator {
       attempt.deadlineMs = plan + 2 * attempt.maxClockSkewMs + attempt.holdTimeoutMs;
     } else {
       // Every participant said ready and holds until this take reaches it (a lapsed hold refuses
-      // the take), so now is an instant at which all of them hold: the cut's T.
-      attempt.record.cutAtMs = nowMs;
+      // the take), so now is an instant at which all of them hold: the cut's T, reported in whole
+      // milliseconds as a millisecond clock would read it.
+      attempt.record.cutAtMs = Math.floor(nowMs);
     }
     attempt.phase = "taking";
     attempt.nextSendAtMs = nowMs + this.config.retryIntervalMs;
@@ -510,7 +512,7 @@ function planCut(attempt: Attempt, nowMs: number, config: CoordinatorConfig): nu
   if (leadMs > config.maxCutLeadMs) {
     return new ShoalError("TIMEOUT", `round trips of ${Math.round(maxRoundTripMs)} ms plus skew allowance exceed the ${config.maxCutLeadMs} ms cut lead; the network is too slow for a timestamp snapshot now`);
   }
-  return nowMs + leadMs;
+  return Math.ceil(nowMs + leadMs); // a whole millisecond, as reported
 }
 
 function offsetSamples(attempt: Attempt): Map<NodeId, OffsetSample> {

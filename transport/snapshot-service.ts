@@ -537,7 +537,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         mode: record.mode,
         startedAtMs: record.startedAtMs,
         ...(record.cutAtMs !== undefined ? { cutAtMs: record.cutAtMs } : {}),
-        createdAtMs: this.nowMs(),
+        createdAtMs: Math.floor(this.nowMs()),
         coordinator: group.selfId,
         participants: record.participants,
         version: 1,

@@ -270,6 +270,23 @@ describe("timestamp mode", () => {
     expect(inUse()).toEqual([false, false]);
   });
 
+  test("T and the start time are whole milliseconds though clocks read finer, in both modes", () => {
+    for (const mode of ["hold", "timestamp"] as const) {
+      const h = new Harness(["a", "b"], 5);
+      h.nowMs = 1000.37;
+      h.offsets.set("b", 0.21);
+      h.start("a", "a.1", mode, ["a", "b"]);
+      h.pump();
+      h.nowMs = 1100.5; // past T in timestamp mode: a and b cut on their timers
+      h.tick("a");
+      h.tick("b");
+      h.pump();
+      const done = h.done("a.1") as { ok: true; result: { cutAtMs: number; startedAtMs: number } };
+      expect(done).toMatchObject({ ok: true });
+      expect([mode, Number.isInteger(done.result.cutAtMs), done.result.startedAtMs]).toEqual([mode, true, 1000]);
+    }
+  });
+
   test("a take that arrives after its cut time is refused and the snapshot fails cleanly", () => {
     const h = new Harness(["a", "b"], 5);
     h.drop = (m) => m.msg.type === "snap.take";
