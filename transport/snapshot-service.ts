@@ -87,7 +87,12 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
 
   constructor(private readonly options: SnapshotServiceOptions) {
     const nodeId = options.group.selfId;
-    this.clock = new NodeClock(options.clockSkewMs, (stepMs) => options.log.info(`wall clock was set by ${stepMs.toFixed(1)} ms; the snapshot clock follows`));
+    // Small steps are the monotonic clock drifting from the wall clock (where the time daemon
+    // slews one and not the other); large ones are the time being set, worth a line.
+    const onStep = (stepMs: number) => {
+      if (Math.abs(stepMs) >= 50) options.log.info(`wall clock was set by ${stepMs.toFixed(1)} ms; the snapshot clock follows`);
+    };
+    this.clock = new NodeClock(options.clockSkewMs, onStep);
     const clockResolutionMs = this.clock.resolutionMs;
     this.coordinator = new SnapshotCoordinator({ nodeId, clockResolutionMs });
     this.participant = new SnapshotParticipant({ nodeId, incarnation: this.incarnation, maxClockSkewMs: options.maxClockSkewMs, clockResolutionMs });
