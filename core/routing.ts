@@ -2,6 +2,7 @@
 // table with a higher version; every member keeps the newest table it has seen.
 import { ShoalError } from "./errors.ts";
 
+/** Never changed once made: a change is a new table (withOwner), which callers may cache on. */
 export interface RoutingTable {
   version: number;
   /** Node ids the owner indexes refer to; order has no meaning beyond that. */
@@ -30,14 +31,30 @@ export function ownerOf(table: RoutingTable, page: number): string {
 
 /** Pages per node, in the table's node order (nodes holding nothing included with 0). */
 export function pagesPerNode(table: RoutingTable): Map<string, number> {
-  const counts = new Array<number>(table.nodes.length).fill(0);
-  for (let page = 0; page < table.owners.length; page++) counts[table.owners[page]!]!++;
-  return new Map(table.nodes.map((node, index) => [node, counts[index]!]));
+  return new Map(countsOf(table));
 }
 
 /** Every node that owns at least one page. */
 export function holders(table: RoutingTable): string[] {
-  return [...pagesPerNode(table)].filter(([, count]) => count > 0).map(([node]) => node);
+  return [...countsOf(table)].filter(([, count]) => count > 0).map(([node]) => node);
+}
+
+/**
+ * Pages per node, counted once per table: a snapshot asks on its prepare and again at its cut,
+ * while clients are held, and a 1 TiB volume's count walks 262,144 pages (0.3 ms warm, 8 ms
+ * cold). Tables are never changed once made (withOwner makes a new one), so the count stays true.
+ */
+const pageCounts = new WeakMap<RoutingTable, ReadonlyMap<string, number>>();
+
+function countsOf(table: RoutingTable): ReadonlyMap<string, number> {
+  let counts = pageCounts.get(table);
+  if (counts === undefined) {
+    const perIndex = new Array<number>(table.nodes.length).fill(0);
+    for (let page = 0; page < table.owners.length; page++) perIndex[table.owners[page]!]!++;
+    counts = new Map(table.nodes.map((node, index) => [node, perIndex[index]!]));
+    pageCounts.set(table, counts);
+  }
+  return counts;
 }
 
 /** A run of pages first, first+step, ..., last owned by one node. */

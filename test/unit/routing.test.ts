@@ -1,11 +1,21 @@
 import { describe, expect, test } from "bun:test";
-import { describeRuns, formatRun, holders, ownerOf, pagesPerNode, routingFromWire, routingToWire, stripedTable } from "../../core/routing.ts";
+import { describeRuns, formatRun, holders, ownerOf, pagesPerNode, routingFromWire, routingToWire, stripedTable, withOwner } from "../../core/routing.ts";
 
 describe("routing table", () => {
   test("striping puts consecutive pages on different nodes and spreads them evenly", () => {
     const table = stripedTable(10, ["a", "b", "c"]);
     for (let page = 1; page < 10; page++) expect(ownerOf(table, page)).not.toBe(ownerOf(table, page - 1));
     expect([...pagesPerNode(table).values()]).toEqual([4, 3, 3]);
+  });
+  test("page counts, counted once per table, follow a move into a new table and cannot be changed by callers", () => {
+    const table = stripedTable(6, ["a", "b"]);
+    expect(holders(table)).toEqual(["a", "b"]);
+    pagesPerNode(table).set("a", 99);
+    expect(pagesPerNode(table)).toEqual(new Map([["a", 3], ["b", 3]]));
+    const moved = withOwner(table, [1, 3, 5], "c");
+    expect(pagesPerNode(moved)).toEqual(new Map([["a", 3], ["b", 0], ["c", 3]]));
+    expect(holders(moved)).toEqual(["a", "c"]);
+    expect(holders(table)).toEqual(["a", "b"]);
   });
   test("a volume may sit on one node", () => {
     const table = stripedTable(5, ["solo"]);
