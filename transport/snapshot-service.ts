@@ -340,10 +340,13 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     // record's fsync out.
     if (msg.type === "snap.prepare") msg = { ...msg, sentAtMs: this.nowMs() };
     if (to === group.selfId) {
-      // As if over the network: never re-enter the state machine, and let the messages to the
-      // other nodes (their batch is flushed by an earlier microtask) leave first. A microtask,
-      // not a later event-loop turn: under load a turn is milliseconds, and this node may hold.
-      queueMicrotask(() => this.deliver(to, msg));
+      // As if over the network: never re-enter the state machine. The messages to the other
+      // nodes must leave first, whatever the order of the sends: a take to this node cuts here
+      // and runs the released requests, and a remote participant would hold its clients that much
+      // longer. Their batches are flushed by microtasks queued at their first send, so this one
+      // queues itself twice to come after all sends of this turn. Microtasks, not a later
+      // event-loop turn: under load a turn is milliseconds, and this node may hold.
+      queueMicrotask(() => queueMicrotask(() => this.deliver(to, msg)));
       return;
     }
     // Lost messages are the protocol's business (it resends); a down peer is reported by the link.
