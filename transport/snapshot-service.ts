@@ -131,9 +131,13 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   // ---- the data path's questions (SnapshotGate)
 
   beforeWrite(volume: string): Promise<void> | undefined {
+    let nowMs = this.nowMs();
     // A timer the busy event loop has not run yet: its work (a commit wait ending) goes first.
-    if (this.wakeAtMs <= this.nowMs()) this.tick();
-    const admission = this.participant.beforeWrite(volume, this.nowMs());
+    if (this.wakeAtMs <= nowMs) {
+      this.tick();
+      nowMs = this.nowMs();
+    }
+    const admission = this.participant.beforeWrite(volume, nowMs);
     if (admission.effects.length > 0) this.runParticipant(admission.effects);
     // Running the cut may have ended its fence at once (a cut the store refused is given up).
     const fences = admission.fences.filter((snapshotId) => this.participant.isFenced(snapshotId));
