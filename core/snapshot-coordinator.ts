@@ -121,8 +121,6 @@ interface Attempt {
   /** Prepare/take must finish by then (coordinator clock). */
   deadlineMs: number;
   ready: Map<NodeId, ReadyInfo>;
-  /** Timestamp mode: each participant's commit wait, measured from the ready round trips. */
-  commitWaits: Map<NodeId, number>;
   taken: Set<NodeId>;
   /** Timestamp mode: participants that said they cut (taken ones did too); allcut went out once all had. */
   cut: Set<NodeId>;
@@ -298,7 +296,6 @@ export class SnapshotCoordinator {
       const plan = planCut(attempt, nowMs, this.config);
       if (plan instanceof ShoalError) return this.abort(attempt, plan, nowMs);
       attempt.record.cutAtMs = plan;
-      attempt.commitWaits = commitWaits(offsetSamples(attempt), plan, attempt.maxClockSkewMs, this.config.clockResolutionMs);
       // Participants cut by T + skew in real time; give the taken replies a full timeout after that.
       attempt.deadlineMs = plan + 2 * attempt.maxClockSkewMs + attempt.holdTimeoutMs;
     } else {
@@ -451,6 +448,8 @@ export class SnapshotCoordinator {
 
   private sendTake(attempt: Attempt, targets: NodeId[]): CoordinatorEffect[] {
     const r = attempt.record;
+    // Timestamp mode: each participant's commit wait, from the offsets the ready round trips measured.
+    const waits = r.mode === "timestamp" && r.cutAtMs !== undefined ? commitWaits(offsetSamples(attempt), r.cutAtMs, attempt.maxClockSkewMs, this.config.clockResolutionMs) : undefined;
     return targets.map((to) => ({
       kind: "send" as const,
       to,
@@ -459,7 +458,7 @@ export class SnapshotCoordinator {
         snapshotId: r.snapshotId,
         prepareNonce: attempt.ready.get(to)!.prepareNonce,
         ...(r.cutAtMs === undefined || r.mode !== "timestamp" ? {} : { cutAtMs: r.cutAtMs }),
-        ...(attempt.commitWaits.has(to) ? { commitWaitMs: attempt.commitWaits.get(to)! } : {}),
+        ...(waits?.has(to) ? { commitWaitMs: waits.get(to)! } : {}),
       },
     }));
   }
@@ -473,7 +472,6 @@ function newAttempt(record: CoordinatorRecord, holdTimeoutMs: number, maxClockSk
     phase,
     deadlineMs,
     ready: new Map(),
-    commitWaits: new Map(),
     taken: new Set(),
     cut: new Set(),
     allCutSent: false,
