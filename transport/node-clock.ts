@@ -17,7 +17,11 @@ export class NodeClock {
   constructor(
     private readonly shiftMs = 0,
     private readonly onStep: (stepMs: number) => void = () => {},
-  ) {}
+  ) {
+    // The process may have run a while: its monotonic clock drifts from the wall clock (by
+    // 40 ppm on a CI machine), so a clock made late starts from the wall time, not the origin.
+    this.anchorMs += this.stepFromWallMs();
+  }
 
   nowMs(): number {
     return this.anchorMs + performance.now() + this.shiftMs;
@@ -28,12 +32,17 @@ export class NodeClock {
    * readings taken before. Returns the step followed (0 when none).
    */
   followWallClock(): number {
-    const monotonicMs = performance.now();
-    // Date.now() truncates: it reads up to 1 ms below the true wall time, never above.
-    const stepMs = Date.now() + 0.5 - (this.anchorMs + monotonicMs);
-    if (Math.abs(stepMs) < STEP_TOLERANCE_MS) return 0;
+    const stepMs = this.stepFromWallMs();
+    if (stepMs === 0) return 0;
     this.anchorMs += stepMs;
     this.onStep(stepMs);
     return stepMs;
+  }
+
+  /** How far the wall clock is from this one, 0 within the tolerance. */
+  private stepFromWallMs(): number {
+    // Date.now() truncates: it reads up to 1 ms below the true wall time, never above.
+    const stepMs = Date.now() + 0.5 - (this.anchorMs + performance.now());
+    return Math.abs(stepMs) < STEP_TOLERANCE_MS ? 0 : stepMs;
   }
 }
