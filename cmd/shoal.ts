@@ -43,7 +43,8 @@ async function run(rawArgs: string[]): Promise<void> {
       fail(json, "BAD_ARGUMENT", json ? message : `${message}; see '${path.join(" ")} --help'`, 2);
     }
     const error = asShoalError(err);
-    fail(json, error.code, error.message, error instanceof ShoalError ? error.exitCode : 1);
+    const message = error.message.replace(/; see --help$/, `; see '${path.join(" ")} --help'`);
+    fail(json, error.code, message, error instanceof ShoalError ? error.exitCode : 1);
   }
 }
 

@@ -92,7 +92,8 @@ describe("arguments", () => {
     for (const args of [["volume", "info", "v", "extra"], ["volume", "import", "v", "-", "extra"], ["archive", "verify", "x"], ["route", "nodes", "n1"]]) {
       const result = await shoal(args);
       expect(result.exitCode).toBe(2);
-      expect(result.stderr).toContain("unexpected argument");
+      expect(result.stderr).toContain(`unexpected argument`);
+      expect(result.stderr).toContain(`see 'shoal ${args[0]} ${args[1]} --help'`);
       expect(result.stderr.trim().split("\n")).toHaveLength(1);
     }
   });
