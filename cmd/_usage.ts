@@ -6,7 +6,7 @@ import { kebab } from "./_cli.ts";
 
 export const PROGRAM = "shoal";
 
-// biome-ignore lint: any command, whatever its args
+// Any command, whatever its args: usage only reads their definitions.
 type AnyCommand = CommandDef<any>;
 
 /** Colour only for a person at a terminal, and never when NO_COLOR is set (no-color.org). */
