@@ -10,7 +10,7 @@ import type { Group } from "../transport/group.ts";
 import { storeUsage, type VolumeRouter } from "../transport/volume-router.ts";
 import type { CreateSnapshot, SnapshotService } from "../transport/snapshot-service.ts";
 import type { SnapshotResult } from "../core/snapshot-coordinator.ts";
-import { parseSnapshotRef, snapshotLayerId } from "../core/snapshot-record.ts";
+import { parseSnapshotRef, snapshotLayerId, volumeUsageOn } from "../core/snapshot-record.ts";
 
 export interface AdminApiOptions {
   group: Group;
@@ -151,8 +151,7 @@ export class AdminApi {
     const perNode = [...pagesPerNode(record.routing)].map(([node, pages]) => ({
       node,
       pages,
-      pagesWritten: usage.get(node)?.[record.uid]?.pages ?? (usage.has(node) ? 0 : null),
-      bytesUsed: usage.get(node)?.[record.uid]?.bytes ?? (usage.has(node) ? 0 : null),
+      ...usageOn(usage.get(node), record.uid),
     }));
     return { ...summarize(record), createdAtMs: record.createdAtMs, nodes: perNode };
   }
@@ -184,11 +183,13 @@ export class AdminApi {
       const member = group.members.get(id)!;
       const link = group.links.get(id);
       const held = usage.get(id);
+      // The sum of what `volume info` shows for this node, volume by volume.
       let pages = 0;
       let bytes = 0;
-      for (const volumeUsage of Object.values(held ?? {})) {
-        pages += volumeUsage.pages;
-        bytes += volumeUsage.bytes;
+      for (const record of group.liveVolumes()) {
+        const volumeUsage = usageOn(held, record.uid);
+        pages += volumeUsage.pagesWritten ?? 0;
+        bytes += volumeUsage.bytesUsed ?? 0;
       }
       return {
         id,
@@ -221,14 +222,11 @@ export class AdminApi {
     const counts = pagesPerNode(record.routing);
     const runs = describeRuns(record.routing);
     const usage = await this.usageByNode(record.routing.nodes);
+    // A volume's USED is what `volume info` shows; a snapshot's, the bytes its own layer holds.
     const bytesOn = (node: string): number | null => {
       const held = usage.get(node);
       if (!held) return null;
-      let bytes = 0;
-      for (const [id, layerUsage] of Object.entries(held)) {
-        if (layer === undefined ? id === record.uid || id.startsWith(`${record.uid}@`) : id === layer) bytes += layerUsage.bytes;
-      }
-      return bytes;
+      return layer === undefined ? usageOn(held, record.uid).bytesUsed : (held[layer]?.bytes ?? 0);
     };
     return {
       name,
@@ -361,6 +359,9 @@ export class AdminApi {
     const record = group.volume(volume);
     const snapshot = group.snapshot(volume, snapshotName);
     const base = sinceName === undefined ? undefined : group.snapshot(volume, sinceName);
+    if (base && base.snapshotId === snapshot.snapshotId) {
+      throw new ShoalError("BAD_ARGUMENT", `--since ${sinceName} is the snapshot being archived; name an older snapshot of '${volume}'`);
+    }
     if (base && base.createdAtMs > snapshot.createdAtMs) {
       throw new ShoalError("BAD_ARGUMENT", `snapshot '${sinceName}' is newer than '${snapshotName}'; --since names an older snapshot`);
     }
@@ -494,4 +495,11 @@ function summarize(record: VolumeRecord): FrameHeader {
     routingVersion: record.routing.version,
     state: record.restoring ? "restoring" : "ready",
   };
+}
+
+/** WRITTEN and USED of a volume on a node (null when the node did not answer). */
+function usageOn(held: Usage | undefined, volumeUid: string): { pagesWritten: number | null; bytesUsed: number | null } {
+  if (!held) return { pagesWritten: null, bytesUsed: null };
+  const { pagesWritten, bytesUsed } = volumeUsageOn(Object.entries(held), volumeUid);
+  return { pagesWritten, bytesUsed };
 }

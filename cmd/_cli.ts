@@ -33,8 +33,12 @@ export function nodeAddress(args: { node?: string; tls?: string }): string {
   return args.node || process.env.SHOAL_NODE || DEFAULT_NODE;
 }
 
-/** citty accepts any flag; a typo must fail loudly instead of being ignored. */
-export function rejectUnknownFlags(context: { rawArgs: string[]; cmd: { args?: unknown } }): void {
+/**
+ * citty accepts any flag and any number of arguments; a typo or a stray word must fail loudly
+ * instead of being ignored. Only a command that reads `args._` itself (VOL...) is `variadic`.
+ */
+export function rejectUnknownFlags(context: { rawArgs: string[]; cmd: { args?: unknown }; args?: { _?: unknown[] } }, options: { variadic?: boolean } = {}): void {
+  if (!options.variadic) rejectExtraArguments(Object.values((context.cmd.args ?? {}) as Record<string, ArgDef>), context.args?._ ?? []);
   const known = new Set<string>(["help", "h"]);
   for (const [name, def] of Object.entries((context.cmd.args ?? {}) as Record<string, ArgDef>)) {
     known.add(name);
@@ -48,6 +52,11 @@ export function rejectUnknownFlags(context: { rawArgs: string[]; cmd: { args?: u
     if (!match || /^-\d/.test(raw) || raw === "-") continue;
     if (!known.has(match[1]!)) throw new ShoalError("BAD_ARGUMENT", `unknown flag '${raw}'; see --help`);
   }
+}
+
+function rejectExtraArguments(defs: ArgDef[], given: unknown[]): void {
+  const expected = defs.filter((def) => def.type === "positional").length;
+  if (given.length > expected) throw new ShoalError("BAD_ARGUMENT", `unexpected argument '${String(given[expected])}'; see --help`);
 }
 
 /** citty hands flags over camelCase; people and config files write them kebab-case. */

@@ -57,6 +57,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   fs.mkdirSync(options.dataDir, { recursive: true });
   const catalog = new Catalog(path.join(options.dataDir, "catalog.db"));
   const id = resolveNodeId(catalog, options.id ?? tls?.name);
+  log.fields.node = id;
   if (tls && tls.name !== id) {
     throw new ShoalError("BAD_ARGUMENT", `the certificate in ${tls.dir} is for '${tls.name}' but this node is '${id}'; issue one with \`shoal tls issue CADIR ${id}\``);
   }
@@ -94,7 +95,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     throw new ShoalError("BAD_REQUEST", `unknown mesh operation '${op}'`);
   };
 
-  const mesh = new MeshServer(handler, { info: (m) => log.info(m), warn: (m) => log.warn(m) }, tls);
+  const mesh = new MeshServer(handler, log, tls);
   const meshPort = mesh.listen(meshAddress.host, meshAddress.port);
   const self: Member = {
     id,
@@ -107,7 +108,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     catalog,
     self: { ...self, nbdAddress: `${nbdAddress.host}:${nbdAddress.port}` },
     handler,
-    log: { info: (m) => log.info(m), warn: (m) => log.warn(m) },
+    log,
     onVolumeChanged: (record, previous) => {
       if (previous && (record.deleted || previous.uid !== record.uid)) dropLayer(previous.uid);
       // A clone starts as an empty layer over the snapshot it was cloned from, on every node
@@ -129,20 +130,19 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   router = new VolumeRouter(group, store);
   const nbd = new NbdServer({
     catalog: router,
-    log: { info: (m: string) => log.info(m), warn: (m: string) => log.warn(m) },
+    log,
     tls: tls ? { identity: tls, required: options.tlsRequired === true } : undefined,
   });
   const { port: nbdPort } = await nbd.listen(nbdAddress.host, nbdAddress.port);
   group.addMember({ ...self, nbdAddress: `${nbdAddress.host}:${nbdPort}` });
   const clockSkewMs = Number(process.env.SHOAL_CLOCK_SKEW_MS ?? 0);
-  snapshots = new SnapshotService({ group, store, catalog, log: { info: (m) => log.info(m), warn: (m) => log.warn(m) }, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs });
+  snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs });
   router.gate = snapshots;
-  const meshLog = { info: (m: string) => log.info(m), warn: (m: string) => log.warn(m) };
-  mover = new PageMover(group, store, meshLog);
+  mover = new PageMover(group, store, log);
   mover.snapshots = snapshots;
   router.mover = mover;
   snapshots.mover = mover;
-  const moves = new MoveService(group, mover, meshLog);
+  const moves = new MoveService(group, mover, log);
   routeAdmin = new RouteAdmin(group, moves);
   admin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
   watchNodeState(nodeMetrics, { group, store, version: SHOAL_VERSION, startedAtMs, nbdConnections: () => nbd.connectionCount, meshConnections: () => mesh.connections.size });

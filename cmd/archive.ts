@@ -1,5 +1,6 @@
 // `shoal archive`: snapshots as tar streams to files, tapes or pipes; incremental; restore, verify.
 import { defineCommand } from "citty";
+import { ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import { parseSnapshotRef } from "../core/snapshot-record.ts";
 import { nodeAddress, nodeArgs, printResult, rejectUnknownFlags } from "./_cli.ts";
@@ -13,7 +14,7 @@ const create = defineCommand({
   meta: { name: "create", description: "Write a snapshot (or only its pages changed since an older one) as a tar stream" },
   args: {
     snapshot: { type: "positional", description: "VOL@SNAP", required: true },
-    since: { type: "string", description: "an older snapshot of the same volume: write only the pages changed since it", valueHint: "OLDSNAP" },
+    since: { type: "string", description: "an older snapshot of the same volume (NAME or VOL@NAME): write only the pages changed since it", valueHint: "SNAP" },
     output: { type: "string", alias: "o", description: "file or tape device, or - for stdout (default)", default: "-", valueHint: "FILE" },
     recordSize: { type: "string", description: "tar record size in bytes, a multiple of 512 (default 10240)", valueHint: "N" },
     ...nodeArgs,
@@ -22,13 +23,24 @@ const create = defineCommand({
     rejectUnknownFlags(context);
     const { args } = context;
     const { volume, name } = parseSnapshotRef(args.snapshot);
-    const summary = await createArchive(nodeAddress(args), volume, name, args.since, args.output, args.recordSize ? Number(args.recordSize) : undefined);
+    const since = args.since === undefined ? undefined : baseSnapshotName(args.since, volume, name);
+    const summary = await createArchive(nodeAddress(args), volume, name, since, args.output, args.recordSize ? Number(args.recordSize) : undefined);
     const line = args.json ? JSON.stringify(summary) : summaryLine(`archived ${args.snapshot}${args.since ? ` since ${args.since}` : ""}:`, summary);
     // With the archive on stdout, the summary must go to stderr.
     if (args.output === "-") process.stderr.write(`${line}\n`);
     else printResult(args.json, summary, () => line);
   },
 });
+
+/** `--since OLD` or `--since VOL@OLD` (as `snap list` prints it): the base snapshot's name. */
+function baseSnapshotName(since: string, volume: string, snapshot: string): string {
+  const base = since.includes("@") ? parseSnapshotRef(since) : { volume, name: since };
+  if (base.volume !== volume) {
+    throw new ShoalError("BAD_ARGUMENT", `--since ${since} is a snapshot of '${base.volume}'; an incremental archive of ${volume}@${snapshot} needs an older snapshot of '${volume}'`);
+  }
+  if (base.name === snapshot) throw new ShoalError("BAD_ARGUMENT", `--since ${since} is the snapshot being archived; name an older snapshot of '${volume}'`);
+  return base.name;
+}
 
 const restore = defineCommand({
   meta: { name: "restore", description: "Apply a full archive (or an incremental onto a volume holding exactly its base)" },

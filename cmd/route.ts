@@ -25,7 +25,7 @@ const nodes = defineCommand({
     }[];
     printResult(args.json, result, () =>
       table(
-        ["ID", "STATE", "MESH", "NBD", "PAGES", "USED", "VERSION", "UPTIME", "HEARTBEAT"],
+        ["ID", "STATE", "MESH", "NBD", "WRITTEN", "USED", "VERSION", "UPTIME", "HEARTBEAT"],
         members.map((m) => [
           m.id,
           m.state,

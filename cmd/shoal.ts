@@ -1,9 +1,11 @@
 #!/usr/bin/env bun
 // The `shoal` binary: subcommands, and one place that turns errors into a line on stderr and
 // an exit code a script can branch on.
-import { defineCommand, runCommand, showUsage } from "citty";
+import { defineCommand, runCommand } from "citty";
 import { asShoalError, ShoalError } from "../core/errors.ts";
+import { kebab } from "./_cli.ts";
 import { SHOAL_VERSION } from "./_node-runtime.ts";
+import { colourFor, PROGRAM, renderUsage, resolveCommand, stripAnsi } from "./_usage.ts";
 import archive from "./archive.ts";
 import node from "./node.ts";
 import route from "./route.ts";
@@ -12,7 +14,7 @@ import tls from "./tls.ts";
 import volume from "./volume.ts";
 
 const main = defineCommand({
-  meta: { name: "shoal", version: SHOAL_VERSION, description: "Distributed block storage with crash-consistent snapshots, served over NBD" },
+  meta: { name: PROGRAM, version: SHOAL_VERSION, description: "Distributed block storage with crash-consistent snapshots, served over NBD" },
   subCommands: { node, volume, route, snap, archive, tls },
 });
 
@@ -21,37 +23,36 @@ async function run(rawArgs: string[]): Promise<void> {
     process.stdout.write(`${SHOAL_VERSION}\n`);
     return;
   }
-  if (rawArgs.length === 0 || rawArgs.includes("--help") || rawArgs.includes("-h")) {
-    await showUsage(...(await resolveForUsage(rawArgs)));
-    if (rawArgs.length === 0) process.exit(2);
+  const { command, path } = resolveCommand(main, rawArgs);
+  if (rawArgs.includes("--help") || rawArgs.includes("-h")) {
+    process.stdout.write(renderUsage(command, path, colourFor(process.stdout)));
     return;
+  }
+  // A command group without its command ("shoal", "shoal volume"): the usage is the answer, as an error.
+  if (command.subCommands && path.length === rawArgs.length + 1) {
+    process.stderr.write(renderUsage(command, path, colourFor(process.stderr)));
+    process.exit(2);
   }
   try {
     await runCommand(main, { rawArgs });
   } catch (err) {
+    const json = rawArgs.includes("--json");
     if (err instanceof Error && err.name === "CLIError") {
-      process.stderr.write(`shoal: ${err.message}; see 'shoal ${rawArgs.filter((a) => !a.startsWith("-")).slice(0, 2).join(" ")} --help'\n`);
-      process.exit(2);
+      // citty names flags camelCase and colours some words; say it as the user typed it.
+      const message = stripAnsi(err.message).replace(/--([a-z]+[A-Z][A-Za-z]*)/g, (_, name: string) => `--${kebab(name)}`);
+      fail(json, "BAD_ARGUMENT", json ? message : `${message}; see '${path.join(" ")} --help'`, 2);
     }
     const error = asShoalError(err);
-    process.stderr.write(`shoal: ${error.message}${error.code === "INTERNAL" ? "" : ` [${error.code}]`}\n`);
-    process.exit(error instanceof ShoalError ? error.exitCode : 1);
+    const message = error.message.replace(/; see --help$/, `; see '${path.join(" ")} --help'`);
+    fail(json, error.code, message, error instanceof ShoalError ? error.exitCode : 1);
   }
 }
 
-/** The deepest subcommand named on the command line, for --help. */
-async function resolveForUsage(rawArgs: string[]): Promise<[typeof main, typeof main?]> {
-  let command = main;
-  let parent: typeof main | undefined;
-  for (const word of rawArgs) {
-    if (word.startsWith("-")) break;
-    const subCommands = (command.subCommands ?? {}) as Record<string, typeof main>;
-    const next = subCommands[word];
-    if (!next) break;
-    parent = command;
-    command = next;
-  }
-  return parent ? [command, parent] : [command];
+/** One line on stderr: text for people, or {code, message} under --json for scripts. */
+function fail(json: boolean, code: string, message: string, exitCode: number): never {
+  const text = stripAnsi(message);
+  process.stderr.write(json ? `${JSON.stringify({ code, message: text, exitCode })}\n` : `${PROGRAM}: ${text}${code === "INTERNAL" ? "" : ` [${code}]`}\n`);
+  process.exit(exitCode);
 }
 
 await run(process.argv.slice(2));

@@ -1,5 +1,6 @@
 // `shoal snap`: crash-consistent snapshots of one or more volumes, and what can be done with them.
 import { defineCommand } from "citty";
+import { ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import { parseSnapshotRef } from "../core/snapshot-record.ts";
 import { adminRequest, nodeAddress, nodeArgs, parseDurationMs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
@@ -14,7 +15,7 @@ const create = defineCommand({
     ...nodeArgs,
   },
   async run(context) {
-    rejectUnknownFlags(context);
+    rejectUnknownFlags(context, { variadic: true });
     const { args } = context;
     const volumes = (args._ as string[]).length > 0 ? (args._ as string[]) : [args.volumes];
     const result = await adminRequest(nodeAddress(args), "admin.snap.create", {
@@ -54,7 +55,7 @@ const prepare = defineCommand({
     ...nodeArgs,
   },
   async run(context) {
-    rejectUnknownFlags(context);
+    rejectUnknownFlags(context, { variadic: true });
     const { args } = context;
     const volumes = (args._ as string[]).length > 0 ? (args._ as string[]) : [args.volumes];
     const result = await adminRequest(nodeAddress(args), "admin.snap.prepare", {
@@ -80,23 +81,48 @@ function phaseCommand(name: "take" | "release", description: string) {
   });
 }
 
+interface ListedSnapshot {
+  name: string;
+  snapshotId: string;
+  volume: string;
+  mode: string;
+  cutAtMs: number;
+  createdAtMs: number;
+  state: string;
+  bytesHeldOnlyByIt: number | null;
+}
+
 const list = defineCommand({
-  meta: { name: "list", description: "List snapshots (of one volume, or all)" },
-  args: { volume: { type: "positional", description: "volume name", required: false }, ...nodeArgs },
+  meta: { name: "list", description: "List snapshots (of one volume, or all), oldest first" },
+  args: {
+    volume: { type: "positional", description: "volume name", required: false },
+    prefix: { type: "string", description: "only snapshots whose name starts with PREFIX", valueHint: "PREFIX" },
+    latest: { type: "boolean", description: "only the newest snapshot, as VOL@NAME (with --json, its record); exit 3 if there is none" },
+    names: { type: "boolean", description: "only VOL@NAME, one a line, no header (for scripts)" },
+    ...nodeArgs,
+  },
   async run(context) {
     rejectUnknownFlags(context);
     const { args } = context;
     const result = await adminRequest(nodeAddress(args), "admin.snap.list", args.volume ? { volume: args.volume } : {});
-    const snapshots = result.snapshots as {
-      name: string;
-      snapshotId: string;
-      volume: string;
-      mode: string;
-      cutAtMs: number;
-      state: string;
-      bytesHeldOnlyByIt: number | null;
-    }[];
-    printResult(args.json, result, () =>
+    const snapshots = (result.snapshots as unknown as ListedSnapshot[])
+      .filter((s) => args.prefix === undefined || s.name.startsWith(args.prefix))
+      .sort((a, b) => a.cutAtMs - b.cutAtMs || a.name.localeCompare(b.name))
+      .map((s) => ({ ...s, cutAt: new Date(s.cutAtMs).toISOString(), createdAt: new Date(s.createdAtMs).toISOString() }));
+    if (args.latest) {
+      const newest = snapshots.at(-1);
+      if (!newest) {
+        const which = `${args.volume ? `volume '${args.volume}' has` : "there are"} no snapshots${args.prefix === undefined ? "" : ` named ${args.prefix}*`}`;
+        throw new ShoalError("UNKNOWN_SNAPSHOT", which);
+      }
+      printResult(args.json, newest, () => `${newest.volume}@${newest.name}`);
+      return;
+    }
+    if (args.names && !args.json) {
+      printResult(false, undefined, () => snapshots.map((s) => `${s.volume}@${s.name}`).join("\n"));
+      return;
+    }
+    printResult(args.json, { snapshots }, () =>
       snapshots.length === 0
         ? "no snapshots"
         : table(
@@ -105,7 +131,7 @@ const list = defineCommand({
               `${s.volume}@${s.name}`,
               s.snapshotId,
               s.mode,
-              new Date(s.cutAtMs).toISOString(),
+              s.cutAt,
               s.state,
               s.bytesHeldOnlyByIt === null ? "?" : formatSize(s.bytesHeldOnlyByIt),
             ]),

@@ -35,6 +35,23 @@ export function snapshotLayerId(volumeUid: string, snapshotId: string): string {
   return `${volumeUid}@${snapshotId}`;
 }
 
+/**
+ * What one node holds of a volume, in the one sense `volume info`, `route show`, `route nodes`
+ * and the shoal_volume_* metrics all use: pages written are the pages of the volume's own (head)
+ * layer; bytes used are the bytes of its head layer and of all its snapshots' layers, so that
+ * taking a snapshot and then overwriting shows up as space, wherever it is looked at.
+ */
+export function volumeUsageOn(layers: Iterable<[string, { pages: number; bytes: number }]>, volumeUid: string): { pagesWritten: number; bytesUsed: number; layers: number } {
+  const usage = { pagesWritten: 0, bytesUsed: 0, layers: 0 };
+  for (const [layerId, held] of layers) {
+    if (layerId !== volumeUid && !layerId.startsWith(`${volumeUid}@`)) continue;
+    if (layerId === volumeUid) usage.pagesWritten += held.pages;
+    usage.bytesUsed += held.bytes;
+    usage.layers++;
+  }
+  return usage;
+}
+
 export function snapshotKey(record: Pick<SnapshotRecord, "volumeUid" | "snapshotId">): string {
   return `${record.volumeUid}/${record.snapshotId}`;
 }

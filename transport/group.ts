@@ -131,9 +131,9 @@ export class Group {
       onPeerInfo: (info) => this.onPeerInfo(member.id, info),
       handler: this.options.handler,
       log: this.options.log,
-      onUp: () => this.options.log.info(`node ${member.id} is up (${member.meshAddress})`),
+      onUp: () => this.options.log.info(`node ${member.id} is up (${member.meshAddress})`, { peer: member.id }),
       onDown: () => {
-        this.options.log.warn(`node ${member.id} is down (${member.meshAddress})`);
+        this.options.log.warn(`node ${member.id} is down (${member.meshAddress})`, { peer: member.id });
         this.options.onPeerDown?.(member.id);
       },
     });
@@ -309,7 +309,7 @@ export class Group {
       const response = await this.link(peerId).request("catalog.dump", {}, undefined, 10_000);
       this.mergeDump(response.result as unknown as GroupDump);
     } catch (err) {
-      this.options.log.warn(`catalog sync from ${peerId} failed: ${(err as Error).message}`);
+      this.options.log.warn(`catalog sync from ${peerId} failed: ${(err as Error).message}`, { peer: peerId });
     } finally {
       this.syncing.delete(peerId);
     }
@@ -376,7 +376,7 @@ export class Group {
     }
     const isNew = this.addMember(member);
     if (isNew) {
-      this.options.log.info(`node ${member.id} joined the group (${member.meshAddress})`);
+      this.options.log.info(`node ${member.id} joined the group (${member.meshAddress})`, { peer: member.id });
       for (const link of this.links.values()) {
         if (link.peerId !== member.id) link.request("group.member", { member }).catch(() => {});
       }

@@ -8,9 +8,12 @@ import { MeshConnection, type RequestHandler, type Response } from "./mesh-conne
 import { meshTlsOptions, type PeerCertificate, TLS_HANDSHAKE_TIMEOUT_SECONDS, verifyPeer } from "./mesh-tls.ts";
 import { type TlsIdentity, tlsIdentity } from "./tls-identity.ts";
 
+/** What a log line is about, for JSON logs: peer, volume, snapshot, move, client. */
+export type LogFields = Record<string, string | number | boolean | undefined>;
+
 export interface MeshLog {
-  info(message: string): void;
-  warn(message: string): void;
+  info(message: string, fields?: LogFields): void;
+  warn(message: string, fields?: LogFields): void;
 }
 
 type SocketData = { connection?: MeshConnection };
@@ -267,7 +270,7 @@ export class PeerLink {
       const connection = this.connection;
       if (!connection) return;
       if (Date.now() - this.lastHeartbeatMs > timeoutMs) {
-        this.options.log.warn(`node ${this.peerId} missed heartbeats for ${timeoutMs} ms; reconnecting`);
+        this.options.log.warn(`node ${this.peerId} missed heartbeats for ${timeoutMs} ms; reconnecting`, { peer: this.peerId });
         connection.close();
         return;
       }

@@ -68,7 +68,7 @@ export class MoveService {
     for (const record of this.group.liveVolumes()) {
       const lock = record.moving;
       if (lock?.by !== this.group.selfId || this.jobs.get(lock.moveId)?.state === "running") continue;
-      this.log.warn(`move ${lock.moveId} of '${record.name}' was cut short by a restart of this node; unlocking the volume (run the move again)`);
+      this.log.warn(`move ${lock.moveId} of '${record.name}' was cut short by a restart of this node; unlocking the volume (run the move again)`, { volume: record.name, move: lock.moveId });
       await this.unlock(record.name, lock.moveId).catch((err) => this.log.warn(`unlocking '${record.name}' failed: ${asShoalError(err).message}`));
     }
   }
@@ -145,7 +145,7 @@ export class MoveService {
       const error = asShoalError(err);
       status.state = "failed";
       status.error = error.toWire();
-      this.log.warn(`move ${status.moveId} failed: ${error.message}`);
+      this.log.warn(`move ${status.moveId} failed: ${error.message}`, { move: status.moveId });
       for (const task of pending) {
         nodeMetrics.clearMoveProgress(task.volume);
         await this.unlock(task.volume, status.moveId).catch(() => undefined);

@@ -10,6 +10,7 @@ import { dataBuffers } from "./buffer-pool.ts";
 import { nodeMetrics } from "./node-metrics.ts";
 import { SocketWriter } from "./socket-writer.ts";
 import { type ByteStream, startServerTls } from "./nbd-tls-session.ts";
+import type { MeshLog } from "./mesh.ts";
 import type { TlsIdentity } from "./tls-identity.ts";
 import {
   BASE_ALLOCATION_CONTEXT,
@@ -83,10 +84,7 @@ import {
   type RequestFault,
 } from "./nbd-codec.ts";
 
-export interface NbdServerLog {
-  info(msg: string): void;
-  warn(msg: string): void;
-}
+export type NbdServerLog = MeshLog;
 
 export interface NbdServerOptions {
   catalog: ExportCatalog;
@@ -827,7 +825,8 @@ class NbdConnection {
     this.socket.timeout(0);
     const mode = this.structuredReplies ? "structured replies" : "simple replies";
     const extras = `${device.readOnly ? ", read-only" : ""}${this.session.blockStatusAllowed ? ", base:allocation" : ""}`;
-    this.context.log.info(`nbd client ${this.peer} opened export '${exportName}' (${device.sizeBytes} bytes, ${mode}${extras})`);
+    const [volume, snapshot] = exportName.split("@");
+    this.context.log.info(`nbd client ${this.peer} opened export '${exportName}' (${device.sizeBytes} bytes, ${mode}${extras})`, { client: this.peer, volume, snapshot });
   }
 
   // ---- Transmission -----------------------------------------------------------------------------

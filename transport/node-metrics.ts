@@ -6,6 +6,7 @@
 import { Counter, type Gauge, Histogram, LATENCY_BUCKETS_SECONDS, MetricsRegistry } from "../core/metrics.ts";
 import type { PageStore } from "../core/page-store.ts";
 import type { HoldReport } from "../core/snapshot-messages.ts";
+import { volumeUsageOn } from "../core/snapshot-record.ts";
 import type { Group } from "./group.ts";
 
 /** NBD command types (NBD_CMD_*) by their wire number, as metric label values. */
@@ -192,8 +193,8 @@ export function watchNodeState(metrics: NodeMetrics, state: NodeState): void {
   const peerUp = r.gauge("shoal_peer_up", "1 when the link to the member is up, else 0", ["peer"]);
   const heartbeatAge = r.gauge("shoal_peer_heartbeat_age_seconds", "seconds since the member last answered a heartbeat", ["peer"]);
   const peers = r.gauge("shoal_peers", "other members of the group by link state", ["state"]);
-  const volumePages = r.gauge("shoal_volume_pages", "pages of the volume written on this node", ["volume"]);
-  const volumeBytes = r.gauge("shoal_volume_bytes", "bytes the volume's pages use on this node", ["volume"]);
+  const volumePages = r.gauge("shoal_volume_pages", "pages of the volume written on this node (its own layer, as `shoal volume info` WRITTEN)", ["volume"]);
+  const volumeBytes = r.gauge("shoal_volume_bytes", "bytes the volume and its snapshots use on this node (as USED in `shoal volume info`)", ["volume"]);
   info.with(state.group.selfId, state.version).set(1);
   r.onCollect(() => {
     const nowMs = Date.now();
@@ -214,11 +215,12 @@ export function watchNodeState(metrics: NodeMetrics, state: NodeState): void {
     peers.with("down").set(state.group.links.size - up);
     volumePages.clear();
     volumeBytes.clear();
-    for (const [layer, held] of state.store.usage()) {
-      const record = state.group.volumeByUid(layer); // head layers only; snapshot layers are "uid@id"
-      if (!record) continue;
-      volumePages.with(record.name).set(held.pages);
-      volumeBytes.with(record.name).set(held.bytes);
+    const layers = [...state.store.usage()];
+    for (const record of state.group.liveVolumes()) {
+      const usage = volumeUsageOn(layers, record.uid);
+      if (usage.layers === 0) continue; // none of its pages here
+      volumePages.with(record.name).set(usage.pagesWritten);
+      volumeBytes.with(record.name).set(usage.bytesUsed);
     }
   });
 }

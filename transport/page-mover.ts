@@ -210,7 +210,7 @@ export class PageMover {
                 reject(new ShoalError(effect.error.code, effect.error.message));
                 break;
               }
-              if (!effect.published) this.log.warn(`move step ${step.request.stepId}: node ${step.request.to} has not confirmed it owns the pages; it learns by digest`);
+              if (!effect.published) this.log.warn(`move step ${step.request.stepId}: node ${step.request.to} has not confirmed it owns the pages; it learns by digest`, { peer: step.request.to });
               // Everyone else learns now; members that are down catch up by digest.
               void this.group.publishVolume(next, []).catch(() => undefined);
               resolve({ version: next.version, published: effect.published, bytes });

@@ -467,7 +467,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
           // every volume first, so a refused cut leaves nothing behind.
           const refusal = this.cutRefusal(effect.volumes) ?? this.freezeAll(uids, cutLayers);
           if (refusal) {
-            log.warn(`snapshot ${effect.snapshotId} cannot be cut here: ${refusal.message}`);
+            log.warn(`snapshot ${effect.snapshotId} cannot be cut here: ${refusal.message}`, { snapshot: effect.snapshotId });
             failedCuts.set(effect.snapshotId, refusal);
             break;
           }

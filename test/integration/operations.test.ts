@@ -119,6 +119,23 @@ describe("config file and logs", () => {
     }
   });
 
+  test("JSON log lines carry their subject as fields: the node on every line, the peer, the volume", () => {
+    const entries = node1.stderrLog
+      .split("\n")
+      .filter((line) => line.length > 0)
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    for (const entry of entries) expect(entry.node).toBe("ops1");
+    expect(entries.some((entry) => entry.peer === "ops2" && String(entry.msg).includes("ops2"))).toBe(true);
+    // qemu-io in the metrics test opened export 'm' through node1.
+    expect(entries.some((entry) => entry.volume === "m" && typeof entry.client === "string")).toBe(true);
+  });
+
+  test("human log lines start with a UTC timestamp and the level, without colour on a pipe", () => {
+    const lines = node2.stderrLog.split("\n").filter((line) => line.length > 0);
+    expect(lines.length).toBeGreaterThan(1);
+    for (const line of lines) expect(line).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO |WARN |ERROR) \S/);
+  });
+
   test("$SHOAL_CONFIG is read, and a flag beats it (human logs despite log-format = json)", () => {
     expect(node2.stderrLog).toContain(`metrics http://${metrics2}/metrics`);
     expect(node2.stderrLog.split("\n").some((line) => line.startsWith("{"))).toBe(false);
