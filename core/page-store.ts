@@ -304,6 +304,18 @@ export class PageStore {
     return this.flushFiles(files, dirs);
   }
 
+  /**
+   * Makes durable every write to a volume's head that completed before the call: those still in
+   * the head, and those a snapshot froze into one of its layers (`HEAD@...`, see freezeLayer)
+   * before they were synced, or a deleted snapshot's layer handed on to its child.
+   */
+  flushVolume(headLayerId: string): Promise<void> {
+    const prefix = `${headLayerId}@`;
+    const ids: string[] = [];
+    for (const layer of this.table.all()) if (layer.id === headLayerId || layer.id.startsWith(prefix)) ids.push(layer.id);
+    return this.flushLayers(ids);
+  }
+
   private async flushFiles(files: PageFile[], dirs: string[]): Promise<void> {
     for (const dir of dirs) this.dirtyDirs.delete(dir);
     try {

@@ -852,6 +852,26 @@ describe("PageStore.flushLayers", () => {
   });
 });
 
+describe("PageStore.flushVolume", () => {
+  test("syncs the head and the snapshot layers writes were frozen into, not other volumes' writes", async () => {
+    const dir = tempDir();
+    const store = new PageStore({ dir });
+    store.write("a", 0, 0, new Uint8Array(4 * KiB).fill(1), PAGE);
+    store.freezeLayer("a", "a@s1"); // the unsynced write now sits in a@s1
+    store.write("a", 1, 0, new Uint8Array(4 * KiB).fill(2), PAGE);
+    store.write("ab", 0, 0, new Uint8Array(4 * KiB).fill(3), PAGE); // another volume, same prefix
+    const before = store.syncCount;
+    await store.flushVolume("a");
+    const forA = store.syncCount - before;
+    expect(forA).toBeGreaterThanOrEqual(2); // both of a's files
+    await store.flushLayers(["a", "a@s1"]);
+    expect(store.syncCount).toBe(before + forA); // nothing of a's was left
+    await store.flushLayers(["ab"]);
+    expect(store.syncCount).toBeGreaterThan(before + forA); // ab's write was left for its own flush
+    store.close();
+  });
+});
+
 describe("PageStore spares are bounded", () => {
   test("at most 256 spares per page size are kept ready, however many pages a snapshot's head writes", async () => {
     const dir = tempDir();
