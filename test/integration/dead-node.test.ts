@@ -144,6 +144,15 @@ describe("one of three nodes killed", () => {
     expect(infoB).toMatchObject({ state: "ready", unreachable: [] });
   });
 
+  test("volume export of a degraded volume ends at once with one line and exit 6, not a hang", async () => {
+    const { value: exported, elapsedMs } = await timed(() => cluster.shoal(["volume", "export", "a", `${cluster.root}/a.img`]));
+    console.log(`volume export of a degraded volume failed in ${elapsedMs.toFixed(0)} ms (exit ${exported.exitCode}): ${exported.stderr}`);
+    expect(exported.exitCode).toBe(6);
+    expect(exported.stderr.trim().split("\n")).toHaveLength(1);
+    expect(exported.stderr).toContain("EIO");
+    expect(elapsedMs).toBeLessThan(QEMU_FAIL_FAST_MS_MAX * 2);
+  });
+
   test("with the node back: ready again, its pages read, and the FLUSH owed to it reports the restart once", async () => {
     await cluster.nodes[2]!.start();
     await cluster.waitConverged();
@@ -156,5 +165,30 @@ describe("one of three nodes killed", () => {
     // node3 restarted after applying a write of c it had not flushed: said once, then settled.
     await expect(unflushed!.flush()).rejects.toThrow(/EIO/);
     await unflushed!.flush();
+  });
+
+  test("a node that stops answering (SIGSTOP) is down after missed heartbeats; then its pages fail at once, and serve again after SIGCONT", async () => {
+    const node3 = cluster.nodes[2]!;
+    const node1 = cluster.nodes[0]!;
+    node3.proc!.kill("SIGSTOP");
+    try {
+      const { elapsedMs: markedDownMs } = await timed(() => node1SeesNode3("down"));
+      console.log(`a stopped node was marked down after ${markedDownMs.toFixed(0)} ms`);
+      const client = await NbdClient.connect({ host: "127.0.0.1", port: node1.nbdPort, exportName: "a" });
+      try {
+        const { value: error, elapsedMs } = await timed(() => client.read(8 * MiB, 4096).then(() => undefined, (err: Error) => err));
+        expect(error?.message).toContain("EIO");
+        expect(elapsedMs).toBeLessThan(FAIL_FAST_MS_MAX);
+      } finally {
+        await client.close();
+      }
+      expect(await volumeStates()).toMatchObject({ a: { state: "degraded", nodesDown: ["node3"] }, b: { state: "ready" } });
+    } finally {
+      node3.proc!.kill("SIGCONT");
+    }
+    await cluster.waitConverged();
+    const read = await qemuIo(node1.nbdUrl("a"), "read -P 0x2a 8M 1M");
+    expect(read.stdout).not.toMatch(/Pattern verification failed|error/);
+    expect(read.exitCode).toBe(0);
   });
 });
