@@ -872,6 +872,45 @@ describe("PageStore.flushVolume", () => {
   });
 });
 
+describe("PageStore flushes that overlap", () => {
+  /** Runs only queued microtasks, never the event loop: no fsync can complete meanwhile. */
+  async function microtasksOnly(count: number): Promise<void> {
+    for (let index = 0; index < count; index++) await Promise.resolve();
+  }
+
+  test("a flush waits for a write's sync that another flush already started, rather than skipping it", async () => {
+    const store = new PageStore({ dir: tempDir() });
+    store.write("a", 0, 0, new Uint8Array(4 * KiB).fill(1), PAGE);
+    await store.flush(); // directories and table durable: only the next write's data is left
+    for (const second of [() => store.flush(), () => store.flushVolume("a"), () => store.flushLayers(["a"])]) {
+      store.write("a", 0, 0, new Uint8Array(4 * KiB).fill(2), PAGE);
+      const first = store.flush(); // takes the file out of the dirty set and starts its sync
+      let secondDone = false;
+      const done = second().then(() => (secondDone = true));
+      await microtasksOnly(200);
+      expect(secondDone).toBe(false); // the sync it relies on cannot have finished yet
+      await Promise.all([first, done]);
+    }
+    store.close();
+  });
+
+  test("a flush waits for a directory's sync that another flush already started", async () => {
+    const store = new PageStore({ dir: tempDir() });
+    for (const second of [() => store.flush(), () => store.flushVolume("a"), () => store.syncPage("a", 0)]) {
+      store.write("a", 0, 0, new Uint8Array(4 * KiB).fill(1), PAGE);
+      await store.flush();
+      store.zero("a", 0, 0, PAGE, PAGE); // a whole page: its file goes, its directory's entry changes
+      const first = store.flush(); // only the directory is left to sync
+      let secondDone = false;
+      const done = second().then(() => (secondDone = true));
+      await microtasksOnly(200);
+      expect(secondDone).toBe(false);
+      await Promise.all([first, done]);
+    }
+    store.close();
+  });
+});
+
 describe("PageStore spares are bounded", () => {
   test("at most 256 spares per page size are kept ready, however many pages a snapshot's head writes", async () => {
     const dir = tempDir();
