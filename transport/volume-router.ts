@@ -4,7 +4,7 @@
 import type { BlockDevice, ExportCatalog, Extent } from "../core/block-device.ts";
 import type { HoldQueue } from "../core/hold-queue.ts";
 import { parseSnapshotRef, snapshotLayerId } from "../core/snapshot-record.ts";
-import { ShoalError } from "../core/errors.ts";
+import { asShoalError, ShoalError } from "../core/errors.ts";
 import { MAX_REQUEST_BYTES, slicePages, type PageSlice } from "../core/geometry.ts";
 import type { PageStore } from "../core/page-store.ts";
 import { ownerOf } from "../core/routing.ts";
@@ -171,7 +171,7 @@ export class VolumeRouter implements ExportCatalog {
     remote.forEach((result, index) => {
       const [node, debt] = owed[index]!;
       if (result.status === "rejected") {
-        failure ??= result.reason; // still owed
+        failure ??= owedFailure(node, this.group.volumeByUid(uid)?.name ?? uid, result.reason); // still owed
         return;
       }
       if (debt.boot !== "" && result.value.result.b !== debt.boot) {
@@ -463,6 +463,16 @@ export class VolumeRouter implements ExportCatalog {
 interface Applier {
   n: string;
   b: string;
+}
+
+/** Why a FLUSH fails when a node it owes did not answer: the writes at stake, and what to do. */
+function owedFailure(node: string, volume: string, reason: unknown): ShoalError {
+  const error = asShoalError(reason);
+  return new ShoalError(
+    error.code,
+    `node ${node} holds writes of '${volume}' acknowledged through this node and not yet flushed, and did not flush them: ${error.message}; ` +
+      "a FLUSH of this volume fails until it does",
+  );
 }
 
 /** Who applied a forwarded write; an answer without one (an older node) names the node asked. */

@@ -115,6 +115,7 @@ describe("one of three nodes killed", () => {
   test("a FLUSH that owes the dead node fails with EIO at once, on every connection to that volume, and keeps failing", async () => {
     const { value: error, elapsedMs } = await timed(() => unflushed!.flush().then(() => undefined, (err: Error) => err));
     expect(error?.message).toContain("EIO");
+    expect(error?.message).toContain("node node3 holds writes of 'c' acknowledged through this node and not yet flushed");
     expect(elapsedMs).toBeLessThan(FAIL_FAST_MS_MAX);
     console.log(`FLUSH owing the dead node failed in ${elapsedMs.toFixed(1)} ms`);
     // Another connection to the same export: with CAN_MULTI_CONN its flush covers that write too.
