@@ -127,7 +127,7 @@ export class AdminApi {
     if (args.restoring === true) record.restoring = true; // created by `archive restore --create`
     group.applyVolume(record);
     await group.publishVolume(record, nodes);
-    return summarize(record);
+    return summarize(record, this.options.group);
   }
 
   /** Marks a volume as being restored (clients cannot open it) or as whole again. */
@@ -138,22 +138,24 @@ export class AdminApi {
     const updated: VolumeRecord = { ...rest, version: record.version + 1, ...(restoring ? { restoring: true } : {}) };
     group.applyVolume(updated);
     await group.publishVolume(updated, holders(record.routing));
-    return summarize(updated);
+    return summarize(updated, group);
   }
 
   private async listVolumes(): Promise<FrameHeader> {
-    return { volumes: this.options.group.liveVolumes().map(summarize) };
+    const { group } = this.options;
+    return { volumes: group.liveVolumes().map((record) => summarize(record, group)) };
   }
 
   private async volumeInfo(name: string): Promise<FrameHeader> {
-    const record = this.options.group.volume(name);
+    const { group } = this.options;
+    const record = group.volume(name);
     const usage = await this.usageByNode(holders(record.routing));
     const perNode = [...pagesPerNode(record.routing)].map(([node, pages]) => ({
       node,
       pages,
       ...usageOn(usage.get(node), record.uid),
     }));
-    return { ...summarize(record), createdAtMs: record.createdAtMs, nodes: perNode };
+    return { ...summarize(record, group), createdAtMs: record.createdAtMs, nodes: perNode, unreachable: unreachablePages(record, group) };
   }
 
   private async deleteVolume(name: string): Promise<FrameHeader> {
@@ -284,7 +286,8 @@ export class AdminApi {
           mode: snapshot.mode,
           cutAtMs: snapshot.cutAtMs ?? snapshot.startedAtMs,
           createdAtMs: snapshot.createdAtMs,
-          state: "complete",
+          // Read by the volume's table: unreachable pages of the volume are unreachable here too.
+          state: downOwners(group.volume(snapshot.volume), group).length > 0 ? "degraded" : "complete",
           bytesHeldOnlyByIt: known ? bytes : null,
         };
       }),
@@ -348,7 +351,7 @@ export class AdminApi {
     };
     group.applyVolume(record);
     await group.publishVolume(record, nodes);
-    return { ...summarize(record), origin: `${volume}@${name}` };
+    return { ...summarize(record, group), origin: `${volume}@${name}` };
   }
 
   // ---- archives
@@ -484,7 +487,34 @@ function roundMs(ms: number): number {
   return Math.round(ms * 100) / 100;
 }
 
-function summarize(record: VolumeRecord): FrameHeader {
+/**
+ * Nodes this node sees down that own pages of the volume: those pages (of the head and of every
+ * snapshot, which are read by the same table) can be neither read nor written until they are back.
+ */
+function downOwners(record: VolumeRecord, group: Group): string[] {
+  return holders(record.routing).filter((node) => !group.isUp(node));
+}
+
+/** Per down owner, the pages it holds as runs (as `route show` prints them). */
+function unreachablePages(record: VolumeRecord, group: Group): FrameHeader[] {
+  const down = downOwners(record, group);
+  if (down.length === 0) return [];
+  const counts = pagesPerNode(record.routing);
+  const runs = describeRuns(record.routing);
+  return down.map((node) => ({
+    node,
+    pages: counts.get(node) ?? 0,
+    runs: (runs.get(node) ?? []).map((run) => ({ ...run, text: formatRun(run) })),
+  }));
+}
+
+/** `restoring` while an archive restore writes it; else `degraded` while an owner of its pages is down. */
+function stateOf(record: VolumeRecord, group: Group): string {
+  if (record.restoring) return "restoring";
+  return downOwners(record, group).length > 0 ? "degraded" : "ready";
+}
+
+function summarize(record: VolumeRecord, group: Group): FrameHeader {
   return {
     name: record.name,
     uid: record.uid,
@@ -493,7 +523,8 @@ function summarize(record: VolumeRecord): FrameHeader {
     pageCount: pageCount(record),
     nodes: record.routing.nodes,
     routingVersion: record.routing.version,
-    state: record.restoring ? "restoring" : "ready",
+    state: stateOf(record, group),
+    nodesDown: downOwners(record, group),
   };
 }
 

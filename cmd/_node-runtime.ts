@@ -110,7 +110,10 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     handler,
     log,
     onVolumeChanged: (record, previous) => {
-      if (previous && (record.deleted || previous.uid !== record.uid)) dropLayer(previous.uid);
+      if (previous && (record.deleted || previous.uid !== record.uid)) {
+        dropLayer(previous.uid);
+        router?.forgetVolume(previous.uid);
+      }
       // A clone starts as an empty layer over the snapshot it was cloned from, on every node
       // that holds its pages (the same nodes as the snapshot's). A node without that snapshot
       // (one that joined later) holds none of them; a page move brings the layers along.

@@ -65,7 +65,7 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
     }
     const request = isAllZero(bytes) ? client.writeZeroes(at, bytes.byteLength) : client.write(at, bytes);
     const tracked: Promise<void> = request.then(() => void inFlight.delete(tracked));
-    inFlight.add(tracked);
+    inFlight.add(quiet(tracked));
     if (inFlight.size >= IN_FLIGHT_MAX) await Promise.race(inFlight);
   };
   try {
@@ -108,7 +108,7 @@ export async function exportVolume(nodeAddress: string, volume: string, target: 
   let nextOffset = 0;
   const queueRead = () => {
     if (nextOffset >= size) return;
-    reads.push(client.read(nextOffset, Math.min(CHUNK_BYTES, size - nextOffset)));
+    reads.push(quiet(client.read(nextOffset, Math.min(CHUNK_BYTES, size - nextOffset))));
     nextOffset += CHUNK_BYTES;
   };
   try {
@@ -127,6 +127,16 @@ export async function exportVolume(nodeAddress: string, volume: string, target: 
   }
   progress.update(size, true);
   return summary(volume, size, startMs);
+}
+
+/**
+ * Requests run ahead of the one awaited; after the first failure (a page on a node that is down,
+ * say) the rest fail too and are never awaited. Marked handled, they are not reported again with
+ * a stack trace each; awaiting the promise still throws.
+ */
+function quiet<T>(request: Promise<T>): Promise<T> {
+  request.catch(() => {});
+  return request;
 }
 
 function summary(volume: string, bytes: number, startMs: number): StreamSummary {

@@ -64,10 +64,13 @@ const info = defineCommand({
     const { args } = context;
     const result = await adminRequest(nodeAddress(args), "admin.volume.info", { name: args.name });
     const nodes = result.nodes as { node: string; pages: number; pagesWritten: number | null; bytesUsed: number | null }[];
+    const unreachable = result.unreachable as { node: string; pages: number; runs: { text: string }[] }[];
     printResult(args.json, result, () =>
       [
-        `volume ${String(result.name)} (uid ${String(result.uid)})`,
+        `volume ${String(result.name)} (uid ${String(result.uid)}), ${String(result.state)}`,
         `size ${formatSize(Number(result.sizeBytes))}, ${String(result.pageCount)} pages of ${formatSize(Number(result.pageSizeBytes))}, routing version ${String(result.routingVersion)}`,
+        // Reads and writes of these pages (and of the same pages of its snapshots) fail with EIO until the node is back.
+        ...unreachable.map((down) => `unreachable: ${down.pages} page(s) on ${down.node} (down): ${runsText(down.runs)}`),
         table(
           ["NODE", "PAGES", "WRITTEN", "USED"],
           nodes.map((n) => [n.node, n.pages, n.pagesWritten ?? "?", n.bytesUsed === null ? "?" : formatSize(n.bytesUsed)]),
@@ -76,6 +79,14 @@ const info = defineCommand({
     );
   },
 });
+
+/** A table moved page by page can have thousands of runs: the line names the first few, --json all. */
+const RUNS_SHOWN_MAX = 16;
+
+function runsText(runs: { text: string }[]): string {
+  const shown = runs.slice(0, RUNS_SHOWN_MAX).map((run) => run.text).join(", ");
+  return runs.length > RUNS_SHOWN_MAX ? `${shown}, and ${runs.length - RUNS_SHOWN_MAX} more run(s) (--json lists all)` : shown;
+}
 
 const remove = defineCommand({
   meta: { name: "delete", description: "Delete a volume and free its pages on every node" },

@@ -114,6 +114,13 @@ export class PageStore {
   private readonly open: OpenPageFiles;
   /** Files with writes or chunk states not yet durable. */
   private readonly dirty = new Set<PageFile>();
+  /**
+   * Files whose sync is running: no longer dirty, not yet durable. A flush waits for them too,
+   * or one that overlapped another (two clients' FLUSHes, a snapshot cut's) returned early.
+   */
+  private readonly syncing = new Set<PageFile>();
+  /** The same for directories: each one's running sync. */
+  private readonly syncingDirs = new Map<string, Promise<void>>();
   private readonly dirtyDirs = new Set<string>();
   /** Deletions run one at a time: each walks a parent/child neighbourhood the next may change. */
   private deletions: Promise<void> = Promise.resolve();
@@ -284,7 +291,7 @@ export class PageStore {
 
   /** Makes every write and layer change that completed before the call durable. */
   flush(): Promise<void> {
-    return this.flushFiles([...this.dirty], [...this.dirtyDirs]);
+    return this.flushFiles([...this.dirty, ...this.syncing], [...this.dirtyDirs, ...this.syncingDirs.keys()]);
   }
 
   /**
@@ -298,22 +305,27 @@ export class PageStore {
       const layer = this.table.get(id);
       if (layer !== undefined) layers.add(layer);
     }
-    const files = [...this.dirty].filter((file) => layers.has(file.layer));
+    const files = [...this.dirty, ...this.syncing].filter((file) => layers.has(file.layer));
     // The store's own directory too: it holds the entries of layer directories made since.
-    const dirs = [this.dir, ...[...layers].map((layer) => this.layerDir(layer))].filter((dir) => this.dirtyDirs.has(dir));
+    const dirs = [this.dir, ...[...layers].map((layer) => this.layerDir(layer))].filter((dir) => this.dirtyDirs.has(dir) || this.syncingDirs.has(dir));
     return this.flushFiles(files, dirs);
   }
 
+  /**
+   * Makes durable every write to a volume's head that completed before the call: those still in
+   * the head, and those a snapshot froze into one of its layers (`HEAD@...`, see freezeLayer)
+   * before they were synced, or a deleted snapshot's layer handed on to its child.
+   */
+  flushVolume(headLayerId: string): Promise<void> {
+    const prefix = `${headLayerId}@`;
+    const ids: string[] = [];
+    for (const layer of this.table.all()) if (layer.id === headLayerId || layer.id.startsWith(prefix)) ids.push(layer.id);
+    return this.flushLayers(ids);
+  }
+
   private async flushFiles(files: PageFile[], dirs: string[]): Promise<void> {
-    for (const dir of dirs) this.dirtyDirs.delete(dir);
-    try {
-      await inTurns(files, FLUSH_SYNCS_IN_FLIGHT, (file) => this.syncFile(file));
-      await inTurns(dirs, FLUSH_SYNCS_IN_FLIGHT, syncDirectory);
-    } catch (err) {
-      for (const dir of dirs) this.dirtyDirs.add(dir);
-      throw err;
-    }
-    this.syncCount += dirs.length;
+    await inTurns(files, FLUSH_SYNCS_IN_FLIGHT, (file) => this.syncFile(file));
+    await inTurns(dirs, FLUSH_SYNCS_IN_FLIGHT, (dir) => this.syncDirIfDirty(dir));
     await this.tableFile.persist();
   }
 
@@ -889,10 +901,12 @@ export class PageStore {
     if (!file.dataDirty && !file.headerDirty) return;
     const run = this.runSync(file);
     file.syncing = run;
+    this.syncing.add(file);
     try {
       await run;
     } finally {
       file.syncing = undefined;
+      this.syncing.delete(file);
     }
   }
 
@@ -956,13 +970,21 @@ export class PageStore {
     if (data || header) this.dirty.add(file);
   }
 
+  /**
+   * Syncs a directory whose entries changed; if another caller's sync of it is running, waits for
+   * that one instead (it started after those changes were made, or they would still be dirty).
+   */
   private async syncDirIfDirty(dir: string): Promise<void> {
-    if (!this.dirtyDirs.delete(dir)) return;
+    if (!this.dirtyDirs.delete(dir)) return this.syncingDirs.get(dir);
+    const run = syncDirectory(dir);
+    this.syncingDirs.set(dir, run);
     try {
-      await syncDirectory(dir);
+      await run;
     } catch (err) {
       this.dirtyDirs.add(dir);
       throw err;
+    } finally {
+      if (this.syncingDirs.get(dir) === run) this.syncingDirs.delete(dir);
     }
     this.syncCount++;
   }
@@ -1121,15 +1143,7 @@ export class PageStore {
     const files = [...touched];
     touched.clear();
     await Promise.all(files.map((file) => this.syncFile(file)));
-    const dirs = [...this.dirtyDirs];
-    this.dirtyDirs.clear();
-    try {
-      await Promise.all(dirs.map(syncDirectory));
-    } catch (err) {
-      for (const dir of dirs) this.dirtyDirs.add(dir);
-      throw err;
-    }
-    this.syncCount += dirs.length;
+    await Promise.all([...this.dirtyDirs, ...this.syncingDirs.keys()].map((dir) => this.syncDirIfDirty(dir)));
   }
 
   // ---- small helpers

@@ -360,6 +360,7 @@ export class Group {
         throw new ShoalError("UNKNOWN_NODE", `node '${member.id}' was removed from this group (route forget); refusing it`);
       }
       this.addMember(member);
+      this.links.get(member.id)?.redialNow();
       connection.peerId = member.id;
       connection.label = `node ${member.id}`;
       if (typeof args.digest === "string" && args.digest !== this.digest()) void this.pullFrom(member.id);

@@ -571,7 +571,8 @@ export function decodeInfoPayload(payload: Uint8Array): InfoReply | ShoalError {
 
 /**
  * Flags for an export. CAN_MULTI_CONN is honest because BlockDevice.flush covers writes completed
- * on every connection of the node; DF only means something once structured replies are on.
+ * on every connection to the same export (the volume) on the node; DF only means something once
+ * structured replies are on.
  */
 export function transmissionFlagsFor(readOnly: boolean, structuredReplies: boolean): number {
   let flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_CAN_MULTI_CONN;

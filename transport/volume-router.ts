@@ -4,7 +4,7 @@
 import type { BlockDevice, ExportCatalog, Extent } from "../core/block-device.ts";
 import type { HoldQueue } from "../core/hold-queue.ts";
 import { parseSnapshotRef, snapshotLayerId } from "../core/snapshot-record.ts";
-import { ShoalError } from "../core/errors.ts";
+import { asShoalError, ShoalError } from "../core/errors.ts";
 import { MAX_REQUEST_BYTES, slicePages, type PageSlice } from "../core/geometry.ts";
 import type { PageStore } from "../core/page-store.ts";
 import { ownerOf } from "../core/routing.ts";
@@ -44,12 +44,16 @@ export interface Target {
 
 export class VolumeRouter implements ExportCatalog {
   /**
-   * Nodes that applied writes this node acknowledged since they were last flushed, with the
-   * incarnation that applied them: a flush must reach each, and fails if it restarted since
-   * (its unsynced writes may be gone). Owed to the node that applied the write, not to the hop
-   * it was sent to, so a flush never has to travel along forwarding paths.
+   * Per volume (by uid), the nodes that applied writes of it this node acknowledged since they
+   * were last flushed, with the incarnation that applied them: a FLUSH on the volume must reach
+   * each, and fails if one restarted since (its unsynced writes may be gone). Per volume, not per
+   * node: a FLUSH owes nothing to a node that applied none of its volume's writes, so a dead node
+   * fails only the flushes of volumes it holds unflushed writes of. Per volume, not per
+   * connection: with CAN_MULTI_CONN a flush covers writes completed on every connection to the
+   * export. Owed to the node that applied the write, not to the hop it was sent to, so a flush
+   * never has to travel along forwarding paths.
    */
-  private readonly debts = new Map<string, { boot: string; seq: number }>();
+  private readonly debts = new Map<string, Map<string, { boot: string; seq: number }>>();
   private debtSeq = 0;
   /** This process's incarnation, reported with every write it applies. */
   readonly bootId = crypto.randomUUID().slice(0, 8);
@@ -117,53 +121,72 @@ export class VolumeRouter implements ExportCatalog {
 
   write(target: Target, offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
     let pending: Promise<void>[] | undefined;
+    let owe: ((applier: Applier | void) => void) | undefined;
     for (const slice of slicePages(target.record, offset, data.byteLength)) {
       const piece = data.subarray(slice.bufferOffset, slice.bufferOffset + slice.length);
       nodeMetrics.countPage("write", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
       const done = this.writePage(target, slice.page, slice.pageOffset, [piece], fua, 0);
-      if (done) (pending ??= []).push(done.then(this.owe));
+      if (done) (pending ??= []).push(done.then((owe ??= this.oweFor(target))));
     }
     if (pending) return Promise.all(pending).then(() => {});
   }
 
   zero(target: Target, offset: number, length: number, fua: boolean): Promise<void> | void {
     let pending: Promise<void>[] | undefined;
+    let owe: ((applier: Applier | void) => void) | undefined;
     for (const slice of slicePages(target.record, offset, length)) {
       nodeMetrics.countPage("zero", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
       const done = this.zeroPage(target, slice.page, slice.pageOffset, slice.length, fua, 0);
-      if (done) (pending ??= []).push(done.then(this.owe));
+      if (done) (pending ??= []).push(done.then((owe ??= this.oweFor(target))));
     }
     if (pending) return Promise.all(pending).then(() => {});
   }
 
-  /** A write this node acknowledges was applied by `applier`: the next flush owes it one. */
-  private readonly owe = (applier: Applier | void): void => {
-    if (!applier || applier.n === this.group.selfId) return;
-    this.debts.set(applier.n, { boot: applier.b, seq: ++this.debtSeq });
-  };
+  /** Records who applied a write of the target's volume this node acknowledges: the volume's next flush owes it one. */
+  private oweFor(target: Target): (applier: Applier | void) => void {
+    const uid = target.record.uid;
+    return (applier) => {
+      if (!applier || applier.n === this.group.selfId) return;
+      let owed = this.debts.get(uid);
+      if (!owed) this.debts.set(uid, (owed = new Map()));
+      owed.set(applier.n, { boot: applier.b, seq: ++this.debtSeq });
+    };
+  }
 
   /**
-   * Durability for every write acknowledged through this node before the call, wherever it was
-   * applied. A debt is settled only by a flush that succeeded and only if no newer write renewed
-   * it meanwhile, so concurrent flushes each cover everything before them.
+   * Durability for every write of the volume `uid` acknowledged through this node before the
+   * call, wherever it was applied; other volumes' writes are not its business. A debt is settled
+   * only by a flush that succeeded and only if no newer write renewed it meanwhile, so concurrent
+   * flushes each cover everything before them. A node that is down and owed fails the flush at
+   * once (NODE_DOWN), and every later one until it is back: those writes are not durable.
    */
-  async flush(): Promise<void> {
-    const owed = [...this.debts];
-    const [local, ...remote] = await Promise.allSettled([this.store.flush(), ...owed.map(([node]) => this.group.link(node).request("store.flush", {}))]);
+  async flush(uid: string): Promise<void> {
+    const owedHere = this.debts.get(uid);
+    const owed = owedHere ? [...owedHere] : [];
+    const [local, ...remote] = await Promise.allSettled([
+      this.store.flushVolume(uid),
+      ...owed.map(([node]) => this.group.link(node).request("store.flush", { v: uid })),
+    ]);
     let failure: unknown = local!.status === "rejected" ? local!.reason : undefined;
     remote.forEach((result, index) => {
       const [node, debt] = owed[index]!;
       if (result.status === "rejected") {
-        failure ??= result.reason; // still owed
+        failure ??= owedFailure(node, this.group.volumeByUid(uid)?.name ?? uid, result.reason); // still owed
         return;
       }
       if (debt.boot !== "" && result.value.result.b !== debt.boot) {
         failure ??= new ShoalError("IO_ERROR", `node ${node} restarted after applying writes acknowledged through this node; those not yet flushed may be lost`);
       }
       // Paid, or never payable (the node restarted and said so once): settled either way.
-      if (this.debts.get(node)?.seq === debt.seq) this.debts.delete(node);
+      if (owedHere!.get(node)?.seq === debt.seq) owedHere!.delete(node);
     });
+    if (owedHere?.size === 0 && this.debts.get(uid) === owedHere) this.debts.delete(uid);
     if (failure !== undefined) throw failure;
+  }
+
+  /** A deleted or replaced volume's writes are owed nothing more. */
+  forgetVolume(uid: string): void {
+    this.debts.delete(uid);
   }
 
   // ---- one page: run here if this node owns it, else send it to the owner
@@ -382,9 +405,13 @@ export class VolumeRouter implements ExportCatalog {
           },
         };
       }
-      case "store.flush":
+      case "store.flush": {
         // Only this node's own store: whoever acknowledged a write owes its applier directly.
-        return this.store.flush().then(() => ({ result: { b: this.bootId } }));
+        // One volume's writes (its head and layers snapshots froze it into); every volume's when
+        // asked by an older node.
+        const done = typeof args.v === "string" ? this.store.flushVolume(args.v) : this.store.flush();
+        return done.then(() => ({ result: { b: this.bootId } }));
+      }
       case "store.usage":
         return { result: { usage: storeUsage(this.store) } };
       case "store.changedPages":
@@ -436,6 +463,16 @@ export class VolumeRouter implements ExportCatalog {
 interface Applier {
   n: string;
   b: string;
+}
+
+/** Why a FLUSH fails when a node it owes did not answer: the writes at stake, and what to do. */
+function owedFailure(node: string, volume: string, reason: unknown): ShoalError {
+  const error = asShoalError(reason);
+  return new ShoalError(
+    error.code,
+    `node ${node} holds writes of '${volume}' acknowledged through this node and not yet flushed, and did not flush them: ${error.message}; ` +
+      "a FLUSH of this volume fails until it does",
+  );
 }
 
 /** Who applied a forwarded write; an answer without one (an older node) names the node asked. */
@@ -491,8 +528,9 @@ class VolumeDevice implements BlockDevice {
     return this.router.write(this.target(), offset, data, fua);
   }
 
+  /** On the head, covers every connection's writes to the volume (CAN_MULTI_CONN); a snapshot takes no writes and owes nothing. */
   flush(): Promise<void> {
-    return this.router.flush();
+    return this.readOnly ? Promise.resolve() : this.router.flush(this.uid);
   }
 
   trim(offset: number, length: number, fua: boolean): Promise<void> | void {

@@ -852,6 +852,65 @@ describe("PageStore.flushLayers", () => {
   });
 });
 
+describe("PageStore.flushVolume", () => {
+  test("syncs the head and the snapshot layers writes were frozen into, not other volumes' writes", async () => {
+    const dir = tempDir();
+    const store = new PageStore({ dir });
+    store.write("a", 0, 0, new Uint8Array(4 * KiB).fill(1), PAGE);
+    store.freezeLayer("a", "a@s1"); // the unsynced write now sits in a@s1
+    store.write("a", 1, 0, new Uint8Array(4 * KiB).fill(2), PAGE);
+    store.write("ab", 0, 0, new Uint8Array(4 * KiB).fill(3), PAGE); // another volume, same prefix
+    const before = store.syncCount;
+    await store.flushVolume("a");
+    const forA = store.syncCount - before;
+    expect(forA).toBeGreaterThanOrEqual(2); // both of a's files
+    await store.flushLayers(["a", "a@s1"]);
+    expect(store.syncCount).toBe(before + forA); // nothing of a's was left
+    await store.flushLayers(["ab"]);
+    expect(store.syncCount).toBeGreaterThan(before + forA); // ab's write was left for its own flush
+    store.close();
+  });
+});
+
+describe("PageStore flushes that overlap", () => {
+  /** Runs only queued microtasks, never the event loop: no fsync can complete meanwhile. */
+  async function microtasksOnly(count: number): Promise<void> {
+    for (let index = 0; index < count; index++) await Promise.resolve();
+  }
+
+  test("a flush waits for a write's sync that another flush already started, rather than skipping it", async () => {
+    const store = new PageStore({ dir: tempDir() });
+    store.write("a", 0, 0, new Uint8Array(4 * KiB).fill(1), PAGE);
+    await store.flush(); // directories and table durable: only the next write's data is left
+    for (const second of [() => store.flush(), () => store.flushVolume("a"), () => store.flushLayers(["a"])]) {
+      store.write("a", 0, 0, new Uint8Array(4 * KiB).fill(2), PAGE);
+      const first = store.flush(); // takes the file out of the dirty set and starts its sync
+      let secondDone = false;
+      const done = second().then(() => (secondDone = true));
+      await microtasksOnly(200);
+      expect(secondDone).toBe(false); // the sync it relies on cannot have finished yet
+      await Promise.all([first, done]);
+    }
+    store.close();
+  });
+
+  test("a flush waits for a directory's sync that another flush already started", async () => {
+    const store = new PageStore({ dir: tempDir() });
+    for (const second of [() => store.flush(), () => store.flushVolume("a"), () => store.syncPage("a", 0)]) {
+      store.write("a", 0, 0, new Uint8Array(4 * KiB).fill(1), PAGE);
+      await store.flush();
+      store.zero("a", 0, 0, PAGE, PAGE); // a whole page: its file goes, its directory's entry changes
+      const first = store.flush(); // only the directory is left to sync
+      let secondDone = false;
+      const done = second().then(() => (secondDone = true));
+      await microtasksOnly(200);
+      expect(secondDone).toBe(false);
+      await Promise.all([first, done]);
+    }
+    store.close();
+  });
+});
+
 describe("PageStore spares are bounded", () => {
   test("at most 256 spares per page size are kept ready, however many pages a snapshot's head writes", async () => {
     const dir = tempDir();
