@@ -34,7 +34,8 @@ export function nodeAddress(args: { node?: string; tls?: string }): string {
 }
 
 /** citty accepts any flag; a typo must fail loudly instead of being ignored. */
-export function rejectUnknownFlags(context: { rawArgs: string[]; cmd: { args?: unknown } }): void {
+export function rejectUnknownFlags(context: { rawArgs: string[]; cmd: { args?: unknown }; args?: Record<string, unknown> }): void {
+  rejectMissingValues(context);
   const known = new Set<string>(["help", "h"]);
   for (const [name, def] of Object.entries((context.cmd.args ?? {}) as Record<string, ArgDef>)) {
     known.add(name);
@@ -47,6 +48,22 @@ export function rejectUnknownFlags(context: { rawArgs: string[]; cmd: { args?: u
     const match = /^--?([^=]+)/.exec(raw);
     if (!match || /^-\d/.test(raw) || raw === "-") continue;
     if (!known.has(match[1]!)) throw new ShoalError("BAD_ARGUMENT", `unknown flag '${raw}'; see --help`);
+  }
+}
+
+/**
+ * A flag that takes a value, given without one: citty reads a trailing `--join` (or `--join=`)
+ * as "" and `--join --nbd X` as the value "--nbd". Either would fall back to the default or eat
+ * the next flag, so both are refused.
+ */
+function rejectMissingValues(context: { cmd: { args?: unknown }; args?: Record<string, unknown> }): void {
+  for (const [name, def] of Object.entries((context.cmd.args ?? {}) as Record<string, ArgDef>)) {
+    if (def.type !== "string") continue;
+    const value = context.args?.[name];
+    const isFlag = typeof value === "string" && /^--[A-Za-z]/.test(value);
+    if (value !== "" && value !== true && !isFlag) continue;
+    const hint = def.valueHint ? ` (${def.valueHint})` : "";
+    throw new ShoalError("BAD_ARGUMENT", `--${kebab(name)} needs a value${hint}${isFlag ? `, not the flag '${String(value)}'` : ""}`);
   }
 }
 
