@@ -434,6 +434,14 @@ export class Group {
         `node id '${claimed.id}' is already a member of this group (mesh ${known.meshAddress}) with another data directory; refusing ${claimed.meshAddress}: give a new node a new --id`,
       );
     }
+    // Its identity, from elsewhere, while it answers where it is: a copy of its data directory.
+    // A member that really moved is let in once its old link is down (a closed socket, or missed heartbeats).
+    if (claimed.meshAddress !== known.meshAddress && this.isUp(claimed.id)) {
+      throw new ShoalError(
+        "CONFLICT",
+        `node '${claimed.id}' is up at ${known.meshAddress}; refusing a second process that claims to be it at ${claimed.meshAddress} (a copy of its data directory?)`,
+      );
+    }
   }
 }
 

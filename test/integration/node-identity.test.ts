@@ -39,7 +39,9 @@ function startFails(args: string[]) {
 
 async function memberAsSeenBy(node: TestNode, id: string): Promise<{ meshAddress: string; nbdAddress: string; state: string }> {
   const nodes = (await adminRequest(node.meshAddress, "admin.route.nodes", {}, 5000)).nodes as { id: string; meshAddress: string; nbdAddress: string; state: string }[];
-  const { meshAddress, nbdAddress, state } = nodes.find((member) => member.id === id)!;
+  const found = nodes.find((member) => member.id === id);
+  if (!found) throw new Error(`${node.id} does not list ${id}`);
+  const { meshAddress, nbdAddress, state } = found;
   return { meshAddress, nbdAddress, state };
 }
 
@@ -83,6 +85,26 @@ describe("a node id belongs to one data directory", () => {
     expect(fs.existsSync(impostorDir)).toBe(false);
     for (const node of cluster.nodes) expect(await memberAsSeenBy(node, "node2")).toEqual({ ...before, state: "up" });
     await expectReadsThrough(node1);
+  });
+
+  test("a copy of a member's data directory, started while the member runs, is refused and never re-points it", async () => {
+    const [node1, node2] = cluster.nodes as [TestNode, TestNode];
+    const copyDir = path.join(cluster.root, "node2-copy");
+    await node2.stop();
+    fs.cpSync(node2.dataDir, copyDir, { recursive: true });
+    await node2.start();
+    await waitFor("node1 to see node2 back", async () => (await memberAsSeenBy(node1, "node2")).state === "up");
+    const before = await memberAsSeenBy(node1, "node2");
+    const copy = new TestNode("node2", copyDir, await freePort(), await freePort());
+    await copy.start();
+    try {
+      const refusal = `node 'node2' is up at ${node2.meshAddress}; refusing a second process that claims to be it at ${copy.meshAddress}`;
+      await waitFor("node1 to refuse the copy's hello", () => copy.stderrLog.includes(refusal));
+      for (const node of [node1, node2]) expect(await memberAsSeenBy(node, "node2")).toEqual(before);
+      await expectReadsThrough(node1);
+    } finally {
+      await copy.kill9();
+    }
   });
 
   test("a node that claims a member's id from another data directory is refused at hello and never re-points it", async () => {
@@ -163,5 +185,32 @@ describe("start-up checks every flag before it opens anything", () => {
     expect(fs.existsSync(dir)).toBe(false);
     const { volumes } = JSON.parse((await cluster.shoal(["volume", "list", "--json"])).stdout) as { volumes: { name: string }[] };
     expect(volumes.map((volume) => volume.name)).toEqual(["v"]);
+  });
+});
+
+describe("a failed join", () => {
+  test("a join that reaches no member leaves no data dir; one whose answer is lost keeps it, and the retry joins", async () => {
+    const dir = path.join(cluster.root, "joiner");
+    const [listen, nbd, nowhere] = await addresses(3);
+    const unreachable = await startFails(["--id", "joiner", "--data", dir, "--listen", listen!, "--nbd", nbd!, "--join", nowhere!]);
+    expect(unreachable.exitCode).toBe(5);
+    expect(fs.existsSync(dir)).toBe(false);
+    // A "member" that takes the join request and hangs up without an answer.
+    const hangUp = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data: (socket) => void socket.end() } });
+    try {
+      const lost = await startFails(["--id", "joiner", "--data", dir, "--listen", listen!, "--nbd", nbd!, "--join", `127.0.0.1:${hangUp.port}`]);
+      expect(lost.exitCode).toBe(5);
+      expect(lost.stderr).toContain("the member may have taken this node in: start it again with the same --data to finish joining");
+      expect(fs.existsSync(path.join(dir, "catalog.db"))).toBe(true);
+    } finally {
+      hangUp.stop(true);
+    }
+    const joiner = new TestNode("joiner", dir, Number(listen!.split(":")[1]), Number(nbd!.split(":")[1]));
+    try {
+      await joiner.start(cluster.nodes[0]!.meshAddress);
+      await waitFor("node1 to see the joiner up", async () => (await memberAsSeenBy(cluster.nodes[0]!, "joiner"))?.state === "up");
+    } finally {
+      await joiner.kill9();
+    }
   });
 });
