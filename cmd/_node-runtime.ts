@@ -3,7 +3,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Catalog } from "../core/catalog.ts";
-import { ShoalError } from "../core/errors.ts";
+import { asShoalError, ShoalError } from "../core/errors.ts";
 import { isValidNodeId, parseHostPort, type Member } from "../core/member.ts";
 import { PageStore } from "../core/page-store.ts";
 import type { FrameHeader, Payload } from "../transport/frame.ts";
@@ -66,7 +66,7 @@ interface StartPlan {
  */
 export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const plan = checkOptions(options);
-  const createdDir = fs.mkdirSync(options.dataDir, { recursive: true });
+  const createdDir = makeDataDir(options.dataDir);
   const undo: (() => void)[] = [];
   let joinInDoubt = false;
   try {
@@ -105,6 +105,19 @@ function checkOptions(options: NodeOptions): StartPlan {
     nbdAddress: flagAddress("--nbd", options.nbd),
     metricsAddress: options.metrics === undefined ? undefined : flagAddress("--metrics", options.metrics),
   };
+}
+
+/** The data directory, made if missing; returns the first directory it made (to remove on failure). */
+function makeDataDir(dir: string): string | undefined {
+  try {
+    const created = fs.mkdirSync(dir, { recursive: true });
+    if (!fs.statSync(dir).isDirectory()) throw new Error("not a directory");
+    return created;
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    const reason = code === "EEXIST" || code === "ENOTDIR" ? "not a directory" : asShoalError(err).message;
+    throw new ShoalError("BAD_ARGUMENT", `--data ${dir}: ${reason}`);
+  }
 }
 
 /** HOST:PORT given to `flag`, or BAD_ARGUMENT naming the flag. */

@@ -123,6 +123,9 @@ describe("a node id belongs to one data directory", () => {
     try {
       const refusal = `node id 'node2' is already a member of this group (mesh ${node2.meshAddress}) with another data directory; refusing ${impostor.meshAddress}`;
       await waitFor("node1 to refuse the impostor's hello", () => impostor.stderrLog.includes(refusal));
+      // And the other way: node1, dialing member node3's address, finds the impostor there and does not link.
+      const answer = `the node at ${impostor.meshAddress} is 'node2' from another data directory, not member 'node3'`;
+      await waitFor("node1 to refuse the impostor's answer at node3's address", () => node1.stderrLog.includes(answer));
       for (const node of [node1, node2]) expect(await memberAsSeenBy(node, "node2")).toEqual({ ...before, state: "up" });
       await expectReadsThrough(node1);
       await expectReadsThrough(node2);
@@ -164,6 +167,16 @@ describe("start-up checks every flag before it opens anything", () => {
     expect(result.exitCode).toBe(2);
     expect(result.stderr.trim()).toBe("shoal: --metrics: 'nonsense' is not HOST:PORT [BAD_ARGUMENT]");
     expect(fs.existsSync(path.join(cluster.root, "never"))).toBe(false);
+  });
+
+  test("a --data that is a file is refused with exit 2 and left alone", async () => {
+    const file = path.join(cluster.root, "a-file");
+    fs.writeFileSync(file, "not a directory\n");
+    const [listen, nbd] = await addresses(2);
+    const result = await startFails(["--data", file, "--listen", listen!, "--nbd", nbd!]);
+    expect(result.exitCode).toBe(2);
+    expect(result.stderr.trim()).toBe(`shoal: --data ${file}: not a directory [BAD_ARGUMENT]`);
+    expect(fs.readFileSync(file, "utf8")).toBe("not a directory\n");
   });
 
   test("a flag given without its value is an error, never the default", async () => {
