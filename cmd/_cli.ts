@@ -37,8 +37,9 @@ export function nodeAddress(args: { node?: string; tls?: string }): string {
  * citty accepts any flag and any number of arguments; a typo or a stray word must fail loudly
  * instead of being ignored. Only a command that reads `args._` itself (VOL...) is `variadic`.
  */
-export function rejectUnknownFlags(context: { rawArgs: string[]; cmd: { args?: unknown }; args?: { _?: unknown[] } }, options: { variadic?: boolean } = {}): void {
+export function rejectUnknownFlags(context: { rawArgs: string[]; cmd: { args?: unknown }; args?: Record<string, unknown> & { _?: unknown[] } }, options: { variadic?: boolean } = {}): void {
   if (!options.variadic) rejectExtraArguments(Object.values((context.cmd.args ?? {}) as Record<string, ArgDef>), context.args?._ ?? []);
+  rejectMissingValues(context);
   const known = new Set<string>(["help", "h"]);
   for (const [name, def] of Object.entries((context.cmd.args ?? {}) as Record<string, ArgDef>)) {
     known.add(name);
@@ -57,6 +58,22 @@ export function rejectUnknownFlags(context: { rawArgs: string[]; cmd: { args?: u
 function rejectExtraArguments(defs: ArgDef[], given: unknown[]): void {
   const expected = defs.filter((def) => def.type === "positional").length;
   if (given.length > expected) throw new ShoalError("BAD_ARGUMENT", `unexpected argument '${String(given[expected])}'; see --help`);
+}
+
+/**
+ * A flag that takes a value, given without one: citty reads a trailing `--join` (or `--join=`)
+ * as "" and `--join --nbd X` as the value "--nbd". Either would fall back to the default or eat
+ * the next flag, so both are refused.
+ */
+function rejectMissingValues(context: { cmd: { args?: unknown }; args?: Record<string, unknown> }): void {
+  for (const [name, def] of Object.entries((context.cmd.args ?? {}) as Record<string, ArgDef>)) {
+    if (def.type !== "string") continue;
+    const value = context.args?.[name];
+    const isFlag = typeof value === "string" && /^--[A-Za-z]/.test(value);
+    if (value !== "" && value !== true && !isFlag) continue;
+    const hint = def.valueHint ? ` (${def.valueHint})` : "";
+    throw new ShoalError("BAD_ARGUMENT", `--${kebab(name)} needs a value${hint}${isFlag ? `, not the flag '${String(value)}'` : ""}`);
+  }
 }
 
 /** citty hands flags over camelCase; people and config files write them kebab-case. */

@@ -3,11 +3,12 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Catalog } from "../core/catalog.ts";
-import { ShoalError } from "../core/errors.ts";
+import { asShoalError, ShoalError } from "../core/errors.ts";
 import { isValidNodeId, parseHostPort, type Member } from "../core/member.ts";
 import { PageStore } from "../core/page-store.ts";
 import type { FrameHeader, Payload } from "../transport/frame.ts";
-import { Group } from "../transport/group.ts";
+import { Group, JoinInDoubt } from "../transport/group.ts";
+import { lockDataDir } from "./_data-dir-lock.ts";
 import type { MeshConnection, Reply } from "../transport/mesh-connection.ts";
 import { MeshServer } from "../transport/mesh.ts";
 import { meshOpRefusal } from "../transport/mesh-tls.ts";
@@ -50,21 +51,114 @@ export interface RunningNode {
 
 export const SHOAL_VERSION = "0.1.0";
 
+/** The flags, checked: what startNode needs before it creates anything. */
+interface StartPlan {
+  tls: TlsIdentity | undefined;
+  meshAddress: { host: string; port: number };
+  nbdAddress: { host: string; port: number };
+  metricsAddress: { host: string; port: number } | undefined;
+}
+
+/**
+ * Checks every flag before it creates anything on disk or opens any port; then locks the data
+ * directory (one node per directory). A start that fails after that takes down what it opened
+ * and removes the data directory if it created it, so a corrected retry starts clean.
+ */
 export async function startNode(options: NodeOptions): Promise<RunningNode> {
+  const plan = checkOptions(options);
+  const createdDir = makeDataDir(options.dataDir);
+  const undo: (() => void)[] = [];
+  let joinInDoubt = false;
+  try {
+    const lock = lockDataDir(options.dataDir);
+    undo.push(() => lock.release());
+    // Removed before the lock is released: no other node may have started on it meanwhile.
+    // Kept after a join whose answer was lost: the member may have recorded its identity.
+    undo.push(() => {
+      if (createdDir !== undefined && !joinInDoubt) fs.rmSync(createdDir, { recursive: true, force: true });
+    });
+    const node = await runNode(options, plan, undo);
+    return { ...node, stop: () => node.stop().finally(() => lock.release()) };
+  } catch (err) {
+    joinInDoubt = err instanceof JoinInDoubt;
+    for (const step of undo.reverse()) {
+      try {
+        step();
+      } catch {
+        // Best effort: the error that stopped the start is the one to report.
+      }
+    }
+    throw err;
+  }
+}
+
+function checkOptions(options: NodeOptions): StartPlan {
+  if (options.id !== undefined && !isValidNodeId(options.id)) {
+    throw new ShoalError("BAD_ARGUMENT", `--id: '${options.id}' is not a valid node id (letters, digits, '.', '_', '-')`);
+  }
+  if (!options.dataDir) throw new ShoalError("BAD_ARGUMENT", "--data needs a directory");
+  if (options.join !== undefined) flagAddress("--join", options.join);
+  return {
+    // Bad credentials are found before anything is created on disk.
+    tls: nodeTlsIdentity(options),
+    meshAddress: flagAddress("--listen", options.listen),
+    nbdAddress: flagAddress("--nbd", options.nbd),
+    metricsAddress: options.metrics === undefined ? undefined : flagAddress("--metrics", options.metrics),
+  };
+}
+
+/** The data directory, made if missing; returns the first directory it made (to remove on failure). */
+function makeDataDir(dir: string): string | undefined {
+  try {
+    const created = fs.mkdirSync(dir, { recursive: true });
+    if (!fs.statSync(dir).isDirectory()) throw new Error("not a directory");
+    return created;
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    const reason = code === "EEXIST" || code === "ENOTDIR" ? "not a directory" : asShoalError(err).message;
+    throw new ShoalError("BAD_ARGUMENT", `--data ${dir}: ${reason}`);
+  }
+}
+
+/** HOST:PORT given to `flag`, or BAD_ARGUMENT naming the flag. */
+function flagAddress(flag: string, text: string): { host: string; port: number } {
+  if (text === "") throw new ShoalError("BAD_ARGUMENT", `${flag} needs a value (HOST:PORT)`);
+  try {
+    return parseHostPort(text);
+  } catch (err) {
+    throw new ShoalError("BAD_ARGUMENT", `${flag}: ${(err as Error).message}`);
+  }
+}
+
+/** Says which flag names an address that cannot be listened on. */
+function onFlag<T>(flag: string, listen: () => T): T {
+  const named = (err: unknown): never => {
+    if (!(err instanceof ShoalError)) throw err;
+    throw new ShoalError(err.code, `${err.message}; choose another with ${flag}`);
+  };
+  try {
+    const result = listen();
+    return result instanceof Promise ? (result.catch(named) as T) : result;
+  } catch (err) {
+    return named(err);
+  }
+}
+
+/** Everything after the lock. Each thing opened pushes its undoing, for a start that fails. */
+async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)[]): Promise<RunningNode> {
   const log = createLog(undefined, options.logFormat);
-  // Bad credentials are found before anything is created on disk.
-  const tls = nodeTlsIdentity(options);
-  fs.mkdirSync(options.dataDir, { recursive: true });
+  const { tls, meshAddress, nbdAddress, metricsAddress } = plan;
   const catalog = new Catalog(path.join(options.dataDir, "catalog.db"));
+  undo.push(() => catalog.close());
   const id = resolveNodeId(catalog, options.id ?? tls?.name);
   log.fields.node = id;
+  const identity = resolveIdentity(catalog);
   if (tls && tls.name !== id) {
     throw new ShoalError("BAD_ARGUMENT", `the certificate in ${tls.dir} is for '${tls.name}' but this node is '${id}'; issue one with \`shoal tls issue CADIR ${id}\``);
   }
   useTlsIdentity(tls);
   const store = new PageStore({ dir: options.dataDir });
-  const meshAddress = parseHostPort(options.listen);
-  const nbdAddress = parseHostPort(options.nbd);
+  undo.push(() => store.close());
   const startedAtMs = Date.now();
 
   let group: Group;
@@ -96,9 +190,11 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   };
 
   const mesh = new MeshServer(handler, log, tls);
-  const meshPort = mesh.listen(meshAddress.host, meshAddress.port);
+  const meshPort = onFlag("--listen", () => mesh.listen(meshAddress.host, meshAddress.port));
+  undo.push(() => mesh.stop());
   const self: Member = {
     id,
+    identity,
     meshAddress: `${meshAddress.host}:${meshPort}`,
     nbdAddress: "",
     joinedAtMs: Date.now(),
@@ -136,7 +232,8 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     log,
     tls: tls ? { identity: tls, required: options.tlsRequired === true } : undefined,
   });
-  const { port: nbdPort } = await nbd.listen(nbdAddress.host, nbdAddress.port);
+  const { port: nbdPort } = await onFlag("--nbd", () => nbd.listen(nbdAddress.host, nbdAddress.port));
+  undo.push(() => void nbd.close());
   group.addMember({ ...self, nbdAddress: `${nbdAddress.host}:${nbdPort}` });
   const clockSkewMs = Number(process.env.SHOAL_CLOCK_SKEW_MS ?? 0);
   snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs });
@@ -149,8 +246,8 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   routeAdmin = new RouteAdmin(group, moves);
   admin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
   watchNodeState(nodeMetrics, { group, store, version: SHOAL_VERSION, startedAtMs, nbdConnections: () => nbd.connectionCount, meshConnections: () => mesh.connections.size });
-  const metricsAddress = options.metrics === undefined ? undefined : parseHostPort(options.metrics);
-  const metricsEndpoint = metricsAddress && serveMetrics(metricsAddress.host, metricsAddress.port, nodeMetrics.registry);
+  const metricsEndpoint = metricsAddress && onFlag("--metrics", () => serveMetrics(metricsAddress.host, metricsAddress.port, nodeMetrics.registry));
+  undo.push(() => metricsEndpoint?.stop());
 
   if (group.groupId === undefined) {
     if (options.join) await group.join(options.join);
@@ -192,6 +289,15 @@ function nodeTlsIdentity(options: NodeOptions): TlsIdentity | undefined {
   if (identity.role !== "node") {
     throw new ShoalError("BAD_ARGUMENT", `the certificate in ${options.tlsDir} is a ${identity.role} certificate; a node needs one issued with --role node`);
   }
+  return identity;
+}
+
+/** The data directory's random identity (see Member.identity), made when the directory is new. */
+function resolveIdentity(catalog: Catalog): string {
+  const stored = catalog.getMeta("node_identity");
+  if (stored) return stored;
+  const identity = crypto.randomUUID();
+  catalog.setMeta("node_identity", identity);
   return identity;
 }
 

@@ -68,6 +68,7 @@ export class Catalog implements SnapshotCatalog {
     // Columns added after the first release: a catalog from before gets them empty.
     this.addColumnIfMissing("volumes", "moving", "TEXT");
     this.addColumnIfMissing("members", "forgotten", "INTEGER NOT NULL DEFAULT 0");
+    this.addColumnIfMissing("members", "identity", "TEXT");
   }
 
   private addColumnIfMissing(table: string, column: string, declaration: string): void {
@@ -129,12 +130,14 @@ export class Catalog implements SnapshotCatalog {
       nbd_address: string;
       joined_at_ms: number;
       forgotten: number;
+      identity: string | null;
     }[];
     return rows.map((row) => ({
       id: row.id,
       meshAddress: row.mesh_address,
       nbdAddress: row.nbd_address,
       joinedAtMs: row.joined_at_ms,
+      ...(row.identity ? { identity: row.identity } : {}),
       ...(row.forgotten ? { forgotten: true } : {}),
     }));
   }
@@ -142,11 +145,11 @@ export class Catalog implements SnapshotCatalog {
   putMember(member: Member): void {
     this.db
       .query(
-        `INSERT INTO members (id, mesh_address, nbd_address, joined_at_ms, forgotten) VALUES (?, ?, ?, ?, ?)
+        `INSERT INTO members (id, mesh_address, nbd_address, joined_at_ms, forgotten, identity) VALUES (?, ?, ?, ?, ?, ?)
          ON CONFLICT(id) DO UPDATE SET mesh_address = excluded.mesh_address, nbd_address = excluded.nbd_address,
-           forgotten = excluded.forgotten`,
+           forgotten = excluded.forgotten, identity = COALESCE(members.identity, excluded.identity)`,
       )
-      .run(member.id, member.meshAddress, member.nbdAddress, member.joinedAtMs, member.forgotten ? 1 : 0);
+      .run(member.id, member.meshAddress, member.nbdAddress, member.joinedAtMs, member.forgotten ? 1 : 0, member.identity ?? null);
   }
 
   /** Every snapshot record, tombstones included. */

@@ -8,6 +8,13 @@ export interface Member {
   /** host:port of the NBD server. */
   nbdAddress: string;
   joinedAtMs: number;
+  /**
+   * A random id its data directory was given when created (catalog meta `node_identity`). Two
+   * processes claiming one node id with different identities are two nodes: the group keeps the
+   * one it knew and refuses the other. Undefined in records from before identities existed; the
+   * first hello from the member fills it in.
+   */
+  identity?: string;
   /** Removed from the group by `route forget`; kept so a stale peer cannot bring it back. */
   forgotten?: boolean;
 }
@@ -16,6 +23,12 @@ const NODE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 export function isValidNodeId(id: string): boolean {
   return NODE_ID.test(id);
+}
+
+const IDENTITY = /^[0-9a-f-]{8,64}$/;
+
+export function isValidIdentity(identity: string): boolean {
+  return IDENTITY.test(identity);
 }
 
 /** Splits "host:port" (or "[v6]:port"); the default host is loopback. */

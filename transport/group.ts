@@ -3,7 +3,7 @@
 // catalog digest differs from a peer's, which every hello and heartbeat carries.
 import { ShoalError } from "../core/errors.ts";
 import type { Catalog } from "../core/catalog.ts";
-import { isValidMemberAddress, isValidNodeId, type Member } from "../core/member.ts";
+import { isValidIdentity, isValidMemberAddress, isValidNodeId, type Member } from "../core/member.ts";
 import { isNewer, volumeFromWire, volumeToWire, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
 import { isNewerSnapshot, snapshotKey, type SnapshotRecord } from "../core/snapshot-record.ts";
 import type { FrameHeader } from "./frame.ts";
@@ -23,6 +23,12 @@ export interface VolumeAnswer {
   version: number;
   moveId: string | undefined;
 }
+
+/**
+ * A join whose answer never came: the member may have recorded this node (and its identity), so
+ * the new data directory must be kept for the retry, which it would otherwise refuse as another node.
+ */
+export class JoinInDoubt extends ShoalError {}
 
 export interface GroupOptions {
   catalog: Catalog;
@@ -80,7 +86,10 @@ export class Group {
   async join(address: string): Promise<void> {
     const connection = await dialMesh(address, this.options.handler, this.options.log);
     try {
-      const response = await connection.request("group.join", { member: this.members.get(this.selfId) });
+      const response = await connection.request("group.join", { member: this.members.get(this.selfId) }).catch((err: unknown) => {
+        if (!(err instanceof ShoalError) || (err.code !== "NODE_DOWN" && err.code !== "TIMEOUT")) throw err;
+        throw new JoinInDoubt(err.code, `${err.message}; the member may have taken this node in: start it again with the same --data to finish joining`);
+      });
       const dump = response.result as unknown as GroupDump;
       this.groupId = dump.groupId;
       this.options.catalog.setMeta("group_id", dump.groupId);
@@ -96,7 +105,12 @@ export class Group {
     const known = this.members.get(member.id);
     // A forgotten member stays forgotten, whatever a stale peer still says of it.
     if (known?.forgotten) return false;
-    if (known && known.meshAddress === member.meshAddress && known.nbdAddress === member.nbdAddress && !member.forgotten) return false;
+    // Only a record from the member's own data directory may re-point it (see Member.identity).
+    if (known && !sameIdentity(known, member)) {
+      this.options.log.warn(`ignoring a record of node '${member.id}' at ${member.meshAddress}: it is from another data directory than the member at ${known.meshAddress}`);
+      return false;
+    }
+    if (known && known.meshAddress === member.meshAddress && known.nbdAddress === member.nbdAddress && known.identity === member.identity && !member.forgotten) return false;
     this.members.set(member.id, member);
     this.options.catalog.putMember(member);
     this.cachedDigest = undefined;
@@ -299,7 +313,21 @@ export class Group {
     if (info.groupId !== undefined && this.groupId !== undefined && info.groupId !== this.groupId) {
       throw new ShoalError("CONFLICT", `node ${peerId} belongs to another group (${String(info.groupId)}); not linking to it`);
     }
+    // Only a hello answer names the node; heartbeats carry the group and digest alone.
+    if (info.nodeId !== undefined) this.checkAnswerer(peerId, info);
     if (typeof info.digest === "string" && info.digest !== this.digest()) void this.pullFrom(peerId);
+  }
+
+  /** The node that answered at a member's address must be that member, from its own data directory. */
+  private checkAnswerer(peerId: string, info: FrameHeader): void {
+    const known = this.members.get(peerId);
+    if (!known) return;
+    const identity = typeof info.identity === "string" && isValidIdentity(info.identity) ? info.identity : undefined;
+    if (info.nodeId !== peerId || !sameIdentity(known, { ...known, identity })) {
+      throw new ShoalError("CONFLICT", `the node at ${known.meshAddress} is '${String(info.nodeId)}' from another data directory, not member '${peerId}'; not linking to it`);
+    }
+    // A member recorded before identities existed: its first answer fills it in.
+    if (known.identity === undefined && identity !== undefined) this.addMember({ ...known, identity });
   }
 
   private async pullFrom(peerId: string): Promise<void> {
@@ -327,11 +355,13 @@ export class Group {
       case "group.join":
         return this.onJoin(args) as unknown as FrameHeader;
       case "group.member":
+        requireMember(connection, op);
         this.addMember(parseMember(args.member));
         return {};
       case "catalog.dump":
         return this.dump() as unknown as FrameHeader;
       case "catalog.volume": {
+        requireMember(connection, op);
         const record = volumeFromWire(args.record as VolumeRecordWire);
         // The sender holds it durably; a copy lost in a crash here comes back by digest.
         this.applyVolume(record, "later");
@@ -340,6 +370,7 @@ export class Group {
         return { version: kept.version, ...(kept.moving ? { moveId: kept.moving.moveId } : {}) };
       }
       case "catalog.snapshot":
+        requireMember(connection, op);
         this.applySnapshot(parseSnapshotRecord(args.record));
         return {};
       default:
@@ -359,6 +390,7 @@ export class Group {
       if (this.members.get(member.id)!.forgotten) {
         throw new ShoalError("UNKNOWN_NODE", `node '${member.id}' was removed from this group (route forget); refusing it`);
       }
+      this.refuseImpostor(member);
       this.addMember(member);
       this.links.get(member.id)?.redialNow();
       connection.peerId = member.id;
@@ -367,7 +399,7 @@ export class Group {
     } else {
       connection.peerId = "admin";
     }
-    return { groupId: this.groupId, nodeId: this.selfId, digest: this.digest() };
+    return { groupId: this.groupId, nodeId: this.selfId, identity: this.members.get(this.selfId)!.identity, digest: this.digest() };
   }
 
   private onJoin(args: FrameHeader): GroupDump {
@@ -375,6 +407,7 @@ export class Group {
     if (this.members.get(member.id)?.forgotten) {
       throw new ShoalError("CONFLICT", `node id '${member.id}' was removed from this group; join with a new id and an empty data directory`);
     }
+    this.refuseImpostor(member);
     const isNew = this.addMember(member);
     if (isNew) {
       this.options.log.info(`node ${member.id} joined the group (${member.meshAddress})`, { peer: member.id });
@@ -383,6 +416,45 @@ export class Group {
       }
     }
     return this.dump();
+  }
+
+  /**
+   * A hello or join that claims a member's id (or this node's own) from another data directory:
+   * a second node started with a running member's --id, or a copy of this node's data directory.
+   * Taking it would re-point the member for the whole group, so it is refused, and said why.
+   */
+  private refuseImpostor(claimed: Member): void {
+    const known = this.members.get(claimed.id);
+    if (!known) return;
+    if (claimed.id === this.selfId && claimed.identity === known.identity) {
+      throw new ShoalError("CONFLICT", `a node at ${claimed.meshAddress} claims to be this node '${claimed.id}' with its identity: is it running on a copy of this data directory?`);
+    }
+    if (claimed.id === this.selfId || !sameIdentity(known, claimed)) {
+      throw new ShoalError(
+        "CONFLICT",
+        `node id '${claimed.id}' is already a member of this group (mesh ${known.meshAddress}) with another data directory; refusing ${claimed.meshAddress}: give a new node a new --id`,
+      );
+    }
+    // Its identity, from elsewhere, while it answers where it is: a copy of its data directory.
+    // A member that really moved is let in once its old link is down (a closed socket, or missed heartbeats).
+    if (claimed.meshAddress !== known.meshAddress && this.isUp(claimed.id)) {
+      throw new ShoalError(
+        "CONFLICT",
+        `node '${claimed.id}' is up at ${known.meshAddress}; refusing a second process that claims to be it at ${claimed.meshAddress} (a copy of its data directory?)`,
+      );
+    }
+  }
+}
+
+/** False when the member's identity is known and the record claims another (or none). */
+function sameIdentity(known: Member, claimed: Member): boolean {
+  return known.identity === undefined || claimed.identity === known.identity;
+}
+
+/** Changes to the catalog come from members only: never from an admin client or a connection before its hello. */
+function requireMember(connection: MeshConnection, op: string): void {
+  if (connection.peerId === undefined || connection.peerId === "admin") {
+    throw new ShoalError("BAD_REQUEST", `'${op}' is for members of the group that said hello`);
   }
 }
 
@@ -403,11 +475,15 @@ function parseMember(value: unknown): Member {
   if (!isValidNodeId(member.id) || !isValidMemberAddress(member.meshAddress) || !isValidMemberAddress(member.nbdAddress)) {
     throw new ShoalError("BAD_REQUEST", `member record for '${member.id.slice(0, 64)}' has an invalid id or address`);
   }
+  if (member.identity !== undefined && (typeof member.identity !== "string" || !isValidIdentity(member.identity))) {
+    throw new ShoalError("BAD_REQUEST", `member record for '${member.id}' has an invalid identity`);
+  }
   return {
     id: member.id,
     meshAddress: member.meshAddress,
     nbdAddress: member.nbdAddress,
     joinedAtMs: Number(member.joinedAtMs) || Date.now(),
+    ...(member.identity !== undefined ? { identity: member.identity } : {}),
     ...(member.forgotten === true ? { forgotten: true } : {}),
   };
 }

@@ -4,6 +4,7 @@ import type { Socket, TCPSocketListener } from "bun";
 import { ShoalError } from "../core/errors.ts";
 import { parseHostPort } from "../core/member.ts";
 import { encodeFrameHead, type FrameHeader } from "./frame.ts";
+import { listenError } from "./listen-error.ts";
 import { MeshConnection, type RequestHandler, type Response } from "./mesh-connection.ts";
 import { meshTlsOptions, type PeerCertificate, TLS_HANDSHAKE_TIMEOUT_SECONDS, verifyPeer } from "./mesh-tls.ts";
 import { type TlsIdentity, tlsIdentity } from "./tls-identity.ts";
@@ -31,7 +32,16 @@ export class MeshServer {
 
   listen(host: string, port: number): number {
     const tls = this.tls;
-    this.listener = Bun.listen<SocketData>({
+    try {
+      this.listener = this.open(host, port, tls);
+    } catch (err) {
+      throw listenError("the mesh", host, port, err);
+    }
+    return this.listener.port;
+  }
+
+  private open(host: string, port: number, tls: TlsIdentity | undefined): TCPSocketListener<SocketData> {
+    return Bun.listen<SocketData>({
       hostname: host,
       port,
       data: {},
@@ -58,7 +68,6 @@ export class MeshServer {
         error: (socket) => socket.data.connection?.close(),
       },
     });
-    return this.listener.port;
   }
 
   private accept(socket: Socket<SocketData>, certificate: PeerCertificate | undefined): void {

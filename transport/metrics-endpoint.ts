@@ -1,7 +1,8 @@
 // `--metrics HOST:PORT`: a plain HTTP listener that answers GET /metrics with the node's metrics in
 // the Prometheus text format. Nothing else is served; a scrape only reads counters.
 import type { Server } from "bun";
-import { asShoalError, ShoalError } from "../core/errors.ts";
+import { asShoalError } from "../core/errors.ts";
+import { listenError } from "./listen-error.ts";
 import type { MetricsRegistry } from "../core/metrics.ts";
 
 export interface MetricsEndpoint {
@@ -30,7 +31,7 @@ export function serveMetrics(host: string, port: number, registry: MetricsRegist
       },
     });
   } catch (err) {
-    throw new ShoalError("BAD_ARGUMENT", `cannot serve metrics on ${host}:${port}: ${asShoalError(err).message}`);
+    throw listenError("metrics", host, port, err);
   }
   return { port: server.port ?? port, stop: () => void server.stop(true) };
 }

@@ -9,6 +9,7 @@ import { ByteQueue } from "./_byte-queue.ts";
 import { dataBuffers } from "./buffer-pool.ts";
 import { nodeMetrics } from "./node-metrics.ts";
 import { SocketWriter } from "./socket-writer.ts";
+import { listenError } from "./listen-error.ts";
 import { type ByteStream, startServerTls } from "./nbd-tls-session.ts";
 import type { MeshLog } from "./mesh.ts";
 import type { TlsIdentity } from "./tls-identity.ts";
@@ -182,7 +183,7 @@ export class NbdServer {
     try {
       this.listener = Bun.listen<NbdConnection | undefined>({ hostname: host, port, data: undefined, socket: this.handlers() });
     } catch (err) {
-      throw new ShoalError("BAD_ARGUMENT", `cannot listen for NBD on ${host}:${port}: ${asShoalError(err).message}`);
+      throw listenError("NBD", host, port, err);
     }
     this.context.log.info(`nbd server listening on ${host}:${this.listener.port}`);
     return { port: this.listener.port };
