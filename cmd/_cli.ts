@@ -38,8 +38,9 @@ export function nodeAddress(args: { node?: string; tls?: string }): string {
  * instead of being ignored. Only a command that reads `args._` itself (VOL...) is `variadic`.
  */
 export function rejectUnknownFlags(context: { rawArgs: string[]; cmd: { args?: unknown }; args?: Record<string, unknown> & { _?: unknown[] } }, options: { variadic?: boolean } = {}): void {
-  if (!options.variadic) rejectExtraArguments(Object.values((context.cmd.args ?? {}) as Record<string, ArgDef>), context.args?._ ?? []);
+  // A flag without its value first: citty then counts the next word as a stray argument.
   rejectMissingValues(context);
+  if (!options.variadic) rejectExtraArguments(Object.values((context.cmd.args ?? {}) as Record<string, ArgDef>), context.args?._ ?? []);
   const known = new Set<string>(["help", "h"]);
   for (const [name, def] of Object.entries((context.cmd.args ?? {}) as Record<string, ArgDef>)) {
     known.add(name);
