@@ -23,6 +23,9 @@ export interface AdminApiOptions {
 
 type Usage = Record<string, VolumeUsage & { exclusiveBytes?: number }>;
 
+/** `route show` lists this many runs a node at most (a table moved page by page has millions). */
+const RUNS_SHOWN_PER_NODE = 1000;
+
 /** A prepare or take that reached someone too late (a stalled event loop, a slow link) failed cleanly: try again. */
 const TIMEOUT_ATTEMPTS = 3;
 /** Pages moved while the snapshot prepared (routing versions differed): try again on the new table. */
@@ -219,7 +222,7 @@ export class AdminApi {
     const record = group.volume(volume);
     const layer = snapshot === undefined ? undefined : snapshotLayerId(record.uid, group.snapshot(volume, snapshot).snapshotId);
     const counts = pagesPerNode(record.routing);
-    const runs = describeRuns(record.routing);
+    const runs = describeRuns(record.routing, RUNS_SHOWN_PER_NODE);
     const usage = await this.usageByNode(record.routing.nodes);
     const bytesOn = (node: string): number | null => {
       const held = usage.get(node);
@@ -242,7 +245,8 @@ export class AdminApi {
         node,
         pages: counts.get(node) ?? 0,
         bytesUsed: bytesOn(node),
-        runs: (runs.get(node) ?? []).map((run) => ({ ...run, text: formatRun(run) })),
+        runs: (runs.get(node)?.runs ?? []).map((run) => ({ ...run, text: formatRun(run) })),
+        runCount: runs.get(node)?.count ?? 0,
       })),
     };
   }

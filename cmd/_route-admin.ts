@@ -2,7 +2,7 @@
 // here from this node's tables, and carried out by its MoveService in the background.
 import { ShoalError } from "../core/errors.ts";
 import { parsePageList, planDrain, planMove, planRebalance, type PageMove } from "../core/move-plan.ts";
-import { pagesOf } from "../core/routing.ts";
+import { pagesPerNode } from "../core/routing.ts";
 import type { FrameHeader } from "../transport/frame.ts";
 import type { Group } from "../transport/group.ts";
 import type { MoveService, MoveTask } from "../transport/move-service.ts";
@@ -50,7 +50,7 @@ export class RouteAdmin {
     const targets = this.liveIds().filter((id) => id !== node);
     const tasks: MoveTask[] = [];
     for (const record of this.group.liveVolumes()) {
-      if (pagesOf(record.routing, node).length === 0) continue;
+      if (!pagesPerNode(record.routing).get(node)) continue;
       tasks.push({ volume: record.name, moves: planDrain(record.routing, node, targets) });
     }
     return this.start("drain", tasks, args.dryRun === true);
@@ -59,7 +59,7 @@ export class RouteAdmin {
   private async forget(node: string): Promise<FrameHeader> {
     const id = this.memberId(node);
     if (id === this.group.selfId) throw new ShoalError("BAD_ARGUMENT", `node ${id} cannot forget itself; ask another member`);
-    const holding = this.group.liveVolumes().filter((record) => pagesOf(record.routing, id).length > 0);
+    const holding = this.group.liveVolumes().filter((record) => (pagesPerNode(record.routing).get(id) ?? 0) > 0);
     if (holding.length > 0) {
       throw new ShoalError(
         "CONFLICT",

@@ -74,11 +74,20 @@ export interface PageRun {
  * The pages of each node as arithmetic runs: a striped table over three nodes reads
  * "0-765 step 3" instead of 256 single pages, and a moved range reads as a plain range.
  */
-export function describeRuns(table: RoutingTable): Map<string, PageRun[]> {
-  const runs = new Map<string, PageRun[]>(table.nodes.map((node) => [node, []]));
-  collectRuns(table, Infinity, (first, last, step, index) => runs.get(table.nodes[index]!)!.push({ first, last, step }));
-  for (const list of runs.values()) list.sort((a, b) => a.first - b.first);
-  return runs;
+export function describeRuns(table: RoutingTable, keepPerNode = Infinity): Map<string, NodeRuns> {
+  const perIndex: NodeRuns[] = table.nodes.map(() => ({ runs: [], count: 0 }));
+  // Each node's runs come in ascending order: the ones kept are its lowest.
+  collectRuns(table, Infinity, (first, last, step, index) => {
+    const node = perIndex[index]!;
+    if (node.count++ < keepPerNode) node.runs.push({ first, last, step });
+  });
+  return new Map(table.nodes.map((node, index) => [node, perIndex[index]!]));
+}
+
+/** A node's runs, the first `keepPerNode` of them, and how many there are in all. */
+export interface NodeRuns {
+  runs: PageRun[];
+  count: number;
 }
 
 /**
@@ -149,11 +158,20 @@ export function routingToWire(table: RoutingTable): RoutingTableWire {
   const pages = table.owners.length;
   // Runs only while they take less room than the owner map (2 bytes a page).
   const maxRuns = Math.max(table.nodes.length, Math.floor((pages * 2) / RUN_BYTES));
-  const quads: number[] = [];
-  const regular = collectRuns(table, maxRuns, (first, last, step, index) => quads.push(first, last, step, index));
-  if (regular) {
-    return { version: table.version, nodes: table.nodes, runs: new Uint8Array(Uint32Array.from(quads).buffer) };
-  }
+  let quads = new Uint32Array(Math.min(maxRuns, 1024) * 4);
+  let used = 0;
+  const regular = collectRuns(table, maxRuns, (first, last, step, index) => {
+    if (used === quads.length) {
+      const grown = new Uint32Array(quads.length * 2);
+      grown.set(quads);
+      quads = grown;
+    }
+    quads[used++] = first;
+    quads[used++] = last;
+    quads[used++] = step;
+    quads[used++] = index;
+  });
+  if (regular) return { version: table.version, nodes: table.nodes, runs: new Uint8Array(quads.buffer, 0, used * 4) };
   const owners = table.owners;
   return { version: table.version, nodes: table.nodes, owners: new Uint8Array(owners.buffer, owners.byteOffset, owners.byteLength) };
 }

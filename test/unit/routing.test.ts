@@ -23,14 +23,17 @@ describe("routing table", () => {
   });
   test("runs describe striped tables compactly and moved ranges plainly", () => {
     const table = stripedTable(256, ["a", "b", "c"]);
-    expect(describeRuns(table).get("a")!.map(formatRun)).toEqual(["0-255/3"]);
+    expect(describeRuns(table).get("a")!.runs.map(formatRun)).toEqual(["0-255/3"]);
     table.owners.fill(1, 10, 20);
-    const runs = describeRuns(table).get("b")!;
+    const runs = describeRuns(table).get("b")!.runs;
     expect(runs.map(formatRun)).toContain("11-19");
     const expanded: number[] = [];
     for (const run of runs) for (let page = run.first; page <= run.last; page += run.step) expanded.push(page);
     const owned = [...table.owners.keys()].filter((page) => table.owners[page] === 1);
     expect(expanded).toEqual(owned);
+    const firstTwo = describeRuns(table, 2).get("b")!;
+    expect(firstTwo.runs).toEqual(runs.slice(0, 2));
+    expect(firstTwo.count).toBe(runs.length);
   });
   test("a striped table travels as one run per node whatever its size; a moved range adds a few runs", () => {
     const table = stripedTable(16 * 1024 * 1024, ["a", "b", "c"]); // 64 TiB at 4 MiB pages

@@ -1,0 +1,161 @@
+// Volumes up to the maximum (64 TiB at 4 MiB pages) on real processes: the routing table travels
+// as runs, so a three-node group creates, serves, snapshots, moves, archives and catches a
+// restarted member up on them, and keeps its links steady; sizes over the maximum are refused
+// with exit 2 before anything is created anywhere.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { adminRequest } from "../../cmd/_cli.ts";
+import { run, TestCluster, waitFor, type TestNode } from "./_cluster.ts";
+
+const TiB = 1024 ** 4;
+const MiB = 1024 ** 2;
+
+/** qemu-io on `url`; leading "-r" opens it read-only (as a snapshot's export must be). */
+function qemuIo(url: string, ...commands: string[]) {
+  const flags = commands.filter((c) => c.startsWith("-"));
+  return run(["qemu-io", "-f", "raw", ...flags, ...commands.filter((c) => !c.startsWith("-")).flatMap((c) => ["-c", c]), url]);
+}
+
+/** A qemu-io run whose every command (reads with -P patterns included) succeeded. */
+function expectClean(result: { exitCode: number; stdout: string; stderr: string }): void {
+  expect(result.stdout + result.stderr).not.toMatch(/verification failed|error|not found/i);
+  expect(result.exitCode).toBe(0);
+}
+
+/** How often each node logged a peer coming up: a reconnect storm shows as this growing. */
+function upLines(nodes: TestNode[]): number[] {
+  return nodes.map((node) => node.stderrLog.split("\n").filter((line) => / is up \(/.test(line)).length);
+}
+
+async function volumeNames(node: TestNode): Promise<string[]> {
+  const listed = await adminRequest(node.meshAddress, "admin.volume.list", {}, 5000);
+  return (listed.volumes as { name: string }[]).map((volume) => volume.name);
+}
+
+/** Every node sees every node up, several times over a second or two: the links hold. */
+async function expectSteadyGroup(nodes: TestNode[]): Promise<void> {
+  const before = upLines(nodes);
+  const deadline = Date.now() + 2000;
+  while (Date.now() < deadline) {
+    for (const node of nodes) {
+      const members = (await adminRequest(node.meshAddress, "admin.route.nodes", {}, 5000)).nodes as { id: string; state: string }[];
+      expect(members.map((member) => `${member.id}:${member.state}`)).toEqual(nodes.map((other) => `${other.id}:up`));
+    }
+    await Bun.sleep(200);
+  }
+  expect(upLines(nodes)).toEqual(before);
+  for (const node of nodes) expect(node.stderrLog).not.toMatch(/refusing volume record|over the limit|could not be sent/);
+}
+
+describe("large volumes", () => {
+  let cluster: TestCluster;
+  let dir: string;
+  beforeAll(async () => {
+    cluster = await TestCluster.start(3);
+    dir = fs.mkdtempSync(path.join(cluster.root, "archives-"));
+  });
+  afterAll(async () => {
+    await cluster?.stop();
+  });
+
+  test("8 TiB and 64 TiB volumes: created, shown, served at their far end through every node, snapshotted, moved and archived; a member down at the create catches up", async () => {
+    const [node1, node2, node3] = cluster.nodes as [TestNode, TestNode, TestNode];
+    const created = await cluster.shoal(["volume", "create", "y8", "--size", "8T", "--json"]);
+    expect(created.stderr).toBe("");
+    expect(created.exitCode).toBe(0);
+    expect(JSON.parse(created.stdout)).toMatchObject({ pageCount: 2 * 1024 * 1024, nodes: ["node1", "node2", "node3"] });
+
+    // node3 misses the 64 TiB create and every change after it until it comes back.
+    await node3.kill9();
+    const big = await cluster.shoal(["volume", "create", "y64", "--size", "64T", "--nodes", "node1,node2", "--json"], { node: node2 });
+    expect(big.stderr).toBe("");
+    expect(big.exitCode).toBe(0);
+    const lastPage64 = 16 * 1024 * 1024 - 1;
+    expect(JSON.parse(big.stdout).pageCount).toBe(lastPage64 + 1);
+
+    // route show prints the striped tables as one run per node, whatever the size.
+    const shown = await cluster.shoal(["route", "show", "y8"]);
+    expect(shown.exitCode).toBe(0);
+    expect(shown.stdout).toContain("0-2097150/3");
+    expect(shown.stdout).toContain("2-2097149/3");
+    const shown64 = JSON.parse((await cluster.shoal(["route", "show", "y64", "--json"], { node: node2 })).stdout);
+    expect(shown64.nodes.map((n: { runs: { text: string }[] }) => n.runs.map((run) => run.text))).toEqual([["0-16777214/2"], ["1-16777215/2"]]);
+
+    // Data at the far end of both volumes, written through one node and read through another.
+    const end8 = 8 * TiB - 4 * MiB;
+    const end64 = 64 * TiB - 4 * MiB;
+    expect((await qemuIo(node1.nbdUrl("y8"), `write -P 0x81 ${end8} 4M`, "write -P 0x80 0 64K", "flush")).exitCode).toBe(0);
+    expect((await qemuIo(node1.nbdUrl("y64"), `write -P 0x64 ${end64} 4M`, `write -P 0x65 ${32 * TiB} 1M`, "flush")).exitCode).toBe(0);
+    const read8 = await qemuIo(node2.nbdUrl("y8"), `read -P 0x81 ${end8} 4M`, "read -P 0x80 0 64K", `read -P 0 ${4 * TiB} 1M`);
+    expectClean(read8);
+
+    // node3 comes back: it learns of y64 (and what else it missed) and serves it.
+    await node3.start();
+    await cluster.waitConverged();
+    await waitFor("node3 to catch up on y64", async () => (await volumeNames(node3)).includes("y64"));
+    const read64 = await qemuIo(node3.nbdUrl("y64"), "-r", `read -P 0x64 ${end64} 4M`, `read -P 0x65 ${32 * TiB} 1M`);
+    expectClean(read64);
+
+    // A snapshot of both, and a move of y64's last page onto node3, which held none of it.
+    const snap = await cluster.shoal(["snap", "create", "y8", "y64", "--name", "s1"]);
+    expect(snap.stderr).toBe("");
+    expect(snap.exitCode).toBe(0);
+    const moved = await cluster.shoal(["route", "move", "y64", "--pages", `${lastPage64 - 2}-${lastPage64}`, "--to", "node3", "--json"]);
+    expect(moved.exitCode).toBe(0);
+    expect(JSON.parse(moved.stdout)).toMatchObject({ state: "done", pagesMoved: 3 });
+    await waitFor("every node to have the moved table", async () => {
+      const docs = await Promise.all(cluster.nodes.map((node) => cluster.shoal(["route", "show", "y64", "--json"], { node })));
+      return docs.every((doc) => {
+        const parsed = JSON.parse(doc.stdout) as { nodes: { node: string; runs: { text: string }[] }[] };
+        return parsed.nodes.find((n) => n.node === "node3")?.runs.map((run) => run.text).join(",") === `${lastPage64 - 2}-${lastPage64}`;
+      });
+    });
+    for (const node of cluster.nodes) {
+      const after = await qemuIo(node.nbdUrl("y64"), "-r", `read -P 0x64 ${end64} 4M`);
+      expectClean(after);
+      const before = await qemuIo(node.nbdUrl("y64@s1"), "-r", `read -P 0x64 ${end64} 4M`, `read -P 0 ${end64 - 4 * MiB} 4M`);
+      expectClean(before);
+    }
+
+    // An archive of the 8 TiB snapshot holds the pages written, and verifies.
+    const archive = path.join(dir, "y8.tar");
+    const archived = await cluster.shoal(["archive", "create", "y8@s1", "-o", archive, "--json"]);
+    expect(archived.stderr).toBe("");
+    expect(archived.exitCode).toBe(0);
+    expect(JSON.parse(archived.stdout).pages).toBe(2);
+    const verified = await cluster.shoal(["archive", "verify", "-i", archive, "--json"]);
+    expect(verified.exitCode).toBe(0);
+    expect(JSON.parse(verified.stdout).ok).toBe(true);
+
+    await expectSteadyGroup(cluster.nodes);
+  }, 240_000);
+
+  test("128 GiB at 64 KiB pages (2 Mi pages) works like the rest", async () => {
+    const created = await cluster.shoal(["volume", "create", "small-pages", "--size", "128G", "--page-size", "64K", "--json"]);
+    expect(created.stderr).toBe("");
+    expect(created.exitCode).toBe(0);
+    const far = 128 * 1024 ** 3 - 64 * 1024;
+    expect((await qemuIo(cluster.nodes[2]!.nbdUrl("small-pages"), `write -P 0x42 ${far} 64K`, "flush")).exitCode).toBe(0);
+    const read = await qemuIo(cluster.nodes[0]!.nbdUrl("small-pages"), "-r", `read -P 0x42 ${far} 64K`);
+    expectClean(read);
+    await waitFor("every node to know small-pages", async () => (await Promise.all(cluster.nodes.map(volumeNames))).every((names) => names.includes("small-pages")));
+    await expectSteadyGroup(cluster.nodes);
+  }, 120_000);
+
+  test("over the maximum (128T, 5P, 2T at 64K pages) is one line with exit 2, and no node has the volume", async () => {
+    for (const [name, size, pageSize] of [["y128", "128T", undefined], ["y5p", "5P", undefined], ["y5p-big-pages", "5P", "256M"], ["y2t", "2T", "64K"]] as const) {
+      // Through the CLI, and straight to a node (an older CLI would not check).
+      const refused = await cluster.shoal(["volume", "create", name, "--size", size, ...(pageSize ? ["--page-size", pageSize] : [])]);
+      expect(refused.exitCode).toBe(2);
+      expect(refused.stdout).toBe("");
+      expect(refused.stderr.trim().split("\n")).toHaveLength(1);
+      expect(refused.stderr).toMatch(/over the maximum of 16777216 \(.+ at this page size\)/);
+      const sizeBytes = { "128T": 128 * TiB, "5P": 5 * 1024 * TiB, "2T": 2 * TiB }[size];
+      const direct = adminRequest(cluster.nodes[1]!.meshAddress, "admin.volume.create", { name, sizeBytes, pageSizeBytes: pageSize === "256M" ? 256 * MiB : pageSize ? 64 * 1024 : undefined });
+      await expect(direct).rejects.toMatchObject({ code: "BAD_ARGUMENT" });
+    }
+    for (const node of cluster.nodes) expect((await volumeNames(node)).filter((name) => name.startsWith("y128") || name.startsWith("y5p") || name === "y2t")).toEqual([]);
+    await expectSteadyGroup(cluster.nodes);
+  }, 60_000);
+});
