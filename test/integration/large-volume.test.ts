@@ -6,6 +6,10 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { adminRequest } from "../../cmd/_cli.ts";
+import { ShoalError } from "../../core/errors.ts";
+import type { FrameHeader } from "../../transport/frame.ts";
+import type { MeshConnection, Reply } from "../../transport/mesh-connection.ts";
+import { MeshServer } from "../../transport/mesh.ts";
 import { run, TestCluster, waitFor, type TestNode } from "./_cluster.ts";
 
 const TiB = 1024 ** 4;
@@ -36,6 +40,7 @@ async function volumeNames(node: TestNode): Promise<string[]> {
 /** Every node sees every node up, several times over a second or two: the links hold. */
 async function expectSteadyGroup(nodes: TestNode[]): Promise<void> {
   const before = upLines(nodes);
+  const logStarts = nodes.map((node) => node.stderrLog.length);
   const deadline = Date.now() + 2000;
   while (Date.now() < deadline) {
     for (const node of nodes) {
@@ -45,7 +50,7 @@ async function expectSteadyGroup(nodes: TestNode[]): Promise<void> {
     await Bun.sleep(200);
   }
   expect(upLines(nodes)).toEqual(before);
-  for (const node of nodes) expect(node.stderrLog).not.toMatch(/refusing volume record|over the limit|could not be sent/);
+  nodes.forEach((node, index) => expect(node.stderrLog.slice(logStarts[index])).not.toMatch(/refusing volume record|over the limit|could not be sent|sync .* failed/));
 }
 
 describe("large volumes", () => {
@@ -102,6 +107,7 @@ describe("large volumes", () => {
     expect(snap.stderr).toBe("");
     expect(snap.exitCode).toBe(0);
     const moved = await cluster.shoal(["route", "move", "y64", "--pages", `${lastPage64 - 2}-${lastPage64}`, "--to", "node3", "--json"]);
+    expect(moved.stderr.split("\n").filter((line) => !line.startsWith("move "))).toEqual([""]);
     expect(moved.exitCode).toBe(0);
     expect(JSON.parse(moved.stdout)).toMatchObject({ state: "done", pagesMoved: 3 });
     await waitFor("every node to have the moved table", async () => {
@@ -158,4 +164,76 @@ describe("large volumes", () => {
     for (const node of cluster.nodes) expect((await volumeNames(node)).filter((name) => name.startsWith("y128") || name.startsWith("y5p") || name === "y2t")).toEqual([]);
     await expectSteadyGroup(cluster.nodes);
   }, 60_000);
+
+  test("records a member cannot take (over the maximum, a table with a gap) are refused once, loudly; the links stay up and no sync storm follows", async () => {
+    const [node1, node2, node3] = cluster.nodes as [TestNode, TestNode, TestNode];
+    const info = await adminRequest(node1.meshAddress, "admin.node.info", {}, 5000);
+    const members = (await adminRequest(node1.meshAddress, "admin.route.nodes", {}, 5000)).nodes as { id: string; meshAddress: string; nbdAddress: string }[];
+    const runs = (...quads: number[]) => new Uint8Array(Uint32Array.from(quads).buffer);
+    const record = (name: string, sizeBytes: number, routing: FrameHeader) => ({
+      name, uid: `uid-${name}`, sizeBytes, pageSizeBytes: 4 * MiB, createdAtMs: 1, version: 7, deleted: false, routing,
+    });
+    const tooBig = record("bad-huge", 128 * TiB, { version: 1, nodes: ["node1"], runs: runs(0, 32 * 1024 * 1024 - 1, 1, 0) });
+    const gap = record("bad-gap", 64 * MiB, { version: 1, nodes: ["node1", "node2"], runs: runs(0, 7, 1, 0) });
+    // node3's place in the group is taken by an impostor that offers both records.
+    await node3.kill9();
+    const dumps = new Map<string, number>();
+    const pushed: Promise<unknown>[] = [];
+    const handler = (connection: MeshConnection, op: string, args: FrameHeader): Reply => {
+      switch (op) {
+        case "hello": {
+          const peer = String((args.member as { id: string }).id);
+          connection.peerId = peer;
+          // And it pushes one of them, as a member publishing a change would.
+          pushed.push(connection.request("catalog.volume", { record: gap }, undefined, 5000).then(
+            () => "taken",
+            (err: ShoalError) => err.code,
+          ));
+          return { result: { groupId: info.groupId, nodeId: "node3", digest: "impostor" } };
+        }
+        case "ping":
+          return { result: { groupId: info.groupId, digest: "impostor" } };
+        case "catalog.dump":
+          dumps.set(connection.peerId!, (dumps.get(connection.peerId!) ?? 0) + 1);
+          return { result: { groupId: info.groupId, members: members.map((m) => ({ ...m, joinedAtMs: 1 })), volumes: [tooBig, gap], snapshots: [] } };
+        default:
+          throw new ShoalError("BAD_REQUEST", `the impostor does not do ${op}`);
+      }
+    };
+    const impostor = new MeshServer(handler, { info: () => {}, warn: () => {} });
+    impostor.listen("127.0.0.1", node3.meshPort);
+    try {
+      await waitFor("node1 and node2 to link to the impostor and refuse its records", () =>
+        [node1, node2].every((node) => /refusing volume record 'bad-huge'/.test(node.stderrLog) && /refusing volume record 'bad-gap'/.test(node.stderrLog)),
+      );
+      expect(await Promise.all(pushed)).toEqual(pushed.map(() => "BAD_FRAME"));
+      const steady = [node1, node2];
+      const upBefore = upLines(steady);
+      // Several heartbeats, each carrying a digest that still differs.
+      const deadline = Date.now() + 3500;
+      while (Date.now() < deadline) {
+        for (const node of steady) {
+          const states = (await adminRequest(node.meshAddress, "admin.route.nodes", {}, 5000)).nodes as { id: string; state: string }[];
+          expect(states.map((member) => member.state)).toEqual(["up", "up", "up"]);
+        }
+        await Bun.sleep(250);
+      }
+      expect(upLines(steady)).toEqual(upBefore);
+      for (const node of steady) {
+        // Refused once each, loudly, naming what and why; not again at every heartbeat.
+        const lines = node.stderrLog.split("\n").filter((line) => line.includes("refusing volume record"));
+        expect(lines.filter((line) => line.includes("'bad-huge'"))).toHaveLength(1);
+        expect(lines.find((line) => line.includes("'bad-huge'"))).toMatch(/over the maximum of 16777216/);
+        expect(lines.find((line) => line.includes("'bad-gap'") && line.includes("cover 8 pages, the volume has 16"))).toBeDefined();
+        expect(dumps.get(node.id)).toBeLessThanOrEqual(2);
+        expect(await volumeNames(node)).not.toContain("bad-huge");
+        expect(await volumeNames(node)).not.toContain("bad-gap");
+      }
+    } finally {
+      impostor.stop();
+    }
+    await node3.start();
+    await cluster.waitConverged();
+    await expectSteadyGroup(cluster.nodes);
+  }, 120_000);
 });
