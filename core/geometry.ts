@@ -29,7 +29,7 @@ const SUFFIXES: Record<string, number> = {
 export function parseSize(text: string): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$/i.exec(text);
   if (!match) {
-    throw new ShoalError("BAD_ARGUMENT", `'${text}' is not a size; use a number with an optional K, M, G or T suffix`);
+    throw new ShoalError("BAD_ARGUMENT", `'${text}' is not a size; use a number with an optional K, M, G, T or P suffix`);
   }
   const bytes = Number(match[1]) * SUFFIXES[match[2]!.toUpperCase()]!;
   if (!Number.isSafeInteger(Math.round(bytes))) throw new ShoalError("BAD_ARGUMENT", `size '${text}' is too large`);

@@ -154,7 +154,19 @@ const RUN_BYTES = 16;
 /** No node index: marks a page no run has covered yet while a wire table is decoded. */
 const UNOWNED = 0xffff;
 
+/** Tables never change once made: each is encoded once, however often it is stored or sent. */
+const wireForms = new WeakMap<RoutingTable, RoutingTableWire>();
+
 export function routingToWire(table: RoutingTable): RoutingTableWire {
+  let wire = wireForms.get(table);
+  if (wire === undefined) {
+    wire = encodeWire(table);
+    wireForms.set(table, wire);
+  }
+  return wire;
+}
+
+function encodeWire(table: RoutingTable): RoutingTableWire {
   const pages = table.owners.length;
   // Runs only while they take less room than the owner map (2 bytes a page).
   const maxRuns = Math.max(table.nodes.length, Math.floor((pages * 2) / RUN_BYTES));
