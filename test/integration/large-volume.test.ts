@@ -133,6 +133,14 @@ describe("large volumes", () => {
     const verified = await cluster.shoal(["archive", "verify", "-i", archive, "--json"]);
     expect(verified.exitCode).toBe(0);
     expect(JSON.parse(verified.stdout).ok).toBe(true);
+    // And the 64 TiB one restores into a new volume that reads back the same at both ends.
+    const archive64 = path.join(dir, "y64.tar");
+    expect((await cluster.shoal(["archive", "create", "y64@s1", "-o", archive64])).exitCode).toBe(0);
+    const restored = await cluster.shoal(["archive", "restore", "y64r", "-i", archive64, "--create", "--json"]);
+    expect(restored.stderr).toBe("");
+    expect(restored.exitCode).toBe(0);
+    expect(JSON.parse(restored.stdout).pages).toBe(2);
+    expectClean(await qemuIo(node3.nbdUrl("y64r"), "-r", `read -P 0x64 ${end64} 4M`, `read -P 0x65 ${32 * TiB} 1M`, `read -P 0 ${TiB} 1M`));
 
     await expectSteadyGroup(cluster.nodes);
   }, 240_000);
