@@ -2,7 +2,7 @@
 // here from this node's tables, and carried out by its MoveService in the background.
 import { ShoalError } from "../core/errors.ts";
 import { parsePageList, planDrain, planMove, planRebalance, type PageMove } from "../core/move-plan.ts";
-import { pagesPerNode } from "../core/routing.ts";
+import { formatRun, pagesPerNode, runsOfPages } from "../core/routing.ts";
 import type { FrameHeader } from "../transport/frame.ts";
 import type { Group } from "../transport/group.ts";
 import type { MoveService, MoveTask } from "../transport/move-service.ts";
@@ -108,14 +108,12 @@ function summarizeMoves(moves: PageMove[]): { from: string; to: string; pages: n
   });
 }
 
-/** Sorted pages as "0-3,7,9-12". */
+/** Runs listed per source and target in a plan: a drain of a 64 TiB volume moves millions of pages. */
+const PLAN_RUNS_SHOWN = 1000;
+
+/** Sorted pages as runs, "0-3,7,9-12/3", the first PLAN_RUNS_SHOWN of them and how many there are. */
 export function formatPages(pages: number[]): string {
-  const parts: string[] = [];
-  for (let index = 0; index < pages.length; ) {
-    let end = index;
-    while (end + 1 < pages.length && pages[end + 1] === pages[end]! + 1) end++;
-    parts.push(end === index ? `${pages[index]}` : `${pages[index]}-${pages[end]}`);
-    index = end + 1;
-  }
-  return parts.join(",");
+  const { runs, count } = runsOfPages(pages, PLAN_RUNS_SHOWN);
+  const shown = runs.map(formatRun).join(",");
+  return count > runs.length ? `${shown},... (${count} runs)` : shown;
 }

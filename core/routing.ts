@@ -130,6 +130,24 @@ function collectRuns(table: RoutingTable, maxRuns: number, emit: (first: number,
   return true;
 }
 
+/**
+ * Sorted distinct pages as arithmetic runs, cut greedily as describeRuns cuts a node's pages;
+ * the first `keep` runs, and how many there are in all.
+ */
+export function runsOfPages(pages: number[], keep = Infinity): NodeRuns {
+  const runs: PageRun[] = [];
+  let count = 0;
+  for (let index = 0; index < pages.length; ) {
+    const first = pages[index]!;
+    const step = index + 1 < pages.length ? pages[index + 1]! - first : 1;
+    let end = index;
+    while (end + 1 < pages.length && pages[end + 1]! - pages[end]! === step) end++;
+    if (count++ < keep) runs.push({ first, last: pages[end]!, step: end === index ? 1 : step });
+    index = end + 1;
+  }
+  return { runs, count };
+}
+
 export function formatRun(run: PageRun): string {
   if (run.first === run.last) return `${run.first}`;
   return run.step === 1 ? `${run.first}-${run.last}` : `${run.first}-${run.last}/${run.step}`;
@@ -194,7 +212,11 @@ export function routingFromWire(wire: RoutingTableWire, expectedPages: number): 
   }
   if (wire.nodes.length === 0 || wire.nodes.length > MAX_NODES_PER_TABLE) throw new ShoalError("BAD_FRAME", `routing table names ${wire.nodes.length} nodes`);
   const owners = wire.runs !== undefined ? ownersFromRuns(wire.runs, wire.nodes.length, expectedPages) : ownersFromMap(wire.owners, wire.nodes.length, expectedPages);
-  return { version: Number(wire.version), nodes: [...wire.nodes], owners };
+  const table = { version: Number(wire.version), nodes: [...wire.nodes], owners };
+  // Stored and passed on as it came, with no second pass over the pages. Runs are copied out of
+  // the frame that carried them (small); an owner map is left to be encoded again if needed.
+  if (wire.runs !== undefined) wireForms.set(table, { version: table.version, nodes: table.nodes, runs: wire.runs.slice() });
+  return table;
 }
 
 function ownersFromMap(bytes: Uint8Array | undefined, nodeCount: number, expectedPages: number): Uint16Array {

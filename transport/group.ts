@@ -55,7 +55,10 @@ export class Group {
   private readonly syncing = new Set<string>();
   /** Per peer, its digest and ours when a sync from it last finished: no pull again until one changes. */
   private readonly synced = new Map<string, string>();
-  /** Records refused from peers (undecodable, over a limit): each is logged once, not at every sync. */
+  /**
+   * Records refused (undecodable, over a limit), by name and version: each is logged once, whoever
+   * sends it and however often, not at every sync.
+   */
   private readonly refusals = new Set<string>();
   /** Records and dumps too big for a header, held for peers to pull piece by piece. */
   readonly outbox = new PiecedOutbox();
@@ -345,7 +348,7 @@ export class Group {
       }
       const label = `volume record '${String(ref.name)}' (version ${rank.version})`;
       const current = this.volumes.get(String(ref.name));
-      if ((current && !outranks(rank, rankOf(current))) || this.refusals.has(refusalKey(from, label))) continue;
+      if ((current && !outranks(rank, rankOf(current))) || this.refusals.has(label)) continue;
       try {
         const record = volumeFromWire((await pullPieces(parsePiecedRef(ref), fetch)) as VolumeRecordWire);
         this.applyVolume(record, "later");
@@ -367,10 +370,9 @@ export class Group {
 
   /** Logs a refused record once: the digest keeps differing, and every sync would log it again. */
   private refuse(from: string, label: string, err: unknown): void {
-    const key = refusalKey(from, label);
-    if (this.refusals.has(key)) return;
+    if (this.refusals.has(label)) return;
     if (this.refusals.size >= MAX_REFUSALS_KEPT) this.refusals.clear();
-    this.refusals.add(key);
+    this.refusals.add(label);
     this.options.log.warn(`refusing ${label} from ${from}: ${asShoalError(err).message}; the links stay up, the record is skipped`);
   }
 
@@ -515,10 +517,6 @@ async function receiveDump(response: { result: FrameHeader; payload: Payload }, 
 
 function volumeLabel(wire: VolumeRecordWire | undefined): string {
   return `volume record '${String(wire?.name).slice(0, 64)}' (version ${String(wire?.version)})`;
-}
-
-function refusalKey(from: string, label: string): string {
-  return `${from}\u0000${label}`;
 }
 
 function parseSnapshotRecord(value: unknown): SnapshotRecord {

@@ -37,20 +37,32 @@ async function volumeNames(node: TestNode): Promise<string[]> {
   return (listed.volumes as { name: string }[]).map((volume) => volume.name);
 }
 
-/** Every node sees every node up, several times over a second or two: the links hold. */
-async function expectSteadyGroup(nodes: TestNode[]): Promise<void> {
+/** Every node sees every `expected` member up. */
+async function waitAllUp(nodes: TestNode[], expected: string[]): Promise<void> {
+  for (const node of nodes) {
+    await waitFor(`${node.id} to see ${expected.join(", ")} up`, async () => {
+      const members = (await adminRequest(node.meshAddress, "admin.route.nodes", {}, 5000)).nodes as { id: string; state: string }[];
+      return members.length === expected.length && members.every((member) => member.state === "up");
+    });
+  }
+}
+
+/**
+ * The links hold: every node sees every member up, and over a few seconds of heartbeats no link
+ * comes up again more than once (a link dropped by a loaded 2-CPU VM's missed heartbeat comes
+ * back once; a reconnect storm is hundreds a second), and no record is refused or oversized.
+ */
+async function expectSteadyGroup(nodes: TestNode[], members = nodes.map((node) => node.id)): Promise<void> {
+  await waitAllUp(nodes, members);
   const before = upLines(nodes);
   const logStarts = nodes.map((node) => node.stderrLog.length);
-  const deadline = Date.now() + 2000;
-  while (Date.now() < deadline) {
-    for (const node of nodes) {
-      const members = (await adminRequest(node.meshAddress, "admin.route.nodes", {}, 5000)).nodes as { id: string; state: string }[];
-      expect(members.map((member) => `${member.id}:${member.state}`)).toEqual(nodes.map((other) => `${other.id}:up`));
-    }
-    await Bun.sleep(200);
-  }
-  expect(upLines(nodes)).toEqual(before);
-  nodes.forEach((node, index) => expect(node.stderrLog.slice(logStarts[index])).not.toMatch(/refusing volume record|over the limit|could not be sent|sync .* failed/));
+  await Bun.sleep(3000); // an observation window: the condition is what does NOT happen in it
+  const after = upLines(nodes);
+  nodes.forEach((node, index) => {
+    expect(after[index]! - before[index]!).toBeLessThanOrEqual(members.length - 1);
+    expect(node.stderrLog.slice(logStarts[index])).not.toMatch(/refusing volume record|over the limit|could not be sent|sync .* failed/);
+  });
+  await waitAllUp(nodes, members);
 }
 
 describe("large volumes", () => {
@@ -216,23 +228,18 @@ describe("large volumes", () => {
       );
       expect(await Promise.all(pushed)).toEqual(pushed.map(() => "BAD_FRAME"));
       const steady = [node1, node2];
-      const upBefore = upLines(steady);
-      // Several heartbeats, each carrying a digest that still differs.
-      const deadline = Date.now() + 3500;
-      while (Date.now() < deadline) {
-        for (const node of steady) {
-          const states = (await adminRequest(node.meshAddress, "admin.route.nodes", {}, 5000)).nodes as { id: string; state: string }[];
-          expect(states.map((member) => member.state)).toEqual(["up", "up", "up"]);
-        }
-        await Bun.sleep(250);
-      }
-      expect(upLines(steady)).toEqual(upBefore);
+      const dumpsBefore = new Map(dumps);
+      // Several heartbeats, each carrying a digest that still differs: no new pull, links up.
+      await expectSteadyGroup(steady, ["node1", "node2", "node3"]);
+      expect(dumps).toEqual(dumpsBefore);
       for (const node of steady) {
         // Refused once each, loudly, naming what and why; not again at every heartbeat.
         const lines = node.stderrLog.split("\n").filter((line) => line.includes("refusing volume record"));
         expect(lines.filter((line) => line.includes("'bad-huge'"))).toHaveLength(1);
         expect(lines.find((line) => line.includes("'bad-huge'"))).toMatch(/over the maximum of 16777216/);
-        expect(lines.find((line) => line.includes("'bad-gap'") && line.includes("cover 8 pages, the volume has 16"))).toBeDefined();
+        // Offered twice (pushed, and in the dump), logged once.
+        expect(lines.filter((line) => line.includes("'bad-gap'"))).toHaveLength(1);
+        expect(lines.find((line) => line.includes("'bad-gap'"))).toMatch(/cover 8 pages, the volume has 16/);
         expect(dumps.get(node.id)).toBeLessThanOrEqual(2);
         expect(await volumeNames(node)).not.toContain("bad-huge");
         expect(await volumeNames(node)).not.toContain("bad-gap");

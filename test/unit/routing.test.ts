@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { describeRuns, formatRun, holders, ownerOf, pagesPerNode, routingFromWire, routingToWire, stripedTable, withOwner } from "../../core/routing.ts";
+import { describeRuns, formatRun, runsOfPages, holders, ownerOf, pagesPerNode, routingFromWire, routingToWire, stripedTable, withOwner } from "../../core/routing.ts";
 
 describe("routing table", () => {
   test("striping puts consecutive pages on different nodes and spreads them evenly", () => {
@@ -90,6 +90,15 @@ describe("routing table", () => {
     expect(() => routingFromWire(runs(0, 998, 3, 0), 1000)).toThrow(/does not fit/);
     expect(() => routingFromWire({ version: 1, nodes: ["a"], runs: new Uint8Array(5) }, 1000)).toThrow(/multiple of 16/);
     expect(() => routingFromWire({ version: 1, nodes: [], runs: new Uint8Array(0) }, 0)).toThrow(/0 nodes/);
+  });
+  test("a page list reads as runs, cut as a node's pages are, and a long one is cut short with its count", () => {
+    expect(runsOfPages([0, 1, 2, 3, 7, 9, 12, 15, 16]).runs.map(formatRun)).toEqual(["0-3", "7-9/2", "12-15/3", "16"]);
+    const stride = Array.from({ length: 5_000_000 }, (_, index) => index * 3);
+    expect(runsOfPages(stride).runs.map(formatRun)).toEqual(["0-14999997/3"]);
+    const scattered = Array.from({ length: 10_000 }, (_, index) => index * index);
+    const cut = runsOfPages(scattered, 10);
+    expect(cut.runs).toHaveLength(10);
+    expect(cut.count).toBe(5000);
   });
   test("a 1 TiB volume's table takes 512 KiB", () => {
     const table = stripedTable(262_144, ["a", "b", "c"]);
