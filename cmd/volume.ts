@@ -19,7 +19,7 @@ const create = defineCommand({
   meta: { name: "create", description: "Create a volume spread over the group's nodes" },
   args: {
     name: { type: "positional", description: "volume name", required: true },
-    size: { type: "string", description: "size with K/M/G/T suffix, e.g. 10G", required: true },
+    size: { type: "string", description: "size with K/M/G/T/P suffix, e.g. 10G; at most 16777216 pages (64T at 4M pages)", required: true },
     nodes: { type: "string", description: "comma-separated node ids to place pages on (default: all members)" },
     pageSize: { type: "string", description: "page size (default 4M = 8192 blocks of 512 B)", valueHint: "SIZE" },
     ...nodeArgs,
