@@ -4,7 +4,7 @@
 import { asShoalError, ShoalError } from "../core/errors.ts";
 import type { Catalog } from "../core/catalog.ts";
 import { isValidMemberAddress, isValidNodeId, type Member } from "../core/member.ts";
-import { isNewer, outranks, parseRank, rankOf, volumeFromWire, type RecordRank, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
+import { isNewer, outranks, parseRank, rankOf, volumeFromWire, wireRank, type RecordRank, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
 import { isNewerSnapshot, snapshotKey, type SnapshotRecord } from "../core/snapshot-record.ts";
 import { packValue, unpackValue, type FrameHeader, type Payload } from "./frame.ts";
 import type { MeshConnection, Reply, RequestHandler, Response } from "./mesh-connection.ts";
@@ -335,6 +335,7 @@ export class Group {
     }
     // Copies of records their members hold durably: no fsync on the loop per record.
     for (const wire of dump.volumes ?? []) {
+      if (this.holdsAsNew(wire)) continue;
       this.tryTake(from, volumeLabel(wire), () => this.applyVolume(volumeFromWire(wire), "later"));
     }
     for (const value of dump.volumeRefs ?? []) {
@@ -358,6 +359,13 @@ export class Group {
       }
     }
     for (const record of dump.snapshots ?? []) this.tryTake(from, "a snapshot record", () => this.applySnapshot(parseSnapshotRecord(record)));
+  }
+
+  /** True when this node's copy of the record is as new as `wire`: no need to decode its table. */
+  private holdsAsNew(wire: unknown): boolean {
+    const rank = wireRank(wire);
+    const current = this.volumes.get(String((wire as VolumeRecordWire).name));
+    return rank !== undefined && current !== undefined && !outranks(rank, rankOf(current));
   }
 
   private tryTake(from: string, label: string, take: () => unknown): void {
@@ -442,17 +450,19 @@ export class Group {
   private onVolume(connection: MeshConnection, args: FrameHeader): Reply | Promise<Reply> {
     const from = connection.label;
     const take = (wire: unknown): Reply => {
-      let record: VolumeRecord;
-      try {
-        record = volumeFromWire(wire as VolumeRecordWire);
-      } catch (err) {
-        this.refuse(from, volumeLabel(wire as VolumeRecordWire), err);
-        throw err;
+      if (!this.holdsAsNew(wire)) {
+        let record: VolumeRecord;
+        try {
+          record = volumeFromWire(wire as VolumeRecordWire);
+        } catch (err) {
+          this.refuse(from, volumeLabel(wire as VolumeRecordWire), err);
+          throw err;
+        }
+        // The sender holds it durably; a copy lost in a crash here comes back by digest.
+        this.applyVolume(record, "later");
       }
-      // The sender holds it durably; a copy lost in a crash here comes back by digest.
-      this.applyVolume(record, "later");
       // What this member keeps after the update: a move's coordinator learns from it whether its lock won.
-      const kept = this.volumes.get(record.name)!;
+      const kept = this.volumes.get(String((wire as VolumeRecordWire).name))!;
       return { result: { version: kept.version, ...(kept.moving ? { moveId: kept.moving.moveId } : {}) } };
     };
     if (args.recordRef === undefined) return take(args.record);
