@@ -23,6 +23,9 @@ export interface AdminApiOptions {
 
 type Usage = Record<string, VolumeUsage & { exclusiveBytes?: number }>;
 
+/** `route show` lists this many runs a node at most (a table moved page by page has millions). */
+const RUNS_SHOWN_PER_NODE = 1000;
+
 /** A prepare or take that reached someone too late (a stalled event loop, a slow link) failed cleanly: try again. */
 const TIMEOUT_ATTEMPTS = 3;
 /** Pages moved while the snapshot prepared (routing versions differed): try again on the new table. */
@@ -222,7 +225,7 @@ export class AdminApi {
     const record = group.volume(volume);
     const layer = snapshot === undefined ? undefined : snapshotLayerId(record.uid, group.snapshot(volume, snapshot).snapshotId);
     const counts = pagesPerNode(record.routing);
-    const runs = describeRuns(record.routing);
+    const runs = describeRuns(record.routing, RUNS_SHOWN_PER_NODE);
     const usage = await this.usageByNode(record.routing.nodes);
     // A volume's USED is what `volume info` shows; a snapshot's, the bytes its own layer holds.
     const bytesOn = (node: string): number | null => {
@@ -242,7 +245,8 @@ export class AdminApi {
         node,
         pages: counts.get(node) ?? 0,
         bytesUsed: bytesOn(node),
-        runs: (runs.get(node) ?? []).map((run) => ({ ...run, text: formatRun(run) })),
+        runs: (runs.get(node)?.runs ?? []).map((run) => ({ ...run, text: formatRun(run) })),
+        runCount: runs.get(node)?.count ?? 0,
       })),
     };
   }
@@ -495,16 +499,20 @@ function downOwners(record: VolumeRecord, group: Group): string[] {
   return holders(record.routing).filter((node) => !group.isUp(node));
 }
 
+/** Runs listed per down node: a scattered 64 TiB table would otherwise list millions. */
+const MAX_UNREACHABLE_RUNS = 1000;
+
 /** Per down owner, the pages it holds as runs (as `route show` prints them). */
 function unreachablePages(record: VolumeRecord, group: Group): FrameHeader[] {
   const down = downOwners(record, group);
   if (down.length === 0) return [];
   const counts = pagesPerNode(record.routing);
-  const runs = describeRuns(record.routing);
+  const runs = describeRuns(record.routing, MAX_UNREACHABLE_RUNS);
   return down.map((node) => ({
     node,
     pages: counts.get(node) ?? 0,
-    runs: (runs.get(node) ?? []).map((run) => ({ ...run, text: formatRun(run) })),
+    runs: (runs.get(node)?.runs ?? []).map((run) => ({ ...run, text: formatRun(run) })),
+    runCount: runs.get(node)?.count ?? 0,
   }));
 }
 

@@ -171,20 +171,41 @@ export async function readManifest(source: string): Promise<ArchiveManifest> {
 }
 
 /** An NBD connection to each node owning pages of `volume`, by page, from its routing table. */
-async function ownerClients(nodeAddress: string, volume: string, exportName: string): Promise<Map<number, NbdClient>> {
+/**
+ * Which owner's connection writes each page, from the runs `route show` prints: a 64 TiB volume
+ * has 16 Mi pages, so they are looked up in the runs, never listed one by one. Pages in no run
+ * listed (a table shown only in part) go through the node asked, which forwards them.
+ */
+class PageOwners {
+  constructor(
+    private readonly runs: { first: number; last: number; step: number; owner: NbdClient }[],
+    readonly clients: NbdClient[],
+  ) {}
+
+  get(page: number): NbdClient | undefined {
+    for (const run of this.runs) {
+      if (page >= run.first && page <= run.last && (page - run.first) % run.step === 0) return run.owner;
+    }
+    return undefined;
+  }
+}
+
+async function ownerClients(nodeAddress: string, volume: string, exportName: string): Promise<PageOwners> {
   const [route, members] = await Promise.all([
     adminRequest(nodeAddress, "admin.route.show", { volume }),
     adminRequest(nodeAddress, "admin.route.nodes"),
   ]);
   const nbdOf = new Map((members.nodes as { id: string; nbdAddress: string }[]).map((member) => [member.id, member.nbdAddress]));
-  const byPage = new Map<number, NbdClient>();
+  const runs: { first: number; last: number; step: number; owner: NbdClient }[] = [];
+  const clients: NbdClient[] = [];
   for (const entry of route.nodes as { node: string; runs: { first: number; last: number; step: number }[] }[]) {
     if (entry.runs.length === 0) continue;
     const { host, port } = parseHostPort(nbdOf.get(entry.node) ?? "");
     const owner = await NbdClient.connect({ host, port, exportName });
-    for (const run of entry.runs) for (let page = run.first; page <= run.last; page += run.step) byPage.set(page, owner);
+    clients.push(owner);
+    for (const run of entry.runs) runs.push({ ...run, owner });
   }
-  return byPage;
+  return new PageOwners(runs, clients);
 }
 
 /** The snapshot a successful restore leaves behind, so an incremental can prove its base. */
@@ -196,7 +217,7 @@ export async function restoreArchive(nodeAddress: string, volume: string, source
   const startMs = performance.now();
   let manifest: ArchiveManifest | undefined;
   let client: NbdClient | undefined;
-  let owners = new Map<number, NbdClient>();
+  let owners = new PageOwners([], []);
   const inFlight = new Set<Promise<void>>();
   let pages = 0;
   let bytes = 0;
@@ -226,14 +247,14 @@ export async function restoreArchive(nodeAddress: string, volume: string, source
         } else if (event.kind === "end") {
           await Promise.all(inFlight);
           await client!.flush(); // reaches every node this connection forwarded to
-          await Promise.all([...new Set(owners.values())].map((owner) => owner.flush()));
+          await Promise.all(owners.clients.map((owner) => owner.flush()));
         }
       }
     });
   } finally {
     await Promise.all(inFlight).catch(() => {});
     await client?.close().catch(() => {});
-    await Promise.all([...new Set(owners.values())].map((owner) => owner.close().catch(() => {})));
+    await Promise.all(owners.clients.map((owner) => owner.close().catch(() => {})));
   }
   // Every digest matched: record what the volume now holds, then let clients see it.
   const done = manifest!;

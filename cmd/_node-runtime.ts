@@ -173,7 +173,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
       if (refusal) throw new ShoalError("NOT_AUTHENTICATED", refusal);
     }
     const groupResult = group.handle(connection, op, args);
-    if (groupResult !== undefined) return { result: groupResult };
+    if (groupResult !== undefined) return groupResult;
     if (connection.peerId === undefined && op !== "group.join") {
       throw new ShoalError("BAD_REQUEST", `'${op}' before hello`);
     }
@@ -182,7 +182,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     }
     if (op === "snap.msg") return { result: snapshots.onMessage(connection.peerId!, args) };
     if (op === "snap.rollback") return snapshots.rollbackLocal(String(args.uid), String(args.layer)).then(() => ({}));
-    const routed = router.handle(op, args, payload) ?? mover.handle(op, args, payload);
+    const routed = router.handle(op, args, payload) ?? mover.handle(op, args, payload, connection);
     if (routed !== undefined) return routed;
     const answered = admin.handle(op, args) ?? routeAdmin.handle(op, args);
     if (answered !== undefined) return answered.then((result) => ({ result }));

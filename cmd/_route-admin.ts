@@ -2,7 +2,7 @@
 // here from this node's tables, and carried out by its MoveService in the background.
 import { ShoalError } from "../core/errors.ts";
 import { parsePageList, planDrain, planMove, planRebalance, type PageMove } from "../core/move-plan.ts";
-import { pagesOf } from "../core/routing.ts";
+import { formatRun, pagesPerNode, runsOfPages } from "../core/routing.ts";
 import type { FrameHeader } from "../transport/frame.ts";
 import type { Group } from "../transport/group.ts";
 import type { MoveService, MoveTask } from "../transport/move-service.ts";
@@ -50,7 +50,7 @@ export class RouteAdmin {
     const targets = this.liveIds().filter((id) => id !== node);
     const tasks: MoveTask[] = [];
     for (const record of this.group.liveVolumes()) {
-      if (pagesOf(record.routing, node).length === 0) continue;
+      if (!pagesPerNode(record.routing).get(node)) continue;
       tasks.push({ volume: record.name, moves: planDrain(record.routing, node, targets) });
     }
     return this.start("drain", tasks, args.dryRun === true);
@@ -59,7 +59,7 @@ export class RouteAdmin {
   private async forget(node: string): Promise<FrameHeader> {
     const id = this.memberId(node);
     if (id === this.group.selfId) throw new ShoalError("BAD_ARGUMENT", `node ${id} cannot forget itself; ask another member`);
-    const holding = this.group.liveVolumes().filter((record) => pagesOf(record.routing, id).length > 0);
+    const holding = this.group.liveVolumes().filter((record) => (pagesPerNode(record.routing).get(id) ?? 0) > 0);
     if (holding.length > 0) {
       throw new ShoalError(
         "CONFLICT",
@@ -108,14 +108,12 @@ function summarizeMoves(moves: PageMove[]): { from: string; to: string; pages: n
   });
 }
 
-/** Sorted pages as "0-3,7,9-12". */
+/** Runs listed per source and target in a plan: a drain of a 64 TiB volume moves millions of pages. */
+const PLAN_RUNS_SHOWN = 1000;
+
+/** Sorted pages as runs, "0-3,7,9-12/3", the first PLAN_RUNS_SHOWN of them and how many there are. */
 export function formatPages(pages: number[]): string {
-  const parts: string[] = [];
-  for (let index = 0; index < pages.length; ) {
-    let end = index;
-    while (end + 1 < pages.length && pages[end + 1] === pages[end]! + 1) end++;
-    parts.push(end === index ? `${pages[index]}` : `${pages[index]}-${pages[end]}`);
-    index = end + 1;
-  }
-  return parts.join(",");
+  const { runs, count } = runsOfPages(pages, PLAN_RUNS_SHOWN);
+  const shown = runs.map(formatRun).join(",");
+  return count > runs.length ? `${shown},... (${count} runs)` : shown;
 }

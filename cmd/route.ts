@@ -61,18 +61,25 @@ const show = defineCommand({
     rejectUnknownFlags(context);
     const { args } = context;
     const result = await adminRequest(nodeAddress(args), "admin.route.show", { volume: args.volume });
-    const perNode = result.nodes as { node: string; pages: number; bytesUsed: number | null; runs: { text: string }[] }[];
+    const perNode = result.nodes as { node: string; pages: number; bytesUsed: number | null; runs: { text: string }[]; runCount?: number }[];
     printResult(args.json, result, () =>
       [
         `${String(result.name)}  routing version ${String(result.version)}  ${String(result.pageCount)} pages of ${formatSize(Number(result.pageSizeBytes))}${result.moving ? `  (move ${String((result.moving as { moveId: string }).moveId)} under way)` : ""}`,
         table(
           ["NODE", "PAGES", "USED", "RUNS (first-last/step)"],
-          perNode.map((n) => [n.node, n.pages, n.bytesUsed === null ? "?" : formatSize(n.bytesUsed), n.runs.map((run) => run.text).join(",")]),
+          perNode.map((n) => [n.node, n.pages, n.bytesUsed === null ? "?" : formatSize(n.bytesUsed), runList(n)]),
         ),
       ].join("\n"),
     );
   },
 });
+
+/** A node's runs as `route show` prints them; a node shown with only its first runs says how many it has. */
+function runList(node: { runs: { text: string }[]; runCount?: number }): string {
+  const shown = node.runs.map((run) => run.text).join(",");
+  const count = node.runCount ?? node.runs.length;
+  return count > node.runs.length ? `${shown},... (${count} runs; --json lists the first ${node.runs.length})` : shown;
+}
 
 const dryRunArg = { dryRun: { type: "boolean", description: "print the plan and change nothing" } } as const;
 const waitArg = { wait: { type: "boolean", description: "wait for the move to finish (--no-wait: start it and print its id)", default: true } } as const;

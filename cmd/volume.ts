@@ -1,6 +1,6 @@
 // `shoal volume`: create, list, inspect, delete, import and export volumes.
 import { defineCommand } from "citty";
-import { formatSize, parseSize } from "../core/geometry.ts";
+import { DEFAULT_PAGE_SIZE_BYTES, formatSize, parseSize, validateGeometry } from "../core/geometry.ts";
 import { adminRequest, nodeAddress, nodeArgs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
 import { exportVolume, importVolume } from "./_volume-stream.ts";
 
@@ -19,7 +19,7 @@ const create = defineCommand({
   meta: { name: "create", description: "Create a volume spread over the group's nodes" },
   args: {
     name: { type: "positional", description: "volume name", required: true },
-    size: { type: "string", description: "size with K/M/G/T suffix, e.g. 10G", required: true },
+    size: { type: "string", description: "size with K/M/G/T/P suffix, e.g. 10G; at most 16777216 pages (64T at 4M pages)", required: true },
     nodes: { type: "string", description: "comma-separated node ids to place pages on (default: all members)" },
     pageSize: { type: "string", description: "page size (default 4M = 8192 blocks of 512 B)", valueHint: "SIZE" },
     ...nodeArgs,
@@ -27,10 +27,14 @@ const create = defineCommand({
   async run(context) {
     rejectUnknownFlags(context);
     const { args } = context;
+    const sizeBytes = parseSize(args.size);
+    const pageSizeBytes = args.pageSize ? parseSize(args.pageSize) : undefined;
+    // Refused here too, so a script learns of a bad size even with no node to ask.
+    validateGeometry({ sizeBytes, pageSizeBytes: pageSizeBytes ?? DEFAULT_PAGE_SIZE_BYTES });
     const result = (await adminRequest(nodeAddress(args), "admin.volume.create", {
       name: args.name,
-      sizeBytes: parseSize(args.size),
-      pageSizeBytes: args.pageSize ? parseSize(args.pageSize) : undefined,
+      sizeBytes,
+      pageSizeBytes,
       nodes: args.nodes ? args.nodes.split(",").map((node) => node.trim()).filter(Boolean) : undefined,
     })) as unknown as VolumeSummary;
     printResult(args.json, result, () => `created volume ${result.name}: ${formatSize(result.sizeBytes)}, ${result.pageCount} pages of ${formatSize(result.pageSizeBytes)} over ${result.nodes.join(", ")}`);

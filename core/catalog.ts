@@ -38,6 +38,7 @@ interface VolumeRow {
   route_version: number;
   route_nodes: string;
   route_owners: Uint8Array;
+  route_runs: Uint8Array | null;
   origin: string | null;
   restoring: number;
   moving: string | null;
@@ -67,6 +68,9 @@ export class Catalog implements SnapshotCatalog {
     this.walPath = `${path}-wal`;
     // Columns added after the first release: a catalog from before gets them empty.
     this.addColumnIfMissing("volumes", "moving", "TEXT");
+    // Tables stored as runs (see RoutingTableWire); route_owners is then empty. Rows written
+    // before keep their owner map in route_owners.
+    this.addColumnIfMissing("volumes", "route_runs", "BLOB");
     this.addColumnIfMissing("members", "forgotten", "INTEGER NOT NULL DEFAULT 0");
     this.addColumnIfMissing("members", "identity", "TEXT");
   }
@@ -199,12 +203,12 @@ export class Catalog implements SnapshotCatalog {
     (durability === "now" ? this.db : this.lazyDb)
       .query(
         `INSERT INTO volumes (name, uid, size_bytes, page_size_bytes, created_at_ms, version, deleted,
-           route_version, route_nodes, route_owners, origin, restoring, moving)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           route_version, route_nodes, route_owners, route_runs, origin, restoring, moving)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT(name) DO UPDATE SET uid = excluded.uid, size_bytes = excluded.size_bytes,
            page_size_bytes = excluded.page_size_bytes, created_at_ms = excluded.created_at_ms,
            version = excluded.version, deleted = excluded.deleted, route_version = excluded.route_version,
-           route_nodes = excluded.route_nodes, route_owners = excluded.route_owners, origin = excluded.origin,
+           route_nodes = excluded.route_nodes, route_owners = excluded.route_owners, route_runs = excluded.route_runs, origin = excluded.origin,
            restoring = excluded.restoring, moving = excluded.moving`,
       )
       .run(
@@ -217,7 +221,8 @@ export class Catalog implements SnapshotCatalog {
         record.deleted ? 1 : 0,
         wire.version,
         JSON.stringify(wire.nodes),
-        wire.owners,
+        wire.owners ?? new Uint8Array(0),
+        wire.runs ?? null,
         record.origin ?? null,
         record.restoring ? 1 : 0,
         record.moving ? JSON.stringify(record.moving) : null,
@@ -252,7 +257,10 @@ function rowToRecord(row: VolumeRow): VolumeRecord {
     createdAtMs: row.created_at_ms,
     version: row.version,
     deleted: row.deleted !== 0,
-    routing: routingFromWire({ version: row.route_version, nodes, owners: row.route_owners }, pageCount(geometry)),
+    routing: routingFromWire(
+      row.route_runs ? { version: row.route_version, nodes, runs: row.route_runs } : { version: row.route_version, nodes, owners: row.route_owners },
+      pageCount(geometry),
+    ),
     ...(row.origin ? { origin: row.origin } : {}),
     ...(row.restoring ? { restoring: true } : {}),
     ...(row.moving ? { moving: JSON.parse(row.moving) as VolumeRecord["moving"] } : {}),

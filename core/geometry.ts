@@ -8,6 +8,12 @@ export const DEFAULT_PAGE_SIZE_BYTES = BLOCK_SIZE_BYTES * DEFAULT_PAGE_BLOCKS; /
 export const MAX_REQUEST_BYTES = 32 * 1024 * 1024; // NBD's customary maximum payload
 export const MIN_PAGE_SIZE_BYTES = 64 * 1024;
 export const MAX_PAGE_SIZE_BYTES = 256 * 1024 * 1024;
+/**
+ * The most pages a volume may have: 64 TiB at the default 4 MiB page (1 TiB at 64 KiB pages).
+ * Every node holds each volume's owner map in memory at 2 bytes a page (32 MiB at this bound),
+ * and rebuilds it whenever a table arrives; a larger volume needs a larger page size.
+ */
+export const MAX_VOLUME_PAGES = 16 * 1024 * 1024;
 
 const SUFFIXES: Record<string, number> = {
   "": 1,
@@ -23,7 +29,7 @@ const SUFFIXES: Record<string, number> = {
 export function parseSize(text: string): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:I?B)?\s*$/i.exec(text);
   if (!match) {
-    throw new ShoalError("BAD_ARGUMENT", `'${text}' is not a size; use a number with an optional K, M, G or T suffix`);
+    throw new ShoalError("BAD_ARGUMENT", `'${text}' is not a size; use a number with an optional K, M, G, T or P suffix`);
   }
   const bytes = Number(match[1]) * SUFFIXES[match[2]!.toUpperCase()]!;
   if (!Number.isSafeInteger(Math.round(bytes))) throw new ShoalError("BAD_ARGUMENT", `size '${text}' is too large`);
@@ -66,6 +72,14 @@ export function validateGeometry(geometry: Geometry): void {
   }
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % BLOCK_SIZE_BYTES !== 0) {
     throw new ShoalError("BAD_ARGUMENT", `volume size must be a positive multiple of ${BLOCK_SIZE_BYTES} bytes`);
+  }
+  const pages = pageCount(geometry);
+  if (pages > MAX_VOLUME_PAGES) {
+    throw new ShoalError(
+      "BAD_ARGUMENT",
+      `volume size ${formatSize(sizeBytes)} at ${formatSize(pageSizeBytes)} pages is ${pages} pages, over the maximum of ${MAX_VOLUME_PAGES} ` +
+        `(${formatSize(MAX_VOLUME_PAGES * pageSizeBytes)} at this page size); use a smaller --size or a larger --page-size`,
+    );
   }
 }
 

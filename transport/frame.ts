@@ -5,7 +5,8 @@ import { Packr, Unpackr } from "msgpackr";
 import { ShoalError } from "../core/errors.ts";
 import { MAX_REQUEST_BYTES } from "../core/geometry.ts";
 
-export const MAX_HEADER_BYTES = 4 * 1024 * 1024; // routing tables of big volumes ride in headers
+/** Catalog records larger than a small part of this travel in pieces (record-pieces.ts). */
+export const MAX_HEADER_BYTES = 4 * 1024 * 1024;
 export const MAX_FRAME_BYTES = MAX_REQUEST_BYTES + MAX_HEADER_BYTES + 8;
 const PREFIX_BYTES = 8;
 
@@ -149,6 +150,19 @@ export class FrameDecoder {
       this.headOffset = 0;
     }
     return parts;
+  }
+}
+
+/** A value as msgpack bytes, encoded as headers are (for bytes that travel as payload pieces). */
+export function packValue(value: unknown): Uint8Array {
+  return packr.pack(value);
+}
+
+export function unpackValue(bytes: Uint8Array): unknown {
+  try {
+    return unpackr.unpack(bytes);
+  } catch (err) {
+    throw new ShoalError("BAD_FRAME", `pieced value is not valid msgpack: ${(err as Error).message}`);
   }
 }
 

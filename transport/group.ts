@@ -1,21 +1,28 @@
 // The group as this node sees it: members and their links, and every volume record. Changes are
 // pushed to every member; a member that missed some (down, partitioned) catches up when its
 // catalog digest differs from a peer's, which every hello and heartbeat carries.
-import { ShoalError } from "../core/errors.ts";
+import { asShoalError, ShoalError } from "../core/errors.ts";
 import type { Catalog } from "../core/catalog.ts";
 import { isValidIdentity, isValidMemberAddress, isValidNodeId, type Member } from "../core/member.ts";
-import { isNewer, volumeFromWire, volumeToWire, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
+import { isNewer, outranks, parseRank, rankOf, volumeFromWire, wireRank, type RecordRank, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
 import { isNewerSnapshot, snapshotKey, type SnapshotRecord } from "../core/snapshot-record.ts";
-import type { FrameHeader } from "./frame.ts";
-import type { MeshConnection, RequestHandler } from "./mesh-connection.ts";
+import { packValue, unpackValue, type FrameHeader, type Payload } from "./frame.ts";
+import type { MeshConnection, Reply, RequestHandler, Response } from "./mesh-connection.ts";
 import { dialMesh, PeerLink, type MeshLog } from "./mesh.ts";
+import { DUMP_INLINE_ROUTING_BYTES, fetchOver, INLINE_DUMP_BYTES, parsePiecedRef, PiecedOutbox, pullPieces, type PieceFetch, type PiecedRef } from "./record-pieces.ts";
 
 export interface GroupDump {
   groupId: string;
   members: Member[];
   volumes: VolumeRecordWire[];
+  /** Records too big to go inline (their tables moved page by page): pulled only if newer. */
+  volumeRefs?: PiecedRef[];
   snapshots?: SnapshotRecord[];
 }
+
+/** Bounds the memory of which records were refused (and logged) already. */
+const MAX_REFUSALS_KEPT = 1024;
+const CATALOG_REQUEST_TIMEOUT_MS = 10_000;
 
 /** A member's answer to a published volume record: the version (and move lock) it kept. */
 export interface VolumeAnswer {
@@ -52,6 +59,15 @@ export class Group {
   readonly snapshots = new Map<string, SnapshotRecord>();
   readonly links = new Map<string, PeerLink>();
   private readonly syncing = new Set<string>();
+  /** Per peer, its digest and ours when a sync from it last finished: no pull again until one changes. */
+  private readonly synced = new Map<string, string>();
+  /**
+   * Records refused (undecodable, over a limit), by name and version: each is logged once, whoever
+   * sends it and however often, not at every sync.
+   */
+  private readonly refusals = new Set<string>();
+  /** Records and dumps too big for a header, held for peers to pull piece by piece. */
+  readonly outbox = new PiecedOutbox();
   private cachedDigest: string | undefined;
   private started = false;
 
@@ -86,14 +102,15 @@ export class Group {
   async join(address: string): Promise<void> {
     const connection = await dialMesh(address, this.options.handler, this.options.log);
     try {
+      const fetch = fetchOver(connection);
       const response = await connection.request("group.join", { member: this.members.get(this.selfId) }).catch((err: unknown) => {
         if (!(err instanceof ShoalError) || (err.code !== "NODE_DOWN" && err.code !== "TIMEOUT")) throw err;
         throw new JoinInDoubt(err.code, `${err.message}; the member may have taken this node in: start it again with the same --data to finish joining`);
       });
-      const dump = response.result as unknown as GroupDump;
+      const dump = await receiveDump(response, fetch);
       this.groupId = dump.groupId;
       this.options.catalog.setMeta("group_id", dump.groupId);
-      this.mergeDump(dump);
+      await this.mergeDump(dump, fetch, "the group");
     } finally {
       connection.close();
     }
@@ -208,7 +225,7 @@ export class Group {
    * throws; the others catch up later through the digest if they are down now.
    */
   async publishVolume(record: VolumeRecord, required: string[]): Promise<VolumeAnswer[]> {
-    const wire = volumeToWire(record);
+    const message = this.outbox.offerVolume(record);
     const failures: string[] = [];
     const answers: VolumeAnswer[] = [];
     await Promise.all(
@@ -216,7 +233,7 @@ export class Group {
         // A member that is down now catches up through the digest; don't make the admin wait.
         if (link.state !== "up" && !required.includes(link.peerId)) return;
         try {
-          const response = await link.request("catalog.volume", { record: wire }, undefined, 10_000);
+          const response = await link.request("catalog.volume", message, undefined, CATALOG_REQUEST_TIMEOUT_MS);
           answers.push({ node: link.peerId, version: Number(response.result.version), moveId: response.result.moveId as string | undefined });
         } catch (err) {
           if (required.includes(link.peerId)) failures.push(`${link.peerId}: ${(err as Error).message}`);
@@ -227,6 +244,11 @@ export class Group {
       throw new ShoalError("NODE_DOWN", `volume '${record.name}' was not confirmed by ${failures.join("; ")}`);
     }
     return answers;
+  }
+
+  /** Sends a changed record to one member (inline, or by reference if its table is large). */
+  sendVolume(peerId: string, record: VolumeRecord): Promise<Response> {
+    return this.link(peerId).request("catalog.volume", this.outbox.offerVolume(record), undefined, CATALOG_REQUEST_TIMEOUT_MS);
   }
 
   // ---- snapshots
@@ -291,22 +313,90 @@ export class Group {
     return this.cachedDigest;
   }
 
+  /**
+   * The catalog for a joiner or a member catching up. Records with large tables go by reference
+   * (pulled only by a member that lacks them), and inline records are bounded in all.
+   */
   dump(): GroupDump {
-    return {
-      groupId: this.groupId ?? "",
-      members: [...this.members.values()],
-      volumes: [...this.volumes.values()].map(volumeToWire),
-      snapshots: [...this.snapshots.values()],
-    };
+    const volumes: VolumeRecordWire[] = [];
+    const volumeRefs: PiecedRef[] = [];
+    let inlineBytes = 0;
+    for (const record of this.volumes.values()) {
+      const offer = this.outbox.offerVolume(record, inlineBytes > DUMP_INLINE_ROUTING_BYTES);
+      if ("recordRef" in offer) {
+        volumeRefs.push(offer.recordRef);
+        continue;
+      }
+      volumes.push(offer.record);
+      inlineBytes += (offer.record.routing.runs ?? offer.record.routing.owners)?.byteLength ?? 0;
+    }
+    return { groupId: this.groupId ?? "", members: [...this.members.values()], volumes, volumeRefs, snapshots: [...this.snapshots.values()] };
   }
 
-  mergeDump(dump: GroupDump): void {
+  /** The dump as a reply: its bytes as the payload, or, if larger than a piece, a reference to pull. */
+  private dumpReply(): Reply {
+    const bytes = packValue(this.dump());
+    if (bytes.byteLength <= INLINE_DUMP_BYTES) return { result: { packed: true }, payload: bytes };
+    return { result: { dumpRef: this.outbox.offerBytes(bytes) } };
+  }
+
+  /**
+   * Takes what a dump brings, record by record: a record this node cannot take (undecodable,
+   * over a limit) is refused and logged once, and the rest still apply.
+   */
+  async mergeDump(dump: GroupDump, fetch: PieceFetch, from: string): Promise<void> {
     for (const member of dump.members ?? []) {
-      if (member.id !== this.selfId) this.addMember(member);
+      if (member.id !== this.selfId) this.tryTake(from, `member ${String(member?.id)}`, () => this.addMember(parseMember(member)));
     }
     // Copies of records their members hold durably: no fsync on the loop per record.
-    for (const wire of dump.volumes ?? []) this.applyVolume(volumeFromWire(wire), "later");
-    for (const record of dump.snapshots ?? []) this.applySnapshot(parseSnapshotRecord(record));
+    for (const wire of dump.volumes ?? []) {
+      if (this.holdsAsNew(wire)) continue;
+      this.tryTake(from, volumeLabel(wire), () => this.applyVolume(volumeFromWire(wire), "later"));
+    }
+    for (const value of dump.volumeRefs ?? []) {
+      const ref = value as PiecedRef;
+      let rank: RecordRank;
+      try {
+        rank = parseRank(ref?.rank);
+      } catch (err) {
+        this.refuse(from, `a volume record reference`, err);
+        continue;
+      }
+      const label = `volume record '${String(ref.name)}' (version ${rank.version})`;
+      const current = this.volumes.get(String(ref.name));
+      if ((current && !outranks(rank, rankOf(current))) || this.refusals.has(label)) continue;
+      try {
+        const record = volumeFromWire((await pullPieces(parsePiecedRef(ref), fetch)) as VolumeRecordWire);
+        this.applyVolume(record, "later");
+      } catch (err) {
+        if (asShoalError(err).code === "NODE_DOWN" || asShoalError(err).code === "TIMEOUT") throw err;
+        this.refuse(from, label, err);
+      }
+    }
+    for (const record of dump.snapshots ?? []) this.tryTake(from, "a snapshot record", () => this.applySnapshot(parseSnapshotRecord(record)));
+  }
+
+  /** True when this node's copy of the record is as new as `wire`: no need to decode its table. */
+  private holdsAsNew(wire: unknown): boolean {
+    const rank = wireRank(wire);
+    const current = this.volumes.get(String((wire as VolumeRecordWire).name));
+    return rank !== undefined && current !== undefined && !outranks(rank, rankOf(current));
+  }
+
+  private tryTake(from: string, label: string, take: () => unknown): void {
+    try {
+      take();
+    } catch (err) {
+      this.refuse(from, label, err);
+    }
+  }
+
+  /** Logs a refused record once: the digest keeps differing, and every sync would log it again. */
+  private refuse(from: string, label: string, err: unknown): void {
+    if (this.refusals.has(label)) return;
+    if (this.refusals.size >= MAX_REFUSALS_KEPT) this.refusals.clear();
+    this.refusals.add(label);
+    this.options.log.warn(`refusing ${label} from ${from}: ${asShoalError(err).message}; the links stay up, the record is skipped`);
   }
 
   private onPeerInfo(peerId: string, info: FrameHeader): void {
@@ -315,7 +405,7 @@ export class Group {
     }
     // Only a hello answer names the node; heartbeats carry the group and digest alone.
     if (info.nodeId !== undefined) this.checkAnswerer(peerId, info);
-    if (typeof info.digest === "string" && info.digest !== this.digest()) void this.pullFrom(peerId);
+    this.maybePullFrom(peerId, info.digest);
   }
 
   /** The node that answered at a member's address must be that member, from its own data directory. */
@@ -330,12 +420,22 @@ export class Group {
     if (known.identity === undefined && identity !== undefined) this.addMember({ ...known, identity });
   }
 
-  private async pullFrom(peerId: string): Promise<void> {
+  /** Pulls the peer's catalog when its digest differs, unless a pull at these same digests already ran. */
+  private maybePullFrom(peerId: string, digest: unknown): void {
+    if (typeof digest !== "string" || digest === this.digest()) return;
+    if (this.synced.get(peerId) === `${digest}|${this.digest()}`) return;
+    void this.pullFrom(peerId, digest);
+  }
+
+  private async pullFrom(peerId: string, peerDigest: string): Promise<void> {
     if (this.syncing.has(peerId)) return;
     this.syncing.add(peerId);
     try {
-      const response = await this.link(peerId).request("catalog.dump", {}, undefined, 10_000);
-      this.mergeDump(response.result as unknown as GroupDump);
+      const link = this.link(peerId);
+      const fetch: PieceFetch = (op, args) => link.request(op, args, undefined, CATALOG_REQUEST_TIMEOUT_MS);
+      const dump = await receiveDump(await fetch("catalog.dump", {}), fetch);
+      await this.mergeDump(dump, fetch, `node ${peerId}`);
+      this.synced.set(peerId, `${peerDigest}|${this.digest()}`);
     } catch (err) {
       this.options.log.warn(`catalog sync from ${peerId} failed: ${(err as Error).message}`, { peer: peerId });
     } finally {
@@ -346,36 +446,66 @@ export class Group {
   // ---- requests from peers
 
   /** Handles group-level mesh requests; returns undefined for ops that are not its own. */
-  handle(connection: MeshConnection, op: string, args: FrameHeader): FrameHeader | undefined {
+  handle(connection: MeshConnection, op: string, args: FrameHeader): Reply | Promise<Reply> | undefined {
     switch (op) {
       case "hello":
-        return this.onHello(connection, args);
+        return { result: this.onHello(connection, args) };
       case "ping":
-        return { groupId: this.groupId, digest: this.digest() };
+        return { result: { groupId: this.groupId, digest: this.digest() } };
       case "group.join":
-        return this.onJoin(args) as unknown as FrameHeader;
+        this.onJoin(args);
+        return this.dumpReply();
       case "group.member":
         requireMember(connection, op);
         this.addMember(parseMember(args.member));
-        return {};
+        return { result: {} };
       case "catalog.dump":
-        return this.dump() as unknown as FrameHeader;
-      case "catalog.volume": {
+        return this.dumpReply();
+      case "catalog.piece":
+        return this.outbox.piece(args);
+      case "catalog.volume":
         requireMember(connection, op);
-        const record = volumeFromWire(args.record as VolumeRecordWire);
-        // The sender holds it durably; a copy lost in a crash here comes back by digest.
-        this.applyVolume(record, "later");
-        // What this member keeps after the update: a move's coordinator learns from it whether its lock won.
-        const kept = this.volumes.get(record.name)!;
-        return { version: kept.version, ...(kept.moving ? { moveId: kept.moving.moveId } : {}) };
-      }
+        return this.onVolume(connection, args);
       case "catalog.snapshot":
         requireMember(connection, op);
         this.applySnapshot(parseSnapshotRecord(args.record));
-        return {};
+        return { result: {} };
       default:
         return undefined;
     }
+  }
+
+  /**
+   * A member's changed record: inline, or a reference to pull over the same connection. One this
+   * node cannot take is refused to the sender, and logged here once; the link stays up.
+   */
+  private onVolume(connection: MeshConnection, args: FrameHeader): Reply | Promise<Reply> {
+    const from = connection.label;
+    const take = (wire: unknown): Reply => {
+      if (!this.holdsAsNew(wire)) {
+        let record: VolumeRecord;
+        try {
+          record = volumeFromWire(wire as VolumeRecordWire);
+        } catch (err) {
+          this.refuse(from, volumeLabel(wire as VolumeRecordWire), err);
+          throw err;
+        }
+        // The sender holds it durably; a copy lost in a crash here comes back by digest.
+        this.applyVolume(record, "later");
+      }
+      // What this member keeps after the update: a move's coordinator learns from it whether its lock won.
+      const kept = this.volumes.get(String((wire as VolumeRecordWire).name))!;
+      return { result: { version: kept.version, ...(kept.moving ? { moveId: kept.moving.moveId } : {}) } };
+    };
+    if (args.recordRef === undefined) return take(args.record);
+    let ref: PiecedRef;
+    try {
+      ref = parsePiecedRef(args.recordRef);
+    } catch (err) {
+      this.refuse(from, `volume record '${String((args.recordRef as PiecedRef | undefined)?.name)}'`, err);
+      throw err;
+    }
+    return pullPieces(ref, fetchOver(connection)).then(take);
   }
 
   private onHello(connection: MeshConnection, args: FrameHeader): FrameHeader {
@@ -395,14 +525,14 @@ export class Group {
       this.links.get(member.id)?.redialNow();
       connection.peerId = member.id;
       connection.label = `node ${member.id}`;
-      if (typeof args.digest === "string" && args.digest !== this.digest()) void this.pullFrom(member.id);
+      this.maybePullFrom(member.id, args.digest);
     } else {
       connection.peerId = "admin";
     }
     return { groupId: this.groupId, nodeId: this.selfId, identity: this.members.get(this.selfId)!.identity, digest: this.digest() };
   }
 
-  private onJoin(args: FrameHeader): GroupDump {
+  private onJoin(args: FrameHeader): void {
     const member = parseMember(args.member);
     if (this.members.get(member.id)?.forgotten) {
       throw new ShoalError("CONFLICT", `node id '${member.id}' was removed from this group; join with a new id and an empty data directory`);
@@ -415,7 +545,6 @@ export class Group {
         if (link.peerId !== member.id) link.request("group.member", { member }).catch(() => {});
       }
     }
-    return this.dump();
   }
 
   /**
@@ -456,6 +585,22 @@ function requireMember(connection: MeshConnection, op: string): void {
   if (connection.peerId === undefined || connection.peerId === "admin") {
     throw new ShoalError("BAD_REQUEST", `'${op}' is for members of the group that said hello`);
   }
+}
+
+/** A dump from a reply: inline (old members), packed in the payload, or pulled piece by piece. */
+async function receiveDump(response: { result: FrameHeader; payload: Payload }, fetch: PieceFetch): Promise<GroupDump> {
+  const { result, payload } = response;
+  let dump: unknown = result;
+  if (result.dumpRef !== undefined) dump = await pullPieces(parsePiecedRef(result.dumpRef), fetch);
+  else if (result.packed === true) dump = unpackValue(payload.bytes());
+  if (typeof dump !== "object" || dump === null || typeof (dump as GroupDump).groupId !== "string") {
+    throw new ShoalError("BAD_FRAME", "catalog dump is malformed");
+  }
+  return dump as GroupDump;
+}
+
+function volumeLabel(wire: VolumeRecordWire | undefined): string {
+  return `volume record '${String(wire?.name).slice(0, 64)}' (version ${String(wire?.version)})`;
 }
 
 function parseSnapshotRecord(value: unknown): SnapshotRecord {

@@ -130,7 +130,13 @@ export class MeshConnection {
     this.sweep ??= setInterval(() => this.failExpired(), SWEEP_INTERVAL_MS);
     return new Promise<Response>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, op, deadlineMs: performance.now() + timeoutMs });
-      this.send({ t: "q", i: id, op, a: args }, payload);
+      try {
+        this.send({ t: "q", i: id, op, a: args }, payload);
+      } catch (err) {
+        // Over a frame limit: this request fails, the connection and its other requests go on.
+        this.pending.delete(id);
+        reject(asShoalError(err));
+      }
     });
   }
 
@@ -219,7 +225,15 @@ export class MeshConnection {
   }
 
   private sendReply(id: number, reply: Reply): void {
-    this.send({ t: "r", i: id, ok: true, a: reply.result }, reply.payload ?? EMPTY_PAYLOAD, reply.release);
+    try {
+      this.send({ t: "r", i: id, ok: true, a: reply.result }, reply.payload ?? EMPTY_PAYLOAD, reply.release);
+    } catch (err) {
+      // An answer over a frame limit is a bug of its sender: the asker gets an error, and the
+      // link stays up (dropping it would make the asker reconnect and ask again, for ever).
+      reply.release?.();
+      this.options.warn(`answer to ${this.label} could not be sent: ${asShoalError(err).message}`);
+      this.sendError(id, err);
+    }
   }
 
   private sendError(id: number, err: unknown): void {

@@ -261,6 +261,7 @@ export class PeerLink {
         const hello = await connection.request("hello", this.options.hello(), undefined, 5000);
         this.options.onPeerInfo(hello.result);
         connection.peerId = this.peerId;
+        connection.label = `node ${this.peerId} (${this.address})`;
         if (this.stopped) {
           connection.close();
           return;

@@ -5,7 +5,7 @@
 import { asShoalError, ShoalError } from "../core/errors.ts";
 import { batchMoves, type PageMove } from "../core/move-plan.ts";
 import { withOwner } from "../core/routing.ts";
-import { volumeToWire, type VolumeRecord } from "../core/volume.ts";
+import type { VolumeRecord } from "../core/volume.ts";
 import type { Group } from "./group.ts";
 import type { MeshLog } from "./mesh.ts";
 import { nodeMetrics } from "./node-metrics.ts";
@@ -161,8 +161,11 @@ export class MoveService {
     if (!this.group.isUp(to)) throw new ShoalError("NODE_DOWN", `node ${to} (the target) is down`);
     if (!this.group.isUp(from)) throw new ShoalError("NODE_DOWN", `node ${from} (the source) is down`);
     const next: VolumeRecord = { ...current, version: current.version + 1, routing: withOwner(current.routing, pages, to) };
-    const args = { record: volumeToWire(next), pages, to, stepId: `${moveId}.${next.version}` };
-    const result = from === this.group.selfId ? await this.mover.step(args) : (await this.group.link(from).request("move.step", args, undefined, STEP_TIMEOUT_MS)).result;
+    const args = { pages, to, stepId: `${moveId}.${next.version}` };
+    const result =
+      from === this.group.selfId
+        ? await this.mover.step(next, args)
+        : (await this.group.link(from).request("move.step", { ...this.group.outbox.offerVolume(next), ...args }, undefined, STEP_TIMEOUT_MS)).result;
     this.group.applyVolume(next, "later"); // the source holds it durably
     return Number(result.bytes ?? 0);
   }

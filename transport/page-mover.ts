@@ -6,11 +6,12 @@ import { MoveStep, type MoveStepEffect } from "../core/page-move.ts";
 import { MAX_REQUEST_BYTES } from "../core/geometry.ts";
 import { ImportBatch, type PageExport, type PagePiece, type PageStore } from "../core/page-store.ts";
 import { ownerOf } from "../core/routing.ts";
-import { volumeFromWire, volumeToWire, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
+import { volumeFromWire, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
 import { dataBuffers } from "./buffer-pool.ts";
 import { Payload, type FrameHeader } from "./frame.ts";
 import type { Group } from "./group.ts";
-import type { Reply } from "./mesh-connection.ts";
+import type { MeshConnection, Reply } from "./mesh-connection.ts";
+import { fetchOver, receiveVolumeWire } from "./record-pieces.ts";
 import type { MeshLog, PeerLink } from "./mesh.ts";
 
 /** What a move needs to know of snapshots on this node. */
@@ -87,10 +88,13 @@ export class PageMover {
 
   // ---- mesh
 
-  handle(op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> | undefined {
+  handle(op: string, args: FrameHeader, payload: Payload, connection: MeshConnection): Reply | Promise<Reply> | undefined {
     switch (op) {
       case "move.step":
-        return this.step(args).then((result) => ({ result }));
+        // The next record comes inline, or (a table moved page by page) is pulled from the coordinator.
+        return receiveVolumeWire(args, fetchOver(connection))
+          .then((wire) => this.step(volumeFromWire(wire as VolumeRecordWire), args))
+          .then((result) => ({ result }));
       case "move.install":
         return this.install(args, payload);
       case "move.seal":
@@ -103,11 +107,10 @@ export class PageMover {
   // ---- source
 
   /**
-   * Runs one step: `record` is the volume's next record, built by the move's coordinator, in
+   * Runs one step: `next` is the volume's next record, built by the move's coordinator, in
    * which `pages` (owned here now) belong to `to`.
    */
-  step(args: FrameHeader): Promise<FrameHeader> {
-    const next = volumeFromWire(args.record as VolumeRecordWire);
+  step(next: VolumeRecord, args: FrameHeader): Promise<FrameHeader> {
     const pages = Array.isArray(args.pages) ? (args.pages as unknown[]).map(Number) : [];
     const to = String(args.to);
     const current = this.group.volumeByUid(next.uid);
@@ -194,8 +197,7 @@ export class PageMover {
               break;
             case "publish":
               this.group
-                .link(effect.to)
-                .request("catalog.volume", { record: volumeToWire(next) }, undefined, 10_000)
+                .sendVolume(effect.to, next)
                 .then(() => apply(step.onPublished()), fail);
               break;
             case "drop":

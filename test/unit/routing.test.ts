@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { describeRuns, formatRun, holders, ownerOf, pagesPerNode, routingFromWire, routingToWire, stripedTable, withOwner } from "../../core/routing.ts";
+import { describeRuns, formatRun, runsOfPages, holders, ownerOf, pagesPerNode, routingFromWire, routingToWire, stripedTable, withOwner } from "../../core/routing.ts";
 
 describe("routing table", () => {
   test("striping puts consecutive pages on different nodes and spreads them evenly", () => {
@@ -23,24 +23,82 @@ describe("routing table", () => {
   });
   test("runs describe striped tables compactly and moved ranges plainly", () => {
     const table = stripedTable(256, ["a", "b", "c"]);
-    expect(describeRuns(table).get("a")!.map(formatRun)).toEqual(["0-255/3"]);
+    expect(describeRuns(table).get("a")!.runs.map(formatRun)).toEqual(["0-255/3"]);
     table.owners.fill(1, 10, 20);
-    const runs = describeRuns(table).get("b")!;
+    const runs = describeRuns(table).get("b")!.runs;
     expect(runs.map(formatRun)).toContain("11-19");
     const expanded: number[] = [];
     for (const run of runs) for (let page = run.first; page <= run.last; page += run.step) expanded.push(page);
     const owned = [...table.owners.keys()].filter((page) => table.owners[page] === 1);
     expect(expanded).toEqual(owned);
+    const firstTwo = describeRuns(table, 2).get("b")!;
+    expect(firstTwo.runs).toEqual(runs.slice(0, 2));
+    expect(firstTwo.count).toBe(runs.length);
   });
-  test("wire form round-trips and rejects a wrong length or a bad node index", () => {
-    const table = stripedTable(1000, ["a", "b"]);
+  test("a striped table travels as one run per node whatever its size; a moved range adds a few runs", () => {
+    const table = stripedTable(16 * 1024 * 1024, ["a", "b", "c"]); // 64 TiB at 4 MiB pages
     const wire = routingToWire(table);
-    const copy = routingFromWire({ ...wire, owners: new Uint8Array(wire.owners) }, 1000);
-    expect([...copy.owners]).toEqual([...table.owners]);
-    expect(() => routingFromWire(wire, 999)).toThrow(/owner bytes/);
-    const bad = new Uint8Array(wire.owners);
+    expect(wire.owners).toBeUndefined();
+    expect(wire.runs!.byteLength).toBe(3 * 16);
+    const moved = withOwner(table, Array.from({ length: 1000 }, (_, index) => 5_000_000 + index), "d");
+    const movedWire = routingToWire(moved);
+    expect(movedWire.runs!.byteLength).toBeLessThanOrEqual(7 * 16);
+    const copy = routingFromWire({ ...movedWire, runs: new Uint8Array(movedWire.runs!) }, table.owners.length);
+    expect(copy.nodes).toEqual(["a", "b", "c", "d"]);
+    expect(Buffer.from(copy.owners.buffer).equals(Buffer.from(moved.owners.buffer))).toBe(true);
+  });
+  test("any table round-trips: runs while they are smaller, the owner map for scattered placements", () => {
+    let seed = 7;
+    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    for (let round = 0; round < 200; round++) {
+      const pages = 1 + Math.floor(random() * 300);
+      let table = stripedTable(pages, ["a", "b", "c"].slice(0, 1 + Math.floor(random() * 3)));
+      const moves = Math.floor(random() * pages);
+      for (let move = 0; move < moves; move++) table = withOwner(table, [Math.floor(random() * pages)], ["a", "b", "c", "d", "e"][Math.floor(random() * 5)]!);
+      const wire = routingToWire(table);
+      expect(wire.runs !== undefined || wire.owners !== undefined).toBe(true);
+      const size = wire.runs?.byteLength ?? wire.owners!.byteLength;
+      expect(size).toBeLessThanOrEqual(Math.max(pages * 2, table.nodes.length * 16));
+      const copy = routingFromWire(wire.runs ? { ...wire, runs: new Uint8Array(wire.runs) } : { ...wire, owners: new Uint8Array(wire.owners!) }, pages);
+      expect([...copy.owners]).toEqual([...table.owners]);
+      expect(copy.version).toBe(table.version);
+    }
+  });
+  test("a table whose runs are bigger than its owner map goes as the map", () => {
+    const owners = new Uint16Array(64);
+    for (let page = 0; page < 64; page++) owners[page] = [0, 1, 1, 0, 2, 0, 2, 2][page % 8]! ^ (page >> 3) % 2;
+    const wire = routingToWire({ version: 4, nodes: ["a", "b", "c"], owners });
+    expect(wire.runs).toBeUndefined();
+    expect(wire.owners!.byteLength).toBe(128);
+  });
+  test("wire forms with a wrong length, a bad node index, a gap or an overlap are refused", () => {
+    const table = stripedTable(1000, ["a", "b"]);
+    const map = { version: 1, nodes: ["a", "b"], owners: new Uint8Array(table.owners.buffer.slice(0)) };
+    expect([...routingFromWire(map, 1000).owners]).toEqual([...table.owners]);
+    expect(() => routingFromWire(map, 999)).toThrow(/owner bytes/);
+    const bad = new Uint8Array(map.owners);
     bad[0] = 9;
-    expect(() => routingFromWire({ ...wire, owners: bad }, 1000)).toThrow(/node index/);
+    expect(() => routingFromWire({ ...map, owners: bad }, 1000)).toThrow(/node index/);
+    const runs = (...quads: number[]) => ({ version: 1, nodes: ["a", "b"], runs: new Uint8Array(Uint32Array.from(quads).buffer) });
+    expect(routingFromWire(runs(0, 998, 2, 0, 1, 999, 2, 1), 1000).owners[999]).toBe(1);
+    expect(() => routingFromWire(runs(0, 998, 2, 0), 1000)).toThrow(/cover 500 pages/);
+    expect(() => routingFromWire(runs(0, 998, 2, 0, 0, 999, 1, 1), 1000)).toThrow(/cover 1500 pages/);
+    expect(() => routingFromWire(runs(0, 998, 2, 0, 0, 998, 2, 1), 1000)).toThrow(/page 1 no owner/);
+    expect(() => routingFromWire(runs(0, 1000, 1, 0), 1000)).toThrow(/does not fit/);
+    expect(() => routingFromWire(runs(0, 999, 1, 2), 1000)).toThrow(/does not fit/);
+    expect(() => routingFromWire(runs(0, 999, 0, 0), 1000)).toThrow(/does not fit/);
+    expect(() => routingFromWire(runs(0, 998, 3, 0), 1000)).toThrow(/does not fit/);
+    expect(() => routingFromWire({ version: 1, nodes: ["a"], runs: new Uint8Array(5) }, 1000)).toThrow(/multiple of 16/);
+    expect(() => routingFromWire({ version: 1, nodes: [], runs: new Uint8Array(0) }, 0)).toThrow(/0 nodes/);
+  });
+  test("a page list reads as runs, cut as a node's pages are, and a long one is cut short with its count", () => {
+    expect(runsOfPages([0, 1, 2, 3, 7, 9, 12, 15, 16]).runs.map(formatRun)).toEqual(["0-3", "7-9/2", "12-15/3", "16"]);
+    const stride = Array.from({ length: 5_000_000 }, (_, index) => index * 3);
+    expect(runsOfPages(stride).runs.map(formatRun)).toEqual(["0-14999997/3"]);
+    const scattered = Array.from({ length: 10_000 }, (_, index) => index * index);
+    const cut = runsOfPages(scattered, 10);
+    expect(cut.runs).toHaveLength(10);
+    expect(cut.count).toBe(5000);
   });
   test("a 1 TiB volume's table takes 512 KiB", () => {
     const table = stripedTable(262_144, ["a", "b", "c"]);

@@ -1,0 +1,60 @@
+import { afterEach, describe, expect, test } from "bun:test";
+import { Database } from "bun:sqlite";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { Catalog } from "../../core/catalog.ts";
+import { MAX_VOLUME_PAGES } from "../../core/geometry.ts";
+import { withOwner } from "../../core/routing.ts";
+import { newVolumeRecord } from "../../core/volume.ts";
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const dir of dirs.splice(0)) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+function catalogPath(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-catalog-"));
+  dirs.push(dir);
+  return path.join(dir, "catalog.db");
+}
+
+const largest = (name: string) =>
+  newVolumeRecord({ name, sizeBytes: MAX_VOLUME_PAGES * 4 * 1024 * 1024, pageSizeBytes: 4 * 1024 * 1024, nodes: ["a", "b", "c"], uid: `uid-${name}`, nowMs: 1, previousVersion: 0 });
+
+describe("catalog volume rows", () => {
+  test("the largest volume's table is stored as runs, a few dozen bytes, and reads back whole", () => {
+    const file = catalogPath();
+    const catalog = new Catalog(file);
+    const record = largest("big");
+    const moved = { ...record, version: 2, routing: withOwner(record.routing, [9, 10, 11, 12], "d") };
+    catalog.putVolume(moved);
+    catalog.close();
+    const db = new Database(file);
+    const row = db.query("SELECT length(route_owners) AS map, length(route_runs) AS runs FROM volumes").get() as { map: number; runs: number };
+    db.close();
+    expect(row.map).toBe(0);
+    expect(row.runs).toBeLessThan(200);
+    const reopened = new Catalog(file);
+    const [back] = reopened.volumes();
+    reopened.close();
+    expect(back!.routing.nodes).toEqual(["a", "b", "c", "d"]);
+    expect(Buffer.from(back!.routing.owners.buffer).equals(Buffer.from(moved.routing.owners.buffer))).toBe(true);
+  });
+
+  test("a row written before runs existed (owner map only) still reads", () => {
+    const file = catalogPath();
+    const catalog = new Catalog(file);
+    const record = newVolumeRecord({ name: "old", sizeBytes: 40 * 4 * 1024 * 1024, pageSizeBytes: 4 * 1024 * 1024, nodes: ["a", "b"], uid: "u1", nowMs: 1, previousVersion: 0 });
+    catalog.putVolume(record);
+    catalog.close();
+    const db = new Database(file);
+    const owners = new Uint8Array(record.routing.owners.buffer.slice(0));
+    db.query("UPDATE volumes SET route_owners = ?, route_runs = NULL").run(owners);
+    db.close();
+    const reopened = new Catalog(file);
+    const [back] = reopened.volumes();
+    reopened.close();
+    expect([...back!.routing.owners]).toEqual([...record.routing.owners]);
+  });
+});
