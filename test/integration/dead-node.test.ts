@@ -137,7 +137,7 @@ describe("one of three nodes killed", () => {
     expect(human.stdout).toMatch(/^b\s.*ready/m);
     const info = JSON.parse((await cluster.shoal(["volume", "info", "a", "--json"])).stdout);
     expect(info.state).toBe("degraded");
-    expect(info.unreachable).toEqual([{ node: "node3", pages: 5, runs: [{ first: 2, last: 14, step: 3, text: "2-14/3" }] }]);
+    expect(info.unreachable).toEqual([{ node: "node3", pages: 5, runCount: 1, runs: [{ first: 2, last: 14, step: 3, text: "2-14/3" }] }]);
     const infoHuman = await cluster.shoal(["volume", "info", "a"]);
     expect(infoHuman.exitCode).toBe(0);
     expect(infoHuman.stdout).toContain("unreachable: 5 page(s) on node3 (down): 2-14/3");

@@ -10,6 +10,7 @@ import { ShoalError } from "../../core/errors.ts";
 import type { FrameHeader } from "../../transport/frame.ts";
 import type { MeshConnection, Reply } from "../../transport/mesh-connection.ts";
 import { MeshServer } from "../../transport/mesh.ts";
+import { Database } from "bun:sqlite";
 import { run, TestCluster, waitFor, type TestNode } from "./_cluster.ts";
 
 const TiB = 1024 ** 4;
@@ -197,21 +198,29 @@ describe("large volumes", () => {
     const gap = record("bad-gap", 64 * MiB, { version: 1, nodes: ["node1", "node2"], runs: runs(0, 7, 1, 0) });
     // node3's place in the group is taken by an impostor that offers both records.
     await node3.kill9();
+    // It answers as node3 from node3's own data directory (a member with a bug, not a stranger):
+    // a stranger would be refused at hello before it could offer anything.
+    const identity = readNodeIdentity(node3.dataDir);
     const dumps = new Map<string, number>();
     const pushed: Promise<unknown>[] = [];
+    const pushedOn = new Set<MeshConnection>();
     const handler = (connection: MeshConnection, op: string, args: FrameHeader): Reply => {
       switch (op) {
         case "hello": {
           const peer = String((args.member as { id: string }).id);
           connection.peerId = peer;
-          // And it pushes one of them, as a member publishing a change would.
-          pushed.push(connection.request("catalog.volume", { record: gap }, undefined, 5000).then(
-            () => "taken",
-            (err: ShoalError) => err.code,
-          ));
-          return { result: { groupId: info.groupId, nodeId: "node3", digest: "impostor" } };
+          return { result: { groupId: info.groupId, nodeId: "node3", identity, digest: "impostor" } };
         }
         case "ping":
+          // Once linked, it pushes one of them, as a member publishing a change would (before the
+          // hello is answered a member takes no records from it).
+          if (!pushedOn.has(connection)) {
+            pushedOn.add(connection);
+            pushed.push(connection.request("catalog.volume", { record: gap }, undefined, 5000).then(
+              () => "taken",
+              (err: ShoalError) => err.code,
+            ));
+          }
           return { result: { groupId: info.groupId, digest: "impostor" } };
         case "catalog.dump":
           dumps.set(connection.peerId!, (dumps.get(connection.peerId!) ?? 0) + 1);
@@ -252,3 +261,13 @@ describe("large volumes", () => {
     await expectSteadyGroup(cluster.nodes);
   }, 120_000);
 });
+
+/** The random identity a node keeps in its data directory's catalog (read while it is stopped). */
+function readNodeIdentity(dataDir: string): string {
+  const db = new Database(path.join(dataDir, "catalog.db"), { readonly: true });
+  try {
+    return (db.query("SELECT value FROM meta WHERE key = 'node_identity'").get() as { value: string }).value;
+  } finally {
+    db.close();
+  }
+}
