@@ -1,11 +1,12 @@
 // `volume import` and `volume export`: a whole volume in or out through any node's NBD server,
 // many requests in flight, all-zero chunks sent as WRITE_ZEROES so the volume stays sparse.
-import * as fs from "node:fs";
 import { ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import { parseHostPort } from "../core/member.ts";
 import { NbdClient } from "../transport/nbd-client.ts";
 import { adminRequest } from "./_cli.ts";
+import { FileSink } from "./_file-sink.ts";
+import { openSource } from "./_file-source.ts";
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
 const IN_FLIGHT_MAX = 8;
@@ -51,10 +52,11 @@ function isAllZero(bytes: Uint8Array): boolean {
 }
 
 export async function importVolume(nodeAddress: string, volume: string, source: string): Promise<StreamSummary> {
+  // A path that cannot be read fails before the group is asked for anything.
+  const input = openSource(source, "import");
   const client = await connectExport(nodeAddress, volume);
   const startMs = Date.now();
-  const progress = new Progress(`import ${volume}`, source === "-" ? undefined : fs.statSync(source).size);
-  const input = source === "-" ? Bun.stdin.stream() : Bun.file(source).stream();
+  const progress = new Progress(`import ${volume}`, input.sizeBytes);
   const inFlight = new Set<Promise<void>>();
   let offset = 0;
   let chunk = new Uint8Array(CHUNK_BYTES);
@@ -69,7 +71,7 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
     if (inFlight.size >= IN_FLIGHT_MAX) await Promise.race(inFlight);
   };
   try {
-    for await (const piece of input as AsyncIterable<Uint8Array>) {
+    for await (const piece of input.chunks) {
       let used = 0;
       while (used < piece.byteLength) {
         const take = Math.min(CHUNK_BYTES - filled, piece.byteLength - used);
@@ -91,6 +93,10 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
     }
     await Promise.all(inFlight);
     await client.flush();
+  } catch (err) {
+    // Writes still in flight fail once the connection closes; nobody is waiting for them now.
+    for (const write of inFlight) write.catch(() => {});
+    throw err;
   } finally {
     await client.close().catch(() => {});
   }
@@ -99,11 +105,23 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
 }
 
 export async function exportVolume(nodeAddress: string, volume: string, target: string): Promise<StreamSummary> {
+  // A path that cannot take the image fails before the group is asked for anything.
+  const sink = FileSink.open(target, "export to");
+  try {
+    const result = await readVolume(nodeAddress, volume, sink);
+    await sink.close();
+    return result;
+  } catch (err) {
+    sink.abort();
+    throw err;
+  }
+}
+
+async function readVolume(nodeAddress: string, volume: string, sink: FileSink): Promise<StreamSummary> {
   const client = await connectExport(nodeAddress, volume);
   const startMs = Date.now();
   const size = client.sizeBytes;
   const progress = new Progress(`export ${volume}`, size);
-  const output = target === "-" ? process.stdout : fs.createWriteStream(target);
   const reads: Promise<Uint8Array>[] = [];
   let nextOffset = 0;
   const queueRead = () => {
@@ -117,11 +135,14 @@ export async function exportVolume(nodeAddress: string, volume: string, target: 
     while (reads.length > 0) {
       const data = await reads.shift()!;
       queueRead();
-      if (!output.write(data)) await new Promise<void>((resolve) => output.once("drain", () => resolve()));
+      await sink.write([data]);
       written += data.byteLength;
       progress.update(written);
     }
-    if (output !== process.stdout) await new Promise<void>((resolve, reject) => (output as fs.WriteStream).end((err?: Error | null) => (err ? reject(err) : resolve())));
+  } catch (err) {
+    // Reads still in flight fail once the connection closes; nobody is waiting for them now.
+    for (const read of reads) read.catch(() => {});
+    throw err;
   } finally {
     await client.close().catch(() => {});
   }

@@ -4,6 +4,7 @@
 import { defineCommand, runCommand, showUsage } from "citty";
 import { asShoalError, ShoalError } from "../core/errors.ts";
 import { SHOAL_VERSION } from "./_node-runtime.ts";
+import { guardProcessOutput } from "./_output.ts";
 import archive from "./archive.ts";
 import node from "./node.ts";
 import route from "./route.ts";
@@ -17,6 +18,7 @@ const main = defineCommand({
 });
 
 async function run(rawArgs: string[]): Promise<void> {
+  guardProcessOutput();
   if (rawArgs.length === 1 && (rawArgs[0] === "--version" || rawArgs[0] === "-v")) {
     process.stdout.write(`${SHOAL_VERSION}\n`);
     return;

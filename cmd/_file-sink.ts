@@ -1,0 +1,115 @@
+// Where `archive create -o` and `volume export` put their bytes: a regular file, a device (tape,
+// /dev/null) or FIFO, or stdout. Every write is awaited and every failure becomes one typed error
+// naming the file, so a full disk ends the command instead of leaving it waiting for a 'drain'.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileError } from "../core/errors.ts";
+import { exitOnStdoutError } from "./_output.ts";
+
+/**
+ * A regular file is written under a temporary name beside it, flushed to disk and renamed over the
+ * target only when complete: a failed run leaves no partial file behind, and the file a previous
+ * run left at that path (last night's archive) survives. A device or FIFO is written in place.
+ */
+export class FileSink {
+  private closed = false;
+  private constructor(
+    private readonly target: string,
+    private readonly finalPath: string,
+    private readonly fd: number | undefined,
+    private readonly partialPath: string | undefined,
+    private readonly action: string,
+  ) {}
+
+  /** Opens the target now, so a bad path fails before any node is asked for anything. */
+  static open(target: string, action: string): FileSink {
+    if (target === "-") return new FileSink("stdout", "stdout", undefined, undefined, action);
+    const finalPath = resolvedTarget(target, action);
+    const inPlace = fs.existsSync(finalPath) && !fs.statSync(finalPath).isFile();
+    const partialPath = inPlace ? undefined : path.join(path.dirname(finalPath), `.${path.basename(finalPath)}.partial-${process.pid}`);
+    try {
+      return new FileSink(target, finalPath, fs.openSync(partialPath ?? finalPath, "w", 0o644), partialPath, action);
+    } catch (err) {
+      const note = missingDirectory(err, finalPath) ? `directory '${path.dirname(finalPath)}' does not exist` : undefined;
+      throw fileError(err, action, target, note);
+    }
+  }
+
+  async write(chunks: Uint8Array[]): Promise<void> {
+    for (const chunk of chunks) {
+      if (this.fd === undefined) await writeStdout(chunk);
+      else await this.writeFile(chunk);
+    }
+  }
+
+  /** Everything written: make it durable and give it its name. */
+  async close(): Promise<void> {
+    if (this.fd === undefined) return;
+    const fd = this.fd;
+    try {
+      if (this.partialPath) await new Promise<void>((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
+      this.closeFd(true);
+      if (this.partialPath) fs.renameSync(this.partialPath, this.finalPath);
+    } catch (err) {
+      this.abort();
+      throw fileError(err, this.action, this.target);
+    }
+  }
+
+  /** The command failed: drop the partial file, keep whatever was at the target before. */
+  abort(): void {
+    if (this.fd === undefined) return;
+    this.closeFd(false);
+    if (this.partialPath) fs.rmSync(this.partialPath, { force: true });
+  }
+
+  /** Once only: a second close could hit a descriptor the process has since reused for a socket. */
+  private closeFd(reportErrors: boolean): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      fs.closeSync(this.fd!);
+    } catch (err) {
+      // Some file systems (NFS) report a lost write only at close; on the failure path it changes nothing.
+      if (reportErrors) throw err;
+    }
+  }
+
+  private async writeFile(chunk: Uint8Array): Promise<void> {
+    let done = 0;
+    try {
+      while (done < chunk.byteLength) {
+        done += await new Promise<number>((resolve, reject) =>
+          fs.write(this.fd!, chunk, done, chunk.byteLength - done, null, (err, written) => (err ? reject(err) : resolve(written))),
+        );
+      }
+    } catch (err) {
+      throw fileError(err, this.action, this.target);
+    }
+  }
+}
+
+function missingDirectory(err: unknown, finalPath: string): boolean {
+  return (err as { code?: unknown }).code === "ENOENT" && !fs.existsSync(path.dirname(finalPath));
+}
+
+/** The path a rename must replace: through a symbolic link to the file it names. */
+function resolvedTarget(target: string, action: string): string {
+  try {
+    return fs.existsSync(target) ? fs.realpathSync(target) : path.resolve(target);
+  } catch (err) {
+    throw fileError(err, action, target);
+  }
+}
+
+/** Stdout with backpressure; a failure ends the process (quietly for a reader that left). */
+function writeStdout(chunk: Uint8Array): Promise<void> {
+  return new Promise<void>((resolve) => {
+    // Past the high-water mark, wait until this chunk is handed to the OS (the callback).
+    const buffered = process.stdout.write(chunk, (err) => {
+      if (err) exitOnStdoutError(err);
+      resolve();
+    });
+    if (buffered) resolve();
+  });
+}

@@ -1,0 +1,44 @@
+// Where `archive restore|verify|list -i` and `volume import` read their bytes: a file, a device
+// or stdin. The file is opened before anything else happens, so a wrong path is one typed line
+// naming it (not ENOENT from deep inside a stream), and a read that fails later names it too.
+import * as fs from "node:fs";
+import { fileError, ShoalError } from "../core/errors.ts";
+
+export interface FileSource {
+  /** The bytes, in order; a failed read throws a typed error naming the file. */
+  chunks: AsyncIterable<Uint8Array>;
+  /** The file's size when it is a regular file (for progress), else undefined. */
+  sizeBytes: number | undefined;
+}
+
+/** `action` says what the bytes are for ("read archive from", "import"). */
+export function openSource(source: string, action: string): FileSource {
+  if (source === "-") {
+    // Waiting for someone to type an archive is never what was meant.
+    if (process.stdin.isTTY) throw new ShoalError("BAD_ARGUMENT", `stdin is a terminal; give a file with -i FILE or pipe the data in`);
+    return { chunks: named(Bun.stdin.stream(), action, "stdin"), sizeBytes: undefined };
+  }
+  let fd: number;
+  try {
+    fd = fs.openSync(source, "r");
+  } catch (err) {
+    throw fileError(err, action, source);
+  }
+  const stat = fs.fstatSync(fd);
+  if (stat.isDirectory()) {
+    fs.closeSync(fd);
+    throw fileError(Object.assign(new Error("is a directory"), { code: "EISDIR" }), action, source);
+  }
+  return { chunks: named(Bun.file(fd).stream(), action, source, fd), sizeBytes: stat.isFile() ? stat.size : undefined };
+}
+
+/** The stream's own failures, renamed after the file; errors of the consumer pass through untouched. */
+async function* named(stream: ReadableStream<Uint8Array>, action: string, file: string, fd?: number): AsyncIterable<Uint8Array> {
+  try {
+    for await (const chunk of stream as unknown as AsyncIterable<Uint8Array>) yield chunk;
+  } catch (err) {
+    throw fileError(err, action, file);
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
