@@ -39,7 +39,7 @@ export async function createArchive(
 ): Promise<ArchiveSummary> {
   const startMs = performance.now();
   // A path that cannot take the archive fails before the group is asked for anything.
-  const sink = FileSink.open(target, "write archive to");
+  const sink = FileSink.open(target, "write archive to", "-o FILE");
   try {
     const summary = await writeArchive(nodeAddress, volume, snapshot, since, sink, recordSizeBytes);
     await sink.close();
@@ -134,7 +134,7 @@ async function writeArchive(
 /** Feeds a file or stdin through `onEvents`; the reader throws BAD_ARCHIVE at the first bad byte. */
 async function readArchive(source: string, onEvents: (events: ArchiveEvent[], reader: ArchiveReader) => Promise<boolean | void>): Promise<void> {
   const reader = new ArchiveReader();
-  for await (const chunk of openSource(source, "read archive from").chunks) {
+  for await (const chunk of openSource(source, "read archive from", "-i FILE").chunks) {
     if ((await onEvents(reader.push(chunk), reader)) === false) return;
   }
   await onEvents(reader.end(), reader);

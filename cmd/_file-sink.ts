@@ -3,7 +3,7 @@
 // naming the file, so a full disk ends the command instead of leaving it waiting for a 'drain'.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { fileError } from "../core/errors.ts";
+import { fileError, ShoalError } from "../core/errors.ts";
 import { exitOnStdoutError } from "./_output.ts";
 
 /**
@@ -22,8 +22,13 @@ export class FileSink {
   ) {}
 
   /** Opens the target now, so a bad path fails before any node is asked for anything. */
-  static open(target: string, action: string): FileSink {
-    if (target === "-") return new FileSink("stdout", "stdout", undefined, undefined, action);
+  /** `fileArgument` is how the command names a file ("-o FILE"), for the terminal refusal. */
+  static open(target: string, action: string, fileArgument: string): FileSink {
+    if (target === "-") {
+      // Megabytes of binary on a terminal are never what was meant.
+      if (process.stdout.isTTY) throw new ShoalError("BAD_ARGUMENT", `stdout is a terminal; give ${fileArgument} or pipe the output on`);
+      return new FileSink("stdout", "stdout", undefined, undefined, action);
+    }
     const finalPath = resolvedTarget(target, action);
     const inPlace = fs.existsSync(finalPath) && !fs.statSync(finalPath).isFile();
     const partialPath = inPlace ? undefined : path.join(path.dirname(finalPath), `.${path.basename(finalPath)}.partial-${process.pid}`);

@@ -11,11 +11,14 @@ export interface FileSource {
   sizeBytes: number | undefined;
 }
 
-/** `action` says what the bytes are for ("read archive from", "import"). */
-export function openSource(source: string, action: string): FileSource {
+/**
+ * `action` says what the bytes are for ("read archive from", "import"); `fileArgument` is how the
+ * command names a file ("-i FILE"), for the terminal refusal.
+ */
+export function openSource(source: string, action: string, fileArgument: string): FileSource {
   if (source === "-") {
     // Waiting for someone to type an archive is never what was meant.
-    if (process.stdin.isTTY) throw new ShoalError("BAD_ARGUMENT", `stdin is a terminal; give a file with -i FILE or pipe the data in`);
+    if (process.stdin.isTTY) throw new ShoalError("BAD_ARGUMENT", `stdin is a terminal; give ${fileArgument} or pipe the input in`);
     return { chunks: named(Bun.stdin.stream(), action, "stdin"), sizeBytes: undefined };
   }
   let fd: number;

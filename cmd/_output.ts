@@ -40,12 +40,14 @@ export function isBrokenPipe(err: unknown): boolean {
   return code === "EPIPE" || code === "ERR_STREAM_DESTROYED";
 }
 
-/** One line on stderr and the error's exit code; never a stack trace. */
+/** One line on stderr and the error's exit code; the stack only when SHOAL_DEBUG asks for it. */
 function exitWithError(err: unknown): never {
   if (isBrokenPipe(err)) process.exit(EXIT_BROKEN_PIPE);
   const error = err instanceof ShoalError ? err : asShoalError(err);
   try {
     process.stderr.write(`shoal: ${error.message}${error.code === "INTERNAL" ? "" : ` [${error.code}]`}\n`);
+    // A bug report needs the stack; an operator running a command does not.
+    if (process.env.SHOAL_DEBUG && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
   } catch {
     // stderr is gone too: the exit code is all that is left to say it.
   }

@@ -53,7 +53,7 @@ function isAllZero(bytes: Uint8Array): boolean {
 
 export async function importVolume(nodeAddress: string, volume: string, source: string): Promise<StreamSummary> {
   // A path that cannot be read fails before the group is asked for anything.
-  const input = openSource(source, "import");
+  const input = openSource(source, "import", "a FILE argument");
   const client = await connectExport(nodeAddress, volume);
   const startMs = Date.now();
   const progress = new Progress(`import ${volume}`, input.sizeBytes);
@@ -106,7 +106,7 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
 
 export async function exportVolume(nodeAddress: string, volume: string, target: string): Promise<StreamSummary> {
   // A path that cannot take the image fails before the group is asked for anything.
-  const sink = FileSink.open(target, "export to");
+  const sink = FileSink.open(target, "export to", "a FILE argument");
   try {
     const result = await readVolume(nodeAddress, volume, sink);
     await sink.close();

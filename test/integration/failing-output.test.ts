@@ -165,6 +165,17 @@ describe("failing input", () => {
     expect(await volumeNames()).not.toHaveProperty("fresh");
   });
 
+  test("data to or from a terminal is refused with exit 2 instead of filling it or waiting on it", async () => {
+    // `script` runs the commands on a pseudo-terminal, as an operator at a shell would.
+    const commands = ["archive verify", "archive create vol@s1", "volume export vol", "volume import vol"];
+    const shoal = shoalCommand().join(" ");
+    const onTerminal = await pipeline(`timeout -s KILL ${KILL_MS / 1000} script -qec "${commands.map((command) => `${shoal} ${command}; echo exit=\\$?`).join("; ")}" /dev/null`);
+    const lines = onTerminal.stdout.split(/\r?\n/).filter(Boolean);
+    expect(lines.filter((line) => line === "exit=2")).toHaveLength(commands.length);
+    expect(lines.filter((line) => /is a terminal; give .* \[BAD_ARGUMENT\]$/.test(line))).toHaveLength(commands.length);
+    expect(onTerminal.stdout).not.toMatch(/^\s+at /m);
+  });
+
   test("a closed or empty stdin is a truncated archive: exit 6, one line", async () => {
     expectOneLine(await pipeline("shoal archive verify <&-"), "BAD_ARCHIVE", 6, "truncated");
     expectOneLine(await pipeline("shoal archive restore fresh --create < /dev/null"), "BAD_ARCHIVE", 6, "truncated");
