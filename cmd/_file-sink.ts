@@ -13,16 +13,30 @@ import { exitOnStdoutError } from "./_output.ts";
  */
 export class FileSink {
   private closed = false;
+  private readonly onExit = () => this.removePartial();
+  private readonly onSignal = (signal: NodeJS.Signals) => {
+    this.removePartial();
+    process.exit(signal === "SIGINT" ? 130 : 143);
+  };
+
   private constructor(
     private readonly target: string,
     private readonly finalPath: string,
     private readonly fd: number | undefined,
     private readonly partialPath: string | undefined,
     private readonly action: string,
-  ) {}
+  ) {
+    if (!partialPath) return;
+    // Ctrl-C, a stop of the cron job or an error that ends the process: no partial file stays.
+    process.on("exit", this.onExit);
+    process.once("SIGINT", this.onSignal);
+    process.once("SIGTERM", this.onSignal);
+  }
 
-  /** Opens the target now, so a bad path fails before any node is asked for anything. */
-  /** `fileArgument` is how the command names a file ("-o FILE"), for the terminal refusal. */
+  /**
+   * Opens the target now, so a bad path fails before any node is asked for anything.
+   * `fileArgument` is how the command names a file ("-o FILE"), for the terminal refusal.
+   */
   static open(target: string, action: string, fileArgument: string): FileSink {
     if (target === "-") {
       // Megabytes of binary on a terminal are never what was meant.
@@ -30,10 +44,15 @@ export class FileSink {
       return new FileSink("stdout", "stdout", undefined, undefined, action);
     }
     const finalPath = resolvedTarget(target, action);
-    const inPlace = fs.existsSync(finalPath) && !fs.statSync(finalPath).isFile();
+    const existing = fs.existsSync(finalPath) ? fs.statSync(finalPath) : undefined;
+    const inPlace = existing !== undefined && !existing.isFile();
     const partialPath = inPlace ? undefined : path.join(path.dirname(finalPath), `.${path.basename(finalPath)}.partial-${process.pid}`);
     try {
-      return new FileSink(target, finalPath, fs.openSync(partialPath ?? finalPath, "w", 0o644), partialPath, action);
+      // A new file gets what `>` would give it (0666 less the umask); a replaced one keeps its mode,
+      // so an archive someone made private (0600) does not come back readable by all.
+      const fd = fs.openSync(partialPath ?? finalPath, "w", 0o666);
+      if (partialPath && existing) fs.fchmodSync(fd, existing.mode & 0o7777);
+      return new FileSink(target, finalPath, fd, partialPath, action);
     } catch (err) {
       const note = missingDirectory(err, finalPath) ? `directory '${path.dirname(finalPath)}' does not exist` : undefined;
       throw fileError(err, action, target, note);
@@ -55,6 +74,7 @@ export class FileSink {
       if (this.partialPath) await new Promise<void>((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
       this.closeFd(true);
       if (this.partialPath) fs.renameSync(this.partialPath, this.finalPath);
+      this.forgetPartial();
     } catch (err) {
       this.abort();
       throw fileError(err, this.action, this.target);
@@ -65,7 +85,18 @@ export class FileSink {
   abort(): void {
     if (this.fd === undefined) return;
     this.closeFd(false);
+    this.removePartial();
+    this.forgetPartial();
+  }
+
+  private removePartial(): void {
     if (this.partialPath) fs.rmSync(this.partialPath, { force: true });
+  }
+
+  private forgetPartial(): void {
+    process.off("exit", this.onExit);
+    process.off("SIGINT", this.onSignal);
+    process.off("SIGTERM", this.onSignal);
   }
 
   /** Once only: a second close could hit a descriptor the process has since reused for a socket. */

@@ -227,3 +227,26 @@ describe("failing input", () => {
     }
   });
 });
+
+describe("interrupted output", () => {
+  test("Ctrl-C while writing a file removes the partial file and keeps the previous one", async () => {
+    const node = cluster.nodes[1]!;
+    const target = path.join(dir, "interrupted.img");
+    fs.writeFileSync(target, "previous export");
+    // A stopped node never answers: the export has opened its file and waits on the node.
+    node.proc!.kill("SIGSTOP");
+    const exporter = Bun.spawn([...shoalCommand(), "volume", "export", "vol", target, "--node", node.meshAddress], { stdout: "ignore", stderr: "pipe" });
+    try {
+      await waitFor("the export to open its partial file", () => fs.readdirSync(dir).some((name) => name.startsWith(".interrupted.img.partial-")));
+      exporter.kill("SIGINT");
+      expect(await exporter.exited).toBe(130);
+      expect(await new Response(exporter.stderr).text()).toBe("");
+      expect(fs.readdirSync(dir).filter((name) => name.includes("partial"))).toEqual([]);
+      expect(fs.readFileSync(target, "utf8")).toBe("previous export");
+    } finally {
+      exporter.kill("SIGKILL");
+      node.proc!.kill("SIGCONT");
+      await cluster.waitConverged();
+    }
+  });
+});
