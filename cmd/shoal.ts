@@ -18,7 +18,8 @@ const main = defineCommand({
 });
 
 async function run(rawArgs: string[]): Promise<void> {
-  guardProcessOutput();
+  // A storage node's only output is its log: it keeps serving if that breaks, as before.
+  if (rawArgs[0] !== "node") guardProcessOutput();
   if (rawArgs.length === 1 && (rawArgs[0] === "--version" || rawArgs[0] === "-v")) {
     process.stdout.write(`${SHOAL_VERSION}\n`);
     return;
