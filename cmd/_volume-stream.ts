@@ -55,6 +55,11 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
   // A path that cannot be read fails before the group is asked for anything.
   const input = openSource(source, "import", "a FILE argument");
   const client = await connectExport(nodeAddress, volume);
+  if (input.sizeBytes !== undefined && input.sizeBytes > client.sizeBytes) {
+    await client.close().catch(() => {});
+    // Refused before the first write: the volume is left exactly as it was.
+    throw new ShoalError("OUT_OF_RANGE", `'${source}' (${input.sizeBytes} bytes) is larger than volume '${volume}' (${client.sizeBytes} bytes); nothing was written`);
+  }
   const startMs = Date.now();
   const progress = new Progress(`import ${volume}`, input.sizeBytes);
   const inFlight = new Set<Promise<void>>();

@@ -1,5 +1,6 @@
 // `shoal archive`: snapshots as tar streams to files, tapes or pipes; incremental; restore, verify.
 import { defineCommand } from "citty";
+import { parseRecordSize } from "../core/archive/manifest.ts";
 import { formatSize } from "../core/geometry.ts";
 import { parseSnapshotRef } from "../core/snapshot-record.ts";
 import { nodeAddress, nodeArgs, printResult, rejectUnknownFlags } from "./_cli.ts";
@@ -22,7 +23,7 @@ const create = defineCommand({
     rejectUnknownFlags(context);
     const { args } = context;
     const { volume, name } = parseSnapshotRef(args.snapshot);
-    const summary = await createArchive(nodeAddress(args), volume, name, args.since, args.output, args.recordSize ? Number(args.recordSize) : undefined);
+    const summary = await createArchive(nodeAddress(args), volume, name, args.since, args.output, args.recordSize === undefined ? undefined : parseRecordSize(args.recordSize));
     const line = args.json ? JSON.stringify(summary) : summaryLine(`archived ${args.snapshot}${args.since ? ` since ${args.since}` : ""}:`, summary);
     // With the archive on stdout, the summary must go to stderr.
     if (args.output === "-") process.stderr.write(`${line}\n`);

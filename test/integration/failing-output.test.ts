@@ -176,7 +176,16 @@ describe("failing input", () => {
     expect(onTerminal.stdout).not.toMatch(/^\s+at /m);
   });
 
-  test("a closed or empty stdin is a truncated archive: exit 6, one line", async () => {
+  test("an input larger than the volume is refused before the first write; a bad --record-size before any request", async () => {
+    const large = path.join(dir, "large.img");
+    fs.writeFileSync(large, new Uint8Array(65 * 1024 * 1024).fill(0x77));
+    expectOneLine(await shoal(["volume", "import", "vol", large]), "OUT_OF_RANGE", 2, "nothing was written");
+    // Still the snapshot's pattern: not one byte of the refused file went in.
+    expect((await run(["qemu-io", "-f", "raw", "-c", "read -P 0x5a 0 64M", cluster.nodes[0]!.nbdUrl("vol")])).exitCode).toBe(0);
+    expectOneLine(await shoal(["archive", "create", "vol@s1", "-o", path.join(dir, "r.tar"), "--record-size", "abc", "--node", "127.0.0.1:1"]), "BAD_ARGUMENT", 2, "record size 'abc'");
+  });
+
+    test("a closed or empty stdin is a truncated archive: exit 6, one line", async () => {
     expectOneLine(await pipeline("shoal archive verify <&-"), "BAD_ARCHIVE", 6, "truncated");
     expectOneLine(await pipeline("shoal archive restore fresh --create < /dev/null"), "BAD_ARCHIVE", 6, "truncated");
     expect(await volumeNames()).not.toHaveProperty("fresh");
