@@ -199,6 +199,12 @@ function restoredSnapshotName(snapshotId: string): string {
 interface RestoreTarget {
   state: "untouched" | "created" | "hidden";
   incremental: boolean;
+  /** The snapshot a finished restore leaves; a failure after it was taken must delete it too. */
+  marker?: string;
+  /** Set by a signal: that handler cleans up, reports and exits; the failing stream stays quiet. */
+  interrupted?: boolean;
+  /** The create request in flight: a signal waits for its answer before deciding what to undo. */
+  creating?: Promise<unknown>;
 }
 
 /**
@@ -214,6 +220,8 @@ export async function restoreArchive(nodeAddress: string, volume: string, source
   try {
     return await restoreStream(nodeAddress, volume, source, create, target);
   } catch (err) {
+    // Writes fail once the signal handler deletes the volume: it reports and exits, not this.
+    if (target.interrupted) await new Promise<never>(() => {});
     throw await failedRestoreError(nodeAddress, volume, target, err);
   } finally {
     process.off("SIGINT", onSignal);
@@ -236,6 +244,7 @@ async function failedRestoreError(nodeAddress: string, volume: string, target: R
   }
   if (target.state !== "created") return error;
   try {
+    if (target.marker) await adminRequest(nodeAddress, "admin.snap.delete", { volume, name: target.marker }, CLEANUP_TIMEOUT_MS).catch(() => {});
     await adminRequest(nodeAddress, "admin.volume.delete", { name: volume }, CLEANUP_TIMEOUT_MS);
     return said(`removed volume '${volume}' that this restore created, so the same command can run again`);
   } catch (cleanupErr) {
@@ -245,6 +254,9 @@ async function failedRestoreError(nodeAddress: string, volume: string, target: R
 
 /** Ctrl-C or a stop of the job: undo as a failure would, then end as the signal would have. */
 async function interrupted(nodeAddress: string, volume: string, target: RestoreTarget, signal: NodeJS.Signals): Promise<void> {
+  target.interrupted = true;
+  // A volume the node may be creating right now is ours only once the node says so.
+  await target.creating?.catch(() => {});
   const error = await failedRestoreError(nodeAddress, volume, target, new ShoalError("INTERNAL", `interrupted by ${signal}`));
   process.stderr.write(`shoal: ${error.message}\n`);
   process.exit(signal === "SIGINT" ? 130 : 143);
@@ -296,6 +308,7 @@ async function restoreStream(nodeAddress: string, volume: string, source: string
   // Every digest matched: record what the volume now holds, then let clients see it.
   const done = manifest!;
   const marker = restoredSnapshotName(done.snapshot.id);
+  target.marker = marker;
   await adminRequest(nodeAddress, "admin.snap.delete", { volume, name: marker }).catch(() => {});
   await adminRequest(nodeAddress, "admin.snap.create", { volumes: [volume], name: marker, mode: "hold" });
   if (done.base) await adminRequest(nodeAddress, "admin.snap.delete", { volume, name: restoredSnapshotName(done.base.id) }).catch(() => {});
@@ -325,15 +338,17 @@ async function prepareTarget(nodeAddress: string, volume: string, manifest: Arch
     if (manifest.base) {
       throw new ShoalError("BAD_ARGUMENT", `this is an incremental archive (base '${manifest.base.name}', id ${manifest.base.id}); restore it onto the volume that holds its base, without --create`);
     }
-    await adminRequest(nodeAddress, "admin.volume.create", {
+    target.creating = adminRequest(nodeAddress, "admin.volume.create", {
       name: volume,
       sizeBytes: manifest.sizeBytes,
       pageSizeBytes: manifest.pageSizeBytes,
       restoring: true,
-    }).catch(async (err: unknown) => {
+    }).then(() => {
+      target.state = "created";
+    });
+    await target.creating.catch(async (err: unknown) => {
       throw await existingTargetError(nodeAddress, volume, err);
     });
-    target.state = "created";
     return;
   }
   const info = await adminRequest(nodeAddress, "admin.volume.info", { name: volume });
