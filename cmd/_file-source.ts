@@ -37,11 +37,17 @@ export function openSource(source: string, action: string, fileArgument: string)
 
 /** The stream's own failures, renamed after the file; errors of the consumer pass through untouched. */
 async function* named(stream: ReadableStream<Uint8Array>, action: string, file: string, fd?: number): AsyncIterable<Uint8Array> {
+  let ended = false;
   try {
     for await (const chunk of stream as unknown as AsyncIterable<Uint8Array>) yield chunk;
+    ended = true;
   } catch (err) {
+    ended = true;
     throw fileError(err, action, file);
   } finally {
-    if (fd !== undefined) fs.closeSync(fd);
+    // Closed only once the stream has ended: a consumer that stops early (a bad archive, `archive
+    // list` past the manifest) may leave a read in flight, and a socket opened next could reuse
+    // the number under it. Such a command ends soon after, which closes it anyway.
+    if (ended && fd !== undefined) fs.closeSync(fd);
   }
 }
