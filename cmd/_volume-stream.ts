@@ -113,16 +113,16 @@ export async function exportVolume(nodeAddress: string, volume: string, target: 
   // A path that cannot take the image fails before the group is asked for anything.
   const sink = FileSink.open(target, "export to", "a FILE argument");
   try {
-    const result = await readVolume(nodeAddress, volume, sink);
-    await sink.close();
-    return result;
+    const { bytes, startMs } = await readVolume(nodeAddress, volume, sink);
+    await sink.close(); // the flush to disk is part of the export's time
+    return summary(volume, bytes, startMs);
   } catch (err) {
     sink.abort();
     throw err;
   }
 }
 
-async function readVolume(nodeAddress: string, volume: string, sink: FileSink): Promise<StreamSummary> {
+async function readVolume(nodeAddress: string, volume: string, sink: FileSink): Promise<{ bytes: number; startMs: number }> {
   const client = await connectExport(nodeAddress, volume);
   const startMs = Date.now();
   const size = client.sizeBytes;
@@ -152,7 +152,7 @@ async function readVolume(nodeAddress: string, volume: string, sink: FileSink): 
     await client.close().catch(() => {});
   }
   progress.update(size, true);
-  return summary(volume, size, startMs);
+  return { bytes: size, startMs };
 }
 
 function summary(volume: string, bytes: number, startMs: number): StreamSummary {
