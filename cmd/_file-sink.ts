@@ -4,7 +4,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileError, ShoalError } from "../core/errors.ts";
-import { exitOnStdoutError } from "./_output.ts";
+import { EXIT_BROKEN_PIPE, exitOnStdoutError, isBrokenPipe } from "./_output.ts";
 
 /**
  * A regular file is written under a temporary name beside it, flushed to disk and renamed over the
@@ -43,6 +43,8 @@ export class FileSink {
       if (process.stdout.isTTY) throw new ShoalError("BAD_ARGUMENT", `stdout is a terminal; give ${fileArgument} or pipe the output on`);
       return new FileSink("stdout", "stdout", undefined, undefined, action);
     }
+    // /dev/stdout and friends name a descriptor the shell opened (a pipe has no path to rename onto).
+    if (DESCRIPTOR_PATH.test(path.resolve(target))) return FileSink.inPlace(target, action);
     const finalPath = resolvedTarget(target, action);
     const existing = fs.existsSync(finalPath) ? fs.statSync(finalPath) : undefined;
     const inPlace = existing !== undefined && !existing.isFile();
@@ -56,6 +58,14 @@ export class FileSink {
     } catch (err) {
       const note = missingDirectory(err, finalPath) ? `directory '${path.dirname(finalPath)}' does not exist` : undefined;
       throw fileError(err, action, target, note);
+    }
+  }
+
+  private static inPlace(target: string, action: string): FileSink {
+    try {
+      return new FileSink(target, target, fs.openSync(target, "w", 0o666), undefined, action);
+    } catch (err) {
+      throw fileError(err, action, target);
     }
   }
 
@@ -120,10 +130,19 @@ export class FileSink {
         );
       }
     } catch (err) {
+      // A FIFO or /dev/stdout whose reader left: end as for stdout itself, quietly.
+      if (isBrokenPipe(err)) process.exit(EXIT_BROKEN_PIPE);
       throw fileError(err, this.action, this.target);
     }
   }
 }
+
+/** Whether bytes written to `target` land on this process's stdout (so a summary must not). */
+export function writesToStdout(target: string): boolean {
+  return target === "-" || /^\/(dev\/stdout|dev\/fd\/1|proc\/self\/fd\/1)$/.test(target);
+}
+
+const DESCRIPTOR_PATH = /^\/(dev\/(stdout|stderr|fd\/)|proc\/[^/]+\/fd\/)/;
 
 function missingDirectory(err: unknown, finalPath: string): boolean {
   return (err as { code?: unknown }).code === "ENOENT" && !fs.existsSync(path.dirname(finalPath));

@@ -111,6 +111,8 @@ describe("failing output", () => {
     expectQuietBrokenPipe(await pipeline("shoal archive create vol@s1 -o - | head -c 100 > /dev/null"));
     expectQuietBrokenPipe(await pipeline("shoal volume export vol - | head -c 120 > /dev/null"));
     expectQuietBrokenPipe(await pipeline("shoal volume list --json | true"));
+    // The same through a path naming the descriptor, as scripts write it.
+    expectQuietBrokenPipe(await pipeline("shoal archive create vol@s1 -o /dev/stdout | head -c 100 > /dev/null"));
     // zstd refusing to overwrite a file closes the pipe: zstd says why, shoal says nothing.
     fs.writeFileSync(path.join(dir, "existing.zst"), "keep");
     const zstd = await pipeline(`shoal archive create vol@s1 | zstd -q -o '${path.join(dir, "existing.zst")}'`);
@@ -152,6 +154,13 @@ describe("failing output", () => {
     expect(created.exitCode).toBe(0);
     expect(fs.readdirSync(dir).filter((name) => name.includes("partial"))).toEqual([]);
     expect((await shoal(["archive", "verify", "-i", target])).exitCode).toBe(0);
+    // -o /dev/stdout into a pipe and into a redirected file: written in place, byte for byte the same.
+    const viaPipe = path.join(dir, "via-pipe.tar");
+    const viaRedirect = path.join(dir, "via-redirect.tar");
+    expect((await pipeline(`shoal archive create vol@s1 -o /dev/stdout | cat > '${viaPipe}'`)).exitCode).toBe(0);
+    expect((await pipeline(`shoal archive create vol@s1 -o /dev/stdout > '${viaRedirect}'`)).exitCode).toBe(0);
+    for (const copy of [viaPipe, viaRedirect]) expect((await shoal(["archive", "verify", "-i", copy])).exitCode).toBe(0);
+    expect(fs.readdirSync(dir).filter((name) => name.includes("partial"))).toEqual([]);
   });
 });
 
@@ -226,8 +235,8 @@ describe("failing input", () => {
       restore.kill("SIGINT");
       const exitCode = await restore.exited;
       const stderr = await new Response(restore.stderr).text();
-      expect(exitCode).toBe(130);
       expect(stderr).toContain("removed volume 'interrupted'");
+      expect(exitCode).toBe(130);
       expect(stderr).not.toMatch(/^\s+at /m);
       expect(await volumeNames()).not.toHaveProperty("interrupted");
     } finally {
