@@ -10,6 +10,7 @@ import { NbdClient } from "../transport/nbd-client.ts";
 import { RESTORE_SUFFIX } from "../transport/volume-router.ts";
 import { adminRequest } from "./_cli.ts";
 import { FileSink } from "./_file-sink.ts";
+import { RequestsInFlight } from "./_requests-in-flight.ts";
 import { openSource } from "./_file-source.ts";
 import { connectExport, Progress } from "./_volume-stream.ts";
 
@@ -267,14 +268,10 @@ async function restoreStream(nodeAddress: string, volume: string, source: string
   let manifest: ArchiveManifest | undefined;
   let client: NbdClient | undefined;
   let owners = new Map<number, NbdClient>();
-  const inFlight = new Set<Promise<void>>();
+  const writes = new RequestsInFlight(WRITES_IN_FLIGHT);
   let pages = 0;
   let bytes = 0;
-  const track = async (request: Promise<void>) => {
-    const tracked: Promise<void> = request.then(() => void inFlight.delete(tracked));
-    inFlight.add(tracked);
-    if (inFlight.size >= WRITES_IN_FLIGHT) await Promise.race(inFlight);
-  };
+  const track = (request: Promise<void>) => writes.add(request);
   try {
     await readArchive(source, async (events, reader) => {
       for (const event of events) {
@@ -294,14 +291,14 @@ async function restoreStream(nodeAddress: string, volume: string, source: string
           const length = Math.min(event.pageCount * manifest!.pageSizeBytes, manifest!.sizeBytes - offset);
           await track(client!.writeZeroes(offset, length));
         } else if (event.kind === "end") {
-          await Promise.all(inFlight);
+          await writes.drain();
           await client!.flush(); // reaches every node this connection forwarded to
           await Promise.all([...new Set(owners.values())].map((owner) => owner.flush()));
         }
       }
     });
   } finally {
-    await Promise.all(inFlight).catch(() => {});
+    await writes.settle();
     await client?.close().catch(() => {});
     await Promise.all([...new Set(owners.values())].map((owner) => owner.close().catch(() => {})));
   }

@@ -6,6 +6,7 @@ import { parseHostPort } from "../core/member.ts";
 import { NbdClient } from "../transport/nbd-client.ts";
 import { adminRequest } from "./_cli.ts";
 import { FileSink } from "./_file-sink.ts";
+import { RequestsInFlight } from "./_requests-in-flight.ts";
 import { openSource } from "./_file-source.ts";
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
@@ -62,7 +63,7 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
   }
   const startMs = Date.now();
   const progress = new Progress(`import ${volume}`, input.sizeBytes);
-  const inFlight = new Set<Promise<void>>();
+  const writes = new RequestsInFlight(IN_FLIGHT_MAX);
   let offset = 0;
   let chunk = new Uint8Array(CHUNK_BYTES);
   let filled = 0;
@@ -70,10 +71,7 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
     if (at + bytes.byteLength > client.sizeBytes) {
       throw new ShoalError("OUT_OF_RANGE", `input is larger than volume '${volume}' (${client.sizeBytes} bytes)`);
     }
-    const request = isAllZero(bytes) ? client.writeZeroes(at, bytes.byteLength) : client.write(at, bytes);
-    const tracked: Promise<void> = request.then(() => void inFlight.delete(tracked));
-    inFlight.add(tracked);
-    if (inFlight.size >= IN_FLIGHT_MAX) await Promise.race(inFlight);
+    await writes.add(isAllZero(bytes) ? client.writeZeroes(at, bytes.byteLength) : client.write(at, bytes));
   };
   try {
     for await (const piece of input.chunks) {
@@ -96,12 +94,8 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
       await send(chunk.subarray(0, filled), offset);
       offset += filled;
     }
-    await Promise.all(inFlight);
+    await writes.drain();
     await client.flush();
-  } catch (err) {
-    // Writes still in flight fail once the connection closes; nobody is waiting for them now.
-    for (const write of inFlight) write.catch(() => {});
-    throw err;
   } finally {
     await client.close().catch(() => {});
   }
