@@ -10,8 +10,8 @@ import { NbdClient } from "../transport/nbd-client.ts";
 import { RESTORE_SUFFIX } from "../transport/volume-router.ts";
 import { adminRequest } from "./_cli.ts";
 import { FileSink } from "./_file-sink.ts";
-import { RequestsInFlight } from "./_requests-in-flight.ts";
 import { openSource } from "./_file-source.ts";
+import { RequestsInFlight } from "./_requests-in-flight.ts";
 import { connectExport, Progress } from "./_volume-stream.ts";
 
 /** Pages read ahead of the writer: bounds memory at this many pages whatever the volume size. */

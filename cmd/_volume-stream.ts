@@ -6,8 +6,8 @@ import { parseHostPort } from "../core/member.ts";
 import { NbdClient } from "../transport/nbd-client.ts";
 import { adminRequest } from "./_cli.ts";
 import { FileSink } from "./_file-sink.ts";
-import { RequestsInFlight } from "./_requests-in-flight.ts";
 import { openSource } from "./_file-source.ts";
+import { RequestsInFlight } from "./_requests-in-flight.ts";
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
 const IN_FLIGHT_MAX = 8;
