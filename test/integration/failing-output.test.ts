@@ -268,3 +268,39 @@ describe("interrupted output", () => {
     }
   });
 });
+
+describe("failing source", () => {
+  // Last in the file: it kills a member for good.
+  test("a member killed mid-archive ends archive create within seconds, one line, no partial file", async () => {
+    const victim = cluster.nodes[1]!;
+    const target = path.join(dir, "mid-archive.tar");
+    const startMs = Date.now();
+    const archiver = Bun.spawn([...shoalCommand(), "archive", "create", "vol@s1", "-o", target], {
+      env: { ...process.env, SHOAL_NODE: cluster.nodes[0]!.meshAddress },
+      stdout: "ignore",
+      stderr: "pipe",
+    });
+    try {
+      // Its manifest written: the plan is made and the page reads are under way (64 MiB take
+      // about a second here). Stopped at once so the archive waits on the victim's pages, then
+      // killed: the kernel closes its connections under the reads in flight.
+      await waitFor("the archive to start writing", () => {
+        const partial = fs.readdirSync(dir).find((name) => name.startsWith(".mid-archive.tar.partial-"));
+        return partial !== undefined && fs.statSync(path.join(dir, partial)).size > 0;
+      });
+      victim.proc!.kill("SIGSTOP");
+      await victim.kill9();
+      const exitCode = await archiver.exited;
+      const stderr = await new Response(archiver.stderr).text();
+      expect(stderr).not.toMatch(/^\s+at /m);
+      expect(stderr.trim().split("\n")).toHaveLength(1);
+      expect(stderr).toContain("[NODE_DOWN]");
+      expect(exitCode).toBe(5);
+      expect(Date.now() - startMs).toBeLessThan(QUICK_MS);
+      expect(fs.readdirSync(dir).filter((name) => name.startsWith(".mid-archive"))).toEqual([]);
+      expect(fs.existsSync(target)).toBe(false);
+    } finally {
+      archiver.kill("SIGKILL");
+    }
+  });
+});
