@@ -50,6 +50,8 @@ export class FileSink {
     const inPlace = existing !== undefined && !existing.isFile();
     const partialPath = inPlace ? undefined : path.join(path.dirname(finalPath), `.${path.basename(finalPath)}.partial-${process.pid}`);
     try {
+      // The rename would replace a file we may not write; refuse as writing it in place would.
+      if (partialPath && existing) fs.accessSync(finalPath, fs.constants.W_OK);
       // A new file gets what `>` would give it (0666 less the umask); a replaced one keeps its mode,
       // so an archive someone made private (0600) does not come back readable by all.
       const fd = fs.openSync(partialPath ?? finalPath, "w", 0o666);
