@@ -4,6 +4,7 @@
 // trace or a hang, and leave nothing behind that the retry trips over.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { run, shoalCommand, TestCluster, waitFor, type RunResult } from "./_cluster.ts";
 
@@ -148,7 +149,24 @@ describe("failing output", () => {
     }
   });
 
-  test("a good archive to a file lands whole under its name, with no temporary file left", async () => {
+  test("no permission: exit 2 naming the file, which is kept (as nobody, when run as root)", async () => {
+    // Outside the cluster's 0700 directory, so nobody reaches the file and meets its mode.
+    const shared = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-perm-"));
+    fs.chmodSync(shared, 0o777);
+    const readOnlyFile = path.join(shared, "read-only.tar");
+    fs.writeFileSync(readOnlyFile, "keep");
+    fs.chmodSync(readOnlyFile, 0o444);
+    const asNobody = process.getuid?.() === 0 ? ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] : [];
+    const startMs = Date.now();
+    // Refused before any node is asked: no node answers at this address.
+    const result = await run([...asNobody, ...shoalCommand(), "archive", "create", "vol@s1", "-o", readOnlyFile, "--node", "127.0.0.1:1"], { timeoutMs: KILL_MS });
+    expectOneLine({ ...result, elapsedMs: Date.now() - startMs }, "BAD_PATH", 2, "permission denied");
+    expect(fs.readFileSync(readOnlyFile, "utf8")).toBe("keep");
+    expect(fs.readdirSync(shared)).toEqual(["read-only.tar"]);
+    fs.rmSync(shared, { recursive: true, force: true });
+  });
+
+    test("a good archive to a file lands whole under its name, with no temporary file left", async () => {
     const target = path.join(dir, "again.tar");
     const created = await shoal(["archive", "create", "vol@s1", "-o", target]);
     expect(created.exitCode).toBe(0);
