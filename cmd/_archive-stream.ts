@@ -1,15 +1,17 @@
 // `archive create | restore | verify | list`: moves archive bytes between nodes (over NBD) and
 // files, tapes or pipes. The format itself (tar records, manifest, digests) is core/archive/.
-import * as fs from "node:fs";
 import { ArchiveReader, type ArchiveEvent } from "../core/archive/reader.ts";
 import { ArchiveWriter } from "../core/archive/writer.ts";
 import type { ArchiveManifest } from "../core/archive/manifest.ts";
-import { ShoalError } from "../core/errors.ts";
+import { asShoalError, ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import { parseHostPort } from "../core/member.ts";
 import { NbdClient } from "../transport/nbd-client.ts";
 import { RESTORE_SUFFIX } from "../transport/volume-router.ts";
 import { adminRequest } from "./_cli.ts";
+import { FileSink } from "./_file-sink.ts";
+import { openSource } from "./_file-source.ts";
+import { RequestsInFlight } from "./_requests-in-flight.ts";
 import { connectExport, Progress } from "./_volume-stream.ts";
 
 /** Pages read ahead of the writer: bounds memory at this many pages whatever the volume size. */
@@ -28,23 +30,6 @@ export interface ArchiveSummary {
   bytesPerSecond: number;
 }
 
-/** A byte sink with backpressure: a file, a tape device or stdout. */
-class Sink {
-  private readonly stream: NodeJS.WritableStream;
-  constructor(target: string) {
-    this.stream = target === "-" ? process.stdout : fs.createWriteStream(target);
-  }
-  async write(chunks: Uint8Array[]): Promise<void> {
-    for (const chunk of chunks) {
-      if (!this.stream.write(chunk)) await new Promise<void>((resolve) => this.stream.once("drain", () => resolve()));
-    }
-  }
-  async close(): Promise<void> {
-    if (this.stream === process.stdout) return;
-    await new Promise<void>((resolve, reject) => (this.stream as fs.WriteStream).end((err?: Error | null) => (err ? reject(err) : resolve())));
-  }
-}
-
 export async function createArchive(
   nodeAddress: string,
   volume: string,
@@ -54,6 +39,27 @@ export async function createArchive(
   recordSizeBytes: number | undefined,
 ): Promise<ArchiveSummary> {
   const startMs = performance.now();
+  // A path that cannot take the archive fails before the group is asked for anything.
+  const sink = FileSink.open(target, "write archive to", "-o FILE");
+  try {
+    const summary = await writeArchive(nodeAddress, volume, snapshot, since, sink, recordSizeBytes);
+    await sink.close();
+    const seconds = (performance.now() - startMs) / 1000;
+    return { ...summary, seconds, bytesPerSecond: Math.round(summary.bytes / Math.max(seconds, 0.001)) };
+  } catch (err) {
+    sink.abort();
+    throw err;
+  }
+}
+
+async function writeArchive(
+  nodeAddress: string,
+  volume: string,
+  snapshot: string,
+  since: string | undefined,
+  sink: FileSink,
+  recordSizeBytes: number | undefined,
+): Promise<Omit<ArchiveSummary, "seconds" | "bytesPerSecond">> {
   const plan = await adminRequest(nodeAddress, "admin.archive.plan", { volume, snapshot, ...(since ? { since } : {}) });
   const pages = plan.pages as number[];
   const writer = new ArchiveWriter({
@@ -85,13 +91,12 @@ export async function createArchive(
     await Promise.all(clients.map((client) => client.close().catch(() => {})));
     throw err;
   }
-  const sink = new Sink(target);
   const progress = new Progress(`archive ${volume}@${snapshot}`, pages.length * pageSizeBytes);
   let bytes = 0;
+  // Pages are pulled from their owners in parallel and written in page order.
+  const reads: Promise<Uint8Array>[] = [];
   try {
     await sink.write(writer.start());
-    // Pages are pulled from their owners in parallel and written in page order.
-    const reads: Promise<Uint8Array>[] = [];
     let next = 0;
     const readAhead = () => {
       while (reads.length < PAGES_IN_FLIGHT && next < pages.length) {
@@ -109,12 +114,14 @@ export async function createArchive(
       progress.update(bytes);
     }
     await sink.write(writer.finish());
-    await sink.close();
+  } catch (err) {
+    // Reads still in flight fail once their connections close; nobody is waiting for them now.
+    for (const read of reads) read.catch(() => {});
+    throw err;
   } finally {
     await Promise.all(clients.map((client) => client.close().catch(() => {})));
   }
   progress.update(bytes, true);
-  const seconds = (performance.now() - startMs) / 1000;
   return {
     volume,
     snapshot,
@@ -122,16 +129,13 @@ export async function createArchive(
     base: writer.manifest.base?.name ?? null,
     pages: pages.length,
     bytes: writer.emittedBytes,
-    seconds,
-    bytesPerSecond: Math.round(writer.emittedBytes / Math.max(seconds, 0.001)),
   };
 }
 
 /** Feeds a file or stdin through `onEvents`; the reader throws BAD_ARCHIVE at the first bad byte. */
 async function readArchive(source: string, onEvents: (events: ArchiveEvent[], reader: ArchiveReader) => Promise<boolean | void>): Promise<void> {
   const reader = new ArchiveReader();
-  const input = source === "-" ? Bun.stdin.stream() : Bun.file(source).stream();
-  for await (const chunk of input as AsyncIterable<Uint8Array>) {
+  for await (const chunk of openSource(source, "read archive from", "-i FILE").chunks) {
     if ((await onEvents(reader.push(chunk), reader)) === false) return;
   }
   await onEvents(reader.end(), reader);
@@ -213,25 +217,88 @@ function restoredSnapshotName(snapshotId: string): string {
   return `restored.${snapshotId}`;
 }
 
+/** What a restore has done to its target so far: what a failure must undo or explain. */
+interface RestoreTarget {
+  state: "untouched" | "created" | "hidden";
+  incremental: boolean;
+  /** The snapshot a finished restore leaves; a failure after it was taken must delete it too. */
+  marker?: string;
+  /** Set by a signal: that handler cleans up, reports and exits; the failing stream stays quiet. */
+  interrupted?: boolean;
+  /** The create request in flight: a signal waits for its answer before deciding what to undo. */
+  creating?: Promise<unknown>;
+}
+
+/**
+ * A failed restore never leaves a half-made volume behind under a name the retry cannot use: a
+ * volume it created (--create) is deleted again, and the error says so; an existing volume it was
+ * replacing stays hidden (restoring) and the error says how to finish.
+ */
 export async function restoreArchive(nodeAddress: string, volume: string, source: string, create: boolean): Promise<ArchiveSummary> {
+  const target: RestoreTarget = { state: "untouched", incremental: false };
+  const onSignal = (signal: NodeJS.Signals) => void interrupted(nodeAddress, volume, target, signal);
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    return await restoreStream(nodeAddress, volume, source, create, target);
+  } catch (err) {
+    // Writes fail once the signal handler deletes the volume: it reports and exits, not this.
+    if (target.interrupted) await new Promise<never>(() => {});
+    throw await failedRestoreError(nodeAddress, volume, target, err);
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}
+
+/** Bounds the clean-up of a failed restore: the node that failed it may be the one that is down. */
+const CLEANUP_TIMEOUT_MS = 10_000;
+
+async function failedRestoreError(nodeAddress: string, volume: string, target: RestoreTarget, err: unknown): Promise<ShoalError> {
+  const error = asShoalError(err);
+  const said = (what: string) => new ShoalError(error.code, `${error.message}; ${what}`);
+  if (target.state === "hidden") {
+    return said(
+      target.incremental
+        ? `volume '${volume}' stays hidden from clients (restoring): restore its base archive again, then this one`
+        : `volume '${volume}' stays hidden from clients (restoring) until a restore into it completes: run the restore again`,
+    );
+  }
+  if (target.state !== "created") return error;
+  try {
+    if (target.marker) await adminRequest(nodeAddress, "admin.snap.delete", { volume, name: target.marker }, CLEANUP_TIMEOUT_MS).catch(() => {});
+    await adminRequest(nodeAddress, "admin.volume.delete", { name: volume }, CLEANUP_TIMEOUT_MS);
+    return said(`removed volume '${volume}' that this restore created, so the same command can run again`);
+  } catch (cleanupErr) {
+    return said(`volume '${volume}' that this restore created could not be removed (${asShoalError(cleanupErr).message}): \`shoal volume delete ${volume}\`, then run the restore again`);
+  }
+}
+
+/** Ctrl-C or a stop of the job: undo as a failure would, then end as the signal would have. */
+async function interrupted(nodeAddress: string, volume: string, target: RestoreTarget, signal: NodeJS.Signals): Promise<void> {
+  target.interrupted = true;
+  // A volume the node may be creating right now is ours only once the node says so.
+  await target.creating?.catch(() => {});
+  const error = await failedRestoreError(nodeAddress, volume, target, new ShoalError("INTERNAL", `interrupted by ${signal}`));
+  process.stderr.write(`shoal: ${error.message}\n`);
+  process.exit(signal === "SIGINT" ? 130 : 143);
+}
+
+async function restoreStream(nodeAddress: string, volume: string, source: string, create: boolean, target: RestoreTarget): Promise<ArchiveSummary> {
   const startMs = performance.now();
   let manifest: ArchiveManifest | undefined;
   let client: NbdClient | undefined;
   let owners = new PageOwners([], []);
-  const inFlight = new Set<Promise<void>>();
+  const writes = new RequestsInFlight(WRITES_IN_FLIGHT);
   let pages = 0;
   let bytes = 0;
-  const track = async (request: Promise<void>) => {
-    const tracked: Promise<void> = request.then(() => void inFlight.delete(tracked));
-    inFlight.add(tracked);
-    if (inFlight.size >= WRITES_IN_FLIGHT) await Promise.race(inFlight);
-  };
+  const track = (request: Promise<void>) => writes.add(request);
   try {
     await readArchive(source, async (events, reader) => {
       for (const event of events) {
         if (event.kind === "manifest") {
           manifest = event.manifest;
-          await prepareTarget(nodeAddress, volume, manifest, create);
+          await prepareTarget(nodeAddress, volume, manifest, create, target);
           client = await connectExport(nodeAddress, `${volume}${RESTORE_SUFFIX}`);
           owners = await ownerClients(nodeAddress, volume, `${volume}${RESTORE_SUFFIX}`);
         } else if (event.kind === "page") {
@@ -245,20 +312,21 @@ export async function restoreArchive(nodeAddress: string, volume: string, source
           const length = Math.min(event.pageCount * manifest!.pageSizeBytes, manifest!.sizeBytes - offset);
           await track(client!.writeZeroes(offset, length));
         } else if (event.kind === "end") {
-          await Promise.all(inFlight);
+          await writes.drain();
           await client!.flush(); // reaches every node this connection forwarded to
           await Promise.all(owners.clients.map((owner) => owner.flush()));
         }
       }
     });
   } finally {
-    await Promise.all(inFlight).catch(() => {});
+    await writes.settle();
     await client?.close().catch(() => {});
     await Promise.all(owners.clients.map((owner) => owner.close().catch(() => {})));
   }
   // Every digest matched: record what the volume now holds, then let clients see it.
   const done = manifest!;
   const marker = restoredSnapshotName(done.snapshot.id);
+  target.marker = marker;
   await adminRequest(nodeAddress, "admin.snap.delete", { volume, name: marker }).catch(() => {});
   await adminRequest(nodeAddress, "admin.snap.create", { volumes: [volume], name: marker, mode: "hold" });
   if (done.base) await adminRequest(nodeAddress, "admin.snap.delete", { volume, name: restoredSnapshotName(done.base.id) }).catch(() => {});
@@ -282,16 +350,22 @@ export async function restoreArchive(nodeAddress: string, volume: string, source
  * same geometry; an incremental only onto a volume that holds exactly its base, proven by the
  * snapshot the base's restore left and no change since.
  */
-async function prepareTarget(nodeAddress: string, volume: string, manifest: ArchiveManifest, create: boolean): Promise<void> {
+async function prepareTarget(nodeAddress: string, volume: string, manifest: ArchiveManifest, create: boolean, target: RestoreTarget): Promise<void> {
+  target.incremental = Boolean(manifest.base);
   if (create) {
     if (manifest.base) {
       throw new ShoalError("BAD_ARGUMENT", `this is an incremental archive (base '${manifest.base.name}', id ${manifest.base.id}); restore it onto the volume that holds its base, without --create`);
     }
-    await adminRequest(nodeAddress, "admin.volume.create", {
+    target.creating = adminRequest(nodeAddress, "admin.volume.create", {
       name: volume,
       sizeBytes: manifest.sizeBytes,
       pageSizeBytes: manifest.pageSizeBytes,
       restoring: true,
+    }).then(() => {
+      target.state = "created";
+    });
+    await target.creating.catch(async (err: unknown) => {
+      throw await existingTargetError(nodeAddress, volume, err);
     });
     return;
   }
@@ -315,6 +389,7 @@ async function prepareTarget(nodeAddress: string, volume: string, manifest: Arch
     }
   }
   await adminRequest(nodeAddress, "admin.volume.restoring", { name: volume, restoring: true });
+  target.state = "hidden";
   if (!manifest.base) {
     // A full archive replaces everything: pages it does not list must read as zeros.
     const client = await connectExport(nodeAddress, `${volume}${RESTORE_SUFFIX}`);
@@ -326,4 +401,15 @@ async function prepareTarget(nodeAddress: string, volume: string, manifest: Arch
       await client.close();
     }
   }
+}
+
+/** --create onto a name in use; a volume left `restoring` gets a way forward, not just "exists". */
+async function existingTargetError(nodeAddress: string, volume: string, err: unknown): Promise<unknown> {
+  if (!(err instanceof ShoalError) || err.code !== "VOLUME_EXISTS") return err;
+  const info = await adminRequest(nodeAddress, "admin.volume.info", { name: volume }).catch(() => undefined);
+  if (info?.state !== "restoring") return err;
+  return new ShoalError(
+    "VOLUME_EXISTS",
+    `volume '${volume}' already exists and is restoring (a restore into it is running, or one failed without removing it): run the restore without --create to replace its contents, or \`shoal volume delete ${volume}\` first`,
+  );
 }

@@ -1,11 +1,13 @@
 // `volume import` and `volume export`: a whole volume in or out through any node's NBD server,
 // many requests in flight, all-zero chunks sent as WRITE_ZEROES so the volume stays sparse.
-import * as fs from "node:fs";
 import { ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import { parseHostPort } from "../core/member.ts";
 import { NbdClient } from "../transport/nbd-client.ts";
 import { adminRequest } from "./_cli.ts";
+import { FileSink } from "./_file-sink.ts";
+import { openSource } from "./_file-source.ts";
+import { RequestsInFlight } from "./_requests-in-flight.ts";
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
 const IN_FLIGHT_MAX = 8;
@@ -51,11 +53,17 @@ function isAllZero(bytes: Uint8Array): boolean {
 }
 
 export async function importVolume(nodeAddress: string, volume: string, source: string): Promise<StreamSummary> {
+  // A path that cannot be read fails before the group is asked for anything.
+  const input = openSource(source, "import", "a FILE argument");
   const client = await connectExport(nodeAddress, volume);
+  if (input.sizeBytes !== undefined && input.sizeBytes > client.sizeBytes) {
+    await client.close().catch(() => {});
+    // Refused before the first write: the volume is left exactly as it was.
+    throw new ShoalError("OUT_OF_RANGE", `'${source}' (${input.sizeBytes} bytes) is larger than volume '${volume}' (${client.sizeBytes} bytes); nothing was written`);
+  }
   const startMs = Date.now();
-  const progress = new Progress(`import ${volume}`, source === "-" ? undefined : fs.statSync(source).size);
-  const input = source === "-" ? Bun.stdin.stream() : Bun.file(source).stream();
-  const inFlight = new Set<Promise<void>>();
+  const progress = new Progress(`import ${volume}`, input.sizeBytes);
+  const writes = new RequestsInFlight(IN_FLIGHT_MAX);
   let offset = 0;
   let chunk = new Uint8Array(CHUNK_BYTES);
   let filled = 0;
@@ -63,13 +71,10 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
     if (at + bytes.byteLength > client.sizeBytes) {
       throw new ShoalError("OUT_OF_RANGE", `input is larger than volume '${volume}' (${client.sizeBytes} bytes)`);
     }
-    const request = isAllZero(bytes) ? client.writeZeroes(at, bytes.byteLength) : client.write(at, bytes);
-    const tracked: Promise<void> = request.then(() => void inFlight.delete(tracked));
-    inFlight.add(quiet(tracked));
-    if (inFlight.size >= IN_FLIGHT_MAX) await Promise.race(inFlight);
+    await writes.add(isAllZero(bytes) ? client.writeZeroes(at, bytes.byteLength) : client.write(at, bytes));
   };
   try {
-    for await (const piece of input as AsyncIterable<Uint8Array>) {
+    for await (const piece of input.chunks) {
       let used = 0;
       while (used < piece.byteLength) {
         const take = Math.min(CHUNK_BYTES - filled, piece.byteLength - used);
@@ -89,7 +94,7 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
       await send(chunk.subarray(0, filled), offset);
       offset += filled;
     }
-    await Promise.all(inFlight);
+    await writes.drain();
     await client.flush();
   } finally {
     await client.close().catch(() => {});
@@ -99,11 +104,23 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
 }
 
 export async function exportVolume(nodeAddress: string, volume: string, target: string): Promise<StreamSummary> {
+  // A path that cannot take the image fails before the group is asked for anything.
+  const sink = FileSink.open(target, "export to", "a FILE argument");
+  try {
+    const { bytes, startMs } = await readVolume(nodeAddress, volume, sink);
+    await sink.close(); // the flush to disk is part of the export's time
+    return summary(volume, bytes, startMs);
+  } catch (err) {
+    sink.abort();
+    throw err;
+  }
+}
+
+async function readVolume(nodeAddress: string, volume: string, sink: FileSink): Promise<{ bytes: number; startMs: number }> {
   const client = await connectExport(nodeAddress, volume);
   const startMs = Date.now();
   const size = client.sizeBytes;
   const progress = new Progress(`export ${volume}`, size);
-  const output = target === "-" ? process.stdout : fs.createWriteStream(target);
   const reads: Promise<Uint8Array>[] = [];
   let nextOffset = 0;
   const queueRead = () => {
@@ -117,16 +134,15 @@ export async function exportVolume(nodeAddress: string, volume: string, target: 
     while (reads.length > 0) {
       const data = await reads.shift()!;
       queueRead();
-      if (!output.write(data)) await new Promise<void>((resolve) => output.once("drain", () => resolve()));
+      await sink.write([data]);
       written += data.byteLength;
       progress.update(written);
     }
-    if (output !== process.stdout) await new Promise<void>((resolve, reject) => (output as fs.WriteStream).end((err?: Error | null) => (err ? reject(err) : resolve())));
   } finally {
     await client.close().catch(() => {});
   }
   progress.update(size, true);
-  return summary(volume, size, startMs);
+  return { bytes: size, startMs };
 }
 
 /**

@@ -1,9 +1,11 @@
 // `shoal archive`: snapshots as tar streams to files, tapes or pipes; incremental; restore, verify.
 import { defineCommand } from "citty";
 import { ShoalError } from "../core/errors.ts";
+import { parseRecordSize } from "../core/archive/manifest.ts";
 import { formatSize } from "../core/geometry.ts";
 import { parseSnapshotRef } from "../core/snapshot-record.ts";
 import { nodeAddress, nodeArgs, printResult, rejectUnknownFlags } from "./_cli.ts";
+import { writesToStdout } from "./_file-sink.ts";
 import { createArchive, readManifest, restoreArchive, verifyArchiveStream } from "./_archive-stream.ts";
 
 function summaryLine(verb: string, summary: { pages: number; bytes: number; seconds: number; bytesPerSecond: number }): string {
@@ -24,10 +26,10 @@ const create = defineCommand({
     const { args } = context;
     const { volume, name } = parseSnapshotRef(args.snapshot);
     const since = args.since === undefined ? undefined : baseSnapshotName(args.since, volume, name);
-    const summary = await createArchive(nodeAddress(args), volume, name, since, args.output, args.recordSize ? Number(args.recordSize) : undefined);
+    const summary = await createArchive(nodeAddress(args), volume, name, since, args.output, args.recordSize === undefined ? undefined : parseRecordSize(args.recordSize));
     const line = args.json ? JSON.stringify(summary) : summaryLine(`archived ${args.snapshot}${args.since ? ` since ${args.since}` : ""}:`, summary);
     // With the archive on stdout, the summary must go to stderr.
-    if (args.output === "-") process.stderr.write(`${line}\n`);
+    if (writesToStdout(args.output)) process.stderr.write(`${line}\n`);
     else printResult(args.json, summary, () => line);
   },
 });

@@ -6,6 +6,7 @@ import { asShoalError, ShoalError } from "../core/errors.ts";
 import { kebab } from "./_cli.ts";
 import { SHOAL_VERSION } from "./_node-runtime.ts";
 import { colourFor, PROGRAM, renderUsage, resolveCommand, stripAnsi } from "./_usage.ts";
+import { exitWithErrorLine, guardProcessOutput } from "./_output.ts";
 import archive from "./archive.ts";
 import node from "./node.ts";
 import route from "./route.ts";
@@ -19,6 +20,8 @@ const main = defineCommand({
 });
 
 async function run(rawArgs: string[]): Promise<void> {
+  // A storage node's only output is its log: it keeps serving if that breaks, as before.
+  if (rawArgs[0] !== "node") guardProcessOutput({ json: rawArgs.includes("--json") });
   if (rawArgs.length === 1 && (rawArgs[0] === "--version" || rawArgs[0] === "-v")) {
     process.stdout.write(`${SHOAL_VERSION}\n`);
     return;
@@ -50,9 +53,8 @@ async function run(rawArgs: string[]): Promise<void> {
 
 /** One line on stderr: text for people, or {code, message} under --json for scripts. */
 function fail(json: boolean, code: string, message: string, exitCode: number): never {
-  const text = stripAnsi(message);
-  process.stderr.write(json ? `${JSON.stringify({ code, message: text, exitCode })}\n` : `${PROGRAM}: ${text}${code === "INTERNAL" ? "" : ` [${code}]`}\n`);
-  process.exit(exitCode);
+  if (json) guardProcessOutput({ json });
+  exitWithErrorLine(code, message, exitCode);
 }
 
 await run(process.argv.slice(2));

@@ -2,6 +2,7 @@
 import { defineCommand } from "citty";
 import { DEFAULT_PAGE_SIZE_BYTES, formatSize, parseSize, validateGeometry } from "../core/geometry.ts";
 import { adminRequest, nodeAddress, nodeArgs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
+import { writesToStdout } from "./_file-sink.ts";
 import { exportVolume, importVolume } from "./_volume-stream.ts";
 
 interface VolumeSummary {
@@ -134,7 +135,7 @@ const exportCommand = defineCommand({
     const result = await exportVolume(nodeAddress(args), args.name, target);
     // With data on stdout, the summary must go to stderr whatever --json says.
     const line = args.json ? JSON.stringify(result) : `exported ${formatSize(result.bytes)} of ${result.volume} in ${result.seconds.toFixed(2)}s (${formatSize(result.bytesPerSecond)}/s)`;
-    if (target === "-") process.stderr.write(`${line}\n`);
+    if (writesToStdout(target)) process.stderr.write(`${line}\n`);
     else printResult(args.json, result, () => line);
   },
 });

@@ -22,6 +22,7 @@ export type ErrorCode =
   | "CONFLICT"
   | "CLOCK_SKEW"
   | "IO_ERROR"
+  | "BAD_PATH"
   | "NO_SPACE"
   | "SHUTTING_DOWN"
   | "NOT_AUTHENTICATED"
@@ -67,6 +68,9 @@ const CODE_TABLE: Record<ErrorCode, CodeInfo> = {
   // A node's clock is further from its peers' than the configured bound: fix time sync, then retry.
   CLOCK_SKEW: { nbdErrno: NBD_EIO, exitCode: 5 },
   IO_ERROR: { nbdErrno: NBD_EIO, exitCode: 6 },
+  // A file named on the command line that cannot be opened as asked (missing, a directory, no
+  // permission, read-only file system): the argument needs fixing, retrying will not help.
+  BAD_PATH: { nbdErrno: NBD_EINVAL, exitCode: 2 },
   NO_SPACE: { nbdErrno: NBD_ENOSPC, exitCode: 6 },
   SHUTTING_DOWN: { nbdErrno: NBD_ESHUTDOWN, exitCode: 5 },
   // No certificate, one from another CA, or one whose role may not do this: fix credentials.
@@ -110,6 +114,47 @@ export function asShoalError(err: unknown): ShoalError {
   if (sysCode === "ENOSPC") return new ShoalError("NO_SPACE", message);
   if (sysCode === "EIO") return new ShoalError("IO_ERROR", message);
   return new ShoalError("INTERNAL", message);
+}
+
+// What the OS said, in words, for the errors an operator meets with files, pipes and devices.
+const OS_ERROR_TEXT: Record<string, string> = {
+  ENOENT: "no such file or directory",
+  ENOTDIR: "a part of the path is not a directory",
+  EISDIR: "it is a directory",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  EROFS: "read-only file system",
+  ENAMETOOLONG: "file name too long",
+  ELOOP: "too many symbolic links",
+  ENXIO: "no such device",
+  ENODEV: "no such device",
+  ENOSPC: "no space left on device",
+  EDQUOT: "disk quota exceeded",
+  EFBIG: "file too large",
+  EIO: "input/output error",
+  EPIPE: "broken pipe",
+  EBADF: "not open",
+};
+
+/** Errors that mean "this path cannot be used as asked", as opposed to failures while doing I/O. */
+const BAD_PATH_CODES = new Set(["ENOENT", "ENOTDIR", "EISDIR", "EACCES", "EPERM", "EROFS", "ENAMETOOLONG", "ELOOP", "ENXIO", "ENODEV"]);
+const NO_SPACE_CODES = new Set(["ENOSPC", "EDQUOT", "EFBIG"]);
+
+/**
+ * An OS error on a named file as one line that names it: `action` says what was being done
+ * ("write archive to", "read"), `file` is the path the operator gave (or "stdout"/"stdin"), and
+ * `note` what the operator should know beyond the OS's words (which directory is missing).
+ * A path that cannot be opened is BAD_PATH (exit 2); a full disk NO_SPACE and anything else met
+ * while reading or writing IO_ERROR (both exit 6). A ShoalError passes through unchanged.
+ */
+export function fileError(err: unknown, action: string, file: string, note?: string): ShoalError {
+  if (err instanceof ShoalError) return err;
+  const sysCode = String((err as { code?: unknown } | null)?.code ?? "");
+  const text = OS_ERROR_TEXT[sysCode] ?? (err instanceof Error ? err.message : String(err));
+  const detail = sysCode && OS_ERROR_TEXT[sysCode] ? `${text} (${sysCode})` : text;
+  const code: ErrorCode = NO_SPACE_CODES.has(sysCode) ? "NO_SPACE" : BAD_PATH_CODES.has(sysCode) ? "BAD_PATH" : "IO_ERROR";
+  const named = file === "stdout" || file === "stdin" ? file : `'${file}'`;
+  return new ShoalError(code, `cannot ${action} ${named}${note ? ` (${note})` : ""}: ${detail}`);
 }
 
 export function nbdErrnoFor(err: unknown): number {

@@ -52,11 +52,22 @@ export interface ArchiveSpec {
 
 const MAX_LABEL_CHARS = 256;
 
+/** `--record-size` as typed, checked before any node is asked (so "abc" is not "record size NaN"). */
+export function parseRecordSize(text: string): number {
+  const recordSizeBytes = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+  checkRecordSize(recordSizeBytes, text);
+  return recordSizeBytes;
+}
+
+function checkRecordSize(recordSizeBytes: number, asGiven: string): void {
+  if (!Number.isSafeInteger(recordSizeBytes) || recordSizeBytes < TAR_BLOCK_BYTES || recordSizeBytes > MAX_RECORD_SIZE_BYTES || recordSizeBytes % TAR_BLOCK_BYTES !== 0) {
+    throw new ShoalError("BAD_ARGUMENT", `record size '${asGiven}' must be a number of bytes, a multiple of ${TAR_BLOCK_BYTES}, at most ${MAX_RECORD_SIZE_BYTES}`);
+  }
+}
+
 export function manifestOf(spec: ArchiveSpec): ArchiveManifest {
   const recordSizeBytes = spec.recordSizeBytes ?? DEFAULT_RECORD_SIZE_BYTES;
-  if (!Number.isSafeInteger(recordSizeBytes) || recordSizeBytes < TAR_BLOCK_BYTES || recordSizeBytes > MAX_RECORD_SIZE_BYTES || recordSizeBytes % TAR_BLOCK_BYTES !== 0) {
-    throw new ShoalError("BAD_ARGUMENT", `record size ${recordSizeBytes} must be a multiple of ${TAR_BLOCK_BYTES} bytes, at most ${MAX_RECORD_SIZE_BYTES}`);
-  }
+  checkRecordSize(recordSizeBytes, String(recordSizeBytes));
   const pages = rangesOf(spec.pages);
   if (pages === undefined) throw new ShoalError("INTERNAL", "archive candidate pages must be strictly increasing integers");
   const manifest = canonicalManifest({

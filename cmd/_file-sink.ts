@@ -1,0 +1,172 @@
+// Where `archive create -o` and `volume export` put their bytes: a regular file, a device (tape,
+// /dev/null) or FIFO, or stdout. Every write is awaited and every failure becomes one typed error
+// naming the file, so a full disk ends the command instead of leaving it waiting for a 'drain'.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileError, ShoalError } from "../core/errors.ts";
+import { EXIT_BROKEN_PIPE, exitOnStdoutError, isBrokenPipe } from "./_output.ts";
+
+/**
+ * A regular file is written under a temporary name beside it, flushed to disk and renamed over the
+ * target only when complete: a failed run leaves no partial file behind, and the file a previous
+ * run left at that path (last night's archive) survives. A device or FIFO is written in place.
+ */
+export class FileSink {
+  private closed = false;
+  private readonly onExit = () => this.removePartial();
+  private readonly onSignal = (signal: NodeJS.Signals) => {
+    this.removePartial();
+    process.exit(signal === "SIGINT" ? 130 : 143);
+  };
+
+  private constructor(
+    private readonly target: string,
+    private readonly finalPath: string,
+    private readonly fd: number | undefined,
+    private readonly partialPath: string | undefined,
+    private readonly action: string,
+  ) {
+    if (!partialPath) return;
+    // Ctrl-C, a stop of the cron job or an error that ends the process: no partial file stays.
+    process.on("exit", this.onExit);
+    process.once("SIGINT", this.onSignal);
+    process.once("SIGTERM", this.onSignal);
+  }
+
+  /**
+   * Opens the target now, so a bad path fails before any node is asked for anything.
+   * `fileArgument` is how the command names a file ("-o FILE"), for the terminal refusal.
+   */
+  static open(target: string, action: string, fileArgument: string): FileSink {
+    if (target === "-") {
+      // Megabytes of binary on a terminal are never what was meant.
+      if (process.stdout.isTTY) throw new ShoalError("BAD_ARGUMENT", `stdout is a terminal; give ${fileArgument} or pipe the output on`);
+      return new FileSink("stdout", "stdout", undefined, undefined, action);
+    }
+    // /dev/stdout and friends name a descriptor the shell opened (a pipe has no path to rename onto).
+    if (DESCRIPTOR_PATH.test(path.resolve(target))) return FileSink.inPlace(target, action);
+    const finalPath = resolvedTarget(target, action);
+    const existing = fs.existsSync(finalPath) ? fs.statSync(finalPath) : undefined;
+    const inPlace = existing !== undefined && !existing.isFile();
+    const partialPath = inPlace ? undefined : path.join(path.dirname(finalPath), `.${path.basename(finalPath)}.partial-${process.pid}`);
+    try {
+      // The rename would replace a file we may not write; refuse as writing it in place would.
+      if (partialPath && existing) fs.accessSync(finalPath, fs.constants.W_OK);
+      // A new file gets what `>` would give it (0666 less the umask); a replaced one keeps its mode,
+      // so an archive someone made private (0600) does not come back readable by all.
+      const fd = fs.openSync(partialPath ?? finalPath, "w", 0o666);
+      if (partialPath && existing) fs.fchmodSync(fd, existing.mode & 0o7777);
+      return new FileSink(target, finalPath, fd, partialPath, action);
+    } catch (err) {
+      const note = missingDirectory(err, finalPath) ? `directory '${path.dirname(finalPath)}' does not exist` : undefined;
+      throw fileError(err, action, target, note);
+    }
+  }
+
+  private static inPlace(target: string, action: string): FileSink {
+    try {
+      return new FileSink(target, target, fs.openSync(target, "w", 0o666), undefined, action);
+    } catch (err) {
+      throw fileError(err, action, target);
+    }
+  }
+
+  async write(chunks: Uint8Array[]): Promise<void> {
+    for (const chunk of chunks) {
+      if (this.fd === undefined) await writeStdout(chunk);
+      else await this.writeFile(chunk);
+    }
+  }
+
+  /** Everything written: make it durable and give it its name. */
+  async close(): Promise<void> {
+    if (this.fd === undefined) return;
+    const fd = this.fd;
+    try {
+      if (this.partialPath) await new Promise<void>((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
+      this.closeFd(true);
+      if (this.partialPath) fs.renameSync(this.partialPath, this.finalPath);
+      this.forgetPartial();
+    } catch (err) {
+      this.abort();
+      throw fileError(err, this.action, this.target);
+    }
+  }
+
+  /** The command failed: drop the partial file, keep whatever was at the target before. */
+  abort(): void {
+    if (this.fd === undefined) return;
+    this.closeFd(false);
+    this.removePartial();
+    this.forgetPartial();
+  }
+
+  private removePartial(): void {
+    if (this.partialPath) fs.rmSync(this.partialPath, { force: true });
+  }
+
+  private forgetPartial(): void {
+    process.off("exit", this.onExit);
+    process.off("SIGINT", this.onSignal);
+    process.off("SIGTERM", this.onSignal);
+  }
+
+  /** Once only: a second close could hit a descriptor the process has since reused for a socket. */
+  private closeFd(reportErrors: boolean): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      fs.closeSync(this.fd!);
+    } catch (err) {
+      // Some file systems (NFS) report a lost write only at close; on the failure path it changes nothing.
+      if (reportErrors) throw err;
+    }
+  }
+
+  private async writeFile(chunk: Uint8Array): Promise<void> {
+    let done = 0;
+    try {
+      while (done < chunk.byteLength) {
+        done += await new Promise<number>((resolve, reject) =>
+          fs.write(this.fd!, chunk, done, chunk.byteLength - done, null, (err, written) => (err ? reject(err) : resolve(written))),
+        );
+      }
+    } catch (err) {
+      // A FIFO or /dev/stdout whose reader left: end as for stdout itself, quietly.
+      if (isBrokenPipe(err)) process.exit(EXIT_BROKEN_PIPE);
+      throw fileError(err, this.action, this.target);
+    }
+  }
+}
+
+/** Whether bytes written to `target` land on this process's stdout (so a summary must not). */
+export function writesToStdout(target: string): boolean {
+  return target === "-" || /^\/(dev\/stdout|dev\/fd\/1|proc\/self\/fd\/1)$/.test(target);
+}
+
+const DESCRIPTOR_PATH = /^\/(dev\/(stdout|stderr|fd\/)|proc\/[^/]+\/fd\/)/;
+
+function missingDirectory(err: unknown, finalPath: string): boolean {
+  return (err as { code?: unknown }).code === "ENOENT" && !fs.existsSync(path.dirname(finalPath));
+}
+
+/** The path a rename must replace: through a symbolic link to the file it names. */
+function resolvedTarget(target: string, action: string): string {
+  try {
+    return fs.existsSync(target) ? fs.realpathSync(target) : path.resolve(target);
+  } catch (err) {
+    throw fileError(err, action, target);
+  }
+}
+
+/** Stdout with backpressure; a failure ends the process (quietly for a reader that left). */
+function writeStdout(chunk: Uint8Array): Promise<void> {
+  return new Promise<void>((resolve) => {
+    // Past the high-water mark, wait until this chunk is handed to the OS (the callback).
+    const buffered = process.stdout.write(chunk, (err) => {
+      if (err) exitOnStdoutError(err);
+      resolve();
+    });
+    if (buffered) resolve();
+  });
+}
