@@ -317,10 +317,17 @@ export class PeerLink {
     for (const wake of this.waiters.splice(0)) wake();
     const intervalMs = this.options.heartbeatIntervalMs ?? 1000;
     const timeoutMs = this.options.heartbeatTimeoutMs ?? 3000;
+    let lastTickMs = Date.now();
     this.heartbeat = setInterval(() => {
       const connection = this.connection;
       if (!connection) return;
-      if (Date.now() - this.lastHeartbeatMs > timeoutMs) {
+      const nowMs = Date.now();
+      // A tick that comes late means this node's own event loop was busy (decoding a large record,
+      // say): the peer's answers could not be read meanwhile, so the stall is not held against it.
+      const stallMs = nowMs - lastTickMs - intervalMs;
+      lastTickMs = nowMs;
+      if (stallMs > 0) this.lastHeartbeatMs = Math.min(nowMs, this.lastHeartbeatMs + stallMs);
+      if (nowMs - this.lastHeartbeatMs > timeoutMs) {
         this.options.log.warn(`node ${this.peerId} missed heartbeats for ${timeoutMs} ms; reconnecting`, { peer: this.peerId });
         this.markUnreachable(`no heartbeat answer in ${timeoutMs} ms`);
         connection.close();
