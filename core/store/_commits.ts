@@ -128,20 +128,23 @@ export class Commits {
   }
 
   /** One commit (or, `checkpoint`, a whole new journal) over `layers`, captured in this turn. */
-  private async commit(layers: StoreLayer[], checkpoint: boolean): Promise<void> {
+  private async commit(only: StoreLayer[], checkpoint: boolean): Promise<void> {
+    const tableChanged = checkpoint || this.table.version !== this.committedTableVersion;
+    const stackedOn = tableChanged ? [...this.table.stackedOn] : [];
+    if (tableChanged) this.table.stackedOn.clear();
+    const layers = [...new Set([...only, ...stackedOn.filter((layer) => this.table.get(layer.id) === layer)])];
     const syncs = layers.filter((layer) => layer.dirtyBytes > 0 && layer.fd >= 0).map((layer) => ({ layer, bytes: layer.dirtyBytes }));
     for (const { layer, bytes } of syncs) {
       layer.dirtyBytes = 0;
       this.dirtyBytes -= bytes;
     }
     const sections = layers.filter((layer) => checkpoint || layer.dirtyPages.size > 0).map((layer) => captureMap(layer, checkpoint));
-    const tableChanged = checkpoint || this.table.version !== this.committedTableVersion;
     const tableVersion = this.table.version;
     const record: CommitRecord = { table: tableChanged ? this.table.toRecord() : undefined, layers: sections.map(({ key, pages }) => ({ key, pages })) };
     const retired = tableChanged ? this.retired.splice(0) : [];
+    if (syncs.length === 0 && sections.length === 0 && !tableChanged) return;
     const syncDir = this.newFiles;
     this.newFiles = false;
-    if (syncs.length === 0 && sections.length === 0 && !tableChanged) return;
     try {
       await Promise.all(syncs.map(({ layer }) => this.io.fdatasync(layer.fd)));
       this.syncCount += syncs.length;
@@ -157,6 +160,7 @@ export class Commits {
       for (const { layer, bytes } of syncs) if (this.table.get(layer.id) === layer) this.noteWritten(layer, bytes);
       for (const { layer, pages } of sections) for (const { page } of pages) layer.dirtyPages.add(page);
       this.retired.unshift(...retired);
+      for (const layer of stackedOn) this.table.stackedOn.add(layer);
       this.newFiles ||= syncDir;
       throw err;
     }

@@ -56,6 +56,12 @@ export class LayerTable {
   /** Bumped on every change the journal must record. */
   version = 0;
   nextKey = 1;
+  /**
+   * Layers that gained a child since the table was last committed. A commit of the table also
+   * commits their maps and data: a table naming a child over a parent whose map is older than
+   * the moment the child was stacked would show the child bytes it never held.
+   */
+  readonly stackedOn = new Set<StoreLayer>();
 
   constructor(readonly chunkSizeBytes: number) {}
 
@@ -100,7 +106,10 @@ export class LayerTable {
     if (parent !== undefined) this.assertChainRoom(parent, 1);
     if (layer.parent) layer.parent.children--;
     layer.parent = parent;
-    if (parent) parent.children++;
+    if (parent) {
+      parent.children++;
+      this.stackedOn.add(parent);
+    }
     this.epoch++;
     this.changed();
   }

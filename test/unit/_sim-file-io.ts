@@ -90,8 +90,12 @@ export class SimFileIO implements FileIO {
   /** Called before each mutating operation with its number. */
   beforeOp: ((op: number) => void) | undefined;
 
-  private op(): void {
+  /** Logs every mutating operation (debugging a failing seed). */
+  log: ((line: string) => void) | undefined;
+
+  private op(what = ""): void {
     this.opCount++;
+    if (this.log !== undefined && what !== "") this.log(`disk op ${this.opCount}: ${what}`);
     this.beforeOp?.(this.opCount);
   }
 
@@ -105,7 +109,7 @@ export class SimFileIO implements FileIO {
     let inode = this.names.get(filePath);
     if (inode === undefined) {
       if (!create) throw Object.assign(new Error(`ENOENT: ${filePath}`), { code: "ENOENT" });
-      this.op();
+      this.op(`create ${filePath}`);
       const made = new Inode(new Contents(), new Contents());
       inode = made;
       this.names.set(filePath, made);
@@ -127,7 +131,7 @@ export class SimFileIO implements FileIO {
 
   pwrite(fd: number, data: Uint8Array, position: number): void {
     const inode = this.inodeOf(fd);
-    this.op();
+    this.op(`pwrite fd ${fd} ${position}+${data.byteLength}`);
     inode.current.write(position, data);
     inode.pending.push({ kind: "write", position, data: data.slice() });
   }
@@ -160,7 +164,7 @@ export class SimFileIO implements FileIO {
 
   fdatasyncNow(fd: number): void {
     const inode = this.inodeOf(fd);
-    this.op();
+    this.op(`fdatasync fd ${fd}`);
     inode.durable = inode.current.clone();
     inode.pending = [];
   }
@@ -168,7 +172,7 @@ export class SimFileIO implements FileIO {
   rename(from: string, to: string): void {
     const inode = this.names.get(from);
     if (inode === undefined) throw Object.assign(new Error(`ENOENT: ${from}`), { code: "ENOENT" });
-    this.op();
+    this.op(`rename ${from} ${to}`);
     this.names.delete(from);
     this.names.set(to, inode);
     this.pendingDir.push({
@@ -182,7 +186,7 @@ export class SimFileIO implements FileIO {
 
   unlink(filePath: string): void {
     if (!this.names.has(filePath)) return;
-    this.op();
+    this.op(`unlink ${filePath}`);
     this.names.delete(filePath);
     this.pendingDir.push({ dir: dirOf(filePath), apply: (names) => names.delete(filePath) });
   }
@@ -207,7 +211,7 @@ export class SimFileIO implements FileIO {
   }
 
   syncDirNow(dir: string): void {
-    this.op();
+    this.op(`fsync dir ${dir}`);
     const still: DirChange[] = [];
     for (const change of this.pendingDir) {
       if (change.dir === dir) change.apply(this.durableNames);
