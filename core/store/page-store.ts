@@ -64,7 +64,7 @@ export class PageStore {
   readonly dirtyLimitBytes: number;
   /** Deletions run one at a time: each walks a parent/child neighbourhood the next may change. */
   private deletions: Promise<void> = Promise.resolve();
-  private writingBack: Promise<void> | undefined;
+  private writingBack = false;
   private closed = false;
 
   constructor(options: PageStoreOptions) {
@@ -166,19 +166,18 @@ export class PageStore {
   }
 
   /**
-   * Writes back what is dirty (a commit of every layer), so the next FLUSH or cut has little
-   * to sync. Started by the store itself past dirtyLimitBytes; the node may call it to pace
-   * writers (await it while dirtyBytes is over the limit) or when idle. Errors surface at the next flush.
+   * Writes back what is dirty now (a commit of every layer), so the next FLUSH or cut has
+   * little to sync. The store starts one itself past dirtyLimitBytes; the node paces writers by
+   * awaiting it while dirtyBytes is over the limit. A failure surfaces at the next flush.
    */
   writeBack(): Promise<void> {
-    if (this.writingBack !== undefined) return this.writingBack;
-    const run = this.flush().catch(() => undefined);
-    this.writingBack = run.finally(() => (this.writingBack = undefined));
-    return this.writingBack;
+    return this.flush().catch(() => undefined);
   }
 
   private writeBackIfOverLimit(): void {
-    if (this.commits.dirtyBytes >= this.dirtyLimitBytes && this.writingBack === undefined) void this.writeBack();
+    if (this.commits.dirtyBytes < this.dirtyLimitBytes || this.writingBack) return;
+    this.writingBack = true;
+    void this.writeBack().finally(() => (this.writingBack = false));
   }
 
   /** Nothing to wait for (the one-file-per-page store made spare files ahead). */
