@@ -7,8 +7,8 @@ import type { FileIO } from "./file-io.ts";
 import { type CommitRecord, encodeCommit, type Journal, type PageRecord } from "./_journal.ts";
 import type { LayerTable, StoreLayer } from "./_layers.ts";
 
-/** A journal over this size, and this many times its checkpoint, is rewritten as a new checkpoint. */
-const COMPACT_MIN_BYTES = 16 * 1024 * 1024;
+/** A journal over this size (by default), and this many times its checkpoint, is rewritten as a new checkpoint. */
+export const DEFAULT_JOURNAL_COMPACT_BYTES = 16 * 1024 * 1024;
 const COMPACT_RATIO = 4;
 
 interface Waiter {
@@ -40,6 +40,7 @@ export class Commits {
     private readonly dir: string,
     private readonly table: LayerTable,
     private readonly journal: Journal,
+    private readonly compactBytes: number,
   ) {}
 
   /** Resolves once every write and change to these layers (all: undefined) made before the call is durable. */
@@ -122,7 +123,7 @@ export class Commits {
   private async run(only: Set<StoreLayer> | undefined): Promise<void> {
     const layers = only === undefined ? [...this.table.all()] : [...only].filter((layer) => this.table.get(layer.id) === layer);
     await this.commit(layers, false);
-    if (this.journal.sizeBytes > COMPACT_MIN_BYTES && this.journal.sizeBytes > COMPACT_RATIO * this.journal.checkpointBytes) {
+    if (this.journal.sizeBytes > this.compactBytes && this.journal.sizeBytes > COMPACT_RATIO * this.journal.checkpointBytes) {
       await this.commit([...this.table.all()], true);
     }
   }

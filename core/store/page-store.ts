@@ -10,7 +10,7 @@
 // last, then one journal append and its fdatasync (see _commits.ts).
 import { ShoalError } from "../errors.ts";
 import { DATA, validateChunkSize } from "./_chunks.ts";
-import { Commits } from "./_commits.ts";
+import { Commits, DEFAULT_JOURNAL_COMPACT_BYTES } from "./_commits.ts";
 import { DataPath } from "./_data-path.ts";
 import { LayerDeletion } from "./_deletion.ts";
 import { MAX_CHAIN_LAYERS, type StoreLayer, validateLayerId } from "./_layers.ts";
@@ -28,6 +28,8 @@ export interface PageStoreOptions {
   chunkSizeBytes?: number;
   /** Unsynced bytes beyond which the store starts a background write-back (default 128 MiB). */
   dirtyLimitBytes?: number;
+  /** Journal size past which it is rewritten as one checkpoint (default 16 MiB); tests make it small. */
+  journalCompactBytes?: number;
   /** File operations; tests pass a simulated disk. */
   io?: FileIO;
   /** Accepted for the old store's callers; one descriptor per layer file is kept open. */
@@ -74,7 +76,7 @@ export class PageStore {
     if (options.chunkSizeBytes !== undefined) validateChunkSize(options.chunkSizeBytes);
     this.io.mkdirs(this.dir);
     const { table, journal } = openJournal(this.io, this.dir, options.chunkSizeBytes);
-    this.commits = new Commits(this.io, this.dir, table, journal);
+    this.commits = new Commits(this.io, this.dir, table, journal, options.journalCompactBytes ?? DEFAULT_JOURNAL_COMPACT_BYTES);
     this.commits.markLoaded();
     this.path = new DataPath(this.io, this.dir, table, this.commits);
     openLayerFiles(this.io, this.dir, table, (layer) => this.path.fileOf(layer));

@@ -54,7 +54,8 @@ async function runSeed(seed: number, steps: number, crashChance: number): Promis
   io.beforeOp = (op) => {
     if (crashRandom.next() < crashChance) run.images.push({ op, version, io: io.powerLoss(crashRandom.next) });
   };
-  const store = new PageStore({ dir: DIR, chunkSizeBytes: CHUNK, io, dirtyLimitBytes: (2 + random.int(20)) * CHUNK });
+  // A small journal limit: crash points fall inside checkpoints (temp file, sync, rename) too.
+  const store = new PageStore({ dir: DIR, chunkSizeBytes: CHUNK, io, dirtyLimitBytes: (2 + random.int(20)) * CHUNK, journalCompactBytes: 2048 + random.int(4096) });
   const parents = new Map<string, string | undefined>();
   const deleting = new Set<string>();
   const pending: Promise<unknown>[] = [];
