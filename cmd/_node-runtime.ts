@@ -5,7 +5,7 @@ import * as path from "node:path";
 import { Catalog } from "../core/catalog.ts";
 import { ShoalError } from "../core/errors.ts";
 import { isValidNodeId, parseHostPort, type Member } from "../core/member.ts";
-import { PageStore } from "../core/page-store.ts";
+import { PageStore } from "../core/store/page-store.ts";
 import type { FrameHeader, Payload } from "../transport/frame.ts";
 import { Group } from "../transport/group.ts";
 import type { MeshConnection, Reply } from "../transport/mesh-connection.ts";
@@ -39,6 +39,8 @@ export interface NodeOptions {
   /** HOST:PORT for the Prometheus endpoint; none when undefined. */
   metrics?: string;
   logFormat?: LogFormat;
+  /** Unsynced written bytes past which the store writes back and writers wait for it. */
+  dirtyLimitBytes?: number;
 }
 
 export interface RunningNode {
@@ -61,7 +63,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     throw new ShoalError("BAD_ARGUMENT", `the certificate in ${tls.dir} is for '${tls.name}' but this node is '${id}'; issue one with \`shoal tls issue CADIR ${id}\``);
   }
   useTlsIdentity(tls);
-  const store = new PageStore({ dir: options.dataDir });
+  const store = new PageStore({ dir: options.dataDir, dirtyLimitBytes: options.dirtyLimitBytes });
   const meshAddress = parseHostPort(options.listen);
   const nbdAddress = parseHostPort(options.nbd);
   const startedAtMs = Date.now();
