@@ -6,6 +6,7 @@ import { Catalog } from "../core/catalog.ts";
 import { ShoalError } from "../core/errors.ts";
 import { isValidNodeId, parseHostPort, type Member } from "../core/member.ts";
 import { PageStore } from "../core/store/page-store.ts";
+import { convertOldStore } from "../core/store/convert-old-store.ts";
 import type { FrameHeader, Payload } from "../transport/frame.ts";
 import { Group } from "../transport/group.ts";
 import type { MeshConnection, Reply } from "../transport/mesh-connection.ts";
@@ -63,6 +64,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     throw new ShoalError("BAD_ARGUMENT", `the certificate in ${tls.dir} is for '${tls.name}' but this node is '${id}'; issue one with \`shoal tls issue CADIR ${id}\``);
   }
   useTlsIdentity(tls);
+  await convertOldStore(options.dataDir, (message) => log.info(message));
   const store = new PageStore({ dir: options.dataDir, dirtyLimitBytes: options.dirtyLimitBytes });
   const meshAddress = parseHostPort(options.listen);
   const nbdAddress = parseHostPort(options.nbd);
