@@ -62,6 +62,8 @@ describe("PageStore v2 costs", () => {
     await store.flush();
     expect(io.counts).toEqual({ fdatasync: 3 + 1, syncDir: 1, open: 0, rename: 0, unlink: 0 }); // 3 files, journal; the new files' names
     expect(fs.readdirSync(path.join(dir, "store")).sort()).toEqual(["1.layer", "2.layer", "3.layer", "journal"]);
+    // Each page's map record is runs of chunk states (a 4 KiB write in a 4 MiB page: 2 runs), not 1,024 bytes.
+    expect(fs.statSync(path.join(dir, "store", "journal")).size).toBeLessThan(1000 * 32);
     for (let index = 0; index < 500; index++) store.write("a", index * 523, 4 * KiB, block(7), PAGE);
     io.reset();
     await store.flush();
