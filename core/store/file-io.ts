@@ -5,7 +5,6 @@
 // more); only the syncs, which wait on the disk, are asynchronous.
 import { dlopen, FFIType } from "bun:ffi";
 import * as fs from "node:fs";
-import * as path from "node:path";
 
 export interface FileIO {
   /** Opens a file read-write, creating it when `create` (ENOENT otherwise). */
@@ -138,8 +137,4 @@ export class RealFileIO implements FileIO {
       fs.closeSync(fd);
     }
   }
-}
-
-export function joinPath(dir: string, name: string): string {
-  return path.join(dir, name);
 }

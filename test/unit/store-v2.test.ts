@@ -505,7 +505,7 @@ describe("PageStore v2 crash safety", () => {
 
   for (const [layer, label] of [
     ["v@s1", "with two children"],
-    ["v@s2", "with one child (adoption by rename)"],
+    ["v@s2", "with one child"],
   ] as const) {
     test(`kill -9 at any step of deleting a snapshot ${label}: every other layer reads right, and a retry finishes`, async () => {
       const seed = 23;
