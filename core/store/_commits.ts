@@ -168,7 +168,8 @@ export class Commits {
     if (tableChanged) this.committedTableVersion = Math.max(this.committedTableVersion, tableVersion);
     for (const file of retired) {
       if (file.fd >= 0) this.io.close(file.fd);
-      this.io.unlink(file.path); // durable with the next directory sync; start-up removes a leftover
+      // Off the event loop; durable with the next directory sync; start-up removes a leftover.
+      this.io.unlinkAsync(file.path).catch(() => undefined);
     }
   }
 }

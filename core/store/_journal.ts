@@ -152,6 +152,18 @@ function frameAt(bytes: Uint8Array, at: number): Uint8Array | undefined {
   return Bun.hash.crc32(payload) === view.getUint32(8, true) ? payload : undefined;
 }
 
+/** The layer table a journal's bytes record last (read-only: for tools watching a running node). */
+export function lastTableIn(bytes: Uint8Array, source: string): TableRecord | undefined {
+  const bad = (why: string) => new ShoalError("IO_ERROR", `the page-store journal ${source} is damaged (${why})`);
+  let table: TableRecord | undefined;
+  for (let at = 0; ; ) {
+    const payload = frameAt(bytes, at);
+    if (payload === undefined) return table;
+    table = decodePayload(payload, bad).table ?? table;
+    at += FRAME_HEADER_BYTES + payload.byteLength;
+  }
+}
+
 export class Journal {
   private fd = -1;
   /** Where the next frame goes. */

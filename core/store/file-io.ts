@@ -25,6 +25,8 @@ export interface FileIO {
   rename(from: string, to: string): void;
   /** Removes a name; a missing one is not an error. */
   unlink(filePath: string): void;
+  /** The same off the event loop: freeing a big file's blocks is filesystem work that takes milliseconds. */
+  unlinkAsync(filePath: string): Promise<void>;
   mkdirs(dir: string): void;
   exists(filePath: string): boolean;
   list(dir: string): string[];
@@ -106,6 +108,10 @@ export class RealFileIO implements FileIO {
 
   unlink(filePath: string): void {
     fs.rmSync(filePath, { force: true });
+  }
+
+  unlinkAsync(filePath: string): Promise<void> {
+    return fs.promises.rm(filePath, { force: true });
   }
 
   mkdirs(dir: string): void {

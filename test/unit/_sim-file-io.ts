@@ -191,6 +191,11 @@ export class SimFileIO implements FileIO {
     this.pendingDir.push({ dir: dirOf(filePath), apply: (names) => names.delete(filePath) });
   }
 
+  unlinkAsync(filePath: string): Promise<void> {
+    this.unlink(filePath);
+    return Promise.resolve();
+  }
+
   mkdirs(_dir: string): void {}
 
   exists(filePath: string): boolean {

@@ -47,6 +47,10 @@ class CountingIO extends RealFileIO {
     this.counts.unlink++;
     super.unlink(filePath);
   }
+  override unlinkAsync(filePath: string): Promise<void> {
+    this.counts.unlink++;
+    return super.unlinkAsync(filePath);
+  }
 }
 
 const block = (fill: number) => new Uint8Array(4 * KiB).fill(fill);
@@ -109,7 +113,9 @@ describe("PageStore v2 costs", () => {
     io.reset();
     await store.deleteLayer("v@s1");
     expect(io.counts.unlink).toBe(1);
-    expect(fs.readdirSync(path.join(dir, "store")).filter((name) => name.endsWith(".layer"))).toHaveLength(1);
+    const layerFiles = () => fs.readdirSync(path.join(dir, "store")).filter((name) => name.endsWith(".layer"));
+    for (let waitedMs = 0; waitedMs < 5000 && layerFiles().length > 1; waitedMs += 5) await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(layerFiles()).toHaveLength(1); // removed off the event loop
     const read = new Uint8Array(4 * KiB);
     for (const page of [0, 1, 198, 199]) {
       store.read("v", page, 0, 4 * KiB, read, 0);
