@@ -25,45 +25,69 @@ export class LayerDeletion {
     // Durably marked before anything moves: after a crash the half-merged layer refuses reads.
     await this.commit(new Set([layer]));
     let copiedBytes = 0;
+    // Children whose maps the merge changed: only they need their files synced with the commit.
+    // A child that already held every chunk (an old snapshot's head, mostly) gets nothing, and
+    // its clients' writes are not made to wait for a sync they did not ask for.
+    const merged = new Set<StoreLayer>();
     const pages = [...layer.pages.keys()].sort((a, b) => a - b);
     for (const page of pages) {
       // Children are looked up at every step: clients write to them, and one may be frozen
       // (its object becomes the snapshot, still our child) or rolled back meanwhile.
       for (const child of table.childrenOf(layer)) {
-        copiedBytes += this.mergePage(layer, child, page);
+        const copied = this.mergePage(layer, child, page);
+        if (copied === undefined) continue;
+        merged.add(child);
+        copiedBytes += copied;
         await this.pause();
       }
       if (copiedBytes >= MERGE_COMMIT_BYTES) {
         copiedBytes = 0;
-        await this.commit(new Set(table.childrenOf(layer)));
+        await this.commit(new Set(merged));
       }
     }
-    const children = table.childrenOf(layer);
-    for (const child of children) table.setParent(child, layer.parent);
+    // A child whose map changed since its last commit on a page the layer holds goes in too: a
+    // crash must not find its older map (an ABSENT chunk the layer filled) over the grandparent.
+    for (const child of table.childrenOf(layer)) {
+      for (const page of child.dirtyPages) {
+        if (!layer.pages.has(page)) continue;
+        merged.add(child);
+        break;
+      }
+      table.setParent(child, layer.parent);
+    }
     this.retire(layer);
     table.remove(layer);
-    await this.commit(new Set(children));
+    await this.commit(merged);
   }
 
-  /** Gives `child` the chunks of `page` it reads through `source`; returns the bytes copied. Synchronous: one consistent moment. */
-  private mergePage(source: StoreLayer, child: StoreLayer, page: number): number {
+  /**
+   * Gives `child` the chunks of `page` it reads through `source`; returns the bytes copied, or
+   * undefined when the child's map did not change. Synchronous: one consistent moment.
+   */
+  private mergePage(source: StoreLayer, child: StoreLayer, page: number): number | undefined {
     const from = source.pages.get(page);
-    if (from === undefined) return 0;
+    if (from === undefined) return undefined;
     if (child.pageSizeBytes === 0) this.path.adoptPageSize(child, source.pageSizeBytes);
     const existing = child.pages.get(page);
     const target = existing ?? this.path.createEntry(child, page, true);
     const shift = this.path.chunkShiftOf(child);
     let copiedBytes = 0;
+    let changed = false;
     for (let chunk = 0; chunk < target.states.length; chunk++) {
-      if (target.states[chunk] !== ABSENT) continue;
-      if (from.states[chunk] === ZERO && setState(target, chunk, ZERO)) child.dirtyPages.add(page);
+      if (target.states[chunk] === ABSENT && from.states[chunk] === ZERO) changed = setState(target, chunk, ZERO) || changed;
     }
     for (const [first, count] of runsOf(from.states, DATA)) {
-      for (const [start, length] of absentRuns(target, first, count)) copiedBytes += this.copyRun(source, child, page, target, start, length, shift);
+      for (const [start, length] of absentRuns(target, first, count)) {
+        copiedBytes += this.copyRun(source, child, page, target, start, length, shift);
+        changed = true;
+      }
     }
-    if (existing === undefined && target.dataChunks === 0 && target.states.every((state) => state === ABSENT)) {
+    if (existing === undefined && !changed) {
       child.pages.delete(page); // nothing came through: no entry, as before
+      return undefined;
     }
+    if (!changed) return undefined;
+    child.dirtyPages.add(page);
     return copiedBytes;
   }
 

@@ -49,6 +49,8 @@ function loadFallocate(): ((fd: number, mode: number, offset: number, length: nu
 }
 
 const ZERO_FILL_BYTES = 1024 * 1024;
+/** What one step of a file's removal frees (see unlinkAsync). */
+const TRUNCATE_STEP_BYTES = 64 * 1024 * 1024;
 
 export class RealFileIO implements FileIO {
   private readonly fallocate = loadFallocate();
@@ -110,8 +112,21 @@ export class RealFileIO implements FileIO {
     fs.rmSync(filePath, { force: true });
   }
 
-  unlinkAsync(filePath: string): Promise<void> {
-    return fs.promises.rm(filePath, { force: true });
+  /**
+   * Shrinks the file step by step before the unlink: freeing a 1 GiB file's blocks in one
+   * transaction holds the filesystem's journal long enough to stall every writer on the disk.
+   */
+  async unlinkAsync(filePath: string): Promise<void> {
+    let sizeBytes: number;
+    try {
+      sizeBytes = (await fs.promises.stat(filePath)).size;
+    } catch {
+      return; // gone already
+    }
+    for (let target = Math.floor((sizeBytes - 1) / TRUNCATE_STEP_BYTES) * TRUNCATE_STEP_BYTES; target > 0; target -= TRUNCATE_STEP_BYTES) {
+      await fs.promises.truncate(filePath, target);
+    }
+    await fs.promises.rm(filePath, { force: true });
   }
 
   mkdirs(dir: string): void {

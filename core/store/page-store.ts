@@ -108,6 +108,11 @@ export class PageStore {
     this.path.read(layer, page, pageOffset, length, target, targetOffset);
   }
 
+  /**
+   * Writes into a layer nothing is stacked on. A layer that had layers stacked on it (a snapshot)
+   * must not be written before a commit has made their removal durable: written in place, its
+   * new bytes would show through a child that a crash stacks on it again. The node writes heads only.
+   */
   write(layerId: string, page: number, pageOffset: number, data: Uint8Array, pageSizeBytes: number): void {
     if (data.byteLength === 0) return;
     const layer = this.table.get(layerId) ?? this.table.create(layerId, undefined);

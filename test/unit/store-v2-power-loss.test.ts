@@ -68,7 +68,8 @@ async function runSeed(seed: number, steps: number, crashChance: number): Promis
   };
   const live = () => [...parents.keys()].filter((id) => !deleting.has(id));
   // Heads only, as the node writes: a snapshot is never written, even once nothing stands on it
-  // (written in place, its new bytes would show through a child a crash restacks on it).
+  // (written in place, its new bytes would show through a child a crash restacks on it). The
+  // store leaves that rule to its caller (see PageStore.write).
   const writable = () => live().filter((id) => !id.includes("@") && ![...parents.values()].includes(id));
   const pick = <T>(items: T[]): T | undefined => (items.length === 0 ? undefined : items[random.int(items.length)]);
   const acked = (promise: Promise<void>, layers: Set<string> | undefined, fua?: Ack["fua"]) => {
@@ -121,7 +122,8 @@ async function runSeed(seed: number, steps: number, crashChance: number): Promis
       parents.set(head, snap);
       changed(snap);
     } else if (roll < 54) {
-      const from = pick(live());
+      // Clones and rollbacks stand on snapshots, as in the node: a head never gets a child.
+      const from = pick(live().filter((id) => id.includes("@")));
       if (from === undefined) continue;
       const clone = `c${counter++}`;
       trace(`clone ${clone} ${from}`);
@@ -131,7 +133,7 @@ async function runSeed(seed: number, steps: number, crashChance: number): Promis
       changed(clone);
     } else if (roll < 57) {
       const head = pick(writable());
-      const target = pick(live().filter((id) => id !== head));
+      const target = pick(live().filter((id) => id !== head && id.includes("@")));
       if (head === undefined) continue;
       const parent = random.int(3) === 0 ? undefined : target;
       trace(`reset ${head} ${parent}`);
@@ -271,7 +273,7 @@ describe("PageStore v2 power loss", () => {
   test("at thousands of seeded crash points, every acknowledged write is found and no byte is wrong", async () => {
     // SHOAL_SEED=n reruns one seed; SHOAL_SEEDS makes a longer soak.
     const only = Number(process.env.SHOAL_SEED ?? 0);
-    const seeds = Number(process.env.SHOAL_SEEDS ?? 40);
+    const seeds = Number(process.env.SHOAL_SEEDS ?? 80);
     let crashPoints = 0;
     let acks = 0;
     let runMs = 0;
@@ -290,6 +292,6 @@ describe("PageStore v2 power loss", () => {
       judgeMs += performance.now() - judging;
     }
     console.log(`power loss: ${crashPoints} crash points judged, ${acks} acknowledged flushes (runs ${Math.round(runMs)} ms, judging ${Math.round(judgeMs)} ms)`);
-    expect(crashPoints).toBeGreaterThan(only ? 0 : 2000);
+    expect(crashPoints).toBeGreaterThan(only ? 0 : 5000);
   }, 600_000);
 });
