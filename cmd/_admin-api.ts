@@ -2,7 +2,7 @@
 // answers every one the same way: they read the group's catalog, which all members share.
 import { ShoalError } from "../core/errors.ts";
 import { DEFAULT_PAGE_SIZE_BYTES, pageCount } from "../core/geometry.ts";
-import type { PageStore, VolumeUsage } from "../core/page-store.ts";
+import type { PageStore, VolumeUsage } from "../core/store/page-store.ts";
 import { describeRuns, formatRun, holders, pagesPerNode } from "../core/routing.ts";
 import { newVolumeRecord, type VolumeRecord } from "../core/volume.ts";
 import type { FrameHeader } from "../transport/frame.ts";

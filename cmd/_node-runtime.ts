@@ -5,7 +5,8 @@ import * as path from "node:path";
 import { Catalog } from "../core/catalog.ts";
 import { asShoalError, ShoalError } from "../core/errors.ts";
 import { isValidNodeId, parseHostPort, type Member } from "../core/member.ts";
-import { PageStore } from "../core/page-store.ts";
+import { PageStore } from "../core/store/page-store.ts";
+import { convertOldStore } from "../core/store/convert-old-store.ts";
 import type { FrameHeader, Payload } from "../transport/frame.ts";
 import { Group, JoinInDoubt } from "../transport/group.ts";
 import { lockDataDir } from "./_data-dir-lock.ts";
@@ -40,6 +41,8 @@ export interface NodeOptions {
   /** HOST:PORT for the Prometheus endpoint; none when undefined. */
   metrics?: string;
   logFormat?: LogFormat;
+  /** Unsynced written bytes past which the store writes back and writers wait for it. */
+  dirtyLimitBytes?: number;
 }
 
 export interface RunningNode {
@@ -157,7 +160,8 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     throw new ShoalError("BAD_ARGUMENT", `the certificate in ${tls.dir} is for '${tls.name}' but this node is '${id}'; issue one with \`shoal tls issue CADIR ${id}\``);
   }
   useTlsIdentity(tls);
-  const store = new PageStore({ dir: options.dataDir });
+  await convertOldStore(options.dataDir, (message) => log.info(message));
+  const store = new PageStore({ dir: options.dataDir, dirtyLimitBytes: options.dirtyLimitBytes });
   undo.push(() => store.close());
   const startedAtMs = Date.now();
 

@@ -5,6 +5,7 @@ import { parseDurationMs, rejectUnknownFlags } from "./_cli.ts";
 import { resolveSettings, withoutDefaults, type Settings } from "./_config.ts";
 import { createLog, parseLogFormat } from "./_log.ts";
 import { reexecWithAllocatorTuning } from "./_allocator-tuning.ts";
+import { parseSize } from "../core/geometry.ts";
 
 /** The node's flags with their defaults; a config file may set any of them (except config). */
 const nodeFlags = {
@@ -24,6 +25,12 @@ const nodeFlags = {
   logFormat: { type: "string", description: "log lines on stderr: human, or json (one object per line)", default: "human", valueHint: "FORMAT" },
   tls: { type: "string", description: "TLS credentials (from `shoal tls issue`): mutual TLS on the mesh, STARTTLS on NBD", valueHint: "DIR" },
   tlsRequired: { type: "boolean", description: "refuse NBD clients that do not STARTTLS (needs --tls)" },
+  dirtyLimit: {
+    type: "string",
+    description: "written bytes not yet synced past which the node writes back and holds writers to the disk's pace",
+    default: "128MiB",
+    valueHint: "SIZE",
+  },
 } as const satisfies ArgsDef;
 
 export default defineCommand({
@@ -47,6 +54,7 @@ export default defineCommand({
       logFormat: parseLogFormat(text("logFormat")!),
       tlsDir: text("tls"),
       tlsRequired: settings.tlsRequired === true,
+      dirtyLimitBytes: parseSize(text("dirtyLimit")!),
     });
     await new Promise<void>((resolve) => {
       const onSignal = () => {

@@ -4,7 +4,7 @@
 // One process runs one node, so the data path reaches its counters through `nodeMetrics` instead
 // of threading a registry through every constructor; every child is resolved once, up front.
 import { Counter, type Gauge, Histogram, LATENCY_BUCKETS_SECONDS, MetricsRegistry } from "../core/metrics.ts";
-import type { PageStore } from "../core/page-store.ts";
+import type { PageStore } from "../core/store/page-store.ts";
 import type { HoldReport } from "../core/snapshot-messages.ts";
 import { volumeUsageOn } from "../core/snapshot-record.ts";
 import type { Group } from "./group.ts";

@@ -4,7 +4,7 @@
 import { asShoalError, ShoalError } from "../core/errors.ts";
 import { MoveStep, type MoveStepEffect } from "../core/page-move.ts";
 import { MAX_REQUEST_BYTES } from "../core/geometry.ts";
-import { ImportBatch, type PageExport, type PagePiece, type PageStore } from "../core/page-store.ts";
+import { ImportBatch, type PageExport, type PagePiece, type PageStore } from "../core/store/page-store.ts";
 import { ownerOf } from "../core/routing.ts";
 import { volumeFromWire, type VolumeRecord, type VolumeRecordWire } from "../core/volume.ts";
 import { dataBuffers } from "./buffer-pool.ts";

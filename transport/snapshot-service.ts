@@ -4,7 +4,7 @@
 import type { Catalog } from "../core/catalog.ts";
 import { asShoalError, ShoalError } from "../core/errors.ts";
 import { HoldQueue } from "../core/hold-queue.ts";
-import type { PageStore } from "../core/page-store.ts";
+import type { PageStore } from "../core/store/page-store.ts";
 import { holders } from "../core/routing.ts";
 import { SnapshotCoordinator, type CoordinatorEffect, type SnapshotResult } from "../core/snapshot-coordinator.ts";
 import {

@@ -6,7 +6,7 @@ import type { HoldQueue } from "../core/hold-queue.ts";
 import { parseSnapshotRef, snapshotLayerId } from "../core/snapshot-record.ts";
 import { asShoalError, ShoalError } from "../core/errors.ts";
 import { MAX_REQUEST_BYTES, slicePages, type PageSlice } from "../core/geometry.ts";
-import type { PageStore } from "../core/page-store.ts";
+import type { PageStore } from "../core/store/page-store.ts";
 import { ownerOf } from "../core/routing.ts";
 import type { VolumeRecord } from "../core/volume.ts";
 import { Payload, type FrameHeader } from "./frame.ts";
@@ -344,8 +344,10 @@ export class VolumeRouter implements ExportCatalog {
 
   /** FUA waits for the disk; a timestamp-mode commit wait waits for the clock. */
   private acknowledge(target: Target, page: number, fua: boolean, commitWait: Promise<void> | undefined): Promise<void> | void {
-    if (!fua) return commitWait;
-    const synced = this.store.syncPage(target.layer, page);
+    // Past the dirty limit a writer waits for the write-back: writers go at the disk's pace and
+    // a FLUSH or a snapshot's cut never inherits more than the limit's worth of syncing.
+    const synced = fua ? this.store.syncPage(target.layer, page) : this.store.dirtyBytes >= this.store.dirtyLimitBytes ? this.store.writeBack() : undefined;
+    if (synced === undefined) return commitWait;
     return commitWait ? Promise.all([synced, commitWait]).then(() => {}) : synced;
   }
 

@@ -43,6 +43,7 @@ import { parseArgs } from "node:util";
 import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
+import { lastTableIn } from "../../core/store/_journal.ts";
 import { connect, fillRandom, PacedWriteLoad } from "./_write-load.ts";
 import { bounded, buildShoal, loadAverage, mainThreadRunQueueMs, percentile, printReport, processCpuMs, progress, runBench, sourceRevision, stats, syncDisks, table, type LatencyStats } from "./_bench.ts";
 import { freePort, run, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
@@ -621,11 +622,13 @@ function diskUsedBytes(nodes: TestNode[]): number {
   return (stats.blocks - stats.bfree) * stats.bsize;
 }
 
-/** Nodes whose layer table (as last saved) still names the layer. */
+/** Nodes whose layer table (as last saved: the store's journal, or a one-file-per-page store's layers.json) still names the layer. */
 function nodesHoldingLayer(nodes: TestNode[], layerId: string): string[] {
   return nodes.filter((node) => {
-    const text = fs.readFileSync(path.join(node.dataDir, "pages", "layers.json"), "utf8");
-    return (JSON.parse(text) as { layers: { id: string }[] }).layers.some((layer) => layer.id === layerId);
+    const oldTable = path.join(node.dataDir, "pages", "layers.json");
+    const journal = path.join(node.dataDir, "store", "journal");
+    const layers = fs.existsSync(oldTable) ? (JSON.parse(fs.readFileSync(oldTable, "utf8")) as { layers: { id: string }[] }).layers : (lastTableIn(fs.readFileSync(journal), journal)?.layers ?? []);
+    return layers.some((layer) => layer.id === layerId);
   }).map((node) => node.id);
 }
 

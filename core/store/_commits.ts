@@ -1,0 +1,183 @@
+// Makes writes and map changes durable: per commit, one fdatasync per layer file written since
+// the last, one directory fsync if a layer file was made, then one journal frame and its
+// fdatasync. The map states written are captured before the data syncs start, so a chunk is
+// never recorded as the layer's own before its bytes are on disk. Commits run one at a time;
+// requests that arrive while one runs are served together by the next (group commit).
+import type { FileIO } from "./file-io.ts";
+import { type CommitRecord, encodeCommit, type Journal, type PageRecord } from "./_journal.ts";
+import type { LayerTable, StoreLayer } from "./_layers.ts";
+
+/** A journal over this size (by default), and this many times its checkpoint, is rewritten as a new checkpoint. */
+export const DEFAULT_JOURNAL_COMPACT_BYTES = 16 * 1024 * 1024;
+const COMPACT_RATIO = 4;
+
+interface Waiter {
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+/** A layer file no layer names any more, to close and remove once a table without it is durable. */
+export interface RetiredFile {
+  path: string;
+  fd: number;
+}
+
+export class Commits {
+  private running = false;
+  /** The next commit: the layers it covers (undefined: all) and who waits for it. */
+  private queued: { layers: Set<StoreLayer> | undefined; waiters: Waiter[] } | undefined;
+  private committedTableVersion = -1;
+  /** A layer file was made since the directory was last synced. */
+  newFiles = false;
+  readonly retired: RetiredFile[] = [];
+  /** fdatasync/fsync calls made: proves a flush reached the disk (tests, metrics). */
+  syncCount = 0;
+  /** Bytes written into layer files and not yet synced, over all layers. */
+  dirtyBytes = 0;
+
+  constructor(
+    private readonly io: FileIO,
+    private readonly dir: string,
+    private readonly table: LayerTable,
+    private readonly journal: Journal,
+    private readonly compactBytes: number,
+  ) {}
+
+  /** Resolves once every write and change to these layers (all: undefined) made before the call is durable. */
+  request(layers: Set<StoreLayer> | undefined): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (this.queued === undefined) this.queued = { layers, waiters: [] };
+      else if (layers === undefined || this.queued.layers === undefined) this.queued.layers = undefined;
+      else for (const layer of layers) this.queued.layers.add(layer);
+      this.queued.waiters.push({ resolve, reject });
+      this.kick();
+    });
+  }
+
+  noteWritten(layer: StoreLayer, bytes: number): void {
+    layer.dirtyBytes += bytes;
+    this.dirtyBytes += bytes;
+  }
+
+  /** A layer's file is being retired: what it holds unsynced is never needed. */
+  retire(layer: StoreLayer, filePath: string): void {
+    this.dirtyBytes -= layer.dirtyBytes;
+    layer.dirtyBytes = 0;
+    this.retired.push({ path: filePath, fd: layer.fd });
+    layer.fd = -1;
+  }
+
+  /**
+   * Makes everything durable synchronously as one new checkpoint, then closes the journal: a
+   * commit still in flight then fails at its append instead of landing an older map after this.
+   */
+  closeNow(): void {
+    const layers = [...this.table.all()];
+    for (const layer of layers) if (layer.fd >= 0) this.io.fdatasyncNow(layer.fd);
+    this.io.syncDirNow(this.dir);
+    const sections = layers.map((layer) => captureMap(layer, true));
+    this.journal.replaceNow(encodeCommit({ table: this.table.toRecord(), layers: sections.map(({ key, pages }) => ({ key, pages })) }));
+    this.journal.close();
+    this.syncCount += layers.length + 3;
+    for (const layer of layers) {
+      layer.dirtyBytes = 0;
+      if (layer.fd >= 0) this.io.close(layer.fd);
+      layer.fd = -1;
+    }
+    this.dirtyBytes = 0;
+    for (const file of this.retired.splice(0)) {
+      if (file.fd >= 0) this.io.close(file.fd);
+      this.io.unlink(file.path);
+    }
+  }
+
+  /** The table as loaded is the durable one. */
+  markLoaded(): void {
+    this.committedTableVersion = this.table.version;
+  }
+
+  /** Whether anything waits to be made durable. */
+  get idle(): boolean {
+    return !this.running && this.queued === undefined;
+  }
+
+  private kick(): void {
+    if (this.running || this.queued === undefined) return;
+    const { layers, waiters } = this.queued;
+    this.queued = undefined;
+    this.running = true;
+    this.run(layers).then(
+      () => {
+        this.running = false;
+        for (const waiter of waiters) waiter.resolve();
+        this.kick();
+      },
+      (err) => {
+        this.running = false;
+        for (const waiter of waiters) waiter.reject(err);
+        this.kick();
+      },
+    );
+  }
+
+  private async run(only: Set<StoreLayer> | undefined): Promise<void> {
+    const layers = only === undefined ? [...this.table.all()] : [...only].filter((layer) => this.table.get(layer.id) === layer);
+    await this.commit(layers, false);
+    if (this.journal.sizeBytes > this.compactBytes && this.journal.sizeBytes > COMPACT_RATIO * this.journal.checkpointBytes) {
+      await this.commit([...this.table.all()], true);
+    }
+  }
+
+  /** One commit (or, `checkpoint`, a whole new journal) over `layers`, captured in this turn. */
+  private async commit(only: StoreLayer[], checkpoint: boolean): Promise<void> {
+    const tableChanged = checkpoint || this.table.version !== this.committedTableVersion;
+    const stackedOn = tableChanged ? [...this.table.stackedOn] : [];
+    if (tableChanged) this.table.stackedOn.clear();
+    const layers = [...new Set([...only, ...stackedOn.filter((layer) => this.table.get(layer.id) === layer)])];
+    const syncs = layers.filter((layer) => layer.dirtyBytes > 0 && layer.fd >= 0).map((layer) => ({ layer, bytes: layer.dirtyBytes }));
+    for (const { layer, bytes } of syncs) {
+      layer.dirtyBytes = 0;
+      this.dirtyBytes -= bytes;
+    }
+    const sections = layers.filter((layer) => checkpoint || layer.dirtyPages.size > 0).map((layer) => captureMap(layer, checkpoint));
+    const tableVersion = this.table.version;
+    const record: CommitRecord = { table: tableChanged ? this.table.toRecord() : undefined, layers: sections.map(({ key, pages }) => ({ key, pages })) };
+    const retired = tableChanged ? this.retired.splice(0) : [];
+    if (syncs.length === 0 && sections.length === 0 && !tableChanged) return;
+    const syncDir = this.newFiles;
+    this.newFiles = false;
+    try {
+      await Promise.all(syncs.map(({ layer }) => this.io.fdatasync(layer.fd)));
+      this.syncCount += syncs.length;
+      if (syncDir) {
+        await this.io.syncDir(this.dir);
+        this.syncCount++;
+      }
+      const frame = encodeCommit(record);
+      await (checkpoint ? this.journal.replace(frame) : this.journal.append(frame));
+      this.syncCount += checkpoint ? 2 : 1;
+    } catch (err) {
+      // Still owed: the next commit tries again and its callers hear of any failure.
+      for (const { layer, bytes } of syncs) if (this.table.get(layer.id) === layer) this.noteWritten(layer, bytes);
+      for (const { layer, pages } of sections) for (const { page } of pages) layer.dirtyPages.add(page);
+      this.retired.unshift(...retired);
+      for (const layer of stackedOn) this.table.stackedOn.add(layer);
+      this.newFiles ||= syncDir;
+      throw err;
+    }
+    if (tableChanged) this.committedTableVersion = Math.max(this.committedTableVersion, tableVersion);
+    for (const file of retired) {
+      if (file.fd >= 0) this.io.close(file.fd);
+      // Off the event loop; durable with the next directory sync; start-up removes a leftover.
+      this.io.unlinkAsync(file.path).catch(() => undefined);
+    }
+  }
+}
+
+function captureMap(layer: StoreLayer, all: boolean): { layer: StoreLayer; key: number; pages: PageRecord[] } {
+  const pages: PageRecord[] = [];
+  const numbers = all ? layer.pages.keys() : layer.dirtyPages.values();
+  for (const page of numbers) pages.push({ page, states: layer.pages.get(page)?.states.slice() });
+  layer.dirtyPages.clear();
+  return { layer, key: layer.key, pages };
+}
