@@ -17,8 +17,10 @@
 //     fails if that node restarted since; a debt is settled only by a flush that succeeded.
 import { MoveStep, type MoveStepEffect } from "../../core/page-move.ts";
 import { ownerOf, pagesOf, stripedTable, withOwner, type RoutingTable } from "../../core/routing.ts";
-import { EventQueue } from "./event-queue.ts";
-import { Prng } from "./prng.ts";
+import { Network } from "./kernel/network.ts";
+import { Prng } from "./kernel/prng.ts";
+import { Scheduler } from "./kernel/scheduler.ts";
+import { SimNode } from "./kernel/sim-node.ts";
 
 /** Deliberately broken rules, to prove the checker catches them. */
 export interface MoveSabotage {
@@ -276,32 +278,45 @@ type Payload =
   | { kind: "published"; key: string }
   | { kind: "gossip"; table: RoutingTable; answer: boolean };
 
-class SimNode {
-  up = true;
-  incarnation = 0;
-  // Durable: survives a crash.
-  durableTable: RoutingTable;
-  readonly durablePages = new Map<number, PageCopy>();
-  coordinatorPlan?: { committed: number; decided?: DecidedStep; attempts: number };
-  // Volatile.
+/** What survives a crash: the catalog's table, the synced pages, the coordinator's plan. */
+interface Durable {
   table: RoutingTable;
-  memoryPages = new Map<number, PageCopy>();
-  frozen = new Set<number>();
+  pages: Map<number, PageCopy>;
+  coordinatorPlan?: { committed: number; decided?: DecidedStep; attempts: number };
+}
+
+/** What a crash drops; a restart rebuilds the table and page cache from the durable part. */
+interface Volatile {
+  table: RoutingTable;
+  memoryPages: Map<number, PageCopy>;
+  frozen: Set<number>;
   /** While a step copies its pages unfrozen: the pages written meanwhile, sent again frozen. */
   copyWritten: Set<number> | undefined;
-  queue: { op: ClientOp; hops: number }[] = [];
+  queue: { op: ClientOp; hops: number }[];
   running: RunningStep | undefined;
   coordinatorWaiting: { key: string; timer: number } | undefined;
   /** Peers this node forwarded writes to since its last flush, with their incarnation then. */
-  dirtyPeers = new Map<string, FlushDebt>();
-  flushes = new Map<string, PendingFlush>();
+  dirtyPeers: Map<string, FlushDebt>;
+  flushes: Map<string, PendingFlush>;
+}
 
-  constructor(
-    readonly id: string,
-    table: RoutingTable,
-  ) {
-    this.durableTable = cloneTable(table);
-    this.table = cloneTable(table);
+function freshVolatile(durable: Durable): Volatile {
+  return {
+    table: cloneTable(durable.table),
+    memoryPages: new Map([...durable.pages].map(([page, copy]) => [page, { ...copy }])),
+    frozen: new Set(),
+    copyWritten: undefined,
+    queue: [],
+    running: undefined,
+    coordinatorWaiting: undefined,
+    dirtyPeers: new Map(),
+    flushes: new Map(),
+  };
+}
+
+class MoveNode extends SimNode<Durable, Volatile> {
+  constructor(id: string, table: RoutingTable) {
+    super(id, { table: cloneTable(table), pages: new Map() }, freshVolatile);
   }
 }
 
@@ -319,45 +334,45 @@ export function runMoveWorld(options: MoveWorldOptions): MoveHistory {
 }
 
 class MoveWorld {
-  private nowMs = 0;
   private order = 0;
   private timerSeq = 0;
-  private readonly agenda = new EventQueue();
+  private readonly sim: Scheduler;
+  private readonly network: Network<Payload>;
   private readonly rng: Prng;
   private readonly faultRng: Prng;
-  private readonly netRng: Prng;
   private readonly scenario: MoveScenario;
   private readonly sabotage: MoveSabotage;
-  private readonly trace?: (line: string) => void;
-  private readonly nodes: SimNode[] = [];
-  private readonly byId = new Map<string, SimNode>();
+  private readonly nodes: MoveNode[] = [];
+  private readonly byId = new Map<string, MoveNode>();
   private readonly clients: ClientState[] = [];
   private readonly history: MoveHistory;
-  private readonly linkFreeAtMs = new Map<string, number>();
   private readonly pointsPassed = new Map<CrashPoint, number>();
   private pointCrashesLeft = MAX_POINT_CRASHES;
   private debtSeq = 0;
   private healed = false;
-  private lossRate: number;
   private readonly coordinatorId: string;
 
   constructor(options: MoveWorldOptions) {
+    this.sim = new Scheduler(options.trace);
     this.rng = new Prng(options.seed);
     this.faultRng = this.rng.fork();
-    this.netRng = this.rng.fork();
+    const netRng = this.rng.fork();
     this.sabotage = options.sabotage ?? {};
-    if (options.trace) this.trace = options.trace;
     this.scenario = makeScenario(this.rng);
-    this.lossRate = this.scenario.lossRate;
+    // FIFO per link, like the mesh's TCP connections, reordered across links; lossy, no duplicates.
+    const netOptions = { delayMaxMs: this.scenario.delayMaxMs, lossRate: this.scenario.lossRate, fifoPerLink: true, selfImmediate: false };
+    this.network = new Network<Payload>(this.sim, netRng, netOptions, (from, to, payload) => this.deliver(from, to, payload), (from, to, payload) =>
+      this.log(`${from} -> ${to} ${payload.kind} LOST`),
+    );
     const ids = Array.from({ length: this.scenario.nodeCount }, (_, i) => `n${i}`);
     const initial = stripedTable(this.scenario.pageCount, ids);
     for (const id of ids) {
-      const node = new SimNode(id, initial);
+      const node = new MoveNode(id, initial);
       this.nodes.push(node);
       this.byId.set(id, node);
     }
     this.coordinatorId = this.rng.pick(ids);
-    this.byId.get(this.coordinatorId)!.coordinatorPlan = { committed: 0, attempts: 0 };
+    this.byId.get(this.coordinatorId)!.durable.coordinatorPlan = { committed: 0, attempts: 0 };
     this.history = {
       seed: options.seed,
       scenario: this.scenario,
@@ -383,30 +398,30 @@ class MoveWorld {
     this.planWorkload();
     this.planFaults();
     this.at(this.scenario.activeEndMs, () => this.heal());
-    const { events, error } = this.agenda.runUntil(this.scenario.quiesceEndMs, EVENT_BUDGET, (atMs) => (this.nowMs = atMs));
+    const { events, error } = this.sim.run(this.scenario.quiesceEndMs, EVENT_BUDGET);
     if (error !== undefined) this.history.errors.push(error);
     this.history.eventCount = events;
-    this.history.stepsCommitted = this.byId.get(this.coordinatorId)!.coordinatorPlan!.committed;
+    this.history.stepsCommitted = this.byId.get(this.coordinatorId)!.durable.coordinatorPlan!.committed;
     this.history.final = this.nodes.map(finalNode);
     return this.history;
   }
 
   // ---- scheduling
 
-  private at(atMs: number, run: () => void): void {
-    this.agenda.push(Math.max(atMs, this.nowMs), run);
+  private get nowMs(): number {
+    return this.sim.nowMs;
   }
 
-  /** Runs `run` later only if the node is still up in the same incarnation. */
-  private atOn(node: SimNode, atMs: number, run: () => void): void {
-    const incarnation = node.incarnation;
-    this.at(atMs, () => {
-      if (node.up && node.incarnation === incarnation) run();
-    });
+  private at(atMs: number, run: () => void): void {
+    this.sim.at(atMs, run);
+  }
+
+  private atOn(node: MoveNode, atMs: number, run: () => void): void {
+    this.sim.atOn(node, atMs, run);
   }
 
   private log(line: string): void {
-    this.trace?.(`${this.nowMs.toFixed(3).padStart(9)} ${line}`);
+    this.sim.log(line);
   }
 
   // ---- workload and faults
@@ -434,12 +449,12 @@ class MoveWorld {
 
   private heal(): void {
     this.healed = true;
-    this.lossRate = 0;
+    this.network.heal();
     for (const node of this.nodes) if (!node.up) this.restart(node);
   }
 
   /** True if the node crashed here: the caller stops what it was doing. */
-  private crashPoint(node: SimNode, point: CrashPoint): boolean {
+  private crashPoint(node: MoveNode, point: CrashPoint): boolean {
     if (this.healed || !node.up) return false;
     const passed = (this.pointsPassed.get(point) ?? 0) + 1;
     this.pointsPassed.set(point, passed);
@@ -453,88 +468,69 @@ class MoveWorld {
 
   // ---- node lifecycle
 
-  private crash(node: SimNode, why: string): void {
+  private crash(node: MoveNode, why: string): void {
     if (!node.up || this.healed) return;
     this.history.crashes++;
     const downMs = this.faultRng.chance(0.3) ? this.faultRng.range(0.5, 10) : this.faultRng.range(10, 150);
     this.log(`${node.id} CRASH at ${why} (down ${downMs.toFixed(1)} ms)`);
-    node.up = false;
-    node.incarnation++;
-    node.table = cloneTable(node.durableTable);
-    node.memoryPages = new Map();
-    node.frozen = new Set();
-    node.copyWritten = undefined;
-    node.queue = [];
-    node.running = undefined;
-    node.coordinatorWaiting = undefined;
-    node.dirtyPeers = new Map();
-    node.flushes = new Map();
+    node.crash();
     this.recordBelief(node);
     this.at(this.nowMs + downMs, () => this.restart(node));
   }
 
-  private restart(node: SimNode): void {
+  private restart(node: MoveNode): void {
     if (node.up) return;
-    node.up = true;
-    node.table = cloneTable(node.durableTable);
-    node.memoryPages = new Map([...node.durablePages].map(([page, copy]) => [page, { ...copy }]));
-    this.log(`${node.id} RESTART (table v${node.table.version})`);
+    node.restart();
+    this.log(`${node.id} RESTART (table v${node.volatile.table.version})`);
     this.dropUnowned(node, this.sabotage.restartDropsByTableOnly === true);
     this.recordBelief(node);
     this.atOn(node, this.nowMs + this.rng.range(0, this.scenario.gossipIntervalMs), () => this.gossip(node));
     this.atOn(node, this.nowMs + this.rng.range(0, this.scenario.writebackIntervalMs), () => this.writeback(node));
-    if (node.coordinatorPlan) this.atOn(node, this.nowMs + this.rng.range(0, 10), () => this.coordinate(node));
+    if (node.durable.coordinatorPlan) this.atOn(node, this.nowMs + this.rng.range(0, 10), () => this.coordinate(node));
   }
 
   /**
    * Drops copies of pages this node does not own, except pages sent to it for a routing version
    * newer than its table: that step may have committed at the source, which dropped its own copy.
    */
-  private dropUnowned(node: SimNode, ignoreInstallVersion: boolean): void {
-    for (const pages of [node.memoryPages, node.durablePages]) {
+  private dropUnowned(node: MoveNode, ignoreInstallVersion: boolean): void {
+    for (const pages of [node.volatile.memoryPages, node.durable.pages]) {
       for (const [page, copy] of pages) {
-        if (ownerOf(node.table, page) === node.id) continue;
-        if (!ignoreInstallVersion && copy.installedFor > node.table.version) continue;
+        if (ownerOf(node.volatile.table, page) === node.id) continue;
+        if (!ignoreInstallVersion && copy.installedFor > node.volatile.table.version) continue;
         pages.delete(page);
-        if (pages === node.durablePages) this.log(`${node.id} drops its copy of page ${page} (not its own in v${node.table.version})`);
+        if (pages === node.durable.pages) this.log(`${node.id} drops its copy of page ${page} (not its own in v${node.volatile.table.version})`);
       }
     }
   }
 
-  private recordBelief(node: SimNode): void {
+  private recordBelief(node: MoveNode): void {
     this.history.timeline.push({
       kind: "belief",
       order: ++this.order,
       atMs: this.nowMs,
       node: node.id,
       up: node.up,
-      version: node.table.version,
-      owners: node.up ? ownersOf(node.table) : [],
+      version: node.volatile.table.version,
+      owners: node.up ? ownersOf(node.volatile.table) : [],
     });
   }
 
   /** A newer table from gossip, a publish or a step's answer: durable first, as the catalog does. */
-  private adopt(node: SimNode, table: RoutingTable): boolean {
-    if (table.version <= node.table.version) return false;
-    node.durableTable = cloneTable(table);
-    node.table = cloneTable(table);
+  private adopt(node: MoveNode, table: RoutingTable): boolean {
+    if (table.version <= node.volatile.table.version) return false;
+    node.durable.table = cloneTable(table);
+    node.volatile.table = cloneTable(table);
     this.log(`${node.id} adopts table v${table.version} ${ownersOf(table).join(",")}`);
     this.dropUnowned(node, false);
     this.recordBelief(node);
     return true;
   }
 
-  // ---- network: FIFO per link (a mesh connection), independent links, random loss
+  // ---- network
 
   private send(from: string, to: string, payload: Payload): void {
-    if (from !== to && this.netRng.chance(this.lossRate)) {
-      this.log(`${from} -> ${to} ${payload.kind} LOST`);
-      return;
-    }
-    const link = `${from}>${to}`;
-    const arriveAtMs = Math.max(this.linkFreeAtMs.get(link) ?? 0, this.nowMs + this.netRng.range(0.05, this.scenario.delayMaxMs));
-    this.linkFreeAtMs.set(link, arriveAtMs);
-    this.at(arriveAtMs, () => this.deliver(from, to, payload));
+    this.network.send(from, to, payload);
   }
 
   private deliver(from: string, to: string, payload: Payload): void {
@@ -553,7 +549,7 @@ class MoveWorld {
         const expected = payload.expectIncarnation;
         // Restarted since the writes it owes: they may be gone, and the flush must say so.
         if (expected !== undefined && expected !== node.incarnation) return this.send(node.id, from, { kind: "store.flushed", key: payload.key, ok: false });
-        syncPages(node, [...node.memoryPages.keys()]);
+        syncPages(node, [...node.volatile.memoryPages.keys()]);
         return this.send(node.id, from, { kind: "store.flushed", key: payload.key, ok: true });
       }
       case "store.flushed":
@@ -565,29 +561,29 @@ class MoveWorld {
       case "install":
         return this.install(node, from, payload);
       case "installed": {
-        if (node.running?.key !== payload.key) return;
-        if (!payload.precopy) return this.runEffects(node, node.running.machine.onInstalled());
-        const written = [...(node.copyWritten ?? [])];
-        node.copyWritten = undefined;
-        return this.runEffects(node, node.running.machine.onCopied(written, this.nowMs));
+        if (node.volatile.running?.key !== payload.key) return;
+        if (!payload.precopy) return this.runEffects(node, node.volatile.running.machine.onInstalled());
+        const written = [...(node.volatile.copyWritten ?? [])];
+        node.volatile.copyWritten = undefined;
+        return this.runEffects(node, node.volatile.running.machine.onCopied(written, this.nowMs));
       }
       case "publish":
         if (this.adopt(node, payload.table) && this.crashPoint(node, "target:adopted")) return;
         return this.send(node.id, from, { kind: "published", key: payload.key });
       case "published":
-        if (node.running?.key === payload.key) this.runEffects(node, node.running.machine.onPublished());
+        if (node.volatile.running?.key === payload.key) this.runEffects(node, node.volatile.running.machine.onPublished());
         return;
       case "gossip":
-        if (!this.adopt(node, payload.table) && !payload.answer && payload.table.version < node.table.version) {
-          this.send(node.id, from, { kind: "gossip", table: node.table, answer: true });
+        if (!this.adopt(node, payload.table) && !payload.answer && payload.table.version < node.volatile.table.version) {
+          this.send(node.id, from, { kind: "gossip", table: node.volatile.table, answer: true });
         }
         return;
     }
   }
 
-  private gossip(node: SimNode): void {
+  private gossip(node: MoveNode): void {
     const peers = this.nodes.filter((peer) => peer !== node);
-    this.send(node.id, this.rng.pick(peers).id, { kind: "gossip", table: cloneTable(node.table), answer: false });
+    this.send(node.id, this.rng.pick(peers).id, { kind: "gossip", table: cloneTable(node.volatile.table), answer: false });
     this.atOn(node, this.nowMs + this.rng.range(0.5, 1.5) * this.scenario.gossipIntervalMs, () => this.gossip(node));
   }
 
@@ -667,16 +663,16 @@ class MoveWorld {
     this.next(client, 0);
   }
 
-  private route(node: SimNode, op: ClientOp, hops: number): void {
+  private route(node: MoveNode, op: ClientOp, hops: number): void {
     if (op.kind === "flush") return this.startFlush(node, op);
-    const owner = ownerOf(node.table, op.page);
+    const owner = ownerOf(node.volatile.table, op.page);
     if (owner !== node.id) {
       if (hops >= MAX_HOPS) return this.answer(node, op, { ok: false, code: "NOT_OWNER" });
       const path = [...op.path, { node: node.id, incarnation: node.incarnation }];
       return this.send(node.id, owner, { kind: "request", op: { ...op, path }, hops: hops + 1 });
     }
-    if (node.frozen.has(op.page)) {
-      node.queue.push({ op, hops });
+    if (node.volatile.frozen.has(op.page)) {
+      node.volatile.queue.push({ op, hops });
       return;
     }
     if (op.kind === "read") return this.serveRead(node, op);
@@ -684,7 +680,7 @@ class MoveWorld {
   }
 
   /** Answers go back the way the request came, as mesh replies do; the entry answers the client. */
-  private answer(node: SimNode, op: ClientOp, result: { ok: boolean; stamp?: string; code?: string }, applied?: { by: string; incarnation: number }): void {
+  private answer(node: MoveNode, op: ClientOp, result: { ok: boolean; stamp?: string; code?: string }, applied?: { by: string; incarnation: number }): void {
     const previous = op.path[op.path.length - 1];
     if (previous === undefined) {
       this.send(node.id, `client${op.client}`, { kind: "reply", opId: op.id, entryIncarnation: node.incarnation, ...result });
@@ -699,7 +695,7 @@ class MoveWorld {
    * applied a write a flush, from when the answer arrives (the write is in that node's store then),
    * so its flush reaches the page's owner however many hops the write took; store.flush stays local.
    */
-  private passAnswerBack(node: SimNode, answer: Extract<Payload, { kind: "answer" }>): void {
+  private passAnswerBack(node: MoveNode, answer: Extract<Payload, { kind: "answer" }>): void {
     const { op, ok, stamp, code } = answer;
     const self = op.path[op.path.length - 1];
     if (self === undefined || self.node !== node.id || self.incarnation !== node.incarnation) return;
@@ -714,15 +710,15 @@ class MoveWorld {
   }
 
   /** The peer's incarnation stands for the boot id a mesh connection learns in its handshake. */
-  private owe(node: SimNode, peer: string, incarnation: number | undefined): void {
-    const earlier = node.dirtyPeers.get(peer);
+  private owe(node: MoveNode, peer: string, incarnation: number | undefined): void {
+    const earlier = node.volatile.dirtyPeers.get(peer);
     // Owed since the first write not yet flushed: a later incarnation must not replace it.
     const since = earlier ? earlier.incarnation : this.sabotage.flushIgnoresRestart ? undefined : incarnation;
-    node.dirtyPeers.set(peer, { incarnation: since, seq: ++this.debtSeq });
+    node.volatile.dirtyPeers.set(peer, { incarnation: since, seq: ++this.debtSeq });
   }
 
-  private serveRead(node: SimNode, op: ClientOp): void {
-    const copy = node.memoryPages.get(op.page);
+  private serveRead(node: MoveNode, op: ClientOp): void {
+    const copy = node.volatile.memoryPages.get(op.page);
     this.history.timeline.push({ kind: "serve", order: ++this.order, atMs: this.nowMs, node: node.id, page: op.page, readId: op.id });
     const read = this.history.reads.find((candidate) => candidate.readId === op.id)!;
     read.servedBy = node.id;
@@ -730,9 +726,9 @@ class MoveWorld {
   }
 
   /** The write lands in memory at once; a FUA write is answered only after a sync made it durable. */
-  private applyWrite(node: SimNode, op: ClientOp): void {
-    node.memoryPages.set(op.page, { stamp: op.id, installedFor: 0 });
-    node.copyWritten?.add(op.page);
+  private applyWrite(node: MoveNode, op: ClientOp): void {
+    node.volatile.memoryPages.set(op.page, { stamp: op.id, installedFor: 0 });
+    node.volatile.copyWritten?.add(op.page);
     const order = ++this.order;
     const write = this.history.writes.get(op.id)!;
     write.applyOrder = order;
@@ -750,26 +746,26 @@ class MoveWorld {
 
   // ---- flushes: the entry syncs its own store and every node that applied writes it answered
 
-  private startFlush(node: SimNode, op: ClientOp): void {
-    syncPages(node, [...node.memoryPages.keys()]);
+  private startFlush(node: MoveNode, op: ClientOp): void {
+    syncPages(node, [...node.volatile.memoryPages.keys()]);
     // Debts are settled only when their flush succeeded, so a flush started meanwhile flushes them too.
-    const peers = [...node.dirtyPeers];
-    if (this.sabotage.flushClearsDebtsAtStart) node.dirtyPeers.clear();
+    const peers = [...node.volatile.dirtyPeers];
+    if (this.sabotage.flushClearsDebtsAtStart) node.volatile.dirtyPeers.clear();
     const key = `${op.id}@${node.id}.${node.incarnation}`;
     const pending: PendingFlush = { op, peers, waiting: new Set(peers.map(([peer]) => peer)) };
     this.log(`${node.id} flush ${key}: store synced, owes ${peers.map(([peer, debt]) => `${peer}@${debt.incarnation ?? "?"}`).join(",") || "nobody"}`);
     if (peers.length === 0) return this.answerFlush(node, pending, true);
-    node.flushes.set(key, pending);
+    node.volatile.flushes.set(key, pending);
     for (const [peer, { incarnation }] of peers) {
       this.send(node.id, peer, { kind: "store.flush", key, ...(incarnation !== undefined ? { expectIncarnation: incarnation } : {}) });
     }
     this.atOn(node, this.nowMs + FLUSH_TIMEOUT_MS, () => {
-      if (node.flushes.get(key) === pending) this.finishFlush(node, key, false);
+      if (node.volatile.flushes.get(key) === pending) this.finishFlush(node, key, false);
     });
   }
 
-  private flushAnswered(node: SimNode, peer: string, key: string, ok: boolean): void {
-    const pending = node.flushes.get(key);
+  private flushAnswered(node: MoveNode, peer: string, key: string, ok: boolean): void {
+    const pending = node.volatile.flushes.get(key);
     if (!pending) return;
     if (!ok) return this.finishFlush(node, key, false);
     pending.waiting.delete(peer);
@@ -777,34 +773,34 @@ class MoveWorld {
   }
 
   /** A failed flush leaves the peers owed (a restarted one for good: its lost writes stay lost). */
-  private finishFlush(node: SimNode, key: string, ok: boolean): void {
-    const pending = node.flushes.get(key)!;
-    node.flushes.delete(key);
+  private finishFlush(node: MoveNode, key: string, ok: boolean): void {
+    const pending = node.volatile.flushes.get(key)!;
+    node.volatile.flushes.delete(key);
     this.log(`${node.id} flush ${key} ${ok ? "ok" : "FAILED"}`);
     for (const [peer, debt] of pending.peers) {
       if (this.sabotage.flushClearsDebtsAtStart) {
-        if (!ok) node.dirtyPeers.set(peer, debt);
-      } else if (ok && node.dirtyPeers.get(peer)?.seq === debt.seq) node.dirtyPeers.delete(peer);
+        if (!ok) node.volatile.dirtyPeers.set(peer, debt);
+      } else if (ok && node.volatile.dirtyPeers.get(peer)?.seq === debt.seq) node.volatile.dirtyPeers.delete(peer);
     }
     this.answerFlush(node, pending, ok);
   }
 
-  private answerFlush(node: SimNode, pending: PendingFlush, ok: boolean): void {
+  private answerFlush(node: MoveNode, pending: PendingFlush, ok: boolean): void {
     this.answer(node, pending.op, ok ? { ok } : { ok, code: "IO_ERROR" });
   }
 
   /** The page cache reaches the disk on its own now and then. */
-  private writeback(node: SimNode): void {
-    syncPages(node, [...node.memoryPages.keys()]);
+  private writeback(node: MoveNode): void {
+    syncPages(node, [...node.volatile.memoryPages.keys()]);
     this.atOn(node, this.nowMs + this.rng.range(0.5, 1.5) * this.scenario.writebackIntervalMs, () => this.writeback(node));
   }
 
   // ---- the coordinator: one step at a time, each decided durably before it is sent
 
-  private coordinate(node: SimNode): void {
-    const plan = node.coordinatorPlan!;
-    if (node.coordinatorWaiting) return;
-    if (plan.decided && node.table.version >= plan.decided.version && !this.sabotage.coordinatorForgetsTable) {
+  private coordinate(node: MoveNode): void {
+    const plan = node.durable.coordinatorPlan!;
+    if (node.volatile.coordinatorWaiting) return;
+    if (plan.decided && node.volatile.table.version >= plan.decided.version && !this.sabotage.coordinatorForgetsTable) {
       return this.stepCommitted(node, undefined);
     }
     if (!plan.decided) {
@@ -820,17 +816,17 @@ class MoveWorld {
     this.send(node.id, decided.from, { kind: "step.start", step: decided, key });
     if (this.crashPoint(node, "coordinator:sent")) return;
     const timer = ++this.timerSeq;
-    node.coordinatorWaiting = { key, timer };
+    node.volatile.coordinatorWaiting = { key, timer };
     this.atOn(node, this.nowMs + COORDINATOR_TIMEOUT_MS, () => {
-      if (node.coordinatorWaiting?.timer !== timer) return;
+      if (node.volatile.coordinatorWaiting?.timer !== timer) return;
       this.log(`coordinator ${node.id} step ${key} timed out; retries`);
-      node.coordinatorWaiting = undefined;
+      node.volatile.coordinatorWaiting = undefined;
       this.coordinate(node);
     });
   }
 
-  private decideStep(node: SimNode): DecidedStep {
-    const table = node.table;
+  private decideStep(node: MoveNode): DecidedStep {
+    const table = node.volatile.table;
     const holding = this.nodes.filter((candidate) => pagesOf(table, candidate.id).length > 0);
     const from = this.rng.pick(holding).id;
     const to = this.rng.pick(this.nodes.filter((candidate) => candidate.id !== from)).id;
@@ -841,14 +837,14 @@ class MoveWorld {
       const page = this.rng.pick(owned);
       if (!pages.includes(page)) pages.push(page);
     }
-    const plan = node.coordinatorPlan!;
+    const plan = node.durable.coordinatorPlan!;
     return { stepId: `s${plan.committed + 1}.${this.rng.int(0, 9999)}`, version: table.version + 1, from, to, pages: pages.sort((a, b) => a - b) };
   }
 
-  private stepDone(node: SimNode, done: Extract<Payload, { kind: "step.done" }>): void {
-    const plan = node.coordinatorPlan;
-    if (!plan || node.coordinatorWaiting?.key !== done.key) return;
-    node.coordinatorWaiting = undefined;
+  private stepDone(node: MoveNode, done: Extract<Payload, { kind: "step.done" }>): void {
+    const plan = node.durable.coordinatorPlan;
+    if (!plan || node.volatile.coordinatorWaiting?.key !== done.key) return;
+    node.volatile.coordinatorWaiting = undefined;
     const outcome = done.ok ? "ok" : done.code ?? "failed";
     this.history.stepOutcomes.set(outcome, (this.history.stepOutcomes.get(outcome) ?? 0) + 1);
     if (done.ok) return this.stepCommitted(node, done.table);
@@ -857,8 +853,8 @@ class MoveWorld {
   }
 
   /** The decided step's version is committed: learn its table, then plan the next on top of it. */
-  private stepCommitted(node: SimNode, table: RoutingTable | undefined): void {
-    const plan = node.coordinatorPlan!;
+  private stepCommitted(node: MoveNode, table: RoutingTable | undefined): void {
+    const plan = node.durable.coordinatorPlan!;
     if (table && !this.sabotage.coordinatorForgetsTable) this.adopt(node, table);
     plan.committed++;
     plan.decided = undefined;
@@ -868,29 +864,29 @@ class MoveWorld {
 
   // ---- the source: runs one MoveStep, carrying its effects out one by one
 
-  private startStep(node: SimNode, coordinator: string, step: DecidedStep, key: string): void {
+  private startStep(node: MoveNode, coordinator: string, step: DecidedStep, key: string): void {
     const refuse = (code: string): void => this.send(node.id, coordinator, { kind: "step.done", stepId: step.stepId, key, ok: false, code });
-    if (node.running) return node.running.key === key ? undefined : refuse("CONFLICT");
-    if (node.table.version >= step.version) {
+    if (node.volatile.running) return node.volatile.running.key === key ? undefined : refuse("CONFLICT");
+    if (node.volatile.table.version >= step.version) {
       // Committed already (by an attempt whose answer was lost): the version has one content.
-      return this.send(node.id, coordinator, { kind: "step.done", stepId: step.stepId, key, ok: true, table: cloneTable(node.table) });
+      return this.send(node.id, coordinator, { kind: "step.done", stepId: step.stepId, key, ok: true, table: cloneTable(node.volatile.table) });
     }
-    if (node.table.version !== step.version - 1 && !this.sabotage.sourceIgnoresVersion) return refuse("STALE_ROUTE");
-    if (step.pages.some((page) => ownerOf(node.table, page) !== node.id)) return refuse("NOT_OWNER");
+    if (node.volatile.table.version !== step.version - 1 && !this.sabotage.sourceIgnoresVersion) return refuse("STALE_ROUTE");
+    if (step.pages.some((page) => ownerOf(node.volatile.table, page) !== node.id)) return refuse("NOT_OWNER");
     const machine = new MoveStep(
       { stepId: key, volume: VOLUME, volumeUid: VOLUME_UID, pages: step.pages, to: step.to, newVersion: step.version, nowMs: this.nowMs },
       { quietTimeoutMs: 50, installTimeoutMs: this.scenario.installTimeoutMs },
     );
-    node.running = { machine, decided: step, key, coordinator, timerGeneration: 0, publishTimer: 0 };
+    node.volatile.running = { machine, decided: step, key, coordinator, timerGeneration: 0, publishTimer: 0 };
     this.log(`${node.id} starts step ${key}: v${step.version} pages ${step.pages.join(",")} -> ${step.to}`);
     // No snapshots in this world: the volume is quiet as soon as the source looks.
     this.atOn(node, this.nowMs + this.rng.range(0, QUIET_DELAY_MAX_MS), () => {
-      if (node.running?.key === key) this.runEffects(node, machine.onQuiet(this.nowMs));
+      if (node.volatile.running?.key === key) this.runEffects(node, machine.onQuiet(this.nowMs));
     });
   }
 
-  private runEffects(node: SimNode, effects: MoveStepEffect[]): void {
-    const running = node.running!;
+  private runEffects(node: MoveNode, effects: MoveStepEffect[]): void {
+    const running = node.volatile.running!;
     for (const effect of effects) {
       if (this.crashPoint(node, `source:${effect.kind}` as CrashPoint)) return;
       this.log(`${node.id} step ${running.key} effect ${effect.kind}`);
@@ -898,44 +894,44 @@ class MoveWorld {
       if (!node.up) return;
     }
     if (this.crashPoint(node, "source:after-batch")) return;
-    if (node.running === running) this.armStepTimer(node, running);
+    if (node.volatile.running === running) this.armStepTimer(node, running);
   }
 
-  private runEffect(node: SimNode, running: RunningStep, effect: MoveStepEffect): void {
+  private runEffect(node: MoveNode, running: RunningStep, effect: MoveStepEffect): void {
     const { decided, key } = running;
     switch (effect.kind) {
       case "precopy": {
-        node.copyWritten = new Set();
-        const pages = effect.pages.map((page): [number, PageCopy | undefined] => [page, copyOf(node.memoryPages.get(page))]);
+        node.volatile.copyWritten = new Set();
+        const pages = effect.pages.map((page): [number, PageCopy | undefined] => [page, copyOf(node.volatile.memoryPages.get(page))]);
         this.send(node.id, effect.to, { kind: "install", key, version: decided.version, pages, precopy: true });
         return;
       }
       case "freeze":
-        for (const page of effect.pages) node.frozen.add(page);
+        for (const page of effect.pages) node.volatile.frozen.add(page);
         return;
       case "install": {
-        const pages = effect.pages.map((page): [number, PageCopy | undefined] => [page, copyOf(node.memoryPages.get(page))]);
+        const pages = effect.pages.map((page): [number, PageCopy | undefined] => [page, copyOf(node.volatile.memoryPages.get(page))]);
         this.send(node.id, effect.to, { kind: "install", key, version: decided.version, pages });
         if (this.sabotage.unfreezeBeforeCommit) this.unfreeze(node, effect.pages);
-        if (this.sabotage.commitBeforeInstalled) this.atOn(node, this.nowMs, () => node.running === running && this.runEffects(node, running.machine.onInstalled()));
+        if (this.sabotage.commitBeforeInstalled) this.atOn(node, this.nowMs, () => node.volatile.running === running && this.runEffects(node, running.machine.onInstalled()));
         return;
       }
       case "commit": {
         // Compare-and-set on the version: a table that moved on under the step fails it (a
         // coordinator that builds on the committed version never lets that happen).
         const answer =
-          node.table.version === decided.version - 1 || this.sabotage.sourceIgnoresVersion
+          node.volatile.table.version === decided.version - 1 || this.sabotage.sourceIgnoresVersion
             ? (this.commit(node, decided), () => running.machine.onCommitted())
-            : () => running.machine.onFailed({ code: "STALE_ROUTE", message: `table is v${node.table.version}, not v${decided.version - 1}` });
-        this.atOn(node, this.nowMs, () => node.running === running && this.runEffects(node, answer()));
+            : () => running.machine.onFailed({ code: "STALE_ROUTE", message: `table is v${node.volatile.table.version}, not v${decided.version - 1}` });
+        this.atOn(node, this.nowMs, () => node.volatile.running === running && this.runEffects(node, answer()));
         return;
       }
       case "publish": {
-        this.send(node.id, effect.to, { kind: "publish", key, table: cloneTable(node.table) });
+        this.send(node.id, effect.to, { kind: "publish", key, table: cloneTable(node.volatile.table) });
         const timer = ++this.timerSeq;
         running.publishTimer = timer;
         this.atOn(node, this.nowMs + PUBLISH_TIMEOUT_MS, () => {
-          if (node.running === running && running.publishTimer === timer) {
+          if (node.volatile.running === running && running.publishTimer === timer) {
             this.runEffects(node, running.machine.onFailed({ code: "TIMEOUT", message: `${effect.to} did not answer the publish` }));
           }
         });
@@ -943,63 +939,63 @@ class MoveWorld {
       }
       case "drop":
         for (const page of effect.pages) {
-          node.memoryPages.delete(page);
-          node.durablePages.delete(page);
+          node.volatile.memoryPages.delete(page);
+          node.durable.pages.delete(page);
         }
         return;
       case "unfreeze":
         return this.unfreeze(node, effect.pages);
       case "done":
-        node.running = undefined;
+        node.volatile.running = undefined;
         this.send(node.id, running.coordinator, {
           kind: "step.done",
           stepId: decided.stepId,
           key,
           ok: effect.ok,
-          ...(effect.ok ? { table: cloneTable(node.table) } : { code: effect.error.code }),
+          ...(effect.ok ? { table: cloneTable(node.volatile.table) } : { code: effect.error.code }),
         });
         return;
     }
   }
 
   /** The point of no return: the new version is durable here, built on the version before it. */
-  private commit(node: SimNode, decided: DecidedStep): void {
-    const table = { ...withOwner(node.table, decided.pages, decided.to), version: decided.version };
-    node.durableTable = cloneTable(table);
-    node.table = cloneTable(table);
+  private commit(node: MoveNode, decided: DecidedStep): void {
+    const table = { ...withOwner(node.volatile.table, decided.pages, decided.to), version: decided.version };
+    node.durable.table = cloneTable(table);
+    node.volatile.table = cloneTable(table);
     this.history.timeline.push({ kind: "commit", order: ++this.order, atMs: this.nowMs, node: node.id, version: table.version, owners: ownersOf(table) });
     this.log(`${node.id} COMMITS v${table.version} ${ownersOf(table).join(",")}`);
     this.recordBelief(node);
   }
 
-  private unfreeze(node: SimNode, pages: number[]): void {
-    for (const page of pages) node.frozen.delete(page);
-    const queued = node.queue.filter((entry) => pages.includes(entry.op.page));
-    node.queue = node.queue.filter((entry) => !pages.includes(entry.op.page));
+  private unfreeze(node: MoveNode, pages: number[]): void {
+    for (const page of pages) node.volatile.frozen.delete(page);
+    const queued = node.volatile.queue.filter((entry) => pages.includes(entry.op.page));
+    node.volatile.queue = node.volatile.queue.filter((entry) => !pages.includes(entry.op.page));
     for (const { op, hops } of queued) {
       if (!node.up) return; // crashed while applying one of them: the rest are lost with it
       this.route(node, op, hops);
     }
   }
 
-  private armStepTimer(node: SimNode, running: RunningStep): void {
+  private armStepTimer(node: MoveNode, running: RunningStep): void {
     const wakeAtMs = running.machine.nextWakeAtMs();
     const generation = ++running.timerGeneration;
     if (wakeAtMs === undefined) return;
     this.atOn(node, wakeAtMs, () => {
-      if (node.running === running && running.timerGeneration === generation) this.runEffects(node, running.machine.onTick(this.nowMs));
+      if (node.volatile.running === running && running.timerGeneration === generation) this.runEffects(node, running.machine.onTick(this.nowMs));
     });
   }
 
   // ---- the target: stores the pages durably, then answers
 
-  private install(node: SimNode, source: string, install: Extract<Payload, { kind: "install" }>): void {
+  private install(node: MoveNode, source: string, install: Extract<Payload, { kind: "install" }>): void {
     // A version this node knows is committed already: the install is stale, never overwrite with it.
-    if (install.version <= node.table.version) return this.log(`${node.id} ignores stale install ${install.key}`);
+    if (install.version <= node.volatile.table.version) return this.log(`${node.id} ignores stale install ${install.key}`);
     const pages = install.pages.map(([page]) => page);
     for (const [page, copy] of install.pages) {
-      if (copy === undefined) node.memoryPages.delete(page);
-      else node.memoryPages.set(page, { stamp: copy.stamp, installedFor: install.version });
+      if (copy === undefined) node.volatile.memoryPages.delete(page);
+      else node.volatile.memoryPages.set(page, { stamp: copy.stamp, installedFor: install.version });
     }
     this.log(`${node.id} writes install ${install.key} pages ${pages.join(",")}`);
     if (this.sabotage.targetSkipsSync) {
@@ -1045,11 +1041,11 @@ function makeScenario(rng: Prng): MoveScenario {
   };
 }
 
-function syncPages(node: SimNode, pages: number[]): void {
+function syncPages(node: MoveNode, pages: number[]): void {
   for (const page of pages) {
-    const copy = node.memoryPages.get(page);
-    if (copy === undefined) node.durablePages.delete(page);
-    else node.durablePages.set(page, { ...copy });
+    const copy = node.volatile.memoryPages.get(page);
+    if (copy === undefined) node.durable.pages.delete(page);
+    else node.durable.pages.set(page, { ...copy });
   }
 }
 
@@ -1069,17 +1065,17 @@ function describeTable(table: RoutingTable): { version: number; owners: string[]
   return { version: table.version, owners: ownersOf(table) };
 }
 
-function finalNode(node: SimNode): FinalNode {
+function finalNode(node: MoveNode): FinalNode {
   const stamps = (pages: Map<number, PageCopy>): Map<number, string | undefined> => new Map([...pages].map(([page, copy]) => [page, copy.stamp]));
   return {
     id: node.id,
     up: node.up,
-    table: describeTable(node.table),
-    durableTable: describeTable(node.durableTable),
-    memoryPages: stamps(node.memoryPages),
-    durablePages: stamps(node.durablePages),
-    frozen: node.frozen.size,
-    queued: node.queue.length,
-    stepRunning: node.running !== undefined,
+    table: describeTable(node.volatile.table),
+    durableTable: describeTable(node.durable.table),
+    memoryPages: stamps(node.volatile.memoryPages),
+    durablePages: stamps(node.durable.pages),
+    frozen: node.volatile.frozen.size,
+    queued: node.volatile.queue.length,
+    stepRunning: node.volatile.running !== undefined,
   };
 }

@@ -6,8 +6,10 @@ import { SnapshotCoordinator, type CoordinatorEffect } from "../../core/snapshot
 import type { CoordinatorRecord, NodeId, ParticipantRecord, SnapshotMessage, SnapshotMode } from "../../core/snapshot-messages.ts";
 import { isToCoordinator } from "../../core/snapshot-messages.ts";
 import { SnapshotParticipant, type ParticipantEffect } from "../../core/snapshot-participant.ts";
-import { EventQueue } from "./event-queue.ts";
-import { Prng } from "./prng.ts";
+import { Network } from "./kernel/network.ts";
+import { Prng } from "./kernel/prng.ts";
+import { Scheduler } from "./kernel/scheduler.ts";
+import { SimNode } from "./kernel/sim-node.ts";
 
 /** Deliberate node bugs, to prove the checker can fail. */
 export interface Sabotage {
@@ -22,6 +24,8 @@ export interface Sabotage {
   /** Nodes follow clock steps even while a snapshot relies on their earlier readings. */
   clockStepsAnytime?: boolean;
 }
+
+export const SABOTAGE_NAMES: (keyof Sabotage)[] = ["ignoreHold", "ignoreCommitWait", "allCutEarly", "shortCommitWait", "clockStepsAnytime"];
 
 export interface WorldOptions {
   seed: number;
@@ -128,32 +132,54 @@ interface QueuedPiece {
   enqueuedAtMs: number;
 }
 
-class SimNode {
-  up = true;
-  incarnation = 0;
+/** What a crash loses: the hold queue, requests in flight, acks waiting on commit waits, the timer. */
+interface Volatile {
+  holds: Map<string, string[]>;
+  queue: QueuedPiece[];
+  inflight: Map<string, number>;
+  awaitingDrain: Map<string, string[]>;
+  acceptedPieces: Set<number>;
+  pendingWrites: Map<number, Set<number>>;
+  /** Applied pieces whose ack waits for snapshots' commit waits to end (unfence). */
+  fencedAcks: { piece: PieceRecord; entry: NodeId; fences: Set<string> }[];
+  timerGeneration: number;
+  armedWakeAtMs: number | undefined;
+}
+
+function freshVolatile(): Volatile {
+  return {
+    holds: new Map(),
+    queue: [],
+    inflight: new Map(),
+    awaitingDrain: new Map(),
+    acceptedPieces: new Set(),
+    pendingWrites: new Map(),
+    fencedAcks: [],
+    timerGeneration: 0,
+    armedWakeAtMs: undefined,
+  };
+}
+
+/** What survives a crash: the block store, its snapshots and the protocol records. */
+interface Durable {
+  head: Map<string, number>;
+  snapshots: Map<string, NodeSnapshot>;
+  coordinatorRecords: Map<string, CoordinatorRecord>;
+  participantRecords: Map<string, ParticipantRecord>;
+  appliedPieces: Set<number>;
+}
+
+class SnapshotNode extends SimNode<Durable, Volatile> {
   offsetMs = 0;
+  /** Rebuilt from the records at every boot. */
   coordinator!: SnapshotCoordinator;
   participant!: SnapshotParticipant;
   snapshotCounter = 0;
-  // Durable: survives crashes.
-  readonly head = new Map<string, number>();
-  readonly snapshots = new Map<string, NodeSnapshot>();
-  readonly coordinatorRecords = new Map<string, CoordinatorRecord>();
-  readonly participantRecords = new Map<string, ParticipantRecord>();
-  readonly appliedPieces = new Set<number>();
-  // Volatile: lost in a crash.
-  holds = new Map<string, string[]>();
-  queue: QueuedPiece[] = [];
-  inflight = new Map<string, number>();
-  awaitingDrain = new Map<string, string[]>();
-  acceptedPieces = new Set<number>();
-  pendingWrites = new Map<number, Set<number>>();
-  /** Applied pieces whose ack waits for snapshots' commit waits to end (unfence). */
-  fencedAcks: { piece: PieceRecord; entry: NodeId; fences: Set<string> }[] = [];
-  timerGeneration = 0;
-  armedWakeAtMs: number | undefined;
 
-  constructor(readonly id: NodeId) {}
+  constructor(id: NodeId) {
+    const durable: Durable = { head: new Map(), snapshots: new Map(), coordinatorRecords: new Map(), participantRecords: new Map(), appliedPieces: new Set() };
+    super(id, durable, freshVolatile);
+  }
 }
 
 interface ClientState {
@@ -167,33 +193,33 @@ export function runWorld(options: WorldOptions): History {
 }
 
 class World {
-  private nowMs = 0;
   private order = 0;
-  private readonly agenda = new EventQueue();
+  private readonly sim: Scheduler;
+  private readonly network: Network<Payload>;
   private readonly rng: Prng;
   private readonly faultRng: Prng;
-  private readonly netRng: Prng;
-  private readonly nodes: SimNode[] = [];
+  private readonly nodes: SnapshotNode[] = [];
   private readonly scenario: Scenario;
   private readonly history: History;
   private readonly sabotage: Sabotage;
-  private readonly trace?: (line: string) => void;
   private nextWriteId = 1;
   private nextPieceId = 1;
   private stepCrashesLeft = 2;
   private healed = false;
   private readonly clients = new Map<number, ClientState>();
-  /** Network faults in force; healing zeroes them without touching the recorded scenario. */
-  private readonly net: { lossRate: number; dupRate: number; slowRate: number };
 
   constructor(private readonly options: WorldOptions) {
+    this.sim = new Scheduler(options.trace);
     this.rng = new Prng(options.seed);
     this.faultRng = this.rng.fork();
-    this.netRng = this.rng.fork();
+    const netRng = this.rng.fork();
     this.sabotage = options.sabotage ?? {};
-    if (options.trace) this.trace = options.trace;
     this.scenario = makeScenario(this.rng);
-    this.net = { lossRate: this.scenario.lossRate, dupRate: this.scenario.dupRate, slowRate: this.scenario.slowRate };
+    const { delayMaxMs, lossRate, dupRate, lateDupRate, slowRate } = this.scenario;
+    // Any order: the mesh keeps order per connection, but a reconnect resends, and the protocol
+    // must not rely on order anyway.
+    const netOptions = { delayMaxMs, lossRate, dupRate, lateDupRate, slowRate, fifoPerLink: false, selfImmediate: true };
+    this.network = new Network<Payload>(this.sim, netRng, netOptions, (from, to, payload) => this.deliver(this.node(to), from, payload));
     const ids = Array.from({ length: this.scenario.nodeCount }, (_, i) => `n${i}`);
     this.history = {
       seed: options.seed,
@@ -211,7 +237,7 @@ class World {
       eventCount: 0,
     };
     for (const id of ids) {
-      const node = new SimNode(id);
+      const node = new SnapshotNode(id);
       node.offsetMs = this.rng.range(-this.scenario.skewMs, this.scenario.skewMs);
       this.nodes.push(node);
       this.boot(node, false);
@@ -222,7 +248,7 @@ class World {
     this.planWorkload();
     this.planFaults();
     this.at(this.scenario.activeEndMs, () => this.heal());
-    const { events, error } = this.agenda.runUntil(this.scenario.quiesceEndMs, EVENT_BUDGET, (atMs) => (this.nowMs = atMs));
+    const { events, error } = this.sim.run(this.scenario.quiesceEndMs, EVENT_BUDGET);
     if (error !== undefined) this.history.errors.push(error);
     this.history.eventCount = events;
     this.history.nodes = this.nodes.map(finalNode);
@@ -231,24 +257,28 @@ class World {
 
   // ---- scheduling and clocks ----
 
+  private get nowMs(): number {
+    return this.sim.nowMs;
+  }
+
   private at(atMs: number, run: () => void): void {
-    this.agenda.push(Math.max(atMs, this.nowMs), run);
+    this.sim.at(atMs, run);
   }
 
-  /** Runs `run` later only if the node is still the same incarnation and up. */
-  private atOn(node: SimNode, atMs: number, run: () => void): void {
-    const incarnation = node.incarnation;
-    this.at(atMs, () => {
-      if (node.up && node.incarnation === incarnation) run();
-    });
+  private atOn(node: SnapshotNode, atMs: number, run: () => void): void {
+    this.sim.atOn(node, atMs, run);
   }
 
-  private clock(node: SimNode): number {
+  private clock(node: SnapshotNode): number {
     return this.nowMs + node.offsetMs;
   }
 
   private log(line: string): void {
-    this.trace?.(`${this.nowMs.toFixed(3).padStart(9)} ${line}`);
+    this.sim.log(line);
+  }
+
+  private node(id: NodeId): SnapshotNode {
+    return this.nodes.find((n) => n.id === id)!;
   }
 
   // ---- workload and faults ----
@@ -299,7 +329,7 @@ class World {
    * The time daemon sets this node's clock. A node follows such a step only while no snapshot relies
    * on its earlier readings (transport/node-clock.ts); until then its clock runs on unstepped.
    */
-  private jumpClock(node: SimNode): void {
+  private jumpClock(node: SnapshotNode): void {
     if (!this.sabotage.clockStepsAnytime && node.up && (node.coordinator.clockInUse() || node.participant.clockInUse())) {
       this.at(this.nowMs + this.rng.range(1, 20), () => this.jumpClock(node));
       return;
@@ -311,15 +341,13 @@ class World {
 
   private heal(): void {
     this.healed = true;
-    this.net.lossRate = 0;
-    this.net.dupRate = 0;
-    this.net.slowRate = 0;
+    this.network.heal();
     for (const node of this.nodes) if (!node.up) this.restart(node);
   }
 
   // ---- node lifecycle ----
 
-  private boot(node: SimNode, recovering: boolean): void {
+  private boot(node: SnapshotNode, recovering: boolean): void {
     node.coordinator = new SnapshotCoordinator({
       nodeId: node.id,
       retryIntervalMs: 25,
@@ -342,29 +370,19 @@ class World {
     });
     if (!recovering) return;
     const now = this.clock(node);
-    const coordinatorRecords = [...node.coordinatorRecords.values()].map(clone);
+    const coordinatorRecords = [...node.durable.coordinatorRecords.values()].map(clone);
     this.runCoordinatorEffects(node, node.coordinator.recover(coordinatorRecords, now));
     if (!node.up) return;
-    const participantRecords = [...node.participantRecords.values()].map(clone);
+    const participantRecords = [...node.durable.participantRecords.values()].map(clone);
     this.runParticipantEffects(node, node.participant.recover(participantRecords, now));
     if (node.up) this.rearm(node, true);
   }
 
-  private crash(node: SimNode, downMs: number): void {
+  private crash(node: SnapshotNode, downMs: number): void {
     if (!node.up || this.healed) return;
     this.log(`${node.id} CRASH (down ${downMs.toFixed(1)} ms)`);
-    node.up = false;
-    node.incarnation++;
-    for (const queued of node.queue) this.recordHoldWait(node, queued);
-    node.holds = new Map();
-    node.queue = [];
-    node.inflight = new Map();
-    node.awaitingDrain = new Map();
-    node.acceptedPieces = new Set();
-    node.pendingWrites = new Map();
-    node.fencedAcks = [];
-    node.timerGeneration++;
-    node.armedWakeAtMs = undefined;
+    for (const queued of node.volatile.queue) this.recordHoldWait(node, queued);
+    node.crash();
     for (const other of this.nodes) {
       if (other === node) continue;
       this.at(this.nowMs + this.faultRng.range(1, 20), () => {
@@ -374,15 +392,15 @@ class World {
     this.at(this.nowMs + downMs, () => this.restart(node));
   }
 
-  private restart(node: SimNode): void {
+  private restart(node: SnapshotNode): void {
     if (node.up) return;
-    node.up = true;
+    node.restart();
     node.offsetMs = this.rng.range(-this.scenario.skewMs, this.scenario.skewMs);
     this.log(`${node.id} RESTART as incarnation ${node.incarnation}`);
     this.boot(node, true);
   }
 
-  private peerDown(node: SimNode, down: NodeId): void {
+  private peerDown(node: SnapshotNode, down: NodeId): void {
     const now = this.clock(node);
     this.runCoordinatorEffects(node, node.coordinator.onPeerDown(down, now));
     if (node.up) this.runParticipantEffects(node, node.participant.onPeerDown(down, now));
@@ -390,7 +408,7 @@ class World {
   }
 
   /** A crash between two effects of one batch: the "random step" crash of the brief. */
-  private maybeStepCrash(node: SimNode): boolean {
+  private maybeStepCrash(node: SnapshotNode): boolean {
     if (this.healed || this.stepCrashesLeft <= 0 || !this.faultRng.chance(this.scenario.stepCrashRate)) return false;
     this.stepCrashesLeft--;
     this.log(`${node.id} step crash inside an effect batch`);
@@ -401,17 +419,17 @@ class World {
   // ---- timers ----
 
   /** One timer per node, at the earlier of the two machines' wake times (re-armed after every call). */
-  private rearm(node: SimNode, force: boolean): void {
+  private rearm(node: SnapshotNode, force: boolean): void {
     const wakes = [node.coordinator.nextWakeAtMs(), node.participant.nextWakeAtMs()].filter((w): w is number => w !== undefined);
     const wakeAtMs = wakes.length === 0 ? undefined : Math.min(...wakes);
-    if (!force && wakeAtMs === node.armedWakeAtMs) return;
-    node.armedWakeAtMs = wakeAtMs;
-    const generation = ++node.timerGeneration;
+    if (!force && wakeAtMs === node.volatile.armedWakeAtMs) return;
+    node.volatile.armedWakeAtMs = wakeAtMs;
+    const generation = ++node.volatile.timerGeneration;
     if (wakeAtMs === undefined) return;
     // The tiny nudge keeps float rounding from firing a hair before the local clock reads wakeAtMs.
     this.atOn(node, wakeAtMs - node.offsetMs + 1e-6, () => {
-      if (generation !== node.timerGeneration) return;
-      node.armedWakeAtMs = undefined;
+      if (generation !== node.volatile.timerGeneration) return;
+      node.volatile.armedWakeAtMs = undefined;
       const now = this.clock(node);
       this.runCoordinatorEffects(node, node.coordinator.onTick(now));
       if (node.up) this.runParticipantEffects(node, node.participant.onTick(now));
@@ -421,8 +439,8 @@ class World {
 
   // ---- network ----
 
-  private send(from: SimNode, to: NodeId, payload: Payload): void {
-    const target = this.nodes.find((n) => n.id === to)!;
+  /** Sends through the simulated mesh, after the sabotages that corrupt what the protocol sends. */
+  private send(from: SnapshotNode, to: NodeId, payload: Payload): void {
     if (this.sabotage.allCutEarly && payload.kind === "snap" && payload.msg.type === "snap.cut") {
       const allCut: SnapshotMessage = { type: "snap.allcut", snapshotId: payload.msg.snapshotId };
       for (const node of this.nodes) if (node.up) this.at(this.nowMs, () => this.deliver(node, to, { kind: "snap", msg: allCut }));
@@ -430,22 +448,10 @@ class World {
     if (this.sabotage.shortCommitWait && payload.kind === "snap" && payload.msg.type === "snap.take" && payload.msg.commitWaitMs !== undefined) {
       payload = { ...payload, msg: { ...payload.msg, commitWaitMs: payload.msg.commitWaitMs * 0.7 } };
     }
-    if (to === from.id) {
-      this.at(this.nowMs, () => this.deliver(target, from.id, payload));
-      return;
-    }
-    const s = this.net;
-    if (this.netRng.chance(s.lossRate)) return;
-    const copies = this.netRng.chance(s.dupRate) ? 2 : 1;
-    for (let i = 0; i < copies; i++) {
-      let delayMs = this.netRng.range(0.05, this.scenario.delayMaxMs);
-      if (this.netRng.chance(s.slowRate)) delayMs *= this.netRng.range(2, 8);
-      if (i > 0 && this.netRng.chance(this.scenario.lateDupRate)) delayMs += this.netRng.range(0, 300);
-      this.at(this.nowMs + delayMs, () => this.deliver(target, from.id, payload));
-    }
+    this.network.send(from.id, to, payload);
   }
 
-  private deliver(node: SimNode, from: NodeId, payload: Payload): void {
+  private deliver(node: SnapshotNode, from: NodeId, payload: Payload): void {
     if (!node.up) return;
     switch (payload.kind) {
       case "snap":
@@ -457,7 +463,7 @@ class World {
     }
   }
 
-  private deliverSnapshotMessage(node: SimNode, from: NodeId, msg: SnapshotMessage): void {
+  private deliverSnapshotMessage(node: SnapshotNode, from: NodeId, msg: SnapshotMessage): void {
     const now = this.clock(node);
     this.log(`${from} -> ${node.id} ${msg.type} ${msg.snapshotId} ${detail(msg)}`);
     if (isToCoordinator(msg)) this.runCoordinatorEffects(node, node.coordinator.onMessage(from, msg, now));
@@ -467,7 +473,7 @@ class World {
 
   // ---- effects ----
 
-  private runCoordinatorEffects(node: SimNode, effects: CoordinatorEffect[]): void {
+  private runCoordinatorEffects(node: SnapshotNode, effects: CoordinatorEffect[]): void {
     for (const effect of effects) {
       if (this.maybeStepCrash(node)) return;
       this.log(`${node.id} coordinator ${effect.kind} ${describeEffect(effect)}`);
@@ -476,10 +482,10 @@ class World {
           this.send(node, effect.to, { kind: "snap", msg: effect.msg });
           break;
         case "persist":
-          node.coordinatorRecords.set(effect.record.snapshotId, clone(effect.record));
+          node.durable.coordinatorRecords.set(effect.record.snapshotId, clone(effect.record));
           break;
         case "unpersist":
-          node.coordinatorRecords.delete(effect.snapshotId);
+          node.durable.coordinatorRecords.delete(effect.snapshotId);
           break;
         case "done": {
           const list = this.history.outcomes.get(effect.snapshotId) ?? [];
@@ -491,7 +497,7 @@ class World {
     }
   }
 
-  private runParticipantEffects(node: SimNode, effects: ParticipantEffect[]): void {
+  private runParticipantEffects(node: SnapshotNode, effects: ParticipantEffect[]): void {
     for (const effect of effects) {
       if (this.maybeStepCrash(node)) return;
       this.log(`${node.id} participant ${effect.kind} ${describeEffect(effect)}`);
@@ -500,29 +506,29 @@ class World {
           this.send(node, effect.to, { kind: "snap", msg: effect.msg });
           break;
         case "hold":
-          node.holds.set(effect.snapshotId, effect.volumes);
-          node.awaitingDrain.set(effect.snapshotId, effect.volumes);
+          node.volatile.holds.set(effect.snapshotId, effect.volumes);
+          node.volatile.awaitingDrain.set(effect.snapshotId, effect.volumes);
           this.atOn(node, this.nowMs, () => this.checkDrains(node));
           break;
         case "release":
-          node.holds.delete(effect.snapshotId);
-          node.awaitingDrain.delete(effect.snapshotId);
+          node.volatile.holds.delete(effect.snapshotId);
+          node.volatile.awaitingDrain.delete(effect.snapshotId);
           this.startReleased(node);
           break;
         case "cut":
-          node.snapshots.set(effect.snapshotId, { state: "pending", volumes: effect.volumes, values: this.freeze(node, effect.volumes) });
-          node.participantRecords.set(effect.snapshotId, clone(effect.record));
+          node.durable.snapshots.set(effect.snapshotId, { state: "pending", volumes: effect.volumes, values: this.freeze(node, effect.volumes) });
+          node.durable.participantRecords.set(effect.snapshotId, clone(effect.record));
           break;
         case "commit":
           commitSnapshot(node, effect.snapshotId);
-          node.participantRecords.set(effect.snapshotId, clone(effect.record));
+          node.durable.participantRecords.set(effect.snapshotId, clone(effect.record));
           break;
         case "discard":
-          node.snapshots.delete(effect.snapshotId);
-          node.participantRecords.delete(effect.snapshotId);
+          node.durable.snapshots.delete(effect.snapshotId);
+          node.durable.participantRecords.delete(effect.snapshotId);
           break;
         case "forget":
-          node.participantRecords.delete(effect.snapshotId);
+          node.durable.participantRecords.delete(effect.snapshotId);
           break;
         case "unfence":
           this.unfence(node, effect.snapshotId);
@@ -532,14 +538,14 @@ class World {
   }
 
   /** The copy-on-write cut, modelled as a copy of this node's blocks of the volumes. */
-  private freeze(node: SimNode, volumes: string[]): Map<string, number> {
+  private freeze(node: SnapshotNode, volumes: string[]): Map<string, number> {
     const values = new Map<string, number>();
     for (const layout of this.history.volumes) {
       if (!volumes.includes(layout.name)) continue;
       for (let block = 0; block < layout.blocks; block++) {
         if (layout.ownerOfBlock[block] !== node.id) continue;
         const key = `${layout.name}:${block}`;
-        values.set(key, node.head.get(key) ?? 0);
+        values.set(key, node.durable.head.get(key) ?? 0);
       }
     }
     return values;
@@ -591,7 +597,7 @@ class World {
     const write: WriteRecord = { writeId, issueOrder: ++this.order, ackOrder: Infinity, issueAtMs: this.nowMs, ackAtMs: Infinity, pieceIds: pieces.map((p) => p.pieceId) };
     this.history.writes.set(writeId, write);
     client.current = writeId;
-    entry.pendingWrites.set(writeId, new Set(write.pieceIds));
+    entry.volatile.pendingWrites.set(writeId, new Set(write.pieceIds));
     for (const piece of pieces) this.send(entry, piece.owner, { kind: "piece", piece, entry: entry.id });
     // A client gives up after a while; an abandoned write counts as never acknowledged.
     const timeoutMs = 3 * this.scenario.holdTimeoutMs + 50;
@@ -622,30 +628,30 @@ class World {
     return pieces;
   }
 
-  private receivePiece(node: SimNode, piece: PieceRecord, entry: NodeId): void {
-    if (node.appliedPieces.has(piece.pieceId) || node.acceptedPieces.has(piece.pieceId)) return;
-    node.acceptedPieces.add(piece.pieceId);
+  private receivePiece(node: SnapshotNode, piece: PieceRecord, entry: NodeId): void {
+    if (node.durable.appliedPieces.has(piece.pieceId) || node.volatile.acceptedPieces.has(piece.pieceId)) return;
+    node.volatile.acceptedPieces.add(piece.pieceId);
     if (this.isHeld(node, piece.volume)) {
-      node.queue.push({ piece, entry, enqueuedAtMs: this.nowMs });
+      node.volatile.queue.push({ piece, entry, enqueuedAtMs: this.nowMs });
       return;
     }
     this.startPiece(node, piece, entry);
   }
 
-  private isHeld(node: SimNode, volume: string): boolean {
+  private isHeld(node: SnapshotNode, volume: string): boolean {
     if (this.sabotage.ignoreHold) return false;
-    for (const volumes of node.holds.values()) if (volumes.includes(volume)) return true;
+    for (const volumes of node.volatile.holds.values()) if (volumes.includes(volume)) return true;
     return false;
   }
 
-  private startPiece(node: SimNode, piece: PieceRecord, entry: NodeId): void {
-    node.inflight.set(piece.volume, (node.inflight.get(piece.volume) ?? 0) + 1);
+  private startPiece(node: SnapshotNode, piece: PieceRecord, entry: NodeId): void {
+    node.volatile.inflight.set(piece.volume, (node.volatile.inflight.get(piece.volume) ?? 0) + 1);
     this.atOn(node, this.nowMs + this.rng.range(0, this.scenario.execDelayMaxMs), () => this.applyPiece(node, piece, entry));
   }
 
-  private startReleased(node: SimNode): void {
+  private startReleased(node: SnapshotNode): void {
     const stillHeld: QueuedPiece[] = [];
-    for (const queued of node.queue) {
+    for (const queued of node.volatile.queue) {
       if (this.isHeld(node, queued.piece.volume)) {
         stillHeld.push(queued);
         continue;
@@ -653,29 +659,29 @@ class World {
       this.recordHoldWait(node, queued);
       this.startPiece(node, queued.piece, queued.entry);
     }
-    node.queue = stillHeld;
+    node.volatile.queue = stillHeld;
   }
 
-  private recordHoldWait(node: SimNode, queued: QueuedPiece): void {
+  private recordHoldWait(node: SnapshotNode, queued: QueuedPiece): void {
     this.history.holdWaits.push({ node: node.id, pieceId: queued.piece.pieceId, waitedMs: this.nowMs - queued.enqueuedAtMs });
   }
 
   /** Apply is atomic on the owner's loop: stamp, ask the participant (maybe cut first), write, then ack. */
-  private applyPiece(node: SimNode, piece: PieceRecord, entry: NodeId): void {
+  private applyPiece(node: SnapshotNode, piece: PieceRecord, entry: NodeId): void {
     const stampMs = this.clock(node);
     const admission = node.participant.beforeWrite(piece.volume, stampMs);
     this.runParticipantEffects(node, admission.effects);
     if (!node.up) return;
     for (const block of piece.blocks) {
       const key = `${piece.volume}:${block}`;
-      node.head.set(key, piece.pieceId);
+      node.durable.head.set(key, piece.pieceId);
       const log = this.history.applyLog.get(key) ?? [];
       log.push(piece.pieceId);
       this.history.applyLog.set(key, log);
     }
-    node.appliedPieces.add(piece.pieceId);
-    node.acceptedPieces.delete(piece.pieceId);
-    node.inflight.set(piece.volume, node.inflight.get(piece.volume)! - 1);
+    node.durable.appliedPieces.add(piece.pieceId);
+    node.volatile.acceptedPieces.delete(piece.pieceId);
+    node.volatile.inflight.set(piece.volume, node.volatile.inflight.get(piece.volume)! - 1);
     this.checkDrains(node);
     this.rearm(node, false);
     if (this.sabotage.ignoreCommitWait || admission.fences.length === 0) {
@@ -685,23 +691,23 @@ class World {
     // The participant unfences each snapshot when its clock reads T + 2e, or earlier when every
     // participant has cut (allcut), the snapshot committed or it aborted.
     this.log(`${node.id} piece ${piece.pieceId} commit-waits for ${admission.fences.join(",")} (until ${admission.ackNotBeforeMs.toFixed(3)} at the latest)`);
-    node.fencedAcks.push({ piece, entry, fences: new Set(admission.fences) });
+    node.volatile.fencedAcks.push({ piece, entry, fences: new Set(admission.fences) });
   }
 
-  private unfence(node: SimNode, snapshotId: string): void {
-    const waiting = node.fencedAcks;
-    node.fencedAcks = [];
+  private unfence(node: SnapshotNode, snapshotId: string): void {
+    const waiting = node.volatile.fencedAcks;
+    node.volatile.fencedAcks = [];
     for (const fenced of waiting) {
       fenced.fences.delete(snapshotId);
-      if (fenced.fences.size > 0) node.fencedAcks.push(fenced);
+      if (fenced.fences.size > 0) node.volatile.fencedAcks.push(fenced);
       else this.send(node, fenced.entry, { kind: "pieceAck", pieceId: fenced.piece.pieceId, writeId: fenced.piece.writeId });
     }
   }
 
-  private checkDrains(node: SimNode): void {
-    for (const [snapshotId, volumes] of node.awaitingDrain) {
-      if (volumes.some((v) => (node.inflight.get(v) ?? 0) > 0)) continue;
-      node.awaitingDrain.delete(snapshotId);
+  private checkDrains(node: SnapshotNode): void {
+    for (const [snapshotId, volumes] of node.volatile.awaitingDrain) {
+      if (volumes.some((v) => (node.volatile.inflight.get(v) ?? 0) > 0)) continue;
+      node.volatile.awaitingDrain.delete(snapshotId);
       this.atOn(node, this.nowMs, () => {
         this.runParticipantEffects(node, node.participant.onInflightDrained(snapshotId, this.clock(node)));
         if (node.up) this.rearm(node, false);
@@ -709,12 +715,12 @@ class World {
     }
   }
 
-  private receivePieceAck(node: SimNode, pieceId: number, writeId: number): void {
-    const remaining = node.pendingWrites.get(writeId);
+  private receivePieceAck(node: SnapshotNode, pieceId: number, writeId: number): void {
+    const remaining = node.volatile.pendingWrites.get(writeId);
     if (!remaining) return;
     remaining.delete(pieceId);
     if (remaining.size > 0) return;
-    node.pendingWrites.delete(writeId);
+    node.volatile.pendingWrites.delete(writeId);
     const client = this.clients.get(writeId)!;
     if (client.current !== writeId) return; // the client gave up already
     const write = this.history.writes.get(writeId)!;
@@ -762,20 +768,20 @@ function makeVolumes(rng: Prng, nodes: NodeId[]): VolumeLayout[] {
   return volumes;
 }
 
-function commitSnapshot(node: SimNode, snapshotId: string): void {
-  const snapshot = node.snapshots.get(snapshotId);
+function commitSnapshot(node: SnapshotNode, snapshotId: string): void {
+  const snapshot = node.durable.snapshots.get(snapshotId);
   if (!snapshot) throw new Error(`node ${node.id} told to commit snapshot ${snapshotId} it never cut`);
   snapshot.state = "committed";
 }
 
-function finalNode(node: SimNode): FinalNode {
+function finalNode(node: SnapshotNode): FinalNode {
   return {
     id: node.id,
-    snapshots: node.snapshots,
+    snapshots: node.durable.snapshots,
     participantEntries: node.participant.inspect().entries.map((e) => `${e.snapshotId}:${e.phase}`),
     coordinatorAttempts: node.coordinator.inspect().map((a) => `${a.snapshotId}:${a.phase}`),
-    holds: node.holds.size,
-    queued: node.queue.length,
+    holds: node.volatile.holds.size,
+    queued: node.volatile.queue.length,
   };
 }
 
