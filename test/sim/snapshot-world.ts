@@ -3,6 +3,7 @@
 // through random nodes, and a layered block store per node that honours hold, cut and commit wait
 // exactly as the real node must. It records a history; snapshot-checker.ts judges it.
 import { SnapshotCoordinator, type CoordinatorEffect } from "../../core/snapshot-coordinator.ts";
+import { SnapshotEffectRunner, type RecordStore, type SnapshotEffectHost } from "../../core/snapshot-effect-runner.ts";
 import type { CoordinatorRecord, NodeId, ParticipantRecord, SnapshotMessage, SnapshotMode } from "../../core/snapshot-messages.ts";
 import { isToCoordinator } from "../../core/snapshot-messages.ts";
 import { SnapshotParticipant, type ParticipantEffect } from "../../core/snapshot-participant.ts";
@@ -174,6 +175,8 @@ class SnapshotNode extends SimNode<Durable, Volatile> {
   /** Rebuilt from the records at every boot. */
   coordinator!: SnapshotCoordinator;
   participant!: SnapshotParticipant;
+  /** The node's own effect runner (core/snapshot-effect-runner.ts), on simulated I/O. */
+  runner!: SnapshotEffectRunner;
   snapshotCounter = 0;
 
   constructor(id: NodeId) {
@@ -368,6 +371,7 @@ class World {
       queryIntervalMs: 20,
       maxQueryIntervalMs: 200,
     });
+    node.runner = new SnapshotEffectRunner(this.effectHost(node), node.participant);
     if (!recovering) return;
     const now = this.clock(node);
     const coordinatorRecords = [...node.durable.coordinatorRecords.values()].map(clone);
@@ -474,67 +478,59 @@ class World {
   // ---- effects ----
 
   private runCoordinatorEffects(node: SnapshotNode, effects: CoordinatorEffect[]): void {
-    for (const effect of effects) {
-      if (this.maybeStepCrash(node)) return;
-      this.log(`${node.id} coordinator ${effect.kind} ${describeEffect(effect)}`);
-      switch (effect.kind) {
-        case "send":
-          this.send(node, effect.to, { kind: "snap", msg: effect.msg });
-          break;
-        case "persist":
-          node.durable.coordinatorRecords.set(effect.record.snapshotId, clone(effect.record));
-          break;
-        case "unpersist":
-          node.durable.coordinatorRecords.delete(effect.snapshotId);
-          break;
-        case "done": {
-          const list = this.history.outcomes.get(effect.snapshotId) ?? [];
-          list.push(effect.ok ? { ok: true } : { ok: false, code: effect.error.code, message: effect.error.message });
-          this.history.outcomes.set(effect.snapshotId, list);
-          break;
-        }
-      }
-    }
+    node.runner.runCoordinator(effects);
   }
 
   private runParticipantEffects(node: SnapshotNode, effects: ParticipantEffect[]): void {
-    for (const effect of effects) {
-      if (this.maybeStepCrash(node)) return;
-      this.log(`${node.id} participant ${effect.kind} ${describeEffect(effect)}`);
-      switch (effect.kind) {
-        case "send":
-          this.send(node, effect.to, { kind: "snap", msg: effect.msg });
-          break;
-        case "hold":
-          node.volatile.holds.set(effect.snapshotId, effect.volumes);
-          node.volatile.awaitingDrain.set(effect.snapshotId, effect.volumes);
-          this.atOn(node, this.nowMs, () => this.checkDrains(node));
-          break;
-        case "release":
-          node.volatile.holds.delete(effect.snapshotId);
-          node.volatile.awaitingDrain.delete(effect.snapshotId);
-          this.startReleased(node);
-          break;
-        case "cut":
-          node.durable.snapshots.set(effect.snapshotId, { state: "pending", volumes: effect.volumes, values: this.freeze(node, effect.volumes) });
-          node.durable.participantRecords.set(effect.snapshotId, clone(effect.record));
-          break;
-        case "commit":
-          commitSnapshot(node, effect.snapshotId);
-          node.durable.participantRecords.set(effect.snapshotId, clone(effect.record));
-          break;
-        case "discard":
-          node.durable.snapshots.delete(effect.snapshotId);
-          node.durable.participantRecords.delete(effect.snapshotId);
-          break;
-        case "forget":
-          node.durable.participantRecords.delete(effect.snapshotId);
-          break;
-        case "unfence":
-          this.unfence(node, effect.snapshotId);
-          break;
-      }
-    }
+    node.runner.runParticipant(effects);
+  }
+
+  /** The simulated node's I/O under the real effect runner. */
+  private effectHost(node: SnapshotNode): SnapshotEffectHost {
+    const records = <R>(stored: Map<string, R>): RecordStore<R> => ({
+      put: (snapshotId, record) => stored.set(snapshotId, clone(record)),
+      delete: (snapshotId) => stored.delete(snapshotId),
+      durable: (done) => done(),
+    });
+    return {
+      send: (to, msg) => this.send(node, to, { kind: "snap", msg }),
+      coordinatorRecords: records(node.durable.coordinatorRecords),
+      participantRecords: records(node.durable.participantRecords),
+      nowMs: () => this.clock(node),
+      ready: () => {},
+      publish: () => {},
+      done: (effect) => {
+        const list = this.history.outcomes.get(effect.snapshotId) ?? [];
+        list.push(effect.ok ? { ok: true } : { ok: false, code: effect.error.code, message: effect.error.message });
+        this.history.outcomes.set(effect.snapshotId, list);
+      },
+      hold: (snapshotId, volumes) => {
+        node.volatile.holds.set(snapshotId, volumes);
+        node.volatile.awaitingDrain.set(snapshotId, volumes);
+        this.atOn(node, this.nowMs, () => this.checkDrains(node));
+      },
+      release: (snapshotId) => {
+        node.volatile.holds.delete(snapshotId);
+        node.volatile.awaitingDrain.delete(snapshotId);
+        this.startReleased(node);
+        return undefined;
+      },
+      cut: (effect) => {
+        node.durable.snapshots.set(effect.snapshotId, { state: "pending", volumes: effect.volumes, values: this.freeze(node, effect.volumes) });
+        return { durable: (done) => (node.durable.participantRecords.set(effect.snapshotId, clone(effect.record)), done()) };
+      },
+      commit: (snapshotId) => commitSnapshot(node, snapshotId),
+      discard: (snapshotId) => node.durable.snapshots.delete(snapshotId),
+      unfence: (snapshotId) => this.unfence(node, snapshotId),
+      beforeEffect: (role, effect) => {
+        if (this.maybeStepCrash(node)) return false;
+        this.log(`${node.id} ${role} ${effect.kind} ${describeEffect(effect)}`);
+        return true;
+      },
+      durabilityFailed: (role, err) => {
+        throw new Error(`${node.id}: the simulated ${role} record store failed: ${String(err)}`);
+      },
+    };
   }
 
   /** The copy-on-write cut, modelled as a copy of this node's blocks of the volumes. */
