@@ -24,9 +24,11 @@ export interface Sabotage {
   shortCommitWait?: boolean;
   /** Nodes follow clock steps even while a snapshot relies on their earlier readings. */
   clockStepsAnytime?: boolean;
+  /** The record store reports records durable at once though they reach the disk later (so what rests on them leaves early). */
+  recordsDurableEarly?: boolean;
 }
 
-export const SABOTAGE_NAMES: (keyof Sabotage)[] = ["ignoreHold", "ignoreCommitWait", "allCutEarly", "shortCommitWait", "clockStepsAnytime"];
+export const SABOTAGE_NAMES: (keyof Sabotage)[] = ["ignoreHold", "ignoreCommitWait", "allCutEarly", "shortCommitWait", "clockStepsAnytime", "recordsDurableEarly"];
 
 export interface WorldOptions {
   seed: number;
@@ -101,6 +103,8 @@ export interface Scenario {
   /** Share of duplicates that arrive much later, like a retransmission after a reconnect. */
   lateDupRate: number;
   clockJumpsMax: number;
+  /** Protocol records reach the disk up to this long after they are written (0: at once). */
+  recordSyncMaxMs: number;
 }
 
 export interface History {
@@ -145,6 +149,8 @@ interface Volatile {
   fencedAcks: { piece: PieceRecord; entry: NodeId; fences: Set<string> }[];
   timerGeneration: number;
   armedWakeAtMs: number | undefined;
+  /** Protocol record writes (a deletion: no record) not yet on disk, in order. */
+  unsyncedRecords: { role: "coordinator" | "participant"; snapshotId: string; record: CoordinatorRecord | ParticipantRecord | undefined }[];
 }
 
 function freshVolatile(): Volatile {
@@ -156,6 +162,7 @@ function freshVolatile(): Volatile {
     acceptedPieces: new Set(),
     pendingWrites: new Map(),
     fencedAcks: [],
+    unsyncedRecords: [],
     timerGeneration: 0,
     armedWakeAtMs: undefined,
   };
@@ -201,6 +208,8 @@ class World {
   private readonly network: Network<Payload>;
   private readonly rng: Prng;
   private readonly faultRng: Prng;
+  /** Draws the record sync delays: a stream of its own, so the other streams stay as they were before it. */
+  private readonly syncRng: Prng;
   private readonly nodes: SnapshotNode[] = [];
   private readonly scenario: Scenario;
   private readonly history: History;
@@ -218,6 +227,8 @@ class World {
     const netRng = this.rng.fork();
     this.sabotage = options.sabotage ?? {};
     this.scenario = makeScenario(this.rng);
+    this.syncRng = new Prng(options.seed ^ 0x5bd1e995);
+    this.scenario.recordSyncMaxMs = this.syncRng.chance(0.5) ? 0 : this.syncRng.range(0.1, 8);
     const { delayMaxMs, lossRate, dupRate, lateDupRate, slowRate } = this.scenario;
     // Any order: the mesh keeps order per connection, but a reconnect resends, and the protocol
     // must not rely on order anyway.
@@ -373,6 +384,10 @@ class World {
     });
     node.runner = new SnapshotEffectRunner(this.effectHost(node), node.participant);
     if (!recovering) return;
+    // A cut whose record never reached the disk is an orphan, removed at start (SnapshotService.cleanOrphanLayers).
+    for (const [snapshotId, snapshot] of node.durable.snapshots) {
+      if (snapshot.state === "pending" && !node.durable.participantRecords.has(snapshotId)) node.durable.snapshots.delete(snapshotId);
+    }
     const now = this.clock(node);
     const coordinatorRecords = [...node.durable.coordinatorRecords.values()].map(clone);
     this.runCoordinatorEffects(node, node.coordinator.recover(coordinatorRecords, now));
@@ -487,15 +502,12 @@ class World {
 
   /** The simulated node's I/O under the real effect runner. */
   private effectHost(node: SnapshotNode): SnapshotEffectHost {
-    const records = <R>(stored: Map<string, R>): RecordStore<R> => ({
-      put: (snapshotId, record) => stored.set(snapshotId, clone(record)),
-      delete: (snapshotId) => stored.delete(snapshotId),
-      durable: (done) => done(),
-    });
+    const coordinatorRecords = this.recordStore<CoordinatorRecord>(node, "coordinator");
+    const participantRecords = this.recordStore<ParticipantRecord>(node, "participant");
     return {
       send: (to, msg) => this.send(node, to, { kind: "snap", msg }),
-      coordinatorRecords: records(node.durable.coordinatorRecords),
-      participantRecords: records(node.durable.participantRecords),
+      coordinatorRecords,
+      participantRecords,
       nowMs: () => this.clock(node),
       ready: () => {},
       publish: () => {},
@@ -517,7 +529,12 @@ class World {
       },
       cut: (effect) => {
         node.durable.snapshots.set(effect.snapshotId, { state: "pending", volumes: effect.volumes, values: this.freeze(node, effect.volumes) });
-        return { durable: (done) => (node.durable.participantRecords.set(effect.snapshotId, clone(effect.record)), done()) };
+        return {
+          durable: (done) => {
+            participantRecords.put(effect.snapshotId, effect.record);
+            participantRecords.durable(done);
+          },
+        };
       },
       commit: (snapshotId) => commitSnapshot(node, snapshotId),
       discard: (snapshotId) => node.durable.snapshots.delete(snapshotId),
@@ -531,6 +548,42 @@ class World {
         throw new Error(`${node.id}: the simulated ${role} record store failed: ${String(err)}`);
       },
     };
+  }
+
+  /**
+   * A node's protocol records: written to memory, on disk only after a sync that takes up to
+   * recordSyncMaxMs (a crash before loses them); `durable` completes when the sync has run.
+   */
+  private recordStore<R extends CoordinatorRecord | ParticipantRecord>(node: SnapshotNode, role: "coordinator" | "participant"): RecordStore<R> {
+    const stored = (role === "coordinator" ? node.durable.coordinatorRecords : node.durable.participantRecords) as Map<string, R>;
+    const syncMaxMs = this.scenario.recordSyncMaxMs;
+    const write = (snapshotId: string, record: R | undefined): void => {
+      if (syncMaxMs > 0) node.volatile.unsyncedRecords.push({ role, snapshotId, record: record && clone(record) });
+      else if (record) stored.set(snapshotId, clone(record));
+      else stored.delete(snapshotId);
+    };
+    return {
+      put: (snapshotId, record) => write(snapshotId, record),
+      delete: (snapshotId) => write(snapshotId, undefined),
+      durable: (done) => {
+        if (syncMaxMs === 0) return done();
+        const early = this.sabotage.recordsDurableEarly === true;
+        this.atOn(node, this.nowMs + this.syncRng.range(0, syncMaxMs), () => {
+          this.syncRecords(node);
+          if (!early) done();
+        });
+        if (early) done();
+      },
+    };
+  }
+
+  private syncRecords(node: SnapshotNode): void {
+    for (const { role, snapshotId, record } of node.volatile.unsyncedRecords) {
+      const stored: Map<string, CoordinatorRecord | ParticipantRecord> = role === "coordinator" ? node.durable.coordinatorRecords : node.durable.participantRecords;
+      if (record) stored.set(snapshotId, record);
+      else stored.delete(snapshotId);
+    }
+    node.volatile.unsyncedRecords = [];
   }
 
   /** The copy-on-write cut, modelled as a copy of this node's blocks of the volumes. */
@@ -746,6 +799,7 @@ function makeScenario(rng: Prng): Scenario {
     cutMarginMs: faultFree || rng.chance(0.5) ? 20 : rng.range(0, 20),
     lateDupRate: rng.range(0, 0.5),
     clockJumpsMax: rng.pick([0, 2, 6]),
+    recordSyncMaxMs: 0,
   };
 }
 
