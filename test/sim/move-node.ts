@@ -1,7 +1,7 @@
 // The page-move world's pieces below the world itself: the messages on its mesh, the requests
 // clients send, a node split into what a crash keeps (table, synced pages, the coordinator's
 // plan) and what it drops, the scenario draw and small helpers.
-import type { MoveStep } from "../../core/page-move.ts";
+import type { MoveStepRunner, StepCompletion } from "../../core/move-step-runner.ts";
 import type { RoutingTable } from "../../core/routing.ts";
 import { SimNode } from "./kernel/sim-node.ts";
 import type { Prng } from "./kernel/prng.ts";
@@ -61,7 +61,12 @@ export interface DecidedStep {
 }
 
 export interface RunningStep {
-  machine: MoveStep;
+  /** The node's own step runner around the step's state machine. */
+  runner: MoveStepRunner;
+  /** Completions the source waits for, fed by the target's answers. */
+  copied?: (result: { written: number[] }) => void;
+  installed?: StepCompletion;
+  published?: StepCompletion;
   decided: DecidedStep;
   /** Unique per attempt: answers to an earlier attempt are ignored, as request ids do on the mesh. */
   key: string;

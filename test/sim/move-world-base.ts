@@ -251,17 +251,18 @@ export abstract class MoveWorldBase {
       case "install":
         return this.install(node, from, payload);
       case "installed": {
-        if (node.volatile.running?.key !== payload.key) return;
-        if (!payload.precopy) return this.runEffects(node, node.volatile.running.machine.onInstalled());
+        const running = node.volatile.running;
+        if (running?.key !== payload.key) return;
+        if (!payload.precopy) return running.installed?.();
         const written = [...(node.volatile.copyWritten ?? [])];
         node.volatile.copyWritten = undefined;
-        return this.runEffects(node, node.volatile.running.machine.onCopied(written, this.nowMs));
+        return running.copied?.({ written });
       }
       case "publish":
         if (this.adopt(node, payload.table) && this.crashPoint(node, "target:adopted")) return;
         return this.send(node.id, from, { kind: "published", key: payload.key });
       case "published":
-        if (node.volatile.running?.key === payload.key) this.runEffects(node, node.volatile.running.machine.onPublished());
+        if (node.volatile.running?.key === payload.key) node.volatile.running.published?.();
         return;
       case "gossip":
         if (!this.adopt(node, payload.table) && !payload.answer && payload.table.version < node.volatile.table.version) {

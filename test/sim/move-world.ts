@@ -15,6 +15,7 @@
 //   - answers carry the node (and incarnation, standing for a boot id) that applied a write; the
 //     entry owes that node a flush from when the answer arrives; store.flush syncs one store and
 //     fails if that node restarted since; a debt is settled only by a flush that succeeded.
+import { MoveStepRunner, type MoveStepHost } from "../../core/move-step-runner.ts";
 import { MoveStep, type MoveStepEffect } from "../../core/page-move.ts";
 import { ownerOf, pagesOf, withOwner, type RoutingTable } from "../../core/routing.ts";
 import { MoveClientWorld } from "./move-clients.ts";
@@ -127,7 +128,9 @@ class MoveWorld extends MoveClientWorld {
       { stepId: key, volume: VOLUME, volumeUid: VOLUME_UID, pages: step.pages, to: step.to, newVersion: step.version, nowMs: this.nowMs },
       { quietTimeoutMs: 50, installTimeoutMs: this.scenario.installTimeoutMs },
     );
-    node.volatile.running = { machine, decided: step, key, coordinator, timerGeneration: 0, publishTimer: 0 };
+    const running: RunningStep = { decided: step, key, coordinator, timerGeneration: 0, publishTimer: 0 } as RunningStep;
+    running.runner = new MoveStepRunner(machine, this.stepHost(node, running));
+    node.volatile.running = running;
     this.log(`${node.id} starts step ${key}: v${step.version} pages ${step.pages.join(",")} -> ${step.to}`);
     // No snapshots in this world: the volume is quiet as soon as the source looks.
     this.atOn(node, this.nowMs + this.rng.range(0, QUIET_DELAY_MAX_MS), () => {
@@ -136,66 +139,65 @@ class MoveWorld extends MoveClientWorld {
   }
 
   protected runEffects(node: MoveNode, effects: MoveStepEffect[]): void {
-    const running = node.volatile.running!;
-    for (const effect of effects) {
-      if (this.crashPoint(node, `source:${effect.kind}` as CrashPoint)) return;
-      this.log(`${node.id} step ${running.key} effect ${effect.kind}`);
-      this.runEffect(node, running, effect);
-      if (!node.up) return;
-    }
-    if (this.crashPoint(node, "source:after-batch")) return;
-    if (node.volatile.running === running) this.armStepTimer(node, running);
+    node.volatile.running!.runner.run(effects);
   }
 
-  protected runEffect(node: MoveNode, running: RunningStep, effect: MoveStepEffect): void {
+  /** The simulated source's I/O under the node's own step runner (core/move-step-runner.ts). */
+  protected stepHost(node: MoveNode, running: RunningStep): MoveStepHost {
     const { decided, key } = running;
-    switch (effect.kind) {
-      case "precopy": {
+    const copies = (pages: number[]) => pages.map((page): [number, PageCopy | undefined] => [page, copyOf(node.volatile.memoryPages.get(page))]);
+    const current = () => node.volatile.running === running;
+    return {
+      nowMs: () => this.nowMs,
+      beforeEffect: (effect) => {
+        if (!node.up || this.crashPoint(node, `source:${effect.kind}` as CrashPoint)) return false;
+        this.log(`${node.id} step ${key} effect ${effect.kind}`);
+        return true;
+      },
+      afterBatch: () => {
+        if (this.crashPoint(node, "source:after-batch")) return;
+        if (current()) this.armStepTimer(node, running);
+      },
+      precopy: (pages, to, done) => {
         node.volatile.copyWritten = new Set();
-        const pages = effect.pages.map((page): [number, PageCopy | undefined] => [page, copyOf(node.volatile.memoryPages.get(page))]);
-        this.send(node.id, effect.to, { kind: "install", key, version: decided.version, pages, precopy: true });
-        return;
-      }
-      case "freeze":
-        for (const page of effect.pages) node.volatile.frozen.add(page);
-        return;
-      case "install": {
-        const pages = effect.pages.map((page): [number, PageCopy | undefined] => [page, copyOf(node.volatile.memoryPages.get(page))]);
-        this.send(node.id, effect.to, { kind: "install", key, version: decided.version, pages });
-        if (this.sabotage.unfreezeBeforeCommit) this.unfreeze(node, effect.pages);
-        if (this.sabotage.commitBeforeInstalled) this.atOn(node, this.nowMs, () => node.volatile.running === running && this.runEffects(node, running.machine.onInstalled()));
-        return;
-      }
-      case "commit": {
+        running.copied = done;
+        this.send(node.id, to, { kind: "install", key, version: decided.version, pages: copies(pages), precopy: true });
+      },
+      freeze: (pages) => {
+        for (const page of pages) node.volatile.frozen.add(page);
+      },
+      install: (pages, to, done) => {
+        running.installed = done;
+        this.send(node.id, to, { kind: "install", key, version: decided.version, pages: copies(pages) });
+        if (this.sabotage.unfreezeBeforeCommit) this.unfreeze(node, pages);
+        if (this.sabotage.commitBeforeInstalled) this.atOn(node, this.nowMs, () => current() && done());
+      },
+      commit: (done) => {
         // Compare-and-set on the version: a table that moved on under the step fails it (a
         // coordinator that builds on the committed version never lets that happen).
-        const answer =
-          node.volatile.table.version === decided.version - 1 || this.sabotage.sourceIgnoresVersion
-            ? (this.commit(node, decided), () => running.machine.onCommitted())
-            : () => running.machine.onFailed({ code: "STALE_ROUTE", message: `table is v${node.volatile.table.version}, not v${decided.version - 1}` });
-        this.atOn(node, this.nowMs, () => node.volatile.running === running && this.runEffects(node, answer()));
-        return;
-      }
-      case "publish": {
-        this.send(node.id, effect.to, { kind: "publish", key, table: cloneTable(node.volatile.table) });
+        const table = node.volatile.table;
+        const ok = table.version === decided.version - 1 || this.sabotage.sourceIgnoresVersion;
+        if (ok) this.commit(node, decided);
+        const error = ok ? undefined : { code: "STALE_ROUTE" as const, message: `table is v${table.version}, not v${decided.version - 1}` };
+        this.atOn(node, this.nowMs, () => current() && done(error));
+      },
+      publish: (to, done) => {
+        this.send(node.id, to, { kind: "publish", key, table: cloneTable(node.volatile.table) });
+        running.published = done;
         const timer = ++this.timerSeq;
         running.publishTimer = timer;
         this.atOn(node, this.nowMs + PUBLISH_TIMEOUT_MS, () => {
-          if (node.volatile.running === running && running.publishTimer === timer) {
-            this.runEffects(node, running.machine.onFailed({ code: "TIMEOUT", message: `${effect.to} did not answer the publish` }));
-          }
+          if (current() && running.publishTimer === timer) done({ code: "TIMEOUT", message: `${to} did not answer the publish` });
         });
-        return;
-      }
-      case "drop":
-        for (const page of effect.pages) {
+      },
+      drop: (pages) => {
+        for (const page of pages) {
           node.volatile.memoryPages.delete(page);
           node.durable.pages.delete(page);
         }
-        return;
-      case "unfreeze":
-        return this.unfreeze(node, effect.pages);
-      case "done":
+      },
+      unfreeze: (pages) => this.unfreeze(node, pages),
+      done: (effect) => {
         node.volatile.running = undefined;
         this.send(node.id, running.coordinator, {
           kind: "step.done",
@@ -204,8 +206,8 @@ class MoveWorld extends MoveClientWorld {
           ok: effect.ok,
           ...(effect.ok ? { table: cloneTable(node.volatile.table) } : { code: effect.error.code }),
         });
-        return;
-    }
+      },
+    };
   }
 
   /** The point of no return: the new version is durable here, built on the version before it. */
@@ -229,11 +231,11 @@ class MoveWorld extends MoveClientWorld {
   }
 
   protected armStepTimer(node: MoveNode, running: RunningStep): void {
-    const wakeAtMs = running.machine.nextWakeAtMs();
+    const wakeAtMs = running.runner.step.nextWakeAtMs();
     const generation = ++running.timerGeneration;
     if (wakeAtMs === undefined) return;
     this.atOn(node, wakeAtMs, () => {
-      if (node.volatile.running === running && running.timerGeneration === generation) this.runEffects(node, running.machine.onTick(this.nowMs));
+      if (node.volatile.running === running && running.timerGeneration === generation) this.runEffects(node, running.runner.step.onTick(this.nowMs));
     });
   }
 
