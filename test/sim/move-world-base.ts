@@ -4,8 +4,7 @@
 import type { MoveStepEffect } from "../../core/page-move.ts";
 import { ownerOf, stripedTable, type RoutingTable } from "../../core/routing.ts";
 import { Network } from "./kernel/network.ts";
-import { Prng } from "./kernel/prng.ts";
-import { Scheduler } from "./kernel/scheduler.ts";
+import { SimWorld } from "./kernel/sim-world.ts";
 import type { CrashPoint, MoveHistory, MoveSabotage, MoveScenario, MoveWorldOptions } from "./move-history.ts";
 import {
   cloneTable,
@@ -23,13 +22,10 @@ import {
   type Payload,
 } from "./move-node.ts";
 
-export abstract class MoveWorldBase {
+export abstract class MoveWorldBase extends SimWorld {
   protected order = 0;
   protected timerSeq = 0;
-  protected readonly sim: Scheduler;
   protected readonly network: Network<Payload>;
-  protected readonly rng: Prng;
-  protected readonly faultRng: Prng;
   protected readonly scenario: MoveScenario;
   protected readonly sabotage: MoveSabotage;
   protected readonly nodes: MoveNode[] = [];
@@ -43,15 +39,12 @@ export abstract class MoveWorldBase {
   protected readonly coordinatorId: string;
 
   constructor(options: MoveWorldOptions) {
-    this.sim = new Scheduler(options.trace);
-    this.rng = new Prng(options.seed);
-    this.faultRng = this.rng.fork();
-    const netRng = this.rng.fork();
+    super(options.seed, options.trace);
     this.sabotage = options.sabotage ?? {};
     this.scenario = makeScenario(this.rng);
     // FIFO per link, like the mesh's TCP connections, reordered across links; lossy, no duplicates.
     const netOptions = { delayMaxMs: this.scenario.delayMaxMs, lossRate: this.scenario.lossRate, fifoPerLink: true, selfImmediate: false };
-    this.network = new Network<Payload>(this.sim, netRng, netOptions, (from, to, payload) => this.deliver(from, to, payload), (from, to, payload) =>
+    this.network = new Network<Payload>(this.sim, this.netRng, netOptions, (from, to, payload) => this.deliver(from, to, payload), (from, to, payload) =>
       this.log(`${from} -> ${to} ${payload.kind} LOST`),
     );
     const ids = Array.from({ length: this.scenario.nodeCount }, (_, i) => `n${i}`);
@@ -94,24 +87,6 @@ export abstract class MoveWorldBase {
     this.history.stepsCommitted = this.byId.get(this.coordinatorId)!.durable.coordinatorPlan!.committed;
     this.history.final = this.nodes.map(finalNode);
     return this.history;
-  }
-
-  // ---- scheduling
-
-  protected get nowMs(): number {
-    return this.sim.nowMs;
-  }
-
-  protected at(atMs: number, run: () => void): void {
-    this.sim.at(atMs, run);
-  }
-
-  protected atOn(node: MoveNode, atMs: number, run: () => void): void {
-    this.sim.atOn(node, atMs, run);
-  }
-
-  protected log(line: string): void {
-    this.sim.log(line);
   }
 
   // ---- workload and faults

@@ -8,16 +8,13 @@ import { isToCoordinator, type NodeId, type SnapshotMessage } from "../../core/s
 import { SnapshotParticipant, type ParticipantEffect } from "../../core/snapshot-participant.ts";
 import { Network } from "./kernel/network.ts";
 import { Prng } from "./kernel/prng.ts";
-import { Scheduler } from "./kernel/scheduler.ts";
+import { SimWorld } from "./kernel/sim-world.ts";
 import type { History, PieceRecord, Sabotage, Scenario, WorldOptions } from "./snapshot-history.ts";
 import { detail, EVENT_BUDGET, finalNode, makeScenario, makeVolumes, SnapshotNode, clone, type ClientState, type Payload } from "./snapshot-node.ts";
 
-export abstract class SnapshotWorldBase {
+export abstract class SnapshotWorldBase extends SimWorld {
   protected order = 0;
-  protected readonly sim: Scheduler;
   protected readonly network: Network<Payload>;
-  protected readonly rng: Prng;
-  protected readonly faultRng: Prng;
   /** Draws the record sync delays: a stream of its own, so the other streams stay as they were before it. */
   protected readonly syncRng: Prng;
   protected readonly nodes: SnapshotNode[] = [];
@@ -31,10 +28,7 @@ export abstract class SnapshotWorldBase {
   protected readonly clients = new Map<number, ClientState>();
 
   constructor(protected readonly options: WorldOptions) {
-    this.sim = new Scheduler(options.trace);
-    this.rng = new Prng(options.seed);
-    this.faultRng = this.rng.fork();
-    const netRng = this.rng.fork();
+    super(options.seed, options.trace);
     this.sabotage = options.sabotage ?? {};
     this.scenario = makeScenario(this.rng);
     this.syncRng = new Prng(options.seed ^ 0x5bd1e995);
@@ -43,7 +37,7 @@ export abstract class SnapshotWorldBase {
     // Any order: the mesh keeps order per connection, but a reconnect resends, and the protocol
     // must not rely on order anyway.
     const netOptions = { delayMaxMs, lossRate, dupRate, lateDupRate, slowRate, fifoPerLink: false, selfImmediate: true };
-    this.network = new Network<Payload>(this.sim, netRng, netOptions, (from, to, payload) => this.deliver(this.node(to), from, payload));
+    this.network = new Network<Payload>(this.sim, this.netRng, netOptions, (from, to, payload) => this.deliver(this.node(to), from, payload));
     const ids = Array.from({ length: this.scenario.nodeCount }, (_, i) => `n${i}`);
     this.history = {
       seed: options.seed,
@@ -79,26 +73,11 @@ export abstract class SnapshotWorldBase {
     return this.history;
   }
 
-  // ---- scheduling and clocks ----
+  // ---- clocks and nodes ----
 
-  protected get nowMs(): number {
-    return this.sim.nowMs;
-  }
-
-  protected at(atMs: number, run: () => void): void {
-    this.sim.at(atMs, run);
-  }
-
-  protected atOn(node: SnapshotNode, atMs: number, run: () => void): void {
-    this.sim.atOn(node, atMs, run);
-  }
-
+  /** The node's own clock: virtual time plus its offset (skew and steps). */
   protected clock(node: SnapshotNode): number {
     return this.nowMs + node.offsetMs;
-  }
-
-  protected log(line: string): void {
-    this.sim.log(line);
   }
 
   protected node(id: NodeId): SnapshotNode {
