@@ -60,9 +60,13 @@ export interface DecidedStep {
   pages: number[];
 }
 
-export interface RunningStep {
+export interface RunningStep extends StepAttempt {
   /** The node's own step runner around the step's state machine. */
   runner: MoveStepRunner;
+}
+
+/** One attempt at a step on its source, and what it waits for. */
+export interface StepAttempt {
   /** Completions the source waits for, fed by the target's answers. */
   copied?: (result: { written: number[] }) => void;
   installed?: StepCompletion;

@@ -35,6 +35,7 @@ import {
   type PageCopy,
   type Payload,
   type RunningStep,
+  type StepAttempt,
 } from "./move-node.ts";
 
 export * from "./move-history.ts";
@@ -128,9 +129,9 @@ class MoveWorld extends MoveClientWorld {
       { stepId: key, volume: VOLUME, volumeUid: VOLUME_UID, pages: step.pages, to: step.to, newVersion: step.version, nowMs: this.nowMs },
       { quietTimeoutMs: 50, installTimeoutMs: this.scenario.installTimeoutMs },
     );
-    const running: RunningStep = { decided: step, key, coordinator, timerGeneration: 0, publishTimer: 0 } as RunningStep;
-    running.runner = new MoveStepRunner(machine, this.stepHost(node, running));
-    node.volatile.running = running;
+    // The host needs the attempt (its identity tells a stale completion) and the attempt its runner.
+    const attempt: StepAttempt = { decided: step, key, coordinator, timerGeneration: 0, publishTimer: 0 };
+    node.volatile.running = Object.assign(attempt, { runner: new MoveStepRunner(machine, this.stepHost(node, attempt)) });
     this.log(`${node.id} starts step ${key}: v${step.version} pages ${step.pages.join(",")} -> ${step.to}`);
     // No snapshots in this world: the volume is quiet as soon as the source looks.
     this.atOn(node, this.nowMs + this.rng.range(0, QUIET_DELAY_MAX_MS), () => {
@@ -143,7 +144,7 @@ class MoveWorld extends MoveClientWorld {
   }
 
   /** The simulated source's I/O under the node's own step runner (core/move-step-runner.ts). */
-  protected stepHost(node: MoveNode, running: RunningStep): MoveStepHost {
+  protected stepHost(node: MoveNode, running: StepAttempt): MoveStepHost {
     const { decided, key } = running;
     const copies = (pages: number[]) => pages.map((page): [number, PageCopy | undefined] => [page, copyOf(node.volatile.memoryPages.get(page))]);
     const current = () => node.volatile.running === running;
@@ -156,7 +157,7 @@ class MoveWorld extends MoveClientWorld {
       },
       afterBatch: () => {
         if (this.crashPoint(node, "source:after-batch")) return;
-        if (current()) this.armStepTimer(node, running);
+        if (current()) this.armStepTimer(node, node.volatile.running!);
       },
       precopy: (pages, to, done) => {
         node.volatile.copyWritten = new Set();
