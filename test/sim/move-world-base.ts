@@ -78,12 +78,8 @@ export abstract class MoveWorldBase extends SimWorld {
   }
 
   run(): MoveHistory {
-    this.planWorkload();
-    this.planFaults();
-    this.at(this.scenario.activeEndMs, () => this.heal());
-    const { events, error } = this.sim.run(this.scenario.quiesceEndMs, EVENT_BUDGET);
-    if (error !== undefined) this.history.errors.push(error);
-    this.history.eventCount = events;
+    const { activeEndMs, quiesceEndMs } = this.scenario;
+    this.runPhases({ activeEndMs, quiesceEndMs, eventBudget: EVENT_BUDGET }, this.history);
     this.history.stepsCommitted = this.byId.get(this.coordinatorId)!.durable.coordinatorPlan!.committed;
     this.history.final = this.nodes.map(finalNode);
     return this.history;

@@ -63,12 +63,8 @@ export abstract class SnapshotWorldBase extends SimWorld {
   }
 
   run(): History {
-    this.planWorkload();
-    this.planFaults();
-    this.at(this.scenario.activeEndMs, () => this.heal());
-    const { events, error } = this.sim.run(this.scenario.quiesceEndMs, EVENT_BUDGET);
-    if (error !== undefined) this.history.errors.push(error);
-    this.history.eventCount = events;
+    const { activeEndMs, quiesceEndMs } = this.scenario;
+    this.runPhases({ activeEndMs, quiesceEndMs, eventBudget: EVENT_BUDGET }, this.history);
     this.history.nodes = this.nodes.map(finalNode);
     return this.history;
   }

@@ -18,6 +18,25 @@ export abstract class SimWorld {
     this.netRng = this.rng.fork();
   }
 
+  /**
+   * A run's phases: the workload and the faults are planned, the faults heal at `activeEndMs`,
+   * and the world runs on until `quiesceEndMs` so the protocol can settle (at most `eventBudget`
+   * events: more is a livelock). What stopped it early, if anything, goes to `record.errors`.
+   */
+  protected runPhases(phases: { activeEndMs: number; quiesceEndMs: number; eventBudget: number }, record: { errors: string[]; eventCount: number }): void {
+    this.planWorkload();
+    this.planFaults();
+    this.at(phases.activeEndMs, () => this.heal());
+    const { events, error } = this.sim.run(phases.quiesceEndMs, phases.eventBudget);
+    if (error !== undefined) record.errors.push(error);
+    record.eventCount = events;
+  }
+
+  protected abstract planWorkload(): void;
+  protected abstract planFaults(): void;
+  /** The end of the faulty phase: the network stops losing messages, nodes that are down restart. */
+  protected abstract heal(): void;
+
   protected get nowMs(): number {
     return this.sim.nowMs;
   }
