@@ -6,6 +6,8 @@
 // running moves as core/page-move.ts MoveSteps on the sources; a lossy, delaying network (FIFO per
 // link, like the mesh's TCP connections, reordered across links); crashes anywhere, including
 // between every two effects of a step. It records a history; move-checker.ts judges it.
+// This file is the top layer, the protocol's roles (the source runs the node's own
+// core/move-step-runner.ts); move-clients.ts and move-world-base.ts are the layers below.
 //
 // Rules the world follows where the real node's are not written down yet (each has a broken
 // variant in MoveSabotage that the checker catches):

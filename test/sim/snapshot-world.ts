@@ -1,7 +1,10 @@
 // A deterministic world for the snapshot protocol: N simulated nodes with skewed, jumping clocks,
 // a lossy/duplicating/reordering mesh, crashes that keep only durable state, clients writing
 // through random nodes, and a layered block store per node that honours hold, cut and commit wait
-// exactly as the real node must. It records a history; snapshot-checker.ts judges it.
+// exactly as the real node must, its protocol effects carried out by the node's own runner
+// (core/snapshot-effect-runner.ts) on records that reach the disk late. It records a history;
+// snapshot-checker.ts judges it. This file is the top layer (protocol wiring, snapshots, writes);
+// snapshot-world-base.ts holds the world's state, lifecycle and mesh, on test/sim/kernel/.
 import type { CoordinatorEffect } from "../../core/snapshot-coordinator.ts";
 import type { RecordStore, SnapshotEffectHost } from "../../core/snapshot-effect-runner.ts";
 import type { CoordinatorRecord, NodeId, ParticipantRecord } from "../../core/snapshot-messages.ts";
