@@ -95,6 +95,8 @@ export interface Scenario {
   clockJumpsMax: number;
   /** Protocol records reach the disk up to this long after they are written (0: at once). */
   recordSyncMaxMs: number;
+  /** Share of cuts the store refuses (a volume at its snapshot limit); faulty runs only. */
+  cutRefusalRate: number;
 }
 
 export interface History {

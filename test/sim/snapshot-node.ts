@@ -104,6 +104,7 @@ export function makeScenario(rng: Prng): Scenario {
     lateDupRate: rng.range(0, 0.5),
     clockJumpsMax: rng.pick([0, 2, 6]),
     recordSyncMaxMs: 0,
+    cutRefusalRate: 0,
   };
 }
 

@@ -15,7 +15,7 @@ import { detail, EVENT_BUDGET, finalNode, makeScenario, makeVolumes, SnapshotNod
 export abstract class SnapshotWorldBase extends SimWorld {
   protected order = 0;
   protected readonly network: Network<Payload>;
-  /** Draws the record sync delays: a stream of its own, so the other streams stay as they were before it. */
+  /** Draws the store's behaviour (record sync delays, refused cuts): a stream of its own, so the other streams stay as they were before it. */
   protected readonly syncRng: Prng;
   protected readonly nodes: SnapshotNode[] = [];
   protected readonly scenario: Scenario;
@@ -33,6 +33,7 @@ export abstract class SnapshotWorldBase extends SimWorld {
     this.scenario = makeScenario(this.rng);
     this.syncRng = new Prng(options.seed ^ 0x5bd1e995);
     this.scenario.recordSyncMaxMs = this.syncRng.chance(0.5) ? 0 : this.syncRng.range(0.1, 8);
+    this.scenario.cutRefusalRate = this.scenario.faultFree || this.syncRng.chance(0.7) ? 0 : this.syncRng.range(0.05, 0.4);
     const { delayMaxMs, lossRate, dupRate, lateDupRate, slowRate } = this.scenario;
     // Any order: the mesh keeps order per connection, but a reconnect resends, and the protocol
     // must not rely on order anyway.

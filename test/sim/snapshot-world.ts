@@ -5,6 +5,7 @@
 // (core/snapshot-effect-runner.ts) on records that reach the disk late. It records a history;
 // snapshot-checker.ts judges it. This file is the top layer (protocol wiring, snapshots, writes);
 // snapshot-world-base.ts holds the world's state, lifecycle and mesh, on test/sim/kernel/.
+import { ShoalError } from "../../core/errors.ts";
 import type { CoordinatorEffect } from "../../core/snapshot-coordinator.ts";
 import type { RecordStore, SnapshotEffectHost } from "../../core/snapshot-effect-runner.ts";
 import type { CoordinatorRecord, NodeId, ParticipantRecord } from "../../core/snapshot-messages.ts";
@@ -59,6 +60,9 @@ class World extends SnapshotWorldBase {
         return undefined;
       },
       cut: (effect) => {
+        if (this.syncRng.chance(this.scenario.cutRefusalRate)) {
+          return { refusal: new ShoalError("TOO_LARGE", `node ${node.id} has no room for another snapshot of ${effect.volumes.join(",")}`) };
+        }
         node.durable.snapshots.set(effect.snapshotId, { state: "pending", volumes: effect.volumes, values: this.freeze(node, effect.volumes) });
         return {
           durable: (done) => {

@@ -17,6 +17,7 @@ describe("snapshot simulation", () => {
       let snapshotsFailed = 0;
       let faultFreeRuns = 0;
       let delayedRecordRuns = 0;
+      let refusedCuts = 0;
       let writes = 0;
       for (let seed = 1; seed <= SEEDS_PER_MODE; seed++) {
         const history = runWorld({ seed, mode });
@@ -25,6 +26,7 @@ describe("snapshot simulation", () => {
         for (const outcomes of history.outcomes.values()) outcomes.some((o) => o.ok) ? snapshotsOk++ : snapshotsFailed++;
         if (history.scenario.faultFree) faultFreeRuns++;
         if (history.scenario.recordSyncMaxMs > 0) delayedRecordRuns++;
+        for (const outcomes of history.outcomes.values()) if (outcomes.some((o) => o.code === "TOO_LARGE")) refusedCuts++;
         writes += history.writes.size;
       }
       expect(failures.slice(0, 5)).toEqual([]);
@@ -35,6 +37,8 @@ describe("snapshot simulation", () => {
       expect(faultFreeRuns).toBeGreaterThan(SEEDS_PER_MODE / 5);
       // Records that take a while to reach the disk, so what rests on them must wait (the runner's rule).
       expect(delayedRecordRuns).toBeGreaterThan(SEEDS_PER_MODE / 4);
+      // Cuts the store refused, which the runner turns into the snapshot's failure with the reason.
+      expect(refusedCuts).toBeGreaterThan(SEEDS_PER_MODE / 50);
       expect(writes / SEEDS_PER_MODE).toBeGreaterThan(30);
     }, 60_000);
   }
