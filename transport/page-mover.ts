@@ -2,7 +2,8 @@
 // the pages' requests, shipping their layers, committing the new routing table); as the target
 // it stores shipped pages durably. The volume router asks it which pages are frozen.
 import { asShoalError, ShoalError } from "../core/errors.ts";
-import { MoveStep, type MoveStepEffect } from "../core/page-move.ts";
+import { MoveStepRunner } from "../core/move-step-runner.ts";
+import { MoveStep } from "../core/page-move.ts";
 import { MAX_REQUEST_BYTES } from "../core/geometry.ts";
 import { ImportBatch, type PageExport, type PagePiece, type PageStore } from "../core/store/page-store.ts";
 import { ownerOf } from "../core/routing.ts";
@@ -139,92 +140,91 @@ export class PageMover {
 
   private drive(step: MoveStep, next: VolumeRecord): Promise<FrameHeader> {
     const uid = step.request.volumeUid;
+    const stepId = step.request.stepId;
     let bytes = 0;
     return new Promise<FrameHeader>((resolve, reject) => {
-      const ticker = setInterval(() => apply(step.onTick(Date.now())), 100);
-      const fail = (err: unknown) => apply(step.onFailed(asShoalError(err).toWire()));
-      const apply = (effects: MoveStepEffect[]): void => {
-        for (const effect of effects) {
-          switch (effect.kind) {
-            case "freeze":
-              for (const page of effect.pages) this.frozen.set(`${uid}:${page}`, []);
-              break;
-            case "precopy": {
-              // Written pages are noted from now until the freeze, which comes in the same turn as
-              // the copy's end: a write in between cannot slip through unnoticed.
-              const written = new Set<number>();
-              this.written.set(uid, written);
-              this.precopy(uid, effect.pages, effect.to, step.request.stepId, written).then(
-                (shipped) => {
-                  bytes += shipped;
-                  this.written.delete(uid);
-                  apply(step.onCopied([...written], Date.now()));
-                },
-                (err) => {
-                  this.written.delete(uid);
-                  fail(err);
-                },
-              );
-              break;
-            }
-            case "install":
-              this.ship(uid, effect.pages, effect.to, step.request.stepId)
-                .then(async (shipped) => {
-                  bytes += shipped;
-                  // One fsync pass at the target for every page of the step, copied or sent again.
-                  await this.group.link(effect.to).request("move.seal", { stepId: step.request.stepId, final: true }, undefined, 60_000);
-                })
-                .then(() => apply(step.onInstalled()), fail);
-              break;
-            case "commit":
-              // The point of no return: the new table is on disk here before anyone hears of it.
-              // Synced off the event loop; the frozen pages' requests wait, the rest run on.
-              try {
-                this.group.applyVolume(next, "later");
-              } catch (err) {
-                fail(err);
-                break;
-              }
-              this.group.durable().then(
-                () => apply(step.onCommitted()),
-                (err) => {
-                  // The table already changed here; tell the target, whose copy then outranks
-                  // ours at any restart (the digest brings it back).
-                  this.log.warn(`move step ${step.request.stepId}: syncing the catalog failed (${asShoalError(err).message}); going on`);
-                  apply(step.onCommitted());
-                },
-              );
-              break;
-            case "publish":
-              this.group
-                .sendVolume(effect.to, next)
-                .then(() => apply(step.onPublished()), fail);
-              break;
-            case "drop":
-              this.store.dropPages(effect.pages, familyOf(uid));
-              break;
-            case "unfreeze":
-              this.thaw(uid, effect.pages);
-              break;
-            case "done":
-              clearInterval(ticker);
-              if (!effect.ok) {
-                reject(new ShoalError(effect.error.code, effect.error.message));
-                break;
-              }
-              if (!effect.published) this.log.warn(`move step ${step.request.stepId}: node ${step.request.to} has not confirmed it owns the pages; it learns by digest`, { peer: step.request.to });
-              // Everyone else learns now; members that are down catch up by digest.
-              void this.group.publishVolume(next, []).catch(() => undefined);
-              resolve({ version: next.version, published: effect.published, bytes });
-              break;
+      const failure = (err: unknown) => asShoalError(err).toWire();
+      let ticker: ReturnType<typeof setInterval> | undefined;
+      // The effects' wiring is shared with the simulation (core/move-step-runner.ts); the I/O is here.
+      const runner = new MoveStepRunner(step, {
+        nowMs: () => Date.now(),
+        freeze: (pages) => {
+          for (const page of pages) this.frozen.set(`${uid}:${page}`, []);
+        },
+        precopy: (pages, to, done) => {
+          // Written pages are noted from now until the freeze, which comes in the same turn as
+          // the copy's end: a write in between cannot slip through unnoticed.
+          const written = new Set<number>();
+          this.written.set(uid, written);
+          this.precopy(uid, pages, to, stepId, written).then(
+            (shipped) => {
+              bytes += shipped;
+              this.written.delete(uid);
+              done({ written: [...written] });
+            },
+            (err) => {
+              this.written.delete(uid);
+              done({ error: failure(err) });
+            },
+          );
+        },
+        install: (pages, to, done) => {
+          this.ship(uid, pages, to, stepId)
+            .then(async (shipped) => {
+              bytes += shipped;
+              // One fsync pass at the target for every page of the step, copied or sent again.
+              await this.group.link(to).request("move.seal", { stepId, final: true }, undefined, 60_000);
+            })
+            .then(
+              () => done(),
+              (err) => done(failure(err)),
+            );
+        },
+        commit: (done) => {
+          // The point of no return: the new table is on disk here before anyone hears of it.
+          // Synced off the event loop; the frozen pages' requests wait, the rest run on.
+          try {
+            this.group.applyVolume(next, "later");
+          } catch (err) {
+            done(failure(err));
+            return;
           }
-        }
-      };
+          this.group.durable().then(
+            () => done(),
+            (err) => {
+              // The table already changed here; tell the target, whose copy then outranks
+              // ours at any restart (the digest brings it back).
+              this.log.warn(`move step ${stepId}: syncing the catalog failed (${asShoalError(err).message}); going on`);
+              done();
+            },
+          );
+        },
+        publish: (to, done) => {
+          this.group.sendVolume(to, next).then(
+            () => done(),
+            (err) => done(failure(err)),
+          );
+        },
+        drop: (pages) => this.store.dropPages(pages, familyOf(uid)),
+        unfreeze: (pages) => this.thaw(uid, pages),
+        done: (effect) => {
+          clearInterval(ticker);
+          if (!effect.ok) {
+            reject(new ShoalError(effect.error.code, effect.error.message));
+            return;
+          }
+          if (!effect.published) this.log.warn(`move step ${stepId}: node ${step.request.to} has not confirmed it owns the pages; it learns by digest`, { peer: step.request.to });
+          // Everyone else learns now; members that are down catch up by digest.
+          void this.group.publishVolume(next, []).catch(() => undefined);
+          resolve({ version: next.version, published: effect.published, bytes });
+        },
+      });
+      ticker = setInterval(() => runner.run(step.onTick(Date.now())), 100);
       // The check and the freeze happen in one turn: no snapshot can start in between.
       const waitQuiet = () => {
         if (step.phase !== "quiet") return;
         if (this.snapshots?.involves(step.request.volume)) setTimeout(waitQuiet, QUIET_POLL_MS);
-        else apply(step.onQuiet(Date.now()));
+        else runner.run(step.onQuiet(Date.now()));
       };
       waitQuiet();
     });

@@ -6,11 +6,12 @@ import { asShoalError, ShoalError } from "../core/errors.ts";
 import { HoldQueue } from "../core/hold-queue.ts";
 import type { PageStore } from "../core/store/page-store.ts";
 import { holders } from "../core/routing.ts";
+import { settleWith } from "../core/durability-gate.ts";
 import { SnapshotCoordinator, type CoordinatorEffect, type SnapshotResult } from "../core/snapshot-coordinator.ts";
+import { SnapshotEffectRunner, type CutEffect, type DoneEffect, type SnapshotEffectHost } from "../core/snapshot-effect-runner.ts";
 import {
   isToCoordinator,
   type CoordinatorRecord,
-  type HoldReport,
   type ParticipantRecord,
   type PrepareMessage,
   type SnapshotMessage,
@@ -46,8 +47,6 @@ export interface CreateSnapshot {
 
 /** Requests waiting on a hold beyond this make the node give the hold up. */
 const MAX_HELD_REQUESTS = 4096;
-/** Hold reports kept for snapshots not yet committed here (oldest first out: reports of aborted holds are never asked for). */
-const MAX_HOLD_REPORTS = 64;
 
 export class SnapshotService implements SnapshotGate, SnapshotActivity {
   readonly holds: HoldQueue;
@@ -55,12 +54,10 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   mover: PageMover | undefined;
   /**
    * Protocol records are written without an fsync on the event loop (see Catalog.durable); what a
-   * record promises must reach nobody before it is on disk. So the messages and answers that rest
-   * on a record (commit, the snapshot's publication and success; taken, the ack of a commit) wait,
-   * in order, for the role's last record write to be durable. The rest go at once.
+   * record promises must reach nobody before it is on disk. The runner (shared with the
+   * simulation) holds back the messages that rest on a record until it is durable.
    */
-  private readonly coordinatorRecords: DurabilityGate;
-  private readonly participantRecords: DurabilityGate;
+  private readonly runner: SnapshotEffectRunner;
   private readonly coordinator: SnapshotCoordinator;
   private readonly participant: SnapshotParticipant;
   private readonly incarnation = crypto.randomUUID().slice(0, 8);
@@ -78,10 +75,6 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   private readonly prepared = new Map<string, string>();
   /** Acknowledgements waiting on a timestamp-mode snapshot's commit wait, by snapshot id. */
   private readonly fenceWaiters = new Map<string, { promise: Promise<void>; resolve: () => void }>();
-  /** What this node's holds cost its clients, told to the coordinator with "taken" (by snapshot id). */
-  private readonly holdReports = new Map<string, HoldReport>();
-  /** Answers queued behind the participant's record, by destination, type and snapshot. */
-  private readonly answersQueued = new Set<string>();
   private stopped = false;
   private readonly clock: NodeClock;
 
@@ -96,10 +89,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const clockResolutionMs = this.clock.resolutionMs;
     this.coordinator = new SnapshotCoordinator({ nodeId, clockResolutionMs });
     this.participant = new SnapshotParticipant({ nodeId, incarnation: this.incarnation, maxClockSkewMs: options.maxClockSkewMs, clockResolutionMs });
-    const warn = (role: string) => (err: unknown) =>
-      options.log.warn(`snapshot protocol: making the ${role}'s record durable failed (${asShoalError(err).message}); its messages are held back`);
-    this.coordinatorRecords = new DurabilityGate(warn("coordinator"));
-    this.participantRecords = new DurabilityGate(warn("participant"));
+    this.runner = new SnapshotEffectRunner(this.effectHost(), this.participant);
     this.holds = new HoldQueue(MAX_HELD_REQUESTS, (snapshotIds) => {
       for (const snapshotId of snapshotIds) {
         const error = new ShoalError("HOLD_TIMEOUT", `node ${nodeId} had ${MAX_HELD_REQUESTS} requests waiting on the hold`);
@@ -360,157 +350,99 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
       .catch(() => {});
   }
 
-  /**
-   * Sends an answer that rests on the participant's record once that is durable. The take the
-   * coordinator resends and the participant's own query both ask for "taken" again while a cut's
-   * flush runs (100+ ms under load): one copy queued is enough, the rest would leave at the same
-   * moment (and draw as many commits and acks).
-   */
-  private sendAfterRecord(to: string, msg: SnapshotMessage): void {
-    const key = `${to} ${msg.type} ${msg.snapshotId}`;
-    if (this.answersQueued.has(key)) return;
-    this.answersQueued.add(key);
-    const settled = () => this.answersQueued.delete(key);
-    this.participantRecords.after(
-      () => {
-        settled();
-        this.send(to, msg);
-      },
-      settled,
-    );
-  }
-
   // ---- effects
 
   private runCoordinator(effects: CoordinatorEffect[]): void {
-    const { catalog } = this.options;
-    for (const effect of effects) {
-      switch (effect.kind) {
-        case "send": {
-          const { to, msg } = effect;
-          if (msg.type === "snap.take") nodeMetrics.snapshotTaking(msg.snapshotId);
-          // Only a commit rests on a record (the decision); everything else may go at once: a
-          // coordinator that forgets a snapshot in a crash answers abort, which is what it means.
-          if (msg.type === "snap.commit") this.coordinatorRecords.after(() => this.send(to, msg));
-          else this.send(to, msg);
-          break;
-        }
-        case "persist": {
-          const { record } = effect;
-          catalog.putProtocolRecord("coordinator", record.snapshotId, record);
-          this.coordinatorRecords.track(() => catalog.durable());
-          // The decision is the point of no return: publish the snapshot once it is durable, so
-          // a crash before "done" cannot leave a committed snapshot nobody lists (recovery
-          // publishes again), nor one listed that recovery would abort.
-          if (record.state === "committed") this.coordinatorRecords.after(() => this.publish(record));
-          break;
-        }
-        case "unpersist":
-          catalog.deleteProtocolRecord("coordinator", effect.snapshotId);
-          break;
-        case "ready": {
-          const { snapshotId } = effect;
-          nodeMetrics.snapshotReady(snapshotId);
-          this.waiting.get(snapshotId)?.onReady();
-          break;
-        }
-        case "done":
-          this.coordinatorRecords.after(() => {
-            const waiter = this.waiting.get(effect.snapshotId);
-            this.waiting.delete(effect.snapshotId);
-            if (waiter) nodeMetrics.snapshotDone(effect.snapshotId, effect.ok);
-            if (effect.ok) waiter?.resolve(effect.result);
-            else waiter?.reject(effect.error);
-          });
-          break;
-      }
-    }
-    this.rearm();
+    this.runner.runCoordinator(effects);
   }
 
   private runParticipant(effects: ParticipantEffect[]): void {
+    this.runner.runParticipant(effects);
+  }
+
+  /** The node's side of the effects: the catalog's records, the page store, the hold queue. */
+  private effectHost(): SnapshotEffectHost {
+    const { catalog, log } = this.options;
+    const records = <R>(role: "coordinator" | "participant") => ({
+      put: (snapshotId: string, record: R) => catalog.putProtocolRecord(role, snapshotId, record),
+      delete: (snapshotId: string) => catalog.deleteProtocolRecord(role, snapshotId),
+      durable: settleWith(() => catalog.durable()),
+    });
+    return {
+      send: (to, msg) => {
+        if (msg.type === "snap.take") nodeMetrics.snapshotTaking(msg.snapshotId);
+        this.send(to, msg);
+      },
+      coordinatorRecords: records<CoordinatorRecord>("coordinator"),
+      participantRecords: records<ParticipantRecord>("participant"),
+      nowMs: () => this.nowMs(),
+      ready: (snapshotId) => {
+        nodeMetrics.snapshotReady(snapshotId);
+        this.waiting.get(snapshotId)?.onReady();
+      },
+      publish: (record) => this.publish(record),
+      done: (effect) => this.finish(effect),
+      hold: (snapshotId, volumes) => {
+        this.holds.hold(snapshotId, volumes);
+        // Requests run synchronously on this node's event loop: none is mid-execution now.
+        queueMicrotask(() => this.runParticipant(this.participant.onInflightDrained(snapshotId, this.nowMs())));
+      },
+      release: (snapshotId, volumes) => {
+        const report = this.holds.release(snapshotId, volumes);
+        nodeMetrics.holdReleased(report);
+        return report;
+      },
+      cut: (effect) => this.cut(effect),
+      discard: (snapshotId) => {
+        for (const layer of this.layersOf(snapshotId)) {
+          this.options.store.deleteLayer(layer).catch((err) => log.warn(`discarding snapshot layer ${layer} failed: ${asShoalError(err).message}`));
+        }
+      },
+      unfence: (snapshotId) => {
+        nodeMetrics.commitWaitEnded(snapshotId);
+        const waiter = this.fenceWaiters.get(snapshotId);
+        this.fenceWaiters.delete(snapshotId);
+        waiter?.resolve();
+      },
+      afterBatch: () => this.rearm(),
+      durabilityFailed: (role, err) =>
+        log.warn(`snapshot protocol: making the ${role}'s record durable failed (${asShoalError(err).message}); its messages are held back`),
+    };
+  }
+
+  private finish(effect: DoneEffect): void {
+    const waiter = this.waiting.get(effect.snapshotId);
+    this.waiting.delete(effect.snapshotId);
+    if (waiter) nodeMetrics.snapshotDone(effect.snapshotId, effect.ok);
+    if (effect.ok) waiter?.resolve(effect.result);
+    else waiter?.reject(effect.error);
+  }
+
+  /** Freezes this node's pages of the volumes; their layers and the record become durable off the hold. */
+  private cut(effect: CutEffect): ReturnType<SnapshotEffectHost["cut"]> {
     const { catalog, store, log } = this.options;
-    /** Cuts the store refused, by snapshot id: nothing more is said of them but why. */
-    const failedCuts = new Map<string, ShoalError>();
-    for (const effect of effects) {
-      switch (effect.kind) {
-        case "send": {
-          // "taken" after a cut and "ack" of a commit rest on a record: they wait until it is
-          // durable. A "ready" must not: the node holds its clients' requests until take.
-          const { to } = effect;
-          let { msg } = effect;
-          if (failedCuts.has(msg.snapshotId) && (msg.type === "snap.taken" || msg.type === "snap.cut")) break;
-          if (msg.type === "snap.taken") {
-            const hold = this.holdReports.get(msg.snapshotId);
-            if (hold) msg = { ...msg, hold };
-          }
-          if (msg.type === "snap.taken" || (msg.type === "snap.ack" && msg.outcome === "committed")) this.sendAfterRecord(to, msg);
-          else this.send(to, msg);
-          break;
-        }
-        case "hold":
-          this.holds.hold(effect.snapshotId, effect.volumes);
-          // Requests run synchronously on this node's event loop: none is mid-execution now.
-          queueMicrotask(() => this.runParticipant(this.participant.onInflightDrained(effect.snapshotId, this.nowMs())));
-          break;
-        case "release": {
-          const report = this.holds.release(effect.snapshotId, effect.volumes);
-          nodeMetrics.holdReleased(report);
-          if (this.holdReports.size >= MAX_HOLD_REPORTS) this.holdReports.delete(this.holdReports.keys().next().value!);
-          this.holdReports.set(effect.snapshotId, report);
-          break;
-        }
-        case "cut": {
-          const uids = this.localVolumes(effect.volumes).map((record) => record.uid);
-          const cutLayers = uids.map((uid) => snapshotLayerId(uid, effect.snapshotId));
-          // Prepare checked this too, but another snapshot may have been cut since. Checked for
-          // every volume first, so a refused cut leaves nothing behind.
-          const refusal = this.cutRefusal(effect.volumes) ?? this.freezeAll(uids, cutLayers);
-          if (refusal) {
-            log.warn(`snapshot ${effect.snapshotId} cannot be cut here: ${refusal.message}`, { snapshot: effect.snapshotId });
-            failedCuts.set(effect.snapshotId, refusal);
-            break;
-          }
-          if (effect.record.commitWaitUntilMs !== undefined) nodeMetrics.commitWaitStarted(effect.snapshotId);
-          // The cut's data and record become durable off the hold: released requests need only the
-          // frozen layer. Only the cut layers are synced, not the node's other volumes. A crash
-          // before leaves a layer no record names, which start() removes, and the coordinator,
-          // never told "taken", aborts.
-          const record = { ...effect.record, volumeUids: uids };
-          this.participantRecords.track(() =>
-            store.flushLayers(cutLayers).then(() => {
-              catalog.putProtocolRecord("participant", effect.snapshotId, record);
-              return catalog.durable();
-            }),
-          );
-          break;
-        }
-        case "commit":
-          this.holdReports.delete(effect.snapshotId);
-          catalog.putProtocolRecord("participant", effect.snapshotId, effect.record);
-          this.participantRecords.track(() => catalog.durable());
-          break;
-        case "discard":
-          this.holdReports.delete(effect.snapshotId);
-          for (const layer of this.layersOf(effect.snapshotId)) {
-            store.deleteLayer(layer).catch((err) => log.warn(`discarding snapshot layer ${layer} failed: ${asShoalError(err).message}`));
-          }
-          catalog.deleteProtocolRecord("participant", effect.snapshotId);
-          break;
-        case "forget":
-          catalog.deleteProtocolRecord("participant", effect.snapshotId);
-          break;
-        case "unfence": {
-          nodeMetrics.commitWaitEnded(effect.snapshotId);
-          const waiter = this.fenceWaiters.get(effect.snapshotId);
-          this.fenceWaiters.delete(effect.snapshotId);
-          waiter?.resolve();
-          break;
-        }
-      }
+    const uids = this.localVolumes(effect.volumes).map((record) => record.uid);
+    const cutLayers = uids.map((uid) => snapshotLayerId(uid, effect.snapshotId));
+    // Prepare checked this too, but another snapshot may have been cut since. Checked for
+    // every volume first, so a refused cut leaves nothing behind.
+    const refusal = this.cutRefusal(effect.volumes) ?? this.freezeAll(uids, cutLayers);
+    if (refusal) {
+      log.warn(`snapshot ${effect.snapshotId} cannot be cut here: ${refusal.message}`, { snapshot: effect.snapshotId });
+      return { refusal };
     }
-    for (const [snapshotId, error] of failedCuts) this.runParticipant(this.participant.cutFailed(snapshotId, error, this.nowMs()));
-    this.rearm();
+    if (effect.record.commitWaitUntilMs !== undefined) nodeMetrics.commitWaitStarted(effect.snapshotId);
+    // Released requests need only the frozen layer. Only the cut layers are synced, not the
+    // node's other volumes. A crash before leaves a layer no record names, which start()
+    // removes, and the coordinator, never told "taken", aborts.
+    const record = { ...effect.record, volumeUids: uids };
+    return {
+      durable: settleWith(() =>
+        store.flushLayers(cutLayers).then(() => {
+          catalog.putProtocolRecord("participant", effect.snapshotId, record);
+          return catalog.durable();
+        }),
+      ),
+    };
   }
 
   /** Freezes each head into its cut layer; an unexpected failure is returned, not thrown (the holds must still be released). */
@@ -604,33 +536,5 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const now = this.nowMs();
     this.runCoordinator(this.coordinator.onTick(now));
     this.runParticipant(this.participant.onTick(now));
-  }
-}
-
-/** Orders actions after durability work: each `after` runs once everything tracked before it is done. */
-class DurabilityGate {
-  private pending: Promise<void> | undefined;
-
-  constructor(private readonly onFailure: (err: unknown) => void) {}
-
-  /** Starts `work` once the work tracked before it settled; actions from now on wait for it. */
-  track(work: () => Promise<void>): void {
-    const previous = this.pending;
-    const next = previous ? previous.then(work, work) : work();
-    this.pending = next;
-    const settled = () => {
-      if (this.pending === next) this.pending = undefined;
-    };
-    next.then(settled, settled);
-  }
-
-  /** Runs `run` once the work tracked so far is durable; if that fails, `dropped` instead. */
-  after(run: () => void, dropped: () => void = () => {}): void {
-    if (!this.pending) run();
-    else
-      this.pending.then(run, (err) => {
-        dropped();
-        this.onFailure(err);
-      });
   }
 }

@@ -34,7 +34,7 @@ import {
   NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
 } from "../../transport/nbd-codec.ts";
-import type { Prng } from "../sim/prng.ts";
+import type { Prng } from "../sim/kernel/prng.ts";
 
 export type PortKind = "nbd" | "mesh";
 

@@ -5,7 +5,7 @@
 // failing seed with --seed N --rounds 1.
 import { parseArgs } from "node:util";
 import { parseDurationMs } from "../../cmd/_cli.ts";
-import { Prng } from "../sim/prng.ts";
+import { Prng } from "../sim/kernel/prng.ts";
 import { FuzzFailure, Fuzzer, runCampaign, type Campaign } from "./_fuzzer.ts";
 
 const { values } = parseArgs({

@@ -3,7 +3,7 @@
 // stays under an RSS bound, and keeps serving a well-behaved client. `bun test/fuzz/soak.ts` runs
 // the same phases for longer with other seeds.
 import { expect, test } from "bun:test";
-import { Prng } from "../sim/prng.ts";
+import { Prng } from "../sim/kernel/prng.ts";
 import { Fuzzer, RSS_LIMIT_BYTES, runCampaign, SUITE_CAMPAIGN } from "../fuzz/_fuzzer.ts";
 
 const SEED = 20261125;

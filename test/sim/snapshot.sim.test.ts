@@ -16,6 +16,8 @@ describe("snapshot simulation", () => {
       let snapshotsOk = 0;
       let snapshotsFailed = 0;
       let faultFreeRuns = 0;
+      let delayedRecordRuns = 0;
+      let refusedCuts = 0;
       let writes = 0;
       for (let seed = 1; seed <= SEEDS_PER_MODE; seed++) {
         const history = runWorld({ seed, mode });
@@ -23,6 +25,8 @@ describe("snapshot simulation", () => {
         if (violations.length > 0) failures.push(`seed ${seed}: ${violations[0]}`);
         for (const outcomes of history.outcomes.values()) outcomes.some((o) => o.ok) ? snapshotsOk++ : snapshotsFailed++;
         if (history.scenario.faultFree) faultFreeRuns++;
+        if (history.scenario.recordSyncMaxMs > 0) delayedRecordRuns++;
+        for (const outcomes of history.outcomes.values()) if (outcomes.some((o) => o.code === "TOO_LARGE")) refusedCuts++;
         writes += history.writes.size;
       }
       expect(failures.slice(0, 5)).toEqual([]);
@@ -31,6 +35,10 @@ describe("snapshot simulation", () => {
       expect(snapshotsOk).toBeGreaterThan(SEEDS_PER_MODE);
       expect(snapshotsFailed).toBeGreaterThan(SEEDS_PER_MODE / 20);
       expect(faultFreeRuns).toBeGreaterThan(SEEDS_PER_MODE / 5);
+      // Records that take a while to reach the disk, so what rests on them must wait (the runner's rule).
+      expect(delayedRecordRuns).toBeGreaterThan(SEEDS_PER_MODE / 4);
+      // Cuts the store refused, which the runner turns into the snapshot's failure with the reason.
+      expect(refusedCuts).toBeGreaterThan(SEEDS_PER_MODE / 50);
       expect(writes / SEEDS_PER_MODE).toBeGreaterThan(30);
     }, 60_000);
   }
@@ -54,6 +62,21 @@ describe("snapshot simulation", () => {
   test("the checker catches a node whose clock steps while a snapshot relies on it", () => {
     expect(firstCaughtSeed("timestamp", { clockStepsAnytime: true })).toBeDefined();
   });
+
+  // The node's own effect runner (core/snapshot-effect-runner.ts) holds back what rests on a record
+  // until the store says it is durable; a store that says so too early breaks that rule for it.
+  for (const mode of MODES) {
+    test(`${mode} mode: the checker catches messages that leave before the record they rest on is durable`, () => {
+      let caught: number | undefined;
+      for (let seed = 1; seed <= 2000 && caught === undefined; seed++) {
+        const violations = checkHistory(runWorld({ seed, mode, sabotage: { recordsDurableEarly: true } }));
+        if (violations.some((v) => /committed, but participant|is committed but its coordinator reported/.test(v))) caught = seed;
+      }
+      expect(caught).toBeDefined();
+      // The same run with an honest store passes: the early messages are what the checker caught.
+      expect(checkHistory(runWorld({ seed: caught!, mode }))).toEqual([]);
+    });
+  }
 
   // Seeds that once failed (a participant asserted on a late commit after forgetting the snapshot).
   // They are tied to this version of the world's random stream; the unit tests pin the mechanism.

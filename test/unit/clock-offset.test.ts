@@ -3,7 +3,7 @@
 import { describe, expect, test } from "bun:test";
 import { MAX_CLOCK_RATE_ERROR, commitWaits, offsetBounds, type OffsetSample } from "../../core/clock-offset.ts";
 import { NodeClock } from "../../transport/node-clock.ts";
-import { Prng } from "../sim/prng.ts";
+import { Prng } from "../sim/kernel/prng.ts";
 
 /** A clock as a function of real time: offset, rate error, and readings truncated or rounded to a resolution. */
 interface ModelClock {
