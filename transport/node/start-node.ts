@@ -2,28 +2,30 @@
 // router and NBD server; and takes it apart again on SIGINT/SIGTERM without losing a write.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { Catalog } from "../core/catalog.ts";
-import { asShoalError, ShoalError } from "../core/errors.ts";
-import { isValidNodeId, parseHostPort, type Member } from "../core/member.ts";
-import { PageStore } from "../core/page-store.ts";
-import type { FrameHeader, Payload } from "../transport/frame.ts";
-import { Group, JoinInDoubt } from "../transport/group.ts";
-import { lockDataDir } from "./_data-dir-lock.ts";
-import type { MeshConnection, Reply } from "../transport/mesh-connection.ts";
-import { MeshServer } from "../transport/mesh.ts";
-import { meshOpRefusal } from "../transport/mesh-tls.ts";
-import { loadTlsIdentity, type TlsIdentity, useTlsIdentity } from "../transport/tls-identity.ts";
-import { NbdServer } from "../transport/nbd-server.ts";
-import { VolumeRouter } from "../transport/volume-router.ts";
-import { SnapshotService } from "../transport/snapshot-service.ts";
-import { PageMover } from "../transport/page-mover.ts";
-import { MoveService } from "../transport/move-service.ts";
-import { RouteAdmin } from "./_route-admin.ts";
-import { snapshotLayerId } from "../core/snapshot-record.ts";
-import { AdminApi } from "./_admin-api.ts";
-import { createLog, type LogFormat } from "./_log.ts";
-import { nodeMetrics, watchNodeState } from "../transport/node-metrics.ts";
-import { serveMetrics } from "../transport/metrics-endpoint.ts";
+import { Catalog } from "../../core/catalog.ts";
+import { asShoalError, ShoalError } from "../../core/errors.ts";
+import { isValidNodeId, parseHostPort, type Member } from "../../core/member.ts";
+import { PageStore } from "../../core/page-store.ts";
+import type { FrameHeader, Payload } from "../frame.ts";
+import { Group, JoinInDoubt } from "../group.ts";
+import { lockDataDir } from "./data-dir-lock.ts";
+import type { MeshConnection, Reply } from "../mesh-connection.ts";
+import { MeshServer } from "../mesh.ts";
+import { meshOpRefusal } from "../mesh-tls.ts";
+import { loadTlsIdentity, type TlsIdentity, useTlsIdentity } from "../tls-identity.ts";
+import { NbdServer } from "../nbd-server.ts";
+import { VolumeRouter } from "../volume-router.ts";
+import { SnapshotService } from "../snapshot-service.ts";
+import { PageMover } from "../page-mover.ts";
+import { MoveService } from "../move-service.ts";
+import { RouteAdmin } from "../admin/route-admin.ts";
+import { snapshotLayerId } from "../../core/snapshot-record.ts";
+import { AdminApi } from "../admin/admin-api.ts";
+import { adminDispatcher } from "../admin/admin-service.ts";
+import type { LogFields, MeshLog } from "../mesh.ts";
+import { SHOAL_VERSION } from "./version.ts";
+import { nodeMetrics, watchNodeState } from "../node-metrics.ts";
+import { serveMetrics } from "../metrics-endpoint.ts";
 
 export interface NodeOptions {
   id?: string;
@@ -39,7 +41,14 @@ export interface NodeOptions {
   tlsRequired?: boolean;
   /** HOST:PORT for the Prometheus endpoint; none when undefined. */
   metrics?: string;
-  logFormat?: LogFormat;
+  /** Where the node's lines go (the CLI makes it from --log-format). */
+  log: NodeLog;
+}
+
+/** A log the node can tag with its id once it knows it. */
+export interface NodeLog extends MeshLog {
+  readonly fields: LogFields;
+  error(message: string, fields?: LogFields): void;
 }
 
 export interface RunningNode {
@@ -48,8 +57,6 @@ export interface RunningNode {
   nbdPort: number;
   stop(): Promise<void>;
 }
-
-export const SHOAL_VERSION = "0.1.0";
 
 /** The flags, checked: what startNode needs before it creates anything. */
 interface StartPlan {
@@ -146,7 +153,7 @@ function onFlag<T>(flag: string, listen: () => T): T {
 
 /** Everything after the lock. Each thing opened pushes its undoing, for a start that fails. */
 async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)[]): Promise<RunningNode> {
-  const log = createLog(undefined, options.logFormat);
+  const { log } = options;
   const { tls, meshAddress, nbdAddress, metricsAddress } = plan;
   const catalog = new Catalog(path.join(options.dataDir, "catalog.db"));
   undo.push(() => catalog.close());
@@ -163,10 +170,9 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
 
   let group: Group;
   let router: VolumeRouter;
-  let admin: AdminApi;
+  let admin: (op: string, args: FrameHeader) => Promise<FrameHeader> | undefined;
   let snapshots: SnapshotService;
   let mover: PageMover;
-  let routeAdmin: RouteAdmin;
   const handler = (connection: MeshConnection, op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> => {
     if (tls) {
       const refusal = meshOpRefusal(connection.certificate, op, args);
@@ -181,10 +187,10 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
       throw new ShoalError("BAD_REQUEST", `'${op}' is for members of the group, not admin clients`);
     }
     if (op === "snap.msg") return { result: snapshots.onMessage(connection.peerId!, args) };
-    if (op === "snap.rollback") return snapshots.rollbackLocal(String(args.uid), String(args.layer)).then(() => ({}));
+    if (op === "snap.rollback") return snapshots.rollbackLocal(peerText(args, "uid"), peerText(args, "layer")).then(() => ({}));
     const routed = router.handle(op, args, payload) ?? mover.handle(op, args, payload, connection);
     if (routed !== undefined) return routed;
-    const answered = admin.handle(op, args) ?? routeAdmin.handle(op, args);
+    const answered = admin(op, args);
     if (answered !== undefined) return answered.then((result) => ({ result }));
     throw new ShoalError("BAD_REQUEST", `unknown mesh operation '${op}'`);
   };
@@ -243,8 +249,8 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   router.mover = mover;
   snapshots.mover = mover;
   const moves = new MoveService(group, mover, log);
-  routeAdmin = new RouteAdmin(group, moves);
-  admin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
+  const nodeAdmin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
+  admin = adminDispatcher({ ...nodeAdmin.handlers, ...new RouteAdmin(group, moves).handlers });
   watchNodeState(nodeMetrics, { group, store, version: SHOAL_VERSION, startedAtMs, nbdConnections: () => nbd.connectionCount, meshConnections: () => mesh.connections.size });
   const metricsEndpoint = metricsAddress && onFlag("--metrics", () => serveMetrics(metricsAddress.host, metricsAddress.port, nodeMetrics.registry));
   undo.push(() => metricsEndpoint?.stop());
@@ -311,4 +317,11 @@ function resolveNodeId(catalog: Catalog, requested: string | undefined): string 
   if (!isValidNodeId(id)) throw new ShoalError("BAD_ARGUMENT", `'${id}' is not a valid node id (letters, digits, '.', '_', '-')`);
   catalog.setMeta("node_id", id);
   return id;
+}
+
+/** A string a peer must send; a member that sends anything else has a bug, refused as BAD_REQUEST. */
+function peerText(args: FrameHeader, name: string): string {
+  const value = args[name];
+  if (typeof value !== "string" || value === "") throw new ShoalError("BAD_REQUEST", `argument '${name}' must be a non-empty string`);
+  return value;
 }
