@@ -3,6 +3,7 @@
 import { Database } from "bun:sqlite";
 import * as fs from "node:fs";
 import { fdatasyncAsync } from "./_durable-fs.ts";
+import { fatal } from "./invariant.ts";
 import { ShoalError } from "./errors.ts";
 import type { Member } from "./member.ts";
 import { routingFromWire, routingToWire } from "./routing.ts";
@@ -110,6 +111,9 @@ export class Catalog implements SnapshotCatalog {
         for (const waiter of batch) waiter.resolve();
       },
       (err) => {
+        // After a failed fsync the kernel may have dropped the dirty pages and marked them clean:
+        // a retry would succeed over lost records. Nothing written since can be trusted; crash.
+        fatal(err, "syncing the catalog's write-ahead log failed");
         for (const waiter of batch) waiter.reject(err);
       },
     ).finally(() => {

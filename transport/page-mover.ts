@@ -188,10 +188,10 @@ export class PageMover {
               this.group.durable().then(
                 () => apply(step.onCommitted()),
                 (err) => {
-                  // The table already changed here; tell the target, whose copy then outranks
-                  // ours at any restart (the digest brings it back).
-                  this.log.warn(`move step ${step.request.stepId}: syncing the catalog failed (${asShoalError(err).message}); going on`);
-                  apply(step.onCommitted());
+                  // The new table may or may not be on disk: going on would publish a commit this
+                  // node can forget. The catalog has called the fatal hook (core/invariant.ts),
+                  // which in a node does not return; where it does, the step stops unpublished.
+                  fail(err);
                 },
               );
               break;

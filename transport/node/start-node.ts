@@ -24,6 +24,7 @@ import { AdminApi } from "../admin/admin-api.ts";
 import { adminDispatcher } from "../admin/admin-service.ts";
 import type { LogFields, MeshLog } from "../mesh.ts";
 import { SHOAL_VERSION } from "./version.ts";
+import { exitOnFatal } from "./fatal-exit.ts";
 import { nodeMetrics, watchNodeState } from "../node-metrics.ts";
 import { serveMetrics } from "../metrics-endpoint.ts";
 
@@ -154,6 +155,7 @@ function onFlag<T>(flag: string, listen: () => T): T {
 /** Everything after the lock. Each thing opened pushes its undoing, for a start that fails. */
 async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)[]): Promise<RunningNode> {
   const { log } = options;
+  exitOnFatal(log);
   const { tls, meshAddress, nbdAddress, metricsAddress } = plan;
   const catalog = new Catalog(path.join(options.dataDir, "catalog.db"));
   undo.push(() => catalog.close());
