@@ -72,7 +72,8 @@ export class NbdServerBudget {
       this.executingBytes += deltaBytes;
       if (wasFull && !this.inFlightFull) this.wakeBlocked();
     }
-    invariant(this.inputBytes >= 0 && this.unsentBytes >= 0 && this.executingBytes >= 0, () => `nbd server budget went negative: ${this.describe()}`);
+    // Checked per request: the message is built only when it is broken (no closure on the data path).
+    if (this.inputBytes < 0 || this.unsentBytes < 0 || this.executingBytes < 0) invariant(false, `nbd server budget went negative: ${this.describe()}`);
   }
 
   /** @internal for NbdBudgetAccount */
@@ -118,7 +119,7 @@ export class NbdBudgetAccount {
 
   finishExecuting(bytes: number): void {
     this.executingBytes -= bytes;
-    invariant(this.executingBytes >= 0, () => `nbd connection finished ${bytes} B more than it started executing`);
+    if (this.executingBytes < 0) invariant(false, `nbd connection finished ${bytes} B more than it started executing`);
     this.budget.adjust("executing", -bytes);
   }
 
