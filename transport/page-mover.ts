@@ -48,12 +48,13 @@ export class PageMover {
   private readonly staged = new Map<string, { pieces: PagePiece[]; layers: PageExport["layers"]; expiresAtMs: number }>();
   /** Pages installed per step, made durable together when the source seals the step. */
   private readonly batches = new Map<string, { batch: ImportBatch; expiresAtMs: number }>();
-  snapshots: SnapshotActivity | undefined;
 
   constructor(
     private readonly group: Group,
     private readonly store: PageStore,
     private readonly log: MeshLog,
+    /** Steps wait while a snapshot involves their volume (see the "quiet" effect). */
+    private readonly snapshots: SnapshotActivity,
   ) {}
 
   // ---- the data path's questions
@@ -223,7 +224,7 @@ export class PageMover {
       // The check and the freeze happen in one turn: no snapshot can start in between.
       const waitQuiet = () => {
         if (step.phase !== "quiet") return;
-        if (this.snapshots?.involves(step.request.volume)) setTimeout(waitQuiet, QUIET_POLL_MS);
+        if (this.snapshots.involves(step.request.volume)) setTimeout(waitQuiet, QUIET_POLL_MS);
         else apply(step.onQuiet(Date.now()));
       };
       waitQuiet();

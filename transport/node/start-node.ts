@@ -6,12 +6,9 @@ import { Catalog } from "../../core/catalog.ts";
 import { asShoalError, ShoalError } from "../../core/errors.ts";
 import { isValidNodeId, parseHostPort, type Member } from "../../core/member.ts";
 import { PageStore } from "../../core/page-store.ts";
-import type { FrameHeader, Payload } from "../frame.ts";
 import { Group, JoinInDoubt } from "../group.ts";
 import { lockDataDir } from "./data-dir-lock.ts";
-import type { MeshConnection, Reply } from "../mesh-connection.ts";
 import { MeshServer } from "../mesh.ts";
-import { meshOpRefusal } from "../mesh-tls.ts";
 import { loadTlsIdentity, type TlsIdentity, useTlsIdentity } from "../tls-identity.ts";
 import { NbdServer } from "../nbd-server.ts";
 import { VolumeRouter } from "../volume-router.ts";
@@ -22,6 +19,7 @@ import { RouteAdmin } from "../admin/route-admin.ts";
 import { snapshotLayerId } from "../../core/snapshot-record.ts";
 import { AdminApi } from "../admin/admin-api.ts";
 import { adminDispatcher } from "../admin/admin-service.ts";
+import { meshRequests, type NodeServices } from "./mesh-requests.ts";
 import type { LogFields, MeshLog } from "../mesh.ts";
 import { SHOAL_VERSION } from "./version.ts";
 import { exitOnFatal } from "./fatal-exit.ts";
@@ -170,32 +168,10 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   undo.push(() => store.close());
   const startedAtMs = Date.now();
 
-  let group: Group;
-  let router: VolumeRouter;
-  let admin: (op: string, args: FrameHeader) => Promise<FrameHeader> | undefined;
-  let snapshots: SnapshotService;
-  let mover: PageMover;
-  const handler = (connection: MeshConnection, op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> => {
-    if (tls) {
-      const refusal = meshOpRefusal(connection.certificate, op, args);
-      if (refusal) throw new ShoalError("NOT_AUTHENTICATED", refusal);
-    }
-    const groupResult = group.handle(connection, op, args);
-    if (groupResult !== undefined) return groupResult;
-    if (connection.peerId === undefined && op !== "group.join") {
-      throw new ShoalError("BAD_REQUEST", `'${op}' before hello`);
-    }
-    if (connection.peerId === "admin" && !op.startsWith("admin.")) {
-      throw new ShoalError("BAD_REQUEST", `'${op}' is for members of the group, not admin clients`);
-    }
-    if (op === "snap.msg") return { result: snapshots.onMessage(connection.peerId!, args) };
-    if (op === "snap.rollback") return snapshots.rollbackLocal(peerText(args, "uid"), peerText(args, "layer")).then(() => ({}));
-    const routed = router.handle(op, args, payload) ?? mover.handle(op, args, payload, connection);
-    if (routed !== undefined) return routed;
-    const answered = admin(op, args);
-    if (answered !== undefined) return answered.then((result) => ({ result }));
-    throw new ShoalError("BAD_REQUEST", `unknown mesh operation '${op}'`);
-  };
+  // Requests may arrive as soon as the mesh listens; each part answers once it exists.
+  let meshGroup: Group | undefined;
+  let services: NodeServices | undefined;
+  const handler = meshRequests(tls, () => meshGroup, () => services);
 
   const mesh = new MeshServer(handler, log, tls);
   const meshPort = onFlag("--listen", () => mesh.listen(meshAddress.host, meshAddress.port));
@@ -208,7 +184,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     joinedAtMs: Date.now(),
   };
 
-  group = new Group({
+  const group = new Group({
     catalog,
     self: { ...self, nbdAddress: `${nbdAddress.host}:${nbdAddress.port}` },
     handler,
@@ -216,7 +192,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     onVolumeChanged: (record, previous) => {
       if (previous && (record.deleted || previous.uid !== record.uid)) {
         dropLayer(previous.uid);
-        router?.forgetVolume(previous.uid);
+        services?.router.forgetVolume(previous.uid);
       }
       // A clone starts as an empty layer over the snapshot it was cloned from, on every node
       // that holds its pages (the same nodes as the snapshot's). A node without that snapshot
@@ -228,13 +204,14 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     onSnapshotChanged: (record) => {
       if (record.deleted) dropLayer(snapshotLayerId(record.volumeUid, record.snapshotId));
     },
-    onPeerDown: (nodeId) => snapshots?.onPeerDown(nodeId),
+    onPeerDown: (nodeId) => services?.snapshots.onPeerDown(nodeId),
   });
+  meshGroup = group;
   const dropLayer = (layer: string) => {
     if (!store.hasLayer(layer)) return;
     store.deleteLayer(layer).catch((err: unknown) => log.warn(`removing layer ${layer} failed: ${(err as Error).message}`));
   };
-  router = new VolumeRouter(group, store);
+  const router = new VolumeRouter(group, store);
   const nbd = new NbdServer({
     catalog: router,
     log,
@@ -244,15 +221,16 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   undo.push(() => void nbd.close());
   group.addMember({ ...self, nbdAddress: `${nbdAddress.host}:${nbdPort}` });
   const clockSkewMs = Number(process.env.SHOAL_CLOCK_SKEW_MS ?? 0);
-  snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs });
+  const snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs });
+  const mover = new PageMover(group, store, log, snapshots);
+  // The router and the snapshot service are each other's (and the mover's) users: set once here.
   router.gate = snapshots;
-  mover = new PageMover(group, store, log);
-  mover.snapshots = snapshots;
   router.mover = mover;
   snapshots.mover = mover;
   const moves = new MoveService(group, mover, log);
   const nodeAdmin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
-  admin = adminDispatcher({ ...nodeAdmin.handlers, ...new RouteAdmin(group, moves).handlers });
+  const admin = adminDispatcher({ ...nodeAdmin.handlers, ...new RouteAdmin(group, moves).handlers });
+  services = { snapshots, router, mover, admin };
   watchNodeState(nodeMetrics, { group, store, version: SHOAL_VERSION, startedAtMs, nbdConnections: () => nbd.connectionCount, meshConnections: () => mesh.connections.size });
   const metricsEndpoint = metricsAddress && onFlag("--metrics", () => serveMetrics(metricsAddress.host, metricsAddress.port, nodeMetrics.registry));
   undo.push(() => metricsEndpoint?.stop());
@@ -321,9 +299,3 @@ function resolveNodeId(catalog: Catalog, requested: string | undefined): string 
   return id;
 }
 
-/** A string a peer must send; a member that sends anything else has a bug, refused as BAD_REQUEST. */
-function peerText(args: FrameHeader, name: string): string {
-  const value = args[name];
-  if (typeof value !== "string" || value === "") throw new ShoalError("BAD_REQUEST", `argument '${name}' must be a non-empty string`);
-  return value;
-}
