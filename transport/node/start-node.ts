@@ -16,10 +16,10 @@ import { SnapshotService } from "../snapshot-service.ts";
 import { PageMover } from "../page-mover.ts";
 import { MoveService } from "../move-service.ts";
 import { RouteAdmin } from "../admin/route-admin.ts";
-import { snapshotLayerId } from "../../core/snapshot-record.ts";
 import { AdminApi } from "../admin/admin-api.ts";
 import { adminDispatcher } from "../admin/admin-service.ts";
 import { meshRequests, type NodeServices } from "./mesh-requests.ts";
+import { layerUpkeep } from "./layer-upkeep.ts";
 import type { LogFields, MeshLog } from "../mesh.ts";
 import { SHOAL_VERSION } from "./version.ts";
 import { exitOnFatal } from "./fatal-exit.ts";
@@ -189,28 +189,10 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     self: { ...self, nbdAddress: `${nbdAddress.host}:${nbdAddress.port}` },
     handler,
     log,
-    onVolumeChanged: (record, previous) => {
-      if (previous && (record.deleted || previous.uid !== record.uid)) {
-        dropLayer(previous.uid);
-        services?.router.forgetVolume(previous.uid);
-      }
-      // A clone starts as an empty layer over the snapshot it was cloned from, on every node
-      // that holds its pages (the same nodes as the snapshot's). A node without that snapshot
-      // (one that joined later) holds none of them; a page move brings the layers along.
-      if (!record.deleted && record.origin && previous?.uid !== record.uid && !store.hasLayer(record.uid) && store.hasLayer(record.origin)) {
-        store.createLayer(record.uid, record.origin);
-      }
-    },
-    onSnapshotChanged: (record) => {
-      if (record.deleted) dropLayer(snapshotLayerId(record.volumeUid, record.snapshotId));
-    },
+    ...layerUpkeep(store, log, (uid) => services?.router.forgetVolume(uid)),
     onPeerDown: (nodeId) => services?.snapshots.onPeerDown(nodeId),
   });
   meshGroup = group;
-  const dropLayer = (layer: string) => {
-    if (!store.hasLayer(layer)) return;
-    store.deleteLayer(layer).catch((err: unknown) => log.warn(`removing layer ${layer} failed: ${(err as Error).message}`));
-  };
   const router = new VolumeRouter(group, store);
   const nbd = new NbdServer({
     catalog: router,
