@@ -57,6 +57,7 @@ export class Catalog implements SnapshotCatalog {
   private readonly walPath: string;
   private walFd = -1;
   private syncing = false;
+  private closed = false;
   private readonly waiting: { resolve: () => void; reject: (err: unknown) => void }[] = [];
 
   constructor(path: string) {
@@ -82,6 +83,7 @@ export class Catalog implements SnapshotCatalog {
   }
 
   close(): void {
+    this.closed = true;
     if (this.walFd >= 0) fs.closeSync(this.walFd);
     this.walFd = -1;
     this.lazyDb.close();
@@ -113,7 +115,8 @@ export class Catalog implements SnapshotCatalog {
       (err) => {
         // After a failed fsync the kernel may have dropped the dirty pages and marked them clean:
         // a retry would succeed over lost records. Nothing written since can be trusted; crash.
-        fatal(err, "syncing the catalog's write-ahead log failed");
+        // Unless close() took the descriptor away mid-sync: closing checkpoints the log itself.
+        if (!this.closed) fatal(err, "syncing the catalog's write-ahead log failed");
         for (const waiter of batch) waiter.reject(err);
       },
     ).finally(() => {
