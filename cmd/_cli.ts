@@ -2,7 +2,7 @@
 // to a node, and printing either a table for people or one JSON document for scripts.
 import type { ArgDef, ArgsDef } from "citty";
 import { ShoalError } from "../core/errors.ts";
-import type { FrameHeader } from "../transport/frame.ts";
+import type { AdminArgs, AdminOp, AdminResult } from "../transport/admin/admin-ops.ts";
 import { dialMesh } from "../transport/mesh.ts";
 import { loadTlsIdentity, tlsIdentity, useTlsIdentity } from "../transport/tls-identity.ts";
 
@@ -82,8 +82,15 @@ export function kebab(name: string): string {
   return name.replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`);
 }
 
-/** One request to a node's admin API. */
-export async function adminRequest(address: string, op: string, args: FrameHeader = {}, timeoutMs = 60_000): Promise<FrameHeader> {
+/**
+ * One request to a node's admin API: `op` and its arguments as transport/admin/admin-ops.ts types
+ * them (an operation without arguments may leave them out).
+ */
+export async function adminRequest<Op extends AdminOp>(
+  address: string,
+  op: Op,
+  ...[args, timeoutMs = 60_000]: {} extends AdminArgs<Op> ? [args?: AdminArgs<Op>, timeoutMs?: number] : [args: AdminArgs<Op>, timeoutMs?: number]
+): Promise<AdminResult> {
   const connection = await dialMesh(address, () => {
     throw new ShoalError("BAD_REQUEST", "the admin client serves no requests");
   }, { info: () => {}, warn: () => {} });
@@ -91,7 +98,7 @@ export async function adminRequest(address: string, op: string, args: FrameHeade
     await connection.request("hello", { role: "admin" }, undefined, 5000).catch((err: unknown) => {
       throw tlsHint(err);
     });
-    const response = await connection.request(op, args, undefined, timeoutMs);
+    const response = await connection.request(op, args ?? {}, undefined, timeoutMs);
     return response.result;
   } finally {
     connection.close();

@@ -1,7 +1,7 @@
 // `--help` text, rendered here rather than by citty: citty prints flags by their camelCase
 // definition names (`--pageSize`) and only the last command word, while people type the
 // kebab-case flags the README shows and need the whole command line (`shoal volume create`).
-import type { ArgDef, CommandDef } from "citty";
+import type { ArgDef, CommandDef, Resolvable } from "citty";
 import { kebab } from "./_cli.ts";
 
 export const PROGRAM = "shoal";
@@ -21,21 +21,36 @@ export function stripAnsi(text: string): string {
   return text.replace(ANSI_ESCAPE, "");
 }
 
+/** A subcommand given as a loader (loaded only when named) or as the command itself. */
+async function resolve<T>(value: Resolvable<T>): Promise<T> {
+  return typeof value === "function" ? await (value as () => T | Promise<T>)() : await value;
+}
+
+async function subCommandsOf(command: AnyCommand): Promise<Record<string, Resolvable<AnyCommand>>> {
+  return ((await resolve(command.subCommands ?? {})) ?? {}) as Record<string, Resolvable<AnyCommand>>;
+}
+
 /** The command named by the leading words of `rawArgs`, and those words ("shoal volume create"). */
-export function resolveCommand(root: AnyCommand, rawArgs: string[]): { command: AnyCommand; path: string[] } {
+export async function resolveCommand(root: AnyCommand, rawArgs: string[]): Promise<{ command: AnyCommand; path: string[] }> {
   let command = root;
   const path = [PROGRAM];
   for (const word of rawArgs) {
     if (word.startsWith("-")) break;
-    const next = ((command.subCommands ?? {}) as Record<string, AnyCommand>)[word];
+    const next = (await subCommandsOf(command))[word];
     if (!next) break;
-    command = next;
+    command = await resolve(next);
     path.push(word);
   }
   return { command, path };
 }
 
-export function renderUsage(command: AnyCommand, path: string[], colour: boolean): string {
+/** The usage of `command`; its subcommands are loaded to show what each does. */
+export async function renderUsage(command: AnyCommand, path: string[], colour: boolean): Promise<string> {
+  const subCommands = await Promise.all(Object.entries(await subCommandsOf(command)).map(async ([word, sub]) => [word, await resolve(sub)] as const));
+  return usageText(command, subCommands, path, colour);
+}
+
+function usageText(command: AnyCommand, subCommands: (readonly [string, AnyCommand])[], path: string[], colour: boolean): string {
   const paint = (code: number) => (text: string) => (colour ? `\u001b[${code}m${text}\u001b[0m` : text);
   const bold = paint(1);
   const cyan = paint(36);
@@ -44,7 +59,6 @@ export function renderUsage(command: AnyCommand, path: string[], colour: boolean
   const defs = Object.entries((command.args ?? {}) as Record<string, ArgDef>);
   const positionals = defs.filter(([, def]) => def.type === "positional");
   const flags = defs.filter(([, def]) => def.type !== "positional");
-  const subCommands = Object.entries((command.subCommands ?? {}) as Record<string, AnyCommand>);
 
   const synopsis = [name];
   if (subCommands.length > 0) synopsis.push("COMMAND");

@@ -1,6 +1,6 @@
-// `shoal node`: runs a storage node in the foreground until SIGINT or SIGTERM.
+// `shoal node`: runs a storage node in the foreground until SIGINT or SIGTERM. The CLI front of
+// transport/node/start-node.ts: flags and config file in, a running node out.
 import { defineCommand, type ArgsDef } from "citty";
-import { startNode } from "./_node-runtime.ts";
 import { parseDurationMs, rejectUnknownFlags } from "./_cli.ts";
 import { resolveSettings, withoutDefaults, type Settings } from "./_config.ts";
 import { createLog, parseLogFormat } from "./_log.ts";
@@ -43,6 +43,8 @@ export default defineCommand({
     const configPath = context.args.config || process.env.SHOAL_CONFIG || undefined;
     const settings = resolveSettings(nodeFlags, context.args as Settings, configPath);
     const text = (name: string) => settings[name] as string | undefined;
+    // Loaded here, not at the top: only `shoal node` needs sqlite, the page store and the servers.
+    const { startNode } = await import("../transport/node/start-node.ts");
     const node = await startNode({
       id: text("id"),
       dataDir: text("data")!,
@@ -51,7 +53,7 @@ export default defineCommand({
       join: text("join"),
       maxClockSkewMs: parseDurationMs(text("maxClockSkew")!),
       metrics: text("metrics"),
-      logFormat: parseLogFormat(text("logFormat")!),
+      log: createLog(undefined, parseLogFormat(text("logFormat")!)),
       tlsDir: text("tls"),
       tlsRequired: settings.tlsRequired === true,
       dirtyLimitBytes: parseSize(text("dirtyLimit")!),

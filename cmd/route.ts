@@ -2,6 +2,7 @@
 import { defineCommand } from "citty";
 import { isErrorCode, ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
+import type { AdminArgs } from "../transport/admin/admin-ops.ts";
 import { adminRequest, nodeAddress, nodeArgs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
 
 const nodes = defineCommand({
@@ -166,15 +167,17 @@ interface MoveStatus {
 }
 
 /** Starts a move job, then (unless --no-wait) polls it, with progress on stderr, until it ends. */
-async function runMove(args: { node?: string; json?: boolean; wait?: boolean }, op: string, request: Record<string, unknown>): Promise<void> {
+type MoveOp = "admin.route.move" | "admin.route.rebalance" | "admin.route.drain";
+
+async function runMove<Op extends MoveOp>(args: { node?: string; json?: boolean; wait?: boolean }, op: Op, request: AdminArgs<Op>): Promise<void> {
   const address = nodeAddress(args);
-  let result = (await adminRequest(address, op, request as never)) as unknown as MoveStatus;
+  let result = (await adminRequest<MoveOp>(address, op, request)) as unknown as MoveStatus;
   const plan = result.plan;
   if (result.state === "running" && args.wait !== false) {
     let lastPrintMs = 0;
     while (result.state === "running") {
       await Bun.sleep(200);
-      result = (await adminRequest(address, "admin.route.status", { moveId: result.moveId })) as unknown as MoveStatus;
+      result = (await adminRequest(address, "admin.route.status", { moveId: result.moveId! })) as unknown as MoveStatus;
       const nowMs = Date.now();
       if (nowMs - lastPrintMs >= (process.stderr.isTTY ? 250 : 2000) || result.state !== "running") {
         lastPrintMs = nowMs;

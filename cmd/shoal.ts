@@ -4,19 +4,21 @@
 import { defineCommand, runCommand } from "citty";
 import { asShoalError, ShoalError } from "../core/errors.ts";
 import { kebab } from "./_cli.ts";
-import { SHOAL_VERSION } from "./_node-runtime.ts";
+import { SHOAL_VERSION } from "../transport/node/version.ts";
 import { colourFor, PROGRAM, renderUsage, resolveCommand, stripAnsi } from "./_usage.ts";
 import { exitWithErrorLine, guardProcessOutput } from "./_output.ts";
-import archive from "./archive.ts";
-import node from "./node.ts";
-import route from "./route.ts";
-import snap from "./snap.ts";
-import tls from "./tls.ts";
-import volume from "./volume.ts";
 
 const main = defineCommand({
   meta: { name: PROGRAM, version: SHOAL_VERSION, description: "Distributed block storage with crash-consistent snapshots, served over NBD" },
-  subCommands: { node, volume, route, snap, archive, tls },
+  // Loaded when named: `shoal volume list` reads neither the archive code nor the TLS authority's.
+  subCommands: {
+    node: () => import("./node.ts").then((module) => module.default),
+    volume: () => import("./volume.ts").then((module) => module.default),
+    route: () => import("./route.ts").then((module) => module.default),
+    snap: () => import("./snap.ts").then((module) => module.default),
+    archive: () => import("./archive.ts").then((module) => module.default),
+    tls: () => import("./tls.ts").then((module) => module.default),
+  },
 });
 
 async function run(rawArgs: string[]): Promise<void> {
@@ -26,14 +28,14 @@ async function run(rawArgs: string[]): Promise<void> {
     process.stdout.write(`${SHOAL_VERSION}\n`);
     return;
   }
-  const { command, path } = resolveCommand(main, rawArgs);
+  const { command, path } = await resolveCommand(main, rawArgs);
   if (rawArgs.includes("--help") || rawArgs.includes("-h")) {
-    process.stdout.write(renderUsage(command, path, colourFor(process.stdout)));
+    process.stdout.write(await renderUsage(command, path, colourFor(process.stdout)));
     return;
   }
   // A command group without its command ("shoal", "shoal volume"): the usage is the answer, as an error.
   if (command.subCommands && path.length === rawArgs.length + 1) {
-    process.stderr.write(renderUsage(command, path, colourFor(process.stderr)));
+    process.stderr.write(await renderUsage(command, path, colourFor(process.stderr)));
     process.exit(2);
   }
   try {

@@ -21,12 +21,17 @@ const create = defineCommand({
     const result = await adminRequest(nodeAddress(args), "admin.snap.create", {
       volumes,
       name: args.name,
-      mode: args.mode,
+      mode: snapshotMode(args.mode),
       holdTimeoutMs: parseDurationMs(args.holdTimeout),
     });
     printResult(args.json, result, () => describeCreated(result));
   },
 });
+
+function snapshotMode(text: string): "hold" | "timestamp" {
+  if (text === "hold" || text === "timestamp") return text;
+  throw new ShoalError("BAD_ARGUMENT", `unknown snapshot mode '${text}'; use hold or timestamp`);
+}
 
 /** The human form of a snapshot just made: one line, then one per node that held requests. */
 function describeCreated(result: Record<string, unknown>): string {
@@ -61,7 +66,7 @@ const prepare = defineCommand({
     const result = await adminRequest(nodeAddress(args), "admin.snap.prepare", {
       volumes,
       name: args.name,
-      mode: args.mode,
+      mode: snapshotMode(args.mode),
       holdTimeoutMs: parseDurationMs(args.holdTimeout),
     });
     printResult(args.json, result, () => `prepared ${args.name} (${String(result.snapshotId)}); now \`shoal snap take ${args.name}\` on the same node`);
@@ -140,7 +145,7 @@ const list = defineCommand({
   },
 });
 
-function refCommand(name: string, description: string, op: string, verb: string) {
+function refCommand(name: string, description: string, op: "admin.snap.delete" | "admin.snap.rollback", verb: string) {
   return defineCommand({
     meta: { name, description },
     args: { snapshot: { type: "positional", description: "VOL@NAME", required: true }, ...nodeArgs },

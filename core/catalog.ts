@@ -3,6 +3,7 @@
 import { Database } from "bun:sqlite";
 import * as fs from "node:fs";
 import { fdatasyncAsync } from "./_durable-fs.ts";
+import { fatal } from "./invariant.ts";
 import { ShoalError } from "./errors.ts";
 import type { Member } from "./member.ts";
 import { routingFromWire, routingToWire } from "./routing.ts";
@@ -56,6 +57,7 @@ export class Catalog implements SnapshotCatalog {
   private readonly walPath: string;
   private walFd = -1;
   private syncing = false;
+  private closed = false;
   private readonly waiting: { resolve: () => void; reject: (err: unknown) => void }[] = [];
 
   constructor(path: string) {
@@ -81,6 +83,7 @@ export class Catalog implements SnapshotCatalog {
   }
 
   close(): void {
+    this.closed = true;
     if (this.walFd >= 0) fs.closeSync(this.walFd);
     this.walFd = -1;
     this.lazyDb.close();
@@ -110,6 +113,10 @@ export class Catalog implements SnapshotCatalog {
         for (const waiter of batch) waiter.resolve();
       },
       (err) => {
+        // After a failed fsync the kernel may have dropped the dirty pages and marked them clean:
+        // a retry would succeed over lost records. Nothing written since can be trusted; crash.
+        // Unless close() took the descriptor away mid-sync: closing checkpoints the log itself.
+        if (!this.closed) fatal(err, "syncing the catalog's write-ahead log failed");
         for (const waiter of batch) waiter.reject(err);
       },
     ).finally(() => {

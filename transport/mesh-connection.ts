@@ -51,6 +51,14 @@ const BATCH_BYTES = 256 * 1024;
 const UNTRUSTED_MAX_FRAME_BYTES = 64 * 1024;
 const HELLO_TIMEOUT_MS = 10_000;
 const MAX_INBOUND_CONNECTIONS = 1024;
+/**
+ * Requests a connection runs at once; past it the connection stops reading, so the sender meets
+ * TCP backpressure instead of this node holding every request it was sent. A member's bound is
+ * the sender's own (MAX_PENDING_REQUESTS), so our peers never meet it; anyone else (admin
+ * clients, which send one request at a time) gets a small one.
+ */
+export const MAX_RUNNING_REQUESTS = MAX_PENDING_REQUESTS;
+export const UNTRUSTED_MAX_RUNNING_REQUESTS = 64;
 
 export interface MeshConnectionOptions {
   socket: Socket<unknown>;
@@ -82,6 +90,14 @@ export class MeshConnection {
   private identity: string | undefined;
   private helloTimer: ReturnType<typeof setTimeout> | undefined;
   private static inboundOpen = 0;
+  /** Requests handed to the handler and not yet answered. */
+  private running = 0;
+  /**
+   * Requests decoded while `running` was at its bound, started in arrival order as others end.
+   * Reading is paused while any wait, so this holds at most what the socket had delivered.
+   */
+  private waiting: Frame[] = [];
+  private readingPaused = false;
   label: string;
 
   constructor(private readonly options: MeshConnectionOptions) {
@@ -160,7 +176,32 @@ export class MeshConnection {
       this.close();
       return;
     }
-    for (const frame of frames) this.onFrame(frame);
+    for (const frame of frames) {
+      if (frame.header.t === "q" && (this.waiting.length > 0 || this.running >= this.runningBound())) this.waiting.push(frame);
+      else this.onFrame(frame);
+    }
+    if (this.waiting.length > 0 && !this.readingPaused && !this.closed) {
+      this.readingPaused = true;
+      this.socket.pause();
+    }
+  }
+
+  private runningBound(): number {
+    return this.identity === undefined || this.identity === "admin" ? UNTRUSTED_MAX_RUNNING_REQUESTS : MAX_RUNNING_REQUESTS;
+  }
+
+  /** A request ended: start those that waited for room, and read again once none wait. */
+  private onRequestDone(): void {
+    this.running--;
+    // Handlers answer later (a promise), never from inside this loop: no re-entry.
+    let started = 0;
+    while (started < this.waiting.length && this.running < this.runningBound()) this.onFrame(this.waiting[started++]!);
+    if (this.closed) return;
+    this.waiting.splice(0, started);
+    if (this.waiting.length === 0 && this.readingPaused) {
+      this.readingPaused = false;
+      this.socket.resume();
+    }
   }
 
   onDrain(): void {
@@ -178,6 +219,7 @@ export class MeshConnection {
       pending.reject(this.refusal ?? new ShoalError("NODE_DOWN", `connection to ${this.label} closed`));
     }
     this.pending.clear();
+    this.waiting = [];
     this.socket.end();
     this.options.onClose?.(this);
   }
@@ -220,8 +262,14 @@ export class MeshConnection {
       this.sendError(id, err);
       return;
     }
-    if (reply instanceof Promise) reply.then((value) => this.sendReply(id, value), (err) => this.sendError(id, err));
-    else this.sendReply(id, reply);
+    if (!(reply instanceof Promise)) return this.sendReply(id, reply);
+    this.running++;
+    reply
+      .then(
+        (value) => this.sendReply(id, value),
+        (err) => this.sendError(id, err),
+      )
+      .finally(() => this.onRequestDone());
   }
 
   private sendReply(id: number, reply: Reply): void {

@@ -49,12 +49,13 @@ export class PageMover {
   private readonly staged = new Map<string, { pieces: PagePiece[]; layers: PageExport["layers"]; expiresAtMs: number }>();
   /** Pages installed per step, made durable together when the source seals the step. */
   private readonly batches = new Map<string, { batch: ImportBatch; expiresAtMs: number }>();
-  snapshots: SnapshotActivity | undefined;
 
   constructor(
     private readonly group: Group,
     private readonly store: PageStore,
     private readonly log: MeshLog,
+    /** Steps wait while a snapshot involves their volume (see the "quiet" effect). */
+    private readonly snapshots: SnapshotActivity,
   ) {}
 
   // ---- the data path's questions
@@ -192,10 +193,10 @@ export class PageMover {
           this.group.durable().then(
             () => done(),
             (err) => {
-              // The table already changed here; tell the target, whose copy then outranks
-              // ours at any restart (the digest brings it back).
-              this.log.warn(`move step ${stepId}: syncing the catalog failed (${asShoalError(err).message}); going on`);
-              done();
+              // The new table may or may not be on disk: going on would publish a commit this
+              // node can forget. The catalog has called the fatal hook (core/invariant.ts),
+              // which in a node does not return; where it does, the step stops unpublished.
+              done(failure(err));
             },
           );
         },
@@ -223,7 +224,7 @@ export class PageMover {
       // The check and the freeze happen in one turn: no snapshot can start in between.
       const waitQuiet = () => {
         if (step.phase !== "quiet") return;
-        if (this.snapshots?.involves(step.request.volume)) setTimeout(waitQuiet, QUIET_POLL_MS);
+        if (this.snapshots.involves(step.request.volume)) setTimeout(waitQuiet, QUIET_POLL_MS);
         else runner.run(step.onQuiet(Date.now()));
       };
       waitQuiet();

@@ -47,6 +47,8 @@ export interface CreateSnapshot {
 
 /** Requests waiting on a hold beyond this make the node give the hold up. */
 const MAX_HELD_REQUESTS = 4096;
+/** Ended split-phase snapshots whose outcome a late `release` may still ask for. */
+const MAX_ENDED_PREPARED = 64;
 
 export class SnapshotService implements SnapshotGate, SnapshotActivity {
   readonly holds: HoldQueue;
@@ -71,8 +73,10 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     string,
     { resolve: (r: SnapshotResult) => void; reject: (e: ShoalError) => void; promise: Promise<SnapshotResult>; onReady: () => void }
   >();
-  /** Split-phase snapshots coordinated here, by name. */
+  /** Split-phase snapshots coordinated here, by name, until they end (taken, released or failed). */
   private readonly prepared = new Map<string, string>();
+  /** How the last few ended, so a `release` after them can say (bounded: no one must release). */
+  private readonly preparedEnded = new Map<string, "aborted" | "complete">();
   /** Acknowledgements waiting on a timestamp-mode snapshot's commit wait, by snapshot id. */
   private readonly fenceWaiters = new Map<string, { promise: Promise<void>; resolve: () => void }>();
   private stopped = false;
@@ -164,6 +168,10 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const ready = new Promise<void>((resolve) => (onReady = resolve));
     const { snapshotId, promise: done } = this.begin(request, true, onReady);
     this.prepared.set(request.name, snapshotId);
+    done.then(
+      () => this.endPrepared(request.name, snapshotId, "complete"),
+      () => this.endPrepared(request.name, snapshotId, "aborted"),
+    );
     // Whichever comes first: ready, or the snapshot failing while preparing.
     await Promise.race([ready, done]);
     return snapshotId;
@@ -180,6 +188,9 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   /** Split phases: before take, abort (everyone resumes); after take, nothing is left to undo. */
   async release(name: string): Promise<"aborted" | "complete"> {
     const snapshotId = this.prepared.get(name);
+    const ended = this.preparedEnded.get(name);
+    this.preparedEnded.delete(name);
+    if (snapshotId === undefined && ended) return ended;
     if (snapshotId === undefined) throw new ShoalError("UNKNOWN_SNAPSHOT", `no snapshot '${name}' was prepared on this node`);
     this.prepared.delete(name);
     const waiter = this.waiting.get(snapshotId);
@@ -190,6 +201,17 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
       return "complete";
     } catch {
       return "aborted";
+    }
+  }
+
+  private endPrepared(name: string, snapshotId: string, outcome: "aborted" | "complete"): void {
+    if (this.prepared.get(name) !== snapshotId) return; // released already, or prepared again
+    this.prepared.delete(name);
+    this.preparedEnded.delete(name);
+    this.preparedEnded.set(name, outcome);
+    for (const oldest of this.preparedEnded.keys()) {
+      if (this.preparedEnded.size <= MAX_ENDED_PREPARED) break;
+      this.preparedEnded.delete(oldest);
     }
   }
 

@@ -4,6 +4,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
 import { encodeFrameHead } from "../../transport/frame.ts";
 import { NbdClient } from "../../transport/nbd-client.ts";
+import { adminRequest } from "../../cmd/_cli.ts";
+import { ShoalError } from "../../core/errors.ts";
 import { run, TestCluster, waitFor } from "./_cluster.ts";
 
 let cluster: TestCluster;
@@ -92,6 +94,36 @@ describe("malformed mesh input", () => {
       const garbage = crypto.getRandomValues(new Uint8Array(64 + round * 13));
       await rawExchange(cluster.nodes[0]!.meshPort, garbage, 200);
     }
+    await goodClientWorks();
+  });
+});
+
+/** An admin request the CLI's types would refuse to send: the node must refuse it too. */
+async function untypedAdmin(op: string, args: Record<string, unknown>): Promise<ShoalError> {
+  const answer = await adminRequest(cluster.nodes[0]!.meshAddress, op as "admin.volume.list", args as never, 5000).then(
+    () => new ShoalError("INTERNAL", `'${op}' with ${JSON.stringify(args)} was accepted`),
+    (err: unknown) => err as ShoalError,
+  );
+  return answer;
+}
+
+describe("malformed admin arguments", () => {
+  test("a missing, mistyped or unknown argument is BAD_ARGUMENT naming it, never a coerced string", async () => {
+    const missing = await untypedAdmin("admin.volume.create", { sizeBytes: 16 * 1024 * 1024 });
+    expect(missing.code).toBe("BAD_ARGUMENT");
+    expect(missing.message).toContain("'name'");
+    // Before the table, String(undefined) made a volume called "undefined".
+    const volumes = (await adminRequest(cluster.nodes[0]!.meshAddress, "admin.volume.list")).volumes as { name: string }[];
+    expect(volumes.map((volume) => volume.name)).not.toContain("undefined");
+    const mistyped = await untypedAdmin("admin.volume.create", { name: "typed", sizeBytes: "16M" });
+    expect([mistyped.code, mistyped.message]).toEqual(["BAD_ARGUMENT", "'admin.volume.create': argument 'sizeBytes' must be a whole number >= 0 (string \"16M\")"]);
+    expect((await untypedAdmin("admin.volume.info", {})).code).toBe("BAD_ARGUMENT");
+    expect((await untypedAdmin("admin.snap.delete", { volume: "vol", name: 7 })).code).toBe("BAD_ARGUMENT");
+    expect((await untypedAdmin("admin.snap.create", { volumes: "vol", name: "s" })).code).toBe("BAD_ARGUMENT");
+    const extra = await untypedAdmin("admin.volume.delete", { name: "vol", force: true });
+    expect([extra.code, extra.message]).toEqual(["BAD_ARGUMENT", "'admin.volume.delete' takes no argument 'force'"]);
+    // Refused whole: the volume named alongside the unknown argument is still there.
+    expect((await adminRequest(cluster.nodes[0]!.meshAddress, "admin.volume.info", { name: "vol" })).name).toBe("vol");
     await goodClientWorks();
   });
 });

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { BLOCK_BYTES, checkCut, readStamp, stampBlock, WriteHistory } from "./_cut-checker.ts";
 import { connect, readStamps, startWriters } from "./_writers.ts";
-import { run, TestCluster, type TestNode } from "./_cluster.ts";
+import { run, TestCluster, waitFor, type TestNode } from "./_cluster.ts";
 
 const PAGE = 64 * 1024; // small pages: the written region spans many pages on every node
 const BLOCKS = 256; // 1 MiB written region
@@ -291,6 +291,24 @@ describe("split-phase snapshots for scripts that quiesce an application", () => 
       await client.close();
     }
   }, 60_000);
+
+  test("a prepared snapshot ends with its hold: a release after the timeout says aborted, and take finds nothing", async () => {
+    const [node1, node2] = cluster.nodes;
+    expect((await cluster.shoal(["volume", "create", "idle", "--size", "8M"])).exitCode).toBe(0);
+    const client = await connect(node2!, "idle");
+    try {
+      expect((await cluster.shoal(["snap", "prepare", "idle", "--name", "lapsed", "--hold-timeout", "500ms"], { node: node1 })).exitCode).toBe(0);
+      // Held until the hold times out: nobody takes the snapshot.
+      await client.write(0, stampBlock(1));
+    } finally {
+      await client.close();
+    }
+    await waitFor("the prepared snapshot to time out", async () => (await cluster.shoal(["snap", "take", "lapsed"], { node: node1 })).exitCode === 3, 10_000);
+    const released = await cluster.shoal(["snap", "release", "lapsed", "--json"], { node: node1 });
+    expect([released.exitCode, JSON.parse(released.stdout).outcome]).toEqual([0, "aborted"]);
+    // Told once; the name is free again.
+    expect((await cluster.shoal(["snap", "release", "lapsed"], { node: node1 })).exitCode).toBe(3);
+  }, 30_000);
 });
 
 describe("timestamp-mode snapshots with skewed clocks", () => {

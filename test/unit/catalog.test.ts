@@ -4,6 +4,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { Catalog } from "../../core/catalog.ts";
+import { setFatalHandler } from "../../core/invariant.ts";
 import { MAX_VOLUME_PAGES } from "../../core/geometry.ts";
 import { withOwner } from "../../core/routing.ts";
 import { newVolumeRecord } from "../../core/volume.ts";
@@ -56,5 +57,45 @@ describe("catalog volume rows", () => {
     const [back] = reopened.volumes();
     reopened.close();
     expect([...back!.routing.owners]).toEqual([...record.routing.owners]);
+  });
+});
+
+describe("catalog durability", () => {
+  test("a failed write-ahead-log fsync calls the fatal hook (and rejects), never a quiet retry", async () => {
+    const catalog = new Catalog(catalogPath());
+    const calls: { reason: string; code: unknown }[] = [];
+    const previous = setFatalHandler((error, reason) => calls.push({ reason, code: (error as { code?: unknown }).code }));
+    try {
+      await catalog.durable();
+      expect(calls).toEqual([]);
+      // A descriptor the kernel refuses to sync stands in for a disk that failed the fsync.
+      const walFd = (catalog as unknown as { walFd: number }).walFd;
+      fs.closeSync(walFd);
+      (catalog as unknown as { walFd: number }).walFd = fs.openSync("/dev/null", "r");
+      const outcome = await catalog.durable().then(() => "synced", (err: { code?: string }) => err.code);
+      expect(outcome).toBe("EINVAL");
+      expect(calls).toEqual([{ reason: "syncing the catalog's write-ahead log failed", code: "EINVAL" }]);
+    } finally {
+      setFatalHandler(previous);
+      catalog.close();
+    }
+  });
+
+  test("a sync cut short by close() is not a fatal fsync failure (a node stopping must not die)", async () => {
+    const calls: string[] = [];
+    const previous = setFatalHandler((_, reason) => calls.push(reason));
+    try {
+      for (let round = 0; round < 20; round++) {
+        const catalog = new Catalog(catalogPath());
+        const syncs = [catalog.durable(), catalog.durable()];
+        catalog.close();
+        await Promise.allSettled(syncs);
+        // One started after close(): its log is gone with the checkpoint.
+        await catalog.durable().catch(() => undefined);
+      }
+      expect(calls).toEqual([]);
+    } finally {
+      setFatalHandler(previous);
+    }
   });
 });

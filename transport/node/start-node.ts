@@ -2,29 +2,30 @@
 // router and NBD server; and takes it apart again on SIGINT/SIGTERM without losing a write.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { Catalog } from "../core/catalog.ts";
-import { asShoalError, ShoalError } from "../core/errors.ts";
-import { isValidNodeId, parseHostPort, type Member } from "../core/member.ts";
-import { PageStore } from "../core/store/page-store.ts";
-import { convertOldStore } from "../core/store/convert-old-store.ts";
-import type { FrameHeader, Payload } from "../transport/frame.ts";
-import { Group, JoinInDoubt } from "../transport/group.ts";
-import { lockDataDir } from "./_data-dir-lock.ts";
-import type { MeshConnection, Reply } from "../transport/mesh-connection.ts";
-import { MeshServer } from "../transport/mesh.ts";
-import { meshOpRefusal } from "../transport/mesh-tls.ts";
-import { loadTlsIdentity, type TlsIdentity, useTlsIdentity } from "../transport/tls-identity.ts";
-import { NbdServer } from "../transport/nbd-server.ts";
-import { VolumeRouter } from "../transport/volume-router.ts";
-import { SnapshotService } from "../transport/snapshot-service.ts";
-import { PageMover } from "../transport/page-mover.ts";
-import { MoveService } from "../transport/move-service.ts";
-import { RouteAdmin } from "./_route-admin.ts";
-import { snapshotLayerId } from "../core/snapshot-record.ts";
-import { AdminApi } from "./_admin-api.ts";
-import { createLog, type LogFormat } from "./_log.ts";
-import { nodeMetrics, watchNodeState } from "../transport/node-metrics.ts";
-import { serveMetrics } from "../transport/metrics-endpoint.ts";
+import { Catalog } from "../../core/catalog.ts";
+import { asShoalError, ShoalError } from "../../core/errors.ts";
+import { isValidNodeId, parseHostPort, type Member } from "../../core/member.ts";
+import { PageStore } from "../../core/store/page-store.ts";
+import { convertOldStore } from "../../core/store/convert-old-store.ts";
+import { Group, JoinInDoubt } from "../group.ts";
+import { lockDataDir } from "./data-dir-lock.ts";
+import { MeshServer } from "../mesh.ts";
+import { loadTlsIdentity, type TlsIdentity, useTlsIdentity } from "../tls-identity.ts";
+import { NbdServer } from "../nbd-server.ts";
+import { VolumeRouter } from "../volume-router.ts";
+import { SnapshotService } from "../snapshot-service.ts";
+import { PageMover } from "../page-mover.ts";
+import { MoveService } from "../move-service.ts";
+import { RouteAdmin } from "../admin/route-admin.ts";
+import { AdminApi } from "../admin/admin-api.ts";
+import { adminDispatcher } from "../admin/admin-service.ts";
+import { meshRequests, type NodeServices } from "./mesh-requests.ts";
+import { layerUpkeep } from "./layer-upkeep.ts";
+import type { LogFields, MeshLog } from "../mesh.ts";
+import { SHOAL_VERSION } from "./version.ts";
+import { exitOnFatal } from "./fatal-exit.ts";
+import { nodeMetrics, watchNodeState } from "../node-metrics.ts";
+import { serveMetrics } from "../metrics-endpoint.ts";
 
 export interface NodeOptions {
   id?: string;
@@ -40,9 +41,16 @@ export interface NodeOptions {
   tlsRequired?: boolean;
   /** HOST:PORT for the Prometheus endpoint; none when undefined. */
   metrics?: string;
-  logFormat?: LogFormat;
   /** Unsynced written bytes past which the store writes back and writers wait for it. */
   dirtyLimitBytes?: number;
+  /** Where the node's lines go (the CLI makes it from --log-format). */
+  log: NodeLog;
+}
+
+/** A log the node can tag with its id once it knows it. */
+export interface NodeLog extends MeshLog {
+  readonly fields: LogFields;
+  error(message: string, fields?: LogFields): void;
 }
 
 export interface RunningNode {
@@ -51,8 +59,6 @@ export interface RunningNode {
   nbdPort: number;
   stop(): Promise<void>;
 }
-
-export const SHOAL_VERSION = "0.1.0";
 
 /** The flags, checked: what startNode needs before it creates anything. */
 interface StartPlan {
@@ -149,7 +155,8 @@ function onFlag<T>(flag: string, listen: () => T): T {
 
 /** Everything after the lock. Each thing opened pushes its undoing, for a start that fails. */
 async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)[]): Promise<RunningNode> {
-  const log = createLog(undefined, options.logFormat);
+  const { log } = options;
+  exitOnFatal(log);
   const { tls, meshAddress, nbdAddress, metricsAddress } = plan;
   const catalog = new Catalog(path.join(options.dataDir, "catalog.db"));
   undo.push(() => catalog.close());
@@ -165,33 +172,10 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   undo.push(() => store.close());
   const startedAtMs = Date.now();
 
-  let group: Group;
-  let router: VolumeRouter;
-  let admin: AdminApi;
-  let snapshots: SnapshotService;
-  let mover: PageMover;
-  let routeAdmin: RouteAdmin;
-  const handler = (connection: MeshConnection, op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> => {
-    if (tls) {
-      const refusal = meshOpRefusal(connection.certificate, op, args);
-      if (refusal) throw new ShoalError("NOT_AUTHENTICATED", refusal);
-    }
-    const groupResult = group.handle(connection, op, args);
-    if (groupResult !== undefined) return groupResult;
-    if (connection.peerId === undefined && op !== "group.join") {
-      throw new ShoalError("BAD_REQUEST", `'${op}' before hello`);
-    }
-    if (connection.peerId === "admin" && !op.startsWith("admin.")) {
-      throw new ShoalError("BAD_REQUEST", `'${op}' is for members of the group, not admin clients`);
-    }
-    if (op === "snap.msg") return { result: snapshots.onMessage(connection.peerId!, args) };
-    if (op === "snap.rollback") return snapshots.rollbackLocal(String(args.uid), String(args.layer)).then(() => ({}));
-    const routed = router.handle(op, args, payload) ?? mover.handle(op, args, payload, connection);
-    if (routed !== undefined) return routed;
-    const answered = admin.handle(op, args) ?? routeAdmin.handle(op, args);
-    if (answered !== undefined) return answered.then((result) => ({ result }));
-    throw new ShoalError("BAD_REQUEST", `unknown mesh operation '${op}'`);
-  };
+  // Requests may arrive as soon as the mesh listens; each part answers once it exists.
+  let meshGroup: Group | undefined;
+  let services: NodeServices | undefined;
+  const handler = meshRequests(tls, () => meshGroup, () => services);
 
   const mesh = new MeshServer(handler, log, tls);
   const meshPort = onFlag("--listen", () => mesh.listen(meshAddress.host, meshAddress.port));
@@ -204,33 +188,16 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     joinedAtMs: Date.now(),
   };
 
-  group = new Group({
+  const group = new Group({
     catalog,
     self: { ...self, nbdAddress: `${nbdAddress.host}:${nbdAddress.port}` },
     handler,
     log,
-    onVolumeChanged: (record, previous) => {
-      if (previous && (record.deleted || previous.uid !== record.uid)) {
-        dropLayer(previous.uid);
-        router?.forgetVolume(previous.uid);
-      }
-      // A clone starts as an empty layer over the snapshot it was cloned from, on every node
-      // that holds its pages (the same nodes as the snapshot's). A node without that snapshot
-      // (one that joined later) holds none of them; a page move brings the layers along.
-      if (!record.deleted && record.origin && previous?.uid !== record.uid && !store.hasLayer(record.uid) && store.hasLayer(record.origin)) {
-        store.createLayer(record.uid, record.origin);
-      }
-    },
-    onSnapshotChanged: (record) => {
-      if (record.deleted) dropLayer(snapshotLayerId(record.volumeUid, record.snapshotId));
-    },
-    onPeerDown: (nodeId) => snapshots?.onPeerDown(nodeId),
+    ...layerUpkeep(store, log, (uid) => services?.router.forgetVolume(uid)),
+    onPeerDown: (nodeId) => services?.snapshots.onPeerDown(nodeId),
   });
-  const dropLayer = (layer: string) => {
-    if (!store.hasLayer(layer)) return;
-    store.deleteLayer(layer).catch((err: unknown) => log.warn(`removing layer ${layer} failed: ${(err as Error).message}`));
-  };
-  router = new VolumeRouter(group, store);
+  meshGroup = group;
+  const router = new VolumeRouter(group, store);
   const nbd = new NbdServer({
     catalog: router,
     log,
@@ -240,15 +207,16 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   undo.push(() => void nbd.close());
   group.addMember({ ...self, nbdAddress: `${nbdAddress.host}:${nbdPort}` });
   const clockSkewMs = Number(process.env.SHOAL_CLOCK_SKEW_MS ?? 0);
-  snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs });
+  const snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs });
+  const mover = new PageMover(group, store, log, snapshots);
+  // The router and the snapshot service are each other's (and the mover's) users: set once here.
   router.gate = snapshots;
-  mover = new PageMover(group, store, log);
-  mover.snapshots = snapshots;
   router.mover = mover;
   snapshots.mover = mover;
   const moves = new MoveService(group, mover, log);
-  routeAdmin = new RouteAdmin(group, moves);
-  admin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
+  const nodeAdmin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
+  const admin = adminDispatcher({ ...nodeAdmin.handlers, ...new RouteAdmin(group, moves).handlers });
+  services = { snapshots, router, mover, admin };
   watchNodeState(nodeMetrics, { group, store, version: SHOAL_VERSION, startedAtMs, nbdConnections: () => nbd.connectionCount, meshConnections: () => mesh.connections.size });
   const metricsEndpoint = metricsAddress && onFlag("--metrics", () => serveMetrics(metricsAddress.host, metricsAddress.port, nodeMetrics.registry));
   undo.push(() => metricsEndpoint?.stop());
@@ -316,3 +284,4 @@ function resolveNodeId(catalog: Catalog, requested: string | undefined): string 
   catalog.setMeta("node_id", id);
   return id;
 }
+

@@ -1,16 +1,18 @@
-// The admin operations a node answers for the CLI (`shoal volume`, `shoal route`). Every member
-// answers every one the same way: they read the group's catalog, which all members share.
-import { ShoalError } from "../core/errors.ts";
-import { DEFAULT_PAGE_SIZE_BYTES, pageCount } from "../core/geometry.ts";
-import type { PageStore, VolumeUsage } from "../core/store/page-store.ts";
-import { describeRuns, formatRun, holders, pagesPerNode } from "../core/routing.ts";
-import { newVolumeRecord, type VolumeRecord } from "../core/volume.ts";
-import type { FrameHeader } from "../transport/frame.ts";
-import type { Group } from "../transport/group.ts";
-import { storeUsage, type VolumeRouter } from "../transport/volume-router.ts";
-import type { CreateSnapshot, SnapshotService } from "../transport/snapshot-service.ts";
-import type { SnapshotResult } from "../core/snapshot-coordinator.ts";
-import { parseSnapshotRef, snapshotLayerId, volumeUsageOn } from "../core/snapshot-record.ts";
+// The admin operations a node answers for the CLI (`shoal volume`, `shoal snap`, `shoal archive`,
+// `route nodes/show`). Every member answers every one the same way: they read the group's catalog, which all members share.
+import { ShoalError } from "../../core/errors.ts";
+import { DEFAULT_PAGE_SIZE_BYTES, pageCount } from "../../core/geometry.ts";
+import type { PageStore, VolumeUsage } from "../../core/store/page-store.ts";
+import { describeRuns, formatRun, holders, pagesPerNode } from "../../core/routing.ts";
+import { newVolumeRecord, type VolumeRecord } from "../../core/volume.ts";
+import type { FrameHeader } from "../frame.ts";
+import type { Group } from "../group.ts";
+import { storeUsage, type VolumeRouter } from "../volume-router.ts";
+import type { CreateSnapshot, SnapshotService } from "../snapshot-service.ts";
+import type { SnapshotResult } from "../../core/snapshot-coordinator.ts";
+import { parseSnapshotRef, snapshotLayerId, volumeUsageOn } from "../../core/snapshot-record.ts";
+import type { AdminArgs } from "./admin-ops.ts";
+import type { AdminHandlers } from "./admin-service.ts";
 
 export interface AdminApiOptions {
   group: Group;
@@ -50,49 +52,27 @@ async function retrySnapshot<T>(attempt: () => Promise<T>): Promise<T> {
 export class AdminApi {
   constructor(private readonly options: AdminApiOptions) {}
 
-  /** Returns undefined for ops that are not admin ops. */
-  handle(op: string, args: FrameHeader): Promise<FrameHeader> | undefined {
-    switch (op) {
-      case "admin.node.info":
-        return Promise.resolve(this.nodeInfo());
-      case "admin.volume.create":
-        return this.createVolume(args);
-      case "admin.volume.list":
-        return this.listVolumes();
-      case "admin.volume.info":
-        return this.volumeInfo(String(args.name));
-      case "admin.volume.restoring":
-        return this.markRestoring(String(args.name), Boolean(args.restoring));
-      case "admin.volume.delete":
-        return this.deleteVolume(String(args.name));
-      case "admin.route.nodes":
-        return this.routeNodes();
-      case "admin.route.show":
-        return this.routeShow(String(args.volume));
-      case "admin.snap.create":
-        return this.createSnapshot(args);
-      case "admin.snap.prepare":
-        return this.prepareSnapshot(args);
-      case "admin.snap.take":
-        return this.options.snapshots.take(String(args.name)).then((result) => describeResult(result, 0));
-      case "admin.snap.release":
-        return this.options.snapshots.release(String(args.name)).then((outcome) => ({ name: String(args.name), outcome }));
-      case "admin.archive.plan":
-        return this.archivePlan(String(args.volume), String(args.snapshot), args.since === undefined ? undefined : String(args.since));
-      case "admin.volume.changedSince":
-        return this.changedSince(String(args.volume), String(args.snapshot));
-      case "admin.snap.list":
-        return this.listSnapshots(args.volume === undefined ? undefined : String(args.volume));
-      case "admin.snap.delete":
-        return this.deleteSnapshot(String(args.volume), String(args.name));
-      case "admin.snap.rollback":
-        return this.rollbackSnapshot(String(args.volume), String(args.name));
-      case "admin.snap.clone":
-        return this.cloneSnapshot(String(args.volume), String(args.name), String(args.target));
-      default:
-        return undefined;
-    }
-  }
+  /** The operations of the table this service answers (RouteAdmin answers `admin.route.move` and the like). */
+  readonly handlers = {
+    "admin.node.info": async () => this.nodeInfo(),
+    "admin.volume.create": (args) => this.createVolume(args),
+    "admin.volume.list": () => this.listVolumes(),
+    "admin.volume.info": ({ name }) => this.volumeInfo(name),
+    "admin.volume.restoring": ({ name, restoring }) => this.markRestoring(name, restoring),
+    "admin.volume.delete": ({ name }) => this.deleteVolume(name),
+    "admin.route.nodes": () => this.routeNodes(),
+    "admin.route.show": ({ volume }) => this.routeShow(volume),
+    "admin.snap.create": (args) => this.createSnapshot(args),
+    "admin.snap.prepare": (args) => this.prepareSnapshot(args),
+    "admin.snap.take": ({ name }) => this.options.snapshots.take(name).then((result) => describeResult(result, 0)),
+    "admin.snap.release": ({ name }) => this.options.snapshots.release(name).then((outcome) => ({ name, outcome })),
+    "admin.archive.plan": ({ volume, snapshot, since }) => this.archivePlan(volume, snapshot, since),
+    "admin.volume.changedSince": ({ volume, snapshot }) => this.changedSince(volume, snapshot),
+    "admin.snap.list": ({ volume }) => this.listSnapshots(volume),
+    "admin.snap.delete": ({ volume, name }) => this.deleteSnapshot(volume, name),
+    "admin.snap.rollback": ({ volume, name }) => this.rollbackSnapshot(volume, name),
+    "admin.snap.clone": ({ volume, name, target }) => this.cloneSnapshot(volume, name, target),
+  } satisfies Partial<AdminHandlers>;
 
   private nodeInfo(): FrameHeader {
     const { group, version, startedAtMs } = this.options;
@@ -108,20 +88,20 @@ export class AdminApi {
     };
   }
 
-  private async createVolume(args: FrameHeader): Promise<FrameHeader> {
+  private async createVolume(args: AdminArgs<"admin.volume.create">): Promise<FrameHeader> {
     const { group } = this.options;
-    const name = String(args.name);
+    const { name } = args;
     const existing = group.volumes.get(name);
     if (existing && !existing.deleted) throw new ShoalError("VOLUME_EXISTS", `volume '${name}' already exists`);
-    const nodes = Array.isArray(args.nodes) && args.nodes.length > 0 ? (args.nodes as string[]) : group.liveMembers().map((member) => member.id).sort();
+    const nodes = args.nodes !== undefined && args.nodes.length > 0 ? args.nodes : group.liveMembers().map((member) => member.id).sort();
     for (const node of nodes) {
       if (!group.members.has(node) || group.members.get(node)!.forgotten) throw new ShoalError("UNKNOWN_NODE", `node '${node}' is not a member; \`shoal route nodes\` lists them`);
       if (!group.isUp(node)) throw new ShoalError("NODE_DOWN", `node '${node}' is down; a volume can only be placed on nodes that are up`);
     }
     const record = newVolumeRecord({
       name,
-      sizeBytes: Number(args.sizeBytes),
-      pageSizeBytes: args.pageSizeBytes === undefined ? DEFAULT_PAGE_SIZE_BYTES : Number(args.pageSizeBytes),
+      sizeBytes: args.sizeBytes,
+      pageSizeBytes: args.pageSizeBytes ?? DEFAULT_PAGE_SIZE_BYTES,
       nodes,
       uid: crypto.randomUUID(),
       nowMs: Date.now(),
@@ -253,13 +233,13 @@ export class AdminApi {
 
   // ---- snapshots
 
-  private async prepareSnapshot(args: FrameHeader): Promise<FrameHeader> {
+  private async prepareSnapshot(args: SnapshotArgs): Promise<FrameHeader> {
     const request = snapshotRequest(args);
     const snapshotId = await retrySnapshot(() => this.options.snapshots.prepare(request));
     return { name: request.name, snapshotId, volumes: request.volumes, mode: request.mode, state: "ready" };
   }
 
-  private async createSnapshot(args: FrameHeader): Promise<FrameHeader> {
+  private async createSnapshot(args: SnapshotArgs): Promise<FrameHeader> {
     const request = snapshotRequest(args);
     const { mode } = request;
     const startedMs = performance.now();
@@ -459,11 +439,10 @@ export class AdminApi {
   }
 }
 
-function snapshotRequest(args: FrameHeader): CreateSnapshot {
-  const volumes = Array.isArray(args.volumes) ? (args.volumes as unknown[]).map(String) : [];
-  const mode = args.mode === "timestamp" ? "timestamp" : args.mode === "hold" || args.mode === undefined ? "hold" : undefined;
-  if (!mode) throw new ShoalError("BAD_ARGUMENT", `unknown snapshot mode '${String(args.mode)}'; use hold or timestamp`);
-  return { volumes, name: String(args.name), mode, holdTimeoutMs: args.holdTimeoutMs === undefined ? undefined : Number(args.holdTimeoutMs) };
+type SnapshotArgs = AdminArgs<"admin.snap.create">;
+
+function snapshotRequest(args: SnapshotArgs): CreateSnapshot {
+  return { volumes: args.volumes, name: args.name, mode: args.mode ?? "hold", holdTimeoutMs: args.holdTimeoutMs };
 }
 
 function describeResult(result: SnapshotResult, tookMs: number): FrameHeader {

@@ -1,11 +1,13 @@
 // The admin operations behind `shoal route move/rebalance/drain/status/forget`: plans are made
 // here from this node's tables, and carried out by its MoveService in the background.
-import { ShoalError } from "../core/errors.ts";
-import { parsePageList, planDrain, planMove, planRebalance, type PageMove } from "../core/move-plan.ts";
-import { formatRun, pagesPerNode, runsOfPages } from "../core/routing.ts";
-import type { FrameHeader } from "../transport/frame.ts";
-import type { Group } from "../transport/group.ts";
-import type { MoveService, MoveTask } from "../transport/move-service.ts";
+import { ShoalError } from "../../core/errors.ts";
+import { parsePageList, planDrain, planMove, planRebalance, type PageMove } from "../../core/move-plan.ts";
+import { formatRun, pagesPerNode, runsOfPages } from "../../core/routing.ts";
+import type { FrameHeader } from "../frame.ts";
+import type { Group } from "../group.ts";
+import type { MoveService, MoveTask } from "../move-service.ts";
+import type { AdminArgs } from "./admin-ops.ts";
+import type { AdminHandlers } from "./admin-service.ts";
 
 export class RouteAdmin {
   constructor(
@@ -13,40 +15,31 @@ export class RouteAdmin {
     private readonly moves: MoveService,
   ) {}
 
-  /** Returns undefined for ops that are not its own. */
-  handle(op: string, args: FrameHeader): Promise<FrameHeader> | undefined {
-    switch (op) {
-      case "admin.route.move":
-        return this.move(args);
-      case "admin.route.rebalance":
-        return this.rebalance(args);
-      case "admin.route.drain":
-        return this.drain(args);
-      case "admin.route.status":
-        return Promise.resolve(this.moves.status(String(args.moveId)) as unknown as FrameHeader);
-      case "admin.route.forget":
-        return this.forget(String(args.node));
-      default:
-        return undefined;
-    }
-  }
+  /** The operations of the table that plan and run page moves. */
+  readonly handlers = {
+    "admin.route.move": (args) => this.move(args),
+    "admin.route.rebalance": (args) => this.rebalance(args),
+    "admin.route.drain": (args) => this.drain(args),
+    "admin.route.status": async ({ moveId }) => this.moves.status(moveId) as unknown as FrameHeader,
+    "admin.route.forget": ({ node }) => this.forget(node),
+  } satisfies Partial<AdminHandlers>;
 
-  private async move(args: FrameHeader): Promise<FrameHeader> {
-    const record = this.group.volume(String(args.volume));
-    const to = this.memberId(String(args.to));
-    const pages = parsePageList(String(args.pages ?? ""), record.routing.owners.length);
+  private async move(args: AdminArgs<"admin.route.move">): Promise<FrameHeader> {
+    const record = this.group.volume(args.volume);
+    const to = this.memberId(args.to);
+    const pages = parsePageList(args.pages, record.routing.owners.length);
     return this.start("move", [{ volume: record.name, moves: planMove(record.routing, pages, to) }], args.dryRun === true);
   }
 
-  private async rebalance(args: FrameHeader): Promise<FrameHeader> {
-    const record = this.group.volume(String(args.volume));
-    const nodes = Array.isArray(args.nodes) && args.nodes.length > 0 ? (args.nodes as unknown[]).map((node) => this.memberId(String(node))) : this.liveIds();
+  private async rebalance(args: AdminArgs<"admin.route.rebalance">): Promise<FrameHeader> {
+    const record = this.group.volume(args.volume);
+    const nodes = args.nodes !== undefined && args.nodes.length > 0 ? args.nodes.map((node) => this.memberId(node)) : this.liveIds();
     return this.start("rebalance", [{ volume: record.name, moves: planRebalance(record.routing, nodes) }], args.dryRun === true);
   }
 
   /** Every page of every volume (snapshots follow their volume's table) off one node. */
-  private async drain(args: FrameHeader): Promise<FrameHeader> {
-    const node = this.memberId(String(args.node));
+  private async drain(args: AdminArgs<"admin.route.drain">): Promise<FrameHeader> {
+    const node = this.memberId(args.node);
     const targets = this.liveIds().filter((id) => id !== node);
     const tasks: MoveTask[] = [];
     for (const record of this.group.liveVolumes()) {

@@ -5,7 +5,7 @@
 import { dlopen, FFIType, read } from "bun:ffi";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ShoalError } from "../core/errors.ts";
+import { ShoalError } from "../../core/errors.ts";
 
 const LOCK_EX = 2;
 const LOCK_NB = 4;
