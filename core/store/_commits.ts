@@ -59,12 +59,12 @@ export class Commits {
     this.dirtyBytes += bytes;
   }
 
-  /** A layer's file is being retired: what it holds unsynced is never needed. */
-  retire(layer: StoreLayer, filePath: string): void {
+  /** A layer's files are being retired: what they hold unsynced is never needed. */
+  retire(layer: StoreLayer, fileOf: (segment: number) => string): void {
     this.dirtyBytes -= layer.dirtyBytes;
     layer.dirtyBytes = 0;
-    this.retired.push({ path: filePath, fd: layer.fd });
-    layer.fd = -1;
+    layer.fds.forEach((fd, segment) => this.retired.push({ path: fileOf(segment), fd }));
+    layer.fds = [];
   }
 
   /**
@@ -73,7 +73,7 @@ export class Commits {
    */
   closeNow(): void {
     const layers = [...this.table.all()];
-    for (const layer of layers) if (layer.fd >= 0) this.io.fdatasyncNow(layer.fd);
+    for (const layer of layers) for (const fd of openFds(layer)) this.io.fdatasyncNow(fd);
     this.io.syncDirNow(this.dir);
     const sections = layers.map((layer) => captureMap(layer, true));
     this.journal.replaceNow(encodeCommit({ table: this.table.toRecord(), layers: sections.map(({ key, pages }) => ({ key, pages })) }));
@@ -81,8 +81,8 @@ export class Commits {
     this.syncCount += layers.length + 3;
     for (const layer of layers) {
       layer.dirtyBytes = 0;
-      if (layer.fd >= 0) this.io.close(layer.fd);
-      layer.fd = -1;
+      for (const fd of openFds(layer)) this.io.close(fd);
+      layer.fds = [];
     }
     this.dirtyBytes = 0;
     for (const file of this.retired.splice(0)) {
@@ -134,7 +134,7 @@ export class Commits {
     const stackedOn = tableChanged ? [...this.table.stackedOn] : [];
     if (tableChanged) this.table.stackedOn.clear();
     const layers = [...new Set([...only, ...stackedOn.filter((layer) => this.table.get(layer.id) === layer)])];
-    const syncs = layers.filter((layer) => layer.dirtyBytes > 0 && layer.fd >= 0).map((layer) => ({ layer, bytes: layer.dirtyBytes }));
+    const syncs = layers.filter((layer) => layer.dirtyBytes > 0 && layer.fds.length > 0).map((layer) => ({ layer, bytes: layer.dirtyBytes }));
     for (const { layer, bytes } of syncs) {
       layer.dirtyBytes = 0;
       this.dirtyBytes -= bytes;
@@ -147,8 +147,9 @@ export class Commits {
     const syncDir = this.newFiles;
     this.newFiles = false;
     try {
-      await Promise.all(syncs.map(({ layer }) => this.io.fdatasync(layer.fd)));
-      this.syncCount += syncs.length;
+      const fds = syncs.flatMap(({ layer }) => openFds(layer));
+      await Promise.all(fds.map((fd) => this.io.fdatasync(fd)));
+      this.syncCount += fds.length;
       if (syncDir) {
         await this.io.syncDir(this.dir);
         this.syncCount++;
@@ -172,6 +173,11 @@ export class Commits {
       this.io.unlinkAsync(file.path).catch(() => undefined);
     }
   }
+}
+
+/** The layer's open segment files (a sparse array: segments never written have none). */
+function openFds(layer: StoreLayer): number[] {
+  return layer.fds.filter((fd) => fd !== undefined);
 }
 
 function captureMap(layer: StoreLayer, all: boolean): { layer: StoreLayer; key: number; pages: PageRecord[] } {

@@ -10,6 +10,33 @@ import type { LayerTable, StoreLayer } from "./_layers.ts";
 
 export const LAYER_FILE_SUFFIX = ".layer";
 
+/**
+ * A layer's address space is cut into files of this size: ext4 takes files up to 16 TiB, and a
+ * 64 TiB volume's last page sits at 64 TiB. A volume up to 4 TiB keeps one file per layer; a page
+ * never straddles two (page sizes are powers of two up to 1 GiB).
+ */
+export const SEGMENT_BYTES = 4 * 2 ** 40;
+
+/** `KEY.layer` for a layer's first segment, `KEY.S.layer` for the others. */
+export function segmentFileName(key: number, segment: number): string {
+  return segment === 0 ? `${key}${LAYER_FILE_SUFFIX}` : `${key}.${segment}${LAYER_FILE_SUFFIX}`;
+}
+
+/** The layer key and segment a file name stands for, or undefined for any other name. */
+export function parseSegmentFileName(name: string): { key: number; segment: number } | undefined {
+  const match = /^(\d+)(?:\.(\d+))?\.layer$/.exec(name);
+  if (!match) return undefined;
+  const segment = match[2] === undefined ? 0 : Number(match[2]);
+  if (segment === 0 && match[2] !== undefined) return undefined;
+  return { key: Number(match[1]), segment };
+}
+
+/** Where a byte of the layer's address space sits: which segment file, at what position. */
+export function segmentOf(position: number): { segment: number; at: number } {
+  const segment = Math.floor(position / SEGMENT_BYTES);
+  return { segment, at: position - segment * SEGMENT_BYTES };
+}
+
 export class DataPath {
   private scratch = new Uint8Array(0);
   private zeros = new Uint8Array(0);
@@ -21,17 +48,19 @@ export class DataPath {
     readonly commits: Commits,
   ) {}
 
-  fileOf(layer: StoreLayer): string {
-    return `${this.dir}/${layer.key}${LAYER_FILE_SUFFIX}`;
+  fileOf(layer: StoreLayer, segment: number): string {
+    return `${this.dir}/${segmentFileName(layer.key, segment)}`;
   }
 
-  /** The layer's file, made on its first write; its name is durable with the next commit. */
-  fdOf(layer: StoreLayer): number {
-    if (layer.fd < 0) {
-      layer.fd = this.io.open(this.fileOf(layer), true);
+  /** A segment of the layer's file, made on its first write; its name is durable with the next commit. */
+  fdOf(layer: StoreLayer, segment: number): number {
+    let fd = layer.fds[segment];
+    if (fd === undefined) {
+      fd = this.io.open(this.fileOf(layer, segment), true);
+      layer.fds[segment] = fd;
       this.commits.newFiles = true;
     }
-    return layer.fd;
+    return fd;
   }
 
   chunkShiftOf(layer: StoreLayer): number {
@@ -76,7 +105,9 @@ export class DataPath {
   }
 
   readOwn(layer: StoreLayer, page: number, pageOffset: number, length: number, target: Uint8Array, targetOffset: number): void {
-    const done = layer.fd < 0 ? 0 : this.io.pread(layer.fd, target, targetOffset, length, this.positionOf(layer, page, pageOffset));
+    const { segment, at } = segmentOf(this.positionOf(layer, page, pageOffset));
+    const fd = layer.fds[segment];
+    const done = fd === undefined ? 0 : this.io.pread(fd, target, targetOffset, length, at);
     if (done < length) target.fill(0, targetOffset + done, targetOffset + length); // a sparse tail
   }
 
@@ -142,7 +173,8 @@ export class DataPath {
   }
 
   writeOwn(layer: StoreLayer, page: number, pageOffset: number, data: Uint8Array): void {
-    this.io.pwrite(this.fdOf(layer), data, this.positionOf(layer, page, pageOffset));
+    const { segment, at } = segmentOf(this.positionOf(layer, page, pageOffset));
+    this.io.pwrite(this.fdOf(layer, segment), data, at);
     this.commits.noteWritten(layer, data.byteLength);
   }
 
@@ -226,8 +258,10 @@ export class DataPath {
   }
 
   private punch(layer: StoreLayer, page: number, pageOffset: number, length: number): void {
-    if (layer.fd < 0) return;
-    this.io.punchHole(layer.fd, this.positionOf(layer, page, pageOffset), length);
+    const { segment, at } = segmentOf(this.positionOf(layer, page, pageOffset));
+    const fd = layer.fds[segment];
+    if (fd === undefined) return;
+    this.io.punchHole(fd, at, length);
   }
 
   scratchOf(bytes: number): Uint8Array {

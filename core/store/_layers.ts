@@ -21,8 +21,8 @@ export class StoreLayer {
   children = 0;
   /** Page size of every page in the file; 0 until the first page arrives. */
   pageSizeBytes = 0;
-  /** Open extent file, or -1 (made on the first write). */
-  fd = -1;
+  /** Open extent files by segment (see SEGMENT_BYTES); a segment's file is made on its first write. */
+  fds: number[] = [];
   /** Bytes written since the file was last synced. */
   dirtyBytes = 0;
   /** This layer then its ancestors, valid while chainEpoch matches the table's. */

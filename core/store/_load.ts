@@ -4,7 +4,7 @@
 import { ShoalError } from "../errors.ts";
 import type { FileIO } from "./file-io.ts";
 import { chunkShiftFor, DATA, entryFrom, validateChunkSize } from "./_chunks.ts";
-import { LAYER_FILE_SUFFIX } from "./_data-path.ts";
+import { LAYER_FILE_SUFFIX, parseSegmentFileName, segmentOf } from "./_data-path.ts";
 import { type CommitRecord, encodeCommit, Journal } from "./_journal.ts";
 import { LayerTable, type StoreLayer } from "./_layers.ts";
 
@@ -56,34 +56,43 @@ function replay(table: LayerTable, record: CommitRecord, bad: (why: string) => E
 }
 
 /**
- * Opens every layer file the maps point into, checking it reaches the last chunk its map holds,
- * and removes the files of layers no table names (retired before a crash, or made and never committed).
+ * Opens every layer file (each segment of each layer), checking each reaches the last chunk its
+ * map holds there, and removes the files of layers no table names (retired before a crash, or
+ * made and never committed).
  */
-export function openLayerFiles(io: FileIO, dir: string, table: LayerTable, fileOf: (layer: StoreLayer) => string): void {
-  const named = new Set<string>();
-  for (const layer of table.all()) named.add(`${layer.key}${LAYER_FILE_SUFFIX}`);
-  for (const name of io.list(dir)) if (name.endsWith(LAYER_FILE_SUFFIX) && !named.has(name)) io.unlink(`${dir}/${name}`);
+export function openLayerFiles(io: FileIO, dir: string, table: LayerTable, fileOf: (layer: StoreLayer, segment: number) => string): void {
+  const byKey = new Map<number, StoreLayer>();
+  for (const layer of table.all()) byKey.set(layer.key, layer);
+  for (const name of io.list(dir)) {
+    if (!name.endsWith(LAYER_FILE_SUFFIX)) continue;
+    const file = parseSegmentFileName(name);
+    const layer = file === undefined ? undefined : byKey.get(file.key);
+    if (layer === undefined) io.unlink(`${dir}/${name}`);
+    else layer.fds[file!.segment] = io.open(`${dir}/${name}`, false);
+  }
   for (const layer of table.all()) {
-    const needed = neededBytes(table, layer);
-    if (needed === 0) continue;
-    const filePath = fileOf(layer);
-    if (!io.exists(filePath)) throw new ShoalError("IO_ERROR", `layer file ${filePath} of layer '${layer.id}' is missing though the journal says it holds data; restore this node's data directory from a backup`);
-    layer.fd = io.open(filePath, false);
-    const size = io.sizeOf(layer.fd);
-    if (size < needed) {
-      throw new ShoalError("IO_ERROR", `layer file ${filePath} of layer '${layer.id}' is ${size} bytes, shorter than the ${needed} its map says it holds; restore this node's data directory from a backup`);
+    for (const [segment, needed] of neededBytes(table, layer)) {
+      const filePath = fileOf(layer, segment);
+      const fd = layer.fds[segment];
+      if (fd === undefined) throw new ShoalError("IO_ERROR", `layer file ${filePath} of layer '${layer.id}' is missing though the journal says it holds data; restore this node's data directory from a backup`);
+      const size = io.sizeOf(fd);
+      if (size < needed) {
+        throw new ShoalError("IO_ERROR", `layer file ${filePath} of layer '${layer.id}' is ${size} bytes, shorter than the ${needed} its map says it holds; restore this node's data directory from a backup`);
+      }
     }
   }
 }
 
-/** Where the layer's last DATA chunk ends in its file. */
-function neededBytes(table: LayerTable, layer: StoreLayer): number {
-  let end = 0;
+/** Per segment file, where the layer's last DATA chunk in it ends. */
+function neededBytes(table: LayerTable, layer: StoreLayer): Map<number, number> {
+  const ends = new Map<number, number>();
   const shift = layer.pageSizeBytes === 0 ? 0 : chunkShiftFor(layer.pageSizeBytes, table.chunkSizeBytes);
   for (const [page, entry] of layer.pages) {
     if (entry.dataChunks === 0) continue;
     const last = entry.states.lastIndexOf(DATA);
-    end = Math.max(end, page * layer.pageSizeBytes + (last + 1) * 2 ** shift);
+    const start = segmentOf(page * layer.pageSizeBytes);
+    const end = start.at + (last + 1) * 2 ** shift;
+    ends.set(start.segment, Math.max(ends.get(start.segment) ?? 0, end));
   }
-  return end;
+  return ends;
 }

@@ -117,13 +117,18 @@ export class RealFileIO implements FileIO {
    * transaction holds the filesystem's journal long enough to stall every writer on the disk.
    */
   async unlinkAsync(filePath: string): Promise<void> {
-    let sizeBytes: number;
+    let stat: fs.Stats;
     try {
-      sizeBytes = (await fs.promises.stat(filePath)).size;
+      stat = await fs.promises.stat(filePath);
     } catch {
       return; // gone already
     }
-    for (let target = Math.floor((sizeBytes - 1) / TRUNCATE_STEP_BYTES) * TRUNCATE_STEP_BYTES; target > 0; target -= TRUNCATE_STEP_BYTES) {
+    // Steps sized so each frees about TRUNCATE_STEP_BYTES of what the file holds: a sparse 4 TiB
+    // segment with a few pages written is one unlink, not 65,536 truncates.
+    const heldBytes = stat.blocks * 512;
+    const steps = Math.ceil(heldBytes / TRUNCATE_STEP_BYTES);
+    const stepBytes = Math.max(TRUNCATE_STEP_BYTES, Math.ceil(stat.size / Math.max(steps, 1) / TRUNCATE_STEP_BYTES) * TRUNCATE_STEP_BYTES);
+    for (let target = Math.floor((stat.size - 1) / stepBytes) * stepBytes; steps > 1 && target > 0; target -= stepBytes) {
       await fs.promises.truncate(filePath, target);
     }
     await fs.promises.rm(filePath, { force: true });

@@ -79,7 +79,7 @@ export class PageStore {
     this.commits = new Commits(this.io, this.dir, table, journal, options.journalCompactBytes ?? DEFAULT_JOURNAL_COMPACT_BYTES);
     this.commits.markLoaded();
     this.path = new DataPath(this.io, this.dir, table, this.commits);
-    openLayerFiles(this.io, this.dir, table, (layer) => this.path.fileOf(layer));
+    openLayerFiles(this.io, this.dir, table, (layer, segment) => this.path.fileOf(layer, segment));
     this.deletion = new LayerDeletion(this.path, (layers) => this.commits.request(layers), (layer) => this.retire(layer), () => this.closed);
     this.moves = new PageMoves(this.path);
     this.dirtyLimitBytes = options.dirtyLimitBytes ?? DEFAULT_DIRTY_LIMIT_BYTES;
@@ -381,7 +381,7 @@ export class PageStore {
   // ---- helpers
 
   private retire(layer: StoreLayer): void {
-    this.commits.retire(layer, this.path.fileOf(layer));
+    this.commits.retire(layer, (segment) => this.path.fileOf(layer, segment));
   }
 
   private heldBytes(layer: StoreLayer): number {

@@ -772,3 +772,33 @@ describe("PageStore v2 flushes that overlap", () => {
     store.close();
   });
 });
+
+describe("PageStore v2 segment files", () => {
+  test("pages past 16 TiB (ext4's largest file) land in 4 TiB segment files, survive reopening and go with their layer", async () => {
+    const dir = tempDir();
+    const pageBytes = 4 * 1024 * 1024;
+    const TiB = 2 ** 40;
+    const store = new PageStore({ dir });
+    const lastPage = (64 * TiB) / pageBytes - 1; // the last page of a 64 TiB volume
+    const middlePage = (5 * TiB) / pageBytes; // segment 1
+    store.write("v", 0, 0, new Uint8Array(4096).fill(1), pageBytes);
+    store.write("v", middlePage, 4096, new Uint8Array(4096).fill(2), pageBytes);
+    store.write("v", lastPage, pageBytes - 4096, new Uint8Array(4096).fill(3), pageBytes);
+    await store.flush();
+    const files = fs.readdirSync(path.join(dir, "store")).filter((name) => name.endsWith(".layer")).sort();
+    expect(files).toHaveLength(3);
+    for (const name of files) expect(fs.statSync(path.join(dir, "store", name)).size).toBeLessThanOrEqual(4 * TiB);
+    store.close();
+    const reopened = new PageStore({ dir });
+    const target = new Uint8Array(4096);
+    reopened.read("v", lastPage, pageBytes - 4096, 4096, target, 0);
+    expect(target.every((byte) => byte === 3)).toBe(true);
+    reopened.read("v", middlePage, 4096, 4096, target, 0);
+    expect(target.every((byte) => byte === 2)).toBe(true);
+    reopened.dropVolume("v");
+    await reopened.flush();
+    await Bun.sleep(50); // the retired files are unlinked off the event loop
+    expect(fs.readdirSync(path.join(dir, "store")).filter((name) => name.endsWith(".layer"))).toEqual([]);
+    reopened.close();
+  });
+});
