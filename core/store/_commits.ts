@@ -3,6 +3,7 @@
 // fdatasync. The map states written are captured before the data syncs start, so a chunk is
 // never recorded as the layer's own before its bytes are on disk. Commits run one at a time;
 // requests that arrive while one runs are served together by the next (group commit).
+import { fatal } from "../invariant.ts";
 import type { FileIO } from "./file-io.ts";
 import { type CommitRecord, encodeCommit, type Journal, type PageRecord } from "./_journal.ts";
 import type { LayerTable, StoreLayer } from "./_layers.ts";
@@ -158,6 +159,10 @@ export class Commits {
       await (checkpoint ? this.journal.replace(frame) : this.journal.append(frame));
       this.syncCount += checkpoint ? 2 : 1;
     } catch (err) {
+      // After a failed fsync the page cache may have dropped what it could not write, and a
+      // retry would report success for lost bytes: the node stops here (core/invariant.ts).
+      // Without a handler (unit tests) the commit stays owed, as below.
+      if (!this.journal.closed) fatal(err, "syncing the page store failed");
       // Still owed: the next commit tries again and its callers hear of any failure.
       for (const { layer, bytes } of syncs) if (this.table.get(layer.id) === layer) this.noteWritten(layer, bytes);
       for (const { layer, pages } of sections) for (const { page } of pages) layer.dirtyPages.add(page);

@@ -170,7 +170,8 @@ export class Journal {
   sizeBytes = 0;
   /** Size of the checkpoint the file starts with: appends beyond a few times that call for a new one. */
   checkpointBytes = 0;
-  private closed = false;
+  /** Set by close: a commit still in flight then fails at its append, which is no disk fault. */
+  closed = false;
 
   constructor(
     private readonly io: FileIO,

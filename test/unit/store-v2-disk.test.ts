@@ -7,6 +7,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { RealFileIO } from "../../core/store/file-io.ts";
 import { PageStore } from "../../core/store/page-store.ts";
+import { setFatalHandler } from "../../core/invariant.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -222,5 +223,33 @@ describe("PageStore v2 on damaged disks", () => {
     new PageStore({ dir, chunkSizeBytes: 64 * KiB }).close();
     expect(() => new PageStore({ dir, chunkSizeBytes: 4 * KiB })).toThrow(expect.objectContaining({ code: "BAD_ARGUMENT" }));
     new PageStore({ dir }).close();
+  });
+});
+
+describe("PageStore v2 and a failing disk", () => {
+  test("a failed fdatasync is fatal: the node's handler hears of it, never a retry that could report lost bytes as durable", async () => {
+    const io = new (class extends RealFileIO {
+      failing = false;
+      override fdatasync(fd: number): Promise<void> {
+        if (this.failing) return Promise.reject(Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" }));
+        return super.fdatasync(fd);
+      }
+    })();
+    const heard: string[] = [];
+    const previous = setFatalHandler((_err, reason) => heard.push(reason));
+    try {
+      const store = new PageStore({ dir: tempDir(), io });
+      store.write("v", 0, 0, block(1), PAGE);
+      await store.flush();
+      expect(heard).toEqual([]);
+      store.write("v", 0, 0, block(2), PAGE);
+      io.failing = true;
+      await expect(store.flush()).rejects.toThrow(/EIO/);
+      expect(heard).toEqual(["syncing the page store failed"]);
+      io.failing = false;
+      store.close();
+    } finally {
+      setFatalHandler(previous);
+    }
   });
 });
