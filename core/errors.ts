@@ -3,6 +3,7 @@
 
 export type ErrorCode =
   | "BAD_ARGUMENT"
+  | "NOT_READY"
   | "BAD_FRAME"
   | "BAD_ARCHIVE"
   | "BAD_REQUEST"
@@ -73,6 +74,8 @@ const CODE_TABLE: Record<ErrorCode, CodeInfo> = {
   BAD_PATH: { nbdErrno: NBD_EINVAL, exitCode: 2 },
   NO_SPACE: { nbdErrno: NBD_ENOSPC, exitCode: 6 },
   SHUTTING_DOWN: { nbdErrno: NBD_ESHUTDOWN, exitCode: 5 },
+  /** The node is alive but still joining its group: ask again in a moment. */
+  NOT_READY: { nbdErrno: NBD_EIO, exitCode: 5 },
   // No certificate, one from another CA, or one whose role may not do this: fix credentials.
   NOT_AUTHENTICATED: { nbdErrno: NBD_EPERM, exitCode: 7 },
   INTERNAL: { nbdErrno: NBD_EIO, exitCode: 1 },

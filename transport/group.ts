@@ -510,6 +510,8 @@ export class Group {
 
   private onHello(connection: MeshConnection, args: FrameHeader): FrameHeader {
     if (args.role === "peer") {
+      // Members learn of a joiner (and dial it) before its join's answer has reached it.
+      if (this.groupId === undefined) throw new ShoalError("NOT_READY", "this node is still joining its group");
       if (args.groupId !== this.groupId) {
         throw new ShoalError("CONFLICT", `refusing a peer of group ${String(args.groupId)}: this node is in group ${this.groupId}`);
       }

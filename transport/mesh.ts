@@ -271,7 +271,9 @@ export class PeerLink {
         return;
       } catch (err) {
         connection?.close();
-        this.markUnreachable((err as Error).message);
+        // A peer still joining is alive: requests wait for the next dial as for a first one.
+        const joining = err instanceof ShoalError && err.code === "NOT_READY";
+        if (!joining) this.markUnreachable((err as Error).message);
         const refusal = err instanceof ShoalError && (err.code === "CONFLICT" || err.code === "NOT_AUTHENTICATED") ? err.message : "";
         if (refusal && refusal !== this.lastRefusal) this.options.log.warn(refusal);
         this.lastRefusal = refusal;
