@@ -68,7 +68,7 @@ export class AdminApi {
       case "admin.route.nodes":
         return this.routeNodes();
       case "admin.route.show":
-        return this.routeShow(String(args.volume));
+        return this.routeShow(String(args.volume), args.usage !== false);
       case "admin.snap.create":
         return this.createSnapshot(args);
       case "admin.snap.prepare":
@@ -217,7 +217,8 @@ export class AdminApi {
    * A volume's (or one snapshot's) table with pages and bytes per node. Built only from what
    * every member shares (the catalog) and each node's own usage, so any member answers alike.
    */
-  private async routeShow(name: string): Promise<FrameHeader> {
+  /** `withUsage` false skips asking every owner for its bytes: bulk jobs want only the runs. */
+  private async routeShow(name: string, withUsage: boolean): Promise<FrameHeader> {
     const { group } = this.options;
     const ref = name.includes("@") ? parseSnapshotRef(name) : undefined;
     const volume = ref?.volume ?? name;
@@ -226,7 +227,7 @@ export class AdminApi {
     const layer = snapshot === undefined ? undefined : snapshotLayerId(record.uid, group.snapshot(volume, snapshot).snapshotId);
     const counts = pagesPerNode(record.routing);
     const runs = describeRuns(record.routing, RUNS_SHOWN_PER_NODE);
-    const usage = await this.usageByNode(record.routing.nodes);
+    const usage = withUsage ? await this.usageByNode(record.routing.nodes) : new Map<string, Usage>();
     // A volume's USED is what `volume info` shows; a snapshot's, the bytes its own layer holds.
     const bytesOn = (node: string): number | null => {
       const held = usage.get(node);
