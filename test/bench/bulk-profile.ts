@@ -1,6 +1,7 @@
 // Where a bulk job's time goes: wall time, CPU of the CLI and of each node (from /proc), and a
-// CPU profile of the CLI (bun --cpu-prof) summarised by self time. Used to find what to remove.
-//   bun test/bench/_bulk-profile.ts [--size 256M] [--job export|archive|import|restore]
+// CPU profile of the CLI (bun --cpu-prof) summarised by self time (its samples include idle
+// time, so read it beside the CPU figures). Used to find what to remove.
+//   bun test/bench/bulk-profile.ts [--size 256M] [--job export|archive|import|restore]
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -33,7 +34,8 @@ try {
   const before = pids.map(processCpuMs);
   const started = performance.now();
   const profDir = path.join(work, "prof");
-  const result = await run(["bash", "-o", "pipefail", "-c", `/usr/bin/time -f 'cli cpu %U+%S s' ${cli.join(" ")} --cpu-prof --cpu-prof-dir=${profDir} ${job.replace(/^/, "")}`.replace(`${cli.join(" ")} --cpu-prof --cpu-prof-dir=${profDir} `, `${process.execPath} --cpu-prof --cpu-prof-dir=${profDir} ${cli[1]} `)], { env, timeoutMs: 600_000 });
+  const profiled = `${process.execPath} --cpu-prof --cpu-prof-dir=${profDir} ${cli[1]}`;
+  const result = await run(["bash", "-o", "pipefail", "-c", `/usr/bin/time -f 'cli cpu %U+%S s' ${profiled} ${job}`], { env, timeoutMs: 600_000 });
   const seconds = (performance.now() - started) / 1000;
   const nodeCpu = pids.map((pid, index) => (processCpuMs(pid) - before[index]!) / 1000);
   console.log(`${values.job} ${values.size}: ${seconds.toFixed(2)} s wall, ${(sizeBytes / seconds / 1e6).toFixed(0)} MB/s; ${result.stderr.trim().split("\n").filter((l) => l.startsWith("cli cpu")).join("")}; nodes' cpu ${nodeCpu.map((s) => s.toFixed(2)).join(", ")} s`);
