@@ -16,12 +16,12 @@ import { connectPageOwners, type PageOwners } from "./_page-owners.ts";
 import { connectExport, Progress } from "./_volume-stream.ts";
 
 /**
- * Pages read ahead of the writer: enough that every owner has several reads queued while the
- * writer hashes and emits one; bounds memory at this many pages (64 MiB of 4 MiB pages).
+ * Pages read ahead of the writer: enough that every owner of three has reads queued while the
+ * writer hashes and emits one; bounds memory at this many pages whatever the volume size.
  */
-const PAGES_IN_FLIGHT = 16;
-/** Restore writes in flight, across all owners; the same bound on memory. */
-const WRITES_IN_FLIGHT = 16;
+const PAGES_IN_FLIGHT = 8;
+/** Restore writes in flight, across all owners. */
+const WRITES_IN_FLIGHT = 8;
 
 export interface ArchiveSummary {
   volume: string;

@@ -13,10 +13,11 @@ import { RequestsInFlight } from "./_requests-in-flight.ts";
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
 /**
- * Chunks in flight across all owners: enough to keep three nodes' disks and the wire busy while
- * one reply is being written out; memory stays near IN_FLIGHT_MAX * CHUNK_BYTES = 64 MiB.
+ * Chunks in flight across all owners: enough to keep three nodes busy while one reply is written
+ * out. 16 was no faster on two CPUs and raised the CLI's peak RSS (garbage between collections)
+ * from 270 to 370 MB for 512 MiB exported.
  */
-const IN_FLIGHT_MAX = 16;
+const IN_FLIGHT_MAX = 8;
 
 export interface StreamSummary {
   volume: string;

@@ -1,7 +1,7 @@
 // Where a bulk job's time goes: wall time, CPU of the CLI and of each node (from /proc), and a
 // CPU profile of the CLI (bun --cpu-prof) summarised by self time (its samples include idle
 // time, so read it beside the CPU figures). Used to find what to remove.
-//   bun test/bench/bulk-profile.ts [--size 256M] [--job export|archive|import|restore]
+//   bun test/bench/bulk-profile.ts [--size 256M] [--job export|archive|import|restore] [--bin PATH]
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -10,7 +10,7 @@ import { parseSize } from "../../core/geometry.ts";
 import { run, TestCluster } from "../integration/_cluster.ts";
 import { processCpuMs, ROOT } from "./_bench.ts";
 
-const { values } = parseArgs({ options: { size: { type: "string", default: "256M" }, job: { type: "string", default: "export" } } });
+const { values } = parseArgs({ options: { size: { type: "string", default: "256M" }, job: { type: "string", default: "export" }, bin: { type: "string" } } });
 const sizeBytes = parseSize(values.size!);
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-bulk-profile-"));
 const cluster = await TestCluster.start(3);
@@ -34,12 +34,13 @@ try {
   const before = pids.map(processCpuMs);
   const started = performance.now();
   const profDir = path.join(work, "prof");
-  const profiled = `${process.execPath} --cpu-prof --cpu-prof-dir=${profDir} ${cli[1]}`;
-  const result = await run(["bash", "-o", "pipefail", "-c", `/usr/bin/time -f 'cli cpu %U+%S s' ${profiled} ${job}`], { env, timeoutMs: 600_000 });
+  // With --bin (a build to compare, say the one before a change) no profile: wall, CPU and peak RSS only.
+  const profiled = values.bin ?? `${process.execPath} --cpu-prof --cpu-prof-dir=${profDir} ${cli[1]}`;
+  const result = await run(["bash", "-o", "pipefail", "-c", `/usr/bin/time -f 'cli cpu %U+%S s, peak RSS %M KB' ${profiled} ${job}`], { env, timeoutMs: 600_000 });
   const seconds = (performance.now() - started) / 1000;
   const nodeCpu = pids.map((pid, index) => (processCpuMs(pid) - before[index]!) / 1000);
   console.log(`${values.job} ${values.size}: ${seconds.toFixed(2)} s wall, ${(sizeBytes / seconds / 1e6).toFixed(0)} MB/s; ${result.stderr.trim().split("\n").filter((l) => l.startsWith("cli cpu")).join("")}; nodes' cpu ${nodeCpu.map((s) => s.toFixed(2)).join(", ")} s`);
-  for (const file of fs.readdirSync(profDir)) {
+  for (const file of values.bin ? [] : fs.readdirSync(profDir)) {
     const profile = JSON.parse(fs.readFileSync(path.join(profDir, file), "utf8")) as { nodes: { id: number; callFrame: { functionName: string; url: string; lineNumber: number } }[]; samples: number[]; timeDeltas: number[] };
     const self = new Map<number, number>();
     profile.samples.forEach((id, index) => self.set(id, (self.get(id) ?? 0) + (profile.timeDeltas[index] ?? 0)));
