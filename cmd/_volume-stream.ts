@@ -165,22 +165,22 @@ async function readVolume(nodeAddress: string, volume: string, sink: FileSink, q
   const chunkBytes = chunkBytesFor(owners.pageSizeBytes);
   const progress = new Progress(`export ${volume}`, size, quiet);
   // Read from every owner at once and written out in order: the output's speed is the limit.
-  const reads: Promise<Uint8Array>[] = [];
+  const reads: Promise<Uint8Array[]>[] = [];
   let nextOffset = 0;
   const queueRead = () => {
     if (nextOffset >= size) return;
     const length = Math.min(chunkBytes, size - nextOffset);
-    reads.push(quietly(clientFor(owners, client, nextOffset, length).read(nextOffset, length)));
+    reads.push(quietly(clientFor(owners, client, nextOffset, length).readViews(nextOffset, length)));
     nextOffset += length;
   };
   try {
     for (let index = 0; index < IN_FLIGHT_MAX; index++) queueRead();
     let written = 0;
     while (reads.length > 0) {
-      const data = await reads.shift()!;
+      const views = await reads.shift()!;
       queueRead();
-      await sink.write([data]);
-      written += data.byteLength;
+      await sink.write(views);
+      for (const view of views) written += view.byteLength;
       progress.update(written);
     }
   } finally {
