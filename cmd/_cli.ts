@@ -8,6 +8,11 @@ import { loadTlsIdentity, tlsIdentity, useTlsIdentity } from "../transport/tls-i
 
 export const DEFAULT_NODE = "127.0.0.1:7400";
 
+/** For the long jobs (import, export, archive create and restore): no progress line on stderr. */
+export const quietArgs = {
+  quiet: { type: "boolean", alias: "q", description: "no progress line on stderr (shown only when stderr is a terminal)" },
+} as const;
+
 export const nodeArgs = {
   node: {
     type: "string",

@@ -1,5 +1,6 @@
-// `volume import` and `volume export`: a whole volume in or out through any node's NBD server,
-// many requests in flight, all-zero chunks sent as WRITE_ZEROES so the volume stays sparse.
+// `volume import` and `volume export`: a whole volume in or out, each chunk read from or written
+// to the node that owns it (the node asked serves what has no owner up), many requests in flight,
+// all-zero chunks sent as WRITE_ZEROES so the volume stays sparse.
 import { ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import { parseHostPort } from "../core/member.ts";
@@ -7,9 +8,15 @@ import { NbdClient } from "../transport/nbd-client.ts";
 import { adminRequest } from "./_cli.ts";
 import { FileSink } from "./_file-sink.ts";
 import { openSource } from "./_file-source.ts";
+import { connectPageOwners, type PageOwners } from "./_page-owners.ts";
 import { RequestsInFlight } from "./_requests-in-flight.ts";
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
+/**
+ * Chunks in flight across all owners: enough to keep three nodes busy while one reply is written
+ * out. 16 was no faster on two CPUs and raised the CLI's peak RSS (garbage between collections)
+ * from 270 to 370 MB for 512 MiB exported.
+ */
 const IN_FLIGHT_MAX = 8;
 
 export interface StreamSummary {
@@ -26,13 +33,17 @@ export async function connectExport(nodeAddress: string, exportName: string): Pr
   return NbdClient.connect({ host, port, exportName });
 }
 
+/** Bytes done, rate and ETA on one stderr line, for a person watching a terminal (not --quiet). */
 export class Progress {
   private lastMs = 0;
   private readonly startMs = Date.now();
-  constructor(private readonly label: string, private readonly totalBytes: number | undefined) {}
+  private readonly shown: boolean;
+  constructor(private readonly label: string, private readonly totalBytes: number | undefined, quiet: boolean) {
+    this.shown = !quiet && process.stderr.isTTY === true;
+  }
 
   update(doneBytes: number, final = false): void {
-    if (!process.stderr.isTTY) return;
+    if (!this.shown) return;
     const nowMs = Date.now();
     if (!final && nowMs - this.lastMs < 250) return;
     this.lastMs = nowMs;
@@ -45,46 +56,75 @@ export class Progress {
 }
 
 function isAllZero(bytes: Uint8Array): boolean {
-  // Check 8 bytes at a time; page-aligned buffers make this cheap next to the network.
-  const words = new BigUint64Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 3);
-  for (let index = 0; index < words.length; index++) if (words[index] !== 0n) return false;
-  for (let index = words.length << 3; index < bytes.byteLength; index++) if (bytes[index] !== 0) return false;
+  // 4 bytes at a time as plain numbers: BigInt words cost an allocation-free but slow compare each.
+  if (bytes.byteOffset % 4 !== 0) return bytes.every((byte) => byte === 0);
+  const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 2);
+  for (let index = 0; index < words.length; index++) if (words[index] !== 0) return false;
+  for (let index = words.length << 2; index < bytes.byteLength; index++) if (bytes[index] !== 0) return false;
   return true;
 }
 
-export async function importVolume(nodeAddress: string, volume: string, source: string): Promise<StreamSummary> {
+/** The connection that serves `offset..+length`: its pages' one owner, else the node asked. */
+function clientFor(owners: PageOwners, fallback: NbdClient, offset: number, length: number): NbdClient {
+  const page = Math.floor(offset / owners.pageSizeBytes);
+  return owners.ofPages(page, Math.floor((offset + length - 1) / owners.pageSizeBytes)) ?? fallback;
+}
+
+/** Whole pages when they are smaller than a chunk, so a chunk straddles no page boundary it need not. */
+function chunkBytesFor(pageSizeBytes: number): number {
+  return pageSizeBytes >= CHUNK_BYTES ? CHUNK_BYTES : Math.floor(CHUNK_BYTES / pageSizeBytes) * pageSizeBytes;
+}
+
+interface VolumeConnections {
+  client: NbdClient;
+  owners: PageOwners;
+}
+
+async function connectVolume(nodeAddress: string, volume: string): Promise<VolumeConnections> {
+  const client = await connectExport(nodeAddress, volume);
+  try {
+    return { client, owners: await connectPageOwners(nodeAddress, volume, volume) };
+  } catch (err) {
+    await client.close().catch(() => {});
+    throw err;
+  }
+}
+
+export async function importVolume(nodeAddress: string, volume: string, source: string, quiet = false): Promise<StreamSummary> {
   // A path that cannot be read fails before the group is asked for anything.
   const input = openSource(source, "import", "a FILE argument");
-  const client = await connectExport(nodeAddress, volume);
+  const { client, owners } = await connectVolume(nodeAddress, volume);
   if (input.sizeBytes !== undefined && input.sizeBytes > client.sizeBytes) {
-    await client.close().catch(() => {});
+    await Promise.all([client.close().catch(() => {}), owners.close()]);
     // Refused before the first write: the volume is left exactly as it was.
     throw new ShoalError("OUT_OF_RANGE", `'${source}' (${input.sizeBytes} bytes) is larger than volume '${volume}' (${client.sizeBytes} bytes); nothing was written`);
   }
   const startMs = Date.now();
-  const progress = new Progress(`import ${volume}`, input.sizeBytes);
+  const progress = new Progress(`import ${volume}`, input.sizeBytes, quiet);
   const writes = new RequestsInFlight(IN_FLIGHT_MAX);
+  const chunkBytes = chunkBytesFor(owners.pageSizeBytes);
   let offset = 0;
-  let chunk = new Uint8Array(CHUNK_BYTES);
+  let chunk = new Uint8Array(chunkBytes);
   let filled = 0;
   const send = async (bytes: Uint8Array, at: number) => {
     if (at + bytes.byteLength > client.sizeBytes) {
       throw new ShoalError("OUT_OF_RANGE", `input is larger than volume '${volume}' (${client.sizeBytes} bytes)`);
     }
-    await writes.add(isAllZero(bytes) ? client.writeZeroes(at, bytes.byteLength) : client.write(at, bytes));
+    const target = clientFor(owners, client, at, bytes.byteLength);
+    await writes.add(isAllZero(bytes) ? target.writeZeroes(at, bytes.byteLength) : target.write(at, bytes));
   };
   try {
     for await (const piece of input.chunks) {
       let used = 0;
       while (used < piece.byteLength) {
-        const take = Math.min(CHUNK_BYTES - filled, piece.byteLength - used);
+        const take = Math.min(chunkBytes - filled, piece.byteLength - used);
         chunk.set(piece.subarray(used, used + take), filled);
         filled += take;
         used += take;
-        if (filled === CHUNK_BYTES) {
+        if (filled === chunkBytes) {
           await send(chunk, offset);
           offset += filled;
-          chunk = new Uint8Array(CHUNK_BYTES);
+          chunk = new Uint8Array(chunkBytes);
           filled = 0;
           progress.update(offset);
         }
@@ -95,19 +135,21 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
       offset += filled;
     }
     await writes.drain();
-    await client.flush();
+    // The node asked forwarded what had no owner up; the owners flush what they took directly.
+    await Promise.all([client.flush(), owners.flush()]);
   } finally {
-    await client.close().catch(() => {});
+    await writes.settle();
+    await Promise.all([client.close().catch(() => {}), owners.close()]);
   }
   progress.update(offset, true);
   return summary(volume, offset, startMs);
 }
 
-export async function exportVolume(nodeAddress: string, volume: string, target: string): Promise<StreamSummary> {
+export async function exportVolume(nodeAddress: string, volume: string, target: string, quiet = false): Promise<StreamSummary> {
   // A path that cannot take the image fails before the group is asked for anything.
   const sink = FileSink.open(target, "export to", "a FILE argument");
   try {
-    const { bytes, startMs } = await readVolume(nodeAddress, volume, sink);
+    const { bytes, startMs } = await readVolume(nodeAddress, volume, sink, quiet);
     await sink.close(); // the flush to disk is part of the export's time
     return summary(volume, bytes, startMs);
   } catch (err) {
@@ -116,30 +158,33 @@ export async function exportVolume(nodeAddress: string, volume: string, target: 
   }
 }
 
-async function readVolume(nodeAddress: string, volume: string, sink: FileSink): Promise<{ bytes: number; startMs: number }> {
-  const client = await connectExport(nodeAddress, volume);
+async function readVolume(nodeAddress: string, volume: string, sink: FileSink, quiet: boolean): Promise<{ bytes: number; startMs: number }> {
+  const { client, owners } = await connectVolume(nodeAddress, volume);
   const startMs = Date.now();
   const size = client.sizeBytes;
-  const progress = new Progress(`export ${volume}`, size);
-  const reads: Promise<Uint8Array>[] = [];
+  const chunkBytes = chunkBytesFor(owners.pageSizeBytes);
+  const progress = new Progress(`export ${volume}`, size, quiet);
+  // Read from every owner at once and written out in order: the output's speed is the limit.
+  const reads: Promise<Uint8Array[]>[] = [];
   let nextOffset = 0;
   const queueRead = () => {
     if (nextOffset >= size) return;
-    reads.push(quiet(client.read(nextOffset, Math.min(CHUNK_BYTES, size - nextOffset))));
-    nextOffset += CHUNK_BYTES;
+    const length = Math.min(chunkBytes, size - nextOffset);
+    reads.push(quietly(clientFor(owners, client, nextOffset, length).readViews(nextOffset, length)));
+    nextOffset += length;
   };
   try {
     for (let index = 0; index < IN_FLIGHT_MAX; index++) queueRead();
     let written = 0;
     while (reads.length > 0) {
-      const data = await reads.shift()!;
+      const views = await reads.shift()!;
       queueRead();
-      await sink.write([data]);
-      written += data.byteLength;
+      await sink.write(views);
+      for (const view of views) written += view.byteLength;
       progress.update(written);
     }
   } finally {
-    await client.close().catch(() => {});
+    await Promise.all([client.close().catch(() => {}), owners.close()]);
   }
   progress.update(size, true);
   return { bytes: size, startMs };
@@ -150,7 +195,7 @@ async function readVolume(nodeAddress: string, volume: string, sink: FileSink): 
  * say) the rest fail too and are never awaited. Marked handled, they are not reported again with
  * a stack trace each; awaiting the promise still throws.
  */
-function quiet<T>(request: Promise<T>): Promise<T> {
+function quietly<T>(request: Promise<T>): Promise<T> {
   request.catch(() => {});
   return request;
 }

@@ -4,7 +4,7 @@ import { ShoalError } from "../core/errors.ts";
 import { parseRecordSize } from "../core/archive/manifest.ts";
 import { formatSize } from "../core/geometry.ts";
 import { parseSnapshotRef } from "../core/snapshot-record.ts";
-import { nodeAddress, nodeArgs, printResult, rejectUnknownFlags } from "./_cli.ts";
+import { nodeAddress, nodeArgs, printResult, quietArgs, rejectUnknownFlags } from "./_cli.ts";
 import { writesToStdout } from "./_file-sink.ts";
 import { createArchive, readManifest, restoreArchive, verifyArchiveStream } from "./_archive-stream.ts";
 
@@ -19,6 +19,7 @@ const create = defineCommand({
     since: { type: "string", description: "an older snapshot of the same volume (NAME or VOL@NAME): write only the pages changed since it", valueHint: "SNAP" },
     output: { type: "string", alias: "o", description: "file or tape device, or - for stdout (default)", default: "-", valueHint: "FILE" },
     recordSize: { type: "string", description: "tar record size in bytes, a multiple of 512 (default 10240)", valueHint: "N" },
+    ...quietArgs,
     ...nodeArgs,
   },
   async run(context) {
@@ -26,7 +27,7 @@ const create = defineCommand({
     const { args } = context;
     const { volume, name } = parseSnapshotRef(args.snapshot);
     const since = args.since === undefined ? undefined : baseSnapshotName(args.since, volume, name);
-    const summary = await createArchive(nodeAddress(args), volume, name, since, args.output, args.recordSize === undefined ? undefined : parseRecordSize(args.recordSize));
+    const summary = await createArchive(nodeAddress(args), volume, name, since, args.output, args.recordSize === undefined ? undefined : parseRecordSize(args.recordSize), Boolean(args.quiet));
     const line = args.json ? JSON.stringify(summary) : summaryLine(`archived ${args.snapshot}${args.since ? ` since ${args.since}` : ""}:`, summary);
     // With the archive on stdout, the summary must go to stderr.
     if (writesToStdout(args.output)) process.stderr.write(`${line}\n`);
@@ -50,12 +51,13 @@ const restore = defineCommand({
     volume: { type: "positional", description: "volume to restore into", required: true },
     input: { type: "string", alias: "i", description: "archive file or tape device, or - for stdin (default)", default: "-", valueHint: "FILE" },
     create: { type: "boolean", description: "create the volume (full archives only)" },
+    ...quietArgs,
     ...nodeArgs,
   },
   async run(context) {
     rejectUnknownFlags(context);
     const { args } = context;
-    const summary = await restoreArchive(nodeAddress(args), args.volume, args.input, Boolean(args.create));
+    const summary = await restoreArchive(nodeAddress(args), args.volume, args.input, Boolean(args.create), Boolean(args.quiet));
     printResult(args.json, summary, () => summaryLine(`restored ${summary.volume} to ${summary.snapshot} (${summary.snapshotId}):`, summary));
   },
 });

@@ -1,7 +1,7 @@
 // `shoal volume`: create, list, inspect, delete, import and export volumes.
 import { defineCommand } from "citty";
 import { DEFAULT_PAGE_SIZE_BYTES, formatSize, parseSize, validateGeometry } from "../core/geometry.ts";
-import { adminRequest, nodeAddress, nodeArgs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
+import { adminRequest, nodeAddress, nodeArgs, printResult, quietArgs, rejectUnknownFlags, table } from "./_cli.ts";
 import { writesToStdout } from "./_file-sink.ts";
 import { exportVolume, importVolume } from "./_volume-stream.ts";
 
@@ -109,12 +109,13 @@ const importCommand = defineCommand({
   args: {
     name: { type: "positional", description: "volume name", required: true },
     file: { type: "positional", description: "input file, or - for stdin", required: false, default: "-" },
+    ...quietArgs,
     ...nodeArgs,
   },
   async run(context) {
     rejectUnknownFlags(context);
     const { args } = context;
-    const result = await importVolume(nodeAddress(args), args.name, args.file ?? "-");
+    const result = await importVolume(nodeAddress(args), args.name, args.file ?? "-", Boolean(args.quiet));
     const human = `imported ${formatSize(result.bytes)} into ${result.volume} in ${result.seconds.toFixed(2)}s (${formatSize(result.bytesPerSecond)}/s)`;
     if (args.json) printResult(true, result, () => "");
     else process.stderr.write(`${human}\n`);
@@ -126,13 +127,14 @@ const exportCommand = defineCommand({
   args: {
     name: { type: "positional", description: "volume name", required: true },
     file: { type: "positional", description: "output file, or - for stdout", required: false, default: "-" },
+    ...quietArgs,
     ...nodeArgs,
   },
   async run(context) {
     rejectUnknownFlags(context);
     const { args } = context;
     const target = args.file ?? "-";
-    const result = await exportVolume(nodeAddress(args), args.name, target);
+    const result = await exportVolume(nodeAddress(args), args.name, target, Boolean(args.quiet));
     // With data on stdout, the summary must go to stderr whatever --json says.
     const line = args.json ? JSON.stringify(result) : `exported ${formatSize(result.bytes)} of ${result.volume} in ${result.seconds.toFixed(2)}s (${formatSize(result.bytesPerSecond)}/s)`;
     if (writesToStdout(target)) process.stderr.write(`${line}\n`);

@@ -39,6 +39,21 @@ export class ByteQueue {
     return this.copyOut(count, true);
   }
 
+  /** Takes `count` bytes (count <= lengthBytes) as views of the received chunks: never a copy. */
+  takeViews(count: number): Uint8Array[] {
+    const views: Uint8Array[] = [];
+    let index = this.head;
+    let offset = this.headOffset;
+    for (let left = count; left > 0; index++, offset = 0) {
+      const chunk = this.chunks[index]!;
+      const piece = Math.min(chunk.length - offset, left);
+      views.push(chunk.subarray(offset, offset + piece));
+      left -= piece;
+    }
+    this.advance(count);
+    return views;
+  }
+
   clear(): void {
     this.chunks = [];
     this.head = 0;

@@ -135,6 +135,47 @@ describe("--json errors", () => {
   });
 });
 
+describe("progress of long jobs", () => {
+  const PROGRESS = (label: string) => new RegExp(`\\r${label}: \\S+ of 16M at \\S+/s`);
+
+  test("import, export, archive create and restore show bytes, rate and ETA on a terminal; --quiet and a pipe show none", async () => {
+    const dir = fs.mkdtempSync(path.join(cluster.root, "progress-"));
+    const input = path.join(dir, "in.img");
+    fs.writeFileSync(input, new Uint8Array(16 * MiB).fill(7));
+    const env = { SHOAL_NODE: cluster.nodes[0]!.meshAddress };
+    expect((await shoal(["volume", "create", "p", "--size", "16M", "--page-size", "4M"])).exitCode).toBe(0);
+    const jobs: [string, string[]][] = [
+      ["import p", ["volume", "import", "p", input]],
+      ["export p", ["volume", "export", "p", path.join(dir, "out.img")]],
+    ];
+    for (const [label, args] of jobs) {
+      const shown = await onTerminal(args, env);
+      expect(shown.exitCode).toBe(0);
+      expect(shown.stdout).toMatch(PROGRESS(label));
+      const quiet = await onTerminal([...args, "--quiet"], env);
+      expect(quiet.exitCode).toBe(0);
+      expect(quiet.stdout).not.toContain(`${label}:`);
+      const piped = await shoal(args);
+      expect(piped.exitCode).toBe(0);
+      expect(piped.stderr).not.toContain(`${label}:`);
+    }
+    expect(fs.readFileSync(path.join(dir, "out.img")).equals(fs.readFileSync(input))).toBe(true);
+
+    expect((await shoal(["snap", "create", "p", "--name", "n"])).exitCode).toBe(0);
+    const archive = path.join(dir, "p.tar");
+    const created = await onTerminal(["archive", "create", "p@n", "-o", archive], env);
+    expect(created.exitCode).toBe(0);
+    expect(created.stdout).toMatch(PROGRESS("archive p@n"));
+    const restored = await onTerminal(["archive", "restore", "p2", "--create", "-i", archive], env);
+    expect(restored.exitCode).toBe(0);
+    expect(restored.stdout).toMatch(PROGRESS("restore p2"));
+    const quietRestore = await onTerminal(["archive", "restore", "p3", "--create", "-i", archive, "-q"], env);
+    expect(quietRestore.exitCode).toBe(0);
+    expect(quietRestore.stdout).not.toContain("restore p3:");
+    expect(quietRestore.stdout).toContain("restored p3");
+  });
+});
+
 describe("snapshots for scripts", () => {
   test("snap list --json has ISO times beside the epoch ms; --latest, --prefix and --names serve cron jobs", async () => {
     expect((await shoal(["volume", "create", "s", "--size", "8M", "--page-size", "4M"])).exitCode).toBe(0);

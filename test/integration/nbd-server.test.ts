@@ -472,6 +472,13 @@ describe("NbdClient", () => {
     expect(await client.blockStatus(base, 16384, { requestOne: true })).toEqual([{ length: 4096, hole: true, zero: true }]);
     const whole = await client.read(0, MAX_REQUEST_BYTES);
     expect(whole.length).toBe(MAX_REQUEST_BYTES);
+    // readViews: the same bytes as views, whether they came as one data chunk or with holes.
+    const joined = (views: Uint8Array[]) => Buffer.concat(views);
+    const random = crypto.getRandomValues(new Uint8Array(65536));
+    await client.write(base + MiB, random);
+    expect(joined(await client.readViews(base + MiB, 65536)).equals(random)).toBe(true);
+    expect(joined(await client.readViews(base, 16384)).equals(data)).toBe(true);
+    expect(joined(await client.readViews(0, MAX_REQUEST_BYTES)).equals(await client.read(0, MAX_REQUEST_BYTES))).toBe(true);
     await client.close();
   }, SLOW_TEST_MS);
 
@@ -480,6 +487,7 @@ describe("NbdClient", () => {
     expect(client.structuredReplies).toBe(false);
     await client.write(9 * MiB, new Uint8Array(65536).fill(9));
     expect((await client.read(9 * MiB, 65536)).every((byte) => byte === 9)).toBe(true);
+    expect(Buffer.concat(await client.readViews(9 * MiB, 65536)).every((byte) => byte === 9)).toBe(true);
     expect(await client.blockStatus(0, 4096).catch((err: ShoalError) => err.code)).toBe("BAD_REQUEST");
     const pastEnd = await client.read(64 * MiB - 512, 1024).catch((err: ShoalError) => err);
     expect((pastEnd as ShoalError).message).toMatch(/EINVAL/);

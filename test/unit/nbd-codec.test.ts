@@ -462,4 +462,17 @@ describe("ByteQueue", () => {
     for (let i = 0; i < 1000; i += 10) expect([...queue.take(10)]).toEqual(Array.from({ length: 10 }, (_, j) => (i + j) & 255));
     expect(queue.lengthBytes).toBe(0);
   });
+
+  test("takeViews hands out views of the chunks it spans, never a copy, and leaves the rest queued", () => {
+    const queue = new ByteQueue();
+    const chunks = [new Uint8Array([1, 2, 3]), new Uint8Array([4, 5]), new Uint8Array([6, 7, 8, 9])];
+    for (const chunk of chunks) queue.push(chunk);
+    expect([...queue.take(1)]).toEqual([1]);
+    const views = queue.takeViews(6);
+    expect(views.map((view) => [...view])).toEqual([[2, 3], [4, 5], [6, 7]]);
+    expect(views.map((view) => view.buffer)).toEqual(chunks.map((chunk) => chunk.buffer));
+    expect(queue.lengthBytes).toBe(2);
+    expect([...queue.take(2)]).toEqual([8, 9]);
+    expect(queue.takeViews(0)).toEqual([]);
+  });
 });

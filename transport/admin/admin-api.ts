@@ -61,7 +61,7 @@ export class AdminApi {
     "admin.volume.restoring": ({ name, restoring }) => this.markRestoring(name, restoring),
     "admin.volume.delete": ({ name }) => this.deleteVolume(name),
     "admin.route.nodes": () => this.routeNodes(),
-    "admin.route.show": ({ volume }) => this.routeShow(volume),
+    "admin.route.show": ({ volume, usage }) => this.routeShow(volume, usage !== false),
     "admin.snap.create": (args) => this.createSnapshot(args),
     "admin.snap.prepare": (args) => this.prepareSnapshot(args),
     "admin.snap.take": ({ name }) => this.options.snapshots.take(name).then((result) => describeResult(result, 0)),
@@ -197,7 +197,8 @@ export class AdminApi {
    * A volume's (or one snapshot's) table with pages and bytes per node. Built only from what
    * every member shares (the catalog) and each node's own usage, so any member answers alike.
    */
-  private async routeShow(name: string): Promise<FrameHeader> {
+  /** `withUsage` false skips asking every owner for its bytes: bulk jobs want only the runs. */
+  private async routeShow(name: string, withUsage: boolean): Promise<FrameHeader> {
     const { group } = this.options;
     const ref = name.includes("@") ? parseSnapshotRef(name) : undefined;
     const volume = ref?.volume ?? name;
@@ -206,7 +207,7 @@ export class AdminApi {
     const layer = snapshot === undefined ? undefined : snapshotLayerId(record.uid, group.snapshot(volume, snapshot).snapshotId);
     const counts = pagesPerNode(record.routing);
     const runs = describeRuns(record.routing, RUNS_SHOWN_PER_NODE);
-    const usage = await this.usageByNode(record.routing.nodes);
+    const usage = withUsage ? await this.usageByNode(record.routing.nodes) : new Map<string, Usage>();
     // A volume's USED is what `volume info` shows; a snapshot's, the bytes its own layer holds.
     const bytesOn = (node: string): number | null => {
       const held = usage.get(node);

@@ -64,7 +64,8 @@ export const ADMIN_OPS = {
   "admin.volume.delete": { name: text() },
   "admin.volume.changedSince": { volume: text(), snapshot: text() },
   "admin.route.nodes": {},
-  "admin.route.show": { volume: text() },
+  /** `usage: false` skips asking every owner for its bytes: bulk jobs want only the runs. */
+  "admin.route.show": { volume: text(), usage: optional(flag()) },
   "admin.route.move": { volume: text(), pages: text(), to: text(), dryRun: optional(flag()) },
   "admin.route.rebalance": { volume: text(), nodes: optional(texts()), dryRun: optional(flag()) },
   "admin.route.drain": { node: text(), dryRun: optional(flag()) },
