@@ -3,8 +3,8 @@
 import type { ArgDef, ArgsDef } from "citty";
 import { ShoalError } from "../core/errors.ts";
 import type { AdminArgs, AdminOp, AdminResult } from "../transport/admin/admin-ops.ts";
-import { dialMesh } from "../transport/mesh.ts";
-import { loadTlsIdentity, tlsIdentity, useTlsIdentity } from "../transport/tls-identity.ts";
+import { dialMesh } from "../transport/mesh/mesh.ts";
+import { loadTlsIdentity, tlsIdentity, useTlsIdentity } from "../transport/tls/tls-identity.ts";
 
 export const DEFAULT_NODE = "127.0.0.1:7400";
 

@@ -5,7 +5,7 @@
 // adds info) and the tags; the one reporter below decides what a line looks like.
 import { createConsola, type ConsolaReporter, type LogObject } from "consola";
 import { ShoalError } from "../core/errors.ts";
-import type { LogFields } from "../transport/mesh.ts";
+import type { LogFields } from "../transport/mesh/mesh.ts";
 import { colourFor } from "./_usage.ts";
 
 export type LogFormat = "human" | "json";

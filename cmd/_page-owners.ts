@@ -1,8 +1,8 @@
 // One NBD connection to each node that owns pages of a volume, looked up by page: bulk jobs
 // (import, export, restore) read and write each page where it lives, in parallel across nodes,
 // instead of through one node that forwards two pages in three over the mesh.
-import { parseHostPort } from "../core/member.ts";
-import { NbdClient } from "../transport/nbd-client.ts";
+import { parseHostPort } from "../core/cluster/member.ts";
+import { NbdClient } from "../transport/nbd/nbd-client.ts";
 import { adminRequest } from "./_cli.ts";
 
 interface OwnerRun {

@@ -6,7 +6,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { ShoalError } from "../core/errors.ts";
-import { CA_CERT_FILE, type TlsRole } from "../transport/tls-identity.ts";
+import { CA_CERT_FILE, type TlsRole } from "../transport/tls/tls-identity.ts";
 
 const CA_KEY_FILE = "ca-key.pem";
 const CA_DAYS = 3650;

@@ -3,8 +3,8 @@
 // all-zero chunks sent as WRITE_ZEROES so the volume stays sparse.
 import { ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
-import { parseHostPort } from "../core/member.ts";
-import { NbdClient } from "../transport/nbd-client.ts";
+import { parseHostPort } from "../core/cluster/member.ts";
+import { NbdClient } from "../transport/nbd/nbd-client.ts";
 import { adminRequest } from "./_cli.ts";
 import { FileSink } from "./_file-sink.ts";
 import { openSource } from "./_file-source.ts";

@@ -3,7 +3,7 @@ import { defineCommand } from "citty";
 import { ShoalError } from "../core/errors.ts";
 import { parseRecordSize } from "../core/archive/manifest.ts";
 import { formatSize } from "../core/geometry.ts";
-import { parseSnapshotRef } from "../core/snapshot-record.ts";
+import { parseSnapshotRef } from "../core/snapshot/snapshot-record.ts";
 import { nodeAddress, nodeArgs, printResult, quietArgs, rejectUnknownFlags } from "./_cli.ts";
 import { writesToStdout } from "./_file-sink.ts";
 import { createArchive, readManifest, restoreArchive, verifyArchiveStream } from "./_archive-stream.ts";

@@ -2,7 +2,7 @@
 import { defineCommand } from "citty";
 import { ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
-import { parseSnapshotRef } from "../core/snapshot-record.ts";
+import { parseSnapshotRef } from "../core/snapshot/snapshot-record.ts";
 import { adminRequest, nodeAddress, nodeArgs, parseDurationMs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
 
 const create = defineCommand({

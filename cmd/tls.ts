@@ -3,7 +3,7 @@
 import * as path from "node:path";
 import { defineCommand } from "citty";
 import { ShoalError } from "../core/errors.ts";
-import type { TlsRole } from "../transport/tls-identity.ts";
+import type { TlsRole } from "../transport/tls/tls-identity.ts";
 import { initAuthority, issueCertificate } from "./_tls-authority.ts";
 import { printResult, rejectUnknownFlags } from "./_cli.ts";
 

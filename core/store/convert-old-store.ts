@@ -6,8 +6,8 @@
 // over) or the new store whole (the removal of the old one finishes).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { PageStore as OldPageStore } from "../page-store.ts";
-import { syncDirectorySync } from "../_durable-fs.ts";
+import { PageStore as OldPageStore } from "./old-format/page-store.ts";
+import { syncDirectorySync } from "./old-format/_durable-fs.ts";
 import { ImportBatch, OLD_PAGES_DIR_NAME, PageStore, STORE_DIR_NAME } from "./page-store.ts";
 
 const CONVERTING_DIR_NAME = "store.converting";

@@ -5,7 +5,7 @@
 //   bun test/bench/_tcp-baseline.ts send --port P --bytes N           prints {"bytes":N,"ms":T}
 //
 // The sender writes 1 MiB buffers and, when the socket takes only part of one, waits for `drain`
-// before writing the rest (the same rule as transport/socket-writer.ts). With --file the receiver
+// before writing the rest (the same rule as transport/wire/socket-writer.ts). With --file the receiver
 // writes every chunk to the file as it arrives and fsyncs once at the end (a page move's target
 // fsyncs every page it installs, so this is the kinder anchor). The receiver answers one byte
 // after the last byte (and the fsync); the sender's time runs from connect to that answer.

@@ -3,7 +3,7 @@
 // them), with a bounded number in flight; a write due while its client is at the bound is skipped
 // and counted. A 1 ms pacer issues what is due; the gaps between its ticks measure this process's
 // own event-loop lag, which inflates every latency it records.
-import { NbdClient } from "../../transport/nbd-client.ts";
+import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { waitFor, type TestNode } from "../integration/_cluster.ts";
 
 const BLOCK_BYTES = 4 * 1024;

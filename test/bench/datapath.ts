@@ -40,8 +40,8 @@ import { parseArgs } from "node:util";
 import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
-import { loadTlsIdentity, useTlsIdentity } from "../../transport/tls-identity.ts";
-import { NbdClient } from "../../transport/nbd-client.ts";
+import { loadTlsIdentity, useTlsIdentity } from "../../transport/tls/tls-identity.ts";
+import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { buildShoal, loadAverage, progress, sourceRevision, syncDisks, table } from "./_bench.ts";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 

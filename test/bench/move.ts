@@ -32,7 +32,7 @@ import { parseArgs } from "node:util";
 import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
-import type { NbdClient } from "../../transport/nbd-client.ts";
+import type { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { bounded, buildShoal, loadAverage, printReport, progress, runBench, sourceRevision, stats, syncDisks, table, type LatencyStats } from "./_bench.ts";
 import { connect, fillRandom, PacedWriteLoad } from "./_write-load.ts";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";

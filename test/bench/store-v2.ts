@@ -1,4 +1,4 @@
-// The one-file-per-page store (core/page-store.ts, the anchor) against the extent-file store
+// The one-file-per-page store (core/store/old-format/page-store.ts, the anchor) against the extent-file store
 // (core/store/), through the store API on one disk, in one run, old and new interleaved:
 //   - 4 KiB random writes over a 1 TiB volume, then a snapshot's cut (freeze + flushLayers)
 //     with those writes still unsynced, then a FLUSH; files and heap afterwards;
@@ -10,7 +10,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { PageStore as OldStore } from "../../core/page-store.ts";
+import { PageStore as OldStore } from "../../core/store/old-format/page-store.ts";
 import { PageStore as NewStore } from "../../core/store/page-store.ts";
 import { progress, syncDisks, table } from "./_bench.ts";
 

@@ -5,12 +5,12 @@
 import * as fs from "node:fs";
 import type { Socket } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
-import { NbdClient } from "../../transport/nbd-client.ts";
+import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { run, TestCluster, type TestNode } from "../integration/_cluster.ts";
 import { Prng } from "../sim/kernel/prng.ts";
 import { MAX_REQUEST_BYTES } from "../../core/geometry.ts";
-import { MAX_FRAME_BYTES } from "../../transport/frame.ts";
-import { encodeClientFlags, encodeInfoRequest, encodeOption, encodeRequest, NBD_CMD_READ, NBD_CMD_WRITE, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_OPT_GO } from "../../transport/nbd-codec.ts";
+import { MAX_FRAME_BYTES } from "../../transport/mesh/frame.ts";
+import { encodeClientFlags, encodeInfoRequest, encodeOption, encodeRequest, NBD_CMD_READ, NBD_CMD_WRITE, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_OPT_GO } from "../../transport/nbd/nbd-codec.ts";
 import { nbdSession, nextInput, randomBytes, type FuzzInput, type FuzzTargetInfo, type PortKind } from "./_inputs.ts";
 
 const VOLUME_BYTES = 16 * 1024 * 1024;

@@ -2,7 +2,7 @@
 // mesh conversations that are then mutated (bit flips, boundary integers, huge declared lengths,
 // truncation, splicing). The same seed always yields the same inputs, so a failure replays.
 import { Packr } from "msgpackr";
-import { encodeFrameHead } from "../../transport/frame.ts";
+import { encodeFrameHead } from "../../transport/mesh/frame.ts";
 import {
   BASE_ALLOCATION_CONTEXT,
   encodeClientFlags,
@@ -33,7 +33,7 @@ import {
   NBD_OPT_SET_META_CONTEXT,
   NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
-} from "../../transport/nbd-codec.ts";
+} from "../../transport/nbd/nbd-codec.ts";
 import type { Prng } from "../sim/kernel/prng.ts";
 
 export type PortKind = "nbd" | "mesh";

@@ -1,6 +1,6 @@
 // Client load for integration tests: writers that stamp 4 KiB blocks through NBD on several
 // nodes and record when each write was issued and acknowledged (see _cut-checker.ts).
-import { NbdClient } from "../../transport/nbd-client.ts";
+import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { BLOCK_BYTES, readStamp, stampBlock, type WriteHistory } from "./_cut-checker.ts";
 import type { TestNode } from "./_cluster.ts";
 

@@ -2,8 +2,8 @@
 // an error) on its own, one log line is written, and every other client keeps being served.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
-import { encodeFrameHead } from "../../transport/frame.ts";
-import { NbdClient } from "../../transport/nbd-client.ts";
+import { encodeFrameHead } from "../../transport/mesh/frame.ts";
+import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { ShoalError } from "../../core/errors.ts";
 import { run, TestCluster, waitFor } from "./_cluster.ts";

@@ -4,7 +4,7 @@
 // the node is back.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { adminRequest } from "../../cmd/_cli.ts";
-import { NbdClient } from "../../transport/nbd-client.ts";
+import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { run, TestCluster, waitFor } from "./_cluster.ts";
 
 const MiB = 1024 * 1024;

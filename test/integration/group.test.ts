@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { adminRequest } from "../../cmd/_cli.ts";
-import { NbdClient } from "../../transport/nbd-client.ts";
+import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { run, shoalCommand, TestCluster, waitFor } from "./_cluster.ts";
 
 const MiB = 1024 * 1024;

@@ -7,9 +7,9 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { ShoalError } from "../../core/errors.ts";
-import type { FrameHeader } from "../../transport/frame.ts";
-import type { MeshConnection, Reply } from "../../transport/mesh-connection.ts";
-import { MeshServer } from "../../transport/mesh.ts";
+import type { FrameHeader } from "../../transport/mesh/frame.ts";
+import type { MeshConnection, Reply } from "../../transport/mesh/mesh-connection.ts";
+import { MeshServer } from "../../transport/mesh/mesh.ts";
 import { Database } from "bun:sqlite";
 import { run, TestCluster, waitFor, type TestNode } from "./_cluster.ts";
 

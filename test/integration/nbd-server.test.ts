@@ -9,8 +9,8 @@ import * as path from "node:path";
 import type { BlockDevice, ExportCatalog, Extent } from "../../core/block-device.ts";
 import { NBD_EINVAL, NBD_ENOSPC, NBD_ESHUTDOWN, ShoalError } from "../../core/errors.ts";
 import { MAX_REQUEST_BYTES } from "../../core/geometry.ts";
-import { ByteQueue } from "../../transport/_byte-queue.ts";
-import { NbdClient } from "../../transport/nbd-client.ts";
+import { ByteQueue } from "../../transport/nbd/_byte-queue.ts";
+import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import {
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_FLAG_DF,
@@ -41,8 +41,8 @@ import {
   encodeMetaContextRequest,
   encodeOption,
   encodeRequest,
-} from "../../transport/nbd-codec.ts";
-import { NbdServer } from "../../transport/nbd-server.ts";
+} from "../../transport/nbd/nbd-codec.ts";
+import { NbdServer } from "../../transport/nbd/nbd-server.ts";
 import { run, waitFor } from "./_cluster.ts";
 
 const MiB = 1024 * 1024;

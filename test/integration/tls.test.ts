@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { loadTlsIdentity, useTlsIdentity } from "../../transport/tls-identity.ts";
+import { loadTlsIdentity, useTlsIdentity } from "../../transport/tls/tls-identity.ts";
 import { freePort, run, shoalCommand, TestCluster, type TestNode } from "./_cluster.ts";
 
 let cluster: TestCluster;

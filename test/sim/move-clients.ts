@@ -1,7 +1,7 @@
 // The page-move world's client traffic: requests routed by each node's own (maybe stale) table
 // and passed on, answers going back the same way, writes applied and synced, flushes that settle
 // what an entry owes the nodes that applied its writes, and the page cache's write-back.
-import { ownerOf } from "../../core/routing.ts";
+import { ownerOf } from "../../core/cluster/routing.ts";
 import { CLIENT_TIMEOUT_MS, FLUSH_TIMEOUT_MS, MAX_HOPS, syncPages, type ClientOp, type ClientState, type MoveNode, type Payload, type PendingFlush } from "./move-node.ts";
 import { MoveWorldBase } from "./move-world-base.ts";
 

@@ -1,8 +1,8 @@
 // The page-move world's pieces below the world itself: the messages on its mesh, the requests
 // clients send, a node split into what a crash keeps (table, synced pages, the coordinator's
 // plan) and what it drops, the scenario draw and small helpers.
-import type { MoveStepRunner, StepCompletion } from "../../core/move-step-runner.ts";
-import type { RoutingTable } from "../../core/routing.ts";
+import type { MoveStepRunner, StepCompletion } from "../../core/move/move-step-runner.ts";
+import type { RoutingTable } from "../../core/cluster/routing.ts";
 import { SimNode } from "./kernel/sim-node.ts";
 import type { Prng } from "./kernel/prng.ts";
 import { CRASH_POINTS, type FinalNode, type MoveScenario } from "./move-history.ts";

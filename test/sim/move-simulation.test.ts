@@ -1,4 +1,4 @@
-// Many seeded runs of the page-move protocol (core/page-move.ts driven through a simulated group
+// Many seeded runs of the page-move protocol (core/move/page-move.ts driven through a simulated group
 // with crashes at every step, lossy links and stale tables), each judged by move-checker.ts; plus
 // proof that the checker fails runs with a deliberately broken rule, and that a seed replays
 // identically. A failing seed replays with `bun test/sim/move-run-seeds.ts --seed N --trace`.

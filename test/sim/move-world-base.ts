@@ -1,8 +1,8 @@
 // The page-move world's ground floor: its state, the run, virtual time and faults, node crashes
 // and restarts, routing-table beliefs and the mesh's delivery. Client traffic (move-clients.ts)
 // and the move protocol's roles (move-world.ts) are the layers above.
-import type { MoveStepEffect } from "../../core/page-move.ts";
-import { ownerOf, stripedTable, type RoutingTable } from "../../core/routing.ts";
+import type { MoveStepEffect } from "../../core/move/page-move.ts";
+import { ownerOf, stripedTable, type RoutingTable } from "../../core/cluster/routing.ts";
 import { Network } from "./kernel/network.ts";
 import { SimWorld } from "./kernel/sim-world.ts";
 import type { CrashPoint, MoveHistory, MoveSabotage, MoveScenario, MoveWorldOptions } from "./move-history.ts";

@@ -3,11 +3,11 @@
 // once synced; clients on connections to random nodes writing stamped values (FUA or not), reading
 // and flushing; nodes that route by their own (maybe stale) tables and pass requests on (at most
 // MAX_HOPS times), answers going back the same way; tables spread by gossip; one coordinator
-// running moves as core/page-move.ts MoveSteps on the sources; a lossy, delaying network (FIFO per
+// running moves as core/move/page-move.ts MoveSteps on the sources; a lossy, delaying network (FIFO per
 // link, like the mesh's TCP connections, reordered across links); crashes anywhere, including
 // between every two effects of a step. It records a history; move-checker.ts judges it.
 // This file is the top layer, the protocol's roles (the source runs the node's own
-// core/move-step-runner.ts); move-clients.ts and move-world-base.ts are the layers below.
+// core/move/move-step-runner.ts); move-clients.ts and move-world-base.ts are the layers below.
 //
 // Rules the world follows where the real node's are not written down yet (each has a broken
 // variant in MoveSabotage that the checker catches):
@@ -17,9 +17,9 @@
 //   - answers carry the node (and incarnation, standing for a boot id) that applied a write; the
 //     entry owes that node a flush from when the answer arrives; store.flush syncs one store and
 //     fails if that node restarted since; a debt is settled only by a flush that succeeded.
-import { MoveStepRunner, type MoveStepHost } from "../../core/move-step-runner.ts";
-import { MoveStep, type MoveStepEffect } from "../../core/page-move.ts";
-import { ownerOf, pagesOf, withOwner, type RoutingTable } from "../../core/routing.ts";
+import { MoveStepRunner, type MoveStepHost } from "../../core/move/move-step-runner.ts";
+import { MoveStep, type MoveStepEffect } from "../../core/move/page-move.ts";
+import { ownerOf, pagesOf, withOwner, type RoutingTable } from "../../core/cluster/routing.ts";
 import { MoveClientWorld } from "./move-clients.ts";
 import type { CrashPoint, MoveHistory, MoveWorldOptions } from "./move-history.ts";
 import {
@@ -47,7 +47,7 @@ export function runMoveWorld(options: MoveWorldOptions): MoveHistory {
   return new MoveWorld(options).run();
 }
 
-/** The move protocol's roles: the coordinator, a step's source (core/page-move.ts) and its target. */
+/** The move protocol's roles: the coordinator, a step's source (core/move/page-move.ts) and its target. */
 class MoveWorld extends MoveClientWorld {
   // ---- the coordinator: one step at a time, each decided durably before it is sent
 
@@ -145,7 +145,7 @@ class MoveWorld extends MoveClientWorld {
     node.volatile.running!.runner.run(effects);
   }
 
-  /** The simulated source's I/O under the node's own step runner (core/move-step-runner.ts). */
+  /** The simulated source's I/O under the node's own step runner (core/move/move-step-runner.ts). */
   protected stepHost(node: MoveNode, running: StepAttempt): MoveStepHost {
     const { decided, key } = running;
     const copies = (pages: number[]) => pages.map((page): [number, PageCopy | undefined] => [page, copyOf(node.volatile.memoryPages.get(page))]);

@@ -1,7 +1,7 @@
 // Runs many simulation seeds of the snapshot protocol and prints every failing seed with the
 // command that replays it. `bun test/sim/run-seeds.ts --mode timestamp --seeds 100000 [--seed N]
 // [--start S] [--sabotage ignoreHold|ignoreCommitWait|allCutEarly|shortCommitWait|clockStepsAnytime] [--trace]`. Exits 1 if any seed failed.
-import type { SnapshotMode } from "../../core/snapshot-messages.ts";
+import type { SnapshotMode } from "../../core/snapshot/snapshot-messages.ts";
 import { parseSeedArgs, printVerdict, replayCommand, runSeedRange, type SeedCli } from "./kernel/seed-runner.ts";
 import { checkHistory } from "./snapshot-checker.ts";
 import { runWorld, SABOTAGE_NAMES, type Sabotage } from "./snapshot-world.ts";

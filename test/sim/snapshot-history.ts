@@ -1,6 +1,6 @@
 // What a snapshot simulation run records, and the knobs that shape it: the scenario and the
 // deliberately broken rules. snapshot-world.ts produces it; snapshot-checker.ts judges it.
-import type { NodeId, SnapshotMode } from "../../core/snapshot-messages.ts";
+import type { NodeId, SnapshotMode } from "../../core/snapshot/snapshot-messages.ts";
 
 /** Deliberate node bugs, to prove the checker can fail. */
 export interface Sabotage {

@@ -1,10 +1,10 @@
 // The snapshot world's pieces below the world itself: the messages on its mesh, a node split
 // into what a crash keeps (block store, snapshots, protocol records) and what it drops, the
 // scenario draw and small helpers.
-import type { CoordinatorEffect, SnapshotCoordinator } from "../../core/snapshot-coordinator.ts";
-import type { SnapshotEffectRunner } from "../../core/snapshot-effect-runner.ts";
-import type { CoordinatorRecord, NodeId, ParticipantRecord, SnapshotMessage } from "../../core/snapshot-messages.ts";
-import type { ParticipantEffect, SnapshotParticipant } from "../../core/snapshot-participant.ts";
+import type { CoordinatorEffect, SnapshotCoordinator } from "../../core/snapshot/snapshot-coordinator.ts";
+import type { SnapshotEffectRunner } from "../../core/snapshot/snapshot-effect-runner.ts";
+import type { CoordinatorRecord, NodeId, ParticipantRecord, SnapshotMessage } from "../../core/snapshot/snapshot-messages.ts";
+import type { ParticipantEffect, SnapshotParticipant } from "../../core/snapshot/snapshot-participant.ts";
 import type { Prng } from "./kernel/prng.ts";
 import { SimNode } from "./kernel/sim-node.ts";
 import type { FinalNode, NodeSnapshot, PieceRecord, Scenario, VolumeLayout } from "./snapshot-history.ts";
@@ -68,7 +68,7 @@ export class SnapshotNode extends SimNode<Durable, Volatile> {
   /** Rebuilt from the records at every boot. */
   coordinator!: SnapshotCoordinator;
   participant!: SnapshotParticipant;
-  /** The node's own effect runner (core/snapshot-effect-runner.ts), on simulated I/O. */
+  /** The node's own effect runner (core/snapshot/snapshot-effect-runner.ts), on simulated I/O. */
   runner!: SnapshotEffectRunner;
   snapshotCounter = 0;
 

@@ -1,11 +1,11 @@
 // The snapshot world's ground floor: its state, the run, virtual time and skewed clocks, faults,
 // node crashes and restarts, the one timer per node, and the mesh. The protocol's wiring and the
 // clients' writes (snapshot-world.ts) are the layer above.
-import { SnapshotCoordinator, type CoordinatorEffect } from "../../core/snapshot-coordinator.ts";
-import type { SnapshotEffectHost } from "../../core/snapshot-effect-runner.ts";
-import { SnapshotEffectRunner } from "../../core/snapshot-effect-runner.ts";
-import { isToCoordinator, type NodeId, type SnapshotMessage } from "../../core/snapshot-messages.ts";
-import { SnapshotParticipant, type ParticipantEffect } from "../../core/snapshot-participant.ts";
+import { SnapshotCoordinator, type CoordinatorEffect } from "../../core/snapshot/snapshot-coordinator.ts";
+import type { SnapshotEffectHost } from "../../core/snapshot/snapshot-effect-runner.ts";
+import { SnapshotEffectRunner } from "../../core/snapshot/snapshot-effect-runner.ts";
+import { isToCoordinator, type NodeId, type SnapshotMessage } from "../../core/snapshot/snapshot-messages.ts";
+import { SnapshotParticipant, type ParticipantEffect } from "../../core/snapshot/snapshot-participant.ts";
 import { Network } from "./kernel/network.ts";
 import { Prng } from "./kernel/prng.ts";
 import { SimWorld } from "./kernel/sim-world.ts";
@@ -127,7 +127,7 @@ export abstract class SnapshotWorldBase extends SimWorld {
 
   /**
    * The time daemon sets this node's clock. A node follows such a step only while no snapshot relies
-   * on its earlier readings (transport/node-clock.ts); until then its clock runs on unstepped.
+   * on its earlier readings (transport/snapshot/node-clock.ts); until then its clock runs on unstepped.
    */
   protected jumpClock(node: SnapshotNode): void {
     if (!this.sabotage.clockStepsAnytime && node.up && (node.coordinator.clockInUse() || node.participant.clockInUse())) {

@@ -2,14 +2,14 @@
 // a lossy/duplicating/reordering mesh, crashes that keep only durable state, clients writing
 // through random nodes, and a layered block store per node that honours hold, cut and commit wait
 // exactly as the real node must, its protocol effects carried out by the node's own runner
-// (core/snapshot-effect-runner.ts) on records that reach the disk late. It records a history;
+// (core/snapshot/snapshot-effect-runner.ts) on records that reach the disk late. It records a history;
 // snapshot-checker.ts judges it. This file is the top layer (protocol wiring, snapshots, writes);
 // snapshot-world-base.ts holds the world's state, lifecycle and mesh, on test/sim/kernel/.
 import { ShoalError } from "../../core/errors.ts";
-import type { CoordinatorEffect } from "../../core/snapshot-coordinator.ts";
-import type { RecordStore, SnapshotEffectHost } from "../../core/snapshot-effect-runner.ts";
-import type { CoordinatorRecord, NodeId, ParticipantRecord } from "../../core/snapshot-messages.ts";
-import type { ParticipantEffect } from "../../core/snapshot-participant.ts";
+import type { CoordinatorEffect } from "../../core/snapshot/snapshot-coordinator.ts";
+import type { RecordStore, SnapshotEffectHost } from "../../core/snapshot/snapshot-effect-runner.ts";
+import type { CoordinatorRecord, NodeId, ParticipantRecord } from "../../core/snapshot/snapshot-messages.ts";
+import type { ParticipantEffect } from "../../core/snapshot/snapshot-participant.ts";
 import type { History, PieceRecord, SnapshotMeta, VolumeLayout, WorldOptions, WriteRecord } from "./snapshot-history.ts";
 import { BLOCKS_PER_PAGE, clone, commitSnapshot, describeEffect, type ClientState, type QueuedPiece, type SnapshotNode } from "./snapshot-node.ts";
 import { SnapshotWorldBase } from "./snapshot-world-base.ts";

@@ -2,7 +2,7 @@
 // the checker can fail (sabotaged nodes) and that a seed replays identically. A failing seed
 // here replays with `bun test/sim/run-seeds.ts --mode MODE --seed N --trace`.
 import { describe, expect, test } from "bun:test";
-import type { SnapshotMode } from "../../core/snapshot-messages.ts";
+import type { SnapshotMode } from "../../core/snapshot/snapshot-messages.ts";
 import { checkHistory } from "./snapshot-checker.ts";
 import { runWorld, type Sabotage } from "./snapshot-world.ts";
 
@@ -63,7 +63,7 @@ describe("snapshot simulation", () => {
     expect(firstCaughtSeed("timestamp", { clockStepsAnytime: true })).toBeDefined();
   });
 
-  // The node's own effect runner (core/snapshot-effect-runner.ts) holds back what rests on a record
+  // The node's own effect runner (core/snapshot/snapshot-effect-runner.ts) holds back what rests on a record
   // until the store says it is durable; a store that says so too early breaks that rule for it.
   for (const mode of MODES) {
     test(`${mode} mode: the checker catches messages that leave before the record they rest on is durable`, () => {

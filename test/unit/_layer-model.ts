@@ -1,7 +1,7 @@
 // What every layer of a PageStore should read, kept as plain bytes: the model the layer tests
 // and the crash child check the store against. Also a seeded PRNG and a fixed scenario.
 import { expect } from "bun:test";
-import type { PageStore } from "../../core/page-store.ts";
+import type { PageStore } from "../../core/store/old-format/page-store.ts";
 
 export class LayerModel {
   readonly layers = new Map<string, Uint8Array>();

@@ -3,7 +3,7 @@
 //   bun _page-store-crash-child.ts DIR SEED delete LAYER TICKS   kill TICKS event-loop turns into deleteLayer(LAYER)
 //   bun _page-store-crash-child.ts DIR SEED flush                 kill right after flush() returns
 //   bun _page-store-crash-child.ts DIR SEED fua                   flush, freeze, FUA-write one page, kill
-import { PageStore } from "../../core/page-store.ts";
+import { PageStore } from "../../core/store/old-format/page-store.ts";
 import { buildScenario, LayerModel, SCENARIO_CHUNK_BYTES, SCENARIO_PAGE_BYTES, SCENARIO_PAGES } from "./_layer-model.ts";
 
 const [dir, seedText, mode, layer, ticksText] = process.argv.slice(2);

@@ -3,11 +3,11 @@ import { Database } from "bun:sqlite";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { Catalog } from "../../core/catalog.ts";
+import { Catalog } from "../../core/cluster/catalog.ts";
 import { setFatalHandler } from "../../core/invariant.ts";
 import { MAX_VOLUME_PAGES } from "../../core/geometry.ts";
-import { withOwner } from "../../core/routing.ts";
-import { newVolumeRecord } from "../../core/volume.ts";
+import { withOwner } from "../../core/cluster/routing.ts";
+import { newVolumeRecord } from "../../core/cluster/volume.ts";
 
 const dirs: string[] = [];
 afterEach(() => {

@@ -1,8 +1,8 @@
-// The commit wait from measured clock offsets (core/clock-offset.ts): checked against clocks with
+// The commit wait from measured clock offsets (core/snapshot/clock-offset.ts): checked against clocks with
 // known offsets, rate errors, delays and coarse readings, and the clock nodes read it from.
 import { describe, expect, test } from "bun:test";
-import { MAX_CLOCK_RATE_ERROR, commitWaits, offsetBounds, type OffsetSample } from "../../core/clock-offset.ts";
-import { NodeClock } from "../../transport/node-clock.ts";
+import { MAX_CLOCK_RATE_ERROR, commitWaits, offsetBounds, type OffsetSample } from "../../core/snapshot/clock-offset.ts";
+import { NodeClock } from "../../transport/snapshot/node-clock.ts";
 import { Prng } from "../sim/kernel/prng.ts";
 
 /** A clock as a function of real time: offset, rate error, and readings truncated or rounded to a resolution. */

@@ -2,7 +2,7 @@
 // all work tracked before it, work runs one piece after another, and a failure drops the actions
 // waiting on it (once told) while later work still runs.
 import { describe, expect, test } from "bun:test";
-import { DurabilityGate, settleWith, type Completion } from "../../core/durability-gate.ts";
+import { DurabilityGate, settleWith, type Completion } from "../../core/snapshot/durability-gate.ts";
 
 function manualWork(): { work: (done: Completion) => void; started: () => boolean; finish: (error?: unknown) => void } {
   let done: Completion | undefined;

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { encodeFrameHead, FrameDecoder, MAX_FRAME_BYTES } from "../../transport/frame.ts";
+import { encodeFrameHead, FrameDecoder, MAX_FRAME_BYTES } from "../../transport/mesh/frame.ts";
 
 function frame(header: Record<string, unknown>, payload: Uint8Array): Uint8Array {
   const head = encodeFrameHead(header, payload.byteLength);

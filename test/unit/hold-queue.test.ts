@@ -1,7 +1,7 @@
 // The hold queue: requests on held volumes wait in order, run at the last release, and each
 // release reports what its hold cost (held time, requests queued, the longest wait).
 import { describe, expect, test } from "bun:test";
-import { HoldQueue } from "../../core/hold-queue.ts";
+import { HoldQueue } from "../../core/snapshot/hold-queue.ts";
 
 function queueWithClock() {
   let nowMs = 0;

@@ -1,6 +1,6 @@
 // Member records arrive in hellos and joins from the network; only well-formed ones may be stored.
 import { expect, test } from "bun:test";
-import { isValidIdentity, isValidMemberAddress } from "../../core/member.ts";
+import { isValidIdentity, isValidMemberAddress } from "../../core/cluster/member.ts";
 
 test("member addresses must be a plain host (or [v6]) and a port", () => {
   for (const good of ["127.0.0.1:7400", "node-2.example.org:10809", "[::1]:7400", "[fe80::1%eth0]:1"]) expect(isValidMemberAddress(good)).toBe(true);

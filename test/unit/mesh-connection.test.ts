@@ -2,8 +2,8 @@
 // beyond it: a sender that ignores its own bound meets TCP backpressure, not a node holding all.
 import { afterEach, describe, expect, test } from "bun:test";
 import { ShoalError } from "../../core/errors.ts";
-import { UNTRUSTED_MAX_RUNNING_REQUESTS } from "../../transport/mesh-connection.ts";
-import { dialMesh, MeshServer } from "../../transport/mesh.ts";
+import { UNTRUSTED_MAX_RUNNING_REQUESTS } from "../../transport/mesh/mesh-connection.ts";
+import { dialMesh, MeshServer } from "../../transport/mesh/mesh.ts";
 
 const quiet = { info: () => {}, warn: () => {} };
 const cleanups: (() => void)[] = [];

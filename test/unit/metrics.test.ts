@@ -3,7 +3,7 @@
 import { expect, test } from "bun:test";
 import { Histogram, logBuckets, MetricsRegistry, renderPrometheus, MetricFamily } from "../../core/metrics.ts";
 import { parsePrometheus, sumOf } from "../integration/_prometheus.ts";
-import { NodeMetrics } from "../../transport/node-metrics.ts";
+import { NodeMetrics } from "../../transport/metrics/node-metrics.ts";
 
 test("log buckets double and an observation lands in the first bucket at or above it", () => {
   const bounds = logBuckets(0.001, 2, 5); // 1, 2, 4, 8, 16 ms

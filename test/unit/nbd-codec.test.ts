@@ -1,7 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import { NBD_EINVAL, NBD_EIO, NBD_ENOSPC, NBD_EPERM, ShoalError } from "../../core/errors.ts";
 import { MAX_REQUEST_BYTES } from "../../core/geometry.ts";
-import { ByteQueue } from "../../transport/_byte-queue.ts";
+import { ByteQueue } from "../../transport/nbd/_byte-queue.ts";
 import {
   BASE_ALLOCATION_CONTEXT,
   EXPORT_NAME_PADDING_BYTES,
@@ -90,7 +90,7 @@ import {
   readU64,
   transmissionFlagsFor,
   writeU32,
-} from "../../transport/nbd-codec.ts";
+} from "../../transport/nbd/nbd-codec.ts";
 
 function expectBadFrame(value: unknown, messagePart: string | RegExp): void {
   expect(value).toBeInstanceOf(ShoalError);

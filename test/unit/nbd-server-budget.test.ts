@@ -2,7 +2,7 @@
 // count that would go negative is a broken invariant, not a quietly wrong budget.
 import { describe, expect, test } from "bun:test";
 import { InvariantError } from "../../core/invariant.ts";
-import { MAX_SERVER_IN_FLIGHT_BYTES, MAX_SERVER_INPUT_BYTES, MAX_SERVER_UNSENT_BYTES, NbdServerBudget, OUTBOX_HIGH_WATER_BYTES } from "../../transport/nbd-server-budget.ts";
+import { MAX_SERVER_IN_FLIGHT_BYTES, MAX_SERVER_INPUT_BYTES, MAX_SERVER_UNSENT_BYTES, NbdServerBudget, OUTBOX_HIGH_WATER_BYTES } from "../../transport/nbd/nbd-server-budget.ts";
 
 describe("NbdServerBudget", () => {
   test("sums follow the accounts; a closed account gives its share back", () => {

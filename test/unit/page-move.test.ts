@@ -4,12 +4,12 @@ import { afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { batchMoves, parsePageList, planDrain, planMove, planRebalance } from "../../core/move-plan.ts";
-import { MoveStep, type MoveStepEffect } from "../../core/page-move.ts";
-import { ImportBatch, PageStore, type PageExport } from "../../core/page-store.ts";
-import { pagesPerNode, stripedTable, withOwner } from "../../core/routing.ts";
-import { isNewer, newVolumeRecord } from "../../core/volume.ts";
-import { familyOf } from "../../transport/page-mover.ts";
+import { batchMoves, parsePageList, planDrain, planMove, planRebalance } from "../../core/move/move-plan.ts";
+import { MoveStep, type MoveStepEffect } from "../../core/move/page-move.ts";
+import { ImportBatch, PageStore, type PageExport } from "../../core/store/old-format/page-store.ts";
+import { pagesPerNode, stripedTable, withOwner } from "../../core/cluster/routing.ts";
+import { isNewer, newVolumeRecord } from "../../core/cluster/volume.ts";
+import { familyOf } from "../../transport/move/page-mover.ts";
 import { expectLayerReads, LayerModel, prng } from "./_layer-model.ts";
 
 const KiB = 1024;

@@ -2,7 +2,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { PageStore } from "../../core/page-store.ts";
+import { PageStore } from "../../core/store/old-format/page-store.ts";
 import { buildScenario, expectLayerReads, LayerModel, prng, SCENARIO_CHUNK_BYTES, SCENARIO_PAGE_BYTES, SCENARIO_PAGES } from "./_layer-model.ts";
 
 const PAGE = 64 * 1024;

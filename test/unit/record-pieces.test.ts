@@ -1,8 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import { MAX_VOLUME_PAGES } from "../../core/geometry.ts";
-import { volumeFromWire, newVolumeRecord, type VolumeRecord, type VolumeRecordWire } from "../../core/volume.ts";
-import { MAX_HEADER_BYTES, Payload } from "../../transport/frame.ts";
-import { MAX_PIECED_BYTES, parsePiecedRef, PIECE_BYTES, PiecedOutbox, pullPieces, type PieceFetch } from "../../transport/record-pieces.ts";
+import { volumeFromWire, newVolumeRecord, type VolumeRecord, type VolumeRecordWire } from "../../core/cluster/volume.ts";
+import { MAX_HEADER_BYTES, Payload } from "../../transport/mesh/frame.ts";
+import { MAX_PIECED_BYTES, parsePiecedRef, PIECE_BYTES, PiecedOutbox, pullPieces, type PieceFetch } from "../../transport/mesh/record-pieces.ts";
 
 const MiB = 1024 * 1024;
 

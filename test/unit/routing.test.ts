@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { describeRuns, formatRun, runsOfPages, holders, ownerOf, pagesPerNode, routingFromWire, routingToWire, stripedTable, withOwner } from "../../core/routing.ts";
+import { describeRuns, formatRun, runsOfPages, holders, ownerOf, pagesPerNode, routingFromWire, routingToWire, stripedTable, withOwner } from "../../core/cluster/routing.ts";
 
 describe("routing table", () => {
   test("striping puts consecutive pages on different nodes and spreads them evenly", () => {

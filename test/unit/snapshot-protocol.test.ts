@@ -3,10 +3,10 @@
 // rules the simulation reaches only rarely (prepare nonces, skew allowance, recovered commit wait).
 import { describe, expect, test } from "bun:test";
 import { ShoalError } from "../../core/errors.ts";
-import { SnapshotCoordinator, type CoordinatorEffect } from "../../core/snapshot-coordinator.ts";
-import type { CoordinatorRecord, NodeId, ParticipantRecord, SnapshotMessage, SnapshotMode } from "../../core/snapshot-messages.ts";
-import { isToCoordinator } from "../../core/snapshot-messages.ts";
-import { SnapshotParticipant, type ParticipantEffect } from "../../core/snapshot-participant.ts";
+import { SnapshotCoordinator, type CoordinatorEffect } from "../../core/snapshot/snapshot-coordinator.ts";
+import type { CoordinatorRecord, NodeId, ParticipantRecord, SnapshotMessage, SnapshotMode } from "../../core/snapshot/snapshot-messages.ts";
+import { isToCoordinator } from "../../core/snapshot/snapshot-messages.ts";
+import { SnapshotParticipant, type ParticipantEffect } from "../../core/snapshot/snapshot-participant.ts";
 
 type Effect = CoordinatorEffect | ParticipantEffect;
 

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { PageStore as OldPageStore } from "../../core/page-store.ts";
+import { PageStore as OldPageStore } from "../../core/store/old-format/page-store.ts";
 import { convertOldStore } from "../../core/store/convert-old-store.ts";
 import { PageStore } from "../../core/store/page-store.ts";
 import { LayerModel, SCENARIO_CHUNK_BYTES, SCENARIO_PAGE_BYTES, SCENARIO_PAGES } from "./_layer-model.ts";

@@ -4,9 +4,9 @@ import { afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { ImportBatch as OldImportBatch, PageStore as OldPageStore } from "../../core/page-store.ts";
+import { ImportBatch as OldImportBatch, PageStore as OldPageStore } from "../../core/store/old-format/page-store.ts";
 import { ImportBatch, type PageExport, PageStore } from "../../core/store/page-store.ts";
-import { familyOf } from "../../transport/page-mover.ts";
+import { familyOf } from "../../transport/move/page-mover.ts";
 import { LayerModel, prng } from "./_layer-model.ts";
 import { expectReads as expectLayerReads, type LayeredStore } from "./_store-v2-model.ts";
 

@@ -6,8 +6,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { initAuthority, issueCertificate } from "../../cmd/_tls-authority.ts";
 import { ShoalError } from "../../core/errors.ts";
-import { meshOpRefusal } from "../../transport/mesh-tls.ts";
-import { loadTlsIdentity, subjectIdentity } from "../../transport/tls-identity.ts";
+import { meshOpRefusal } from "../../transport/mesh/mesh-tls.ts";
+import { loadTlsIdentity, subjectIdentity } from "../../transport/tls/tls-identity.ts";
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-tls-unit-"));
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));

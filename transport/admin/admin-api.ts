@@ -3,14 +3,14 @@
 import { ShoalError } from "../../core/errors.ts";
 import { DEFAULT_PAGE_SIZE_BYTES, pageCount } from "../../core/geometry.ts";
 import type { PageStore, VolumeUsage } from "../../core/store/page-store.ts";
-import { describeRuns, formatRun, holders, pagesPerNode } from "../../core/routing.ts";
-import { newVolumeRecord, type VolumeRecord } from "../../core/volume.ts";
-import type { FrameHeader } from "../frame.ts";
-import type { Group } from "../group.ts";
-import { storeUsage, type VolumeRouter } from "../volume-router.ts";
-import type { CreateSnapshot, SnapshotService } from "../snapshot-service.ts";
-import type { SnapshotResult } from "../../core/snapshot-coordinator.ts";
-import { parseSnapshotRef, snapshotLayerId, volumeUsageOn } from "../../core/snapshot-record.ts";
+import { describeRuns, formatRun, holders, pagesPerNode } from "../../core/cluster/routing.ts";
+import { newVolumeRecord, type VolumeRecord } from "../../core/cluster/volume.ts";
+import type { FrameHeader } from "../mesh/frame.ts";
+import type { Group } from "../mesh/group.ts";
+import { storeUsage, type VolumeRouter } from "../node/volume-router.ts";
+import type { CreateSnapshot, SnapshotService } from "../snapshot/snapshot-service.ts";
+import type { SnapshotResult } from "../../core/snapshot/snapshot-coordinator.ts";
+import { parseSnapshotRef, snapshotLayerId, volumeUsageOn } from "../../core/snapshot/snapshot-record.ts";
 import type { AdminArgs } from "./admin-ops.ts";
 import type { AdminHandlers } from "./admin-service.ts";
 

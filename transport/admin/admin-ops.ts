@@ -2,7 +2,7 @@
 // The CLI sends only what the table types allow; the node checks what arrives against the same
 // table, so a missing or mistyped argument is a BAD_ARGUMENT naming it, never the string "undefined".
 import { ShoalError } from "../../core/errors.ts";
-import type { FrameHeader } from "../frame.ts";
+import type { FrameHeader } from "../mesh/frame.ts";
 
 /** One argument: how to read it off the wire, and whether it may be left out (undefined or null). */
 interface Field<T, Optional extends boolean> {

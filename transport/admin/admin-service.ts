@@ -1,6 +1,6 @@
 // The node's side of the admin table: one handler per operation, every one of them present (the
 // compiler checks it), each called with its arguments already checked against the table.
-import type { FrameHeader } from "../frame.ts";
+import type { FrameHeader } from "../mesh/frame.ts";
 import { isAdminOp, readAdminArgs, type AdminArgs, type AdminOp, type AdminResult } from "./admin-ops.ts";
 
 export type AdminHandlers = { [Op in AdminOp]: (args: AdminArgs<Op>) => Promise<AdminResult> };

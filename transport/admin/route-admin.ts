@@ -1,11 +1,11 @@
 // The admin operations behind `shoal route move/rebalance/drain/status/forget`: plans are made
 // here from this node's tables, and carried out by its MoveService in the background.
 import { ShoalError } from "../../core/errors.ts";
-import { parsePageList, planDrain, planMove, planRebalance, type PageMove } from "../../core/move-plan.ts";
-import { formatRun, pagesPerNode, runsOfPages } from "../../core/routing.ts";
-import type { FrameHeader } from "../frame.ts";
-import type { Group } from "../group.ts";
-import type { MoveService, MoveTask } from "../move-service.ts";
+import { parsePageList, planDrain, planMove, planRebalance, type PageMove } from "../../core/move/move-plan.ts";
+import { formatRun, pagesPerNode, runsOfPages } from "../../core/cluster/routing.ts";
+import type { FrameHeader } from "../mesh/frame.ts";
+import type { Group } from "../mesh/group.ts";
+import type { MoveService, MoveTask } from "../move/move-service.ts";
 import type { AdminArgs } from "./admin-ops.ts";
 import type { AdminHandlers } from "./admin-service.ts";
 

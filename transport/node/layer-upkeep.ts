@@ -2,9 +2,9 @@
 // volume's layer and a deleted snapshot's layer are freed in the background; a clone gets its
 // empty layer over the snapshot it came from.
 import type { PageStore } from "../../core/store/page-store.ts";
-import { snapshotLayerId, type SnapshotRecord } from "../../core/snapshot-record.ts";
-import type { VolumeRecord } from "../../core/volume.ts";
-import type { MeshLog } from "../mesh.ts";
+import { snapshotLayerId, type SnapshotRecord } from "../../core/snapshot/snapshot-record.ts";
+import type { VolumeRecord } from "../../core/cluster/volume.ts";
+import type { MeshLog } from "../mesh/mesh.ts";
 
 export interface LayerUpkeep {
   onVolumeChanged(record: VolumeRecord, previous: VolumeRecord | undefined): void;

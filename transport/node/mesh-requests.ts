@@ -1,14 +1,14 @@
 // Which part of a node answers a mesh request: the group (hello, join, catalog sync) first, then,
 // once the node has started its services, snapshots, the data path, page moves and the admin table.
 import { ShoalError } from "../../core/errors.ts";
-import type { FrameHeader, Payload } from "../frame.ts";
-import type { Group } from "../group.ts";
-import type { MeshConnection, Reply, RequestHandler } from "../mesh-connection.ts";
-import { meshOpRefusal } from "../mesh-tls.ts";
-import type { PageMover } from "../page-mover.ts";
-import type { SnapshotService } from "../snapshot-service.ts";
-import type { TlsIdentity } from "../tls-identity.ts";
-import type { VolumeRouter } from "../volume-router.ts";
+import type { FrameHeader, Payload } from "../mesh/frame.ts";
+import type { Group } from "../mesh/group.ts";
+import type { MeshConnection, Reply, RequestHandler } from "../mesh/mesh-connection.ts";
+import { meshOpRefusal } from "../mesh/mesh-tls.ts";
+import type { PageMover } from "../move/page-mover.ts";
+import type { SnapshotService } from "../snapshot/snapshot-service.ts";
+import type { TlsIdentity } from "../tls/tls-identity.ts";
+import type { VolumeRouter } from "./volume-router.ts";
 
 /** What answers requests once the node is built (the mesh listens before: the group needs its port). */
 export interface NodeServices {

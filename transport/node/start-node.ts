@@ -2,30 +2,30 @@
 // router and NBD server; and takes it apart again on SIGINT/SIGTERM without losing a write.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { Catalog } from "../../core/catalog.ts";
+import { Catalog } from "../../core/cluster/catalog.ts";
 import { asShoalError, ShoalError } from "../../core/errors.ts";
-import { isValidNodeId, parseHostPort, type Member } from "../../core/member.ts";
+import { isValidNodeId, parseHostPort, type Member } from "../../core/cluster/member.ts";
 import { PageStore } from "../../core/store/page-store.ts";
 import { convertOldStore } from "../../core/store/convert-old-store.ts";
-import { Group, JoinInDoubt } from "../group.ts";
+import { Group, JoinInDoubt } from "../mesh/group.ts";
 import { lockDataDir } from "./data-dir-lock.ts";
-import { MeshServer } from "../mesh.ts";
-import { loadTlsIdentity, type TlsIdentity, useTlsIdentity } from "../tls-identity.ts";
-import { NbdServer } from "../nbd-server.ts";
-import { VolumeRouter } from "../volume-router.ts";
-import { SnapshotService } from "../snapshot-service.ts";
-import { PageMover } from "../page-mover.ts";
-import { MoveService } from "../move-service.ts";
+import { MeshServer } from "../mesh/mesh.ts";
+import { loadTlsIdentity, type TlsIdentity, useTlsIdentity } from "../tls/tls-identity.ts";
+import { NbdServer } from "../nbd/nbd-server.ts";
+import { VolumeRouter } from "./volume-router.ts";
+import { SnapshotService } from "../snapshot/snapshot-service.ts";
+import { PageMover } from "../move/page-mover.ts";
+import { MoveService } from "../move/move-service.ts";
 import { RouteAdmin } from "../admin/route-admin.ts";
 import { AdminApi } from "../admin/admin-api.ts";
 import { adminDispatcher } from "../admin/admin-service.ts";
 import { meshRequests, type NodeServices } from "./mesh-requests.ts";
 import { layerUpkeep } from "./layer-upkeep.ts";
-import type { LogFields, MeshLog } from "../mesh.ts";
+import type { LogFields, MeshLog } from "../mesh/mesh.ts";
 import { SHOAL_VERSION } from "./version.ts";
 import { exitOnFatal } from "./fatal-exit.ts";
-import { nodeMetrics, watchNodeState } from "../node-metrics.ts";
-import { serveMetrics } from "../metrics-endpoint.ts";
+import { nodeMetrics, watchNodeState } from "../metrics/node-metrics.ts";
+import { serveMetrics } from "../metrics/metrics-endpoint.ts";
 
 export interface NodeOptions {
   id?: string;

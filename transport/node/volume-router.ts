@@ -1,0 +1,549 @@
+// Routes block requests to page owners. A request is cut by page; pages this node owns go to its
+// PageStore, the rest to their owners over the mesh, and the answer is put back together in
+// order. Requests that arrive from peers run through the same `executeLocal*` code.
+import type { BlockDevice, ExportCatalog, Extent } from "../../core/block-device.ts";
+import type { HoldQueue } from "../../core/snapshot/hold-queue.ts";
+import { parseSnapshotRef, snapshotLayerId } from "../../core/snapshot/snapshot-record.ts";
+import { asShoalError, ShoalError } from "../../core/errors.ts";
+import { MAX_REQUEST_BYTES, slicePages, type PageSlice } from "../../core/geometry.ts";
+import type { PageStore } from "../../core/store/page-store.ts";
+import { ownerOf } from "../../core/cluster/routing.ts";
+import type { VolumeRecord } from "../../core/cluster/volume.ts";
+import { Payload, type FrameHeader } from "../mesh/frame.ts";
+import type { PageMover } from "../move/page-mover.ts";
+import { dataBuffers } from "../wire/buffer-pool.ts";
+import { nodeMetrics } from "../metrics/node-metrics.ts";
+import type { Group } from "../mesh/group.ts";
+import type { Reply } from "../mesh/mesh-connection.ts";
+
+/** Export-name suffix through which `archive restore` writes a volume that is being restored. */
+export const RESTORE_SUFFIX = "%restore";
+
+/** How many pages one BLOCK_STATUS answer covers at most; clients ask again for the rest. */
+const STATUS_PAGES_MAX = 1024;
+/** Times a request may be passed on between nodes whose tables disagree (see readPage). */
+const MAX_HOPS = 3;
+
+/**
+ * What the snapshot protocol asks of the data path on a page's owner: hold-mode snapshots queue
+ * requests to held volumes, and timestamp-mode snapshots see every write's stamp before it is
+ * applied and may delay its acknowledgement (commit wait).
+ */
+export interface SnapshotGate {
+  readonly holds: HoldQueue;
+  /** Makes the cuts due before this write; returns what its ack must wait for (the commit wait), if anything. */
+  beforeWrite(volume: string): Promise<void> | undefined;
+}
+
+/** What a request addresses: a volume's writable head, or one of its snapshots (read-only). */
+export interface Target {
+  record: VolumeRecord;
+  /** Page-store layer: the volume uid for the head, snapshotLayerId(...) for a snapshot. */
+  layer: string;
+}
+
+export class VolumeRouter implements ExportCatalog {
+  /**
+   * Per volume (by uid), the nodes that applied writes of it this node acknowledged since they
+   * were last flushed, with the incarnation that applied them: a FLUSH on the volume must reach
+   * each, and fails if one restarted since (its unsynced writes may be gone). Per volume, not per
+   * node: a FLUSH owes nothing to a node that applied none of its volume's writes, so a dead node
+   * fails only the flushes of volumes it holds unflushed writes of. Per volume, not per
+   * connection: with CAN_MULTI_CONN a flush covers writes completed on every connection to the
+   * export. Owed to the node that applied the write, not to the hop it was sent to, so a flush
+   * never has to travel along forwarding paths.
+   */
+  private readonly debts = new Map<string, Map<string, { boot: string; seq: number }>>();
+  private debtSeq = 0;
+  /** This process's incarnation, reported with every write it applies. */
+  readonly bootId = crypto.randomUUID().slice(0, 8);
+  /** Set by the snapshot service once it runs. */
+  gate: SnapshotGate | undefined;
+  /** Set once page moves run on this node: tells which pages are frozen. */
+  mover: PageMover | undefined;
+
+  constructor(
+    private readonly group: Group,
+    private readonly store: PageStore,
+  ) {}
+
+  // ---- ExportCatalog (NBD)
+
+  open(name: string): BlockDevice | undefined {
+    if (name.includes("@")) {
+      const { volume, name: snapshotName } = parseSnapshotRef(name);
+      const record = this.group.volumes.get(volume);
+      const snapshot = this.group.liveSnapshots(volume).find((candidate) => candidate.name === snapshotName);
+      if (!record || record.deleted || !snapshot) return undefined;
+      return new VolumeDevice(this, record.name, record.uid, record.sizeBytes, record.pageSizeBytes, snapshotLayerId(record.uid, snapshot.snapshotId), name);
+    }
+    // An archive restore writes through the export "VOL%restore"; clients see "VOL" only once
+    // the restore has finished, so a half-restored volume never looks like a whole one.
+    const restoring = name.endsWith(RESTORE_SUFFIX);
+    const volume = restoring ? name.slice(0, -RESTORE_SUFFIX.length) : name;
+    const record = this.group.volumes.get(volume);
+    if (!record || record.deleted || Boolean(record.restoring) !== restoring) return undefined;
+    return new VolumeDevice(this, record.name, record.uid, record.sizeBytes, record.pageSizeBytes, record.uid, name);
+  }
+
+  list(): { name: string; description: string }[] {
+    const volumes = this.group
+      .liveVolumes()
+      .filter((record) => !record.restoring)
+      .map((record) => ({ name: record.name, description: `shoal volume ${record.name}` }));
+    const snapshots = this.group.liveSnapshots().map((snapshot) => ({
+      name: `${snapshot.volume}@${snapshot.name}`,
+      description: `shoal snapshot ${snapshot.name} of ${snapshot.volume} (read-only)`,
+    }));
+    return [...volumes, ...snapshots];
+  }
+
+  /** The current record of the volume a device was opened on; fails if it was deleted or replaced. */
+  current(name: string, uid: string, layer: string): Target {
+    const record = this.group.volumes.get(name);
+    if (!record || record.deleted || record.uid !== uid) {
+      throw new ShoalError("UNKNOWN_VOLUME", `volume '${name}' was deleted or replaced while in use`);
+    }
+    return { record, layer };
+  }
+
+  // ---- client-side operations, cut by page and sent to each page's owner
+
+  read(target: Target, offset: number, length: number, into: Uint8Array, intoOffset: number): Promise<void> | void {
+    let pending: Promise<void>[] | undefined;
+    for (const slice of slicePages(target.record, offset, length)) {
+      nodeMetrics.countPage("read", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
+      const done = this.readPage(target, slice.page, slice.pageOffset, slice.length, into, intoOffset + slice.bufferOffset, 0);
+      if (done) (pending ??= []).push(done);
+    }
+    if (pending) return Promise.all(pending).then(() => {});
+  }
+
+  write(target: Target, offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
+    let pending: Promise<void>[] | undefined;
+    let owe: ((applier: Applier | void) => void) | undefined;
+    for (const slice of slicePages(target.record, offset, data.byteLength)) {
+      const piece = data.subarray(slice.bufferOffset, slice.bufferOffset + slice.length);
+      nodeMetrics.countPage("write", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
+      const done = this.writePage(target, slice.page, slice.pageOffset, [piece], fua, 0);
+      if (done) (pending ??= []).push(done.then((owe ??= this.oweFor(target))));
+    }
+    if (pending) return Promise.all(pending).then(() => {});
+  }
+
+  zero(target: Target, offset: number, length: number, fua: boolean): Promise<void> | void {
+    let pending: Promise<void>[] | undefined;
+    let owe: ((applier: Applier | void) => void) | undefined;
+    for (const slice of slicePages(target.record, offset, length)) {
+      nodeMetrics.countPage("zero", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
+      const done = this.zeroPage(target, slice.page, slice.pageOffset, slice.length, fua, 0);
+      if (done) (pending ??= []).push(done.then((owe ??= this.oweFor(target))));
+    }
+    if (pending) return Promise.all(pending).then(() => {});
+  }
+
+  /** Records who applied a write of the target's volume this node acknowledges: the volume's next flush owes it one. */
+  private oweFor(target: Target): (applier: Applier | void) => void {
+    const uid = target.record.uid;
+    return (applier) => {
+      if (!applier || applier.n === this.group.selfId) return;
+      let owed = this.debts.get(uid);
+      if (!owed) this.debts.set(uid, (owed = new Map()));
+      owed.set(applier.n, { boot: applier.b, seq: ++this.debtSeq });
+    };
+  }
+
+  /**
+   * Durability for every write of the volume `uid` acknowledged through this node before the
+   * call, wherever it was applied; other volumes' writes are not its business. A debt is settled
+   * only by a flush that succeeded and only if no newer write renewed it meanwhile, so concurrent
+   * flushes each cover everything before them. A node that is down and owed fails the flush at
+   * once (NODE_DOWN), and every later one until it is back: those writes are not durable.
+   */
+  async flush(uid: string): Promise<void> {
+    const owedHere = this.debts.get(uid);
+    const owed = owedHere ? [...owedHere] : [];
+    const [local, ...remote] = await Promise.allSettled([
+      this.store.flushVolume(uid),
+      ...owed.map(([node]) => this.group.link(node).request("store.flush", { v: uid })),
+    ]);
+    let failure: unknown = local!.status === "rejected" ? local!.reason : undefined;
+    remote.forEach((result, index) => {
+      const [node, debt] = owed[index]!;
+      if (result.status === "rejected") {
+        failure ??= owedFailure(node, this.group.volumeByUid(uid)?.name ?? uid, result.reason); // still owed
+        return;
+      }
+      if (debt.boot !== "" && result.value.result.b !== debt.boot) {
+        failure ??= new ShoalError("IO_ERROR", `node ${node} restarted after applying writes acknowledged through this node; those not yet flushed may be lost`);
+      }
+      // Paid, or never payable (the node restarted and said so once): settled either way.
+      if (owedHere!.get(node)?.seq === debt.seq) owedHere!.delete(node);
+    });
+    if (owedHere?.size === 0 && this.debts.get(uid) === owedHere) this.debts.delete(uid);
+    if (failure !== undefined) throw failure;
+  }
+
+  /** A deleted or replaced volume's writes are owed nothing more. */
+  forgetVolume(uid: string): void {
+    this.debts.delete(uid);
+  }
+
+  // ---- one page: run here if this node owns it, else send it to the owner
+  // A node that gets a request for a page it no longer owns (the sender's table is older than
+  // its own) passes it on to the owner it knows, at most MAX_HOPS times; a request that finds
+  // its page frozen by a move waits and then routes again, by the table current by then.
+
+  private readPage(target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> | void {
+    const again = () => this.readPage(this.refreshed(target), page, pageOffset, length, into, at, hops);
+    // Before the owner check: between a move's commit and its publish this node's table already
+    // names the target, which does not know yet.
+    if (this.mover?.isFrozen(target.record.uid, page)) return this.afterThaw(target, page, again);
+    const owner = ownerOf(target.record.routing, page);
+    if (owner !== this.group.selfId) return this.forwardRead(owner, target, page, pageOffset, length, into, at, hops);
+    if (this.heldFor(target)) return this.gate!.holds.enqueue(target.record.name, again);
+    this.store.read(target.layer, page, pageOffset, length, into, at);
+  }
+
+  /**
+   * `parts` are written one after another from `pageOffset` (a forwarded payload arrives in
+   * chunks). Resolves to the node that applied the write when another did (undefined: this one).
+   */
+  private writePage(target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier | void> | void {
+    const { record } = target;
+    if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
+    const again = () => this.writePage(this.refreshed(target), page, pageOffset, parts, fua, hops);
+    if (this.mover?.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
+    const owner = ownerOf(record.routing, page);
+    if (owner !== this.group.selfId) return this.forwardWrite(owner, target, page, pageOffset, parts, fua, hops);
+    if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
+    this.mover?.noteWrite(record.uid, page);
+    const commitWait = this.gate?.beforeWrite(record.name);
+    let at = pageOffset;
+    for (const part of parts) {
+      this.store.write(target.layer, page, at, part, record.pageSizeBytes);
+      at += part.byteLength;
+    }
+    return this.acknowledge(target, page, fua, commitWait);
+  }
+
+  private zeroPage(target: Target, page: number, pageOffset: number, length: number, fua: boolean, hops: number): Promise<Applier | void> | void {
+    const { record } = target;
+    if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
+    const again = () => this.zeroPage(this.refreshed(target), page, pageOffset, length, fua, hops);
+    if (this.mover?.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
+    const owner = ownerOf(record.routing, page);
+    if (owner !== this.group.selfId) {
+      this.checkHops(record, page, hops);
+      return this.group
+        .link(owner)
+        .request("page.zero", { ...this.addressOf(target), p: page, o: pageOffset, n: length, f: fua, h: hops + 1 })
+        .then((response) => applierOf(response.result, owner));
+    }
+    if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
+    this.mover?.noteWrite(record.uid, page);
+    const commitWait = this.gate?.beforeWrite(record.name);
+    this.store.zero(target.layer, page, pageOffset, length, record.pageSizeBytes);
+    return this.acknowledge(target, page, fua, commitWait);
+  }
+
+  private async forwardRead(owner: string, target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> {
+    this.checkHops(target.record, page, hops);
+    const response = await this.group
+      .link(owner)
+      .request("page.read", { ...this.addressOf(target), p: page, o: pageOffset, n: length, h: hops + 1 });
+    if (response.payload.byteLength !== length) {
+      throw new ShoalError("IO_ERROR", `node ${owner} returned ${response.payload.byteLength} bytes for a ${length}-byte read`);
+    }
+    response.payload.copyTo(into, at);
+  }
+
+  private forwardWrite(owner: string, target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier> {
+    this.checkHops(target.record, page, hops);
+    const payload = Payload.concat(parts);
+    return this.group
+      .link(owner)
+      .request("page.write", { ...this.addressOf(target), p: page, o: pageOffset, f: fua, h: hops + 1 }, payload)
+      .then((response) => applierOf(response.result, owner));
+  }
+
+  /** Tables disagree for longer than a few hops only while a move is being published: fail, the client retries. */
+  private checkHops(record: VolumeRecord, page: number, hops: number): void {
+    if (hops >= MAX_HOPS) {
+      throw new ShoalError("NOT_OWNER", `page ${page} of '${record.name}' was passed on ${hops} times without reaching its owner (routing version ${record.routing.version} here)`);
+    }
+  }
+
+  /** A request to a page a move is shipping: runs again (routed afresh) once the move step ends. */
+  private afterThaw<T>(target: Target, page: number, again: () => Promise<T> | T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.mover!.whenThawed(target.record.uid, page, () => {
+        try {
+          Promise.resolve(again()).then(resolve, reject);
+        } catch (err) {
+          reject(err);
+        }
+      });
+    });
+  }
+
+  /** The target with the volume's record as it is now (a move may have changed the table). */
+  private refreshed(target: Target): Target {
+    const record = this.group.volumeByUid(target.record.uid);
+    if (!record) throw new ShoalError("UNKNOWN_VOLUME", `volume '${target.record.name}' was deleted or replaced while in use`);
+    return { record, layer: target.layer };
+  }
+
+  async blockStatus(target: Target, offset: number, length: number): Promise<Extent[]> {
+    const { record } = target;
+    const slices = slicePages(record, offset, length).slice(0, STATUS_PAGES_MAX);
+    const allocated = new Array<boolean>(slices.length);
+    const remoteByOwner = new Map<string, number[]>();
+    slices.forEach((slice, index) => {
+      const owner = ownerOf(record.routing, slice.page);
+      if (owner === this.group.selfId) allocated[index] = this.store.isAllocated(target.layer, slice.page);
+      else {
+        let indexes = remoteByOwner.get(owner);
+        if (!indexes) remoteByOwner.set(owner, (indexes = []));
+        indexes.push(index);
+      }
+    });
+    await Promise.all(
+      [...remoteByOwner].map(async ([owner, indexes]) => {
+        const response = await this.group
+          .link(owner)
+          .request("page.status", { ...this.addressOf(target), ps: indexes.map((index) => slices[index]!.page) });
+        const answers = response.result.a as boolean[];
+        indexes.forEach((index, position) => (allocated[index] = Boolean(answers[position])));
+      }),
+    );
+    const extents: Extent[] = [];
+    slices.forEach((slice, index) => {
+      const hole = !allocated[index];
+      const last = extents[extents.length - 1];
+      if (last && last.hole === hole) last.length += slice.length;
+      else extents.push({ length: slice.length, hole });
+    });
+    return extents;
+  }
+
+  /** A write's answer: who applied it (a write passed on reports the node that really did). */
+  private answerFor(applier: Applier | void): FrameHeader {
+    return applier ? { n: applier.n, b: applier.b } : { n: this.group.selfId, b: this.bootId };
+  }
+
+  /** How a target is named on the wire: the volume uid, and the layer when it is not the head. */
+  private addressOf(target: Target): { v: string; l?: string } {
+    return target.layer === target.record.uid ? { v: target.record.uid } : { v: target.record.uid, l: target.layer };
+  }
+
+  /** Requests to a volume's head wait while a hold-mode snapshot holds it; snapshots never do. */
+  private heldFor(target: Target): boolean {
+    return target.layer === target.record.uid && this.gate !== undefined && this.gate.holds.isHeld(target.record.name);
+  }
+
+  /** FUA waits for the disk; a timestamp-mode commit wait waits for the clock. */
+  private acknowledge(target: Target, page: number, fua: boolean, commitWait: Promise<void> | undefined): Promise<void> | void {
+    // Past the dirty limit a writer waits for the write-back: writers go at the disk's pace and
+    // a FLUSH or a snapshot's cut never inherits more than the limit's worth of syncing.
+    const synced = fua ? this.store.syncPage(target.layer, page) : this.store.dirtyBytes >= this.store.dirtyLimitBytes ? this.store.writeBack() : undefined;
+    if (synced === undefined) return commitWait;
+    return commitWait ? Promise.all([synced, commitWait]).then(() => {}) : synced;
+  }
+
+  // ---- mesh requests from peers
+
+  /** Handles page-level mesh requests; returns undefined for ops that are not its own. */
+  handle(op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> | undefined {
+    switch (op) {
+      case "page.read": {
+        const { target, page, pageOffset, hops } = this.pageArgs(args);
+        const length = checkedLength(args.n, target.record, pageOffset);
+        nodeMetrics.countPage("read", "peer", length);
+        const data = dataBuffers.acquire(length);
+        const release = () => dataBuffers.release(data);
+        let done: Promise<void> | void;
+        try {
+          done = this.readPage(target, page, pageOffset, length, data, 0, hops);
+        } catch (err) {
+          release();
+          throw err;
+        }
+        if (!done) return { payload: data, release };
+        return done.then(
+          () => ({ payload: data, release }),
+          (err) => {
+            release();
+            throw err;
+          },
+        );
+      }
+      case "page.write": {
+        const { target, page, pageOffset, hops } = this.pageArgs(args);
+        nodeMetrics.countPage("write", "peer", checkedLength(payload.byteLength, target.record, pageOffset));
+        // Written part by part as the chunks arrived: no gathering copy.
+        const done = this.writePage(target, page, pageOffset, payload.parts, Boolean(args.f), hops);
+        return done ? done.then((applier) => ({ result: this.answerFor(applier) })) : { result: this.answerFor(undefined) };
+      }
+      case "page.zero": {
+        const { target, page, pageOffset, hops } = this.pageArgs(args);
+        const length = checkedLength(args.n, target.record, pageOffset);
+        nodeMetrics.countPage("zero", "peer", length);
+        const done = this.zeroPage(target, page, pageOffset, length, Boolean(args.f), hops);
+        return done ? done.then((applier) => ({ result: this.answerFor(applier) })) : { result: this.answerFor(undefined) };
+      }
+      case "page.status": {
+        const target = this.targetOf(args);
+        const pages = Array.isArray(args.ps) ? (args.ps as unknown[]).slice(0, STATUS_PAGES_MAX) : [];
+        // A page this node no longer owns (the asker's table is older) is reported allocated:
+        // the client then reads it, through the owner, rather than skipping data.
+        const { routing } = target.record;
+        return {
+          result: {
+            a: pages.map((page) => {
+              const index = Number(page);
+              return !(index >= 0 && index < routing.owners.length && ownerOf(routing, index) === this.group.selfId) || this.store.isAllocated(target.layer, index);
+            }),
+          },
+        };
+      }
+      case "store.flush": {
+        // Only this node's own store: whoever acknowledged a write owes its applier directly.
+        // One volume's writes (its head and layers snapshots froze it into); every volume's when
+        // asked by an older node.
+        const done = typeof args.v === "string" ? this.store.flushVolume(args.v) : this.store.flush();
+        return done.then(() => ({ result: { b: this.bootId } }));
+      }
+      case "store.usage":
+        return { result: { usage: storeUsage(this.store) } };
+      case "store.changedPages":
+        return { result: { pages: this.ownChangedPages(this.targetOf(args), args.since === undefined ? undefined : String(args.since)) } };
+      default:
+        return undefined;
+    }
+  }
+
+  /**
+   * Pages of a snapshot (or head) this node owns that may differ from `sinceLayer` (every written
+   * page without one), from layer metadata only: no page data is read.
+   */
+  ownChangedPages(target: Target, sinceLayer: string | undefined): number[] {
+    const { record } = target;
+    return this.store
+      .changedPages(target.layer, sinceLayer)
+      .filter((page) => page < record.routing.owners.length && ownerOf(record.routing, page) === this.group.selfId);
+  }
+
+  private targetOf(args: FrameHeader): Target {
+    const uid = args.v;
+    const record = typeof uid === "string" ? this.group.volumeByUid(uid) : undefined;
+    if (!record) throw new ShoalError("UNKNOWN_VOLUME", `node ${this.group.selfId} has no volume with uid ${String(uid)}`);
+    if (args.l === undefined) return { record, layer: record.uid };
+    const layer = String(args.l);
+    if (!layer.startsWith(`${record.uid}@`) || !this.store.hasLayer(layer)) {
+      throw new ShoalError("UNKNOWN_SNAPSHOT", `node ${this.group.selfId} has no snapshot layer ${layer}`);
+    }
+    return { record, layer };
+  }
+
+  private pageArgs(args: FrameHeader): { target: Target; page: number; pageOffset: number; hops: number } {
+    const target = this.targetOf(args);
+    const page = args.p;
+    const pageOffset = args.o;
+    if (!Number.isInteger(page) || !Number.isInteger(pageOffset) || (pageOffset as number) < 0) {
+      throw new ShoalError("BAD_REQUEST", "page request has no valid page or offset");
+    }
+    if ((page as number) >= target.record.routing.owners.length) {
+      throw new ShoalError("OUT_OF_RANGE", `page ${String(page)} is past the end of '${target.record.name}'`);
+    }
+    const hops = Number.isInteger(args.h) ? (args.h as number) : 1;
+    return { target, page: page as number, pageOffset: pageOffset as number, hops };
+  }
+}
+
+/** The node (and its incarnation) that applied a write. */
+interface Applier {
+  n: string;
+  b: string;
+}
+
+/** Why a FLUSH fails when a node it owes did not answer: the writes at stake, and what to do. */
+function owedFailure(node: string, volume: string, reason: unknown): ShoalError {
+  const error = asShoalError(reason);
+  return new ShoalError(
+    error.code,
+    `node ${node} holds writes of '${volume}' acknowledged through this node and not yet flushed, and did not flush them: ${error.message}; ` +
+      "a FLUSH of this volume fails until it does",
+  );
+}
+
+/** Who applied a forwarded write; an answer without one (an older node) names the node asked. */
+function applierOf(result: FrameHeader, asked: string): Applier {
+  return typeof result.n === "string" && typeof result.b === "string" ? { n: result.n, b: result.b } : { n: asked, b: "" };
+}
+
+/** Per layer: pages and bytes it holds, and for snapshot layers the bytes deleting it would free. */
+export function storeUsage(store: PageStore): Record<string, { pages: number; bytes: number; exclusiveBytes?: number }> {
+  const usage: Record<string, { pages: number; bytes: number; exclusiveBytes?: number }> = {};
+  for (const [layer, held] of store.usage()) {
+    usage[layer] = layer.includes("@") ? { ...held, exclusiveBytes: store.exclusiveBytes(layer) } : held;
+  }
+  return usage;
+}
+
+function checkedLength(value: unknown, record: VolumeRecord, pageOffset: number): number {
+  if (!Number.isInteger(value) || (value as number) < 0 || (value as number) > MAX_REQUEST_BYTES) {
+    throw new ShoalError("BAD_REQUEST", `page request length ${String(value)} is invalid`);
+  }
+  const length = value as number;
+  if (pageOffset + length > record.pageSizeBytes) {
+    throw new ShoalError("OUT_OF_RANGE", `range ${pageOffset}+${length} is outside a page of ${record.pageSizeBytes} bytes`);
+  }
+  return length;
+}
+
+/** A volume (or one of its snapshots) as an NBD export; every call re-reads the volume record. */
+class VolumeDevice implements BlockDevice {
+  readonly readOnly: boolean;
+
+  constructor(
+    private readonly router: VolumeRouter,
+    private readonly volume: string,
+    private readonly uid: string,
+    readonly sizeBytes: number,
+    readonly preferredBlockSizeBytes: number,
+    private readonly layer: string,
+    readonly name: string,
+  ) {
+    this.readOnly = layer !== uid;
+  }
+
+  private target(): Target {
+    return this.router.current(this.volume, this.uid, this.layer);
+  }
+
+  read(offset: number, length: number, into: Uint8Array, intoOffset: number): Promise<void> | void {
+    return this.router.read(this.target(), offset, length, into, intoOffset);
+  }
+
+  write(offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
+    return this.router.write(this.target(), offset, data, fua);
+  }
+
+  /** On the head, covers every connection's writes to the volume (CAN_MULTI_CONN); a snapshot takes no writes and owes nothing. */
+  flush(): Promise<void> {
+    return this.readOnly ? Promise.resolve() : this.router.flush(this.uid);
+  }
+
+  trim(offset: number, length: number, fua: boolean): Promise<void> | void {
+    return this.router.zero(this.target(), offset, length, fua);
+  }
+
+  writeZeroes(offset: number, length: number, fua: boolean): Promise<void> | void {
+    return this.router.zero(this.target(), offset, length, fua);
+  }
+
+  blockStatus(offset: number, length: number): Promise<Extent[]> {
+    return this.router.blockStatus(this.target(), offset, length);
+  }
+}

@@ -1,0 +1,562 @@
+// Drives the snapshot protocol on one node: feeds the coordinator and participant state machines
+// with mesh messages, ticks and write stamps, and carries out their effects against the page
+// store (copy-on-write cuts), the hold queue, the catalog and the group's snapshot records.
+import type { Catalog } from "../../core/cluster/catalog.ts";
+import { asShoalError, ShoalError } from "../../core/errors.ts";
+import { HoldQueue } from "../../core/snapshot/hold-queue.ts";
+import type { PageStore } from "../../core/store/page-store.ts";
+import { holders } from "../../core/cluster/routing.ts";
+import { settleWith } from "../../core/snapshot/durability-gate.ts";
+import { SnapshotCoordinator, type CoordinatorEffect, type SnapshotResult } from "../../core/snapshot/snapshot-coordinator.ts";
+import { SnapshotEffectRunner, type CutEffect, type DoneEffect, type SnapshotEffectHost } from "../../core/snapshot/snapshot-effect-runner.ts";
+import {
+  isToCoordinator,
+  type CoordinatorRecord,
+  type ParticipantRecord,
+  type PrepareMessage,
+  type SnapshotMessage,
+  type SnapshotMode,
+} from "../../core/snapshot/snapshot-messages.ts";
+import { SnapshotParticipant, type ParticipantEffect } from "../../core/snapshot/snapshot-participant.ts";
+import { snapshotLayerId, validateSnapshotName, type SnapshotRecord } from "../../core/snapshot/snapshot-record.ts";
+import type { FrameHeader } from "../mesh/frame.ts";
+import type { Group } from "../mesh/group.ts";
+import type { MeshLog } from "../mesh/mesh.ts";
+import type { SnapshotGate } from "../node/volume-router.ts";
+import type { PageMover, SnapshotActivity } from "../move/page-mover.ts";
+import { nodeMetrics } from "../metrics/node-metrics.ts";
+import { NodeClock } from "./node-clock.ts";
+
+export interface SnapshotServiceOptions {
+  group: Group;
+  store: PageStore;
+  catalog: Catalog;
+  log: MeshLog;
+  /** Added to this node's clock (SHOAL_CLOCK_SKEW_MS), so tests can skew real processes. */
+  clockSkewMs: number;
+  /** The bound on clock error between any node and real time that timestamp mode relies on. */
+  maxClockSkewMs: number;
+}
+
+export interface CreateSnapshot {
+  volumes: string[];
+  name: string;
+  mode: SnapshotMode;
+  holdTimeoutMs?: number;
+}
+
+/** Requests waiting on a hold beyond this make the node give the hold up. */
+const MAX_HELD_REQUESTS = 4096;
+/** Ended split-phase snapshots whose outcome a late `release` may still ask for. */
+const MAX_ENDED_PREPARED = 64;
+
+export class SnapshotService implements SnapshotGate, SnapshotActivity {
+  readonly holds: HoldQueue;
+  /** Set once page moves run on this node. */
+  mover: PageMover | undefined;
+  /**
+   * Protocol records are written without an fsync on the event loop (see Catalog.durable); what a
+   * record promises must reach nobody before it is on disk. The runner (shared with the
+   * simulation) holds back the messages that rest on a record until it is durable.
+   */
+  private readonly runner: SnapshotEffectRunner;
+  private readonly coordinator: SnapshotCoordinator;
+  private readonly participant: SnapshotParticipant;
+  private readonly incarnation = crypto.randomUUID().slice(0, 8);
+  private counter = 0;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  /** Turns of the event loop waited out before a commit wait ends (see rearm). */
+  private poll: ReturnType<typeof setImmediate> | undefined;
+  /** When the protocol next wants a tick (Infinity: never). */
+  private wakeAtMs = Infinity;
+  private readonly waiting = new Map<
+    string,
+    { resolve: (r: SnapshotResult) => void; reject: (e: ShoalError) => void; promise: Promise<SnapshotResult>; onReady: () => void }
+  >();
+  /** Split-phase snapshots coordinated here, by name, until they end (taken, released or failed). */
+  private readonly prepared = new Map<string, string>();
+  /** How the last few ended, so a `release` after them can say (bounded: no one must release). */
+  private readonly preparedEnded = new Map<string, "aborted" | "complete">();
+  /** Acknowledgements waiting on a timestamp-mode snapshot's commit wait, by snapshot id. */
+  private readonly fenceWaiters = new Map<string, { promise: Promise<void>; resolve: () => void }>();
+  private stopped = false;
+  private readonly clock: NodeClock;
+
+  constructor(private readonly options: SnapshotServiceOptions) {
+    const nodeId = options.group.selfId;
+    // Small steps are the monotonic clock drifting from the wall clock (where the time daemon
+    // slews one and not the other); large ones are the time being set, worth a line.
+    const onStep = (stepMs: number) => {
+      if (Math.abs(stepMs) >= 50) options.log.info(`wall clock was set by ${stepMs.toFixed(1)} ms; the snapshot clock follows`);
+    };
+    this.clock = new NodeClock(options.clockSkewMs, onStep);
+    const clockResolutionMs = this.clock.resolutionMs;
+    this.coordinator = new SnapshotCoordinator({ nodeId, clockResolutionMs });
+    this.participant = new SnapshotParticipant({ nodeId, incarnation: this.incarnation, maxClockSkewMs: options.maxClockSkewMs, clockResolutionMs });
+    this.runner = new SnapshotEffectRunner(this.effectHost(), this.participant);
+    this.holds = new HoldQueue(MAX_HELD_REQUESTS, (snapshotIds) => {
+      for (const snapshotId of snapshotIds) {
+        const error = new ShoalError("HOLD_TIMEOUT", `node ${nodeId} had ${MAX_HELD_REQUESTS} requests waiting on the hold`);
+        this.runParticipant(this.participant.abandon(snapshotId, error, this.nowMs()));
+      }
+    });
+  }
+
+  nowMs(): number {
+    if (!this.coordinator.clockInUse() && !this.participant.clockInUse()) this.clock.followWallClock();
+    return this.clock.nowMs();
+  }
+
+  /** Recovers both roles from the catalog: undecided snapshots abort, decided ones finish. */
+  start(): void {
+    const { catalog } = this.options;
+    const now = this.nowMs();
+    this.runCoordinator(this.coordinator.recover(catalog.protocolRecords<CoordinatorRecord>("coordinator"), now));
+    this.runParticipant(this.participant.recover(catalog.protocolRecords<ParticipantRecord>("participant"), now));
+    this.cleanOrphanLayers();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    clearImmediate(this.poll);
+  }
+
+  // ---- the data path's questions (SnapshotGate)
+
+  beforeWrite(volume: string): Promise<void> | undefined {
+    let nowMs = this.nowMs();
+    // A timer the busy event loop has not run yet: its work (a commit wait ending) goes first.
+    if (this.wakeAtMs <= nowMs) {
+      this.tick();
+      nowMs = this.nowMs();
+    }
+    const admission = this.participant.beforeWrite(volume, nowMs);
+    if (admission.effects.length > 0) this.runParticipant(admission.effects);
+    // Running the cut may have ended its fence at once (a cut the store refused is given up).
+    const fences = admission.fences.filter((snapshotId) => this.participant.isFenced(snapshotId));
+    if (fences.length === 0) return undefined;
+    const waits = fences.map((snapshotId) => this.unfenced(snapshotId));
+    return waits.length === 1 ? waits[0] : Promise.all(waits).then(() => {});
+  }
+
+  /** Resolves when the participant unfences the snapshot (its commit wait is over). */
+  private unfenced(snapshotId: string): Promise<void> {
+    let waiter = this.fenceWaiters.get(snapshotId);
+    if (!waiter) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((done) => (resolve = done));
+      waiter = { promise, resolve };
+      this.fenceWaiters.set(snapshotId, waiter);
+    }
+    return waiter.promise;
+  }
+
+  // ---- admin
+
+  /**
+   * Split phases: resolves once every participant is ready (holding, in hold mode); they stay so
+   * until take(), release() or the hold timeout. Returns the snapshot id.
+   */
+  async prepare(request: CreateSnapshot): Promise<string> {
+    for (const [name, snapshotId] of this.prepared) {
+      if (name === request.name && this.waiting.has(snapshotId)) {
+        throw new ShoalError("SNAPSHOT_EXISTS", `a snapshot '${name}' is already being prepared on this node`);
+      }
+    }
+    let onReady!: () => void;
+    const ready = new Promise<void>((resolve) => (onReady = resolve));
+    const { snapshotId, promise: done } = this.begin(request, true, onReady);
+    this.prepared.set(request.name, snapshotId);
+    done.then(
+      () => this.endPrepared(request.name, snapshotId, "complete"),
+      () => this.endPrepared(request.name, snapshotId, "aborted"),
+    );
+    // Whichever comes first: ready, or the snapshot failing while preparing.
+    await Promise.race([ready, done]);
+    return snapshotId;
+  }
+
+  /** Split phases: cut the snapshot prepared under `name`; resolves when it is complete. */
+  take(name: string): Promise<SnapshotResult> {
+    const snapshotId = this.preparedId(name);
+    const done = this.waiting.get(snapshotId)!.promise;
+    this.runCoordinator(this.coordinator.take(snapshotId, this.nowMs()));
+    return done;
+  }
+
+  /** Split phases: before take, abort (everyone resumes); after take, nothing is left to undo. */
+  async release(name: string): Promise<"aborted" | "complete"> {
+    const snapshotId = this.prepared.get(name);
+    const ended = this.preparedEnded.get(name);
+    this.preparedEnded.delete(name);
+    if (snapshotId === undefined && ended) return ended;
+    if (snapshotId === undefined) throw new ShoalError("UNKNOWN_SNAPSHOT", `no snapshot '${name}' was prepared on this node`);
+    this.prepared.delete(name);
+    const waiter = this.waiting.get(snapshotId);
+    if (!waiter) return "complete";
+    this.runCoordinator(this.coordinator.release(snapshotId, this.nowMs()));
+    try {
+      await waiter.promise;
+      return "complete";
+    } catch {
+      return "aborted";
+    }
+  }
+
+  private endPrepared(name: string, snapshotId: string, outcome: "aborted" | "complete"): void {
+    if (this.prepared.get(name) !== snapshotId) return; // released already, or prepared again
+    this.prepared.delete(name);
+    this.preparedEnded.delete(name);
+    this.preparedEnded.set(name, outcome);
+    for (const oldest of this.preparedEnded.keys()) {
+      if (this.preparedEnded.size <= MAX_ENDED_PREPARED) break;
+      this.preparedEnded.delete(oldest);
+    }
+  }
+
+  private preparedId(name: string): string {
+    const snapshotId = this.prepared.get(name);
+    if (snapshotId === undefined || !this.waiting.has(snapshotId)) {
+      throw new ShoalError("UNKNOWN_SNAPSHOT", `no snapshot '${name}' is prepared on this node; run \`shoal snap prepare\` here first (it may have timed out)`);
+    }
+    return snapshotId;
+  }
+
+  create(request: CreateSnapshot): Promise<SnapshotResult> {
+    return this.begin(request, false, () => {}).promise;
+  }
+
+  private begin(request: CreateSnapshot, manualTake: boolean, onReady: () => void): { snapshotId: string; promise: Promise<SnapshotResult> } {
+    const { group } = this.options;
+    validateSnapshotName(request.name);
+    if (request.volumes.length === 0) throw new ShoalError("BAD_ARGUMENT", "name at least one volume to snapshot");
+    const participants = new Set<string>();
+    const routingVersions: Record<string, number> = {};
+    for (const volume of new Set(request.volumes)) {
+      const record = group.volume(volume);
+      routingVersions[volume] = record.routing.version;
+      if (group.liveSnapshots(volume).some((snapshot) => snapshot.name === request.name)) {
+        throw new ShoalError("SNAPSHOT_EXISTS", `volume '${volume}' already has a snapshot '${request.name}'`);
+      }
+      for (const node of holders(record.routing)) participants.add(node);
+    }
+    for (const node of participants) {
+      if (!group.isUp(node)) throw new ShoalError("NODE_DOWN", `node ${node} holds pages of these volumes and is down; retry when it is back`);
+    }
+    const snapshotId = `${group.selfId}.${this.incarnation}.${++this.counter}`;
+    let resolve!: (result: SnapshotResult) => void;
+    let reject!: (error: ShoalError) => void;
+    const promise = new Promise<SnapshotResult>((ok, fail) => {
+      resolve = ok;
+      reject = fail;
+    });
+    promise.catch(() => {}); // observed by whoever awaits it; never an unhandled rejection
+    this.waiting.set(snapshotId, { resolve, reject, promise, onReady });
+    nodeMetrics.snapshotStarted(snapshotId);
+    this.runCoordinator(
+      this.coordinator.startSnapshot({
+        snapshotId,
+        name: request.name,
+        volumes: [...new Set(request.volumes)],
+        mode: request.mode,
+        participants: [...participants].sort(),
+        holdTimeoutMs: request.holdTimeoutMs,
+        maxClockSkewMs: this.options.maxClockSkewMs,
+        nowMs: this.nowMs(),
+        manualTake,
+        routingVersions,
+      }),
+    );
+    return { snapshotId, promise };
+  }
+
+  /** Rolls this node's pages of a volume back to a snapshot layer (the admin checked it exists). */
+  async rollbackLocal(volumeUid: string, layer: string): Promise<void> {
+    const { store } = this.options;
+    if (!store.hasLayer(layer)) throw new ShoalError("UNKNOWN_SNAPSHOT", `node ${this.options.group.selfId} has no layer ${layer}`);
+    store.resetLayer(volumeUid, layer);
+    await store.flush();
+  }
+
+  // ---- mesh
+
+  /** Handles "snap.msg" from a peer (or this node). */
+  onMessage(from: string, args: FrameHeader): FrameHeader {
+    const msg = args.msg as SnapshotMessage | undefined;
+    if (!msg || typeof msg !== "object" || typeof msg.type !== "string" || typeof msg.snapshotId !== "string") {
+      throw new ShoalError("BAD_REQUEST", "snapshot message is malformed");
+    }
+    this.deliver(from, msg);
+    return {};
+  }
+
+  onPeerDown(node: string): void {
+    const now = this.nowMs();
+    this.runCoordinator(this.coordinator.onPeerDown(node, now));
+    this.runParticipant(this.participant.onPeerDown(node, now));
+  }
+
+  private deliver(from: string, msg: SnapshotMessage): void {
+    if (msg.type === "snap.prepare" && !(this.routingAgrees(from, msg) && this.roomForCut(from, msg))) return;
+    const now = this.nowMs();
+    if (isToCoordinator(msg)) this.runCoordinator(this.coordinator.onMessage(from, msg, now));
+    else this.runParticipant(this.participant.onMessage(from, msg, now));
+  }
+
+  /**
+   * A snapshot's participants are the page owners in the coordinator's tables: a node whose table
+   * for a volume is another version (a page move committed in between) refuses, and the
+   * coordinator tries again with the new table. A move step running here finishes first; none
+   * starts while a snapshot involves the volume (see PageMover).
+   */
+  private routingAgrees(from: string, msg: PrepareMessage): boolean {
+    const { group } = this.options;
+    const running = this.mover?.isRunning(msg.volumes);
+    if (running) {
+      void this.mover!.idle(msg.volumes).then(() => this.deliver(from, msg));
+      return false;
+    }
+    for (const [volume, version] of Object.entries(msg.routingVersions ?? {})) {
+      const local = group.volumes.get(volume)?.routing.version;
+      if (local === undefined || local === version) continue;
+      const error = new ShoalError("STALE_ROUTE", `node ${group.selfId} has routing version ${local} of '${volume}', the coordinator ${version}: pages moved; try again`);
+      this.send(from, { type: "snap.refuse", snapshotId: msg.snapshotId, error: error.toWire() });
+      return false;
+    }
+    return true;
+  }
+
+  /** Refuses a prepare whose cut this node's store could not make (a volume at its snapshot limit). */
+  private roomForCut(from: string, msg: PrepareMessage): boolean {
+    const refusal = this.cutRefusal(msg.volumes);
+    if (refusal === undefined) return true;
+    this.send(from, { type: "snap.refuse", snapshotId: msg.snapshotId, error: refusal.toWire() });
+    return false;
+  }
+
+  private cutRefusal(volumes: string[]): ShoalError | undefined {
+    const { group, store } = this.options;
+    for (const record of this.localVolumes(volumes)) {
+      const refusal = store.freezeRefusal(record.uid);
+      if (refusal) return new ShoalError(refusal.code, `volume '${record.name}' on node ${group.selfId}: ${refusal.message}`);
+    }
+    return undefined;
+  }
+
+  /** A snapshot of the volume is prepared or cut here and not finished: page moves wait. */
+  involves(volume: string): boolean {
+    return this.participant.involves(volume);
+  }
+
+  private send(to: string, msg: SnapshotMessage): void {
+    const { group } = this.options;
+    // A prepare leaves after the coordinator's record is durable: stamp it now, not when it was
+    // made, so the round trip the ready measures (and the clock offsets bounded by it) leave the
+    // record's fsync out.
+    if (msg.type === "snap.prepare") msg = { ...msg, sentAtMs: this.nowMs() };
+    if (to === group.selfId) {
+      // As if over the network: never re-enter the state machine. The messages to the other
+      // nodes must leave first, whatever the order of the sends: a take to this node cuts here
+      // and runs the released requests, and a remote participant would hold its clients that much
+      // longer. Their batches are flushed by microtasks queued at their first send, so this one
+      // queues itself twice to come after all sends of this turn. Microtasks, not a later
+      // event-loop turn: under load a turn is milliseconds, and this node may hold.
+      queueMicrotask(() => queueMicrotask(() => this.deliver(to, msg)));
+      return;
+    }
+    // Lost messages are the protocol's business (it resends); a down peer is reported by the link.
+    group
+      .link(to)
+      .request("snap.msg", { msg: msg as unknown as FrameHeader }, undefined, 5000)
+      .catch(() => {});
+  }
+
+  // ---- effects
+
+  private runCoordinator(effects: CoordinatorEffect[]): void {
+    this.runner.runCoordinator(effects);
+  }
+
+  private runParticipant(effects: ParticipantEffect[]): void {
+    this.runner.runParticipant(effects);
+  }
+
+  /** The node's side of the effects: the catalog's records, the page store, the hold queue. */
+  private effectHost(): SnapshotEffectHost {
+    const { catalog, log } = this.options;
+    const records = <R>(role: "coordinator" | "participant") => ({
+      put: (snapshotId: string, record: R) => catalog.putProtocolRecord(role, snapshotId, record),
+      delete: (snapshotId: string) => catalog.deleteProtocolRecord(role, snapshotId),
+      durable: settleWith(() => catalog.durable()),
+    });
+    return {
+      send: (to, msg) => {
+        if (msg.type === "snap.take") nodeMetrics.snapshotTaking(msg.snapshotId);
+        this.send(to, msg);
+      },
+      coordinatorRecords: records<CoordinatorRecord>("coordinator"),
+      participantRecords: records<ParticipantRecord>("participant"),
+      nowMs: () => this.nowMs(),
+      ready: (snapshotId) => {
+        nodeMetrics.snapshotReady(snapshotId);
+        this.waiting.get(snapshotId)?.onReady();
+      },
+      publish: (record) => this.publish(record),
+      done: (effect) => this.finish(effect),
+      hold: (snapshotId, volumes) => {
+        this.holds.hold(snapshotId, volumes);
+        // Requests run synchronously on this node's event loop: none is mid-execution now.
+        queueMicrotask(() => this.runParticipant(this.participant.onInflightDrained(snapshotId, this.nowMs())));
+      },
+      release: (snapshotId, volumes) => {
+        const report = this.holds.release(snapshotId, volumes);
+        nodeMetrics.holdReleased(report);
+        return report;
+      },
+      cut: (effect) => this.cut(effect),
+      discard: (snapshotId) => {
+        for (const layer of this.layersOf(snapshotId)) {
+          this.options.store.deleteLayer(layer).catch((err) => log.warn(`discarding snapshot layer ${layer} failed: ${asShoalError(err).message}`));
+        }
+      },
+      unfence: (snapshotId) => {
+        nodeMetrics.commitWaitEnded(snapshotId);
+        const waiter = this.fenceWaiters.get(snapshotId);
+        this.fenceWaiters.delete(snapshotId);
+        waiter?.resolve();
+      },
+      afterBatch: () => this.rearm(),
+      durabilityFailed: (role, err) =>
+        log.warn(`snapshot protocol: making the ${role}'s record durable failed (${asShoalError(err).message}); its messages are held back`),
+    };
+  }
+
+  private finish(effect: DoneEffect): void {
+    const waiter = this.waiting.get(effect.snapshotId);
+    this.waiting.delete(effect.snapshotId);
+    if (waiter) nodeMetrics.snapshotDone(effect.snapshotId, effect.ok);
+    if (effect.ok) waiter?.resolve(effect.result);
+    else waiter?.reject(effect.error);
+  }
+
+  /** Freezes this node's pages of the volumes; their layers and the record become durable off the hold. */
+  private cut(effect: CutEffect): ReturnType<SnapshotEffectHost["cut"]> {
+    const { catalog, store, log } = this.options;
+    const uids = this.localVolumes(effect.volumes).map((record) => record.uid);
+    const cutLayers = uids.map((uid) => snapshotLayerId(uid, effect.snapshotId));
+    // Prepare checked this too, but another snapshot may have been cut since. Checked for
+    // every volume first, so a refused cut leaves nothing behind.
+    const refusal = this.cutRefusal(effect.volumes) ?? this.freezeAll(uids, cutLayers);
+    if (refusal) {
+      log.warn(`snapshot ${effect.snapshotId} cannot be cut here: ${refusal.message}`, { snapshot: effect.snapshotId });
+      return { refusal };
+    }
+    if (effect.record.commitWaitUntilMs !== undefined) nodeMetrics.commitWaitStarted(effect.snapshotId);
+    // Released requests need only the frozen layer. Only the cut layers are synced, not the
+    // node's other volumes. A crash before leaves a layer no record names, which start()
+    // removes, and the coordinator, never told "taken", aborts.
+    const record = { ...effect.record, volumeUids: uids };
+    return {
+      durable: settleWith(() =>
+        store.flushLayers(cutLayers).then(() => {
+          catalog.putProtocolRecord("participant", effect.snapshotId, record);
+          return catalog.durable();
+        }),
+      ),
+    };
+  }
+
+  /** Freezes each head into its cut layer; an unexpected failure is returned, not thrown (the holds must still be released). */
+  private freezeAll(uids: string[], cutLayers: string[]): ShoalError | undefined {
+    try {
+      uids.forEach((uid, index) => this.options.store.freezeLayer(uid, cutLayers[index]!));
+      return undefined;
+    } catch (err) {
+      return asShoalError(err);
+    }
+  }
+
+  /** The records of those volumes that hold pages on this node. */
+  private localVolumes(volumes: string[]) {
+    const { group } = this.options;
+    return volumes.flatMap((name) => {
+      const record = group.volumes.get(name);
+      return record && !record.deleted && holders(record.routing).includes(group.selfId) ? [record] : [];
+    });
+  }
+
+  private layersOf(snapshotId: string): string[] {
+    return this.options.store.layers().map((layer) => layer.id).filter((id) => id.endsWith(`@${snapshotId}`));
+  }
+
+  private publish(record: CoordinatorRecord): void {
+    const { group } = this.options;
+    for (const volume of record.volumes) {
+      const volumeRecord = group.volumes.get(volume);
+      if (!volumeRecord || volumeRecord.deleted) continue;
+      const snapshot: SnapshotRecord = {
+        snapshotId: record.snapshotId,
+        name: record.name,
+        volume,
+        volumeUid: volumeRecord.uid,
+        mode: record.mode,
+        startedAtMs: record.startedAtMs,
+        ...(record.cutAtMs !== undefined ? { cutAtMs: record.cutAtMs } : {}),
+        createdAtMs: Math.floor(this.nowMs()),
+        coordinator: group.selfId,
+        participants: record.participants,
+        version: 1,
+        deleted: false,
+      };
+      if (group.applySnapshot(snapshot)) void group.publishSnapshot(snapshot);
+    }
+  }
+
+  /**
+   * Snapshot layers whose snapshot neither the protocol nor the group knows (a cut that was
+   * discarded while this node was down, a deleted snapshot) are removed at start.
+   */
+  private cleanOrphanLayers(): void {
+    const { catalog, group, store, log } = this.options;
+    const known = new Set<string>(catalog.protocolRecords<ParticipantRecord>("participant").map((record) => record.snapshotId));
+    for (const snapshot of group.snapshots.values()) if (!snapshot.deleted) known.add(snapshot.snapshotId);
+    for (const layer of store.layers()) {
+      const at = layer.id.indexOf("@");
+      if (at < 0 || known.has(layer.id.slice(at + 1))) continue;
+      store.deleteLayer(layer.id).catch((err) => log.warn(`removing orphan layer ${layer.id} failed: ${asShoalError(err).message}`));
+    }
+  }
+
+  private rearm(): void {
+    if (this.stopped) return;
+    const wakeAtMs = Math.min(this.coordinator.nextWakeAtMs() ?? Infinity, this.participant.nextWakeAtMs() ?? Infinity);
+    clearTimeout(this.timer);
+    clearImmediate(this.poll);
+    this.wakeAtMs = wakeAtMs;
+    if (wakeAtMs === Infinity) return;
+    const delayMs = wakeAtMs - this.nowMs();
+    if (wakeAtMs !== this.participant.nextFenceEndMs()) {
+      this.timer = setTimeout(() => this.tick(), Math.max(0, Math.ceil(delayMs)));
+      return;
+    }
+    // Acknowledgements wait for this one. Timers here fire in whole milliseconds and at least
+    // 1 ms out, so a commit wait ending in 1.3 ms would end after 2.2: time the bulk, then wait
+    // out the last millisecond in turns of the event loop, which keep serving I/O.
+    if (delayMs > 2) {
+      this.timer = setTimeout(() => this.rearm(), Math.floor(delayMs) - 1);
+      return;
+    }
+    const poll = () => {
+      if (this.nowMs() >= wakeAtMs) this.tick();
+      else this.poll = setImmediate(poll);
+    };
+    this.poll = setImmediate(poll);
+  }
+
+  private tick(): void {
+    const now = this.nowMs();
+    this.runCoordinator(this.coordinator.onTick(now));
+    this.runParticipant(this.participant.onTick(now));
+  }
+}
