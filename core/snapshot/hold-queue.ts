@@ -22,7 +22,7 @@ export class HoldQueue {
     /** Told when the queue is full, so the holds can be abandoned. */
     private readonly onFull: (snapshotIds: string[]) => void,
     /** A monotonic clock in ms, for what each hold cost. */
-    private readonly now: () => number = () => performance.now(),
+    private readonly now: () => number,
   ) {}
 
   isHeld(volume: string): boolean {

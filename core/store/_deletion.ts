@@ -18,6 +18,7 @@ export class LayerDeletion {
     private readonly commit: (layers: Set<StoreLayer>) => Promise<void>,
     private readonly retire: (layer: StoreLayer) => void,
     private readonly isClosed: () => boolean,
+    private readonly yieldToClients: () => Promise<void>,
   ) {}
 
   async run(layer: StoreLayer): Promise<void> {
@@ -120,7 +121,7 @@ export class LayerDeletion {
 
   /** Lets client I/O run between merge steps; a closed store stops the deletion there. */
   private async pause(): Promise<void> {
-    await new Promise((resolve) => setImmediate(resolve));
+    await this.yieldToClients();
     if (this.isClosed()) throw new ShoalError("SHUTTING_DOWN", "the page store closed during a layer deletion; it resumes when deleteLayer is called again");
   }
 }

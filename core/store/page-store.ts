@@ -32,6 +32,11 @@ export interface PageStoreOptions {
   journalCompactBytes?: number;
   /** File operations; tests pass a simulated disk. */
   io?: FileIO;
+  /**
+   * Lets client I/O run between the steps of a snapshot deletion's merge; the node passes a
+   * turn of its event loop (core/ sets no timers). By default a microtask: nothing waits.
+   */
+  yieldToClients?: () => Promise<void>;
   /** Accepted for the old store's callers; one descriptor per layer file is kept open. */
   maxOpenFiles?: number;
 }
@@ -80,7 +85,13 @@ export class PageStore {
     this.commits.markLoaded();
     this.path = new DataPath(this.io, this.dir, table, this.commits);
     openLayerFiles(this.io, this.dir, table, (layer, segment) => this.path.fileOf(layer, segment));
-    this.deletion = new LayerDeletion(this.path, (layers) => this.commits.request(layers), (layer) => this.retire(layer), () => this.closed);
+    this.deletion = new LayerDeletion(
+      this.path,
+      (layers) => this.commits.request(layers),
+      (layer) => this.retire(layer),
+      () => this.closed,
+      options.yieldToClients ?? (() => Promise.resolve()),
+    );
     this.moves = new PageMoves(this.path);
     this.dirtyLimitBytes = options.dirtyLimitBytes ?? DEFAULT_DIRTY_LIMIT_BYTES;
   }

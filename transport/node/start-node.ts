@@ -168,7 +168,12 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   }
   useTlsIdentity(tls);
   await convertOldStore(options.dataDir, (message) => log.info(message));
-  const store = new PageStore({ dir: options.dataDir, dirtyLimitBytes: options.dirtyLimitBytes });
+  const store = new PageStore({
+    dir: options.dataDir,
+    dirtyLimitBytes: options.dirtyLimitBytes,
+    // A snapshot deletion's merge lets clients' requests run between its pages.
+    yieldToClients: () => new Promise((resolve) => setImmediate(resolve)),
+  });
   undo.push(() => store.close());
   const startedAtMs = Date.now();
 

@@ -99,7 +99,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         const error = new ShoalError("HOLD_TIMEOUT", `node ${nodeId} had ${MAX_HELD_REQUESTS} requests waiting on the hold`);
         this.runParticipant(this.participant.abandon(snapshotId, error, this.nowMs()));
       }
-    });
+    }, () => performance.now());
   }
 
   nowMs(): number {
