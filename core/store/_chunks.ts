@@ -19,22 +19,42 @@ export interface PageEntry {
   dataChunks: number;
 }
 
+/**
+ * A page the layer holds whole, every chunk its own, is the common case of a written volume; such
+ * pages share one state array per chunk count instead of 1 KiB each (a fully written 1 TiB volume's
+ * maps: 256 MiB otherwise). Shared arrays are never written: setState copies one before a change.
+ */
+const allDataStates = new Map<number, Uint8Array>();
+
+function sharedAllData(chunks: number): Uint8Array {
+  let states = allDataStates.get(chunks);
+  if (states === undefined) {
+    states = new Uint8Array(chunks).fill(DATA);
+    allDataStates.set(chunks, states);
+  }
+  return states;
+}
+
 export function newEntry(chunks: number, fill: number): PageEntry {
-  return { states: new Uint8Array(chunks).fill(fill), dataChunks: fill === DATA ? chunks : 0 };
+  if (fill === DATA) return { states: sharedAllData(chunks), dataChunks: chunks };
+  return { states: new Uint8Array(chunks).fill(fill), dataChunks: 0 };
 }
 
 export function entryFrom(states: Uint8Array): PageEntry {
   let dataChunks = 0;
   for (let index = 0; index < states.length; index++) if (states[index] === DATA) dataChunks++;
-  return { states, dataChunks };
+  return { states: dataChunks === states.length ? sharedAllData(states.length) : states, dataChunks };
 }
 
 export function setState(entry: PageEntry, chunk: number, state: number): boolean {
   const old = entry.states[chunk];
   if (old === state) return false;
+  // All DATA means the shared array (see sharedAllData): change a copy.
+  if (entry.dataChunks === entry.states.length) entry.states = entry.states.slice();
   if (old === DATA) entry.dataChunks--;
   if (state === DATA) entry.dataChunks++;
   entry.states[chunk] = state;
+  if (entry.dataChunks === entry.states.length) entry.states = sharedAllData(entry.states.length);
   return true;
 }
 
