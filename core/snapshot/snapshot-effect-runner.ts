@@ -46,7 +46,7 @@ export interface SnapshotEffectHost {
   release(snapshotId: string, volumes: string[]): HoldReport | undefined;
   /** Freezes the cut now; returns why it cannot be made, or the work that makes the cut and its record durable. */
   cut(effect: CutEffect): { refusal: ShoalError } | { durable: (done: Completion) => void };
-  /** Makes a cut visible where the record alone does not (the node's group publishes it instead). */
+  /** Makes a cut visible where the record alone does not (the node's group publishes it instead; the node times it). */
   commit?(snapshotId: string): void;
   /** Deletes a pending cut's data (its record is the runner's). */
   discard(snapshotId: string): void;

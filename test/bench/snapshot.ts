@@ -422,6 +422,7 @@ async function measureHold(context: Context) {
       await sleep(POST_SPACING_MS);
     }
     const stalls: CreateTiming[] = [];
+    const phasesFrom = await phaseTotals(nodes);
     const seriesCpuFrom = cpuSample(nodes);
     for (let index = 0; index < options.snapshots; index++) {
       const timing = await createSnapshot(nodes[index % nodes.length]!, volume, `s${index}`, "hold");
@@ -429,8 +430,9 @@ async function measureHold(context: Context) {
       await sleep(options.intervalMs - timing.wallMs);
     }
     const cpu = snapshotCpu(steady.cpu, [seriesCpuFrom, cpuSample(nodes)], stalls.length);
+    const phases = phaseMeans(phasesFrom, await phaseTotals(nodes));
     await load.stop(); // waits for the writes in flight: the last create's overlaps complete
-    return { steady, post: postSnapshot(load, steady.stats, post), stall: holdStall(load, steady.stats, stalls), cpu, load: health(load, performance.now() - startedMs) };
+    return { steady, post: postSnapshot(load, steady.stats, post), stall: holdStall(load, steady.stats, stalls), cpu, phases, load: health(load, performance.now() - startedMs) };
   } finally {
     await load.stop().catch(() => undefined);
   }
@@ -466,6 +468,40 @@ async function commitWaitTotals(nodes: TestNode[]): Promise<{ seconds: number; c
 function commitWaitSince(from: { seconds: number; cuts: number }, to: { seconds: number; cuts: number }): { meanMs: number; cuts: number } {
   const cuts = to.cuts - from.cuts;
   return { meanMs: cuts > 0 ? ((to.seconds - from.seconds) * 1000) / cuts : Number.NaN, cuts };
+}
+
+/** The snapshot phases the nodes time (coordinator phases on the coordinator, steps on each participant), summed over nodes. */
+const PHASES = [
+  ["shoal_snapshot_phase_seconds", "phase", "prepare", "coord: start -> every participant ready"],
+  ["shoal_snapshot_phase_seconds", "phase", "taken", "coord: take sent -> every participant taken"],
+  ["shoal_snapshot_phase_seconds", "phase", "decide", "coord: decision record durable"],
+  ["shoal_snapshot_phase_seconds", "phase", "ack", "coord: commit sent -> every ack"],
+  ["shoal_snapshot_phase_seconds", "phase", "total", "coord: total"],
+  ["shoal_snapshot_participant_seconds", "step", "cut_store", "part.: cut -> layers durable"],
+  ["shoal_snapshot_participant_seconds", "step", "cut", "part.: cut -> layers + record durable"],
+  ["shoal_snapshot_participant_seconds", "step", "commit", "part.: commit -> record durable"],
+] as const;
+
+type PhaseTotals = { seconds: number; count: number }[];
+
+async function phaseTotals(nodes: TestNode[]): Promise<PhaseTotals> {
+  const totals: PhaseTotals = PHASES.map(() => ({ seconds: 0, count: 0 }));
+  for (const node of nodes) {
+    const samples = await scrape(node.extraArgs[1]!);
+    PHASES.forEach(([name, label, value], index) => {
+      totals[index]!.seconds += sumOf(samples, `${name}_sum`, { [label]: value });
+      totals[index]!.count += sumOf(samples, `${name}_count`, { [label]: value });
+    });
+  }
+  return totals;
+}
+
+/** Mean ms of each phase between two scrapes. */
+function phaseMeans(from: PhaseTotals, to: PhaseTotals): { phase: string; meanMs: number; count: number }[] {
+  return PHASES.map(([, , , phase], index) => {
+    const count = to[index]!.count - from[index]!.count;
+    return { phase, meanMs: count > 0 ? ((to[index]!.seconds - from[index]!.seconds) * 1000) / count : Number.NaN, count };
+  });
 }
 
 /**
@@ -526,6 +562,7 @@ async function measureTimestamp(context: Context) {
   const startedMs = performance.now();
   try {
     const without = await steadyWindow(load, options.durationMs, nodes);
+    const phasesFrom = await phaseTotals(nodes);
     const cpuFrom = cpuSample(nodes);
     const fromMs = performance.now();
     const timings: CreateTiming[] = [];
@@ -534,6 +571,7 @@ async function measureTimestamp(context: Context) {
     }
     const toMs = performance.now();
     const cpu = snapshotCpu(without.cpu, [cpuFrom, cpuSample(nodes)], timings.length);
+    const phases = phaseMeans(phasesFrom, await phaseTotals(nodes));
     // Then one snapshot every TS_SPACED_INTERVAL_MS: writes issued while a create call runs.
     const spaced: CreateTiming[] = [];
     const commitWaitFrom = await commitWaitTotals(nodes);
@@ -563,6 +601,7 @@ async function measureTimestamp(context: Context) {
       ratio: withStats.p99Ms / without.stats.p99Ms,
       duringRatio: during.p99Ms / without.stats.p99Ms,
       cpu,
+      phases,
       load: health(load, performance.now() - startedMs),
     };
   } finally {
@@ -960,6 +999,19 @@ function renderReport(results: Results, options: Options, info: RunInfo): string
     ...failed,
     "",
     table(["WRITE LATENCY (ms)", "N", "P50", "P90", "P99", "P99.9", "MAX"], latencyRows),
+    ...(hold || timestamp
+      ? [
+          "",
+          table(
+            ["CREATE PHASES, MEAN (ms)", "N", "HOLD SERIES", "N", "TS BACK TO BACK"],
+            PHASES.map(([, , , phase], index) => {
+              const cell = (means: { meanMs: number; count: number }[] | undefined) => [String(means?.[index]!.count ?? "-"), ms(means?.[index]!.meanMs ?? Number.NaN)];
+              return [phase, ...cell(hold?.phases), ...cell(timestamp?.phases)];
+            }),
+          ),
+          "coord. phases on the coordinator (taken + decide + ack = take); part. steps per participant (the slowest one sets the coordinator's phase)",
+        ]
+      : []),
     "",
     table(
       ["LOAD", "ISSUED", "SKIPPED", "WRITES/S", "CLIENT LAG P99", "CLIENT LAG MAX"],

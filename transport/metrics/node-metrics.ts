@@ -42,6 +42,13 @@ export class NodeMetrics {
   private readonly snapshotStartedMs = new Map<string, number>();
   private readonly snapshotReadyMs = new Map<string, number>();
   private readonly snapshotTakingMs = new Map<string, number>();
+  /** When every participant had answered taken (the decision's record was written), and when that record was durable. */
+  private readonly snapshotAllTakenMs = new Map<string, number>();
+  private readonly snapshotDecidedMs = new Map<string, number>();
+  private readonly participantStep;
+  /** Participant side: when this node cut, or received the commit, by snapshot id. */
+  private readonly cutAtMs = new Map<string, number>();
+  private readonly commitReceivedMs = new Map<string, number>();
 
   readonly movePagesTotal;
   readonly movePagesDone;
@@ -72,7 +79,16 @@ export class NodeMetrics {
     };
     this.pages = { read: byPath("read"), write: byPath("write"), zero: byPath("zero") };
 
-    this.snapshotPhase = r.histogram("shoal_snapshot_phase_seconds", "snapshots coordinated here: prepare (start to every participant ready), take (take sent to done), total", ["phase"]);
+    this.snapshotPhase = r.histogram(
+      "shoal_snapshot_phase_seconds",
+      "snapshots coordinated here: prepare (start to every participant ready), take (take sent to done), total; take splits into taken (take sent to every participant taken), decide (the decision's record made durable), ack (commit sent to every participant's ack)",
+      ["phase"],
+    );
+    this.participantStep = r.histogram(
+      "shoal_snapshot_participant_seconds",
+      "snapshot participants: cut_store (cut to its layers durable), cut (cut to layers and record durable: taken may leave), commit (commit received to its record durable: ack may leave)",
+      ["step"],
+    );
     this.snapshotResults = r.counter("shoal_snapshots_total", "snapshots coordinated here, by result", ["result"]);
     this.snapshotHold = r.histogram("shoal_snapshot_hold_seconds", "how long this node held a volume's requests for a hold-mode snapshot").with();
     this.commitWait = r
@@ -107,6 +123,8 @@ export class NodeMetrics {
       this.snapshotStartedMs.clear();
       this.snapshotReadyMs.clear();
       this.snapshotTakingMs.clear();
+      this.snapshotAllTakenMs.clear();
+      this.snapshotDecidedMs.clear();
     }
     this.snapshotStartedMs.set(snapshotId, performance.now());
   }
@@ -126,17 +144,70 @@ export class NodeMetrics {
     if (this.snapshotStartedMs.has(snapshotId) && !this.snapshotTakingMs.has(snapshotId)) this.snapshotTakingMs.set(snapshotId, performance.now());
   }
 
+  /** Every participant answered taken: the coordinator writes its decision. */
+  snapshotAllTaken(snapshotId: string): void {
+    const takingMs = this.snapshotTakingMs.get(snapshotId);
+    if (takingMs === undefined || this.snapshotAllTakenMs.has(snapshotId)) return;
+    const nowMs = performance.now();
+    this.snapshotAllTakenMs.set(snapshotId, nowMs);
+    this.snapshotPhase.with("taken").observe((nowMs - takingMs) / 1000);
+  }
+
+  /** The decision's record is durable: commit goes out. */
+  snapshotDecided(snapshotId: string): void {
+    const allTakenMs = this.snapshotAllTakenMs.get(snapshotId);
+    if (allTakenMs === undefined || this.snapshotDecidedMs.has(snapshotId)) return;
+    const nowMs = performance.now();
+    this.snapshotDecidedMs.set(snapshotId, nowMs);
+    this.snapshotPhase.with("decide").observe((nowMs - allTakenMs) / 1000);
+  }
+
   snapshotDone(snapshotId: string, ok: boolean): void {
     const startedMs = this.snapshotStartedMs.get(snapshotId);
     const takingMs = this.snapshotTakingMs.get(snapshotId);
+    const decidedMs = this.snapshotDecidedMs.get(snapshotId);
     this.snapshotStartedMs.delete(snapshotId);
     this.snapshotReadyMs.delete(snapshotId);
     this.snapshotTakingMs.delete(snapshotId);
+    this.snapshotAllTakenMs.delete(snapshotId);
+    this.snapshotDecidedMs.delete(snapshotId);
     this.snapshotResults.with(ok ? "ok" : "failed").inc();
     if (startedMs === undefined || !ok) return;
     const nowMs = performance.now();
     if (takingMs !== undefined) this.snapshotPhase.with("take").observe((nowMs - takingMs) / 1000);
+    if (decidedMs !== undefined) this.snapshotPhase.with("ack").observe((nowMs - decidedMs) / 1000);
     this.snapshotPhase.with("total").observe((nowMs - startedMs) / 1000);
+  }
+
+  /** This node cut its share of a snapshot; cutStored and cutDurable follow. */
+  cutStarted(snapshotId: string): void {
+    if (this.cutAtMs.size >= MAX_TRACKED_SNAPSHOTS) this.cutAtMs.clear();
+    this.cutAtMs.set(snapshotId, performance.now());
+  }
+
+  /** The cut's layers are durable in the page store. */
+  cutStored(snapshotId: string): void {
+    const fromMs = this.cutAtMs.get(snapshotId);
+    if (fromMs !== undefined) this.participantStep.with("cut_store").observe((performance.now() - fromMs) / 1000);
+  }
+
+  /** The cut's layers and record are durable: taken may leave. */
+  cutDurable(snapshotId: string): void {
+    const fromMs = this.cutAtMs.get(snapshotId);
+    this.cutAtMs.delete(snapshotId);
+    if (fromMs !== undefined) this.participantStep.with("cut").observe((performance.now() - fromMs) / 1000);
+  }
+
+  /** A participant received the commit; commitAcked follows once its record is durable. */
+  commitReceived(snapshotId: string): void {
+    if (this.commitReceivedMs.size >= MAX_TRACKED_SNAPSHOTS) this.commitReceivedMs.clear();
+    if (!this.commitReceivedMs.has(snapshotId)) this.commitReceivedMs.set(snapshotId, performance.now());
+  }
+
+  commitAcked(snapshotId: string): void {
+    const fromMs = this.commitReceivedMs.get(snapshotId);
+    this.commitReceivedMs.delete(snapshotId);
+    if (fromMs !== undefined) this.participantStep.with("commit").observe((performance.now() - fromMs) / 1000);
   }
 
   holdReleased(report: HoldReport): void {

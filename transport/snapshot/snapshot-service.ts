@@ -385,14 +385,18 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   /** The node's side of the effects: the catalog's records, the page store, the hold queue. */
   private effectHost(): SnapshotEffectHost {
     const { catalog, log } = this.options;
-    const records = <R>(role: "coordinator" | "participant") => ({
-      put: (snapshotId: string, record: R) => catalog.putProtocolRecord(role, snapshotId, record),
+    const records = <R extends { state: string }>(role: "coordinator" | "participant") => ({
+      put: (snapshotId: string, record: R) => {
+        if (role === "coordinator" && record.state === "committed") nodeMetrics.snapshotAllTaken(snapshotId);
+        catalog.putProtocolRecord(role, snapshotId, record);
+      },
       delete: (snapshotId: string) => catalog.deleteProtocolRecord(role, snapshotId),
       durable: settleWith(() => catalog.durable()),
     });
     return {
       send: (to, msg) => {
         if (msg.type === "snap.take") nodeMetrics.snapshotTaking(msg.snapshotId);
+        if (msg.type === "snap.ack" && msg.outcome === "committed") nodeMetrics.commitAcked(msg.snapshotId);
         this.send(to, msg);
       },
       coordinatorRecords: records<CoordinatorRecord>("coordinator"),
@@ -402,7 +406,10 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         nodeMetrics.snapshotReady(snapshotId);
         this.waiting.get(snapshotId)?.onReady();
       },
-      publish: (record) => this.publish(record),
+      publish: (record) => {
+        nodeMetrics.snapshotDecided(record.snapshotId);
+        this.publish(record);
+      },
       done: (effect) => this.finish(effect),
       hold: (snapshotId, volumes) => {
         this.holds.hold(snapshotId, volumes);
@@ -415,6 +422,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         return report;
       },
       cut: (effect) => this.cut(effect),
+      commit: (snapshotId) => nodeMetrics.commitReceived(snapshotId),
       discard: (snapshotId) => {
         for (const layer of this.layersOf(snapshotId)) {
           this.options.store.deleteLayer(layer).catch((err) => log.warn(`discarding snapshot layer ${layer} failed: ${asShoalError(err).message}`));
@@ -457,12 +465,18 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     // node's other volumes. A crash before leaves a layer no record names, which start()
     // removes, and the coordinator, never told "taken", aborts.
     const record = { ...effect.record, volumeUids: uids };
+    const { snapshotId } = effect;
+    nodeMetrics.cutStarted(snapshotId);
     return {
       durable: settleWith(() =>
-        store.flushLayers(cutLayers).then(() => {
-          catalog.putProtocolRecord("participant", effect.snapshotId, record);
-          return catalog.durable();
-        }),
+        store
+          .flushLayers(cutLayers)
+          .then(() => {
+            nodeMetrics.cutStored(snapshotId);
+            catalog.putProtocolRecord("participant", snapshotId, record);
+            return catalog.durable();
+          })
+          .then(() => nodeMetrics.cutDurable(snapshotId)),
       ),
     };
   }
