@@ -48,6 +48,7 @@ import { connect, fillRandom, PacedWriteLoad } from "./_write-load.ts";
 import { bounded, buildShoal, loadAverage, mainThreadRunQueueMs, percentile, printReport, processCpuMs, progress, runBench, sourceRevision, stats, syncDisks, table, type LatencyStats } from "./_bench.ts";
 import { freePort, run, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 import { scrape, sumOf } from "../integration/_prometheus.ts";
+import { PHASES, phaseMeans, phaseTotals } from "./_snapshot-phases.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -468,40 +469,6 @@ async function commitWaitTotals(nodes: TestNode[]): Promise<{ seconds: number; c
 function commitWaitSince(from: { seconds: number; cuts: number }, to: { seconds: number; cuts: number }): { meanMs: number; cuts: number } {
   const cuts = to.cuts - from.cuts;
   return { meanMs: cuts > 0 ? ((to.seconds - from.seconds) * 1000) / cuts : Number.NaN, cuts };
-}
-
-/** The snapshot phases the nodes time (coordinator phases on the coordinator, steps on each participant), summed over nodes. */
-const PHASES = [
-  ["shoal_snapshot_phase_seconds", "phase", "prepare", "coord: start -> every participant ready"],
-  ["shoal_snapshot_phase_seconds", "phase", "taken", "coord: take sent -> every participant taken"],
-  ["shoal_snapshot_phase_seconds", "phase", "decide", "coord: decision record durable"],
-  ["shoal_snapshot_phase_seconds", "phase", "ack", "coord: commit sent -> every ack"],
-  ["shoal_snapshot_phase_seconds", "phase", "total", "coord: total"],
-  ["shoal_snapshot_participant_seconds", "step", "cut_store", "part.: cut -> layers durable"],
-  ["shoal_snapshot_participant_seconds", "step", "cut", "part.: cut -> layers + record durable"],
-  ["shoal_snapshot_participant_seconds", "step", "commit", "part.: commit -> record durable"],
-] as const;
-
-type PhaseTotals = { seconds: number; count: number }[];
-
-async function phaseTotals(nodes: TestNode[]): Promise<PhaseTotals> {
-  const totals: PhaseTotals = PHASES.map(() => ({ seconds: 0, count: 0 }));
-  for (const node of nodes) {
-    const samples = await scrape(node.extraArgs[1]!);
-    PHASES.forEach(([name, label, value], index) => {
-      totals[index]!.seconds += sumOf(samples, `${name}_sum`, { [label]: value });
-      totals[index]!.count += sumOf(samples, `${name}_count`, { [label]: value });
-    });
-  }
-  return totals;
-}
-
-/** Mean ms of each phase between two scrapes. */
-function phaseMeans(from: PhaseTotals, to: PhaseTotals): { phase: string; meanMs: number; count: number }[] {
-  return PHASES.map(([, , , phase], index) => {
-    const count = to[index]!.count - from[index]!.count;
-    return { phase, meanMs: count > 0 ? ((to[index]!.seconds - from[index]!.seconds) * 1000) / count : Number.NaN, count };
-  });
 }
 
 /**
@@ -1003,13 +970,17 @@ function renderReport(results: Results, options: Options, info: RunInfo): string
       ? [
           "",
           table(
-            ["CREATE PHASES, MEAN (ms)", "N", "HOLD SERIES", "N", "TS BACK TO BACK"],
+            ["CREATE PHASES (ms)", "N", "HOLD MEAN", "P50~", "N", "TS MEAN", "P50~"],
             PHASES.map(([, , , phase], index) => {
-              const cell = (means: { meanMs: number; count: number }[] | undefined) => [String(means?.[index]!.count ?? "-"), ms(means?.[index]!.meanMs ?? Number.NaN)];
+              const cell = (means: { meanMs: number; p50Ms: number; count: number }[] | undefined) => {
+                const entry = means?.[index];
+                return [String(entry?.count ?? "-"), ms(entry?.meanMs ?? Number.NaN), ms(entry?.p50Ms ?? Number.NaN)];
+              };
               return [phase, ...cell(hold?.phases), ...cell(timestamp?.phases)];
             }),
           ),
-          "coord. phases on the coordinator (taken + decide + ack = take); part. steps per participant (the slowest one sets the coordinator's phase)",
+          "hold series and timestamp back to back; coord. phases on the coordinator (taken + decide + ack = take), part. steps per participant",
+          "(the slowest participant sets the coordinator's phase); P50~: from the nodes' histograms (doubling buckets), interpolated",
         ]
       : []),
     "",
