@@ -2,7 +2,7 @@
 // lists it, exports it over NBD as VOL@NAME and routes its pages. A multi-volume snapshot is one
 // record per volume sharing one snapshot id (and one cut instant).
 import { ShoalError } from "../errors.ts";
-import type { SnapshotMode } from "./snapshot-messages.ts";
+import type { ParticipantRecord, SnapshotMode } from "./snapshot-messages.ts";
 
 export interface SnapshotRecord {
   /** Unique forever (never reused, unlike names). */
@@ -33,6 +33,19 @@ export function validateSnapshotName(name: string): void {
 /** The page-store layer holding a volume's pages as of a snapshot, on every node that owns some. */
 export function snapshotLayerId(volumeUid: string, snapshotId: string): string {
   return `${volumeUid}@${snapshotId}`;
+}
+
+/** A participant's record as a node stores it: a pending cut's names the uids of the volumes it cut there. */
+export type CutRecord = ParticipantRecord & { volumeUids?: string[] };
+
+/**
+ * The snapshot layers a pending cut's record names that the store lacks. A node makes a cut's
+ * layers and its record durable side by side, so a crash can keep the record alone: such a cut
+ * was never reported taken, and must not be recovered as if it had been made.
+ */
+export function lostCutLayers(record: CutRecord, hasLayer: (layerId: string) => boolean): string[] {
+  if (record.state !== "pending" || record.volumeUids === undefined) return [];
+  return record.volumeUids.map((uid) => snapshotLayerId(uid, record.snapshotId)).filter((layerId) => !hasLayer(layerId));
 }
 
 /**

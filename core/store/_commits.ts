@@ -148,13 +148,10 @@ export class Commits {
     const syncDir = this.newFiles;
     this.newFiles = false;
     try {
+      // The new file's name and the data are independent; the journal frame needs both durable.
       const fds = syncs.flatMap(({ layer }) => openFds(layer));
-      await Promise.all(fds.map((fd) => this.io.fdatasync(fd)));
-      this.syncCount += fds.length;
-      if (syncDir) {
-        await this.io.syncDir(this.dir);
-        this.syncCount++;
-      }
+      await Promise.all([...fds.map((fd) => this.io.fdatasync(fd)), ...(syncDir ? [this.io.syncDir(this.dir)] : [])]);
+      this.syncCount += fds.length + (syncDir ? 1 : 0);
       const frame = encodeCommit(record);
       await (checkpoint ? this.journal.replace(frame) : this.journal.append(frame));
       this.syncCount += checkpoint ? 2 : 1;

@@ -18,7 +18,7 @@ import {
   type SnapshotMode,
 } from "../../core/snapshot/snapshot-messages.ts";
 import { SnapshotParticipant, type ParticipantEffect } from "../../core/snapshot/snapshot-participant.ts";
-import { snapshotLayerId, validateSnapshotName, type SnapshotRecord } from "../../core/snapshot/snapshot-record.ts";
+import { lostCutLayers, snapshotLayerId, validateSnapshotName, type CutRecord, type SnapshotRecord } from "../../core/snapshot/snapshot-record.ts";
 import type { FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MeshLog } from "../mesh/mesh.ts";
@@ -112,8 +112,24 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const { catalog } = this.options;
     const now = this.nowMs();
     this.runCoordinator(this.coordinator.recover(catalog.protocolRecords<CoordinatorRecord>("coordinator"), now));
-    this.runParticipant(this.participant.recover(catalog.protocolRecords<ParticipantRecord>("participant"), now));
+    const participantRecords = catalog.protocolRecords<CutRecord>("participant").filter((record) => this.cutSurvived(record));
+    this.runParticipant(this.participant.recover(participantRecords, now));
     this.cleanOrphanLayers();
+  }
+
+  /**
+   * A pending cut's record and its layers are made durable side by side (see cut): a crash can
+   * keep the record and lose the layers. Such a cut never said "taken", so the coordinator cannot
+   * have committed it; recovering it would answer the coordinator's resent take with "taken" for
+   * layers that are not there. Its record goes, and the coordinator's take is refused.
+   */
+  private cutSurvived(record: CutRecord): boolean {
+    const { catalog, store, log } = this.options;
+    const lost = lostCutLayers(record, (layerId) => store.hasLayer(layerId));
+    if (lost.length === 0) return true;
+    log.info(`snapshot ${record.snapshotId}: its cut (layers ${lost.join(", ")}) did not survive the restart; dropping its record (it was never taken, so it aborts)`, { snapshot: record.snapshotId });
+    catalog.deleteProtocolRecord("participant", record.snapshotId);
+    return false;
   }
 
   stop(): void {
@@ -462,22 +478,19 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     }
     if (effect.record.commitWaitUntilMs !== undefined) nodeMetrics.commitWaitStarted(effect.snapshotId);
     // Released requests need only the frozen layer. Only the cut layers are synced, not the
-    // node's other volumes. A crash before leaves a layer no record names, which start()
-    // removes, and the coordinator, never told "taken", aborts.
-    const record = { ...effect.record, volumeUids: uids };
+    // node's other volumes. The layers and the record are made durable side by side ("taken"
+    // waits for both): a crash may keep either alone. Layers no record names are removed at
+    // start(), a record whose layers are missing is dropped there (cutSurvived), and the
+    // coordinator, never told "taken", aborts.
+    const record: CutRecord = { ...effect.record, volumeUids: uids };
     const { snapshotId } = effect;
     nodeMetrics.cutStarted(snapshotId);
     return {
-      durable: settleWith(() =>
-        store
-          .flushLayers(cutLayers)
-          .then(() => {
-            nodeMetrics.cutStored(snapshotId);
-            catalog.putProtocolRecord("participant", snapshotId, record);
-            return catalog.durable();
-          })
-          .then(() => nodeMetrics.cutDurable(snapshotId)),
-      ),
+      durable: settleWith(() => {
+        catalog.putProtocolRecord("participant", snapshotId, record);
+        const stored = store.flushLayers(cutLayers).then(() => nodeMetrics.cutStored(snapshotId));
+        return Promise.all([stored, catalog.durable()]).then(() => nodeMetrics.cutDurable(snapshotId));
+      }),
     };
   }
 
