@@ -72,13 +72,20 @@ describe("metrics", () => {
     expect(sumOf(after1, "process_resident_memory_bytes")).toBeGreaterThan(0);
   });
 
-  test("a snapshot records its phases on the coordinator and its hold on every participant", async () => {
+  test("a snapshot records its phases on the coordinator, its hold and its cut and commit steps on every participant", async () => {
     const created = await shoal(["snap", "create", "m", "--name", "metrics"]);
     expect(created.exitCode).toBe(0);
     const samples1 = await scrape(metrics1);
     const samples2 = await scrape(metrics2);
     expect(sumOf(samples1, "shoal_snapshots_total", { result: "ok" })).toBe(1);
-    for (const phase of ["prepare", "take", "total"]) expect(sumOf(samples1, "shoal_snapshot_phase_seconds_count", { phase })).toBe(1);
+    for (const phase of ["prepare", "take", "taken", "decide", "ack", "total"]) expect(sumOf(samples1, "shoal_snapshot_phase_seconds_count", { phase })).toBe(1);
+    expect(sumOf(samples2, "shoal_snapshot_phase_seconds_count", { phase: "total" })).toBe(0); // node2 did not coordinate
+    // The take is its three parts, timed from the same instants.
+    const part = (phase: string) => sumOf(samples1, "shoal_snapshot_phase_seconds_sum", { phase });
+    expect(Math.abs(part("taken") + part("decide") + part("ack") - part("take"))).toBeLessThan(0.001);
+    for (const samples of [samples1, samples2]) {
+      for (const step of ["cut_store", "cut", "commit"]) expect(sumOf(samples, "shoal_snapshot_participant_seconds_count", { step })).toBe(1);
+    }
     expect(sumOf(samples1, "shoal_snapshot_hold_seconds_count")).toBe(1);
     expect(sumOf(samples2, "shoal_snapshot_hold_seconds_count")).toBe(1);
     expect(sumOf(samples1, "shoal_snapshot_commit_wait_seconds_count")).toBe(0); // hold mode has none
