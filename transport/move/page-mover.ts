@@ -14,6 +14,7 @@ import type { Group } from "../mesh/group.ts";
 import type { MeshConnection, Reply } from "../mesh/mesh-connection.ts";
 import { fetchOver, receiveVolumeWire } from "../mesh/record-pieces.ts";
 import type { MeshLog, PeerLink } from "../mesh/mesh.ts";
+import type { RunningMoveSteps } from "./running-move-steps.ts";
 
 /** What a move needs to know of snapshots on this node. */
 export interface SnapshotActivity {
@@ -44,8 +45,6 @@ export class PageMover {
   private readonly frozen = new Map<string, (() => void)[]>();
   /** Pages written during a step's copy, by volume uid (see the "precopy" effect). */
   private readonly written = new Map<string, Set<number>>();
-  /** The step running per volume name: one at a time. */
-  private readonly running = new Map<string, Promise<unknown>>();
   private readonly staged = new Map<string, { pieces: PagePiece[]; layers: PageExport["layers"]; expiresAtMs: number }>();
   /** Pages installed per step, made durable together when the source seals the step. */
   private readonly batches = new Map<string, { batch: ImportBatch; expiresAtMs: number }>();
@@ -56,6 +55,8 @@ export class PageMover {
     private readonly log: MeshLog,
     /** Steps wait while a snapshot involves their volume (see the "quiet" effect). */
     private readonly snapshots: SnapshotActivity,
+    /** The steps running here, one per volume (shared with the snapshot service). */
+    private readonly running: RunningMoveSteps,
   ) {}
 
   // ---- the data path's questions
@@ -73,19 +74,6 @@ export class PageMover {
   /** Runs `retry` once the page thaws; it routes again by the table then current. */
   whenThawed(uid: string, page: number, retry: () => void): void {
     this.frozen.get(`${uid}:${page}`)!.push(retry);
-  }
-
-  isRunning(volumes: string[]): boolean {
-    return this.running.size > 0 && volumes.some((volume) => this.running.has(volume));
-  }
-
-  /** Settles when no step of these volumes runs here (a snapshot prepare waits for that). */
-  async idle(volumes: string[]): Promise<void> {
-    for (;;) {
-      const steps = volumes.map((volume) => this.running.get(volume)).filter((step) => step !== undefined);
-      if (steps.length === 0) return;
-      await Promise.allSettled(steps);
-    }
   }
 
   // ---- mesh
@@ -131,11 +119,7 @@ export class PageMover {
     if (this.running.has(current.name)) throw new ShoalError("CONFLICT", `a move step of '${current.name}' is already running on node ${this.group.selfId}`);
     const step = new MoveStep({ stepId: String(args.stepId), volume: current.name, volumeUid: current.uid, pages, to, newVersion: next.version, nowMs: Date.now() });
     const done = this.drive(step, next);
-    this.running.set(current.name, done);
-    const forget = () => {
-      if (this.running.get(current.name) === done) this.running.delete(current.name);
-    };
-    done.then(forget, forget);
+    this.running.track(current.name, done);
     return done;
   }
 

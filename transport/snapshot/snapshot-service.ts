@@ -23,7 +23,8 @@ import type { FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MeshLog } from "../mesh/mesh.ts";
 import type { SnapshotGate } from "../node/volume-router.ts";
-import type { PageMover, SnapshotActivity } from "../move/page-mover.ts";
+import type { SnapshotActivity } from "../move/page-mover.ts";
+import type { RunningMoveSteps } from "../move/running-move-steps.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
 import { NodeClock } from "./node-clock.ts";
 
@@ -36,6 +37,8 @@ export interface SnapshotServiceOptions {
   clockSkewMs: number;
   /** The bound on clock error between any node and real time that timestamp mode relies on. */
   maxClockSkewMs: number;
+  /** Move steps running here: a prepare waits for its volumes' steps to end. */
+  moveSteps: RunningMoveSteps;
 }
 
 export interface CreateSnapshot {
@@ -52,8 +55,6 @@ const MAX_ENDED_PREPARED = 64;
 
 export class SnapshotService implements SnapshotGate, SnapshotActivity {
   readonly holds: HoldQueue;
-  /** Set once page moves run on this node. */
-  mover: PageMover | undefined;
   /**
    * Protocol records are written without an fsync on the event loop (see Catalog.durable); what a
    * record promises must reach nobody before it is on disk. The runner (shared with the
@@ -312,9 +313,9 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
    */
   private routingAgrees(from: string, msg: PrepareMessage): boolean {
     const { group } = this.options;
-    const running = this.mover?.isRunning(msg.volumes);
-    if (running) {
-      void this.mover!.idle(msg.volumes).then(() => this.deliver(from, msg));
+    const { moveSteps } = this.options;
+    if (moveSteps.anyOf(msg.volumes)) {
+      void moveSteps.idle(msg.volumes).then(() => this.deliver(from, msg));
       return false;
     }
     for (const [volume, version] of Object.entries(msg.routingVersions ?? {})) {
