@@ -15,6 +15,7 @@ import { dataBuffers } from "../wire/buffer-pool.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
 import type { Group } from "../mesh/group.ts";
 import type { Reply } from "../mesh/mesh-connection.ts";
+import { readPeerArgs } from "../mesh/peer-ops.ts";
 
 /** Export-name suffix through which `archive restore` writes a volume that is being restored. */
 export const RESTORE_SUFFIX = "%restore";
@@ -411,13 +412,16 @@ export class VolumeRouter implements ExportCatalog {
         // Only this node's own store: whoever acknowledged a write owes its applier directly.
         // One volume's writes (its head and layers snapshots froze it into); every volume's when
         // asked by an older node.
-        const done = typeof args.v === "string" ? this.store.flushVolume(args.v) : this.store.flush();
+        const { v: uid } = readPeerArgs(op, args);
+        const done = uid !== undefined ? this.store.flushVolume(uid) : this.store.flush();
         return done.then(() => ({ result: { b: this.bootId } }));
       }
       case "store.usage":
         return { result: { usage: storeUsage(this.store) } };
-      case "store.changedPages":
-        return { result: { pages: this.ownChangedPages(this.targetOf(args), args.since === undefined ? undefined : String(args.since)) } };
+      case "store.changedPages": {
+        const { since } = readPeerArgs(op, args);
+        return { result: { pages: this.ownChangedPages(this.targetOf(args), since) } };
+      }
       default:
         return undefined;
     }
@@ -438,8 +442,9 @@ export class VolumeRouter implements ExportCatalog {
     const uid = args.v;
     const record = typeof uid === "string" ? this.group.volumeByUid(uid) : undefined;
     if (!record) throw new ShoalError("UNKNOWN_VOLUME", `node ${this.group.selfId} has no volume with uid ${String(uid)}`);
-    if (args.l === undefined) return { record, layer: record.uid };
-    const layer = String(args.l);
+    const layer = args.l;
+    if (layer === undefined) return { record, layer: record.uid };
+    if (typeof layer !== "string") throw new ShoalError("BAD_ARGUMENT", `argument 'l' (the layer) must be a string`);
     if (!layer.startsWith(`${record.uid}@`) || !this.store.hasLayer(layer)) {
       throw new ShoalError("UNKNOWN_SNAPSHOT", `node ${this.group.selfId} has no snapshot layer ${layer}`);
     }
