@@ -384,9 +384,9 @@ export class PageStore {
     return this.commits.request(new Set(batch.layers));
   }
 
-  /** Drops the family's copies of pages this node no longer owns; layers a foreign one stands on keep theirs. */
-  dropPages(pages: number[], inFamily: (layerId: string) => boolean): void {
-    this.moves.drop(pages, inFamily);
+  /** Removes the family's copies of pages this node no longer owns; layers a foreign one stands on keep theirs. */
+  removePages(pages: number[], inFamily: (layerId: string) => boolean): void {
+    this.moves.removePages(pages, inFamily);
   }
 
   // ---- helpers

@@ -196,7 +196,7 @@ describe("MoveStep", () => {
     ]);
     expect(kinds(step.onInstalled())).toEqual(["commit"]);
     expect(kinds(step.onCommitted())).toEqual(["publish"]);
-    expect(kinds(step.onPublished())).toEqual(["drop", "unfreeze", "done"]);
+    expect(kinds(step.onPublished())).toEqual(["remove", "unfreeze", "done"]);
     expect(step.onFailed({ code: "IO_ERROR", message: "late" })).toEqual([]);
   });
 

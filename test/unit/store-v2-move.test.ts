@@ -98,7 +98,7 @@ describe("moving pages between extent-file page stores", () => {
 
   test("dropping moved pages keeps what a clone on the source still reads through", () => {
     const { store: source, model } = sourceWithHistory(5);
-    source.dropPages([0, 1, 2, 3], familyOf("v"));
+    source.removePages([0, 1, 2, 3], familyOf("v"));
     // v and v@s3 lose the pages; v@s2 and v@s1 carry the clone and keep them.
     expect(source.layers().find((layer) => layer.id === "v")!.pages).toBe(0);
     expect(source.layers().find((layer) => layer.id === "v@s3")!.pages).toBe(0);

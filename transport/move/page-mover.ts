@@ -193,7 +193,7 @@ export class PageMover {
             (err) => done(failure(err)),
           );
         },
-        drop: (pages) => this.store.dropPages(pages, familyOf(uid)),
+        removePages: (pages) => this.store.removePages(pages, familyOf(uid)),
         unfreeze: (pages) => this.thaw(uid, pages),
         done: (effect) => {
           clearInterval(ticker);
