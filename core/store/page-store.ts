@@ -88,7 +88,7 @@ export class PageStore {
     this.deletion = new LayerDeletion(
       this.path,
       (layers) => this.commits.request(layers),
-      (layer) => this.retire(layer),
+      (layer) => this.removeLayerFiles(layer),
       () => this.closed,
       options.yieldToClients ?? (() => Promise.resolve()),
     );
@@ -277,7 +277,7 @@ export class PageStore {
     if (head.deleting) throw deletingError(head);
     if (head.children > 0) throw stackedError(head, "rolled back");
     if (parent === head) throw new ShoalError("BAD_ARGUMENT", `layer '${head.id}' cannot be its own parent`);
-    this.retire(head);
+    this.removeLayerFiles(head);
     this.table.renew(head);
     this.table.setParent(head, parent);
   }
@@ -310,7 +310,7 @@ export class PageStore {
     if (layer === undefined) return;
     if (layer.deleting) throw deletingError(layer);
     if (layer.children > 0) throw stackedError(layer, "dropped");
-    this.retire(layer);
+    this.removeLayerFiles(layer);
     this.table.remove(layer);
   }
 
@@ -391,8 +391,8 @@ export class PageStore {
 
   // ---- helpers
 
-  private retire(layer: StoreLayer): void {
-    this.commits.retire(layer, (segment) => this.path.fileOf(layer, segment));
+  private removeLayerFiles(layer: StoreLayer): void {
+    this.commits.removeFilesAtCommit(layer, (segment) => this.path.fileOf(layer, segment));
   }
 
   private heldBytes(layer: StoreLayer): number {

@@ -797,7 +797,7 @@ describe("PageStore v2 segment files", () => {
     expect(target.every((byte) => byte === 2)).toBe(true);
     reopened.dropVolume("v");
     await reopened.flush();
-    await Bun.sleep(50); // the retired files are unlinked off the event loop
+    await Bun.sleep(50); // the removed layer's files are unlinked off the event loop
     expect(fs.readdirSync(path.join(dir, "store")).filter((name) => name.endsWith(".layer"))).toEqual([]);
     reopened.close();
   });
