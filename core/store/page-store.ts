@@ -304,16 +304,6 @@ export class PageStore {
     return run;
   }
 
-  /** Removes a layer at once, without moving its pages anywhere (a deleted volume's head). */
-  dropVolume(layerId: string): void {
-    const layer = this.table.get(layerId);
-    if (layer === undefined) return;
-    if (layer.deleting) throw deletingError(layer);
-    if (layer.children > 0) throw stackedError(layer, "dropped");
-    this.removeLayerFiles(layer);
-    this.table.remove(layer);
-  }
-
   layers(): LayerInfo[] {
     const result: LayerInfo[] = [];
     for (const layer of this.table.all()) {
