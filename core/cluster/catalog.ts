@@ -190,7 +190,7 @@ export class Catalog implements SnapshotCatalog {
       .run(role, snapshotId, JSON.stringify(record));
   }
 
-  deleteProtocolRecord(role: ProtocolRole, snapshotId: string): void {
+  removeProtocolRecord(role: ProtocolRole, snapshotId: string): void {
     this.lazyDb.query("DELETE FROM snapshot_protocol WHERE role = ? AND snapshot_id = ?").run(role, snapshotId);
   }
 
@@ -246,7 +246,7 @@ export interface SnapshotCatalog {
   putSnapshot(record: SnapshotRecord): void;
   protocolRecords<T>(role: ProtocolRole): T[];
   putProtocolRecord(role: ProtocolRole, snapshotId: string, record: unknown): void;
-  deleteProtocolRecord(role: ProtocolRole, snapshotId: string): void;
+  removeProtocolRecord(role: ProtocolRole, snapshotId: string): void;
 }
 
 function rowToRecord(row: VolumeRow): VolumeRecord {

@@ -199,7 +199,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     self: { ...self, nbdAddress: `${nbdAddress.host}:${nbdAddress.port}` },
     handler,
     log,
-    ...layerUpkeep(store, log, (uid) => services?.router.forgetVolume(uid)),
+    ...layerUpkeep(store, log, (uid) => services?.router.removeVolume(uid)),
     onPeerDown: (nodeId) => services?.snapshots.onPeerDown(nodeId),
   });
   meshGroup = group;

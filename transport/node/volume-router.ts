@@ -186,7 +186,7 @@ export class VolumeRouter implements ExportCatalog {
   }
 
   /** A deleted or replaced volume's writes are owed nothing more. */
-  forgetVolume(uid: string): void {
+  removeVolume(uid: string): void {
     this.debts.delete(uid);
   }
 

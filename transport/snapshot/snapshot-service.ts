@@ -388,7 +388,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const { catalog, log } = this.options;
     const records = <R>(role: "coordinator" | "participant") => ({
       put: (snapshotId: string, record: R) => catalog.putProtocolRecord(role, snapshotId, record),
-      delete: (snapshotId: string) => catalog.deleteProtocolRecord(role, snapshotId),
+      remove: (snapshotId: string) => catalog.removeProtocolRecord(role, snapshotId),
       durable: settleWith(() => catalog.durable()),
     });
     return {
