@@ -1,13 +1,13 @@
 // Carries a data directory of the one-file-per-page store (<data>/pages/) over to the
 // extent-file store when a node starts: every page of every layer is read from the old page
-// files (old-format/old-page-directory.ts) and installed through the page-move path (importPage
+// files (old-page-directory.ts) and installed through the page-move path (importPage
 // keeps each layer's chunk states and its stacking) into <data>/store.converting/, made durable,
 // renamed to <data>/store, and only then is pages/ removed. A crash at any point leaves either
 // the old directory whole (the conversion starts over) or the new store whole (the removal of
 // the old one finishes).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { OldPageDirectory } from "./old-format/old-page-directory.ts";
+import { OldPageDirectory } from "./old-page-directory.ts";
 import { RealFileIO } from "./file-io.ts";
 import { ImportBatch, OLD_PAGES_DIR_NAME, PageStore, STORE_DIR_NAME } from "./page-store.ts";
 

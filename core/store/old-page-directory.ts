@@ -12,8 +12,8 @@
 // Anything else (spares, half-dropped files, directories no table names) holds nothing.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ShoalError } from "../../errors.ts";
-import type { PageExport, PagePiece } from "../_moves.ts";
+import { ShoalError } from "../errors.ts";
+import type { PageExport, PagePiece } from "./_moves.ts";
 
 const TABLE_FILE = "layers.json";
 const TABLE_FORMAT = 1;
