@@ -2,6 +2,7 @@
 // The CLI sends only what the table types allow; the node checks what arrives against the same
 // table, so a missing or mistyped argument is a BAD_ARGUMENT naming it, never the string "undefined".
 import type { FrameHeader } from "../mesh/frame.ts";
+import type { AdminResults } from "./admin-results.ts";
 import { type ArgsOfSchema, count, flag, oneOf, optional, readOpArgs, type Schema, text, texts } from "../wire/op-args.ts";
 
 const snapshotRequest = { volumes: texts(), name: text(), mode: optional(oneOf("hold", "timestamp")), holdTimeoutMs: optional(count()) };
@@ -36,8 +37,8 @@ export const ADMIN_OPS = {
 
 export type AdminOp = keyof typeof ADMIN_OPS;
 export type AdminArgs<Op extends AdminOp> = ArgsOfSchema<(typeof ADMIN_OPS)[Op]>;
-/** What every admin operation answers: a msgpack map (each command reads the fields it prints). */
-export type AdminResult = FrameHeader;
+/** What `op` answers (admin-results.ts). */
+export type AdminResult<Op extends AdminOp> = AdminResults[Op];
 
 export function isAdminOp(op: string): op is AdminOp {
   return Object.hasOwn(ADMIN_OPS, op);
