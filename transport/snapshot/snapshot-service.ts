@@ -114,7 +114,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const now = this.nowMs();
     this.runCoordinator(this.coordinator.recover(catalog.protocolRecords<CoordinatorRecord>("coordinator"), now));
     this.runParticipant(this.participant.recover(catalog.protocolRecords<ParticipantRecord>("participant"), now));
-    this.cleanOrphanLayers();
+    this.deleteOrphanLayers();
   }
 
   stop(): void {
@@ -518,7 +518,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
    * Snapshot layers whose snapshot neither the protocol nor the group knows (a cut that was
    * discarded while this node was down, a deleted snapshot) are removed at start.
    */
-  private cleanOrphanLayers(): void {
+  private deleteOrphanLayers(): void {
     const { catalog, group, store, log } = this.options;
     const known = new Set<string>(catalog.protocolRecords<ParticipantRecord>("participant").map((record) => record.snapshotId));
     for (const snapshot of group.snapshots.values()) if (!snapshot.deleted) known.add(snapshot.snapshotId);
