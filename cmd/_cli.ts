@@ -95,7 +95,7 @@ export async function adminRequest<Op extends AdminOp>(
   address: string,
   op: Op,
   ...[args, timeoutMs = 60_000]: {} extends AdminArgs<Op> ? [args?: AdminArgs<Op>, timeoutMs?: number] : [args: AdminArgs<Op>, timeoutMs?: number]
-): Promise<AdminResult> {
+): Promise<AdminResult<Op>> {
   const connection = await dialMesh(address, () => {
     throw new ShoalError("BAD_REQUEST", "the admin client serves no requests");
   }, { info: () => {}, warn: () => {} });
@@ -104,7 +104,8 @@ export async function adminRequest<Op extends AdminOp>(
       throw tlsHint(err);
     });
     const response = await connection.request(op, args ?? {}, undefined, timeoutMs);
-    return response.result;
+    // The node answered with what the table types for `op` (same version: the group is one release).
+    return response.result as AdminResult<Op>;
   } finally {
     connection.close();
   }

@@ -86,7 +86,7 @@ export class FileSink {
       if (this.partialPath) await new Promise<void>((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
       this.closeFd(true);
       if (this.partialPath) fs.renameSync(this.partialPath, this.finalPath);
-      this.forgetPartial();
+      this.removeExitHandlers();
     } catch (err) {
       this.abort();
       throw fileError(err, this.action, this.target);
@@ -98,14 +98,14 @@ export class FileSink {
     if (this.fd === undefined) return;
     this.closeFd(false);
     this.removePartial();
-    this.forgetPartial();
+    this.removeExitHandlers();
   }
 
   private removePartial(): void {
     if (this.partialPath) fs.rmSync(this.partialPath, { force: true });
   }
 
-  private forgetPartial(): void {
+  private removeExitHandlers(): void {
     process.off("exit", this.onExit);
     process.off("SIGINT", this.onSignal);
     process.off("SIGTERM", this.onSignal);

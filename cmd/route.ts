@@ -3,6 +3,7 @@ import { defineCommand } from "citty";
 import { isErrorCode, ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import type { AdminArgs } from "../transport/admin/admin-ops.ts";
+import type { MoveAnswer as MoveStatus } from "../transport/admin/admin-results.ts";
 import { adminRequest, nodeAddress, nodeArgs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
 
 const nodes = defineCommand({
@@ -12,18 +13,7 @@ const nodes = defineCommand({
     rejectUnknownFlags(context);
     const { args } = context;
     const result = await adminRequest(nodeAddress(args), "admin.route.nodes");
-    const members = result.nodes as {
-      id: string;
-      meshAddress: string;
-      nbdAddress: string;
-      state: string;
-      pagesWritten: number | null;
-      bytesUsed: number | null;
-      version: string | null;
-      uptimeMs: number | null;
-      self: boolean;
-      heartbeatAgeMs: number | null;
-    }[];
+    const members = result.nodes;
     printResult(args.json, result, () =>
       table(
         ["ID", "STATE", "MESH", "NBD", "WRITTEN", "USED", "VERSION", "UPTIME", "HEARTBEAT"],
@@ -62,10 +52,10 @@ const show = defineCommand({
     rejectUnknownFlags(context);
     const { args } = context;
     const result = await adminRequest(nodeAddress(args), "admin.route.show", { volume: args.volume });
-    const perNode = result.nodes as { node: string; pages: number; bytesUsed: number | null; runs: { text: string }[]; runCount?: number }[];
+    const perNode = result.nodes;
     printResult(args.json, result, () =>
       [
-        `${String(result.name)}  routing version ${String(result.version)}  ${String(result.pageCount)} pages of ${formatSize(Number(result.pageSizeBytes))}${result.moving ? `  (move ${String((result.moving as { moveId: string }).moveId)} under way)` : ""}`,
+        `${result.name}  routing version ${result.version}  ${result.pageCount} pages of ${formatSize(result.pageSizeBytes)}${result.moving ? `  (move ${result.moving.moveId} under way)` : ""}`,
         table(
           ["NODE", "PAGES", "USED", "RUNS (first-last/step)"],
           perNode.map((n) => [n.node, n.pages, n.bytesUsed === null ? "?" : formatSize(n.bytesUsed), runList(n)]),
@@ -136,8 +126,8 @@ const status = defineCommand({
     rejectUnknownFlags(context);
     const { args } = context;
     const result = await adminRequest(nodeAddress(args), "admin.route.status", { moveId: args.moveId });
-    printResult(args.json, result, () => describeStatus(result as unknown as MoveStatus));
-    if (result.state === "failed") throw failure(result as unknown as MoveStatus);
+    printResult(args.json, result, () => describeStatus(result));
+    if (result.state === "failed") throw failure(result);
   },
 });
 
@@ -152,32 +142,18 @@ const forget = defineCommand({
   },
 });
 
-interface MoveStatus {
-  moveId?: string;
-  kind: string;
-  state: "planned" | "running" | "done" | "failed";
-  dryRun?: boolean;
-  pagesTotal: number;
-  pagesMoved?: number;
-  bytesMoved?: number;
-  startedAtMs?: number;
-  finishedAtMs?: number;
-  error?: { code: string; message: string };
-  plan?: { volume: string; steps: { from: string; to: string; pages: number; list: string }[] }[];
-}
-
 /** Starts a move job, then (unless --no-wait) polls it, with progress on stderr, until it ends. */
 type MoveOp = "admin.route.move" | "admin.route.rebalance" | "admin.route.drain";
 
 async function runMove<Op extends MoveOp>(args: { node?: string; json?: boolean; wait?: boolean }, op: Op, request: AdminArgs<Op>): Promise<void> {
   const address = nodeAddress(args);
-  let result = (await adminRequest<MoveOp>(address, op, request)) as unknown as MoveStatus;
+  let result: MoveStatus = await adminRequest<MoveOp>(address, op, request);
   const plan = result.plan;
   if (result.state === "running" && args.wait !== false) {
     let lastPrintMs = 0;
     while (result.state === "running") {
       await Bun.sleep(200);
-      result = (await adminRequest(address, "admin.route.status", { moveId: result.moveId! })) as unknown as MoveStatus;
+      result = await adminRequest(address, "admin.route.status", { moveId: result.moveId! });
       const nowMs = Date.now();
       if (nowMs - lastPrintMs >= (process.stderr.isTTY ? 250 : 2000) || result.state !== "running") {
         lastPrintMs = nowMs;

@@ -3,6 +3,7 @@ import { defineCommand } from "citty";
 import { ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import { parseSnapshotRef } from "../core/snapshot/snapshot-record.ts";
+import type { SnapshotTaken } from "../transport/admin/admin-results.ts";
 import { adminRequest, nodeAddress, nodeArgs, parseDurationMs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
 
 const create = defineCommand({
@@ -34,13 +35,12 @@ function snapshotMode(text: string): "hold" | "timestamp" {
 }
 
 /** The human form of a snapshot just made: one line, then one per node that held requests. */
-function describeCreated(result: Record<string, unknown>): string {
-  const cut = new Date(Number(result.cutAtMs ?? result.startedAtMs)).toISOString();
+function describeCreated(result: SnapshotTaken): string {
+  const cut = new Date(result.cutAtMs ?? result.startedAtMs).toISOString();
   const lines = [
-    `snapshot ${String(result.name)} (${String(result.snapshotId)}) of ${(result.volumes as string[]).join(", ")}: ${String(result.mode)} mode, cut at ${cut}, ${(result.participants as string[]).length} participant(s), ${String(result.tookMs)} ms`,
+    `snapshot ${result.name} (${result.snapshotId}) of ${result.volumes.join(", ")}: ${result.mode} mode, cut at ${cut}, ${result.participants.length} participant(s), ${result.tookMs} ms`,
   ];
-  const holds = (result.holds ?? {}) as Record<string, { heldMs: number; queued: number; longestWaitMs: number }>;
-  for (const [node, hold] of Object.entries(holds).sort(([a], [b]) => a.localeCompare(b))) {
+  for (const [node, hold] of Object.entries(result.holds).sort(([a], [b]) => a.localeCompare(b))) {
     const waited = hold.queued === 0 ? "no request waited" : `${hold.queued} request(s) waited, longest ${hold.longestWaitMs} ms`;
     lines.push(`  ${node}: held ${hold.heldMs} ms, ${waited}`);
   }
@@ -80,21 +80,15 @@ function phaseCommand(name: "take" | "release", description: string) {
     async run(context) {
       rejectUnknownFlags(context);
       const { args } = context;
-      const result = await adminRequest(nodeAddress(args), `admin.snap.${name}`, { name: args.name });
-      printResult(args.json, result, () => (name === "take" ? describeCreated(result) : `released ${args.name}: ${String(result.outcome)}`));
+      if (name === "take") {
+        const taken = await adminRequest(nodeAddress(args), "admin.snap.take", { name: args.name });
+        printResult(args.json, taken, () => describeCreated(taken));
+        return;
+      }
+      const released = await adminRequest(nodeAddress(args), "admin.snap.release", { name: args.name });
+      printResult(args.json, released, () => `released ${args.name}: ${released.outcome}`);
     },
   });
-}
-
-interface ListedSnapshot {
-  name: string;
-  snapshotId: string;
-  volume: string;
-  mode: string;
-  cutAtMs: number;
-  createdAtMs: number;
-  state: string;
-  bytesHeldOnlyByIt: number | null;
 }
 
 const list = defineCommand({
@@ -110,7 +104,7 @@ const list = defineCommand({
     rejectUnknownFlags(context);
     const { args } = context;
     const result = await adminRequest(nodeAddress(args), "admin.snap.list", args.volume ? { volume: args.volume } : {});
-    const snapshots = (result.snapshots as unknown as ListedSnapshot[])
+    const snapshots = result.snapshots
       .filter((s) => args.prefix === undefined || s.name.startsWith(args.prefix))
       .sort((a, b) => a.cutAtMs - b.cutAtMs || a.name.localeCompare(b.name))
       .map((s) => ({ ...s, cutAt: new Date(s.cutAtMs).toISOString(), createdAt: new Date(s.createdAtMs).toISOString() }));

@@ -5,17 +5,6 @@ import { adminRequest, nodeAddress, nodeArgs, printResult, quietArgs, rejectUnkn
 import { writesToStdout } from "./_file-sink.ts";
 import { exportVolume, importVolume } from "./_volume-stream.ts";
 
-interface VolumeSummary {
-  name: string;
-  uid: string;
-  sizeBytes: number;
-  pageSizeBytes: number;
-  pageCount: number;
-  nodes: string[];
-  routingVersion: number;
-  state: string;
-}
-
 const create = defineCommand({
   meta: { name: "create", description: "Create a volume spread over the group's nodes" },
   args: {
@@ -32,12 +21,12 @@ const create = defineCommand({
     const pageSizeBytes = args.pageSize ? parseSize(args.pageSize) : undefined;
     // Refused here too, so a script learns of a bad size even with no node to ask.
     validateGeometry({ sizeBytes, pageSizeBytes: pageSizeBytes ?? DEFAULT_PAGE_SIZE_BYTES });
-    const result = (await adminRequest(nodeAddress(args), "admin.volume.create", {
+    const result = await adminRequest(nodeAddress(args), "admin.volume.create", {
       name: args.name,
       sizeBytes,
       pageSizeBytes,
       nodes: args.nodes ? args.nodes.split(",").map((node) => node.trim()).filter(Boolean) : undefined,
-    })) as unknown as VolumeSummary;
+    });
     printResult(args.json, result, () => `created volume ${result.name}: ${formatSize(result.sizeBytes)}, ${result.pageCount} pages of ${formatSize(result.pageSizeBytes)} over ${result.nodes.join(", ")}`);
   },
 });
@@ -49,7 +38,7 @@ const list = defineCommand({
     rejectUnknownFlags(context);
     const { args } = context;
     const result = await adminRequest(nodeAddress(args), "admin.volume.list");
-    const volumes = result.volumes as VolumeSummary[];
+    const { volumes } = result;
     printResult(args.json, result, () =>
       volumes.length === 0
         ? "no volumes"
@@ -68,12 +57,11 @@ const info = defineCommand({
     rejectUnknownFlags(context);
     const { args } = context;
     const result = await adminRequest(nodeAddress(args), "admin.volume.info", { name: args.name });
-    const nodes = result.nodes as { node: string; pages: number; pagesWritten: number | null; bytesUsed: number | null }[];
-    const unreachable = result.unreachable as { node: string; pages: number; runs: { text: string }[] }[];
+    const { nodes, unreachable } = result;
     printResult(args.json, result, () =>
       [
-        `volume ${String(result.name)} (uid ${String(result.uid)}), ${String(result.state)}`,
-        `size ${formatSize(Number(result.sizeBytes))}, ${String(result.pageCount)} pages of ${formatSize(Number(result.pageSizeBytes))}, routing version ${String(result.routingVersion)}`,
+        `volume ${result.name} (uid ${result.uid}), ${result.state}`,
+        `size ${formatSize(result.sizeBytes)}, ${result.pageCount} pages of ${formatSize(result.pageSizeBytes)}, routing version ${result.routingVersion}`,
         // Reads and writes of these pages (and of the same pages of its snapshots) fail with EIO until the node is back.
         ...unreachable.map((down) => `unreachable: ${down.pages} page(s) on ${down.node} (down): ${runsText(down.runs)}`),
         table(

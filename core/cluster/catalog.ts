@@ -2,7 +2,7 @@
 // volume record with its routing table. Page data lives in files (see page-store.ts), not here.
 import { Database } from "bun:sqlite";
 import * as fs from "node:fs";
-import { fdatasyncAsync } from "../store/old-format/_durable-fs.ts";
+import { RealFileIO } from "../store/file-io.ts";
 import { fatal } from "../invariant.ts";
 import { ShoalError } from "../errors.ts";
 import type { Member } from "./member.ts";
@@ -107,7 +107,7 @@ export class Catalog implements SnapshotCatalog {
     this.syncing = true;
     (async () => {
       if (this.walFd < 0) this.walFd = fs.openSync(this.walPath, "r");
-      await fdatasyncAsync(this.walFd);
+      await new RealFileIO().fdatasync(this.walFd);
     })().then(
       () => {
         for (const waiter of batch) waiter.resolve();
@@ -190,7 +190,7 @@ export class Catalog implements SnapshotCatalog {
       .run(role, snapshotId, JSON.stringify(record));
   }
 
-  deleteProtocolRecord(role: ProtocolRole, snapshotId: string): void {
+  removeProtocolRecord(role: ProtocolRole, snapshotId: string): void {
     this.lazyDb.query("DELETE FROM snapshot_protocol WHERE role = ? AND snapshot_id = ?").run(role, snapshotId);
   }
 
@@ -246,7 +246,7 @@ export interface SnapshotCatalog {
   putSnapshot(record: SnapshotRecord): void;
   protocolRecords<T>(role: ProtocolRole): T[];
   putProtocolRecord(role: ProtocolRole, snapshotId: string, record: unknown): void;
-  deleteProtocolRecord(role: ProtocolRole, snapshotId: string): void;
+  removeProtocolRecord(role: ProtocolRole, snapshotId: string): void;
 }
 
 function rowToRecord(row: VolumeRow): VolumeRecord {

@@ -20,7 +20,7 @@ export interface MoveStepHost {
   freeze(pages: number[]): void;
   unfreeze(pages: number[]): void;
   /** Remove this node's copies of the pages. */
-  drop(pages: number[]): void;
+  removePages(pages: number[]): void;
   /** Sends the pages unfrozen, noting writes to them; completes with the pages written meanwhile. */
   precopy(pages: number[], to: string, done: (result: { written: number[] } | { error: StepError }) => void): void;
   /** Sends the pages again and has the target make all of the step's pages durable. */
@@ -66,8 +66,8 @@ export class MoveStepRunner {
         case "publish":
           host.publish(effect.to, (error) => this.run(error ? step.onFailed(error) : step.onPublished()));
           break;
-        case "drop":
-          host.drop(effect.pages);
+        case "remove":
+          host.removePages(effect.pages);
           break;
         case "unfreeze":
           host.unfreeze(effect.pages);

@@ -8,7 +8,7 @@
 //   install  requests to the pages are frozen (queued); the pages written during the copy are
 //            sent again, and the target syncs the step's pages before answering
 //   commit   the new table (pages -> target) becomes durable here: the point of no return
-//   publish  the target is told; once it confirmed, the source drops its copies; either way the
+//   publish  the target is told; once it confirmed, the source removes its copies; either way the
 //            queued requests run again, routed by the new table (to the target)
 // A failure before commit unfreezes the pages with nothing changed (the target's copies are
 // orphans its next start removes). After commit the step always completes: a target that
@@ -39,7 +39,7 @@ export type MoveStepEffect =
   /** Tell the target; answer with onPublished / onFailed (the step completes either way). */
   | { kind: "publish"; to: string }
   /** Remove this node's copies of the pages (it no longer owns them). */
-  | { kind: "drop"; pages: number[] }
+  | { kind: "remove"; pages: number[] }
   /** Queued requests run again, each routed by the table now current. */
   | { kind: "unfreeze"; pages: number[] }
   | { kind: "done"; ok: true; published: boolean }
@@ -144,7 +144,7 @@ export class MoveStep {
     this.phase = "done";
     const { pages } = this.request;
     return [
-      ...(published ? [{ kind: "drop" as const, pages }] : []),
+      ...(published ? [{ kind: "remove" as const, pages }] : []),
       { kind: "unfreeze", pages },
       { kind: "done", ok: true, published },
     ];

@@ -21,7 +21,7 @@ const MAX_HOLD_REPORTS = 64;
 
 export interface RecordStore<R> {
   put(snapshotId: string, record: R): void;
-  delete(snapshotId: string): void;
+  remove(snapshotId: string): void;
   /** Makes every record put so far durable, then calls `done`. */
   durable(done: Completion): void;
 }
@@ -98,7 +98,7 @@ export class SnapshotEffectRunner {
           break;
         }
         case "unpersist":
-          host.coordinatorRecords.delete(effect.snapshotId);
+          host.coordinatorRecords.remove(effect.snapshotId);
           break;
         case "ready":
           host.ready(effect.snapshotId);
@@ -146,10 +146,10 @@ export class SnapshotEffectRunner {
         case "discard":
           this.holdReports.delete(effect.snapshotId);
           host.discard(effect.snapshotId);
-          host.participantRecords.delete(effect.snapshotId);
+          host.participantRecords.remove(effect.snapshotId);
           break;
         case "forget":
-          host.participantRecords.delete(effect.snapshotId);
+          host.participantRecords.remove(effect.snapshotId);
           break;
         case "unfence":
           host.unfence(effect.snapshotId);

@@ -18,7 +18,7 @@ interface Waiter {
 }
 
 /** A layer file no layer names any more, to close and remove once a table without it is durable. */
-export interface RetiredFile {
+export interface FileToRemove {
   path: string;
   fd: number;
 }
@@ -30,7 +30,7 @@ export class Commits {
   private committedTableVersion = -1;
   /** A layer file was made since the directory was last synced. */
   newFiles = false;
-  readonly retired: RetiredFile[] = [];
+  readonly filesToRemove: FileToRemove[] = [];
   /** fdatasync/fsync calls made: proves a flush reached the disk (tests, metrics). */
   syncCount = 0;
   /** Bytes written into layer files and not yet synced, over all layers. */
@@ -60,11 +60,11 @@ export class Commits {
     this.dirtyBytes += bytes;
   }
 
-  /** A layer's files are being retired: what they hold unsynced is never needed. */
-  retire(layer: StoreLayer, fileOf: (segment: number) => string): void {
+  /** A layer's files go once a table without them is durable: what they hold unsynced is never needed. */
+  removeFilesAtCommit(layer: StoreLayer, fileOf: (segment: number) => string): void {
     this.dirtyBytes -= layer.dirtyBytes;
     layer.dirtyBytes = 0;
-    layer.fds.forEach((fd, segment) => this.retired.push({ path: fileOf(segment), fd }));
+    layer.fds.forEach((fd, segment) => this.filesToRemove.push({ path: fileOf(segment), fd }));
     layer.fds = [];
   }
 
@@ -86,7 +86,7 @@ export class Commits {
       layer.fds = [];
     }
     this.dirtyBytes = 0;
-    for (const file of this.retired.splice(0)) {
+    for (const file of this.filesToRemove.splice(0)) {
       if (file.fd >= 0) this.io.close(file.fd);
       this.io.unlink(file.path);
     }
@@ -143,7 +143,7 @@ export class Commits {
     const sections = layers.filter((layer) => checkpoint || layer.dirtyPages.size > 0).map((layer) => captureMap(layer, checkpoint));
     const tableVersion = this.table.version;
     const record: CommitRecord = { table: tableChanged ? this.table.toRecord() : undefined, layers: sections.map(({ key, pages }) => ({ key, pages })) };
-    const retired = tableChanged ? this.retired.splice(0) : [];
+    const removing = tableChanged ? this.filesToRemove.splice(0) : [];
     if (syncs.length === 0 && sections.length === 0 && !tableChanged) return;
     const syncDir = this.newFiles;
     this.newFiles = false;
@@ -163,13 +163,13 @@ export class Commits {
       // Still owed: the next commit tries again and its callers hear of any failure.
       for (const { layer, bytes } of syncs) if (this.table.get(layer.id) === layer) this.noteWritten(layer, bytes);
       for (const { layer, pages } of sections) for (const { page } of pages) layer.dirtyPages.add(page);
-      this.retired.unshift(...retired);
+      this.filesToRemove.unshift(...removing);
       for (const layer of stackedOn) this.table.stackedOn.add(layer);
       this.newFiles ||= syncDir;
       throw err;
     }
     if (tableChanged) this.committedTableVersion = Math.max(this.committedTableVersion, tableVersion);
-    for (const file of retired) {
+    for (const file of removing) {
       if (file.fd >= 0) this.io.close(file.fd);
       // Off the event loop; durable with the next directory sync; start-up removes a leftover.
       this.io.unlinkAsync(file.path).catch(() => undefined);

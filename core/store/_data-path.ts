@@ -238,7 +238,7 @@ export class DataPath {
   /** A whole page: a base layer forgets it; a layer with a parent records zeros over the parent's bytes. */
   private zeroPage(layer: StoreLayer, page: number, entry: PageEntry | undefined): void {
     if (layer.parent === undefined) {
-      if (entry !== undefined) this.dropEntry(layer, page);
+      if (entry !== undefined) this.removeEntry(layer, page);
       return;
     }
     const target = entry ?? this.createEntry(layer, page, true);
@@ -249,7 +249,7 @@ export class DataPath {
   }
 
   /** Forgets a page the layer holds and frees its blocks. */
-  dropEntry(layer: StoreLayer, page: number): void {
+  removeEntry(layer: StoreLayer, page: number): void {
     const entry = layer.pages.get(page);
     if (entry === undefined) return;
     layer.pages.delete(page);

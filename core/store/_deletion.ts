@@ -16,7 +16,7 @@ export class LayerDeletion {
   constructor(
     private readonly path: DataPath,
     private readonly commit: (layers: Set<StoreLayer>) => Promise<void>,
-    private readonly retire: (layer: StoreLayer) => void,
+    private readonly removeLayerFiles: (layer: StoreLayer) => void,
     private readonly isClosed: () => boolean,
     private readonly yieldToClients: () => Promise<void>,
   ) {}
@@ -56,7 +56,7 @@ export class LayerDeletion {
       }
       table.setParent(child, layer.parent);
     }
-    this.retire(layer);
+    this.removeLayerFiles(layer);
     table.remove(layer);
     await this.commit(merged);
   }

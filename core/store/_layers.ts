@@ -114,7 +114,7 @@ export class LayerTable {
     this.changed();
   }
 
-  /** Gives a layer a new, empty file (rollback); the caller retires the old one. */
+  /** Gives a layer a new, empty file (rollback); the caller removes the old one. */
   renew(layer: StoreLayer): void {
     layer.key = this.nextKey++;
     layer.pages.clear();

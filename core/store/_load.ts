@@ -1,5 +1,5 @@
 // Opening a store directory: replays the journal into the layer table and maps, removes files a
-// crash left behind (a retired layer's file, a half-written checkpoint), and checks that every
+// crash left behind (a removed layer's file, a half-written checkpoint), and checks that every
 // layer file is as long as its map says. Damage is refused with the file named, never served.
 import { ShoalError } from "../errors.ts";
 import type { FileIO } from "./file-io.ts";
@@ -57,7 +57,7 @@ function replay(table: LayerTable, record: CommitRecord, bad: (why: string) => E
 
 /**
  * Opens every layer file (each segment of each layer), checking each reaches the last chunk its
- * map holds there, and removes the files of layers no table names (retired before a crash, or
+ * map holds there, and removes the files of layers no table names (removed before a crash, or
  * made and never committed).
  */
 export function openLayerFiles(io: FileIO, dir: string, table: LayerTable, fileOf: (layer: StoreLayer, segment: number) => string): void {

@@ -69,7 +69,7 @@ export class PageMoves {
       const layer = this.path.table.get(id)!;
       const existing = layer.pages.get(page);
       if (existing !== undefined && !inFamily(id)) continue;
-      if (existing !== undefined) this.path.dropEntry(layer, page);
+      if (existing !== undefined) this.path.removeEntry(layer, page);
       const piece = pieces.get(id);
       if (piece === undefined) continue;
       this.writePiece(layer, page, piece);
@@ -78,13 +78,13 @@ export class PageMoves {
   }
 
   /** Drops the family's copies of pages this node no longer owns; layers a foreign one stands on keep theirs. */
-  drop(pages: number[], inFamily: (layerId: string) => boolean): void {
+  removePages(pages: number[], inFamily: (layerId: string) => boolean): void {
     const table = this.path.table;
     const standsOn = new Set<StoreLayer>();
     for (const layer of table.all()) if (!inFamily(layer.id)) for (const below of table.chainOf(layer)) standsOn.add(below);
     for (const layer of table.all()) {
       if (!inFamily(layer.id) || standsOn.has(layer)) continue;
-      for (const page of pages) this.path.dropEntry(layer, page);
+      for (const page of pages) this.path.removeEntry(layer, page);
     }
   }
 

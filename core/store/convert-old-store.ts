@@ -1,13 +1,14 @@
 // Carries a data directory of the one-file-per-page store (<data>/pages/) over to the
-// extent-file store when a node starts: every page of every layer is copied through the
-// page-move path (exportPage/importPage keep each layer's chunk states and its stacking) into
-// <data>/store.converting/, made durable, renamed to <data>/store, and only then is pages/
-// removed. A crash at any point leaves either the old directory whole (the conversion starts
-// over) or the new store whole (the removal of the old one finishes).
+// extent-file store when a node starts: every page of every layer is read from the old page
+// files (old-page-directory.ts) and installed through the page-move path (importPage
+// keeps each layer's chunk states and its stacking) into <data>/store.converting/, made durable,
+// renamed to <data>/store, and only then is pages/ removed. A crash at any point leaves either
+// the old directory whole (the conversion starts over) or the new store whole (the removal of
+// the old one finishes).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { PageStore as OldPageStore } from "./old-format/page-store.ts";
-import { syncDirectorySync } from "./old-format/_durable-fs.ts";
+import { OldPageDirectory } from "./old-page-directory.ts";
+import { RealFileIO } from "./file-io.ts";
 import { ImportBatch, OLD_PAGES_DIR_NAME, PageStore, STORE_DIR_NAME } from "./page-store.ts";
 
 const CONVERTING_DIR_NAME = "store.converting";
@@ -30,61 +31,39 @@ export async function convertOldStore(dataDir: string, log: (message: string) =>
   const converting = path.join(dataDir, CONVERTING_DIR_NAME);
   fs.rmSync(converting, { recursive: true, force: true }); // a conversion a crash interrupted
   log(`converting ${oldDir} (one file per page) to ${path.join(dataDir, STORE_DIR_NAME)} (one file per layer)`);
-  const source = new OldPageStore({ dir: dataDir, chunkSizeBytes: chunkSizeOf(oldDir) });
-  const target = new PageStore({ dir: converting, chunkSizeBytes: chunkSizeOf(oldDir) });
+  const source = new OldPageDirectory(oldDir);
+  const target = new PageStore({ dir: converting, chunkSizeBytes: source.chunkSizeBytes });
   let copied = 0;
   try {
     copied = await copyPages(source, target);
-    copyEmptyLayers(source, target);
+    // Layers that hold no page anywhere came over with no page: made here, parents first.
+    for (const layer of source.layers) if (!target.hasLayer(layer.id)) target.createLayer(layer.id, layer.parent);
     // A deletion a crash interrupted in the old store is finished in the new one.
-    for (const layer of source.layers()) if (layer.deleting) await target.deleteLayer(layer.id);
+    for (const layer of source.layers) if (layer.deleting) await target.deleteLayer(layer.id);
     await target.flush();
   } finally {
     target.close();
-    source.close();
   }
   fs.renameSync(path.join(converting, STORE_DIR_NAME), path.join(dataDir, STORE_DIR_NAME));
-  syncDirectorySync(dataDir);
+  new RealFileIO().syncDirNow(dataDir);
   fs.rmSync(oldDir, { recursive: true, force: true });
   fs.rmSync(converting, { recursive: true, force: true });
-  log(`converted ${copied} pages of ${source.layers().length} layers; ${oldDir} removed`);
+  log(`converted ${copied} pages of ${source.layers.length} layers; ${oldDir} removed`);
   return copied;
 }
 
-async function copyPages(source: OldPageStore, target: PageStore): Promise<number> {
-  const pages = new Set<number>();
-  for (const layer of source.layers()) for (const page of source.changedPages(layer.id, undefined)) pages.add(page);
+async function copyPages(source: OldPageDirectory, target: PageStore): Promise<number> {
   const all = () => true;
+  const pages = source.pages();
   let batch = new ImportBatch();
   let inBatch = 0;
-  for (const page of [...pages].sort((a, b) => a - b)) {
-    target.importPage(page, source.exportPage(page, all), all, batch);
+  for (const page of pages) {
+    target.importPage(page, source.exportPage(page), all, batch);
     if (++inBatch < PAGES_PER_COMMIT) continue;
     await target.syncImport(batch);
     batch = new ImportBatch();
     inBatch = 0;
   }
   await target.syncImport(batch);
-  return pages.size;
-}
-
-/** Layers that hold no page anywhere came over with no export: made here, parents first. */
-function copyEmptyLayers(source: OldPageStore, target: PageStore): void {
-  let missing = source.layers().filter((layer) => !target.hasLayer(layer.id));
-  while (missing.length > 0) {
-    const ready = missing.filter((layer) => layer.parent === undefined || target.hasLayer(layer.parent));
-    if (ready.length === 0) throw new Error(`layers ${missing.map((layer) => layer.id).join(", ")} stand on layers that do not exist`);
-    for (const layer of ready) target.createLayer(layer.id, layer.parent);
-    missing = missing.filter((layer) => !target.hasLayer(layer.id));
-  }
-}
-
-/** The chunk size the old store was made with (layers.json), so chunk states carry over as they are. */
-function chunkSizeOf(oldDir: string): number | undefined {
-  try {
-    const table = JSON.parse(fs.readFileSync(path.join(oldDir, "layers.json"), "utf8")) as { chunkSizeBytes?: unknown };
-    return typeof table.chunkSizeBytes === "number" ? table.chunkSizeBytes : undefined;
-  } catch {
-    return undefined; // a directory from before layer tables: the default
-  }
+  return pages.length;
 }

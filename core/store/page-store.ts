@@ -88,7 +88,7 @@ export class PageStore {
     this.deletion = new LayerDeletion(
       this.path,
       (layers) => this.commits.request(layers),
-      (layer) => this.retire(layer),
+      (layer) => this.removeLayerFiles(layer),
       () => this.closed,
       options.yieldToClients ?? (() => Promise.resolve()),
     );
@@ -277,7 +277,7 @@ export class PageStore {
     if (head.deleting) throw deletingError(head);
     if (head.children > 0) throw stackedError(head, "rolled back");
     if (parent === head) throw new ShoalError("BAD_ARGUMENT", `layer '${head.id}' cannot be its own parent`);
-    this.retire(head);
+    this.removeLayerFiles(head);
     this.table.renew(head);
     this.table.setParent(head, parent);
   }
@@ -302,16 +302,6 @@ export class PageStore {
     // The next deletion runs whatever this one's fate; this one's caller gets its error.
     this.deletions = run.catch(() => undefined);
     return run;
-  }
-
-  /** Removes a layer at once, without moving its pages anywhere (a deleted volume's head). */
-  dropVolume(layerId: string): void {
-    const layer = this.table.get(layerId);
-    if (layer === undefined) return;
-    if (layer.deleting) throw deletingError(layer);
-    if (layer.children > 0) throw stackedError(layer, "dropped");
-    this.retire(layer);
-    this.table.remove(layer);
   }
 
   layers(): LayerInfo[] {
@@ -384,15 +374,15 @@ export class PageStore {
     return this.commits.request(new Set(batch.layers));
   }
 
-  /** Drops the family's copies of pages this node no longer owns; layers a foreign one stands on keep theirs. */
-  dropPages(pages: number[], inFamily: (layerId: string) => boolean): void {
-    this.moves.drop(pages, inFamily);
+  /** Removes the family's copies of pages this node no longer owns; layers a foreign one stands on keep theirs. */
+  removePages(pages: number[], inFamily: (layerId: string) => boolean): void {
+    this.moves.removePages(pages, inFamily);
   }
 
   // ---- helpers
 
-  private retire(layer: StoreLayer): void {
-    this.commits.retire(layer, (segment) => this.path.fileOf(layer, segment));
+  private removeLayerFiles(layer: StoreLayer): void {
+    this.commits.removeFilesAtCommit(layer, (segment) => this.path.fileOf(layer, segment));
   }
 
   private heldBytes(layer: StoreLayer): number {

@@ -8,7 +8,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { PageStore } from "../../core/store/old-format/page-store.ts";
+import { PageStore } from "../../core/store/page-store.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

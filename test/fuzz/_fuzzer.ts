@@ -62,12 +62,12 @@ export class Fuzzer {
     }
     const info = await adminRequest(this.victim.meshAddress, "admin.node.info");
     const volume = await adminRequest(this.victim.meshAddress, "admin.volume.info", { name: "fuzz" });
-    const nodes = (await adminRequest(this.victim.meshAddress, "admin.route.nodes")).nodes as FuzzTargetInfo["peerMember"][];
+    const { nodes } = await adminRequest(this.victim.meshAddress, "admin.route.nodes");
     const peer = nodes.find((member) => member.id === this.other.id)!;
     this.target = {
       exportName: "fuzz",
       exportSizeBytes: VOLUME_BYTES,
-      volumeUid: String(volume.uid),
+      volumeUid: volume.uid,
       groupId: String(info.groupId),
       peerMember: { id: peer.id, meshAddress: peer.meshAddress, nbdAddress: peer.nbdAddress, joinedAtMs: 0 },
     };

@@ -3,6 +3,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Socket } from "bun";
 import { encodeFrameHead } from "../../transport/mesh/frame.ts";
+import { dialMesh } from "../../transport/mesh/mesh.ts";
+import type { MeshConnection } from "../../transport/mesh/mesh-connection.ts";
 import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { ShoalError } from "../../core/errors.ts";
@@ -156,3 +158,40 @@ describe("malformed NBD input", () => {
     await goodClientWorks();
   });
 });
+
+describe("malformed peer requests", () => {
+  test("a member that sends missing or mistyped arguments gets BAD_ARGUMENT naming them; the node keeps serving", async () => {
+    // A separate node: the test joins it as a member, which a shared cluster should not keep.
+    const alone = await TestCluster.start(1);
+    const quiet = { info: () => {}, warn: () => {} };
+    const peer = await dialMesh(alone.nodes[0]!.meshAddress, () => ({ result: {} }), quiet);
+    try {
+      const member = { id: "peer-x", identity: crypto.randomUUID(), meshAddress: "127.0.0.1:1", nbdAddress: "127.0.0.1:1", joinedAtMs: Date.now() };
+      // Asked before hello too: catalog pieces are answered to anyone.
+      const piece = await peerRefusal(peer, "catalog.piece", { ref: 42, offset: 0 });
+      expect([piece.code, piece.message]).toEqual(["BAD_ARGUMENT", "'catalog.piece': argument 'ref' must be a non-empty string (number 42)"]);
+      const { groupId } = (await peer.request("ping", {})).result;
+      await peer.request("group.join", { member });
+      const hello = await peer.request("hello", { role: "peer", groupId, member, digest: "" });
+      expect(hello.result.nodeId).toBe(alone.nodes[0]!.id);
+      const seal = await peerRefusal(peer, "move.seal", { final: true });
+      expect([seal.code, seal.message]).toEqual(["BAD_ARGUMENT", "'move.seal': argument 'stepId' must be a non-empty string (missing)"]);
+      expect((await peerRefusal(peer, "move.install", { stepId: "s", v: "u", p: "0", pieces: [] })).message).toContain("argument 'p'");
+      expect((await peerRefusal(peer, "snap.rollback", { uid: "u" })).message).toContain("argument 'layer'");
+      expect((await peerRefusal(peer, "store.changedPages", { v: "u", since: 3 })).message).toContain("argument 'since'");
+      // The same connection, and the node, still serve.
+      expect((await peer.request("ping", {})).result.groupId).toBe(groupId);
+      expect((await alone.shoal(["volume", "create", "after", "--size", "8M", "--nodes", alone.nodes[0]!.id])).exitCode).toBe(0);
+    } finally {
+      peer.close();
+      await alone.stop();
+    }
+  }, 60_000);
+});
+
+async function peerRefusal(peer: MeshConnection, op: string, args: Record<string, unknown>): Promise<ShoalError> {
+  return peer.request(op, args, undefined, 5000).then(
+    () => new ShoalError("INTERNAL", `'${op}' with ${JSON.stringify(args)} was accepted`),
+    (err: unknown) => err as ShoalError,
+  );
+}

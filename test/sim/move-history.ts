@@ -15,7 +15,7 @@ export interface MoveSabotage {
    * On restart a node drops every page its durable table does not give it, including pages it
    * was sent for a version it has not seen yet (the rule page-move.ts's header describes).
    */
-  restartDropsByTableOnly?: boolean;
+  restartRemovesByTableOnly?: boolean;
   /** The coordinator takes a step's "ok" without adopting the table it produced. */
   coordinatorForgetsTable?: boolean;
   /** The source builds the new version on its own table, even when that table is stale. */
@@ -42,7 +42,7 @@ export const SABOTAGE_NAMES: SabotageName[] = [
   "commitBeforeInstalled",
   "unfreezeBeforeCommit",
   "targetSkipsSync",
-  "restartDropsByTableOnly",
+  "restartRemovesByTableOnly",
   "coordinatorForgetsTable",
   "sourceIgnoresVersion",
   "flushMissesForwardedWrites",
@@ -63,7 +63,7 @@ export const CRASH_POINTS = [
   "source:install",
   "source:commit",
   "source:publish",
-  "source:drop",
+  "source:remove",
   "source:unfreeze",
   "source:done",
   "source:after-batch",

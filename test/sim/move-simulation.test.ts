@@ -54,7 +54,7 @@ describe("page-move simulation", () => {
     ["a source that commits before the target's install is durable", { commitBeforeInstalled: true }, /is lost|returned/, 960],
     ["a source that unfreezes the pages before the commit", { unfreezeBeforeCommit: true }, /is lost|returned/, 49],
     ["a target that answers before its copies are durable", { targetSkipsSync: true }, /is lost|returned/, 43],
-    ["a node that drops, on restart, pages installed for a version it has not seen", { restartDropsByTableOnly: true }, /is lost|returned/, 146],
+    ["a node that drops, on restart, pages installed for a version it has not seen", { restartRemovesByTableOnly: true }, /is lost|returned/, 146],
     ["a coordinator that plans the next step on a table older than the last commit", { coordinatorForgetsTable: true }, /committed twice|claimed by/, 25],
     ["a source that builds the new version on its own stale table", { sourceIgnoresVersion: true }, /did not own|in one step|claimed by/, 23],
     ["an entry that owes a flush to the next hop instead of the node that applied the write", { flushMissesForwardedWrites: true }, /is lost|returned/, 4012],

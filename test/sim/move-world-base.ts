@@ -143,7 +143,7 @@ export abstract class MoveWorldBase extends SimWorld {
     if (node.up) return;
     node.restart();
     this.log(`${node.id} RESTART (table v${node.volatile.table.version})`);
-    this.dropUnowned(node, this.sabotage.restartDropsByTableOnly === true);
+    this.removeUnowned(node, this.sabotage.restartRemovesByTableOnly === true);
     this.recordBelief(node);
     this.atOn(node, this.nowMs + this.rng.range(0, this.scenario.gossipIntervalMs), () => this.gossip(node));
     this.atOn(node, this.nowMs + this.rng.range(0, this.scenario.writebackIntervalMs), () => this.writeback(node));
@@ -154,7 +154,7 @@ export abstract class MoveWorldBase extends SimWorld {
    * Drops copies of pages this node does not own, except pages sent to it for a routing version
    * newer than its table: that step may have committed at the source, which dropped its own copy.
    */
-  protected dropUnowned(node: MoveNode, ignoreInstallVersion: boolean): void {
+  protected removeUnowned(node: MoveNode, ignoreInstallVersion: boolean): void {
     for (const pages of [node.volatile.memoryPages, node.durable.pages]) {
       for (const [page, copy] of pages) {
         if (ownerOf(node.volatile.table, page) === node.id) continue;
@@ -183,7 +183,7 @@ export abstract class MoveWorldBase extends SimWorld {
     node.durable.table = cloneTable(table);
     node.volatile.table = cloneTable(table);
     this.log(`${node.id} adopts table v${table.version} ${ownersOf(table).join(",")}`);
-    this.dropUnowned(node, false);
+    this.removeUnowned(node, false);
     this.recordBelief(node);
     return true;
   }

@@ -193,7 +193,7 @@ class MoveWorld extends MoveClientWorld {
           if (current() && running.publishTimer === timer) done({ code: "TIMEOUT", message: `${to} did not answer the publish` });
         });
       },
-      drop: (pages) => {
+      removePages: (pages) => {
         for (const page of pages) {
           node.volatile.memoryPages.delete(page);
           node.durable.pages.delete(page);

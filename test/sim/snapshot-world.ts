@@ -99,7 +99,7 @@ class World extends SnapshotWorldBase {
     };
     return {
       put: (snapshotId, record) => write(snapshotId, record),
-      delete: (snapshotId) => write(snapshotId, undefined),
+      remove: (snapshotId) => write(snapshotId, undefined),
       durable: (done) => {
         if (syncMaxMs === 0) return done();
         const early = this.sabotage.recordsDurableEarly === true;

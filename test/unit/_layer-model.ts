@@ -1,7 +1,6 @@
 // What every layer of a PageStore should read, kept as plain bytes: the model the layer tests
-// and the crash child check the store against. Also a seeded PRNG and a fixed scenario.
-import { expect } from "bun:test";
-import type { PageStore } from "../../core/store/old-format/page-store.ts";
+// and the crash child check the store against (the checks are in _store-v2-model.ts). Also a
+// seeded PRNG and the fixed scenario's geometry.
 
 export class LayerModel {
   readonly layers = new Map<string, Uint8Array>();
@@ -38,25 +37,6 @@ export class LayerModel {
   }
 }
 
-/** Fails with the first differing byte, not a megabyte diff. */
-export function expectLayerReads(store: PageStore, model: LayerModel, id: string): void {
-  const expected = model.bytesOf(id);
-  const actual = new Uint8Array(model.pageSizeBytes);
-  for (let page = 0; page < model.pages; page++) {
-    actual.fill(0xee);
-    store.read(id, page, 0, model.pageSizeBytes, actual, 0);
-    const want = expected.subarray(page * model.pageSizeBytes, (page + 1) * model.pageSizeBytes);
-    if (Buffer.from(actual.buffer, actual.byteOffset, actual.byteLength).equals(Buffer.from(want.buffer, want.byteOffset, want.byteLength))) continue;
-    const at = firstDifference(actual, want);
-    if (at >= 0) expect(`layer ${id} page ${page} byte ${at}: ${actual[at]}`).toBe(`layer ${id} page ${page} byte ${at}: ${want[at]}`);
-  }
-}
-
-function firstDifference(a: Uint8Array, b: Uint8Array): number {
-  for (let index = 0; index < a.byteLength; index++) if (a[index] !== b[index]) return index;
-  return -1;
-}
-
 /** mulberry32: small, fast, and one seed reproduces a whole run. */
 export function prng(seed: number): { next(): number; int(limit: number): number; bytes(length: number): Uint8Array } {
   let state = seed >>> 0;
@@ -85,37 +65,3 @@ export function prng(seed: number): { next(): number; int(limit: number): number
 export const SCENARIO_PAGE_BYTES = 64 * 1024;
 export const SCENARIO_CHUNK_BYTES = 4096;
 export const SCENARIO_PAGES = 8;
-
-/**
- * A fixed history: volume v written, frozen as v@s1, written (partial chunks, a trim), frozen
- * as v@s2, written again; a clone c of v@s1 written too. v@s1 then has two children (v@s2, c).
- */
-export function buildScenario(store: PageStore, model: LayerModel, seed: number): void {
-  const random = prng(seed);
-  const write = (id: string, page: number, offset: number, length: number) => {
-    const data = random.bytes(length);
-    store.write(id, page, offset, data, SCENARIO_PAGE_BYTES);
-    model.write(id, page, offset, data);
-  };
-  const scatter = (id: string, count: number) => {
-    for (let index = 0; index < count; index++) {
-      const page = random.int(SCENARIO_PAGES);
-      const offset = random.int(SCENARIO_PAGE_BYTES - 1);
-      write(id, page, offset, 1 + random.int(Math.min(3 * SCENARIO_CHUNK_BYTES, SCENARIO_PAGE_BYTES - offset - 1)));
-    }
-  };
-  for (let page = 0; page < SCENARIO_PAGES - 1; page++) write("v", page, 0, SCENARIO_PAGE_BYTES);
-  store.freezeLayer("v", "v@s1");
-  model.copy("v@s1", "v");
-  scatter("v", 20);
-  store.zero("v", 2, 0, SCENARIO_PAGE_BYTES, SCENARIO_PAGE_BYTES);
-  model.zero("v", 2, 0, SCENARIO_PAGE_BYTES);
-  store.zero("v", 3, 100, 3 * SCENARIO_CHUNK_BYTES, SCENARIO_PAGE_BYTES);
-  model.zero("v", 3, 100, 3 * SCENARIO_CHUNK_BYTES);
-  store.freezeLayer("v", "v@s2");
-  model.copy("v@s2", "v");
-  scatter("v", 10);
-  store.createLayer("c", "v@s1");
-  model.copy("c", "v@s1");
-  scatter("c", 15);
-}

@@ -1,9 +1,9 @@
-// The layer model's checks (see _layer-model.ts) typed for the extent-file store: what every
-// layer of a store should read, and a fixed scenario to build.
+// The layer model's checks (see _layer-model.ts): what every layer of a store should read, and
+// a fixed scenario to build.
 import { expect } from "bun:test";
 import { LayerModel, prng, SCENARIO_CHUNK_BYTES, SCENARIO_PAGE_BYTES, SCENARIO_PAGES } from "./_layer-model.ts";
 
-/** What the model checks need of a store: the old PageStore and the new one both have it. */
+/** What the model checks need of a store: the page store and the old-format fixture both have it. */
 export interface LayeredStore {
   read(layerId: string, page: number, pageOffset: number, length: number, target: Uint8Array, targetOffset: number): void;
   write(layerId: string, page: number, pageOffset: number, data: Uint8Array, pageSizeBytes: number): void;
@@ -26,7 +26,7 @@ export function expectReads(store: LayeredStore, model: LayerModel, id: string):
   }
 }
 
-/** The same history as _layer-model.ts's buildScenario: v, v@s1, v@s2 and a clone c of v@s1. */
+/** A fixed history: v written, frozen as v@s1, written (partial chunks, trims), frozen as v@s2, written again; a clone c of v@s1 written too. */
 export function buildScenarioOn(store: LayeredStore, model: LayerModel, seed: number): void {
   const random = prng(seed);
   const write = (id: string, page: number, offset: number, length: number) => {

@@ -60,7 +60,7 @@ test("route moves report progress through setMoveProgress and disappear when cle
   let samples = parsePrometheus(metrics.registry.expose()).samples;
   expect(sumOf(samples, "shoal_move_pages_total", { volume: "db1" })).toBe(10);
   expect(sumOf(samples, "shoal_move_pages_done", { volume: "db1" })).toBe(3);
-  metrics.clearMoveProgress("db1");
+  metrics.removeMoveProgress("db1");
   samples = parsePrometheus(metrics.registry.expose()).samples;
   expect(samples.some((sample) => sample.name.startsWith("shoal_move_"))).toBe(false);
 });

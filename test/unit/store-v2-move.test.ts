@@ -1,14 +1,13 @@
-// Moving pages between extent-file page stores (export/import/drop): the page-move tests run
-// against core/store/, and pages moving between the old store and the new one both ways.
+// Moving pages between page stores (export/import/remove): every layer of the family arrives,
+// stacks are completed, a clone keeps what it reads through.
 import { afterEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { ImportBatch as OldImportBatch, PageStore as OldPageStore } from "../../core/store/old-format/page-store.ts";
 import { ImportBatch, type PageExport, PageStore } from "../../core/store/page-store.ts";
 import { familyOf } from "../../transport/move/page-mover.ts";
 import { LayerModel, prng } from "./_layer-model.ts";
-import { expectReads as expectLayerReads, type LayeredStore } from "./_store-v2-model.ts";
+import { expectReads as expectLayerReads } from "./_store-v2-model.ts";
 
 const KiB = 1024;
 const PAGE = 64 * KiB;
@@ -23,8 +22,8 @@ afterEach(() => {
 });
 
 /** A source store with a volume "v" (three snapshots) and a clone "c" of v@s2, written at random. */
-function sourceWithHistory<S extends LayeredStore = PageStore>(seed: number, make: (dir: string) => S = (dir) => new PageStore({ dir, chunkSizeBytes: 4 * KiB }) as unknown as S) {
-  const store = make(tempDir());
+function sourceWithHistory(seed: number) {
+  const store = new PageStore({ dir: tempDir(), chunkSizeBytes: 4 * KiB });
   const model = new LayerModel(PAGE, 4);
   const random = prng(seed);
   const write = (id: string) => {
@@ -98,7 +97,7 @@ describe("moving pages between extent-file page stores", () => {
 
   test("dropping moved pages keeps what a clone on the source still reads through", () => {
     const { store: source, model } = sourceWithHistory(5);
-    source.dropPages([0, 1, 2, 3], familyOf("v"));
+    source.removePages([0, 1, 2, 3], familyOf("v"));
     // v and v@s3 lose the pages; v@s2 and v@s1 carry the clone and keep them.
     expect(source.layers().find((layer) => layer.id === "v")!.pages).toBe(0);
     expect(source.layers().find((layer) => layer.id === "v@s3")!.pages).toBe(0);
@@ -118,22 +117,5 @@ describe("moving pages between extent-file page stores", () => {
     const into = new Uint8Array(10);
     target.read("v", 0, 0, 10, into, 0);
     expect([...into]).toEqual(Array(10).fill(2));
-  });
-});
-
-describe("moving pages between the one-file-per-page store and the extent-file store", () => {
-  test("old to new and new to old: every layer of the family reads the same", async () => {
-    const { store: oldSource, model } = sourceWithHistory(6, (dir) => new OldPageStore({ dir, chunkSizeBytes: 4 * KiB }));
-    const fresh = new PageStore({ dir: tempDir(), chunkSizeBytes: 4 * KiB });
-    await install(fresh, [0, 1, 2, 3].map((page) => [page, oldSource.exportPage(page, familyOf("v")) as PageExport]));
-    for (const id of ["v", "v@s1", "v@s2", "v@s3"]) expectLayerReads(fresh, model, id);
-    const back = new OldPageStore({ dir: tempDir(), chunkSizeBytes: 4 * KiB });
-    const batch = new OldImportBatch();
-    for (const page of [0, 1, 2, 3]) back.importPage(page, fresh.exportPage(page, familyOf("v")), familyOf("v"), batch);
-    await back.syncImport(batch);
-    for (const id of ["v", "v@s1", "v@s2", "v@s3"]) expectLayerReads(back, model, id);
-    back.close();
-    oldSource.close();
-    fresh.close();
   });
 });

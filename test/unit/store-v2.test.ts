@@ -59,11 +59,11 @@ describe("PageStore v2", () => {
       expect(target[0]).toBe(page + 1);
     }
   });
-  test("dropVolume removes every page of that volume only", () => {
+  test("deleting a volume's head removes every page of that volume only", async () => {
     const store = new PageStore({ dir: tempDir() });
     store.write("a", 0, 0, new Uint8Array([1]), PAGE);
     store.write("b", 0, 0, new Uint8Array([2]), PAGE);
-    store.dropVolume("a");
+    await store.deleteLayer("a");
     expect(store.isAllocated("a", 0)).toBe(false);
     expect(store.isAllocated("b", 0)).toBe(true);
   });
@@ -795,9 +795,9 @@ describe("PageStore v2 segment files", () => {
     expect(target.every((byte) => byte === 3)).toBe(true);
     reopened.read("v", middlePage, 4096, 4096, target, 0);
     expect(target.every((byte) => byte === 2)).toBe(true);
-    reopened.dropVolume("v");
+    await reopened.deleteLayer("v");
     await reopened.flush();
-    await Bun.sleep(50); // the retired files are unlinked off the event loop
+    await Bun.sleep(50); // the removed layer's files are unlinked off the event loop
     expect(fs.readdirSync(path.join(dir, "store")).filter((name) => name.endsWith(".layer"))).toEqual([]);
     reopened.close();
   });

@@ -11,7 +11,8 @@ import { storeUsage, type VolumeRouter } from "../node/volume-router.ts";
 import type { CreateSnapshot, SnapshotService } from "../snapshot/snapshot-service.ts";
 import type { SnapshotResult } from "../../core/snapshot/snapshot-coordinator.ts";
 import { parseSnapshotRef, snapshotLayerId, volumeUsageOn } from "../../core/snapshot/snapshot-record.ts";
-import type { AdminArgs } from "./admin-ops.ts";
+import type { AdminArgs, AdminResult } from "./admin-ops.ts";
+import type { ArchivePlan, NodeInfo, NodePageRuns, NodeUsage, RouteShow, SnapshotTaken, VolumeInfo, VolumeState, VolumeSummary } from "./admin-results.ts";
 import type { AdminHandlers } from "./admin-service.ts";
 
 export interface AdminApiOptions {
@@ -74,7 +75,7 @@ export class AdminApi {
     "admin.snap.clone": ({ volume, name, target }) => this.cloneSnapshot(volume, name, target),
   } satisfies Partial<AdminHandlers>;
 
-  private nodeInfo(): FrameHeader {
+  private nodeInfo(): NodeInfo {
     const { group, version, startedAtMs } = this.options;
     const self = group.members.get(group.selfId)!;
     return {
@@ -88,7 +89,7 @@ export class AdminApi {
     };
   }
 
-  private async createVolume(args: AdminArgs<"admin.volume.create">): Promise<FrameHeader> {
+  private async createVolume(args: AdminArgs<"admin.volume.create">): Promise<VolumeSummary> {
     const { group } = this.options;
     const { name } = args;
     const existing = group.volumes.get(name);
@@ -114,7 +115,7 @@ export class AdminApi {
   }
 
   /** Marks a volume as being restored (clients cannot open it) or as whole again. */
-  private async markRestoring(name: string, restoring: boolean): Promise<FrameHeader> {
+  private async markRestoring(name: string, restoring: boolean): Promise<VolumeSummary> {
     const { group } = this.options;
     const record = group.volume(name);
     const { restoring: _, ...rest } = record;
@@ -124,12 +125,12 @@ export class AdminApi {
     return summarize(updated, group);
   }
 
-  private async listVolumes(): Promise<FrameHeader> {
+  private async listVolumes(): Promise<AdminResult<"admin.volume.list">> {
     const { group } = this.options;
     return { volumes: group.liveVolumes().map((record) => summarize(record, group)) };
   }
 
-  private async volumeInfo(name: string): Promise<FrameHeader> {
+  private async volumeInfo(name: string): Promise<VolumeInfo> {
     const { group } = this.options;
     const record = group.volume(name);
     const usage = await this.usageByNode(holders(record.routing));
@@ -141,7 +142,7 @@ export class AdminApi {
     return { ...summarize(record, group), createdAtMs: record.createdAtMs, nodes: perNode, unreachable: unreachablePages(record, group) };
   }
 
-  private async deleteVolume(name: string): Promise<FrameHeader> {
+  private async deleteVolume(name: string): Promise<AdminResult<"admin.volume.delete">> {
     const { group } = this.options;
     const record = group.volume(name);
     if (record.moving) throw new ShoalError("CONFLICT", `volume '${name}' is being moved (move ${record.moving.moveId}); delete it when the move ends`);
@@ -156,10 +157,10 @@ export class AdminApi {
     group.applyVolume(tombstone);
     // Members that are down now learn of the delete through the digest when they come back.
     await group.publishVolume(tombstone, []);
-    return { name, deleted: true };
+    return { name, deleted: true as const };
   }
 
-  private async routeNodes(): Promise<FrameHeader> {
+  private async routeNodes(): Promise<AdminResult<"admin.route.nodes">> {
     const { group } = this.options;
     const ids = group.liveMembers().map((member) => member.id).sort();
     const [usage, infos] = await Promise.all([this.usageByNode(ids), this.infoByNode(ids)]);
@@ -180,7 +181,7 @@ export class AdminApi {
         id,
         meshAddress: member.meshAddress,
         nbdAddress: member.nbdAddress,
-        state: group.isUp(id) ? "up" : "down",
+        state: group.isUp(id) ? ("up" as const) : ("down" as const),
         self: id === group.selfId,
         lastHeartbeatMs: id === group.selfId ? null : (link?.lastHeartbeatMs || null),
         heartbeatAgeMs: id === group.selfId || !link?.lastHeartbeatMs ? null : nowMs - link.lastHeartbeatMs,
@@ -198,7 +199,7 @@ export class AdminApi {
    * every member shares (the catalog) and each node's own usage, so any member answers alike.
    */
   /** `withUsage` false skips asking every owner for its bytes: bulk jobs want only the runs. */
-  private async routeShow(name: string, withUsage: boolean): Promise<FrameHeader> {
+  private async routeShow(name: string, withUsage: boolean): Promise<RouteShow> {
     const { group } = this.options;
     const ref = name.includes("@") ? parseSnapshotRef(name) : undefined;
     const volume = ref?.volume ?? name;
@@ -234,13 +235,13 @@ export class AdminApi {
 
   // ---- snapshots
 
-  private async prepareSnapshot(args: SnapshotArgs): Promise<FrameHeader> {
+  private async prepareSnapshot(args: SnapshotArgs): Promise<AdminResult<"admin.snap.prepare">> {
     const request = snapshotRequest(args);
     const snapshotId = await retrySnapshot(() => this.options.snapshots.prepare(request));
-    return { name: request.name, snapshotId, volumes: request.volumes, mode: request.mode, state: "ready" };
+    return { name: request.name, snapshotId, volumes: request.volumes, mode: request.mode, state: "ready" as const };
   }
 
-  private async createSnapshot(args: SnapshotArgs): Promise<FrameHeader> {
+  private async createSnapshot(args: SnapshotArgs): Promise<SnapshotTaken> {
     const request = snapshotRequest(args);
     const { mode } = request;
     const startedMs = performance.now();
@@ -248,7 +249,7 @@ export class AdminApi {
     return describeResult(result, Math.round(performance.now() - startedMs));
   }
 
-  private async listSnapshots(volume: string | undefined): Promise<FrameHeader> {
+  private async listSnapshots(volume: string | undefined): Promise<AdminResult<"admin.snap.list">> {
     const { group } = this.options;
     if (volume !== undefined) group.volume(volume);
     const snapshots = group.liveSnapshots(volume);
@@ -272,24 +273,24 @@ export class AdminApi {
           cutAtMs: snapshot.cutAtMs ?? snapshot.startedAtMs,
           createdAtMs: snapshot.createdAtMs,
           // Read by the volume's table: unreachable pages of the volume are unreachable here too.
-          state: downOwners(group.volume(snapshot.volume), group).length > 0 ? "degraded" : "complete",
+          state: downOwners(group.volume(snapshot.volume), group).length > 0 ? ("degraded" as const) : ("complete" as const),
           bytesHeldOnlyByIt: known ? bytes : null,
         };
       }),
     };
   }
 
-  private async deleteSnapshot(volume: string, name: string): Promise<FrameHeader> {
+  private async deleteSnapshot(volume: string, name: string): Promise<AdminResult<"admin.snap.delete">> {
     const { group } = this.options;
     const snapshot = group.snapshot(volume, name);
     const tombstone = { ...snapshot, deleted: true, version: snapshot.version + 1 };
     // Each node frees the layer in the background, page by page: clients never stall on it.
     group.applySnapshot(tombstone);
     await group.publishSnapshot(tombstone);
-    return { volume, name, snapshotId: snapshot.snapshotId, deleted: true };
+    return { volume, name, snapshotId: snapshot.snapshotId, deleted: true as const };
   }
 
-  private async rollbackSnapshot(volume: string, name: string): Promise<FrameHeader> {
+  private async rollbackSnapshot(volume: string, name: string): Promise<AdminResult<"admin.snap.rollback">> {
     const { group } = this.options;
     const record = group.volume(volume);
     // A move copies pages while clients write them; a rollback under it would not be seen.
@@ -307,10 +308,10 @@ export class AdminApi {
           : group.link(node).request("snap.rollback", { uid: record.uid, layer }),
       ),
     );
-    return { volume, name, snapshotId: snapshot.snapshotId, rolledBack: true };
+    return { volume, name, snapshotId: snapshot.snapshotId, rolledBack: true as const };
   }
 
-  private async cloneSnapshot(volume: string, name: string, target: string): Promise<FrameHeader> {
+  private async cloneSnapshot(volume: string, name: string, target: string): Promise<AdminResult<"admin.snap.clone">> {
     const { group } = this.options;
     const source = group.volume(volume);
     const snapshot = group.snapshot(volume, name);
@@ -342,7 +343,7 @@ export class AdminApi {
   // ---- archives
 
   /** What an archive of VOL@SNAP (or of its changes since another snapshot) must hold. */
-  private async archivePlan(volume: string, snapshotName: string, sinceName: string | undefined): Promise<FrameHeader> {
+  private async archivePlan(volume: string, snapshotName: string, sinceName: string | undefined): Promise<ArchivePlan> {
     const { group, router } = this.options;
     const record = group.volume(volume);
     const snapshot = group.snapshot(volume, snapshotName);
@@ -379,7 +380,7 @@ export class AdminApi {
   }
 
   /** How many pages of a volume's head may differ from one of its snapshots (layer metadata only). */
-  private async changedSince(volume: string, snapshotName: string): Promise<FrameHeader> {
+  private async changedSince(volume: string, snapshotName: string): Promise<AdminResult<"admin.volume.changedSince">> {
     const { group, router } = this.options;
     const record = group.volume(volume);
     const snapshot = group.snapshot(volume, snapshotName);
@@ -446,7 +447,7 @@ function snapshotRequest(args: SnapshotArgs): CreateSnapshot {
   return { volumes: args.volumes, name: args.name, mode: args.mode ?? "hold", holdTimeoutMs: args.holdTimeoutMs };
 }
 
-function describeResult(result: SnapshotResult, tookMs: number): FrameHeader {
+function describeResult(result: SnapshotResult, tookMs: number): SnapshotTaken {
   return {
     snapshotId: result.snapshotId,
     name: result.name,
@@ -483,7 +484,7 @@ function downOwners(record: VolumeRecord, group: Group): string[] {
 const MAX_UNREACHABLE_RUNS = 1000;
 
 /** Per down owner, the pages it holds as runs (as `route show` prints them). */
-function unreachablePages(record: VolumeRecord, group: Group): FrameHeader[] {
+function unreachablePages(record: VolumeRecord, group: Group): NodePageRuns[] {
   const down = downOwners(record, group);
   if (down.length === 0) return [];
   const counts = pagesPerNode(record.routing);
@@ -497,12 +498,12 @@ function unreachablePages(record: VolumeRecord, group: Group): FrameHeader[] {
 }
 
 /** `restoring` while an archive restore writes it; else `degraded` while an owner of its pages is down. */
-function stateOf(record: VolumeRecord, group: Group): string {
+function stateOf(record: VolumeRecord, group: Group): VolumeState {
   if (record.restoring) return "restoring";
   return downOwners(record, group).length > 0 ? "degraded" : "ready";
 }
 
-function summarize(record: VolumeRecord, group: Group): FrameHeader {
+function summarize(record: VolumeRecord, group: Group): VolumeSummary {
   return {
     name: record.name,
     uid: record.uid,
@@ -517,7 +518,7 @@ function summarize(record: VolumeRecord, group: Group): FrameHeader {
 }
 
 /** WRITTEN and USED of a volume on a node (null when the node did not answer). */
-function usageOn(held: Usage | undefined, volumeUid: string): { pagesWritten: number | null; bytesUsed: number | null } {
+function usageOn(held: Usage | undefined, volumeUid: string): NodeUsage {
   if (!held) return { pagesWritten: null, bytesUsed: null };
   const { pagesWritten, bytesUsed } = volumeUsageOn(Object.entries(held), volumeUid);
   return { pagesWritten, bytesUsed };

@@ -3,10 +3,10 @@
 import type { FrameHeader } from "../mesh/frame.ts";
 import { isAdminOp, readAdminArgs, type AdminArgs, type AdminOp, type AdminResult } from "./admin-ops.ts";
 
-export type AdminHandlers = { [Op in AdminOp]: (args: AdminArgs<Op>) => Promise<AdminResult> };
+export type AdminHandlers = { [Op in AdminOp]: (args: AdminArgs<Op>) => Promise<AdminResult<Op>> };
 
 /** Answers a mesh operation if it is an admin operation (undefined if it is not one). */
-export function adminDispatcher(handlers: AdminHandlers): (op: string, args: FrameHeader) => Promise<AdminResult> | undefined {
+export function adminDispatcher(handlers: AdminHandlers): (op: string, args: FrameHeader) => Promise<FrameHeader> | undefined {
   return (op, args) => {
     if (!isAdminOp(op)) return undefined;
     return answer(handlers, op, args);
@@ -14,7 +14,7 @@ export function adminDispatcher(handlers: AdminHandlers): (op: string, args: Fra
 }
 
 /** Checked before the handler runs: a bad argument is refused whole, nothing half done. */
-function answer<Op extends AdminOp>(handlers: AdminHandlers, op: Op, args: FrameHeader): Promise<AdminResult> {
-  const handler = handlers[op] as (args: AdminArgs<Op>) => Promise<AdminResult>;
+function answer<Op extends AdminOp>(handlers: AdminHandlers, op: Op, args: FrameHeader): Promise<FrameHeader> {
+  const handler = handlers[op] as (args: AdminArgs<Op>) => Promise<AdminResult<Op>>;
   return handler(readAdminArgs(op, args));
 }

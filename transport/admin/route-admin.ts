@@ -3,10 +3,10 @@
 import { ShoalError } from "../../core/errors.ts";
 import { parsePageList, planDrain, planMove, planRebalance, type PageMove } from "../../core/move/move-plan.ts";
 import { formatRun, pagesPerNode, runsOfPages } from "../../core/cluster/routing.ts";
-import type { FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MoveService, MoveTask } from "../move/move-service.ts";
-import type { AdminArgs } from "./admin-ops.ts";
+import type { AdminArgs, AdminResult } from "./admin-ops.ts";
+import type { MoveAnswer, MovePlanEntry } from "./admin-results.ts";
 import type { AdminHandlers } from "./admin-service.ts";
 
 export class RouteAdmin {
@@ -20,25 +20,25 @@ export class RouteAdmin {
     "admin.route.move": (args) => this.move(args),
     "admin.route.rebalance": (args) => this.rebalance(args),
     "admin.route.drain": (args) => this.drain(args),
-    "admin.route.status": async ({ moveId }) => this.moves.status(moveId) as unknown as FrameHeader,
+    "admin.route.status": async ({ moveId }) => this.moves.status(moveId),
     "admin.route.forget": ({ node }) => this.forget(node),
   } satisfies Partial<AdminHandlers>;
 
-  private async move(args: AdminArgs<"admin.route.move">): Promise<FrameHeader> {
+  private async move(args: AdminArgs<"admin.route.move">): Promise<MoveAnswer> {
     const record = this.group.volume(args.volume);
     const to = this.memberId(args.to);
     const pages = parsePageList(args.pages, record.routing.owners.length);
     return this.start("move", [{ volume: record.name, moves: planMove(record.routing, pages, to) }], args.dryRun === true);
   }
 
-  private async rebalance(args: AdminArgs<"admin.route.rebalance">): Promise<FrameHeader> {
+  private async rebalance(args: AdminArgs<"admin.route.rebalance">): Promise<MoveAnswer> {
     const record = this.group.volume(args.volume);
     const nodes = args.nodes !== undefined && args.nodes.length > 0 ? args.nodes.map((node) => this.memberId(node)) : this.liveIds();
     return this.start("rebalance", [{ volume: record.name, moves: planRebalance(record.routing, nodes) }], args.dryRun === true);
   }
 
   /** Every page of every volume (snapshots follow their volume's table) off one node. */
-  private async drain(args: AdminArgs<"admin.route.drain">): Promise<FrameHeader> {
+  private async drain(args: AdminArgs<"admin.route.drain">): Promise<MoveAnswer> {
     const node = this.memberId(args.node);
     const targets = this.liveIds().filter((id) => id !== node);
     const tasks: MoveTask[] = [];
@@ -49,7 +49,7 @@ export class RouteAdmin {
     return this.start("drain", tasks, args.dryRun === true);
   }
 
-  private async forget(node: string): Promise<FrameHeader> {
+  private async forget(node: string): Promise<AdminResult<"admin.route.forget">> {
     const id = this.memberId(node);
     if (id === this.group.selfId) throw new ShoalError("BAD_ARGUMENT", `node ${id} cannot forget itself; ask another member`);
     const holding = this.group.liveVolumes().filter((record) => (pagesPerNode(record.routing).get(id) ?? 0) > 0);
@@ -61,15 +61,15 @@ export class RouteAdmin {
     }
     await this.group.forget(id);
     await this.moves.unlockMovesOf(id);
-    return { node: id, forgotten: true };
+    return { node: id, forgotten: true as const };
   }
 
-  private async start(kind: string, tasks: MoveTask[], dryRun: boolean): Promise<FrameHeader> {
+  private async start(kind: string, tasks: MoveTask[], dryRun: boolean): Promise<MoveAnswer> {
     const plan = tasks.map((task) => ({ volume: task.volume, steps: summarizeMoves(task.moves) }));
     const pages = tasks.reduce((sum, task) => sum + task.moves.length, 0);
     if (dryRun || pages === 0) return { kind, dryRun, pagesTotal: pages, plan, state: pages === 0 ? "done" : "planned" };
     const status = await this.moves.run(kind, tasks);
-    return { ...status, plan } as unknown as FrameHeader;
+    return { ...status, plan };
   }
 
   private memberId(node: string): string {
@@ -87,7 +87,7 @@ export class RouteAdmin {
 }
 
 /** The plan per source and target: how many pages and which. */
-function summarizeMoves(moves: PageMove[]): { from: string; to: string; pages: number; list: string }[] {
+function summarizeMoves(moves: PageMove[]): MovePlanEntry["steps"] {
   const byPair = new Map<string, number[]>();
   for (const move of moves) {
     const key = `${move.from}\u0000${move.to}`;

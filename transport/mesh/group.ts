@@ -1,24 +1,17 @@
 // The group as this node sees it: members and their links, and every volume record. Changes are
 // pushed to every member; a member that missed some (down, partitioned) catches up when its
-// catalog digest differs from a peer's, which every hello and heartbeat carries.
+// catalog digest differs from a peer's, which every hello and heartbeat carries. What peers send
+// about the group is checked in group-records.ts before it gets here.
 import { asShoalError, ShoalError } from "../../core/errors.ts";
 import type { Catalog } from "../../core/cluster/catalog.ts";
-import { isValidIdentity, isValidMemberAddress, isValidNodeId, type Member } from "../../core/cluster/member.ts";
+import { isValidIdentity, type Member } from "../../core/cluster/member.ts";
 import { isNewer, outranks, parseRank, rankOf, volumeFromWire, wireRank, type RecordRank, type VolumeRecord, type VolumeRecordWire } from "../../core/cluster/volume.ts";
 import { isNewerSnapshot, snapshotKey, type SnapshotRecord } from "../../core/snapshot/snapshot-record.ts";
-import { packValue, unpackValue, type FrameHeader, type Payload } from "./frame.ts";
+import { packValue, type FrameHeader } from "./frame.ts";
 import type { MeshConnection, Reply, RequestHandler, Response } from "./mesh-connection.ts";
 import { dialMesh, PeerLink, type MeshLog } from "./mesh.ts";
+import { parseMember, parseSnapshotRecord, receiveDump, sameIdentity, volumeLabel, type GroupDump } from "./group-records.ts";
 import { DUMP_INLINE_ROUTING_BYTES, fetchOver, INLINE_DUMP_BYTES, parsePiecedRef, PiecedOutbox, pullPieces, type PieceFetch, type PiecedRef } from "./record-pieces.ts";
-
-export interface GroupDump {
-  groupId: string;
-  members: Member[];
-  volumes: VolumeRecordWire[];
-  /** Records too big to go inline (their tables moved page by page): pulled only if newer. */
-  volumeRefs?: PiecedRef[];
-  snapshots?: SnapshotRecord[];
-}
 
 /** Bounds the memory of which records were refused (and logged) already. */
 const MAX_REFUSALS_KEPT = 1024;
@@ -577,60 +570,9 @@ export class Group {
   }
 }
 
-/** False when the member's identity is known and the record claims another (or none). */
-function sameIdentity(known: Member, claimed: Member): boolean {
-  return known.identity === undefined || claimed.identity === known.identity;
-}
-
 /** Changes to the catalog come from members only: never from an admin client or a connection before its hello. */
 function requireMember(connection: MeshConnection, op: string): void {
   if (connection.peerId === undefined || connection.peerId === "admin") {
     throw new ShoalError("BAD_REQUEST", `'${op}' is for members of the group that said hello`);
   }
-}
-
-/** A dump from a reply: inline (old members), packed in the payload, or pulled piece by piece. */
-async function receiveDump(response: { result: FrameHeader; payload: Payload }, fetch: PieceFetch): Promise<GroupDump> {
-  const { result, payload } = response;
-  let dump: unknown = result;
-  if (result.dumpRef !== undefined) dump = await pullPieces(parsePiecedRef(result.dumpRef), fetch);
-  else if (result.packed === true) dump = unpackValue(payload.bytes());
-  if (typeof dump !== "object" || dump === null || typeof (dump as GroupDump).groupId !== "string") {
-    throw new ShoalError("BAD_FRAME", "catalog dump is malformed");
-  }
-  return dump as GroupDump;
-}
-
-function volumeLabel(wire: VolumeRecordWire | undefined): string {
-  return `volume record '${String(wire?.name).slice(0, 64)}' (version ${String(wire?.version)})`;
-}
-
-function parseSnapshotRecord(value: unknown): SnapshotRecord {
-  const record = value as SnapshotRecord | undefined;
-  if (!record || typeof record.snapshotId !== "string" || typeof record.volumeUid !== "string" || typeof record.name !== "string") {
-    throw new ShoalError("BAD_REQUEST", "snapshot record is malformed");
-  }
-  return record;
-}
-
-function parseMember(value: unknown): Member {
-  const member = value as Member | undefined;
-  if (!member || typeof member.id !== "string" || typeof member.meshAddress !== "string" || typeof member.nbdAddress !== "string") {
-    throw new ShoalError("BAD_REQUEST", "member record is malformed");
-  }
-  // A garbled address would re-point the member's link and be stored in the catalog.
-  if (!isValidNodeId(member.id) || !isValidMemberAddress(member.meshAddress) || !isValidMemberAddress(member.nbdAddress)) {
-    throw new ShoalError("BAD_REQUEST", `member record for '${member.id.slice(0, 64)}' has an invalid id or address`);
-  }
-  if (member.identity !== undefined && (typeof member.identity !== "string" || !isValidIdentity(member.identity))) {
-    throw new ShoalError("BAD_REQUEST", `member record for '${member.id}' has an invalid identity`);
-  }
-  return {
-    id: member.id,
-    meshAddress: member.meshAddress,
-    nbdAddress: member.nbdAddress,
-    joinedAtMs: Number(member.joinedAtMs) || Date.now(),
-    ...(member.identity !== undefined ? { identity: member.identity } : {}),
-    ...(member.forgotten === true ? { forgotten: true } : {}),
-  };
 }

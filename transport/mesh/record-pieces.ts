@@ -6,6 +6,7 @@ import { ShoalError } from "../../core/errors.ts";
 import { rankOf, volumeToWire, type RecordRank, type VolumeRecord, type VolumeRecordWire } from "../../core/cluster/volume.ts";
 import { packValue, unpackValue, type FrameHeader, type Payload } from "./frame.ts";
 import type { MeshConnection, Reply } from "./mesh-connection.ts";
+import { readPeerArgs } from "./peer-ops.ts";
 
 /** A volume whose table takes up to this goes inline in a header (every striped table does). */
 export const INLINE_ROUTING_BYTES = 256 * 1024;
@@ -65,11 +66,11 @@ export class PiecedOutbox {
 
   /** Answers "catalog.piece": the bytes from `offset`, one piece at most. */
   piece(args: FrameHeader): Reply {
-    const entry = this.held.get(String(args.ref));
-    if (!entry) throw new ShoalError("TIMEOUT", `catalog piece '${String(args.ref).slice(0, 40)}' is no longer held here (kept ${HOLD_MS / 1000} s); ask again`);
-    const offset = Number(args.offset);
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset >= entry.bytes.byteLength) {
-      throw new ShoalError("BAD_REQUEST", `catalog piece offset ${String(args.offset)} is outside ${entry.bytes.byteLength} bytes`);
+    const { ref, offset } = readPeerArgs("catalog.piece", args);
+    const entry = this.held.get(ref);
+    if (!entry) throw new ShoalError("TIMEOUT", `catalog piece '${ref.slice(0, 40)}' is no longer held here (kept ${HOLD_MS / 1000} s); ask again`);
+    if (offset >= entry.bytes.byteLength) {
+      throw new ShoalError("BAD_REQUEST", `catalog piece offset ${offset} is outside ${entry.bytes.byteLength} bytes`);
     }
     entry.usedAtMs = performance.now();
     return { result: {}, payload: entry.bytes.subarray(offset, Math.min(offset + PIECE_BYTES, entry.bytes.byteLength)) };

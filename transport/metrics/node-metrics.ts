@@ -236,7 +236,7 @@ export class NodeMetrics {
   }
 
   /** The move of `volume` ended (finished or abandoned): its series go away. */
-  clearMoveProgress(volume: string): void {
+  removeMoveProgress(volume: string): void {
     this.movePagesTotal.remove(volume);
     this.movePagesDone.remove(volume);
   }

@@ -136,7 +136,7 @@ export class MoveService {
           status.pagesMoved += batch.pages.length;
           status.bytesMoved += bytes;
         }
-        nodeMetrics.clearMoveProgress(task.volume);
+        nodeMetrics.removeMoveProgress(task.volume);
         await this.unlock(task.volume, status.moveId);
         pending = pending.filter((other) => other !== task);
       }
@@ -147,7 +147,7 @@ export class MoveService {
       status.error = error.toWire();
       this.log.warn(`move ${status.moveId} failed: ${error.message}`, { move: status.moveId });
       for (const task of pending) {
-        nodeMetrics.clearMoveProgress(task.volume);
+        nodeMetrics.removeMoveProgress(task.volume);
         await this.unlock(task.volume, status.moveId).catch(() => undefined);
       }
     }

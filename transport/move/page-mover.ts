@@ -13,7 +13,9 @@ import { Payload, type FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MeshConnection, Reply } from "../mesh/mesh-connection.ts";
 import { fetchOver, receiveVolumeWire } from "../mesh/record-pieces.ts";
+import { type PeerArgs, readPeerArgs } from "../mesh/peer-ops.ts";
 import type { MeshLog, PeerLink } from "../mesh/mesh.ts";
+import type { RunningMoveSteps } from "./running-move-steps.ts";
 
 /** What a move needs to know of snapshots on this node. */
 export interface SnapshotActivity {
@@ -44,8 +46,6 @@ export class PageMover {
   private readonly frozen = new Map<string, (() => void)[]>();
   /** Pages written during a step's copy, by volume uid (see the "precopy" effect). */
   private readonly written = new Map<string, Set<number>>();
-  /** The step running per volume name: one at a time. */
-  private readonly running = new Map<string, Promise<unknown>>();
   private readonly staged = new Map<string, { pieces: PagePiece[]; layers: PageExport["layers"]; expiresAtMs: number }>();
   /** Pages installed per step, made durable together when the source seals the step. */
   private readonly batches = new Map<string, { batch: ImportBatch; expiresAtMs: number }>();
@@ -56,6 +56,8 @@ export class PageMover {
     private readonly log: MeshLog,
     /** Steps wait while a snapshot involves their volume (see the "quiet" effect). */
     private readonly snapshots: SnapshotActivity,
+    /** The steps running here, one per volume (shared with the snapshot service). */
+    private readonly running: RunningMoveSteps,
   ) {}
 
   // ---- the data path's questions
@@ -75,32 +77,23 @@ export class PageMover {
     this.frozen.get(`${uid}:${page}`)!.push(retry);
   }
 
-  isRunning(volumes: string[]): boolean {
-    return this.running.size > 0 && volumes.some((volume) => this.running.has(volume));
-  }
-
-  /** Settles when no step of these volumes runs here (a snapshot prepare waits for that). */
-  async idle(volumes: string[]): Promise<void> {
-    for (;;) {
-      const steps = volumes.map((volume) => this.running.get(volume)).filter((step) => step !== undefined);
-      if (steps.length === 0) return;
-      await Promise.allSettled(steps);
-    }
-  }
-
   // ---- mesh
 
   handle(op: string, args: FrameHeader, payload: Payload, connection: MeshConnection): Reply | Promise<Reply> | undefined {
     switch (op) {
-      case "move.step":
+      case "move.step": {
+        const stepArgs = readPeerArgs(op, args);
         // The next record comes inline, or (a table moved page by page) is pulled from the coordinator.
         return receiveVolumeWire(args, fetchOver(connection))
-          .then((wire) => this.step(volumeFromWire(wire as VolumeRecordWire), args))
+          .then((wire) => this.step(volumeFromWire(wire as VolumeRecordWire), stepArgs))
           .then((result) => ({ result }));
+      }
       case "move.install":
-        return this.install(args, payload);
-      case "move.seal":
-        return this.seal(String(args.stepId), args.final !== false);
+        return this.install(readPeerArgs(op, args), payload);
+      case "move.seal": {
+        const { stepId, final } = readPeerArgs(op, args);
+        return this.seal(stepId, final !== false);
+      }
       default:
         return undefined;
     }
@@ -112,16 +105,14 @@ export class PageMover {
    * Runs one step: `next` is the volume's next record, built by the move's coordinator, in
    * which `pages` (owned here now) belong to `to`.
    */
-  step(next: VolumeRecord, args: FrameHeader): Promise<FrameHeader> {
-    const pages = Array.isArray(args.pages) ? (args.pages as unknown[]).map(Number) : [];
-    const to = String(args.to);
+  step(next: VolumeRecord, { pages, to, stepId }: PeerArgs<"move.step">): Promise<FrameHeader> {
     const current = this.group.volumeByUid(next.uid);
     if (!current) throw new ShoalError("UNKNOWN_VOLUME", `node ${this.group.selfId} has no volume with uid ${next.uid}`);
     if (next.version <= current.version || next.moving?.moveId !== current.moving?.moveId || !next.moving) {
       throw new ShoalError("STALE_ROUTE", `volume '${current.name}' changed under the move (version ${current.version} here); retry the move`);
     }
     for (const page of pages) {
-      if (!Number.isInteger(page) || page < 0 || page >= current.routing.owners.length) throw new ShoalError("OUT_OF_RANGE", `page ${page} is not in '${current.name}'`);
+      if (page >= current.routing.owners.length) throw new ShoalError("OUT_OF_RANGE", `page ${page} is not in '${current.name}'`);
       if (ownerOf(current.routing, page) !== this.group.selfId) {
         throw new ShoalError("NOT_OWNER", `node ${this.group.selfId} does not own page ${page} of '${current.name}' (routing version ${current.routing.version})`);
       }
@@ -129,13 +120,9 @@ export class PageMover {
     }
     if (to === this.group.selfId || !this.group.members.has(to)) throw new ShoalError("UNKNOWN_NODE", `cannot move pages to '${to}'`);
     if (this.running.has(current.name)) throw new ShoalError("CONFLICT", `a move step of '${current.name}' is already running on node ${this.group.selfId}`);
-    const step = new MoveStep({ stepId: String(args.stepId), volume: current.name, volumeUid: current.uid, pages, to, newVersion: next.version, nowMs: Date.now() });
+    const step = new MoveStep({ stepId, volume: current.name, volumeUid: current.uid, pages, to, newVersion: next.version, nowMs: Date.now() });
     const done = this.drive(step, next);
-    this.running.set(current.name, done);
-    const forget = () => {
-      if (this.running.get(current.name) === done) this.running.delete(current.name);
-    };
-    done.then(forget, forget);
+    this.running.track(current.name, done);
     return done;
   }
 
@@ -206,7 +193,7 @@ export class PageMover {
             (err) => done(failure(err)),
           );
         },
-        drop: (pages) => this.store.dropPages(pages, familyOf(uid)),
+        removePages: (pages) => this.store.removePages(pages, familyOf(uid)),
         unfreeze: (pages) => this.thaw(uid, pages),
         done: (effect) => {
           clearInterval(ticker);
@@ -302,16 +289,13 @@ export class PageMover {
 
   // ---- target
 
-  private async install(args: FrameHeader, payload: Payload): Promise<Reply> {
-    const uid = String(args.v);
-    const page = Number(args.p);
+  private async install({ stepId, v: uid, p: page, last, layers = [], pieces }: PeerArgs<"move.install">, payload: Payload): Promise<Reply> {
     const record = this.group.volumeByUid(uid);
     if (!record) throw new ShoalError("UNKNOWN_VOLUME", `node ${this.group.selfId} has no volume with uid ${uid}`);
-    if (!Number.isInteger(page) || page < 0 || page >= record.routing.owners.length) throw new ShoalError("OUT_OF_RANGE", `page ${String(args.p)} is not in '${record.name}'`);
+    if (page >= record.routing.owners.length) throw new ShoalError("OUT_OF_RANGE", `page ${page} is not in '${record.name}'`);
     if (ownerOf(record.routing, page) === this.group.selfId) {
       throw new ShoalError("CONFLICT", `node ${this.group.selfId} already owns page ${page} of '${record.name}'`);
     }
-    const stepId = String(args.stepId);
     const key = `${stepId}:${uid}:${page}`;
     const now = Date.now();
     for (const [stale, entry] of this.staged) if (entry.expiresAtMs < now) this.staged.delete(stale);
@@ -319,23 +303,17 @@ export class PageMover {
     const entry = this.staged.get(key) ?? { pieces: [], layers: [], expiresAtMs: now + STAGING_TTL_MS };
     this.staged.set(key, entry);
     // Views of the received chunks (each has a buffer of its own, never reused): no copy.
-    const metas = (args.pieces as (Omit<PagePiece, "data"> & { bytes: number })[]) ?? [];
-    const lengths = metas.map((meta) => Number(meta.bytes));
-    if (lengths.some((length) => !Number.isInteger(length) || length < 0) || lengths.reduce((sum, length) => sum + length, 0) !== payload.byteLength) {
+    const lengths = pieces.map((piece) => piece.bytes);
+    if (lengths.reduce((sum, length) => sum + length, 0) !== payload.byteLength) {
       throw new ShoalError("BAD_REQUEST", "move.install pieces do not match the payload");
     }
     const datas = splitParts(payload.parts, lengths);
-    metas.forEach((meta, index) => {
-      entry.pieces.push({
-        layer: String(meta.layer),
-        pageSizeBytes: Number(meta.pageSizeBytes),
-        ...(meta.states !== undefined ? { chunkShift: Number(meta.chunkShift), states: new Uint8Array(meta.states) } : {}),
-        data: datas[index]!,
-      });
+    pieces.forEach(({ layer, pageSizeBytes, chunkShift, states }, index) => {
+      if (states !== undefined && chunkShift === undefined) throw new ShoalError("BAD_ARGUMENT", `'move.install': argument 'pieces[${index}].chunkShift' must come with its states`);
+      entry.pieces.push({ layer, pageSizeBytes, ...(states !== undefined ? { chunkShift, states: new Uint8Array(states) } : {}), data: datas[index]! });
     });
-    if (!args.last) return {};
+    if (!last) return {};
     this.staged.delete(key);
-    const layers = (args.layers as PageExport["layers"]) ?? [];
     let step = this.batches.get(stepId);
     if (!step) this.batches.set(stepId, (step = { batch: new ImportBatch(), expiresAtMs: now + STAGING_TTL_MS }));
     this.store.importPage(page, { layers, pieces: entry.pieces }, familyOf(uid), step.batch);

@@ -155,7 +155,7 @@ export class NbdConnection {
     this.input.clear();
     this.accountBuffers();
     this.account.close();
-    this.transmission?.dropAwaitingPayload();
+    this.transmission?.abandonAwaitingPayload();
   }
 
   /** Server shutdown: answer what is already buffered with ESHUTDOWN, finish in-flight work, close. */
@@ -241,7 +241,7 @@ export class NbdConnection {
     if (this.state === "draining" || this.state === "closed") return;
     this.state = "draining";
     this.input.clear();
-    this.transmission?.dropAwaitingPayload();
+    this.transmission?.abandonAwaitingPayload();
     this.socket.timeout(DRAIN_TIMEOUT_SECONDS);
   }
 

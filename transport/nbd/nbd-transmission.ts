@@ -89,7 +89,7 @@ export class NbdTransmission {
   }
 
   /** The connection is closing: a WRITE whose payload had not all arrived is given up. */
-  dropAwaitingPayload(): void {
+  abandonAwaitingPayload(): void {
     if (this.awaitingPayload !== undefined) this.release(this.awaitingPayload);
     this.awaitingPayload = undefined;
   }

@@ -11,17 +11,17 @@ export interface LayerUpkeep {
   onSnapshotChanged(record: SnapshotRecord): void;
 }
 
-/** `forgetVolume`: the data path drops what it caches for a volume uid that is gone. */
-export function layerUpkeep(store: PageStore, log: MeshLog, forgetVolume: (uid: string) => void): LayerUpkeep {
-  const dropLayer = (layer: string) => {
+/** `removeVolume`: the data path removes what it keeps for a volume uid that is gone. */
+export function layerUpkeep(store: PageStore, log: MeshLog, removeVolume: (uid: string) => void): LayerUpkeep {
+  const deleteLayer = (layer: string) => {
     if (!store.hasLayer(layer)) return;
     store.deleteLayer(layer).catch((err: unknown) => log.warn(`removing layer ${layer} failed: ${(err as Error).message}`));
   };
   return {
     onVolumeChanged: (record, previous) => {
       if (previous && (record.deleted || previous.uid !== record.uid)) {
-        dropLayer(previous.uid);
-        forgetVolume(previous.uid);
+        deleteLayer(previous.uid);
+        removeVolume(previous.uid);
       }
       // A clone starts as an empty layer over the snapshot it was cloned from, on every node
       // that holds its pages (the same nodes as the snapshot's). A node without that snapshot
@@ -31,7 +31,7 @@ export function layerUpkeep(store: PageStore, log: MeshLog, forgetVolume: (uid: 
       }
     },
     onSnapshotChanged: (record) => {
-      if (record.deleted) dropLayer(snapshotLayerId(record.volumeUid, record.snapshotId));
+      if (record.deleted) deleteLayer(snapshotLayerId(record.volumeUid, record.snapshotId));
     },
   };
 }

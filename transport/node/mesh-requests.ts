@@ -5,6 +5,7 @@ import type { FrameHeader, Payload } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MeshConnection, Reply, RequestHandler } from "../mesh/mesh-connection.ts";
 import { meshOpRefusal } from "../mesh/mesh-tls.ts";
+import { readPeerArgs } from "../mesh/peer-ops.ts";
 import type { PageMover } from "../move/page-mover.ts";
 import type { SnapshotService } from "../snapshot/snapshot-service.ts";
 import type { TlsIdentity } from "../tls/tls-identity.ts";
@@ -41,17 +42,13 @@ export function meshRequests(tls: TlsIdentity | undefined, group: () => Group | 
 
 function answer({ snapshots, router, mover, admin }: NodeServices, connection: MeshConnection, op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> {
   if (op === "snap.msg") return { result: snapshots.onMessage(connection.peerId!, args) };
-  if (op === "snap.rollback") return snapshots.rollbackLocal(peerText(args, "uid"), peerText(args, "layer")).then(() => ({}));
+  if (op === "snap.rollback") {
+    const { uid, layer } = readPeerArgs(op, args);
+    return snapshots.rollbackLocal(uid, layer).then(() => ({}));
+  }
   const routed = router.handle(op, args, payload) ?? mover.handle(op, args, payload, connection);
   if (routed !== undefined) return routed;
   const answered = admin(op, args);
   if (answered !== undefined) return answered.then((result) => ({ result }));
   throw new ShoalError("BAD_REQUEST", `unknown mesh operation '${op}'`);
-}
-
-/** A string a peer must send; a member that sends anything else has a bug, refused as BAD_REQUEST. */
-function peerText(args: FrameHeader, name: string): string {
-  const value = args[name];
-  if (typeof value !== "string" || value === "") throw new ShoalError("BAD_REQUEST", `argument '${name}' must be a non-empty string`);
-  return value;
 }

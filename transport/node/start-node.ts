@@ -14,6 +14,7 @@ import { loadTlsIdentity, type TlsIdentity, useTlsIdentity } from "../tls/tls-id
 import { NbdServer } from "../nbd/nbd-server.ts";
 import { VolumeRouter } from "./volume-router.ts";
 import { SnapshotService } from "../snapshot/snapshot-service.ts";
+import { RunningMoveSteps } from "../move/running-move-steps.ts";
 import { PageMover } from "../move/page-mover.ts";
 import { MoveService } from "../move/move-service.ts";
 import { RouteAdmin } from "../admin/route-admin.ts";
@@ -198,11 +199,17 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     self: { ...self, nbdAddress: `${nbdAddress.host}:${nbdAddress.port}` },
     handler,
     log,
-    ...layerUpkeep(store, log, (uid) => services?.router.forgetVolume(uid)),
+    ...layerUpkeep(store, log, (uid) => services?.router.removeVolume(uid)),
     onPeerDown: (nodeId) => services?.snapshots.onPeerDown(nodeId),
   });
   meshGroup = group;
-  const router = new VolumeRouter(group, store);
+  const clockSkewMs = Number(process.env.SHOAL_CLOCK_SKEW_MS ?? 0);
+  // Built in the order they use each other: the running move steps are what the snapshot
+  // service and the mover share, so neither is set on the other after construction.
+  const moveSteps = new RunningMoveSteps();
+  const snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs, moveSteps });
+  const mover = new PageMover(group, store, log, snapshots, moveSteps);
+  const router = new VolumeRouter(group, store, snapshots, mover);
   const nbd = new NbdServer({
     catalog: router,
     log,
@@ -211,13 +218,6 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   const { port: nbdPort } = await onFlag("--nbd", () => nbd.listen(nbdAddress.host, nbdAddress.port));
   undo.push(() => void nbd.close());
   group.addMember({ ...self, nbdAddress: `${nbdAddress.host}:${nbdPort}` });
-  const clockSkewMs = Number(process.env.SHOAL_CLOCK_SKEW_MS ?? 0);
-  const snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs });
-  const mover = new PageMover(group, store, log, snapshots);
-  // The router and the snapshot service are each other's (and the mover's) users: set once here.
-  router.gate = snapshots;
-  router.mover = mover;
-  snapshots.mover = mover;
   const moves = new MoveService(group, mover, log);
   const nodeAdmin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
   const admin = adminDispatcher({ ...nodeAdmin.handlers, ...new RouteAdmin(group, moves).handlers });

@@ -15,6 +15,7 @@ import { dataBuffers } from "../wire/buffer-pool.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
 import type { Group } from "../mesh/group.ts";
 import type { Reply } from "../mesh/mesh-connection.ts";
+import { readPeerArgs } from "../mesh/peer-ops.ts";
 
 /** Export-name suffix through which `archive restore` writes a volume that is being restored. */
 export const RESTORE_SUFFIX = "%restore";
@@ -57,14 +58,14 @@ export class VolumeRouter implements ExportCatalog {
   private debtSeq = 0;
   /** This process's incarnation, reported with every write it applies. */
   readonly bootId = crypto.randomUUID().slice(0, 8);
-  /** Set by the snapshot service once it runs. */
-  gate: SnapshotGate | undefined;
-  /** Set once page moves run on this node: tells which pages are frozen. */
-  mover: PageMover | undefined;
 
   constructor(
     private readonly group: Group,
     private readonly store: PageStore,
+    /** The snapshot service: holds, cuts and commit waits before a write. */
+    private readonly gate: SnapshotGate,
+    /** Tells which pages a move step has frozen. */
+    private readonly mover: PageMover,
   ) {}
 
   // ---- ExportCatalog (NBD)
@@ -185,7 +186,7 @@ export class VolumeRouter implements ExportCatalog {
   }
 
   /** A deleted or replaced volume's writes are owed nothing more. */
-  forgetVolume(uid: string): void {
+  removeVolume(uid: string): void {
     this.debts.delete(uid);
   }
 
@@ -198,10 +199,10 @@ export class VolumeRouter implements ExportCatalog {
     const again = () => this.readPage(this.refreshed(target), page, pageOffset, length, into, at, hops);
     // Before the owner check: between a move's commit and its publish this node's table already
     // names the target, which does not know yet.
-    if (this.mover?.isFrozen(target.record.uid, page)) return this.afterThaw(target, page, again);
+    if (this.mover.isFrozen(target.record.uid, page)) return this.afterThaw(target, page, again);
     const owner = ownerOf(target.record.routing, page);
     if (owner !== this.group.selfId) return this.forwardRead(owner, target, page, pageOffset, length, into, at, hops);
-    if (this.heldFor(target)) return this.gate!.holds.enqueue(target.record.name, again);
+    if (this.heldFor(target)) return this.gate.holds.enqueue(target.record.name, again);
     this.store.read(target.layer, page, pageOffset, length, into, at);
   }
 
@@ -213,12 +214,12 @@ export class VolumeRouter implements ExportCatalog {
     const { record } = target;
     if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
     const again = () => this.writePage(this.refreshed(target), page, pageOffset, parts, fua, hops);
-    if (this.mover?.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
+    if (this.mover.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
     const owner = ownerOf(record.routing, page);
     if (owner !== this.group.selfId) return this.forwardWrite(owner, target, page, pageOffset, parts, fua, hops);
-    if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
-    this.mover?.noteWrite(record.uid, page);
-    const commitWait = this.gate?.beforeWrite(record.name);
+    if (this.heldFor(target)) return this.gate.holds.enqueue(record.name, again);
+    this.mover.noteWrite(record.uid, page);
+    const commitWait = this.gate.beforeWrite(record.name);
     let at = pageOffset;
     for (const part of parts) {
       this.store.write(target.layer, page, at, part, record.pageSizeBytes);
@@ -231,7 +232,7 @@ export class VolumeRouter implements ExportCatalog {
     const { record } = target;
     if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
     const again = () => this.zeroPage(this.refreshed(target), page, pageOffset, length, fua, hops);
-    if (this.mover?.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
+    if (this.mover.isFrozen(record.uid, page)) return this.afterThaw(target, page, again);
     const owner = ownerOf(record.routing, page);
     if (owner !== this.group.selfId) {
       this.checkHops(record, page, hops);
@@ -240,9 +241,9 @@ export class VolumeRouter implements ExportCatalog {
         .request("page.zero", { ...this.addressOf(target), p: page, o: pageOffset, n: length, f: fua, h: hops + 1 })
         .then((response) => applierOf(response.result, owner));
     }
-    if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
-    this.mover?.noteWrite(record.uid, page);
-    const commitWait = this.gate?.beforeWrite(record.name);
+    if (this.heldFor(target)) return this.gate.holds.enqueue(record.name, again);
+    this.mover.noteWrite(record.uid, page);
+    const commitWait = this.gate.beforeWrite(record.name);
     this.store.zero(target.layer, page, pageOffset, length, record.pageSizeBytes);
     return this.acknowledge(target, page, fua, commitWait);
   }
@@ -277,7 +278,7 @@ export class VolumeRouter implements ExportCatalog {
   /** A request to a page a move is shipping: runs again (routed afresh) once the move step ends. */
   private afterThaw<T>(target: Target, page: number, again: () => Promise<T> | T): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.mover!.whenThawed(target.record.uid, page, () => {
+      this.mover.whenThawed(target.record.uid, page, () => {
         try {
           Promise.resolve(again()).then(resolve, reject);
         } catch (err) {
@@ -339,7 +340,7 @@ export class VolumeRouter implements ExportCatalog {
 
   /** Requests to a volume's head wait while a hold-mode snapshot holds it; snapshots never do. */
   private heldFor(target: Target): boolean {
-    return target.layer === target.record.uid && this.gate !== undefined && this.gate.holds.isHeld(target.record.name);
+    return target.layer === target.record.uid && this.gate.holds.isHeld(target.record.name);
   }
 
   /** FUA waits for the disk; a timestamp-mode commit wait waits for the clock. */
@@ -411,13 +412,16 @@ export class VolumeRouter implements ExportCatalog {
         // Only this node's own store: whoever acknowledged a write owes its applier directly.
         // One volume's writes (its head and layers snapshots froze it into); every volume's when
         // asked by an older node.
-        const done = typeof args.v === "string" ? this.store.flushVolume(args.v) : this.store.flush();
+        const { v: uid } = readPeerArgs(op, args);
+        const done = uid !== undefined ? this.store.flushVolume(uid) : this.store.flush();
         return done.then(() => ({ result: { b: this.bootId } }));
       }
       case "store.usage":
         return { result: { usage: storeUsage(this.store) } };
-      case "store.changedPages":
-        return { result: { pages: this.ownChangedPages(this.targetOf(args), args.since === undefined ? undefined : String(args.since)) } };
+      case "store.changedPages": {
+        const { since } = readPeerArgs(op, args);
+        return { result: { pages: this.ownChangedPages(this.targetOf(args), since) } };
+      }
       default:
         return undefined;
     }
@@ -438,8 +442,9 @@ export class VolumeRouter implements ExportCatalog {
     const uid = args.v;
     const record = typeof uid === "string" ? this.group.volumeByUid(uid) : undefined;
     if (!record) throw new ShoalError("UNKNOWN_VOLUME", `node ${this.group.selfId} has no volume with uid ${String(uid)}`);
-    if (args.l === undefined) return { record, layer: record.uid };
-    const layer = String(args.l);
+    const layer = args.l;
+    if (layer === undefined) return { record, layer: record.uid };
+    if (typeof layer !== "string") throw new ShoalError("BAD_ARGUMENT", `argument 'l' (the layer) must be a string`);
     if (!layer.startsWith(`${record.uid}@`) || !this.store.hasLayer(layer)) {
       throw new ShoalError("UNKNOWN_SNAPSHOT", `node ${this.group.selfId} has no snapshot layer ${layer}`);
     }

@@ -23,7 +23,8 @@ import type { FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MeshLog } from "../mesh/mesh.ts";
 import type { SnapshotGate } from "../node/volume-router.ts";
-import type { PageMover, SnapshotActivity } from "../move/page-mover.ts";
+import type { SnapshotActivity } from "../move/page-mover.ts";
+import type { RunningMoveSteps } from "../move/running-move-steps.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
 import { NodeClock } from "./node-clock.ts";
 
@@ -36,6 +37,8 @@ export interface SnapshotServiceOptions {
   clockSkewMs: number;
   /** The bound on clock error between any node and real time that timestamp mode relies on. */
   maxClockSkewMs: number;
+  /** Move steps running here: a prepare waits for its volumes' steps to end. */
+  moveSteps: RunningMoveSteps;
 }
 
 export interface CreateSnapshot {
@@ -52,8 +55,6 @@ const MAX_ENDED_PREPARED = 64;
 
 export class SnapshotService implements SnapshotGate, SnapshotActivity {
   readonly holds: HoldQueue;
-  /** Set once page moves run on this node. */
-  mover: PageMover | undefined;
   /**
    * Protocol records are written without an fsync on the event loop (see Catalog.durable); what a
    * record promises must reach nobody before it is on disk. The runner (shared with the
@@ -114,7 +115,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     this.runCoordinator(this.coordinator.recover(catalog.protocolRecords<CoordinatorRecord>("coordinator"), now));
     const participantRecords = catalog.protocolRecords<CutRecord>("participant").filter((record) => this.cutSurvived(record));
     this.runParticipant(this.participant.recover(participantRecords, now));
-    this.cleanOrphanLayers();
+    this.deleteOrphanLayers();
   }
 
   /**
@@ -128,7 +129,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const lost = lostCutLayers(record, (layerId) => store.hasLayer(layerId));
     if (lost.length === 0) return true;
     log.info(`snapshot ${record.snapshotId}: its cut (layers ${lost.join(", ")}) did not survive the restart; dropping its record (it was never taken, so it aborts)`, { snapshot: record.snapshotId });
-    catalog.deleteProtocolRecord("participant", record.snapshotId);
+    catalog.removeProtocolRecord("participant", record.snapshotId);
     return false;
   }
 
@@ -328,9 +329,9 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
    */
   private routingAgrees(from: string, msg: PrepareMessage): boolean {
     const { group } = this.options;
-    const running = this.mover?.isRunning(msg.volumes);
-    if (running) {
-      void this.mover!.idle(msg.volumes).then(() => this.deliver(from, msg));
+    const { moveSteps } = this.options;
+    if (moveSteps.anyOf(msg.volumes)) {
+      void moveSteps.idle(msg.volumes).then(() => this.deliver(from, msg));
       return false;
     }
     for (const [volume, version] of Object.entries(msg.routingVersions ?? {})) {
@@ -406,7 +407,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         if (role === "coordinator" && record.state === "committed") nodeMetrics.snapshotAllTaken(snapshotId);
         catalog.putProtocolRecord(role, snapshotId, record);
       },
-      delete: (snapshotId: string) => catalog.deleteProtocolRecord(role, snapshotId),
+      remove: (snapshotId: string) => catalog.removeProtocolRecord(role, snapshotId),
       durable: settleWith(() => catalog.durable()),
     });
     return {
@@ -544,7 +545,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
    * Snapshot layers whose snapshot neither the protocol nor the group knows (a cut that was
    * discarded while this node was down, a deleted snapshot) are removed at start.
    */
-  private cleanOrphanLayers(): void {
+  private deleteOrphanLayers(): void {
     const { catalog, group, store, log } = this.options;
     const known = new Set<string>(catalog.protocolRecords<ParticipantRecord>("participant").map((record) => record.snapshotId));
     for (const snapshot of group.snapshots.values()) if (!snapshot.deleted) known.add(snapshot.snapshotId);
