@@ -1,7 +1,7 @@
 // Routes block requests to page owners. A request is cut by page; pages this node owns go to its
 // PageStore, the rest to their owners over the mesh, and the answer is put back together in
 // order. Requests that arrive from peers run through the same `executeLocal*` code.
-import type { BlockDevice, ExportCatalog, Extent } from "../../core/block-device.ts";
+import type { BlockDevice, ExportCatalog, Extent, ReadViews } from "../../core/block-device.ts";
 import type { HoldQueue } from "../../core/snapshot/hold-queue.ts";
 import { parseSnapshotRef, snapshotLayerId } from "../../core/snapshot/snapshot-record.ts";
 import { asShoalError, ShoalError } from "../../core/errors.ts";
@@ -9,7 +9,7 @@ import { MAX_REQUEST_BYTES, slicePages, type PageSlice } from "../../core/geomet
 import type { PageStore } from "../../core/store/page-store.ts";
 import { ownerOf } from "../../core/cluster/routing.ts";
 import type { VolumeRecord } from "../../core/cluster/volume.ts";
-import { Payload, type FrameHeader } from "../mesh/frame.ts";
+import type { FrameHeader, Payload } from "../mesh/frame.ts";
 import type { PageMover } from "../move/page-mover.ts";
 import { dataBuffers } from "../wire/buffer-pool.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
@@ -109,23 +109,26 @@ export class VolumeRouter implements ExportCatalog {
 
   // ---- client-side operations, cut by page and sent to each page's owner
 
-  read(target: Target, offset: number, length: number, into: Uint8Array, intoOffset: number): Promise<void> | void {
+  read(target: Target, offset: number, length: number, into: Uint8Array, intoOffset: number, views?: ReadViews): Promise<void> | void {
     let pending: Promise<void>[] | undefined;
     for (const slice of slicePages(target.record, offset, length)) {
       nodeMetrics.countPage("read", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
-      const done = this.readPage(target, slice.page, slice.pageOffset, slice.length, into, intoOffset + slice.bufferOffset, 0);
+      const done = this.readPage(target, slice.page, slice.pageOffset, slice.length, into, intoOffset + slice.bufferOffset, 0, views);
       if (done) (pending ??= []).push(done);
     }
-    if (pending) return Promise.all(pending).then(() => {});
+    // One page (most requests): its own promise, no gathering one.
+    if (pending) return pending.length === 1 ? pending[0] : Promise.all(pending).then(() => {});
   }
 
-  write(target: Target, offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
+  /** `parts` are the data in order (views of received chunks); each page gets views of its range, no copy. */
+  write(target: Target, offset: number, parts: readonly Uint8Array[], fua: boolean): Promise<void> | void {
     let pending: Promise<void>[] | undefined;
     let owe: ((applier: Applier | void) => void) | undefined;
-    for (const slice of slicePages(target.record, offset, data.byteLength)) {
-      const piece = data.subarray(slice.bufferOffset, slice.bufferOffset + slice.length);
+    const lengthBytes = parts.length === 1 ? parts[0]!.byteLength : parts.reduce((sum, part) => sum + part.byteLength, 0);
+    for (const slice of slicePages(target.record, offset, lengthBytes)) {
+      const pieces = viewsOf(parts, slice.bufferOffset, slice.length);
       nodeMetrics.countPage("write", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
-      const done = this.writePage(target, slice.page, slice.pageOffset, [piece], fua, 0);
+      const done = this.writePage(target, slice.page, slice.pageOffset, pieces, fua, 0);
       if (done) (pending ??= []).push(done.then((owe ??= this.oweFor(target))));
     }
     if (pending) return Promise.all(pending).then(() => {});
@@ -194,13 +197,13 @@ export class VolumeRouter implements ExportCatalog {
   // its own) passes it on to the owner it knows, at most MAX_HOPS times; a request that finds
   // its page frozen by a move waits and then routes again, by the table current by then.
 
-  private readPage(target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> | void {
-    const again = () => this.readPage(this.refreshed(target), page, pageOffset, length, into, at, hops);
+  private readPage(target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number, views?: ReadViews): Promise<void> | void {
+    const again = () => this.readPage(this.refreshed(target), page, pageOffset, length, into, at, hops, views);
     // Before the owner check: between a move's commit and its publish this node's table already
     // names the target, which does not know yet.
     if (this.mover?.isFrozen(target.record.uid, page)) return this.afterThaw(target, page, again);
     const owner = ownerOf(target.record.routing, page);
-    if (owner !== this.group.selfId) return this.forwardRead(owner, target, page, pageOffset, length, into, at, hops);
+    if (owner !== this.group.selfId) return this.forwardRead(owner, target, page, pageOffset, length, into, at, hops, views);
     if (this.heldFor(target)) return this.gate!.holds.enqueue(target.record.name, again);
     this.store.read(target.layer, page, pageOffset, length, into, at);
   }
@@ -209,7 +212,7 @@ export class VolumeRouter implements ExportCatalog {
    * `parts` are written one after another from `pageOffset` (a forwarded payload arrives in
    * chunks). Resolves to the node that applied the write when another did (undefined: this one).
    */
-  private writePage(target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier | void> | void {
+  private writePage(target: Target, page: number, pageOffset: number, parts: readonly Uint8Array[], fua: boolean, hops: number): Promise<Applier | void> | void {
     const { record } = target;
     if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
     const again = () => this.writePage(this.refreshed(target), page, pageOffset, parts, fua, hops);
@@ -237,7 +240,7 @@ export class VolumeRouter implements ExportCatalog {
       this.checkHops(record, page, hops);
       return this.group
         .link(owner)
-        .request("page.zero", { ...this.addressOf(target), p: page, o: pageOffset, n: length, f: fua, h: hops + 1 })
+        .request("page.zero", this.pageAddress(target, page, pageOffset, hops + 1, length, fua))
         .then((response) => applierOf(response.result, owner));
     }
     if (this.heldFor(target)) return this.gate!.holds.enqueue(record.name, again);
@@ -247,23 +250,27 @@ export class VolumeRouter implements ExportCatalog {
     return this.acknowledge(target, page, fua, commitWait);
   }
 
-  private async forwardRead(owner: string, target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> {
+  /** With `views` the owner's answer is handed over as the received chunks: no copy on this node. */
+  private forwardRead(owner: string, target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number, views?: ReadViews): Promise<void> {
     this.checkHops(target.record, page, hops);
-    const response = await this.group
-      .link(owner)
-      .request("page.read", { ...this.addressOf(target), p: page, o: pageOffset, n: length, h: hops + 1 });
-    if (response.payload.byteLength !== length) {
-      throw new ShoalError("IO_ERROR", `node ${owner} returned ${response.payload.byteLength} bytes for a ${length}-byte read`);
-    }
-    response.payload.copyTo(into, at);
-  }
-
-  private forwardWrite(owner: string, target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier> {
-    this.checkHops(target.record, page, hops);
-    const payload = Payload.concat(parts);
     return this.group
       .link(owner)
-      .request("page.write", { ...this.addressOf(target), p: page, o: pageOffset, f: fua, h: hops + 1 }, payload)
+      .request("page.read", this.pageAddress(target, page, pageOffset, hops + 1, length))
+      .then((response) => {
+        if (response.payload.byteLength !== length) {
+          throw new ShoalError("IO_ERROR", `node ${owner} returned ${response.payload.byteLength} bytes for a ${length}-byte read`);
+        }
+        if (views) views.place(at, response.payload.parts);
+        else response.payload.copyTo(into, at);
+      });
+  }
+
+  /** The parts go out as they are, each written to the socket from where it lies: no gathering copy. */
+  private forwardWrite(owner: string, target: Target, page: number, pageOffset: number, parts: readonly Uint8Array[], fua: boolean, hops: number): Promise<Applier> {
+    this.checkHops(target.record, page, hops);
+    return this.group
+      .link(owner)
+      .request("page.write", this.pageAddress(target, page, pageOffset, hops + 1, undefined, fua), parts)
       .then((response) => applierOf(response.result, owner));
   }
 
@@ -330,6 +337,19 @@ export class VolumeRouter implements ExportCatalog {
   /** A write's answer: who applied it (a write passed on reports the node that really did). */
   private answerFor(applier: Applier | void): FrameHeader {
     return applier ? { n: applier.n, b: applier.b } : { n: this.group.selfId, b: this.bootId };
+  }
+
+  /**
+   * A page request's arguments, made for every forwarded request: no spread, and no field that
+   * is undefined (msgpackr encodes those too, and packing plus unpacking the header then takes
+   * twice as long: 6.8 vs 3.1 µs measured here).
+   */
+  private pageAddress(target: Target, page: number, pageOffset: number, hops: number, length: number | undefined, fua?: boolean): FrameHeader {
+    const args: FrameHeader = { v: target.record.uid, p: page, o: pageOffset, h: hops };
+    if (target.layer !== target.record.uid) args.l = target.layer;
+    if (length !== undefined) args.n = length;
+    if (fua !== undefined) args.f = fua;
+    return args;
   }
 
   /** How a target is named on the wire: the volume uid, and the layer when it is not the head. */
@@ -482,6 +502,25 @@ function applierOf(result: FrameHeader, asked: string): Applier {
   return typeof result.n === "string" && typeof result.b === "string" ? { n: result.n, b: result.b } : { n: asked, b: "" };
 }
 
+/** Views of the bytes [start, start + length) of `parts` taken as one run. */
+function viewsOf(parts: readonly Uint8Array[], start: number, length: number): Uint8Array[] {
+  const views: Uint8Array[] = [];
+  let at = 0;
+  for (const part of parts) {
+    const end = at + part.byteLength;
+    if (end > start && length > 0) {
+      const from = Math.max(start - at, 0);
+      const take = Math.min(part.byteLength - from, length);
+      views.push(from === 0 && take === part.byteLength ? part : part.subarray(from, from + take));
+      length -= take;
+      start += take;
+    }
+    if (length === 0) break;
+    at = end;
+  }
+  return views;
+}
+
 /** Per layer: pages and bytes it holds, and for snapshot layers the bytes deleting it would free. */
 export function storeUsage(store: PageStore): Record<string, { pages: number; bytes: number; exclusiveBytes?: number }> {
   const usage: Record<string, { pages: number; bytes: number; exclusiveBytes?: number }> = {};
@@ -522,12 +561,16 @@ class VolumeDevice implements BlockDevice {
     return this.router.current(this.volume, this.uid, this.layer);
   }
 
-  read(offset: number, length: number, into: Uint8Array, intoOffset: number): Promise<void> | void {
-    return this.router.read(this.target(), offset, length, into, intoOffset);
+  read(offset: number, length: number, into: Uint8Array, intoOffset: number, views?: ReadViews): Promise<void> | void {
+    return this.router.read(this.target(), offset, length, into, intoOffset, views);
   }
 
   write(offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
-    return this.router.write(this.target(), offset, data, fua);
+    return this.router.write(this.target(), offset, [data], fua);
+  }
+
+  writeViews(offset: number, parts: readonly Uint8Array[], fua: boolean): Promise<void> | void {
+    return this.router.write(this.target(), offset, parts, fua);
   }
 
   /** On the head, covers every connection's writes to the volume (CAN_MULTI_CONN); a snapshot takes no writes and owes nothing. */
