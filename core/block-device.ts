@@ -14,18 +14,10 @@ export interface BlockDevice {
   readonly readOnly: boolean;
   /** Preferred I/O size, e.g. the page size; a hint for clients. */
   readonly preferredBlockSizeBytes: number;
-  /**
-   * Reads `length` bytes at `offset` into `target` starting at `targetOffset`. With `views`, the
-   * device may hand over bytes it already holds (a page another node sent) instead of copying them.
-   */
-  read(offset: number, length: number, target: Uint8Array, targetOffset: number, views?: ReadViews): Promise<void> | void;
+  /** Reads `length` bytes at `offset` into `target` starting at `targetOffset`. */
+  read(offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> | void;
   /** Writes `data` at `offset`; with `fua` it is on stable storage before this resolves. */
   write(offset: number, data: Uint8Array, fua: boolean): Promise<void> | void;
-  /**
-   * The same for data that arrived in pieces (views of received chunks, in order): a device that
-   * can pass them on as they are (to another node) saves gathering them into one copy.
-   */
-  writeViews?(offset: number, parts: readonly Uint8Array[], fua: boolean): Promise<void> | void;
   /** Makes every write completed before the call (through this node, on any connection) durable. */
   flush(): Promise<void> | void;
   /** Drops the data in the range (reads as zeros afterwards). */
@@ -33,15 +25,6 @@ export interface BlockDevice {
   writeZeroes(offset: number, length: number, fua: boolean): Promise<void> | void;
   /** Allocation of the range, as consecutive extents covering at least one byte from `offset`. */
   blockStatus(offset: number, length: number): Promise<Extent[]> | Extent[];
-}
-
-/**
- * Lets a read answer from memory the device already holds, without a copy: the client's reply is
- * written from these views where placed, and from the read's target elsewhere.
- */
-export interface ReadViews {
-  /** `parts` (in order) stand for the target's bytes from `targetOffset`; they stay unchanged until the reply is sent. */
-  place(targetOffset: number, parts: readonly Uint8Array[]): void;
 }
 
 /** How the NBD server finds exports: by name, and the list for NBD_OPT_LIST. */

@@ -137,8 +137,7 @@ export class MeshConnection {
     return this.closed;
   }
 
-  /** `payload` may be several pieces (views of received chunks): they are sent in order, not gathered. */
-  request(op: string, args: FrameHeader, payload: Uint8Array | readonly Uint8Array[] = EMPTY_PAYLOAD, timeoutMs = DEFAULT_REQUEST_TIMEOUT_MS): Promise<Response> {
+  request(op: string, args: FrameHeader, payload: Uint8Array = EMPTY_PAYLOAD, timeoutMs = DEFAULT_REQUEST_TIMEOUT_MS): Promise<Response> {
     if (this.closed) return Promise.reject(this.refusal ?? new ShoalError("NODE_DOWN", `connection to ${this.label} is closed`));
     if (this.pending.size >= MAX_PENDING_REQUESTS) {
       return Promise.reject(new ShoalError("NODE_DOWN", `too many requests in flight to ${this.label}`));
@@ -294,29 +293,24 @@ export class MeshConnection {
    * sends many small requests and replies per tick); a large payload is written on its own,
    * after what was batched, straight from its buffer.
    */
-  private send(header: FrameHeader, payload: Uint8Array | readonly Uint8Array[], release?: () => void): void {
+  private send(header: FrameHeader, payload: Uint8Array, release?: () => void): void {
     if (this.closed) {
       release?.();
       return;
     }
-    const pieces = payload instanceof Uint8Array ? undefined : payload;
-    const payloadBytes = pieces === undefined ? (payload as Uint8Array).byteLength : pieces.reduce((sum, piece) => sum + piece.byteLength, 0);
-    const head = encodeFrameHead(header, payloadBytes);
+    const head = encodeFrameHead(header, payload.byteLength);
     this.batch.push(head);
     this.batchBytes += head.byteLength;
-    if (payloadBytes > COALESCE_BYTES) {
+    if (payload.byteLength > COALESCE_BYTES) {
       this.flushBatch();
-      if (pieces === undefined) return this.checkQueue(this.writer.write(payload as Uint8Array, release));
-      // Each piece straight from where it lies; `release` with the last (the writer keeps order).
-      pieces.forEach((piece, index) => this.checkQueue(this.writer.write(piece, index === pieces.length - 1 ? release : undefined)));
+      this.checkQueue(this.writer.write(payload, release));
       return;
     }
-    for (const piece of pieces ?? [payload as Uint8Array]) {
-      if (piece.byteLength === 0) continue;
-      this.batch.push(piece);
-      this.batchBytes += piece.byteLength;
+    if (payload.byteLength > 0) {
+      this.batch.push(payload);
+      this.batchBytes += payload.byteLength;
+      if (release) this.batchReleases.push(release);
     }
-    if (payloadBytes > 0 && release) this.batchReleases.push(release);
     if (this.batchBytes >= BATCH_BYTES) this.flushBatch();
     else if (!this.flushScheduled) {
       this.flushScheduled = true;

@@ -43,8 +43,6 @@ const MAX_INPUT_BYTES = 2 * (MAX_REQUEST_BYTES + REQUEST_HEADER_BYTES) + 1024 * 
 export const HANDSHAKE_TIMEOUT_SECONDS = 30;
 /** How long a closing connection may wait for its peer to read the last replies. */
 const DRAIN_TIMEOUT_SECONDS = 30;
-/** Queued behind a reply's pieces to learn when the socket has taken them all. */
-const EMPTY = new Uint8Array(0);
 
 type Phase = "handshake" | "transmission" | "draining" | "closed";
 
@@ -280,25 +278,6 @@ export class NbdConnection {
   sendOwned(bytes: Uint8Array, release: () => void): void {
     this.flushBatch();
     this.outbox.write(bytes, release);
-  }
-
-  /**
-   * One reply as several pieces (a header, views of a forwarded page's received chunks): small
-   * pieces join the batch, large ones go straight out, in order; `release` once the socket took the last.
-   */
-  sendPieces(pieces: Uint8Array[], release: (() => void) | undefined): void {
-    for (const piece of pieces) {
-      if (piece.byteLength < COALESCE_REPLY_BYTES) {
-        this.batch.push(piece);
-        this.batchBytes += piece.byteLength;
-        continue;
-      }
-      this.flushBatch();
-      this.outbox.write(piece);
-    }
-    this.flushBatch();
-    // Every piece is queued in order: the last write ending means they all did.
-    if (release) this.outbox.write(EMPTY, release);
   }
 
   flushBatch(): void {

@@ -1,12 +1,11 @@
 // The transmission phase of one NBD connection: requests parsed from its input, run on the
 // export's device with many in flight, answered as each completes. Bounded per connection (count,
 // bytes) and, through the connection's budget account, by the server's shares.
-import type { BlockDevice, ReadViews } from "../../core/block-device.ts";
+import type { BlockDevice } from "../../core/block-device.ts";
 import { NBD_ESHUTDOWN, ShoalError, asShoalError, nbdErrnoFor } from "../../core/errors.ts";
 import { MAX_REQUEST_BYTES } from "../../core/geometry.ts";
 import { invariant } from "../../core/invariant.ts";
 import { dataBuffers } from "../wire/buffer-pool.ts";
-import { Payload } from "../mesh/frame.ts";
 import type { NbdConnection } from "./nbd-connection.ts";
 import { COALESCE_REPLY_BYTES, OUTBOX_HIGH_WATER_BYTES } from "./nbd-server-budget.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
@@ -37,12 +36,8 @@ import {
   type RequestFault,
 } from "./nbd-codec.ts";
 
-/**
- * One request in flight. Slots are reused, and their callbacks are bound once, not per request.
- * A READ's slot is also where the device places views of bytes it holds (a forwarded page's
- * answer): the reply is written from them, not from a copy in `reply`.
- */
-class RequestSlot implements ReadViews {
+/** One request in flight. Slots are reused, and their callbacks are bound once, not per request. */
+class RequestSlot {
   type = 0;
   flags = 0;
   handleHigh = 0;
@@ -55,10 +50,10 @@ class RequestSlot implements ReadViews {
   startedMs = 0;
   /** A WRITE's payload as views of the received chunks. */
   payload: Uint8Array[] | undefined = undefined;
+  /** A WRITE's payload gathered into a pooled buffer (it spanned chunks); back to the pool once written. */
+  gathered: Uint8Array | undefined = undefined;
   reply: Uint8Array | undefined = undefined;
   fault: RequestFault | undefined = undefined;
-  /** Placed views, as [offset in `reply`, parts] in the order placed. */
-  placed: [number, readonly Uint8Array[]][] | undefined = undefined;
   readonly onDone: (value: unknown) => void;
   readonly onFail: (error: unknown) => void;
 
@@ -66,26 +61,6 @@ class RequestSlot implements ReadViews {
     this.onDone = (value) => transmission.complete(this, value);
     this.onFail = (error) => transmission.fail(this, error);
   }
-
-  place(targetOffset: number, parts: readonly Uint8Array[]): void {
-    // A small reply is copied whole: it then joins the tick's batch of small replies (one socket
-    // write for many), which a reply in pieces would not.
-    if (this.reply!.byteLength < COALESCE_REPLY_BYTES) {
-      for (const part of parts) {
-        this.reply!.set(part, targetOffset);
-        targetOffset += part.byteLength;
-      }
-      return;
-    }
-    (this.placed ??= []).push([targetOffset, parts]);
-  }
-}
-
-/** A payload in one piece goes as it is; in several, as views where the device takes them, else gathered once. */
-function writeParts(device: BlockDevice, offset: number, parts: Uint8Array[], fua: boolean): Promise<void> | void {
-  if (parts.length === 1) return device.write(offset, parts[0]!, fua);
-  if (device.writeViews) return device.writeViews(offset, parts, fua);
-  return device.write(offset, Payload.concat(parts), fua);
 }
 
 function isPromiseLike(value: unknown): value is PromiseLike<unknown> {
@@ -202,11 +177,11 @@ export class NbdTransmission {
           // this relies on the BlockDevice contract that read fills all `length` bytes.
           slot.reply = sizeBytes >= COALESCE_REPLY_BYTES ? dataBuffers.acquire(sizeBytes) : new Uint8Array(sizeBytes);
           writeReadReplyHeader(slot.reply, structured, slot.handleHigh, slot.handleLow, slot.offset, slot.length);
-          result = device.read(slot.offset, slot.length, slot.reply, readReplyPayloadOffset(structured), slot);
+          result = device.read(slot.offset, slot.length, slot.reply, readReplyPayloadOffset(structured));
           break;
         }
         case NBD_CMD_WRITE:
-          result = writeParts(device, slot.offset, slot.payload!, fua);
+          result = device.write(slot.offset, this.payloadOf(slot), fua);
           break;
         case NBD_CMD_FLUSH:
           result = device.flush();
@@ -235,7 +210,9 @@ export class NbdTransmission {
     // try/catch, not guard(): no closure per request on the data path.
     try {
       nodeMetrics.nbdDone(slot.type, slot.length, slot.startedMs, true);
-      if (slot.type === NBD_CMD_READ) this.sendReadReply(slot.reply!, slot.placed);
+      // Only after success: a write that failed (timed out, say) may still be queued on a mesh socket.
+      if (slot.gathered !== undefined) dataBuffers.release(slot.gathered);
+      if (slot.type === NBD_CMD_READ) this.sendReadReply(slot.reply!);
       else if (connection.phase !== "closed") {
         if (slot.type === NBD_CMD_BLOCK_STATUS) this.sendBlockStatus(slot, value);
         else connection.send(encodeSimpleReply(0, slot.handleHigh, slot.handleLow));
@@ -268,16 +245,14 @@ export class NbdTransmission {
     }
   }
 
-  private sendReadReply(reply: Uint8Array, placed: RequestSlot["placed"]): void {
+  private sendReadReply(reply: Uint8Array): void {
     const pooled = reply.length >= COALESCE_REPLY_BYTES;
     if (this.connection.phase === "closed") {
       if (pooled) dataBuffers.release(reply);
       return;
     }
-    const release = pooled ? () => dataBuffers.release(reply) : undefined;
-    if (placed !== undefined) return this.connection.sendPieces(replyPieces(reply, placed), release);
-    if (!release) return this.connection.send(reply);
-    this.connection.sendOwned(reply, release);
+    if (!pooled) return this.connection.send(reply);
+    this.connection.sendOwned(reply, () => dataBuffers.release(reply));
   }
 
   private sendBlockStatus(slot: RequestSlot, value: unknown): void {
@@ -290,6 +265,24 @@ export class NbdTransmission {
   private sendError(slot: RequestSlot, errno: number, message: string): void {
     if (this.session.structuredReplies) this.connection.send(encodeStructuredError(slot.handleHigh, slot.handleLow, errno, message));
     else this.connection.send(encodeSimpleReply(errno, slot.handleHigh, slot.handleLow));
+  }
+
+  /**
+   * A WRITE's payload in one piece. One that spans received chunks is gathered into a pooled
+   * buffer: a fresh 1 MiB buffer costs a page fault per 4 KiB, and writing the views one by one
+   * costs a syscall each, both dearer on this VM than one copy into warm memory (measured).
+   */
+  private payloadOf(slot: RequestSlot): Uint8Array {
+    const parts = slot.payload!;
+    if (parts.length <= 1) return parts[0] ?? new Uint8Array(0);
+    const gathered = dataBuffers.acquire(slot.length);
+    let at = 0;
+    for (const part of parts) {
+      gathered.set(part, at);
+      at += part.byteLength;
+    }
+    slot.gathered = gathered;
+    return gathered;
   }
 
   private acquire(request: NbdRequest): RequestSlot {
@@ -321,25 +314,8 @@ export class NbdTransmission {
     nodeMetrics.nbdInFlight.dec();
     slot.payload = undefined;
     slot.reply = undefined;
+    slot.gathered = undefined;
     slot.fault = undefined;
-    slot.placed = undefined;
     this.freeSlots.push(slot);
   }
-}
-
-/** A read reply as the pieces to write: the reply buffer's bytes, with placed views where they stand. */
-function replyPieces(reply: Uint8Array, placed: [number, readonly Uint8Array[]][]): Uint8Array[] {
-  if (placed.length > 1) placed.sort((a, b) => a[0] - b[0]);
-  const pieces: Uint8Array[] = [];
-  let at = 0;
-  for (const [offset, parts] of placed) {
-    if (offset > at) pieces.push(reply.subarray(at, offset));
-    at = offset;
-    for (const part of parts) {
-      pieces.push(part);
-      at += part.byteLength;
-    }
-  }
-  if (at < reply.byteLength) pieces.push(reply.subarray(at));
-  return pieces;
 }
