@@ -308,6 +308,8 @@ interface Rate {
 interface TcpAnchor extends Rate {
   /** The receiver's fsync at the end (0 into memory). */
   fsyncMs: number;
+  /** CPU the receiving process used in all (Bun's start included), to set beside the move target's. */
+  receiverCpuSeconds: number;
 }
 
 /** One anchor run: a receiving and a sending Bun process, both registered for cleanup. */
@@ -346,7 +348,11 @@ async function tcpAnchor(resources: Resources, bytes: number, file: string | und
     if (code !== 0) throw new Error(`the TCP sender exited with ${code}: ${err}`);
     const { ms } = JSON.parse(out) as { ms: number };
     const { fsyncMs } = JSON.parse(await bounded(nextLine(), 30_000, "the TCP receiver's report")) as { fsyncMs: number };
-    return { bytes, ms, mbPerSecond: mbps(bytes, ms), fsyncMs };
+    await Promise.race([receiver.exited, Bun.sleep(5000)]);
+    if (receiver.exitCode === null) receiver.kill("SIGKILL");
+    await receiver.exited;
+    const receiverCpuSeconds = Number(receiver.resourceUsage()?.cpuTime.total ?? 0) / 1e6;
+    return { bytes, ms, mbPerSecond: mbps(bytes, ms), fsyncMs, receiverCpuSeconds };
   } finally {
     if (receiver.exitCode === null) receiver.kill("SIGKILL");
     if (file) fs.rmSync(file, { force: true });
@@ -379,7 +385,7 @@ async function measureThroughput(resources: Resources, options: Options) {
     const tcpFile = await tcpAnchor(resources, bytes, path.join(resources.root, "tcp-anchor.bin"));
     const cell: MoveRound = { move: { bytes, ms: jobMs, mbPerSecond: mbps(bytes, jobMs) }, tcpFile, load, cpu: moved.cpu };
     rounds.push(cell);
-    progress(`round ${round}: move ${cell.move.mbPerSecond.toFixed(0)} MB/s, TCP into a file + fsync ${tcpFile.mbPerSecond.toFixed(0)} MB/s: ${(cell.move.mbPerSecond / tcpFile.mbPerSecond).toFixed(2)}x (load ${load}); ${describeCpu(moved.cpu)}`);
+    progress(`round ${round}: move ${cell.move.mbPerSecond.toFixed(0)} MB/s, TCP into a file + fsync ${tcpFile.mbPerSecond.toFixed(0)} MB/s (receiver CPU ${tcpFile.receiverCpuSeconds.toFixed(1)} s): ${(cell.move.mbPerSecond / tcpFile.mbPerSecond).toFixed(2)}x (load ${load}); ${describeCpu(moved.cpu)}`);
   }
   const { summary, wallMs, cpu } = first!;
   const jobMs = summary.finishedAtMs - summary.startedAtMs;
@@ -556,7 +562,7 @@ function renderReport(results: Results, options: Options, info: RunInfo): string
     `   during the move: ${describeCpu(throughput.moveCpu)}`,
     ...throughput.rounds.map(
       (round, index) =>
-        `   round ${index + 1}: move ${fixed(round.move.mbPerSecond, 0)} MB/s, TCP into a file + fsync ${fixed(round.tcpFile.mbPerSecond, 0)} MB/s: ` +
+        `   round ${index + 1}: move ${fixed(round.move.mbPerSecond, 0)} MB/s, TCP into a file + fsync ${fixed(round.tcpFile.mbPerSecond, 0)} MB/s (receiver CPU ${fixed(round.tcpFile.receiverCpuSeconds, 1)} s): ` +
         `${times(round.move.mbPerSecond / round.tcpFile.mbPerSecond)} (load ${fixed(round.load, 1)}); ${describeCpu(round.cpu)}`,
     ),
     ...(latency ? ["", ...renderLatency(latency, options)] : []),
