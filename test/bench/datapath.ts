@@ -42,6 +42,7 @@ import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { loadTlsIdentity, useTlsIdentity } from "../../transport/tls/tls-identity.ts";
 import { NbdClient } from "../../transport/nbd/nbd-client.ts";
+import { JOBS, type Job } from "./_fio-jobs.ts";
 import { buildShoal, loadAverage, progress, sourceRevision, syncDisks, table } from "./_bench.ts";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
@@ -67,22 +68,6 @@ interface Options {
   endFsync: boolean;
   tls: boolean;
 }
-
-interface Job {
-  key: "seqWrite" | "seqRead" | "randWrite" | "randRead";
-  label: string;
-  rw: string;
-  blockSize: string;
-  timeBased: boolean;
-}
-
-/** Writes before reads, so every read hits written data. */
-const JOBS: Job[] = [
-  { key: "seqWrite", label: "seq write 1M", rw: "write", blockSize: "1M", timeBased: false },
-  { key: "seqRead", label: "seq read 1M", rw: "read", blockSize: "1M", timeBased: false },
-  { key: "randWrite", label: "rand write 4K", rw: "randwrite", blockSize: "4k", timeBased: true },
-  { key: "randRead", label: "rand read 4K", rw: "randread", blockSize: "4k", timeBased: true },
-];
 
 type TargetKey = "qemuNbd" | "nbdkitFile" | "shoalDirect" | "shoalForwarded" | "shoalStriped";
 

@@ -231,7 +231,13 @@ export class PeerLink {
     for (const wake of this.waiters.splice(0)) wake();
   }
 
-  async request(op: string, args: FrameHeader, payload?: Uint8Array, timeoutMs?: number): Promise<Response> {
+  request(op: string, args: FrameHeader, payload?: Uint8Array, timeoutMs?: number): Promise<Response> {
+    // The link is up for nearly every request: the connection's own promise, no async wrapper.
+    if (this.state === "up" && this.connection) return this.connection.request(op, args, payload, timeoutMs);
+    return this.requestWhenUp(op, args, payload, timeoutMs);
+  }
+
+  private async requestWhenUp(op: string, args: FrameHeader, payload?: Uint8Array, timeoutMs?: number): Promise<Response> {
     if (this.state !== "up" && this.unreachable === undefined) await this.waitForUp();
     const connection = this.connection;
     if (this.state !== "up" || !connection) {

@@ -117,7 +117,8 @@ export class VolumeRouter implements ExportCatalog {
       const done = this.readPage(target, slice.page, slice.pageOffset, slice.length, into, intoOffset + slice.bufferOffset, 0);
       if (done) (pending ??= []).push(done);
     }
-    if (pending) return Promise.all(pending).then(() => {});
+    // One page (most requests): its own promise, no gathering one.
+    if (pending) return pending.length === 1 ? pending[0] : Promise.all(pending).then(() => {});
   }
 
   write(target: Target, offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
@@ -238,7 +239,7 @@ export class VolumeRouter implements ExportCatalog {
       this.checkHops(record, page, hops);
       return this.group
         .link(owner)
-        .request("page.zero", { ...this.addressOf(target), p: page, o: pageOffset, n: length, f: fua, h: hops + 1 })
+        .request("page.zero", this.pageAddress(target, page, pageOffset, hops + 1, length, fua))
         .then((response) => applierOf(response.result, owner));
     }
     if (this.heldFor(target)) return this.gate.holds.enqueue(record.name, again);
@@ -248,15 +249,22 @@ export class VolumeRouter implements ExportCatalog {
     return this.acknowledge(target, page, fua, commitWait);
   }
 
-  private async forwardRead(owner: string, target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> {
+  /**
+   * The owner's answer is copied into the reply buffer, once: writing the NBD reply from the
+   * received chunks' views instead took one socket write per 64 KiB chunk, and cost the
+   * forwarding node more CPU than the copy (4.6-7.5 vs 3.2-3.6 ms per 1 MiB read here).
+   */
+  private forwardRead(owner: string, target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> {
     this.checkHops(target.record, page, hops);
-    const response = await this.group
+    return this.group
       .link(owner)
-      .request("page.read", { ...this.addressOf(target), p: page, o: pageOffset, n: length, h: hops + 1 });
-    if (response.payload.byteLength !== length) {
-      throw new ShoalError("IO_ERROR", `node ${owner} returned ${response.payload.byteLength} bytes for a ${length}-byte read`);
-    }
-    response.payload.copyTo(into, at);
+      .request("page.read", this.pageAddress(target, page, pageOffset, hops + 1, length))
+      .then((response) => {
+        if (response.payload.byteLength !== length) {
+          throw new ShoalError("IO_ERROR", `node ${owner} returned ${response.payload.byteLength} bytes for a ${length}-byte read`);
+        }
+        response.payload.copyTo(into, at);
+      });
   }
 
   private forwardWrite(owner: string, target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier> {
@@ -264,7 +272,7 @@ export class VolumeRouter implements ExportCatalog {
     const payload = Payload.concat(parts);
     return this.group
       .link(owner)
-      .request("page.write", { ...this.addressOf(target), p: page, o: pageOffset, f: fua, h: hops + 1 }, payload)
+      .request("page.write", this.pageAddress(target, page, pageOffset, hops + 1, undefined, fua), payload)
       .then((response) => applierOf(response.result, owner));
   }
 
@@ -331,6 +339,19 @@ export class VolumeRouter implements ExportCatalog {
   /** A write's answer: who applied it (a write passed on reports the node that really did). */
   private answerFor(applier: Applier | void): FrameHeader {
     return applier ? { n: applier.n, b: applier.b } : { n: this.group.selfId, b: this.bootId };
+  }
+
+  /**
+   * A page request's arguments, made for every forwarded request: no spread, and no field that
+   * is undefined (msgpackr encodes those too, and packing plus unpacking the header then takes
+   * twice as long: 6.8 vs 3.1 µs measured here).
+   */
+  private pageAddress(target: Target, page: number, pageOffset: number, hops: number, length: number | undefined, fua?: boolean): FrameHeader {
+    const args: FrameHeader = { v: target.record.uid, p: page, o: pageOffset, h: hops };
+    if (target.layer !== target.record.uid) args.l = target.layer;
+    if (length !== undefined) args.n = length;
+    if (fua !== undefined) args.f = fua;
+    return args;
   }
 
   /** How a target is named on the wire: the volume uid, and the layer when it is not the head. */
