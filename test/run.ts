@@ -51,7 +51,7 @@ async function ensureTools(): Promise<void> {
 async function main(): Promise<void> {
   await ensureTools();
   const bun = process.execPath;
-  if ((await sh([bun, "build", "--compile", "cmd/shoal.ts", "--outfile", "dist/shoal"])) !== 0) {
+  if ((await sh([bun, "build", "--compile", "--bytecode", "--format=esm", "cmd/shoal.ts", "--outfile", "dist/shoal"])) !== 0) {
     console.error("building dist/shoal failed");
     process.exit(1);
   }

@@ -23,7 +23,7 @@ export async function buildShoal(dir: string, bin: string | undefined): Promise<
     return path.resolve(bin);
   }
   const outfile = path.join(dir, "shoal");
-  const built = await run([process.execPath, "build", "--compile", path.join(ROOT, "cmd/shoal.ts"), "--outfile", outfile], { timeoutMs: BUILD_TIMEOUT_MS });
+  const built = await run([process.execPath, "build", "--compile", "--bytecode", "--format=esm", path.join(ROOT, "cmd/shoal.ts"), "--outfile", outfile], { timeoutMs: BUILD_TIMEOUT_MS });
   if (built.exitCode !== 0) throw new Error(`building shoal failed:\n${built.stderr}`);
   return outfile;
 }
