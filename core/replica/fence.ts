@@ -24,8 +24,6 @@ export interface FenceView {
 export interface FenceSabotage {
   /** Serve writes routed by any version, old or new (no fence at all). */
   ignoreFence?: boolean;
-  /** Serve as a replica of a group before the join copy arrived. */
-  serveWhileJoining?: boolean;
 }
 
 export function admit(view: FenceView, group: number, routedVersion: number, sabotage: FenceSabotage = {}): Admission {
@@ -36,7 +34,7 @@ export function admit(view: FenceView, group: number, routedVersion: number, sab
   }
   const since = sinceOf(table, group, self);
   if (since === undefined) return { ok: false, reason: "not-replica" };
-  if (!sabotage.serveWhileJoining && view.syncedSince(group) !== since) return { ok: false, reason: "joining" };
+  if (view.syncedSince(group) !== since) return { ok: false, reason: "joining" };
   return { ok: true };
 }
 

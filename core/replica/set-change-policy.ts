@@ -23,11 +23,15 @@ export function proposalFor(view: PolicyView): SetChange | undefined {
   return dropFor(view) ?? addFor(view);
 }
 
+/**
+ * Only an up-to-date replica asks to drop another: the set that remains then holds at least one
+ * copy that can serve and send join copies (a set of joiners alone could never be brought up to date).
+ */
 function dropFor(view: PolicyView): SetChange | undefined {
   const { table, self, suspected } = view;
   for (let group = 0; group < table.sets.length; group++) {
     const nodes = table.sets[group]!.map((entry) => entry.node);
-    if (!nodes.includes(self)) continue;
+    if (!nodes.includes(self) || !view.synced(group)) continue;
     const victim = nodes.find((node) => node !== self && suspected.has(node));
     if (victim !== undefined && changeFits(table, { kind: "drop", group, node: victim })) return { kind: "drop", group, node: victim };
   }

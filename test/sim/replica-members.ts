@@ -138,8 +138,8 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
   }
 
   private propose(member: Member, base: ReplicaTable, change: SetChange): void {
-    const { minorityQuorum, ignoreAccepted, skipBasePrecondition } = this.sabotage;
-    const config = { self: member.id, members: this.memberIds, ...PROPOSER, jitter: () => this.rng.float(), sabotage: { minorityQuorum, ignoreAccepted, skipBasePrecondition } };
+    const { minorityQuorum, ignoreAccepted } = this.sabotage;
+    const config = { self: member.id, members: this.memberIds, ...PROPOSER, jitter: () => this.rng.float(), sabotage: { minorityQuorum, ignoreAccepted } };
     const proposer = new SetChangeProposer(config, base, withChange(base, change));
     this.log(`${member.id} proposes ${base.volume} v${proposer.version}: ${change.kind} ${change.node} in group ${change.group}`);
     member.volatile.proposers.set(base.volume, proposer);
@@ -193,7 +193,7 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
   private admission(member: Member, volume: string, group: number, routed: number): ReturnType<typeof admit> {
     const table = member.durable.tables.get(volume)!;
     const view = { self: member.id, table, syncedSince: (g: number) => member.durable.syncedSince.get(`${volume}/${g}`) };
-    return admit(view, group, routed, { ignoreFence: this.sabotage.ignoreFence, serveWhileJoining: this.sabotage.serveWhileJoining });
+    return admit(view, group, routed, { ignoreFence: this.sabotage.ignoreFence });
   }
 
   private write(member: Member, from: string, p: Of<"write">): void {
@@ -277,7 +277,7 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
         continue;
       }
       const map = member.durable.awayMaps.get(key);
-      const chunks = map === undefined ? range(CHUNKS_PER_GROUP) : remainder(map);
+      const chunks = this.sabotage.joinWithoutCopy ? [] : map === undefined ? range(CHUNKS_PER_GROUP) : remainder(map);
       this.send(member.id, node, { kind: "join", table, group, since, chunks: this.values(member, volume, group, chunks) });
     }
   }

@@ -39,14 +39,12 @@ export interface ReplicaSabotage {
   ignoreFence?: boolean;
   /** A client counts a replica that has not recorded the write's version yet ("behind") as done: the version is live before it is active. */
   activateBeforeRecorded?: boolean;
-  /** A joining replica serves before its join copy arrived. */
-  serveWhileJoining?: boolean;
+  /** Survivors send the joiner its join copy without the chunks it still lacks (the resync is taken as enough). */
+  joinWithoutCopy?: boolean;
   /** A read takes the first replica's answer without the others confirming the version. */
   readFromOne?: boolean;
   /** A resync source forgets a chunk as it sends the copy, not when the copy is confirmed. */
   resyncForgetsOnSend?: boolean;
-  /** Proposers skip the precondition that the version before their base is dead. */
-  skipBasePrecondition?: boolean;
 }
 export const SABOTAGE_NAMES = [
   "acceptorRepliesBeforeDurable",
@@ -54,10 +52,9 @@ export const SABOTAGE_NAMES = [
   "ignoreAccepted",
   "ignoreFence",
   "activateBeforeRecorded",
-  "serveWhileJoining",
+  "joinWithoutCopy",
   "readFromOne",
   "resyncForgetsOnSend",
-  "skipBasePrecondition",
 ] as const;
 
 export interface ReplicaScenario {
