@@ -19,8 +19,17 @@ export interface ReplicaTable {
   sets: ReplicaEntry[][];
 }
 
-/** One change per version: a replacement is a drop and an add, two versions (see set-change-proposer.ts). */
-export type SetChange = { kind: "drop"; group: number; node: string } | { kind: "add"; group: number; node: string };
+/**
+ * One node leaves or joins the sets of some groups: each group's set changes by that one node
+ * only, so its old and new sets share a replica (the safety argument in set-change-proposer.ts is
+ * per group). A node's loss is then one version, not one per group it held. A replacement is a
+ * drop and an add, two versions.
+ */
+export interface SetChange {
+  kind: "drop" | "add";
+  node: string;
+  groups: number[];
+}
 
 export function initialTable(volume: string, placement: string[][]): ReplicaTable {
   for (const nodes of placement) invariant(nodes.length > 0 && new Set(nodes).size === nodes.length, `page group placement ${nodes.join(",")} is empty or repeats a node`);
@@ -38,12 +47,15 @@ export function sinceOf(table: ReplicaTable, group: number, node: string): numbe
   return table.sets[group]?.find((entry) => entry.node === node)?.since;
 }
 
-/** Whether `change` can be made to `table`: drops keep at least one replica, adds bring a new node. */
+/** Whether `change` can be made to `table`: drops keep at least one replica in each group, adds bring a new node. */
 export function changeFits(table: ReplicaTable, change: SetChange): boolean {
-  const set = table.sets[change.group];
-  if (set === undefined) return false;
-  const present = set.some((entry) => entry.node === change.node);
-  return change.kind === "drop" ? present && set.length > 1 : !present;
+  if (change.groups.length === 0 || new Set(change.groups).size !== change.groups.length) return false;
+  return change.groups.every((group) => {
+    const set = table.sets[group];
+    if (set === undefined) return false;
+    const present = set.some((entry) => entry.node === change.node);
+    return change.kind === "drop" ? present && set.length > 1 : !present;
+  });
 }
 
 /** The table one version up with `change` made; the change must fit (changeFits). */
@@ -51,7 +63,7 @@ export function withChange(table: ReplicaTable, change: SetChange): ReplicaTable
   invariant(changeFits(table, change), () => `set change ${describeChange(change)} does not fit volume ${table.volume} v${table.version}`);
   const version = table.version + 1;
   const sets = table.sets.map((set, group) => {
-    if (group !== change.group) return set.map((entry) => ({ ...entry }));
+    if (!change.groups.includes(group)) return set.map((entry) => ({ ...entry }));
     return change.kind === "drop" ? set.filter((entry) => entry.node !== change.node).map((entry) => ({ ...entry })) : [...set.map((entry) => ({ ...entry })), { node: change.node, since: version }];
   });
   return { volume: table.volume, version, sets };
@@ -75,7 +87,7 @@ export function cloneReplicaTable(table: ReplicaTable): ReplicaTable {
 }
 
 export function describeChange(change: SetChange): string {
-  return `${change.kind} ${change.node} ${change.kind === "drop" ? "from" : "to"} group ${change.group}`;
+  return `${change.kind} ${change.node} ${change.kind === "drop" ? "from" : "to"} groups ${change.groups.join(",")}`;
 }
 
 export function describeTable(table: ReplicaTable): string {

@@ -1,7 +1,8 @@
 // Which set change a member asks for, from what it sees: drop a replica it suspects (no heartbeat
-// within the suspicion window) from a group it serves too, or, as a group's resync source, add
-// back a home replica that is up again once the chunks it still lacks are few enough to send in
-// the join copy. One change at a time; the proposer (set-change-proposer.ts) decides it.
+// within the suspicion window) from the groups it serves too, or, as the resync source of groups,
+// add back a home replica that is up again to those where the chunks it still lacks are few
+// enough to send in the join copy. One node per change, in as many groups as apply, so a node's
+// loss or return is one version; the proposer (set-change-proposer.ts) decides it.
 import { changeFits, type ReplicaTable, type SetChange } from "./replica-table.ts";
 
 export interface PolicyView {
@@ -29,13 +30,12 @@ export function proposalFor(view: PolicyView): SetChange | undefined {
  */
 function dropFor(view: PolicyView): SetChange | undefined {
   const { table, self, suspected } = view;
-  for (let group = 0; group < table.sets.length; group++) {
-    const nodes = table.sets[group]!.map((entry) => entry.node);
-    if (!nodes.includes(self) || !view.synced(group)) continue;
-    const victim = nodes.find((node) => node !== self && suspected.has(node));
-    if (victim !== undefined && changeFits(table, { kind: "drop", group, node: victim })) return { kind: "drop", group, node: victim };
-  }
-  return undefined;
+  const servedBySelf = (group: number): boolean => table.sets[group]!.some((entry) => entry.node === self) && view.synced(group);
+  const victim = [...suspected].sort().find((node) => table.sets.some((set, group) => servedBySelf(group) && set.some((entry) => entry.node === node)));
+  if (victim === undefined) return undefined;
+  const groups = table.sets.flatMap((set, group) => (servedBySelf(group) && set.some((entry) => entry.node === victim) ? [group] : []));
+  const change: SetChange = { kind: "drop", node: victim, groups };
+  return changeFits(table, change) ? change : undefined;
 }
 
 /** The group's resync source is its first replica this member does not suspect: one member copies, not all. */
@@ -45,14 +45,16 @@ export function resyncSource(table: ReplicaTable, group: number, suspected: Read
 
 function addFor(view: PolicyView): SetChange | undefined {
   const { table, self, suspected } = view;
-  for (let group = 0; group < table.sets.length; group++) {
-    if (resyncSource(table, group, suspected) !== self || !view.synced(group)) continue;
-    const nodes = table.sets[group]!.map((entry) => entry.node);
-    for (const node of view.home[group] ?? []) {
-      if (nodes.includes(node) || suspected.has(node)) continue;
-      const lacking = view.lacking(group, node);
-      if (lacking !== undefined && lacking <= view.joinChunksMax) return { kind: "add", group, node };
-    }
+  const ready = (group: number, node: string): boolean => {
+    if (resyncSource(table, group, suspected) !== self || !view.synced(group) || suspected.has(node)) return false;
+    if (!(view.home[group] ?? []).includes(node) || table.sets[group]!.some((entry) => entry.node === node)) return false;
+    const lacking = view.lacking(group, node);
+    return lacking !== undefined && lacking <= view.joinChunksMax;
+  };
+  const candidates = [...new Set(view.home.flat())].sort();
+  for (const node of candidates) {
+    const groups = table.sets.flatMap((_, group) => (ready(group, node) ? [group] : []));
+    if (groups.length > 0) return { kind: "add", node, groups };
   }
   return undefined;
 }

@@ -5,7 +5,7 @@
 import { onAccept, onPrepare, type SlotRecord } from "../../core/replica/acceptor.ts";
 import { changedCount, copied, copyLost, newAwayMap, noteWrite, remainder, takeBatch } from "../../core/replica/away-map.ts";
 import { admit, newerThan, type ChunkValue } from "../../core/replica/fence.ts";
-import { sinceOf, withChange, type ReplicaTable, type SetChange } from "../../core/replica/replica-table.ts";
+import { describeChange, sinceOf, withChange, type ReplicaTable, type SetChange } from "../../core/replica/replica-table.ts";
 import { proposalFor, resyncSource } from "../../core/replica/set-change-policy.ts";
 import { SetChangeProposer, type ProposerEffect } from "../../core/replica/set-change-proposer.ts";
 import { ReplicaWorldBase } from "./replica-world-base.ts";
@@ -141,7 +141,7 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
     const { minorityQuorum, ignoreAccepted } = this.sabotage;
     const config = { self: member.id, members: this.memberIds, ...PROPOSER, jitter: () => this.rng.float(), sabotage: { minorityQuorum, ignoreAccepted } };
     const proposer = new SetChangeProposer(config, base, withChange(base, change));
-    this.log(`${member.id} proposes ${base.volume} v${proposer.version}: ${change.kind} ${change.node} in group ${change.group}`);
+    this.log(`${member.id} proposes ${base.volume} v${proposer.version}: ${describeChange(change)}`);
     member.volatile.proposers.set(base.volume, proposer);
     this.runProposer(member, proposer, proposer.start(this.nowMs));
   }

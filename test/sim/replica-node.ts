@@ -92,7 +92,7 @@ export function makeScenario(rng: Prng, mode: ReplicaMode): ReplicaScenario {
     crashes: calm ? 0 : rng.int(0, 4),
     pauses: calm ? 0 : rng.int(0, 2),
     partitions: calm ? 0 : rng.int(0, 2),
-    pointCrashRate: calm ? 0 : rng.pick([0, 0.02, 0.05]),
+    pointCrashRate: calm ? 0 : rng.pick([0, 0.02, 0.05, 0.1]),
     activeEndMs: 1200,
     quiesceEndMs: 4000,
   };

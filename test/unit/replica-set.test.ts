@@ -12,8 +12,8 @@ import { Prng } from "../sim/kernel/prng.ts";
 
 const MEMBERS = ["a", "b", "c"];
 const base = initialTable("vol", [["a", "b"], ["b", "c"]]);
-const dropB = withChange(base, { kind: "drop", group: 0, node: "b" });
-const addC = withChange(base, { kind: "add", group: 0, node: "c" });
+const dropB = withChange(base, { kind: "drop", node: "b", groups: [0] });
+const addC = withChange(base, { kind: "add", node: "c", groups: [0] });
 const ballot = (round: number, proposer: string): Ballot => ({ round, proposer });
 
 function proposer(self: string, value: ReplicaTable, from = base, extra: Partial<ConstructorParameters<typeof SetChangeProposer>[0]> = {}): SetChangeProposer {
@@ -29,9 +29,13 @@ describe("replica tables", () => {
       { node: "b", since: 1 },
       { node: "c", since: 2 },
     ]);
-    expect(changeFits(dropB, { kind: "drop", group: 0, node: "a" })).toBe(false); // never the last replica
-    expect(changeFits(base, { kind: "add", group: 0, node: "a" })).toBe(false);
+    expect(changeFits(dropB, { kind: "drop", node: "a", groups: [0] })).toBe(false); // never the last replica
+    expect(changeFits(base, { kind: "add", node: "a", groups: [0] })).toBe(false);
     expect(carriedOver(addC)).toEqual([["a", "b"], ["b", "c"]]);
+    // A node's loss is one version over every group it held; each group still loses only it.
+    const dropBEverywhere = withChange(base, { kind: "drop", node: "b", groups: [0, 1] });
+    expect(dropBEverywhere.sets).toEqual([[{ node: "a", since: 1 }], [{ node: "c", since: 1 }]]);
+    expect(changeFits(dropBEverywhere, { kind: "drop", node: "c", groups: [1] })).toBe(false);
   });
 
   test("a survivor starts a map for a dropped replica and owes a join copy to an added one", () => {
@@ -127,7 +131,7 @@ describe("set-change proposer", () => {
 
   test("phase 2 waits until a replica carried over into the base reports it recorded the base", () => {
     // {a,b} -> {a} (v2) -> propose v3 = {a,c}: a is carried over from v1 into v2 and must have v2.
-    const v3 = withChange(dropB, { kind: "add", group: 0, node: "c" });
+    const v3 = withChange(dropB, { kind: "add", node: "c", groups: [0] });
     const p = proposer("c", v3, dropB);
     const prepare = p.start(0)[0]!;
     const promise = (recordedVersion: number): AcceptorReply => ({ kind: "promise", version: 3, ballot: (prepare as { ballot: Ballot }).ballot, recordedVersion });
@@ -219,8 +223,11 @@ describe("changed-while-away map", () => {
 
 describe("set-change policy", () => {
   const view = { self: "a", table: base, home: base.sets.map((set) => set.map((e) => e.node)), synced: () => true, lacking: () => undefined, joinChunksMax: 2 };
-  test("an up-to-date replica drops a suspected peer of its group, never the last one", () => {
-    expect(proposalFor({ ...view, suspected: new Set(["b"]) })).toEqual({ kind: "drop", group: 0, node: "b" });
+  test("an up-to-date replica drops a suspected peer from the groups it serves, never the last one", () => {
+    expect(proposalFor({ ...view, suspected: new Set(["b"]) })).toEqual({ kind: "drop", node: "b", groups: [0] });
+    expect(proposalFor({ ...view, self: "c", suspected: new Set(["b"]) })).toEqual({ kind: "drop", node: "b", groups: [1] });
+    const wide = initialTable("vol", [["a", "b"], ["b", "a"], ["c", "b"]]);
+    expect(proposalFor({ ...view, table: wide, suspected: new Set(["b"]) })).toEqual({ kind: "drop", node: "b", groups: [0, 1] });
     expect(proposalFor({ ...view, suspected: new Set(["b"]), synced: () => false })).toBeUndefined();
     expect(proposalFor({ ...view, table: dropB, suspected: new Set(["c"]) })).toBeUndefined();
   });
@@ -228,7 +235,7 @@ describe("set-change policy", () => {
   test("the group's source adds a home replica back once it lacks few enough chunks", () => {
     const back = { ...view, table: dropB, suspected: new Set<string>() };
     expect(proposalFor({ ...back, lacking: () => 3 })).toBeUndefined();
-    expect(proposalFor({ ...back, lacking: () => 2 })).toEqual({ kind: "add", group: 0, node: "b" });
+    expect(proposalFor({ ...back, lacking: () => 2 })).toEqual({ kind: "add", node: "b", groups: [0] });
     expect(proposalFor({ ...back, self: "c", lacking: () => 0 })).toBeUndefined(); // not a replica of group 0
   });
 });
