@@ -96,15 +96,23 @@ export function describeTable(table: ReplicaTable): string {
 
 /**
  * What a member must do on adopting `next` over `previous` (a newer chosen table): the groups
- * where it stays a replica and another node left (start a changed-while-away map for it), and the
+ * where it stays a replica and another node left (start a changed-while-away map for it), the
  * groups where it was already an up-to-date replica and another node joined after `previous`
- * (send that node its join copy).
+ * (send that node its join copy), and the groups whose maps here are void because this member
+ * left or rejoined them (it missed writes meanwhile, so its maps miss chunks: a join copy from
+ * such a map would leave the joiner without them).
  */
-export function consequencesFor(self: string, previous: ReplicaTable, next: ReplicaTable): { dropped: { group: number; node: string }[]; joined: { group: number; node: string }[] } {
+export function consequencesFor(
+  self: string,
+  previous: ReplicaTable,
+  next: ReplicaTable,
+): { dropped: { group: number; node: string }[]; joined: { group: number; node: string }[]; voidMaps: number[] } {
   const dropped: { group: number; node: string }[] = [];
   const joined: { group: number; node: string }[] = [];
+  const voidMaps: number[] = [];
   next.sets.forEach((set, group) => {
     const mine = set.find((entry) => entry.node === self);
+    if (mine?.since !== sinceOf(previous, group, self)) voidMaps.push(group);
     if (mine === undefined) return;
     for (const entry of previous.sets[group] ?? []) {
       if (entry.node !== self && !set.some((kept) => kept.node === entry.node)) dropped.push({ group, node: entry.node });
@@ -113,5 +121,5 @@ export function consequencesFor(self: string, previous: ReplicaTable, next: Repl
       if (entry.node !== self && entry.since > previous.version && mine.since < entry.since) joined.push({ group, node: entry.node });
     }
   });
-  return { dropped, joined };
+  return { dropped, joined, voidMaps };
 }

@@ -227,7 +227,11 @@ export abstract class ReplicaWorldBase extends SimWorld {
     member.durable.tables.set(table.volume, cloneReplicaTable(table));
     this.event({ kind: "record", node: member.id, volume: table.volume, version: table.version, table: cloneReplicaTable(table) });
     this.log(`${member.id} records ${table.volume} ${describeTable(table)}`);
-    const { dropped, joined } = consequencesFor(member.id, previous, table);
+    const { dropped, joined, voidMaps } = consequencesFor(member.id, previous, table);
+    for (const group of voidMaps) {
+      const prefix = `${table.volume}/${group}/`;
+      for (const key of [...member.durable.awayMaps.keys()]) if (key.startsWith(prefix)) member.durable.awayMaps.delete(key);
+    }
     for (const { group, node } of dropped) {
       const key = `${table.volume}/${group}/${node}`;
       if (!member.durable.awayMaps.has(key)) member.durable.awayMaps.set(key, newAwayMap(group, node, table.version));

@@ -39,11 +39,24 @@ describe("replica tables", () => {
   });
 
   test("a survivor starts a map for a dropped replica and owes a join copy to an added one", () => {
-    expect(consequencesFor("a", base, dropB)).toEqual({ dropped: [{ group: 0, node: "b" }], joined: [] });
-    expect(consequencesFor("a", base, addC)).toEqual({ dropped: [], joined: [{ group: 0, node: "c" }] });
+    expect(consequencesFor("a", base, dropB)).toEqual({ dropped: [{ group: 0, node: "b" }], joined: [], voidMaps: [] });
+    expect(consequencesFor("a", base, addC)).toEqual({ dropped: [], joined: [{ group: 0, node: "c" }], voidMaps: [] });
     // The joiner itself owes nothing; a node dropped learns nothing to do for that group.
     expect(consequencesFor("c", base, addC).joined).toEqual([]);
-    expect(consequencesFor("b", base, dropB)).toEqual({ dropped: [], joined: [] });
+    expect(consequencesFor("b", base, dropB)).toEqual({ dropped: [], joined: [], voidMaps: [0] });
+  });
+
+  test("a member that left a group, or rejoined it, holds no valid changed-while-away map for it", () => {
+    // {a,b,c}: c leaves (a and b map what c misses), then b leaves and rejoins: b missed writes
+    // while away, so its map for c is void; only a's is whole.
+    const v1 = initialTable("vol", [["a", "b", "c"]]);
+    const v2 = withChange(v1, { kind: "drop", node: "c", groups: [0] });
+    const v3 = withChange(v2, { kind: "drop", node: "b", groups: [0] });
+    const v4 = withChange(v3, { kind: "add", node: "b", groups: [0] });
+    expect(consequencesFor("b", v2, v3).voidMaps).toEqual([0]);
+    expect(consequencesFor("b", v2, v4).voidMaps).toEqual([0]); // even when it learns both at once
+    expect(consequencesFor("a", v2, v4).voidMaps).toEqual([]);
+    expect(consequencesFor("c", v1, v4).voidMaps).toEqual([0]);
   });
 });
 
