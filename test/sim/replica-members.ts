@@ -59,6 +59,7 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
       case "read":
         return this.read(member, from, payload);
       case "copy":
+        this.history.copiesApplied++;
         for (const [chunk, value] of payload.chunks) this.store(member, registerKey(payload.volume, payload.group, chunk), value);
         return this.send(member.id, from, { kind: "copied", batch: payload.batch });
       case "copied":
@@ -199,7 +200,7 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
   private write(member: Member, from: string, p: Of<"write">): void {
     const admission = this.admission(member, p.volume, p.group, p.routed);
     const table = member.durable.tables.get(p.volume)!;
-    if (!admission.ok) return this.send(member.id, from, { kind: "answer", attempt: p.attempt, ok: false, reason: admission.reason, table, order: ++this.order });
+    if (!admission.ok) return this.refuse(member, from, p.attempt, admission.reason, table);
     this.store(member, registerKey(p.volume, p.group, p.chunk), p.value);
     // Every write applied here is one an away replica of the group lacks, even a retry of one already here.
     const prefix = `${p.volume}/${p.group}/`;
@@ -210,9 +211,14 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
   private read(member: Member, from: string, p: Of<"read">): void {
     const admission = this.admission(member, p.volume, p.group, p.routed);
     const table = member.durable.tables.get(p.volume)!;
-    if (!admission.ok) return this.send(member.id, from, { kind: "answer", attempt: p.attempt, ok: false, reason: admission.reason, table, order: ++this.order });
+    if (!admission.ok) return this.refuse(member, from, p.attempt, admission.reason, table);
     const value = member.durable.chunks.get(registerKey(p.volume, p.group, p.chunk));
     this.send(member.id, from, { kind: "answer", attempt: p.attempt, ok: true, ...(value ? { value } : {}), table, order: ++this.order });
+  }
+
+  private refuse(member: Member, to: string, attempt: number, reason: string, table: ReplicaTable): void {
+    this.history.refusals.set(reason, (this.history.refusals.get(reason) ?? 0) + 1);
+    this.send(member.id, to, { kind: "answer", attempt, ok: false, reason, table, order: ++this.order });
   }
 
   private store(member: Member, key: string, value: ChunkValue): void {
@@ -287,6 +293,7 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
     const table = member.durable.tables.get(p.table.volume)!;
     if (sinceOf(table, p.group, member.id) !== p.since) return;
     for (const [chunk, value] of p.chunks) this.store(member, registerKey(table.volume, p.group, chunk), value);
+    if (member.durable.syncedSince.get(`${table.volume}/${p.group}`) !== p.since) this.history.joinsApplied++;
     member.durable.syncedSince.set(`${table.volume}/${p.group}`, p.since);
     this.send(member.id, from, { kind: "joined", volume: table.volume, group: p.group, since: p.since });
   }

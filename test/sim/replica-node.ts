@@ -195,6 +195,10 @@ export interface ReplicaHistory {
   pauses: number;
   partitions: number;
   setChanges: number;
+  /** What the protocol did, so the suite can tell the runs exercised it: refusals by reason, resync copies and join copies applied. */
+  refusals: Map<string, number>;
+  copiesApplied: number;
+  joinsApplied: number;
   errors: string[];
   eventCount: number;
 }

@@ -87,6 +87,9 @@ export abstract class ReplicaWorldBase extends SimWorld {
       pauses: 0,
       partitions: 0,
       setChanges: 0,
+      refusals: new Map(),
+      copiesApplied: 0,
+      joinsApplied: 0,
       errors: [],
       eventCount: 0,
     };
