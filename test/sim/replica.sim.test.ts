@@ -7,7 +7,7 @@ import { describe, expect, test } from "bun:test";
 import { checkReplicaHistory } from "./replica-checker.ts";
 import { REPLICA_MODES, runReplicaWorld, type ReplicaHistory, type ReplicaMode, type ReplicaSabotage } from "./replica-world.ts";
 
-const SEEDS_PER_MODE = 100;
+const SEEDS_PER_MODE = 80;
 
 describe("replica-set simulation", () => {
   for (const mode of REPLICA_MODES) {
