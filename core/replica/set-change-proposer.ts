@@ -24,10 +24,12 @@
 //    proposers are up-to-date replicas (set-change-policy.ts), but a proposer outside the set
 //    (an operator's repair) would not be covered.
 //  * Acknowledged writes survive. A replica that stays has every write acknowledged under the
-//    versions it was in. A joining replica serves nothing for its group until a survivor that
-//    recorded the join version sent it every chunk changed since the joiner last had them
-//    (away-map.ts); that survivor refused writes of the older version from the moment it recorded
-//    the new one, so no acknowledged write falls between its copy and the join.
+//    versions it was in. A joining replica serves nothing for its group until an up-to-date
+//    replica that recorded the join version sent it every chunk changed since the joiner last had
+//    them (away-map.ts; every chunk when the sender keeps no valid map). The sender holds every
+//    write acknowledged so far, refuses writes of versions older than the join from the moment it
+//    recorded it, and writes of versions that include the joiner wait for the joiner; so no
+//    acknowledged write falls between its copy and the join.
 //  * Reads. A dropped replica that has not heard of its drop still believes in the old set; a
 //    read it answers alone may be stale. So a read is valid only when every replica of the set it
 //    was routed by confirms its fence at that version (fence.ts, admitRead): a dead version has a

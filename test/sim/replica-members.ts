@@ -66,11 +66,12 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
         return this.copyConfirmed(member, payload.batch);
       case "join":
         return this.join(member, from, payload);
+      case "join-request":
+        return this.sendJoin(member, payload.volume, payload.group, from);
       case "joined": {
-        const key = `${payload.volume}/${payload.group}/${from}`;
-        if (member.durable.joinsOwed.get(key) !== payload.since) return;
-        member.durable.joinsOwed.delete(key);
-        member.durable.awayMaps.delete(key);
+        // The joiner is up to date for this membership: no map for it is needed (unless it left again since).
+        const table = member.durable.tables.get(payload.volume)!;
+        if (sinceOf(table, payload.group, from) === payload.since) member.durable.awayMaps.delete(`${payload.volume}/${payload.group}/${from}`);
         return;
       }
       case "answer":
@@ -134,7 +135,7 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
       });
       if (change) this.propose(member, table, change);
     }
-    this.sendJoins(member);
+    this.requestJoins(member);
     this.timer(member, this.nowMs + POLICY_INTERVAL_MS * this.rng.range(0.8, 1.2), () => this.policyTick(member));
   }
 
@@ -272,20 +273,32 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
     return out;
   }
 
-  /** Every join copy this member owes, sent again until confirmed (its recorded table carries the new set). */
-  protected sendJoins(member: Member): void {
-    for (const [key, since] of member.durable.joinsOwed) {
-      const [volume, groupText, node] = key.split("/") as [string, string, string];
-      const group = Number(groupText);
-      const table = member.durable.tables.get(volume)!;
-      if (sinceOf(table, group, node) !== since || !this.synced(member, table, group)) {
-        member.durable.joinsOwed.delete(key);
-        continue;
-      }
-      const map = member.durable.awayMaps.get(key);
-      const chunks = this.sabotage.joinWithoutCopy ? [] : map === undefined ? range(CHUNKS_PER_GROUP) : remainder(map);
-      this.send(member.id, node, { kind: "join", table, group, since, chunks: this.values(member, volume, group, chunks) });
+  /**
+   * A replica whose copy of a group is not up to date for its membership asks every other replica
+   * of the set for its join copy, until one arrives. Any up-to-date replica can answer: its copy
+   * holds every write acknowledged so far (it got one join copy itself, or was there from the
+   * start, and every later write needed it), and writes under versions that include the joiner
+   * cannot be acknowledged until the joiner is up to date. Pulling, not owing: the replicas that
+   * were up to date when the node joined may all be gone by the time it asks.
+   */
+  private requestJoins(member: Member): void {
+    for (const table of member.durable.tables.values()) {
+      table.sets.forEach((set, group) => {
+        const since = sinceOf(table, group, member.id);
+        if (since === undefined || this.synced(member, table, group)) return;
+        for (const entry of set) if (entry.node !== member.id) this.send(member.id, entry.node, { kind: "join-request", volume: table.volume, group, since });
+      });
     }
+  }
+
+  protected sendJoin(member: Member, volume: string, group: number, node: string): void {
+    const table = member.durable.tables.get(volume)!;
+    const since = sinceOf(table, group, node);
+    if (since === undefined || node === member.id || !this.synced(member, table, group)) return;
+    // A map is valid only while this member stayed a replica since the node left (voidMaps); without one, every chunk.
+    const map = member.durable.awayMaps.get(`${volume}/${group}/${node}`);
+    const chunks = this.sabotage.joinWithoutCopy ? [] : map === undefined ? range(CHUNKS_PER_GROUP) : remainder(map);
+    this.send(member.id, node, { kind: "join", table, group, since, chunks: this.values(member, volume, group, chunks) });
   }
 
   private join(member: Member, from: string, p: Of<"join">): void {

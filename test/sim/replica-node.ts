@@ -1,6 +1,6 @@
 // The replica-set world's pieces below the world itself: a member split into what a crash keeps
-// (recorded tables = fences, Paxos slot records, chunk registers, join state, changed-while-away
-// maps) and what it drops (suspicion clocks, proposers, copies in flight), the messages on the
+// (recorded tables = fences, Paxos slot records, chunk registers, which membership each copy is
+// up to date for, changed-while-away maps) and what it drops (suspicion clocks, proposers, copies in flight), the messages on the
 // mesh, the scenario draw, the sabotage switches and the history the checker judges.
 import type { AcceptorReply, Ballot, SlotRecord } from "../../core/replica/acceptor.ts";
 import type { AwayMapState } from "../../core/replica/away-map.ts";
@@ -109,8 +109,6 @@ export interface MemberDurable {
   syncedSince: Map<string, number>;
   /** `${volume}/${group}/${node}` -> what that absent replica lacks. */
   awayMaps: Map<string, AwayMapState>;
-  /** `${volume}/${group}/${node}` -> the join version this member still owes that node a join copy for. */
-  joinsOwed: Map<string, number>;
 }
 
 export interface MemberVolatile {
@@ -125,7 +123,7 @@ export interface MemberVolatile {
 
 export class Member extends SimNode<MemberDurable, MemberVolatile> {
   constructor(id: string, tables: ReplicaTable[]) {
-    const durable: MemberDurable = { tables: new Map(tables.map((t) => [t.volume, t])), slots: new Map(), chunks: new Map(), syncedSince: new Map(), awayMaps: new Map(), joinsOwed: new Map() };
+    const durable: MemberDurable = { tables: new Map(tables.map((t) => [t.volume, t])), slots: new Map(), chunks: new Map(), syncedSince: new Map(), awayMaps: new Map() };
     for (const table of tables) table.sets.forEach((set, group) => set.some((e) => e.node === id) && durable.syncedSince.set(`${table.volume}/${group}`, 1));
     super(id, durable, () => ({
       lastHeardMs: new Map(),
@@ -148,6 +146,7 @@ export type Payload =
   | { kind: "answer"; attempt: number; ok: boolean; reason?: string; value?: ChunkValue; table: ReplicaTable; order: number }
   | { kind: "copy"; batch: number; volume: string; group: number; chunks: [number, ChunkValue][] }
   | { kind: "copied"; batch: number }
+  | { kind: "join-request"; volume: string; group: number; since: number }
   | { kind: "join"; table: ReplicaTable; group: number; since: number; chunks: [number, ChunkValue][] }
   | { kind: "joined"; volume: string; group: number; since: number };
 
@@ -190,7 +189,7 @@ export interface ReplicaHistory {
   events: HistoryEvent[];
   /** Writes still unacknowledged at the end (with their register and stamp). */
   pendingWrites: string[];
-  final: { node: string; tables: ReplicaTable[]; chunks: Map<string, number>; syncedSince: Map<string, number>; proposers: number; joinsOwed: number }[];
+  final: { node: string; tables: ReplicaTable[]; chunks: Map<string, number>; syncedSince: Map<string, number>; proposers: number }[];
   crashes: number;
   pauses: number;
   partitions: number;

@@ -239,15 +239,11 @@ export abstract class ReplicaWorldBase extends SimWorld {
       const key = `${table.volume}/${group}/${node}`;
       if (!member.durable.awayMaps.has(key)) member.durable.awayMaps.set(key, newAwayMap(group, node, table.version));
     }
-    for (const { group, node } of joined) {
-      const entry = table.sets[group]!.find((e) => e.node === node)!;
-      if (member.durable.syncedSince.get(`${table.volume}/${group}`) === table.sets[group]!.find((e) => e.node === member.id)!.since) {
-        member.durable.joinsOwed.set(`${table.volume}/${group}/${node}`, entry.since);
-      }
-    }
     const proposer = member.volatile.proposers.get(table.volume);
     if (proposer && proposer.version <= table.version) member.volatile.proposers.delete(table.volume);
-    if (joined.length > 0) this.sendJoins(member);
+    // Joiners pull their join copies (replica-members.ts); an up-to-date survivor pushes one at
+    // once too, so a returning replica usually need not wait for its next request.
+    for (const { group, node } of joined) this.sendJoin(member, table.volume, group, node);
     return true;
   }
 
@@ -264,7 +260,8 @@ export abstract class ReplicaWorldBase extends SimWorld {
 
   protected abstract receive(member: Member, from: string, payload: Payload): void;
   protected abstract clientReceives(client: string, from: string, payload: Payload): void;
-  protected abstract sendJoins(member: Member): void;
+  /** Sends `node` its join copy of the group if this member can (it is an up-to-date replica and `node` is in its set). */
+  protected abstract sendJoin(member: Member, volume: string, group: number, node: string): void;
   protected abstract finish(): void;
   /** Nothing left to do: what the checker's liveness rule demands at the end. */
   protected abstract isSettled(): boolean;

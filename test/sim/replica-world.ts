@@ -154,7 +154,7 @@ export class ReplicaWorld extends ReplicaMembersWorld {
     if ([...this.clients.values()].some((client) => client.op !== undefined)) return false;
     const first = this.members[0]!;
     for (const member of this.members) {
-      if (!member.up || member.volatile.proposers.size > 0 || member.durable.joinsOwed.size > 0) return false;
+      if (!member.up || member.volatile.proposers.size > 0) return false;
       for (const [volume, table] of member.durable.tables) {
         if (!sameTable(table, first.durable.tables.get(volume)!)) return false;
       }
@@ -182,7 +182,6 @@ export class ReplicaWorld extends ReplicaMembersWorld {
         chunks: new Map([...member.durable.chunks].map(([key, value]) => [key, value.stamp])),
         syncedSince: new Map(member.durable.syncedSince),
         proposers: member.volatile.proposers.size,
-        joinsOwed: member.durable.joinsOwed.size,
       }));
     const down = this.members.filter((member) => !member.up).map((member) => member.id);
     if (down.length > 0) this.history.errors.push(`members ${down.join(",")} still down at the end`);
