@@ -19,6 +19,18 @@ export interface AwayMapState {
   nextGeneration: number;
 }
 
+/**
+ * The map a remaining replica keeps when `node` leaves a group: an empty one starting now only if
+ * it knows the node's copy was up to date (initial placement, or the node confirmed its join copy
+ * to it); a replica still joining lacks more than what is written from now on. Otherwise an older
+ * map it kept (a superset: it started when the node was last known up to date) or none, which
+ * means "every chunk".
+ */
+export function mapOnDrop(existing: AwayMapState | undefined, knownUpToDate: boolean, group: number, node: string, version: number): AwayMapState | undefined {
+  if (existing !== undefined) return existing;
+  return knownUpToDate ? newAwayMap(group, node, version) : undefined;
+}
+
 export function newAwayMap(group: number, node: string, sinceVersion: number, alreadyChanged: Iterable<number> = []): AwayMapState {
   const map: AwayMapState = { group, node, sinceVersion, dirty: new Map(), inFlight: new Map(), nextGeneration: 1 };
   for (const chunk of alreadyChanged) noteWrite(map, chunk);

@@ -96,7 +96,8 @@ export function describeTable(table: ReplicaTable): string {
 
 /**
  * What a member must do on adopting `next` over `previous` (a newer chosen table): the groups
- * where it stays a replica and another node left (start a changed-while-away map for it), the
+ * where it stays a replica and another node left, with the membership it left (a changed-while-
+ * away map for it may start, away-map.ts mapOnDrop), the
  * groups where it was already an up-to-date replica and another node joined after `previous`
  * (send that node its join copy), and the groups whose maps here are void because this member
  * left or rejoined them (it missed writes meanwhile, so its maps miss chunks: a join copy from
@@ -106,8 +107,8 @@ export function consequencesFor(
   self: string,
   previous: ReplicaTable,
   next: ReplicaTable,
-): { dropped: { group: number; node: string }[]; joined: { group: number; node: string }[]; voidMaps: number[] } {
-  const dropped: { group: number; node: string }[] = [];
+): { dropped: { group: number; node: string; since: number }[]; joined: { group: number; node: string }[]; voidMaps: number[] } {
+  const dropped: { group: number; node: string; since: number }[] = [];
   const joined: { group: number; node: string }[] = [];
   const voidMaps: number[] = [];
   next.sets.forEach((set, group) => {
@@ -115,7 +116,7 @@ export function consequencesFor(
     if (mine?.since !== sinceOf(previous, group, self)) voidMaps.push(group);
     if (mine === undefined) return;
     for (const entry of previous.sets[group] ?? []) {
-      if (entry.node !== self && !set.some((kept) => kept.node === entry.node)) dropped.push({ group, node: entry.node });
+      if (entry.node !== self && !set.some((kept) => kept.node === entry.node)) dropped.push({ group, node: entry.node, since: entry.since });
     }
     for (const entry of set) {
       if (entry.node !== self && entry.since > previous.version && mine.since < entry.since) joined.push({ group, node: entry.node });

@@ -71,7 +71,10 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
       case "joined": {
         // The joiner is up to date for this membership: no map for it is needed (unless it left again since).
         const table = member.durable.tables.get(payload.volume)!;
-        if (sinceOf(table, payload.group, from) === payload.since) member.durable.awayMaps.delete(`${payload.volume}/${payload.group}/${from}`);
+        if (sinceOf(table, payload.group, from) !== payload.since) return;
+        const key = `${payload.volume}/${payload.group}/${from}`;
+        member.durable.peersUpToDate.add(`${key}@${payload.since}`);
+        member.durable.awayMaps.delete(key);
         return;
       }
       case "answer":
@@ -308,7 +311,10 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
     for (const [chunk, value] of p.chunks) this.store(member, registerKey(table.volume, p.group, chunk), value);
     if (member.durable.syncedSince.get(`${table.volume}/${p.group}`) !== p.since) this.history.joinsApplied++;
     member.durable.syncedSince.set(`${table.volume}/${p.group}`, p.since);
-    this.send(member.id, from, { kind: "joined", volume: table.volume, group: p.group, since: p.since });
+    // Every replica of the set learns it: a later drop of this node may then start an empty map.
+    const joined: Payload = { kind: "joined", volume: table.volume, group: p.group, since: p.since };
+    for (const entry of table.sets[p.group]!) if (entry.node !== member.id) this.send(member.id, entry.node, joined);
+    if (!table.sets[p.group]!.some((entry) => entry.node === from)) this.send(member.id, from, joined);
   }
 }
 

@@ -39,6 +39,8 @@ export interface ReplicaSabotage {
   ignoreFence?: boolean;
   /** A client counts a replica that has not recorded the write's version yet ("behind") as done: the version is live before it is active. */
   activateBeforeRecorded?: boolean;
+  /** A survivor starts an empty changed-while-away map for a dropped replica it never saw up to date (a joiner lacks more). */
+  mapJoinerAsUpToDate?: boolean;
   /** Survivors send the joiner its join copy without the chunks it still lacks (the resync is taken as enough). */
   joinWithoutCopy?: boolean;
   /** A read takes the first replica's answer without the others confirming the version. */
@@ -53,6 +55,7 @@ export const SABOTAGE_NAMES = [
   "ignoreFence",
   "activateBeforeRecorded",
   "joinWithoutCopy",
+  "mapJoinerAsUpToDate",
   "readFromOne",
   "resyncForgetsOnSend",
 ] as const;
@@ -109,6 +112,8 @@ export interface MemberDurable {
   syncedSince: Map<string, number>;
   /** `${volume}/${group}/${node}` -> what that absent replica lacks. */
   awayMaps: Map<string, AwayMapState>;
+  /** `${volume}/${group}/${node}@${since}`: that replica confirmed to this member that its copy is up to date for that membership. */
+  peersUpToDate: Set<string>;
 }
 
 export interface MemberVolatile {
@@ -123,7 +128,7 @@ export interface MemberVolatile {
 
 export class Member extends SimNode<MemberDurable, MemberVolatile> {
   constructor(id: string, tables: ReplicaTable[]) {
-    const durable: MemberDurable = { tables: new Map(tables.map((t) => [t.volume, t])), slots: new Map(), chunks: new Map(), syncedSince: new Map(), awayMaps: new Map() };
+    const durable: MemberDurable = { tables: new Map(tables.map((t) => [t.volume, t])), slots: new Map(), chunks: new Map(), syncedSince: new Map(), awayMaps: new Map(), peersUpToDate: new Set() };
     for (const table of tables) table.sets.forEach((set, group) => set.some((e) => e.node === id) && durable.syncedSince.set(`${table.volume}/${group}`, 1));
     super(id, durable, () => ({
       lastHeardMs: new Map(),

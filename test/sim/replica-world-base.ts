@@ -3,7 +3,7 @@
 // then all of it at once), partitions that cut one member off from the others (clients still
 // reach it, as a client on that node would), heartbeats that carry each member's tables, and the
 // adoption of a newer chosen table. The protocol's roles live in replica-world.ts.
-import { newAwayMap } from "../../core/replica/away-map.ts";
+import { mapOnDrop } from "../../core/replica/away-map.ts";
 import { cloneReplicaTable, consequencesFor, describeTable, initialTable, type ReplicaTable } from "../../core/replica/replica-table.ts";
 import { Network } from "./kernel/network.ts";
 import { SimWorld } from "./kernel/sim-world.ts";
@@ -235,9 +235,11 @@ export abstract class ReplicaWorldBase extends SimWorld {
       const prefix = `${table.volume}/${group}/`;
       for (const key of [...member.durable.awayMaps.keys()]) if (key.startsWith(prefix)) member.durable.awayMaps.delete(key);
     }
-    for (const { group, node } of dropped) {
+    for (const { group, node, since } of dropped) {
       const key = `${table.volume}/${group}/${node}`;
-      if (!member.durable.awayMaps.has(key)) member.durable.awayMaps.set(key, newAwayMap(group, node, table.version));
+      const upToDate = since === 1 || member.durable.peersUpToDate.has(`${key}@${since}`);
+      const map = mapOnDrop(member.durable.awayMaps.get(key), upToDate || this.sabotage.mapJoinerAsUpToDate === true, group, node, table.version);
+      if (map) member.durable.awayMaps.set(key, map);
     }
     const proposer = member.volatile.proposers.get(table.volume);
     if (proposer && proposer.version <= table.version) member.volatile.proposers.delete(table.volume);

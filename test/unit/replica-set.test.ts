@@ -3,7 +3,7 @@
 // (test/sim/replica.sim.test.ts) judges them together under faults; these pin each rule alone.
 import { describe, expect, test } from "bun:test";
 import { onAccept, onPrepare, type AcceptorReply, type Ballot, type SlotRecord } from "../../core/replica/acceptor.ts";
-import { changedCount, copied, copyLost, newAwayMap, noteWrite, remainder, takeBatch } from "../../core/replica/away-map.ts";
+import { changedCount, copied, copyLost, mapOnDrop, newAwayMap, noteWrite, remainder, takeBatch } from "../../core/replica/away-map.ts";
 import { admit } from "../../core/replica/fence.ts";
 import { carriedOver, changeFits, consequencesFor, initialTable, withChange, type ReplicaTable } from "../../core/replica/replica-table.ts";
 import { proposalFor } from "../../core/replica/set-change-policy.ts";
@@ -39,7 +39,7 @@ describe("replica tables", () => {
   });
 
   test("a survivor starts a map for a dropped replica and owes a join copy to an added one", () => {
-    expect(consequencesFor("a", base, dropB)).toEqual({ dropped: [{ group: 0, node: "b" }], joined: [], voidMaps: [] });
+    expect(consequencesFor("a", base, dropB)).toEqual({ dropped: [{ group: 0, node: "b", since: 1 }], joined: [], voidMaps: [] });
     expect(consequencesFor("a", base, addC)).toEqual({ dropped: [], joined: [{ group: 0, node: "c" }], voidMaps: [] });
     // The joiner itself owes nothing; a node dropped learns nothing to do for that group.
     expect(consequencesFor("c", base, addC).joined).toEqual([]);
@@ -225,6 +225,14 @@ describe("changed-while-away map", () => {
     expect(takeBatch(map, 5)).toEqual([1, 2]);
     copied(map, [1, 2]);
     expect(remainder(map)).toEqual([]);
+  });
+
+  test("a drop starts an empty map only for a replica known up to date; a joiner keeps the older map or none", () => {
+    expect(mapOnDrop(undefined, true, 0, "b", 5)).toMatchObject({ group: 0, node: "b", sinceVersion: 5, dirty: new Map() });
+    expect(mapOnDrop(undefined, false, 0, "b", 5)).toBeUndefined(); // none: every chunk
+    const older = newAwayMap(0, "b", 2, [1]);
+    expect(mapOnDrop(older, true, 0, "b", 5)).toBe(older);
+    expect(mapOnDrop(older, false, 0, "b", 5)).toBe(older);
   });
 
   test("a join copy carries every chunk still changed, in flight or not", () => {
