@@ -39,8 +39,6 @@ export interface ReplicaSabotage {
   ignoreFence?: boolean;
   /** A client counts a replica that has not recorded the write's version yet ("behind") as done: the version is live before it is active. */
   activateBeforeRecorded?: boolean;
-  /** A survivor starts an empty changed-while-away map for a dropped replica it never saw up to date (a joiner lacks more). */
-  mapJoinerAsUpToDate?: boolean;
   /** Survivors send the joiner its join copy without the chunks it still lacks (the resync is taken as enough). */
   joinWithoutCopy?: boolean;
   /** A read takes the first replica's answer without the others confirming the version. */
@@ -55,7 +53,6 @@ export const SABOTAGE_NAMES = [
   "ignoreFence",
   "activateBeforeRecorded",
   "joinWithoutCopy",
-  "mapJoinerAsUpToDate",
   "readFromOne",
   "resyncForgetsOnSend",
 ] as const;

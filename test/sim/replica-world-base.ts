@@ -238,7 +238,7 @@ export abstract class ReplicaWorldBase extends SimWorld {
     for (const { group, node, since } of dropped) {
       const key = `${table.volume}/${group}/${node}`;
       const upToDate = since === 1 || member.durable.peersUpToDate.has(`${key}@${since}`);
-      const map = mapOnDrop(member.durable.awayMaps.get(key), upToDate || this.sabotage.mapJoinerAsUpToDate === true, group, node, table.version);
+      const map = mapOnDrop(member.durable.awayMaps.get(key), upToDate, group, node, table.version);
       if (map) member.durable.awayMaps.set(key, map);
     }
     const proposer = member.volatile.proposers.get(table.volume);
