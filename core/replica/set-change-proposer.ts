@@ -10,8 +10,8 @@
 //  * Writes need every replica. A write tagged with version t is acknowledged only when every
 //    replica of t's set applied it at fence exactly t (fence.ts), and a member's fence only grows.
 //  * At most one live version per group. Call version t dead when some replica of t's set has
-//    recorded a newer version: no write under t can be acknowledged again. A change touches one
-//    node, so t's and t+1's sets share a replica (a drop keeps a subset, an add a superset; a
+//    recorded a newer version: no write under t can be acknowledged again. A change moves one
+//    node in or out of each group it names, so t's and t+1's sets share a replica (a drop keeps a subset, an add a superset; a
 //    replacement is two versions). Version t+1 is ACTIVE once every replica of its set recorded it;
 //    the shared replica then kills t. Versions below t die by the precondition this proposer
 //    keeps: it runs phase 2 for t+1 only after, in every group, a replica carried over from t-1
@@ -32,7 +32,7 @@
 //    acknowledged write falls between its copy and the join.
 //  * Reads. A dropped replica that has not heard of its drop still believes in the old set; a
 //    read it answers alone may be stale. So a read is valid only when every replica of the set it
-//    was routed by confirms its fence at that version (fence.ts, admitRead): a dead version has a
+//    was routed by confirms its fence at that version (fence.ts admit, the same rule as for writes): a dead version has a
 //    replica that refuses. (A read lease that lets one replica answer alone is a later
 //    optimisation: it must expire before a drop can be chosen.)
 // Liveness: rejections and silence retry with a higher round after a backoff with injected
