@@ -1,0 +1,126 @@
+// A volume's replica sets: for each page group the nodes that hold a copy, versioned by the
+// volume's routing version (the epoch). A table is never changed in place: a set change is a new
+// table one version up, decided by single-decree Paxos for that version's slot (set-change-
+// proposer.ts, acceptor.ts) and adopted by a member only once chosen. Each replica entry keeps the
+// version it joined in (`since`): a member tells from it whether its copy was brought up to date
+// for this membership (fence.ts) and which members were already in the set one version earlier.
+import { invariant } from "../invariant.ts";
+
+export interface ReplicaEntry {
+  node: string;
+  /** The table version whose change added this node to the set (1 for the initial placement). */
+  since: number;
+}
+
+export interface ReplicaTable {
+  volume: string;
+  version: number;
+  /** sets[group]: the replicas of that page group, in placement order. */
+  sets: ReplicaEntry[][];
+}
+
+/**
+ * One node leaves or joins the sets of some groups: each group's set changes by that one node
+ * only, so its old and new sets share a replica (the safety argument in set-change-proposer.ts is
+ * per group). A node's loss is then one version, not one per group it held. A replacement is a
+ * drop and an add, two versions.
+ */
+export interface SetChange {
+  kind: "drop" | "add";
+  node: string;
+  groups: number[];
+}
+
+export function initialTable(volume: string, placement: string[][]): ReplicaTable {
+  for (const nodes of placement) invariant(nodes.length > 0 && new Set(nodes).size === nodes.length, `page group placement ${nodes.join(",")} is empty or repeats a node`);
+  return { volume, version: 1, sets: placement.map((nodes) => nodes.map((node) => ({ node, since: 1 }))) };
+}
+
+export function replicasOf(table: ReplicaTable, group: number): string[] {
+  const set = table.sets[group];
+  invariant(set !== undefined, () => `page group ${group} is not in volume ${table.volume}'s replica table`);
+  return set.map((entry) => entry.node);
+}
+
+/** The version `node` joined the group's set in, or undefined when it is not a replica of it. */
+export function sinceOf(table: ReplicaTable, group: number, node: string): number | undefined {
+  return table.sets[group]?.find((entry) => entry.node === node)?.since;
+}
+
+/** Whether `change` can be made to `table`: drops keep at least one replica in each group, adds bring a new node. */
+export function changeFits(table: ReplicaTable, change: SetChange): boolean {
+  if (change.groups.length === 0 || new Set(change.groups).size !== change.groups.length) return false;
+  return change.groups.every((group) => {
+    const set = table.sets[group];
+    if (set === undefined) return false;
+    const present = set.some((entry) => entry.node === change.node);
+    return change.kind === "drop" ? present && set.length > 1 : !present;
+  });
+}
+
+/** The table one version up with `change` made; the change must fit (changeFits). */
+export function withChange(table: ReplicaTable, change: SetChange): ReplicaTable {
+  invariant(changeFits(table, change), () => `set change ${describeChange(change)} does not fit volume ${table.volume} v${table.version}`);
+  const version = table.version + 1;
+  const sets = table.sets.map((set, group) => {
+    if (!change.groups.includes(group)) return set.map((entry) => ({ ...entry }));
+    return change.kind === "drop" ? set.filter((entry) => entry.node !== change.node).map((entry) => ({ ...entry })) : [...set.map((entry) => ({ ...entry })), { node: change.node, since: version }];
+  });
+  return { volume: table.volume, version, sets };
+}
+
+/**
+ * Per page group, the replicas that were in the set one version before this table too (joined
+ * earlier than it). One of them recording this version kills the version before it for that
+ * group: writes under it needed every one of its replicas (the precondition of the next change).
+ */
+export function carriedOver(table: ReplicaTable): string[][] {
+  return table.sets.map((set) => set.filter((entry) => entry.since < table.version).map((entry) => entry.node));
+}
+
+export function sameTable(a: ReplicaTable, b: ReplicaTable): boolean {
+  return a.volume === b.volume && a.version === b.version && JSON.stringify(a.sets) === JSON.stringify(b.sets);
+}
+
+export function cloneReplicaTable(table: ReplicaTable): ReplicaTable {
+  return { volume: table.volume, version: table.version, sets: table.sets.map((set) => set.map((entry) => ({ ...entry }))) };
+}
+
+export function describeChange(change: SetChange): string {
+  return `${change.kind} ${change.node} ${change.kind === "drop" ? "from" : "to"} groups ${change.groups.join(",")}`;
+}
+
+export function describeTable(table: ReplicaTable): string {
+  return `v${table.version} ${table.sets.map((set) => set.map((entry) => `${entry.node}@${entry.since}`).join("+")).join(" ")}`;
+}
+
+/**
+ * What a member must do on adopting `next` over `previous` (a newer chosen table): the groups
+ * where it stays a replica and another node left, with the membership it left (a changed-while-
+ * away map for it may start, away-map.ts mapOnDrop), the
+ * groups where it was already an up-to-date replica and another node joined after `previous`
+ * (send that node its join copy), and the groups whose maps here are void because this member
+ * left or rejoined them (it missed writes meanwhile, so its maps miss chunks: a join copy from
+ * such a map would leave the joiner without them).
+ */
+export function consequencesFor(
+  self: string,
+  previous: ReplicaTable,
+  next: ReplicaTable,
+): { dropped: { group: number; node: string; since: number }[]; joined: { group: number; node: string }[]; voidMaps: number[] } {
+  const dropped: { group: number; node: string; since: number }[] = [];
+  const joined: { group: number; node: string }[] = [];
+  const voidMaps: number[] = [];
+  next.sets.forEach((set, group) => {
+    const mine = set.find((entry) => entry.node === self);
+    if (mine?.since !== sinceOf(previous, group, self)) voidMaps.push(group);
+    if (mine === undefined) return;
+    for (const entry of previous.sets[group] ?? []) {
+      if (entry.node !== self && !set.some((kept) => kept.node === entry.node)) dropped.push({ group, node: entry.node, since: entry.since });
+    }
+    for (const entry of set) {
+      if (entry.node !== self && entry.since > previous.version && mine.since < entry.since) joined.push({ group, node: entry.node });
+    }
+  });
+  return { dropped, joined, voidMaps };
+}
