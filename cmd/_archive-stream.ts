@@ -13,13 +13,18 @@ import { FileSink } from "./_file-sink.ts";
 import { openSource } from "./_file-source.ts";
 import { RequestsInFlight } from "./_requests-in-flight.ts";
 import { connectPageOwners, type PageOwners } from "./_page-owners.ts";
-import { connectExport, Progress } from "./_volume-stream.ts";
+import { connectExport, Progress, ReceivedBufferCollector } from "./_volume-stream.ts";
 
 /**
  * Pages read ahead of the writer: bounds memory at this many pages whatever the volume size. 8
  * was no faster on two CPUs (the CLI's CPU is the limit) and took its peak RSS to 270 MB for 1 GiB.
  */
 const PAGES_IN_FLIGHT = 4;
+/**
+ * Reads of an archive file: one buffer used again and again (no fresh memory to fault in) while
+ * pages are larger than it, as the default 4 MiB ones are.
+ */
+const ARCHIVE_READ_BYTES = 1024 * 1024;
 /** Restore writes in flight, across all owners. */
 const WRITES_IN_FLIGHT = 8;
 
@@ -98,9 +103,10 @@ async function writeArchive(
     throw err;
   }
   const progress = new Progress(`archive ${volume}@${snapshot}`, pages.length * pageSizeBytes, quiet);
+  const collect = new ReceivedBufferCollector();
   let bytes = 0;
   // Pages are pulled from their owners in parallel and written in page order.
-  const reads: Promise<Uint8Array>[] = [];
+  const reads: Promise<Uint8Array[]>[] = [];
   try {
     await sink.write(writer.start());
     let next = 0;
@@ -108,16 +114,18 @@ async function writeArchive(
       while (reads.length < PAGES_IN_FLIGHT && next < pages.length) {
         const page = pages[next++]!;
         const offset = page * pageSizeBytes;
-        reads.push(clientOf.get(page)!.read(offset, Math.min(pageSizeBytes, sizeBytes - offset)));
+        // As views of the received chunks: hashed and written from there, never gathered.
+        reads.push(clientOf.get(page)!.readViews(offset, Math.min(pageSizeBytes, sizeBytes - offset)));
       }
     };
     readAhead();
     for (const page of pages) {
-      const data = await reads.shift()!;
+      const pieces = await reads.shift()!;
       readAhead();
-      await sink.write(writer.page(page, data));
-      bytes += data.byteLength;
+      await sink.write(writer.page(page, pieces));
+      for (const piece of pieces) bytes += piece.byteLength;
       progress.update(bytes);
+      collect.after(bytes);
     }
     await sink.write(writer.finish());
   } catch (err) {
@@ -141,8 +149,25 @@ async function writeArchive(
 /** Feeds a file or stdin through `onEvents`; the reader throws BAD_ARCHIVE at the first bad byte. */
 async function readArchive(source: string, onEvents: (events: ArchiveEvent[], reader: ArchiveReader) => Promise<boolean | void>): Promise<void> {
   const reader = new ArchiveReader();
-  for await (const chunk of openSource(source, "read archive from", "-i FILE").chunks) {
-    if ((await onEvents(reader.push(chunk), reader)) === false) return;
+  const input = openSource(source, "read archive from", "-i FILE");
+  if (input.readInto) {
+    let pageSizeBytes = 0;
+    let spare: Uint8Array | undefined;
+    for (;;) {
+      const chunk = spare ?? new Uint8Array(ARCHIVE_READ_BYTES);
+      const filled = await input.readInto(chunk);
+      if (filled === 0) break;
+      const events = reader.push(chunk.subarray(0, filled));
+      for (const event of events) if (event.kind === "manifest") pageSizeBytes = event.manifest.pageSizeBytes;
+      // A page larger than a read never lies in one pushed chunk, so the reader gathers it into
+      // a buffer of its own and nothing it handed out points into `chunk`: read the next into it.
+      spare = pageSizeBytes > ARCHIVE_READ_BYTES ? chunk : undefined;
+      if ((await onEvents(events, reader)) === false) return;
+    }
+  } else {
+    for await (const chunk of input.chunks) {
+      if ((await onEvents(reader.push(chunk), reader)) === false) return;
+    }
   }
   await onEvents(reader.end(), reader);
 }

@@ -4,6 +4,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileError, ShoalError } from "../core/errors.ts";
+import { stdoutTakesDirectWrites, writeViews } from "./_descriptor-writes.ts";
 import { EXIT_BROKEN_PIPE, exitOnStdoutError, isBrokenPipe } from "./_output.ts";
 
 /**
@@ -72,10 +73,11 @@ export class FileSink {
   }
 
   async write(chunks: Uint8Array[]): Promise<void> {
-    for (const chunk of chunks) {
-      if (this.fd === undefined) await writeStdout(chunk);
-      else await this.writeFile(chunk);
-    }
+    if (this.fd === undefined) return writeStdout(chunks);
+    // A regular file takes the chunks in one writev; a device (a tape makes a block of each
+    // write) or a FIFO gets them one write at a time, as it always has.
+    if (this.partialPath) return this.writeFile(() => writeViews(this.fd!, chunks));
+    for (const chunk of chunks) await this.writeFile(() => writeViews(this.fd!, [chunk]));
   }
 
   /** Everything written: make it durable and give it its name. */
@@ -123,14 +125,9 @@ export class FileSink {
     }
   }
 
-  private async writeFile(chunk: Uint8Array): Promise<void> {
-    let done = 0;
+  private async writeFile(write: () => Promise<void>): Promise<void> {
     try {
-      while (done < chunk.byteLength) {
-        done += await new Promise<number>((resolve, reject) =>
-          fs.write(this.fd!, chunk, done, chunk.byteLength - done, null, (err, written) => (err ? reject(err) : resolve(written))),
-        );
-      }
+      await write();
     } catch (err) {
       // A FIFO or /dev/stdout whose reader left: end as for stdout itself, quietly.
       if (isBrokenPipe(err)) process.exit(EXIT_BROKEN_PIPE);
@@ -160,7 +157,12 @@ function resolvedTarget(target: string, action: string): string {
 }
 
 /** Stdout with backpressure; a failure ends the process (quietly for a reader that left). */
-function writeStdout(chunk: Uint8Array): Promise<void> {
+async function writeStdout(chunks: Uint8Array[]): Promise<void> {
+  if (stdoutTakesDirectWrites()) return writeViews(1, chunks).catch((err: unknown) => exitOnStdoutError(err));
+  for (const chunk of chunks) await writeStdoutStream(chunk);
+}
+
+function writeStdoutStream(chunk: Uint8Array): Promise<void> {
   return new Promise<void>((resolve) => {
     // Past the high-water mark, wait until this chunk is handed to the OS (the callback).
     const buffered = process.stdout.write(chunk, (err) => {

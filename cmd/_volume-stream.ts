@@ -55,6 +55,24 @@ export class Progress {
   }
 }
 
+/**
+ * Bun hands each socket read over in a fresh buffer of up to 512 KiB, memory the collector does
+ * not weigh: 256 MiB exported took the CLI's RSS to 190-245 MB. A full collection every 16 MiB
+ * passed on keeps it near 110 MB, for the same CPU (measured over two rounds each).
+ */
+export class ReceivedBufferCollector {
+  private nextBytes = COLLECT_EVERY_BYTES;
+
+  /** `doneBytes`: bytes passed on so far. */
+  after(doneBytes: number): void {
+    if (doneBytes < this.nextBytes) return;
+    this.nextBytes = doneBytes + COLLECT_EVERY_BYTES;
+    Bun.gc(true);
+  }
+}
+
+const COLLECT_EVERY_BYTES = 16 * 1024 * 1024;
+
 function isAllZero(bytes: Uint8Array): boolean {
   // 4 bytes at a time as plain numbers: BigInt words cost an allocation-free but slow compare each.
   if (bytes.byteOffset % 4 !== 0) return bytes.every((byte) => byte === 0);
@@ -104,36 +122,20 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
   const writes = new RequestsInFlight(IN_FLIGHT_MAX);
   const chunkBytes = chunkBytesFor(owners.pageSizeBytes);
   let offset = 0;
-  let chunk = new Uint8Array(chunkBytes);
-  let filled = 0;
-  const send = async (bytes: Uint8Array, at: number) => {
-    if (at + bytes.byteLength > client.sizeBytes) {
+  /** Sends `bytes` (left alone until `done` runs) to the owner of their pages; waits while too many are out. */
+  const send = async (bytes: Uint8Array, done?: () => void) => {
+    if (offset + bytes.byteLength > client.sizeBytes) {
       throw new ShoalError("OUT_OF_RANGE", `input is larger than volume '${volume}' (${client.sizeBytes} bytes)`);
     }
-    const target = clientFor(owners, client, at, bytes.byteLength);
-    await writes.add(isAllZero(bytes) ? target.writeZeroes(at, bytes.byteLength) : target.write(at, bytes));
+    const target = clientFor(owners, client, offset, bytes.byteLength);
+    const request = isAllZero(bytes) ? target.writeZeroes(offset, bytes.byteLength) : target.write(offset, bytes);
+    offset += bytes.byteLength;
+    await writes.add(done ? request.then(done) : request);
+    progress.update(offset);
   };
   try {
-    for await (const piece of input.chunks) {
-      let used = 0;
-      while (used < piece.byteLength) {
-        const take = Math.min(chunkBytes - filled, piece.byteLength - used);
-        chunk.set(piece.subarray(used, used + take), filled);
-        filled += take;
-        used += take;
-        if (filled === chunkBytes) {
-          await send(chunk, offset);
-          offset += filled;
-          chunk = new Uint8Array(chunkBytes);
-          filled = 0;
-          progress.update(offset);
-        }
-      }
-    }
-    if (filled > 0) {
-      await send(chunk.subarray(0, filled), offset);
-      offset += filled;
-    }
+    if (input.readInto) await sendFile(input.readInto, chunkBytes, send);
+    else await sendStream(input.chunks, chunkBytes, send);
     await writes.drain();
     // The node asked forwarded what had no owner up; the owners flush what they took directly.
     await Promise.all([client.flush(), owners.flush()]);
@@ -143,6 +145,44 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
   }
   progress.update(offset, true);
   return summary(volume, offset, startMs);
+}
+
+type Send = (bytes: Uint8Array, done?: () => void) => Promise<void>;
+
+/**
+ * A regular file, read straight into chunk buffers that are used again once their write is
+ * answered: at most IN_FLIGHT_MAX + 1 of them, allocated (and faulted in) once.
+ */
+async function sendFile(readInto: (target: Uint8Array) => Promise<number>, chunkBytes: number, send: Send): Promise<void> {
+  const free: Uint8Array[] = [];
+  for (;;) {
+    const chunk = free.pop() ?? new Uint8Array(chunkBytes);
+    const filled = await readInto(chunk);
+    if (filled === 0) return;
+    await send(chunk.subarray(0, filled), () => free.push(chunk));
+    if (filled < chunkBytes) return;
+  }
+}
+
+/** A pipe or device: its pieces gathered into whole chunks. */
+async function sendStream(pieces: AsyncIterable<Uint8Array>, chunkBytes: number, send: Send): Promise<void> {
+  let chunk = new Uint8Array(chunkBytes);
+  let filled = 0;
+  for await (const piece of pieces) {
+    let used = 0;
+    while (used < piece.byteLength) {
+      const take = Math.min(chunkBytes - filled, piece.byteLength - used);
+      chunk.set(piece.subarray(used, used + take), filled);
+      filled += take;
+      used += take;
+      if (filled === chunkBytes) {
+        await send(chunk);
+        chunk = new Uint8Array(chunkBytes);
+        filled = 0;
+      }
+    }
+  }
+  if (filled > 0) await send(chunk.subarray(0, filled));
 }
 
 export async function exportVolume(nodeAddress: string, volume: string, target: string, quiet = false): Promise<StreamSummary> {
@@ -164,6 +204,7 @@ async function readVolume(nodeAddress: string, volume: string, sink: FileSink, q
   const size = client.sizeBytes;
   const chunkBytes = chunkBytesFor(owners.pageSizeBytes);
   const progress = new Progress(`export ${volume}`, size, quiet);
+  const collect = new ReceivedBufferCollector();
   // Read from every owner at once and written out in order: the output's speed is the limit.
   const reads: Promise<Uint8Array[]>[] = [];
   let nextOffset = 0;
@@ -182,6 +223,7 @@ async function readVolume(nodeAddress: string, volume: string, sink: FileSink, q
       await sink.write(views);
       for (const view of views) written += view.byteLength;
       progress.update(written);
+      collect.after(written);
     }
   } finally {
     await Promise.all([client.close().catch(() => {}), owners.close()]);

@@ -1,5 +1,6 @@
 // `shoal archive`: snapshots as tar streams to files, tapes or pipes; incremental; restore, verify.
 import { defineCommand } from "citty";
+import { reexecWithAllocatorTuning } from "./_allocator-tuning.ts";
 import { ShoalError } from "../core/errors.ts";
 import { parseRecordSize } from "../core/archive/manifest.ts";
 import { formatSize } from "../core/geometry.ts";
@@ -24,6 +25,7 @@ const create = defineCommand({
   },
   async run(context) {
     rejectUnknownFlags(context);
+    reexecWithAllocatorTuning(); // before anything of ours is open: the new image would inherit it
     const { args } = context;
     const { volume, name } = parseSnapshotRef(args.snapshot);
     const since = args.since === undefined ? undefined : baseSnapshotName(args.since, volume, name);
@@ -56,6 +58,7 @@ const restore = defineCommand({
   },
   async run(context) {
     rejectUnknownFlags(context);
+    reexecWithAllocatorTuning(); // before anything of ours is open: the new image would inherit it
     const { args } = context;
     const summary = await restoreArchive(nodeAddress(args), args.volume, args.input, Boolean(args.create), Boolean(args.quiet));
     printResult(args.json, summary, () => summaryLine(`restored ${summary.volume} to ${summary.snapshot} (${summary.snapshotId}):`, summary));

@@ -1,4 +1,5 @@
 // `shoal volume`: create, list, inspect, delete, import and export volumes.
+import { reexecWithAllocatorTuning } from "./_allocator-tuning.ts";
 import { defineCommand } from "citty";
 import { DEFAULT_PAGE_SIZE_BYTES, formatSize, parseSize, validateGeometry } from "../core/geometry.ts";
 import { adminRequest, nodeAddress, nodeArgs, printResult, quietArgs, rejectUnknownFlags, table } from "./_cli.ts";
@@ -102,6 +103,7 @@ const importCommand = defineCommand({
   },
   async run(context) {
     rejectUnknownFlags(context);
+    reexecWithAllocatorTuning(); // before anything of ours is open: the new image would inherit it
     const { args } = context;
     const result = await importVolume(nodeAddress(args), args.name, args.file ?? "-", Boolean(args.quiet));
     const human = `imported ${formatSize(result.bytes)} into ${result.volume} in ${result.seconds.toFixed(2)}s (${formatSize(result.bytesPerSecond)}/s)`;
@@ -120,6 +122,7 @@ const exportCommand = defineCommand({
   },
   async run(context) {
     rejectUnknownFlags(context);
+    reexecWithAllocatorTuning(); // before anything of ours is open: the new image would inherit it
     const { args } = context;
     const target = args.file ?? "-";
     const result = await exportVolume(nodeAddress(args), args.name, target, Boolean(args.quiet));

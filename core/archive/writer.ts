@@ -46,29 +46,35 @@ export class ArchiveWriter {
   }
 
   /**
-   * The entry for the next candidate page, or nothing if `data` is all zeros (the page is then
+   * The entry for the next candidate page, or nothing if its bytes are all zeros (the page is then
    * recorded as a zero page). Candidates must come in order, each once, by page() or zero().
+   * `data` may be the page in pieces (views of the received chunks): they are hashed and passed
+   * on as they are, never gathered into one buffer.
    */
-  page(page: number, data: Uint8Array): Uint8Array[] {
+  page(page: number, data: Uint8Array | readonly Uint8Array[]): Uint8Array[] {
     this.takeCandidate(page, "page()");
+    const pieces = data instanceof Uint8Array ? [data] : data;
     const expectedBytes = this.pageBytes(page);
-    if (data.byteLength !== expectedBytes) {
-      throw new ShoalError("INTERNAL", `archive page ${page} has ${data.byteLength} bytes; it must have ${expectedBytes}`);
+    const dataBytes = pieces.reduce((sum, piece) => sum + piece.byteLength, 0);
+    if (dataBytes !== expectedBytes) {
+      throw new ShoalError("INTERNAL", `archive page ${page} has ${dataBytes} bytes; it must have ${expectedBytes}`);
     }
-    if (isAllZero(data)) {
+    if (pieces.every(isAllZero)) {
       appendRange(this.zeroPages, [page, 1]);
       return [];
     }
-    const digest = createHash("sha256").update(data).digest();
+    const hash = createHash("sha256");
+    for (const piece of pieces) hash.update(piece);
+    const digest = hash.digest();
     this.pageSha256.push(digest.toString("hex"));
     const out: Uint8Array[] = [];
-    const header = encodeTarHeader({ name: pageEntryName(page), sizeBytes: data.byteLength, mtimeSeconds: this.mtimeSeconds });
+    const header = encodeTarHeader({ name: pageEntryName(page), sizeBytes: dataBytes, mtimeSeconds: this.mtimeSeconds });
     this.streamHash.update(header);
     this.streamHash.update(digest);
     this.blocker.push(header, out);
-    this.blocker.push(data, out);
+    for (const piece of pieces) this.blocker.push(piece, out);
     // Pages are whole 512-byte blocks (geometry.ts), so no padding follows; kept for the rule's sake.
-    this.pad(data.byteLength, true, out);
+    this.pad(dataBytes, true, out);
     return out;
   }
 

@@ -13,7 +13,7 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { parseSize } from "../../core/geometry.ts";
 import { freePort, run, TestCluster, waitFor } from "../integration/_cluster.ts";
-import { buildShoal, progress, syncDisks } from "./_bench.ts";
+import { buildShoal, processCpuMs, progress, syncDisks } from "./_bench.ts";
 
 const { values } = parseArgs({ options: { size: { type: "string", default: "1G" }, rounds: { type: "string", default: "2" }, bin: { type: "string" } } });
 const sizeBytes = parseSize(values.size!);
@@ -28,20 +28,22 @@ for (const tool of ["nbdkit", "nbdcopy"]) {
 interface Timed {
   seconds: number;
   rssKb: number;
+  /** CPU seconds of the process `%RSS%` wraps. */
+  cpuSeconds: number;
 }
 
 /** Runs a shell pipeline; `%RSS%` in it becomes a `time` prefix whose peak RSS is reported. */
 async function timed(work: string, pipeline: string, env: Record<string, string> = {}): Promise<Timed> {
   const rssFile = path.join(work, "rss");
   fs.rmSync(rssFile, { force: true });
-  const command = pipeline.replace("%RSS%", `/usr/bin/time -f %M -o ${rssFile}`);
+  const command = pipeline.replace("%RSS%", `/usr/bin/time -f '%M %U %S' -o ${rssFile}`);
   await syncDisks();
   const started = performance.now();
   const result = await run(["bash", "-o", "pipefail", "-c", command], { env, timeoutMs: 900_000 });
   const seconds = (performance.now() - started) / 1000;
   if (result.exitCode !== 0) throw new Error(`${command} failed: ${result.stderr}`);
-  const rssKb = fs.existsSync(rssFile) ? Number(fs.readFileSync(rssFile, "utf8").trim().split("\n").pop()) : NaN;
-  return { seconds, rssKb };
+  const [rss, user, system] = fs.existsSync(rssFile) ? fs.readFileSync(rssFile, "utf8").trim().split("\n").pop()!.split(" ").map(Number) : [];
+  return { seconds, rssKb: rss ?? NaN, cpuSeconds: (user ?? NaN) + (system ?? NaN) };
 }
 
 function writeSource(file: string): void {
@@ -72,9 +74,24 @@ const nbdkitPort = await freePort();
 const nbdkit = Bun.spawn(["nbdkit", "-f", "-i", "127.0.0.1", "-p", String(nbdkitPort), "file", anchorImage], { stdout: "ignore", stderr: "inherit" });
 const anchorUrl = `nbd://127.0.0.1:${nbdkitPort}`;
 const cluster = await TestCluster.start(3);
-const results = new Map<string, { mbps: number[]; ratios: number[]; rssKb: number[] }>();
-const note = (label: string, ours: Timed, anchor: Timed) => {
-  const entry = results.get(label) ?? { mbps: [], ratios: [], rssKb: [] };
+const results = new Map<string, { mbps: number[]; ratios: number[]; rssKb: number[]; cliCpu: number[]; nodesCpu: number[] }>();
+/** The group's CPU seconds over `work`: beside the CLI's, where a job's cost lies. */
+const nodesCpu = async (work: () => Promise<Timed>): Promise<Timed & { nodesCpuSeconds: number }> => {
+  const pids = cluster.nodes.map((node) => node.proc!.pid);
+  const before = pids.map(processCpuMs);
+  const timedWork = await work();
+  return { ...timedWork, nodesCpuSeconds: pids.reduce((sum, pid, index) => sum + processCpuMs(pid) - before[index]!, 0) / 1000 };
+};
+/** nbdcopy's CPU plus nbdkit's over `work`, in cpuSeconds. */
+const anchorCpu = async (work: () => Promise<Timed>): Promise<Timed> => {
+  const before = processCpuMs(nbdkit.pid);
+  const timedWork = await work();
+  return { ...timedWork, cpuSeconds: timedWork.cpuSeconds + (processCpuMs(nbdkit.pid) - before) / 1000 };
+};
+const note = (label: string, ours: Timed & { nodesCpuSeconds: number }, anchor: Timed) => {
+  const entry = results.get(label) ?? { mbps: [], ratios: [], rssKb: [], cliCpu: [], nodesCpu: [] };
+  entry.cliCpu.push(ours.cpuSeconds);
+  entry.nodesCpu.push(ours.nodesCpuSeconds);
   entry.mbps.push(sizeBytes / ours.seconds / 1e6);
   entry.ratios.push(anchor.seconds / ours.seconds);
   entry.rssKb.push(ours.rssKb);
@@ -92,23 +109,27 @@ try {
   const anchorReads: Timed[] = [];
   const anchorWrites: Timed[] = [];
   for (let round = 0; round < rounds; round++) {
-    const anchorRead = await timed(work, `nbdcopy ${anchorUrl} - | cat > /dev/null`);
+    const anchorRead = await anchorCpu(() => timed(work, `%RSS% nbdcopy ${anchorUrl} - | cat > /dev/null`));
     anchorReads.push(anchorRead);
-    note("volume export VOL - | cat", await timed(work, `%RSS% ${bin} volume export bench - | cat > /dev/null`, env), anchorRead);
-    note("archive create VOL@SNAP -o - | cat", await timed(work, `%RSS% ${bin} archive create bench@s -o - | cat > /dev/null`, env), anchorRead);
-    const anchorWrite = await timed(work, `nbdcopy ${source} ${anchorUrl}`);
+    note("volume export VOL - | cat", await nodesCpu(() => timed(work, `%RSS% ${bin} volume export bench - | cat > /dev/null`, env)), anchorRead);
+    note("archive create VOL@SNAP -o - | cat", await nodesCpu(() => timed(work, `%RSS% ${bin} archive create bench@s -o - | cat > /dev/null`, env)), anchorRead);
+    const anchorWrite = await anchorCpu(() => timed(work, `%RSS% nbdcopy ${source} ${anchorUrl}`));
     anchorWrites.push(anchorWrite);
-    note("volume import VOL FILE", await timed(work, `%RSS% ${bin} volume import bench ${source}`, env), anchorWrite);
-    note("archive restore NEW --create", await timed(work, `%RSS% ${bin} archive restore r${round} --create -i ${archiveFile}`, env), anchorWrite);
+    note("volume import VOL FILE", await nodesCpu(() => timed(work, `%RSS% ${bin} volume import bench ${source}`, env)), anchorWrite);
+    note("archive restore NEW --create", await nodesCpu(() => timed(work, `%RSS% ${bin} archive restore r${round} --create -i ${archiveFile}`, env)), anchorWrite);
     await run([bin, "volume", "delete", `r${round}`], { env });
   }
   const mbps = (list: Timed[]) => list.map((t) => (sizeBytes / t.seconds / 1e6).toFixed(0)).join(", ");
   console.log(`bulk jobs, ${values.size} of random data, three nodes, ${rounds} interleaved round(s), load average ${os.loadavg()[0]!.toFixed(1)}`);
   console.log(`anchor nbdcopy nbd://nbdkit - | cat: ${mbps(anchorReads)} MB/s; nbdcopy FILE nbd://nbdkit: ${mbps(anchorWrites)} MB/s`);
+  const cpuPerGiB = (list: Timed[]) => list.map((t) => (t.cpuSeconds / (sizeBytes / 1024 ** 3)).toFixed(1)).join(", ");
+  console.log(`anchor CPU s per GiB, nbdcopy + nbdkit: read ${cpuPerGiB(anchorReads)}; write ${cpuPerGiB(anchorWrites)}`);
   for (const [label, entry] of results) {
     const list = (values: number[], digits: number) => values.map((value) => value.toFixed(digits)).join(", ");
     const rss = Math.max(...entry.rssKb);
     console.log(`${label.padEnd(36)} ${list(entry.mbps, 0)} MB/s  ratio ${list(entry.ratios, 2)}  CLI peak RSS ${(rss / 1000).toFixed(0)} MB (${rss <= RSS_TARGET_KB ? "met" : "not met"} < 256 MB)`);
+    const perGiB = (seconds: number[]) => list(seconds.map((s) => s / (sizeBytes / 1024 ** 3)), 1);
+    console.log(`${"".padEnd(36)} CPU s per GiB: CLI ${perGiB(entry.cliCpu)}; nodes together ${perGiB(entry.nodesCpu)}`);
   }
   const nodeRss = cluster.nodes.map((node) => nodeRssKb(node.proc!.pid));
   console.log(`nodes' peak RSS (VmHWM): ${nodeRss.map((kb) => `${(kb / 1000).toFixed(0)} MB`).join(", ")} (${nodeRss.every((kb) => kb <= RSS_TARGET_KB) ? "met" : "not met"} < 256 MB)`);

@@ -292,6 +292,33 @@ describe("snapshot archive: records", () => {
     }
   });
 
+  test("a page handed in as pieces (views of received chunks) makes the same archive, its pieces passed on uncopied", () => {
+    const { archiveSpec, contents, bytes: whole } = sampleArchive();
+    const next = random(21);
+    const writer = new ArchiveWriter(archiveSpec);
+    const chunks = [...writer.start()];
+    const pieceBuffers = new Set<ArrayBufferLike>();
+    for (const page of archiveSpec.pages) {
+      const data = contents.get(page)!;
+      if (data === "zero") {
+        writer.zero(page);
+        continue;
+      }
+      // Each piece in its own buffer, as a socket hands them over; empty pieces are allowed.
+      const split = [...pieces(data, () => next() % 20_000), new Uint8Array(0)].map((piece) => piece.slice());
+      for (const piece of split) pieceBuffers.add(piece.buffer);
+      chunks.push(...writer.page(page, split));
+    }
+    chunks.push(...writer.finish());
+    expect(Buffer.compare(concat(chunks), whole)).toBe(0);
+    expect(chunks.some((chunk) => pieceBuffers.has(chunk.buffer))).toBe(true);
+    expect(verifyArchive(chunks).error).toBeUndefined();
+    // The same size check as for one buffer: pieces adding up to too few bytes are a programmer error.
+    const short = new ArchiveWriter(archiveSpec);
+    short.start();
+    expect(() => short.page(0, [pageData(0).subarray(0, 1000)])).toThrow(ShoalError);
+  });
+
   test("the record blocker turns any chunks into whole records; only flush pads, with zeros", () => {
     const next = random(9);
     const input = pageData(1, 300_000);

@@ -1,18 +1,12 @@
-// A small NBD client for our CLI and tests: fixed-newstyle handshake with NBD_OPT_GO (falling back
-// to NBD_OPT_EXPORT_NAME for old servers), then many requests in flight, matched to replies by
-// handle. Server errors become ShoalErrors whose message names the NBD errno.
-import type { Socket } from "bun";
+// A small NBD client for our CLI and tests: the handshake (_nbd-client-handshake.ts), then many
+// requests in flight, matched to replies by handle. Server errors become ShoalErrors whose message
+// names the NBD errno.
 import { type ErrorCode, NBD_EINVAL, NBD_ENOSPC, NBD_EOVERFLOW, NBD_EPERM, NBD_ESHUTDOWN, ShoalError } from "../../core/errors.ts";
-import { ByteQueue } from "./_byte-queue.ts";
-import { meshTlsOptions, verifyPeer } from "../mesh/mesh-tls.ts";
-import { SocketWriter } from "../wire/socket-writer.ts";
 import { type TlsIdentity, tlsIdentity } from "../tls/tls-identity.ts";
+import { handshake, type HandshakeOptions, listOn, type NbdExportEntry, type Negotiated } from "./_nbd-client-handshake.ts";
+import { protocolError, Wire, withTimeout } from "./_nbd-client-wire.ts";
 import {
-  BASE_ALLOCATION_CONTEXT,
   type BlockSizeConstraints,
-  EXPORT_NAME_PADDING_BYTES,
-  EXPORT_NAME_REPLY_BYTES,
-  GREETING_BYTES,
   MAX_BLOCK_SIZE_BYTES,
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
@@ -24,70 +18,34 @@ import {
   NBD_CMD_TRIM,
   NBD_CMD_WRITE,
   NBD_CMD_WRITE_ZEROES,
-  NBD_FLAG_C_FIXED_NEWSTYLE,
-  NBD_FLAG_C_NO_ZEROES,
-  NBD_FLAG_FIXED_NEWSTYLE,
-  NBD_FLAG_NO_ZEROES,
-  NBD_INFO_BLOCK_SIZE,
-  NBD_INFO_EXPORT,
-  NBD_OPT_ABORT,
-  NBD_OPT_EXPORT_NAME,
-  NBD_OPT_GO,
-  NBD_OPT_LIST,
-  NBD_OPT_SET_META_CONTEXT,
-  NBD_OPT_STARTTLS,
-  NBD_OPT_STRUCTURED_REPLY,
   NBD_REPLY_FLAG_DONE,
   NBD_REPLY_TYPE_BLOCK_STATUS,
   NBD_REPLY_TYPE_NONE,
   NBD_REPLY_TYPE_OFFSET_DATA,
   NBD_REPLY_TYPE_OFFSET_HOLE,
-  NBD_REP_ACK,
-  NBD_REP_ERR_UNKNOWN,
-  NBD_REP_ERR_UNSUP,
-  NBD_REP_INFO,
-  NBD_REP_META_CONTEXT,
-  NBD_REP_SERVER,
   NBD_STATE_HOLE,
   NBD_STATE_ZERO,
-  OPTION_REPLY_HEADER_BYTES,
   REQUEST_HEADER_BYTES,
   type ReplyHeader,
   commandName,
   decodeBlockStatusPayload,
-  decodeExportNameReply,
-  decodeGreeting,
-  decodeInfoPayload,
-  decodeMetaContextPayload,
-  decodeOptionReplyHeader,
   decodeReplyHeader,
-  decodeServerReplyPayload,
-  decodeString,
   decodeStructuredError,
-  encodeClientFlags,
-  encodeInfoRequest,
-  encodeMetaContextRequest,
-  encodeOption,
   encodeRequestHeader,
   errnoName,
-  isOptionReplyError,
   isReplyTypeError,
-  optionReplyName,
   readU32,
   readU64,
   replyHeaderBytes,
 } from "./nbd-codec.ts";
 
-export interface NbdClientOptions {
+export type { NbdExportEntry } from "./_nbd-client-handshake.ts";
+
+export interface NbdClientOptions extends HandshakeOptions {
   host: string;
   port: number;
-  exportName: string;
-  /** Negotiate structured replies (and base:allocation for blockStatus); default true. */
-  structuredReplies?: boolean;
   /** Requests in flight at once; further calls wait for a free slot. Default 64. */
   maxInFlight?: number;
-  /** STARTTLS with this identity (verifying the server against its CA); default: the process's (tls-identity.ts). */
-  tls?: TlsIdentity;
 }
 
 /** One run of base:allocation status. */
@@ -97,15 +55,8 @@ export interface NbdExtent {
   zero: boolean;
 }
 
-export interface NbdExportEntry {
-  name: string;
-  description: string;
-}
-
 const DEFAULT_MAX_IN_FLIGHT = 64;
-const HANDSHAKE_TIMEOUT_MS = 30_000;
 const CLOSE_TIMEOUT_MS = 30_000;
-const MAX_OPTION_REPLIES = 100_000;
 /** Largest reply chunk we accept: a full read plus its offset and some slack for headers. */
 const MAX_REPLY_PAYLOAD_BYTES = MAX_BLOCK_SIZE_BYTES + 64;
 /** Writes up to this size are copied behind their header to go out in one socket write. */
@@ -113,247 +64,6 @@ const COALESCE_WRITE_BYTES = 64 * 1024;
 /** Read results smaller than this are copied out of the receive chunk rather than pinning all of it. */
 const COPY_READ_BELOW_BYTES = 64 * 1024;
 const MAX_U32 = 0xffff_ffff;
-
-type ClientSocket = Socket<Wire>;
-
-/** The socket plus an input queue; during the handshake it serves exact-size reads. */
-class Wire {
-  readonly input = new ByteQueue();
-  writer!: SocketWriter;
-  socket!: ClientSocket;
-  closedError: ShoalError | undefined;
-  /** After STARTTLS the raw socket still reports the ciphertext; only the TLS socket's data counts. */
-  tlsUpgraded = false;
-  /** Set once the handshake is over; then every chunk goes to the reply parser. */
-  onInput: (() => void) | undefined;
-  onClose: ((error: ShoalError) => void) | undefined;
-  private waiter: { count: number; resolve: (bytes: Uint8Array) => void; reject: (error: ShoalError) => void } | undefined;
-  private readonly closeWaiters: (() => void)[] = [];
-
-  constructor(readonly address: string) {}
-
-  static async open(host: string, port: number): Promise<Wire> {
-    const wire = new Wire(`${host}:${port}`);
-    try {
-      wire.socket = await Bun.connect<Wire>({ hostname: host, port, data: wire, socket: WIRE_HANDLERS });
-    } catch (err) {
-      const reason = err instanceof Error ? err.message : String(err);
-      throw new ShoalError("NODE_DOWN", `cannot connect to NBD server ${wire.address}: ${reason}; is the node running?`);
-    }
-    wire.socket.setNoDelay(true);
-    // Bounded by the caller-facing limit instead: at most maxInFlight requests of at most 32 MiB.
-    wire.writer = new SocketWriter(wire.socket, Number.MAX_SAFE_INTEGER);
-    return wire;
-  }
-
-  send(bytes: Uint8Array): void {
-    if (this.closedError === undefined) this.writer.write(bytes);
-  }
-
-  /** Continues this connection inside TLS (after an acknowledged NBD_OPT_STARTTLS). */
-  startTls(identity: TlsIdentity): Promise<void> {
-    this.tlsUpgraded = true;
-    return new Promise<void>((resolve, reject) => {
-      const handlers = {
-        ...WIRE_HANDLERS,
-        data: (socket: ClientSocket, chunk: Uint8Array) => socket.data.handleData(chunk),
-        handshake: (socket: ClientSocket, success: boolean, error: Error | null) => {
-          const verdict = verifyPeer(socket as Socket<unknown>, success, error);
-          if (typeof verdict !== "string") return resolve();
-          socket.terminate();
-          reject(new ShoalError("NOT_AUTHENTICATED", `refusing NBD server ${this.address}: ${verdict}`));
-        },
-      };
-      const [, secure] = this.socket.upgradeTLS<Wire>({ data: this, tls: meshTlsOptions(identity), socket: handlers });
-      this.socket = secure;
-      this.writer = new SocketWriter(secure, Number.MAX_SAFE_INTEGER);
-      this.closeWaiters.push(() => reject(this.closedError));
-    });
-  }
-
-  /** Exactly `count` bytes, for the handshake; one read at a time. */
-  read(count: number): Promise<Uint8Array> {
-    if (this.input.lengthBytes >= count) return Promise.resolve(this.input.take(count));
-    if (this.closedError !== undefined) return Promise.reject(this.closedError);
-    return new Promise((resolve, reject) => (this.waiter = { count, resolve, reject }));
-  }
-
-  handleData(chunk: Uint8Array): void {
-    this.input.push(chunk);
-    const waiter = this.waiter;
-    if (waiter !== undefined) {
-      if (this.input.lengthBytes < waiter.count) return;
-      this.waiter = undefined;
-      waiter.resolve(this.input.take(waiter.count));
-      return;
-    }
-    this.onInput?.();
-  }
-
-  handleClose(reason?: Error): void {
-    if (this.closedError !== undefined) return;
-    const detail = reason ? `: ${reason.message}` : "";
-    this.closedError = new ShoalError("NODE_DOWN", `the connection to NBD server ${this.address} closed${detail}`);
-    this.waiter?.reject(this.closedError);
-    this.waiter = undefined;
-    this.onClose?.(this.closedError);
-    for (const wake of this.closeWaiters.splice(0)) wake();
-  }
-
-  closed(): Promise<void> {
-    if (this.closedError !== undefined) return Promise.resolve();
-    return new Promise((resolve) => this.closeWaiters.push(resolve));
-  }
-}
-
-const WIRE_HANDLERS = {
-  binaryType: "uint8array" as const,
-  data(socket: ClientSocket, chunk: Uint8Array) {
-    if (!socket.data.tlsUpgraded) socket.data.handleData(chunk);
-  },
-  drain(socket: ClientSocket) {
-    socket.data.writer.drain();
-  },
-  close(socket: ClientSocket, error?: Error) {
-    socket.data.handleClose(error);
-  },
-  error(socket: ClientSocket, error: Error) {
-    socket.data.handleClose(error);
-  },
-};
-
-function protocolError(wire: Wire, reason: string): ShoalError {
-  return new ShoalError("BAD_FRAME", `NBD server ${wire.address} broke the protocol: ${reason}`);
-}
-
-async function withTimeout<T>(wire: Wire, work: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      wire.socket.terminate();
-      reject(new ShoalError("TIMEOUT", `NBD server ${wire.address} did not finish ${what} within ${HANDSHAKE_TIMEOUT_MS} ms`));
-    }, HANDSHAKE_TIMEOUT_MS);
-  });
-  try {
-    return await Promise.race([work, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-// ---- Handshake ----------------------------------------------------------------------------------
-
-/** Greeting and client flags; returns whether the server will omit the 124 zero bytes. */
-async function greet(wire: Wire): Promise<boolean> {
-  const handshakeFlags = decodeGreeting(await wire.read(GREETING_BYTES));
-  if (handshakeFlags instanceof ShoalError) throw protocolError(wire, handshakeFlags.message);
-  if ((handshakeFlags & NBD_FLAG_FIXED_NEWSTYLE) === 0) {
-    throw protocolError(wire, "the server does not support fixed newstyle negotiation");
-  }
-  const noZeroes = (handshakeFlags & NBD_FLAG_NO_ZEROES) !== 0;
-  wire.send(encodeClientFlags(NBD_FLAG_C_FIXED_NEWSTYLE | (noZeroes ? NBD_FLAG_C_NO_ZEROES : 0)));
-  return noZeroes;
-}
-
-interface OptionReply {
-  replyType: number;
-  payload: Uint8Array;
-}
-
-async function readOptionReply(wire: Wire, option: number): Promise<OptionReply> {
-  const header = decodeOptionReplyHeader(await wire.read(OPTION_REPLY_HEADER_BYTES));
-  if (header instanceof ShoalError) throw protocolError(wire, header.message);
-  if (header.option !== option) throw protocolError(wire, `reply for option ${header.option} while waiting for ${option}`);
-  return { replyType: header.replyType, payload: await wire.read(header.lengthBytes) };
-}
-
-/** Sends an option and gathers its replies up to the final one (ACK or an error). */
-async function negotiate(wire: Wire, option: number, data?: Uint8Array): Promise<{ replies: OptionReply[]; final: OptionReply }> {
-  wire.send(encodeOption(option, data));
-  const replies: OptionReply[] = [];
-  for (;;) {
-    const reply = await readOptionReply(wire, option);
-    if (reply.replyType === NBD_REP_ACK || isOptionReplyError(reply.replyType)) return { replies, final: reply };
-    if (replies.length >= MAX_OPTION_REPLIES) throw protocolError(wire, `more than ${MAX_OPTION_REPLIES} replies to option ${option}`);
-    replies.push(reply);
-  }
-}
-
-function optionFailure(wire: Wire, what: string, reply: OptionReply, code: ErrorCode = "BAD_REQUEST"): ShoalError {
-  const message = decodeString(reply.payload, "error message");
-  const detail = message instanceof ShoalError || message === "" ? "" : `: ${message}`;
-  return new ShoalError(code, `NBD server ${wire.address} refused ${what} with ${optionReplyName(reply.replyType)}${detail}`);
-}
-
-interface Negotiated {
-  sizeBytes: number;
-  transmissionFlags: number;
-  structuredReplies: boolean;
-  metaContextId: number | undefined;
-  blockSize: BlockSizeConstraints | undefined;
-}
-
-async function handshake(wire: Wire, options: NbdClientOptions): Promise<Negotiated> {
-  const noZeroes = await greet(wire);
-  const identity = options.tls ?? tlsIdentity();
-  if (identity) await startTls(wire, identity);
-  let structuredReplies = false;
-  let metaContextId: number | undefined;
-  if (options.structuredReplies !== false) {
-    structuredReplies = (await negotiate(wire, NBD_OPT_STRUCTURED_REPLY)).final.replyType === NBD_REP_ACK;
-  }
-  if (structuredReplies) {
-    const request = encodeMetaContextRequest(options.exportName, [BASE_ALLOCATION_CONTEXT]);
-    const { replies, final } = await negotiate(wire, NBD_OPT_SET_META_CONTEXT, request);
-    for (const reply of final.replyType === NBD_REP_ACK ? replies : []) {
-      const context = reply.replyType === NBD_REP_META_CONTEXT ? decodeMetaContextPayload(reply.payload) : undefined;
-      if (context !== undefined && !(context instanceof ShoalError) && context.name === BASE_ALLOCATION_CONTEXT) {
-        metaContextId = context.contextId;
-      }
-    }
-  }
-  // No NBD_INFO_BLOCK_SIZE request: asking would oblige us to keep every request aligned, and
-  // callers (volume import) end streams on odd sizes. The server's constraints are still recorded.
-  const { replies, final } = await negotiate(wire, NBD_OPT_GO, encodeInfoRequest(options.exportName, []));
-  if (final.replyType === NBD_REP_ERR_UNSUP) {
-    wire.send(encodeOption(NBD_OPT_EXPORT_NAME, new TextEncoder().encode(options.exportName)));
-    const info = decodeExportNameReply(await wire.read(EXPORT_NAME_REPLY_BYTES));
-    if (info instanceof ShoalError) throw protocolError(wire, info.message);
-    if (!noZeroes) await wire.read(EXPORT_NAME_PADDING_BYTES);
-    return { ...info, structuredReplies, metaContextId, blockSize: undefined };
-  }
-  if (final.replyType === NBD_REP_ERR_UNKNOWN) {
-    throw optionFailure(wire, `export '${options.exportName}'`, final, "UNKNOWN_VOLUME");
-  }
-  if (final.replyType !== NBD_REP_ACK) throw optionFailure(wire, `export '${options.exportName}'`, final);
-  return { ...exportInfoFrom(wire, replies), structuredReplies, metaContextId };
-}
-
-/** NBD_OPT_STARTTLS; everything after it, replies included, travels inside TLS. */
-async function startTls(wire: Wire, identity: TlsIdentity): Promise<void> {
-  const { final } = await negotiate(wire, NBD_OPT_STARTTLS);
-  if (final.replyType !== NBD_REP_ACK) throw optionFailure(wire, "NBD_OPT_STARTTLS (TLS)", final, "NOT_AUTHENTICATED");
-  if (wire.input.lengthBytes > 0) throw protocolError(wire, "data after the NBD_OPT_STARTTLS reply, before the TLS handshake");
-  await wire.startTls(identity);
-}
-
-function exportInfoFrom(wire: Wire, replies: OptionReply[]): { sizeBytes: number; transmissionFlags: number; blockSize: BlockSizeConstraints | undefined } {
-  let exportInfo: { sizeBytes: number; transmissionFlags: number } | undefined;
-  let blockSize: BlockSizeConstraints | undefined;
-  for (const reply of replies) {
-    if (reply.replyType !== NBD_REP_INFO) continue;
-    const info = decodeInfoPayload(reply.payload);
-    if (info instanceof ShoalError) throw protocolError(wire, info.message);
-    if (info.type === NBD_INFO_EXPORT) exportInfo = { sizeBytes: info.sizeBytes, transmissionFlags: info.transmissionFlags };
-    if (info.type === NBD_INFO_BLOCK_SIZE) {
-      blockSize = { minimumBytes: info.minimumBytes, preferredBytes: info.preferredBytes, maximumBytes: info.maximumBytes };
-    }
-  }
-  if (exportInfo === undefined) throw protocolError(wire, "NBD_OPT_GO succeeded without NBD_INFO_EXPORT");
-  return { ...exportInfo, blockSize };
-}
-
-// ---- Transmission -------------------------------------------------------------------------------
 
 interface Pending {
   type: number;
@@ -734,22 +444,4 @@ export class NbdClient {
 /** Large results stay views of the received bytes (no copy); small ones get their own memory. */
 function ownedResult(view: Uint8Array): Uint8Array {
   return view.length < COPY_READ_BELOW_BYTES && view.byteLength !== view.buffer.byteLength ? view.slice() : view;
-}
-
-async function listOn(wire: Wire, identity: TlsIdentity | undefined): Promise<NbdExportEntry[]> {
-  await greet(wire);
-  if (identity) await startTls(wire, identity);
-  const { replies, final } = await negotiate(wire, NBD_OPT_LIST);
-  if (final.replyType !== NBD_REP_ACK) throw optionFailure(wire, "NBD_OPT_LIST", final);
-  const entries: NbdExportEntry[] = [];
-  for (const reply of replies) {
-    if (reply.replyType !== NBD_REP_SERVER) continue;
-    const entry = decodeServerReplyPayload(reply.payload);
-    if (entry instanceof ShoalError) throw protocolError(wire, entry.message);
-    entries.push(entry);
-  }
-  wire.send(encodeOption(NBD_OPT_ABORT));
-  // The spec lets a server close instead of acknowledging NBD_OPT_ABORT; either is fine.
-  await readOptionReply(wire, NBD_OPT_ABORT).catch(() => undefined);
-  return entries;
 }
