@@ -438,6 +438,20 @@ describe("names for messages", () => {
 });
 
 describe("ByteQueue", () => {
+  test("a payload spanning chunks is copied into the caller's buffer; isContiguous says which take() gives", () => {
+    const queue = new ByteQueue();
+    queue.push(new Uint8Array([1, 2, 3]));
+    queue.push(new Uint8Array([4, 5, 6, 7]));
+    expect(queue.isContiguous(3)).toBe(true);
+    expect(queue.isContiguous(4)).toBe(false);
+    const target = new Uint8Array(5);
+    expect(queue.takeInto(target)).toBe(target);
+    expect([...target]).toEqual([1, 2, 3, 4, 5]);
+    expect(queue.lengthBytes).toBe(2);
+    expect(queue.isContiguous(2)).toBe(true);
+    expect([...queue.take(2)]).toEqual([6, 7]);
+  });
+
   test("a frame inside one chunk is a view, a frame spanning chunks is one copy", () => {
     const queue = new ByteQueue();
     const first = new Uint8Array([1, 2, 3, 4, 5, 6]);

@@ -39,6 +39,16 @@ export class ByteQueue {
     return this.copyOut(count, true);
   }
 
+  /** Whether take(count) would be a view (the bytes sit in one received chunk), not a copy. */
+  isContiguous(count: number): boolean {
+    return count === 0 || this.chunks[this.head]!.length - this.headOffset >= count;
+  }
+
+  /** Takes target.byteLength bytes (<= lengthBytes) by copying them into `target` (a pooled buffer, say). */
+  takeInto(target: Uint8Array): Uint8Array {
+    return this.copyOut(target.byteLength, true, target);
+  }
+
   /** Takes `count` bytes (count <= lengthBytes) as views of the received chunks: never a copy. */
   takeViews(count: number): Uint8Array[] {
     const views: Uint8Array[] = [];
@@ -61,9 +71,8 @@ export class ByteQueue {
     this.lengthBytes = 0;
   }
 
-  private copyOut(count: number, consume: boolean): Uint8Array {
-    // Unzeroed: every byte is overwritten below, and zeroing a 32 MiB WRITE payload is not free.
-    const target: Uint8Array = Buffer.allocUnsafe(count);
+  // Unzeroed: every byte is overwritten below, and zeroing a 32 MiB WRITE payload is not free.
+  private copyOut(count: number, consume: boolean, target: Uint8Array = Buffer.allocUnsafe(count)): Uint8Array {
     let filled = 0;
     let index = this.head;
     let offset = this.headOffset;

@@ -49,6 +49,8 @@ class RequestSlot {
   executing = false;
   startedMs = 0;
   payload: Uint8Array | undefined = undefined;
+  /** The payload when it was copied into a pooled buffer: back to the pool once the write is done. */
+  pooledPayload: Uint8Array | undefined = undefined;
   reply: Uint8Array | undefined = undefined;
   fault: RequestFault | undefined = undefined;
   readonly onDone: (value: unknown) => void;
@@ -109,7 +111,7 @@ export class NbdTransmission {
       const waiting = this.awaitingPayload;
       if (waiting !== undefined) {
         if (input.lengthBytes < waiting.length) return;
-        waiting.payload = input.take(waiting.length);
+        waiting.payload = this.takePayload(waiting);
         this.awaitingPayload = undefined;
         this.run(waiting);
         continue;
@@ -120,6 +122,18 @@ export class NbdTransmission {
       if (input.lengthBytes < REQUEST_HEADER_BYTES) return;
       this.acceptRequest(input.take(REQUEST_HEADER_BYTES));
     }
+  }
+
+  /**
+   * A WRITE's payload: a view when it sits in one received chunk; a large one spanning chunks is
+   * copied into a pooled buffer, not a fresh one (whose first touch costs a page fault per 4 KiB:
+   * measured on 1 MiB writes, that copy was a third of what the page-cache copy costs).
+   */
+  private takePayload(slot: RequestSlot): Uint8Array {
+    const input = this.connection.input;
+    if (slot.length < COALESCE_REPLY_BYTES || input.isContiguous(slot.length)) return input.take(slot.length);
+    slot.pooledPayload = dataBuffers.acquire(slot.length);
+    return input.takeInto(slot.pooledPayload);
   }
 
   private acceptRequest(header: Uint8Array): void {
@@ -207,6 +221,8 @@ export class NbdTransmission {
     // try/catch, not guard(): no closure per request on the data path.
     try {
       nodeMetrics.nbdDone(slot.type, slot.length, slot.startedMs, true);
+      // Written (or sent on and acknowledged by the node that applied it): nothing holds the bytes.
+      if (slot.pooledPayload !== undefined) dataBuffers.release(slot.pooledPayload);
       if (slot.type === NBD_CMD_READ) this.sendReadReply(slot.reply!);
       else if (connection.phase !== "closed") {
         if (slot.type === NBD_CMD_BLOCK_STATUS) this.sendBlockStatus(slot, value);
@@ -290,6 +306,8 @@ export class NbdTransmission {
     }
     nodeMetrics.nbdInFlight.dec();
     slot.payload = undefined;
+    // A failed or dropped write's pooled payload is left to the collector: a forward may still hold it.
+    slot.pooledPayload = undefined;
     slot.reply = undefined;
     slot.fault = undefined;
     this.freeSlots.push(slot);
