@@ -5,7 +5,7 @@
 // requests that arrive while one runs are served together by the next (group commit).
 import { fatal } from "../invariant.ts";
 import type { FileIO } from "./file-io.ts";
-import { type CommitRecord, encodeCommit, type Journal, type PageRecord } from "./_journal.ts";
+import { encodeFrame, encodeSection, type Journal } from "./_journal.ts";
 import type { LayerTable, StoreLayer } from "./_layers.ts";
 
 /** A journal over this size (by default), and this many times its checkpoint, is rewritten as a new checkpoint. */
@@ -77,7 +77,7 @@ export class Commits {
     for (const layer of layers) for (const fd of openFds(layer)) this.io.fdatasyncNow(fd);
     this.io.syncDirNow(this.dir);
     const sections = layers.map((layer) => captureMap(layer, true));
-    this.journal.replaceNow(encodeCommit({ table: this.table.toRecord(), layers: sections.map(({ key, pages }) => ({ key, pages })) }));
+    this.journal.replaceNow(encodeFrame(this.table.toRecord(), sections.map(({ section }) => section)));
     this.journal.close();
     this.syncCount += layers.length + 3;
     for (const layer of layers) {
@@ -142,7 +142,7 @@ export class Commits {
     }
     const sections = layers.filter((layer) => checkpoint || layer.dirtyPages.size > 0).map((layer) => captureMap(layer, checkpoint));
     const tableVersion = this.table.version;
-    const record: CommitRecord = { table: tableChanged ? this.table.toRecord() : undefined, layers: sections.map(({ key, pages }) => ({ key, pages })) };
+    const tableRecord = tableChanged ? this.table.toRecord() : undefined;
     const removing = tableChanged ? this.filesToRemove.splice(0) : [];
     if (syncs.length === 0 && sections.length === 0 && !tableChanged) return;
     const syncDir = this.newFiles;
@@ -152,7 +152,7 @@ export class Commits {
       const fds = syncs.flatMap(({ layer }) => openFds(layer));
       await Promise.all([...fds.map((fd) => this.io.fdatasync(fd)), ...(syncDir ? [this.io.syncDir(this.dir)] : [])]);
       this.syncCount += fds.length + (syncDir ? 1 : 0);
-      const frame = encodeCommit(record);
+      const frame = encodeFrame(tableRecord, sections.map(({ section }) => section));
       await (checkpoint ? this.journal.replace(frame) : this.journal.append(frame));
       this.syncCount += checkpoint ? 2 : 1;
     } catch (err) {
@@ -162,7 +162,7 @@ export class Commits {
       if (!this.journal.closed) fatal(err, "syncing the page store failed");
       // Still owed: the next commit tries again and its callers hear of any failure.
       for (const { layer, bytes } of syncs) if (this.table.get(layer.id) === layer) this.noteWritten(layer, bytes);
-      for (const { layer, pages } of sections) for (const { page } of pages) layer.dirtyPages.add(page);
+      for (const { layer, pages } of sections) for (const page of pages) layer.dirtyPages.add(page);
       this.filesToRemove.unshift(...removing);
       for (const layer of stackedOn) this.table.stackedOn.add(layer);
       this.newFiles ||= syncDir;
@@ -182,10 +182,9 @@ function openFds(layer: StoreLayer): number[] {
   return layer.fds.filter((fd) => fd !== undefined);
 }
 
-function captureMap(layer: StoreLayer, all: boolean): { layer: StoreLayer; key: number; pages: PageRecord[] } {
-  const pages: PageRecord[] = [];
-  const numbers = all ? layer.pages.keys() : layer.dirtyPages.values();
-  for (const page of numbers) pages.push({ page, states: layer.pages.get(page)?.states.slice() });
+/** The layer's map as it is now (the dirty pages, or `all`), encoded at once: later changes cannot reach the bytes. */
+function captureMap(layer: StoreLayer, all: boolean): { layer: StoreLayer; pages: number[]; section: Uint8Array } {
+  const pages = [...(all ? layer.pages.keys() : layer.dirtyPages.values())];
   layer.dirtyPages.clear();
-  return { layer, key: layer.key, pages };
+  return { layer, pages, section: encodeSection(layer.key, pages, (index) => layer.pages.get(pages[index]!)?.states) };
 }
