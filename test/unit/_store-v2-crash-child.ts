@@ -1,4 +1,4 @@
-// Run by store-v2.test.ts in its own process, then killed with SIGKILL mid-way: the parent
+// Run by store-v2-durability.test.ts in its own process, then killed with SIGKILL mid-way: the parent
 // reopens the directory and checks what every layer reads. Nothing here survives but the files.
 //   bun _store-v2-crash-child.ts DIR SEED delete LAYER TICKS   kill TICKS event-loop turns into deleteLayer(LAYER)
 //   bun _store-v2-crash-child.ts DIR SEED flush                 kill right after flush() returns
