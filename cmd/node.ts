@@ -31,6 +31,12 @@ const nodeFlags = {
     default: "128MiB",
     valueHint: "SIZE",
   },
+  writebackInterval: {
+    type: "string",
+    description: "how often unsynced writes are written back in the background, so a FLUSH or a snapshot finds little to sync (0: only past --dirty-limit)",
+    default: "200ms",
+    valueHint: "DURATION",
+  },
 } as const satisfies ArgsDef;
 
 export default defineCommand({
@@ -57,6 +63,7 @@ export default defineCommand({
       tlsDir: text("tls"),
       tlsRequired: settings.tlsRequired === true,
       dirtyLimitBytes: parseSize(text("dirtyLimit")!),
+      writeBackIntervalMs: parseDurationMs(text("writebackInterval")!),
     });
     await new Promise<void>((resolve) => {
       const onSignal = () => {

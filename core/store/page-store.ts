@@ -204,8 +204,21 @@ export class PageStore {
     return this.flush().catch(() => undefined);
   }
 
+  /**
+   * Starts a background write-back when anything is unsynced and none is running. The node calls
+   * it on a short interval so a FLUSH or a snapshot's cut finds only the last moments' writes to
+   * sync, not everything up to the dirty limit.
+   */
+  writeBackIfDirty(): void {
+    if (this.commits.dirtyBytes > 0) this.startWriteBack();
+  }
+
   private writeBackIfOverLimit(): void {
-    if (this.commits.dirtyBytes < this.dirtyLimitBytes || this.writingBack) return;
+    if (this.commits.dirtyBytes >= this.dirtyLimitBytes) this.startWriteBack();
+  }
+
+  private startWriteBack(): void {
+    if (this.writingBack) return;
     this.writingBack = true;
     void this.writeBack().finally(() => (this.writingBack = false));
   }

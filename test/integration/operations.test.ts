@@ -6,6 +6,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "./_cluster.ts";
+import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { scrape, sumOf, type Sample } from "./_prometheus.ts";
 
 let root: string;
@@ -28,7 +29,8 @@ beforeAll(async () => {
   node1.extraArgs = ["--config", config1];
   // node2: the file comes from $SHOAL_CONFIG, and --log-format on the command line beats its json.
   fs.writeFileSync(path.join(root, "env.toml"), `metrics = "${metrics2}"\nlog-format = "json"\n`);
-  node2.extraArgs = ["--log-format", "human"];
+  // node2 also writes back only past --dirty-limit: the write-back test compares the two.
+  node2.extraArgs = ["--log-format", "human", "--writeback-interval", "0"];
   await node1.start();
   await node2.start(node1.meshAddress);
   await waitGroupUp([node1, node2]);
@@ -70,6 +72,22 @@ describe("metrics", () => {
     expect(sumOf(after1, "shoal_peers", { state: "up" })).toBe(1);
     expect(sumOf(after1, "shoal_build_info", { node: "ops1" })).toBe(1);
     expect(sumOf(after1, "process_resident_memory_bytes")).toBeGreaterThan(0);
+  });
+
+  test("unsynced writes are written back every --writeback-interval without a FLUSH; with 0 they wait (shoal_store_dirty_bytes)", async () => {
+    const client = await NbdClient.connect({ host: "127.0.0.1", port: node1.nbdPort, exportName: "m" });
+    try {
+      const data = new Uint8Array(64 * 1024).fill(0x3c);
+      await client.write(0, data); // page 0: node1 (default interval)
+      await client.write(4 * 1024 * 1024, data); // page 1: node2 (--writeback-interval 0)
+      await waitFor("node1 to write back without a FLUSH", async () => sumOf(await scrape(metrics1), "shoal_store_dirty_bytes") === 0, 3000);
+      await Bun.sleep(1000);
+      expect(sumOf(await scrape(metrics2), "shoal_store_dirty_bytes")).toBe(data.byteLength);
+      await client.flush();
+      expect(sumOf(await scrape(metrics2), "shoal_store_dirty_bytes")).toBe(0);
+    } finally {
+      await client.close();
+    }
   });
 
   test("a snapshot records its phases on the coordinator, its hold and its cut and commit steps on every participant", async () => {

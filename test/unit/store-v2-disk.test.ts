@@ -147,6 +147,24 @@ describe("PageStore v2 costs", () => {
     expect(store.syncCount).toBeGreaterThan(syncs);
     store.close();
   });
+
+  test("writeBackIfDirty: nothing to sync is no sync; below the limit it writes back what is dirty, one write-back at a time", async () => {
+    const store = new PageStore({ dir: tempDir(), dirtyLimitBytes: 64 * MiB });
+    store.writeBackIfDirty();
+    expect(store.syncCount).toBe(0);
+    store.write("v", 0, 0, new Uint8Array(64 * KiB).fill(9), PAGE);
+    store.writeBackIfDirty();
+    store.writeBackIfDirty(); // the one running covers it
+    expect(store.dirtyBytes).toBe(0); // taken by the write-back
+    for (let waitedMs = 0; waitedMs < 5000 && store.syncCount < 3; waitedMs += 5) await new Promise((resolve) => setTimeout(resolve, 5));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const syncs = store.syncCount;
+    expect(syncs).toBe(3); // one write-back: the new layer file, the directory, the journal
+    store.writeBackIfDirty();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(store.syncCount).toBe(syncs);
+    store.close();
+  });
 });
 
 describe("PageStore v2 on damaged disks", () => {

@@ -266,6 +266,7 @@ export function watchNodeState(metrics: NodeMetrics, state: NodeState): void {
   const peers = r.gauge("shoal_peers", "other members of the group by link state", ["state"]);
   const volumePages = r.gauge("shoal_volume_pages", "pages of the volume written on this node (its own layer, as `shoal volume info` WRITTEN)", ["volume"]);
   const volumeBytes = r.gauge("shoal_volume_bytes", "bytes the volume and its snapshots use on this node (as USED in `shoal volume info`)", ["volume"]);
+  const dirtyBytes = r.gauge("shoal_store_dirty_bytes", "bytes written on this node that no write-back or FLUSH has taken yet (bounded by --dirty-limit; taken every --writeback-interval)").with();
   info.with(state.group.selfId, state.version).set(1);
   r.onCollect(() => {
     const nowMs = Date.now();
@@ -273,6 +274,7 @@ export function watchNodeState(metrics: NodeMetrics, state: NodeState): void {
     memory.set(process.memoryUsage.rss());
     nbdConnections.set(state.nbdConnections());
     meshConnections.set(state.meshConnections());
+    dirtyBytes.set(state.store.dirtyBytes);
     peerUp.clear();
     heartbeatAge.clear();
     let up = 0;

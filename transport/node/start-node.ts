@@ -28,6 +28,13 @@ import { exitOnFatal } from "./fatal-exit.ts";
 import { nodeMetrics, watchNodeState } from "../metrics/node-metrics.ts";
 import { serveMetrics } from "../metrics/metrics-endpoint.ts";
 
+/**
+ * Unsynced writes are written back this often: a FLUSH or a snapshot's cut then syncs only the
+ * last moments' writes (the cut's wall time after 4 s of random writes over 1 TiB fell from
+ * ~530 ms to the figure in the README), at the price of more, smaller syncs on a busy node.
+ */
+export const DEFAULT_WRITE_BACK_INTERVAL_MS = 200;
+
 export interface NodeOptions {
   id?: string;
   dataDir: string;
@@ -44,6 +51,8 @@ export interface NodeOptions {
   metrics?: string;
   /** Unsynced written bytes past which the store writes back and writers wait for it. */
   dirtyLimitBytes?: number;
+  /** How often unsynced writes are written back in the background (0: only past the dirty limit). */
+  writeBackIntervalMs?: number;
   /** Where the node's lines go (the CLI makes it from --log-format). */
   log: NodeLog;
 }
@@ -176,6 +185,9 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     yieldToClients: () => new Promise((resolve) => setImmediate(resolve)),
   });
   undo.push(() => store.close());
+  const writeBackIntervalMs = options.writeBackIntervalMs ?? DEFAULT_WRITE_BACK_INTERVAL_MS;
+  const writeBackTimer = writeBackIntervalMs > 0 ? setInterval(() => store.writeBackIfDirty(), writeBackIntervalMs) : undefined;
+  undo.push(() => clearInterval(writeBackTimer));
   const startedAtMs = Date.now();
 
   // Requests may arrive as soon as the mesh listens; each part answers once it exists.
@@ -249,6 +261,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
       moves.stop();
       mesh.stop();
       group.stop();
+      clearInterval(writeBackTimer);
       await store.flush();
       store.close();
       catalog.close();
