@@ -37,22 +37,20 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import type { Subprocess } from "bun";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { loadTlsIdentity, useTlsIdentity } from "../../transport/tls/tls-identity.ts";
 import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { JOBS, type Job } from "./_fio-jobs.ts";
+import { type FioResult, runFio } from "./_fio.ts";
+import { Resources, sparseFile, startNbdkitFile, waitForExport } from "./_bench-processes.ts";
 import { buildShoal, loadAverage, progress, sourceRevision, syncDisks, table } from "./_bench.ts";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
 const MiB = 1024 * 1024;
 const NODE_START_TIMEOUT_MS = 20_000;
-const ANCHOR_START_TIMEOUT_MS = 10_000;
 /** A sequential job covers the whole size but never runs longer than this. */
 const SEQUENTIAL_RUNTIME_SECONDS_MAX = 120;
-/** fio is killed if it outlives its own runtime bound by this much (a hung connection). */
-const FIO_GRACE_MS = 60_000;
 const RSS_TARGET_BYTES = 150 * 1000 * 1000;
 const HUGE_VOLUME_SIZE = "1T";
 const FIO_IODEPTH = 16;
@@ -77,14 +75,7 @@ interface Target {
   uri: string;
 }
 
-interface JobResult {
-  mbPerSecond: number;
-  iops: number;
-  bytes: number;
-  runtimeMs: number;
-  /** A sequential job stopped by its runtime bound before covering the whole size. */
-  capped: boolean;
-}
+type JobResult = FioResult;
 
 type Results = Record<TargetKey, Partial<Record<Job["key"], JobResult>>>;
 
@@ -98,32 +89,6 @@ interface NodeMemory {
   /** After every fio job (the 1 TiB volume still there): what the data path keeps. */
   rssAfterLoadBytes: number;
   rssPeakBytes: number;
-}
-
-// ---- processes and cleanup: everything started is registered here and killed on any exit
-
-class Resources {
-  readonly root = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-bench-"));
-  readonly processes = new Set<Subprocess>();
-  readonly nodes: TestNode[] = [];
-  private cleaned = false;
-
-  spawn(command: string[], options: { stderr?: "pipe" | "ignore" } = {}): Subprocess {
-    const proc = Bun.spawn(command, { stdin: "ignore", stdout: "ignore", stderr: options.stderr ?? "pipe" });
-    this.processes.add(proc);
-    void proc.exited.then(() => this.processes.delete(proc));
-    return proc;
-  }
-
-  /** Kills what is still running (SIGKILL: the data is scratch) and removes the temp dir. */
-  async cleanup(): Promise<void> {
-    if (this.cleaned) return;
-    this.cleaned = true;
-    const running = [...this.processes, ...this.nodes.map((node) => node.proc).filter((proc) => proc !== undefined)];
-    for (const proc of running) if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
-    await Promise.all(running.map((proc) => proc.exited));
-    fs.rmSync(this.root, { recursive: true, force: true });
-  }
 }
 
 function parseOptions(): Options {
@@ -151,24 +116,6 @@ function parseOptions(): Options {
 
 // ---- the systems under test
 
-async function waitForExport(uri: string, proc: Subprocess, what: string): Promise<void> {
-  await waitFor(
-    `${what} to serve ${uri}`,
-    async () => {
-      if (proc.exitCode !== null) throw new Error(`${what} exited with ${proc.exitCode}: ${await new Response(proc.stderr as ReadableStream).text()}`);
-      return (await run(["nbdinfo", "--size", uri], { timeoutMs: 5000 })).exitCode === 0;
-    },
-    ANCHOR_START_TIMEOUT_MS,
-  );
-}
-
-function sparseFile(resources: Resources, name: string, sizeBytes: number): string {
-  const file = path.join(resources.root, name);
-  fs.writeFileSync(file, "");
-  fs.truncateSync(file, sizeBytes);
-  return file;
-}
-
 /** io_uring where this qemu has it (the stronger anchor), else the default thread pool. */
 async function startQemuNbd(resources: Resources, sizeBytes: number): Promise<{ target: Target; aio: string }> {
   const file = sparseFile(resources, "qemu-nbd.raw", sizeBytes);
@@ -189,13 +136,8 @@ async function startQemuNbd(resources: Resources, sizeBytes: number): Promise<{ 
   throw lastError;
 }
 
-async function startNbdkitFile(resources: Resources, sizeBytes: number): Promise<Target> {
-  const file = sparseFile(resources, "nbdkit.raw", sizeBytes);
-  const port = await freePort();
-  const proc = resources.spawn(["nbdkit", "-f", "-p", String(port), "-i", "127.0.0.1", "file", file]);
-  const uri = `nbd://127.0.0.1:${port}/bench`;
-  await waitForExport(uri, proc, "nbdkit");
-  return { key: "nbdkitFile", label: "nbdkit-file", uri };
+async function startNbdkitFileTarget(resources: Resources, sizeBytes: number): Promise<Target> {
+  return { key: "nbdkitFile", label: "nbdkit-file", uri: (await startNbdkitFile(resources, sizeBytes)).uri };
 }
 
 /** A group of `count` nodes; with `certificates` (from makeCertificates) they run with TLS required. */
@@ -228,62 +170,18 @@ async function createVolume(nodes: TestNode[], name: string, size: string, place
 
 // ---- fio
 
-function fioArgs(job: Job, target: Target, options: Options, outputFile: string): string[] {
-  const args = [
-    "fio",
-    `--name=${job.key}`,
-    "--ioengine=nbd",
-    `--uri=${target.uri}`,
-    `--rw=${job.rw}`,
-    `--bs=${job.blockSize}`,
-    `--iodepth=${FIO_IODEPTH}`,
-    `--size=${options.sizeBytes}`,
-    "--numjobs=1",
-    "--output-format=json",
-    `--output=${outputFile}`,
-  ];
-  if (job.timeBased) args.push("--time_based", `--runtime=${options.runtimeSeconds}`);
-  else args.push(`--runtime=${SEQUENTIAL_RUNTIME_SECONDS_MAX}`);
-  if (options.endFsync && job.rw.includes("write")) args.push("--end_fsync=1");
-  return args;
-}
-
-async function runFio(resources: Resources, job: Job, target: Target, options: Options): Promise<JobResult> {
-  const outputFile = path.join(resources.root, `fio-${target.key}-${job.key}.json`);
-  const proc = resources.spawn(fioArgs(job, target, options, outputFile));
-  const boundMs = (job.timeBased ? options.runtimeSeconds : SEQUENTIAL_RUNTIME_SECONDS_MAX) * 1000 + FIO_GRACE_MS;
-  const timer = setTimeout(() => proc.kill("SIGKILL"), boundMs);
-  const [stderr, exitCode] = await Promise.all([new Response(proc.stderr as ReadableStream).text(), proc.exited]);
-  clearTimeout(timer);
-  if (exitCode !== 0) throw new Error(`fio ${job.key} on ${target.label} failed (exit ${exitCode}${proc.signalCode ? `, ${proc.signalCode}` : ""}): ${stderr}`);
-  return parseFioOutput(fs.readFileSync(outputFile, "utf8"), job, options);
-}
-
-function parseFioOutput(text: string, job: Job, options: Options): JobResult {
-  const report = JSON.parse(text.slice(text.indexOf("{"))) as { jobs: FioJobReport[] };
-  const jobReport = report.jobs[0]!;
-  if (jobReport.error !== 0) throw new Error(`fio ${job.key} reported error ${jobReport.error}`);
-  const side = job.rw.includes("write") ? jobReport.write : jobReport.read;
-  return {
-    mbPerSecond: side.bw_bytes / 1e6,
-    iops: side.iops,
-    bytes: side.io_bytes,
-    runtimeMs: side.runtime,
-    capped: !job.timeBased && side.io_bytes < options.sizeBytes,
-  };
-}
-
-interface FioJobReport {
-  error: number;
-  read: FioSide;
-  write: FioSide;
-}
-
-interface FioSide {
-  bw_bytes: number;
-  iops: number;
-  io_bytes: number;
-  runtime: number;
+function runJob(resources: Resources, job: Job, target: Target, options: Options): Promise<JobResult> {
+  return runFio(resources, {
+    name: `${target.key}-${job.key}`,
+    uri: target.uri,
+    rw: job.rw,
+    blockSize: job.blockSize,
+    iodepth: FIO_IODEPTH,
+    sizeBytes: options.sizeBytes,
+    runtimeSeconds: job.timeBased ? options.runtimeSeconds : SEQUENTIAL_RUNTIME_SECONDS_MAX,
+    timeBased: job.timeBased,
+    endFsync: options.endFsync && job.rw.includes("write"),
+  });
 }
 
 /** Every round runs every target in turn (writes before reads); cells are medians over rounds. */
@@ -296,7 +194,7 @@ async function measureTargets(resources: Resources, targets: Target[], options: 
       if (round === 1) await checkRoundTrip(resources, target, pattern);
       for (const job of JOBS) {
         await syncDisks();
-        const result = await runFio(resources, job, target, options);
+        const result = await runJob(resources, job, target, options);
         results[target.key][job.key] = result;
         progress(`round ${round} ${target.label.padEnd(15)} ${job.label.padEnd(14)} ${result.mbPerSecond.toFixed(1).padStart(8)} MB/s ${Math.round(result.iops).toString().padStart(8)} IOPS${result.capped ? " (capped)" : ""}`);
       }
@@ -643,7 +541,7 @@ async function main(): Promise<void> {
     process.env.SHOAL_BIN = await buildShoal(resources.root, options.bin);
     const size = `${options.sizeBytes / MiB}M`;
     const qemu = await startQemuNbd(resources, options.sizeBytes);
-    const anchors = [qemu.target, await startNbdkitFile(resources, options.sizeBytes)];
+    const anchors = [qemu.target, await startNbdkitFileTarget(resources, options.sizeBytes)];
     const nodes = await startGroup(resources, 3);
     await createVolume(nodes, "direct", size, ["node1"]);
     await createVolume(nodes, "striped", size);
