@@ -133,9 +133,10 @@ export function table(headers: string[], rows: (string | number)[][]): string {
 }
 
 /** "2s", "500ms", "1.5s", "250" (ms) -> milliseconds. */
-export function parseDurationMs(text: string): number {
+/** `flag` names the option in the error, so an operator knows which value to fix. */
+export function parseDurationMs(text: string, flag?: string): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$/.exec(text);
-  if (!match) throw new ShoalError("BAD_ARGUMENT", `'${text}' is not a duration; use e.g. 500ms, 2s or 1m`);
+  if (!match) throw new ShoalError("BAD_ARGUMENT", `${flag ? `${flag} ` : ""}'${text}' is not a duration; use e.g. 500ms, 2s or 1m`);
   const value = Number(match[1]);
   const unit = match[2] ?? "ms";
   return Math.round(unit === "ms" ? value : unit === "s" ? value * 1000 : value * 60_000);

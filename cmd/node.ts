@@ -57,13 +57,13 @@ export default defineCommand({
       listen: text("listen")!,
       nbd: text("nbd")!,
       join: text("join"),
-      maxClockSkewMs: parseDurationMs(text("maxClockSkew")!),
+      maxClockSkewMs: parseDurationMs(text("maxClockSkew")!, "--max-clock-skew"),
       metrics: text("metrics"),
       log: createLog(undefined, parseLogFormat(text("logFormat")!)),
       tlsDir: text("tls"),
       tlsRequired: settings.tlsRequired === true,
       dirtyLimitBytes: parseSize(text("dirtyLimit")!),
-      writeBackIntervalMs: parseDurationMs(text("writebackInterval")!),
+      writeBackIntervalMs: parseDurationMs(text("writebackInterval")!, "--writeback-interval"),
     });
     await new Promise<void>((resolve) => {
       const onSignal = () => {

@@ -23,7 +23,7 @@ const create = defineCommand({
       volumes,
       name: args.name,
       mode: snapshotMode(args.mode),
-      holdTimeoutMs: parseDurationMs(args.holdTimeout),
+      holdTimeoutMs: parseDurationMs(args.holdTimeout, "--hold-timeout"),
     });
     printResult(args.json, result, () => describeCreated(result));
   },
@@ -67,7 +67,7 @@ const prepare = defineCommand({
       volumes,
       name: args.name,
       mode: snapshotMode(args.mode),
-      holdTimeoutMs: parseDurationMs(args.holdTimeout),
+      holdTimeoutMs: parseDurationMs(args.holdTimeout, "--hold-timeout"),
     });
     printResult(args.json, result, () => `prepared ${args.name} (${String(result.snapshotId)}); now \`shoal snap take ${args.name}\` on the same node`);
   },
