@@ -31,6 +31,8 @@ export interface FioResult {
   runtimeMs: number;
   /** A size-bound job stopped by its runtime bound before covering the whole size. */
   capped: boolean;
+  /** fio's own CPU (user + system) over the job, µs: the client shares the two CPUs with the nodes. */
+  fioCpuUs: number;
 }
 
 export function fioArgs(spec: FioSpec, outputFile: string): string[] {
@@ -60,10 +62,11 @@ export async function runFio(resources: Resources, spec: FioSpec): Promise<FioRe
   const [stderr, exitCode] = await Promise.all([new Response(proc.stderr as ReadableStream).text(), proc.exited]);
   clearTimeout(timer);
   if (exitCode !== 0) throw new Error(`fio ${spec.name} on ${spec.uri} failed (exit ${exitCode}${proc.signalCode ? `, ${proc.signalCode}` : ""}): ${stderr}`);
-  return parseFioOutput(fs.readFileSync(outputFile, "utf8"), spec);
+  const fioCpuUs = Number(proc.resourceUsage()?.cpuTime.total ?? 0);
+  return { ...parseFioOutput(fs.readFileSync(outputFile, "utf8"), spec), fioCpuUs };
 }
 
-function parseFioOutput(text: string, spec: FioSpec): FioResult {
+function parseFioOutput(text: string, spec: FioSpec): Omit<FioResult, "fioCpuUs"> {
   const report = JSON.parse(text.slice(text.indexOf("{"))) as { jobs: FioJobReport[] };
   const jobReport = report.jobs[0]!;
   if (jobReport.error !== 0) throw new Error(`fio ${spec.name} reported error ${jobReport.error}`);

@@ -12,20 +12,18 @@
 // count (10 ms ticks: short jobs are coarse), and fio's own from its resource usage. When the two
 // CPUs are the limit, forwarded/direct is about (direct owner + fio) / (entry + owner + fio) per
 // request, so the table shows where a ratio comes from. Target: forwarded >= 0.6x direct, every job.
-import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import type { Subprocess } from "bun";
 import { parseSize } from "../../core/geometry.ts";
 import { JOBS, type Job } from "./_fio-jobs.ts";
+import { runFio } from "./_fio.ts";
+import { Resources } from "./_bench-processes.ts";
 import { buildShoal, loadAverage, printReport, processCpuMs, progress, runBench, sourceRevision, syncDisks, table } from "./_bench.ts";
 import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
 const MiB = 1024 * 1024;
 const TARGET_RATIO = 0.6;
 const FIO_IODEPTH = 16;
-const FIO_GRACE_MS = 60_000;
 const SEQUENTIAL_RUNTIME_SECONDS_MAX = 120;
 
 type PathName = "direct" | "forwarded";
@@ -71,19 +69,6 @@ function parseOptions(): Options {
   return { sizeBytes, runtimeSeconds, rounds, json: values.json!, bin: values.bin };
 }
 
-class Resources {
-  readonly root = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-forwarding-"));
-  readonly nodes: TestNode[] = [];
-  readonly processes = new Set<Subprocess>();
-
-  async cleanup(): Promise<void> {
-    const running = [...this.processes, ...this.nodes.map((node) => node.proc).filter((proc) => proc !== undefined)];
-    for (const proc of running) if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGKILL");
-    await Promise.all(running.map((proc) => proc.exited));
-    fs.rmSync(this.root, { recursive: true, force: true });
-  }
-}
-
 async function startGroup(resources: Resources): Promise<TestNode[]> {
   for (let index = 1; index <= 3; index++) {
     const node = new TestNode(`node${index}`, path.join(resources.root, `node${index}`), await freePort(), await freePort());
@@ -94,39 +79,25 @@ async function startGroup(resources: Resources): Promise<TestNode[]> {
   return resources.nodes;
 }
 
-async function runFio(resources: Resources, job: Job, uri: string, options: Options): Promise<{ mbPerSecond: number; iops: number; requests: number; fioCpuUs: number }> {
-  const output = path.join(resources.root, `fio-${job.key}.json`);
-  const args = ["fio", `--name=${job.key}`, "--ioengine=nbd", `--uri=${uri}`, `--rw=${job.rw}`, `--bs=${job.blockSize}`, `--iodepth=${FIO_IODEPTH}`];
-  args.push(`--size=${options.sizeBytes}`, "--numjobs=1", "--output-format=json", `--output=${output}`);
-  args.push(...(job.timeBased ? ["--time_based", `--runtime=${options.runtimeSeconds}`] : [`--runtime=${SEQUENTIAL_RUNTIME_SECONDS_MAX}`]));
-  const proc = Bun.spawn(args, { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
-  resources.processes.add(proc);
-  const boundMs = (job.timeBased ? options.runtimeSeconds : SEQUENTIAL_RUNTIME_SECONDS_MAX) * 1000 + FIO_GRACE_MS;
-  const timer = setTimeout(() => proc.kill("SIGKILL"), boundMs);
-  const [stderr, exitCode] = await Promise.all([new Response(proc.stderr as ReadableStream).text(), proc.exited]);
-  clearTimeout(timer);
-  resources.processes.delete(proc);
-  if (exitCode !== 0) throw new Error(`fio ${job.key} on ${uri} failed (exit ${exitCode}): ${stderr}`);
-  const text = fs.readFileSync(output, "utf8");
-  const report = JSON.parse(text.slice(text.indexOf("{"))) as { jobs: { error: number; read: FioSide; write: FioSide }[] };
-  const side = job.rw.includes("write") ? report.jobs[0]!.write : report.jobs[0]!.read;
-  if (report.jobs[0]!.error !== 0) throw new Error(`fio ${job.key} reported error ${report.jobs[0]!.error}`);
-  const fioCpuUs = Number(proc.resourceUsage()?.cpuTime.total ?? 0);
-  return { mbPerSecond: side.bw_bytes / 1e6, iops: side.iops, requests: side.total_ios, fioCpuUs };
-}
-
-interface FioSide {
-  bw_bytes: number;
-  iops: number;
-  total_ios: number;
-}
+/** Names each fio run's output file apart. */
+let fioRuns = 0;
 
 async function measure(resources: Resources, job: Job, entry: TestNode, owner: TestNode, options: Options): Promise<Measure> {
   await syncDisks();
   const load = loadAverage();
   const entryBefore = processCpuMs(entry.proc!.pid);
   const ownerBefore = processCpuMs(owner.proc!.pid);
-  const result = await runFio(resources, job, entry.nbdUrl("fwd"), options);
+  const result = await runFio(resources, {
+    name: `${job.key}-${++fioRuns}`,
+    uri: entry.nbdUrl("fwd"),
+    rw: job.rw,
+    blockSize: job.blockSize,
+    iodepth: FIO_IODEPTH,
+    sizeBytes: options.sizeBytes,
+    runtimeSeconds: job.timeBased ? options.runtimeSeconds : SEQUENTIAL_RUNTIME_SECONDS_MAX,
+    timeBased: job.timeBased,
+    endFsync: false,
+  });
   const perRequestUs = (before: number, pid: number) => ((processCpuMs(pid) - before) * 1000) / Math.max(result.requests, 1);
   return {
     ...result,
