@@ -41,7 +41,7 @@ import { adminRequest } from "../../cmd/_cli.ts";
 import { parseSize } from "../../core/geometry.ts";
 import { loadTlsIdentity, useTlsIdentity } from "../../transport/tls/tls-identity.ts";
 import { NbdClient } from "../../transport/nbd/nbd-client.ts";
-import { JOBS, type Job } from "./_fio-jobs.ts";
+import { fioSpecOf, JOBS, SEQUENTIAL_RUNTIME_SECONDS_MAX, type Job } from "./_fio-jobs.ts";
 import { type FioResult, runFio } from "./_fio.ts";
 import { Resources, sparseFile, startNbdkitFile, waitForExport } from "./_bench-processes.ts";
 import { buildShoal, loadAverage, progress, sourceRevision, syncDisks, table } from "./_bench.ts";
@@ -50,7 +50,6 @@ import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../
 const MiB = 1024 * 1024;
 const NODE_START_TIMEOUT_MS = 20_000;
 /** A sequential job covers the whole size but never runs longer than this. */
-const SEQUENTIAL_RUNTIME_SECONDS_MAX = 120;
 const RSS_TARGET_BYTES = 150 * 1000 * 1000;
 const HUGE_VOLUME_SIZE = "1T";
 const FIO_IODEPTH = 16;
@@ -171,17 +170,8 @@ async function createVolume(nodes: TestNode[], name: string, size: string, place
 // ---- fio
 
 function runJob(resources: Resources, job: Job, target: Target, options: Options): Promise<JobResult> {
-  return runFio(resources, {
-    name: `${target.key}-${job.key}`,
-    uri: target.uri,
-    rw: job.rw,
-    blockSize: job.blockSize,
-    iodepth: FIO_IODEPTH,
-    sizeBytes: options.sizeBytes,
-    runtimeSeconds: job.timeBased ? options.runtimeSeconds : SEQUENTIAL_RUNTIME_SECONDS_MAX,
-    timeBased: job.timeBased,
-    endFsync: options.endFsync && job.rw.includes("write"),
-  });
+  const run = { name: `${target.key}-${job.key}`, uri: target.uri, iodepth: FIO_IODEPTH, sizeBytes: options.sizeBytes, runtimeSeconds: options.runtimeSeconds, endFsync: options.endFsync };
+  return runFio(resources, fioSpecOf(job, run));
 }
 
 /** Every round runs every target in turn (writes before reads); cells are medians over rounds. */

@@ -15,7 +15,7 @@
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { parseSize } from "../../core/geometry.ts";
-import { JOBS, type Job } from "./_fio-jobs.ts";
+import { fioSpecOf, JOBS, type Job } from "./_fio-jobs.ts";
 import { runFio } from "./_fio.ts";
 import { Resources } from "./_bench-processes.ts";
 import { buildShoal, loadAverage, printReport, processCpuMs, progress, runBench, sourceRevision, syncDisks, table } from "./_bench.ts";
@@ -24,7 +24,6 @@ import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../
 const MiB = 1024 * 1024;
 const TARGET_RATIO = 0.6;
 const FIO_IODEPTH = 16;
-const SEQUENTIAL_RUNTIME_SECONDS_MAX = 120;
 
 type PathName = "direct" | "forwarded";
 
@@ -87,17 +86,8 @@ async function measure(resources: Resources, job: Job, entry: TestNode, owner: T
   const load = loadAverage();
   const entryBefore = processCpuMs(entry.proc!.pid);
   const ownerBefore = processCpuMs(owner.proc!.pid);
-  const result = await runFio(resources, {
-    name: `${job.key}-${++fioRuns}`,
-    uri: entry.nbdUrl("fwd"),
-    rw: job.rw,
-    blockSize: job.blockSize,
-    iodepth: FIO_IODEPTH,
-    sizeBytes: options.sizeBytes,
-    runtimeSeconds: job.timeBased ? options.runtimeSeconds : SEQUENTIAL_RUNTIME_SECONDS_MAX,
-    timeBased: job.timeBased,
-    endFsync: false,
-  });
+  const run = { name: `${job.key}-${++fioRuns}`, uri: entry.nbdUrl("fwd"), iodepth: FIO_IODEPTH, sizeBytes: options.sizeBytes, runtimeSeconds: options.runtimeSeconds, endFsync: false };
+  const result = await runFio(resources, fioSpecOf(job, run));
   const perRequestUs = (before: number, pid: number) => ((processCpuMs(pid) - before) * 1000) / Math.max(result.requests, 1);
   return {
     ...result,
