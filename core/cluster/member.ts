@@ -20,10 +20,15 @@ export interface Member {
 }
 
 const NODE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+/** The mesh names an admin client's connection "admin": a member of that name would be served as one. */
+const RESERVED_NODE_ID = "admin";
 
 export function isValidNodeId(id: string): boolean {
-  return NODE_ID.test(id);
+  return NODE_ID.test(id) && id !== RESERVED_NODE_ID;
 }
+
+/** What an operator reads when an id is refused. */
+export const NODE_ID_RULE = `letters, digits, '.', '_', '-', at most 64, not '${RESERVED_NODE_ID}'`;
 
 const IDENTITY = /^[0-9a-f-]{8,64}$/;
 

@@ -169,6 +169,15 @@ describe("start-up checks every flag before it opens anything", () => {
     expect(fs.existsSync(path.join(cluster.root, "never"))).toBe(false);
   });
 
+  test("--id admin is refused at start: the mesh would serve that member's peer requests as an admin client's", async () => {
+    const dir = path.join(cluster.root, "admin-id");
+    const [listen, nbd] = await addresses(2);
+    const result = await startFails(["--id", "admin", "--data", dir, "--listen", listen!, "--nbd", nbd!, "--join", cluster.nodes[0]!.meshAddress]);
+    expect(result.exitCode).toBe(2);
+    expect(result.stderr.trim()).toBe("shoal: --id: 'admin' is not a valid node id (letters, digits, '.', '_', '-', at most 64, not 'admin') [BAD_ARGUMENT]");
+    expect(fs.existsSync(dir)).toBe(false);
+  });
+
   test("a --data that is a file is refused with exit 2 and left alone", async () => {
     const file = path.join(cluster.root, "a-file");
     fs.writeFileSync(file, "not a directory\n");

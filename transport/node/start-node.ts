@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Catalog } from "../../core/cluster/catalog.ts";
 import { asShoalError, ShoalError } from "../../core/errors.ts";
-import { isValidNodeId, parseHostPort, type Member } from "../../core/cluster/member.ts";
+import { isValidNodeId, NODE_ID_RULE, parseHostPort, type Member } from "../../core/cluster/member.ts";
 import { PageStore } from "../../core/store/page-store.ts";
 import { convertOldStore } from "../../core/store/convert-old-store.ts";
 import { Group, JoinInDoubt } from "../mesh/group.ts";
@@ -113,7 +113,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
 
 function checkOptions(options: NodeOptions): StartPlan {
   if (options.id !== undefined && !isValidNodeId(options.id)) {
-    throw new ShoalError("BAD_ARGUMENT", `--id: '${options.id}' is not a valid node id (letters, digits, '.', '_', '-')`);
+    throw new ShoalError("BAD_ARGUMENT", `--id: '${options.id}' is not a valid node id (${NODE_ID_RULE})`);
   }
   if (!options.dataDir) throw new ShoalError("BAD_ARGUMENT", "--data needs a directory");
   if (options.join !== undefined) flagAddress("--join", options.join);
@@ -298,7 +298,7 @@ function resolveNodeId(catalog: Catalog, requested: string | undefined): string 
   }
   if (stored) return stored;
   const id = requested ?? `n-${crypto.randomUUID().slice(0, 8)}`;
-  if (!isValidNodeId(id)) throw new ShoalError("BAD_ARGUMENT", `'${id}' is not a valid node id (letters, digits, '.', '_', '-')`);
+  if (!isValidNodeId(id)) throw new ShoalError("BAD_ARGUMENT", `'${id}' is not a valid node id (${NODE_ID_RULE})`);
   catalog.setMeta("node_id", id);
   return id;
 }
