@@ -2,6 +2,7 @@
 // members send each other. Chunk data never passes through the member: a copy or a join names its
 // chunks, and the host reads them from its page store when it sends the message and writes them
 // when it applies one (replica-member.ts says how a node hosts it).
+import { array, bad, count, counts, decodeBallot, decodeTable, name, object } from "./_wire.ts";
 import type { AcceptorReply, Ballot } from "./acceptor.ts";
 import type { Admission } from "./fence.ts";
 import type { MemberRecord } from "./member-state.ts";
@@ -87,4 +88,75 @@ export interface MemberReady {
   /** The member wants a tick at this time. */
   wakeAtMs: number;
   notes: MemberNote[];
+}
+
+/** Every message a member sends is small except tables and copies: bounds on what one may carry. */
+const TABLES_PER_MESSAGE_MAX = 4096;
+const CHUNKS_PER_MESSAGE_MAX = 1 << 20;
+
+/** A peer's message as it came off the mesh (msgpack-decoded), checked field by field; BAD_FRAME otherwise. */
+export function parsePeerMessage(wire: unknown): PeerMessage {
+  const m = object(wire, "replica message");
+  const volume = (): string => name(m.volume, `${String(m.kind)} volume`);
+  const version = (): number => count(m.version, `${String(m.kind)} version`);
+  const group = (): number => count(m.group, `${String(m.kind)} group`);
+  const chunks = (): number[] => {
+    const list = counts(m.chunks, `${String(m.kind)} chunk`);
+    if (list.length > CHUNKS_PER_MESSAGE_MAX) throw bad(`${String(m.kind)} names ${list.length} chunks`);
+    return list;
+  };
+  const batch = (): string => {
+    if (typeof m.batch !== "string" || m.batch.length === 0 || m.batch.length > 64) throw bad(`copy batch id is malformed: ${JSON.stringify(m.batch)}`);
+    return m.batch;
+  };
+  switch (m.kind) {
+    case "tables": {
+      const tables = array(m.tables, "tables");
+      if (tables.length > TABLES_PER_MESSAGE_MAX) throw bad(`a tables message carries ${tables.length} tables`);
+      return { kind: "tables", tables: tables.map(decodeTable) };
+    }
+    case "prepare":
+      return { kind: "prepare", volume: volume(), version: version(), ballot: decodeBallot(m.ballot) };
+    case "accept":
+      return { kind: "accept", volume: volume(), version: version(), ballot: decodeBallot(m.ballot), value: decodeTable(m.value) };
+    case "acceptor-reply":
+      return { kind: "acceptor-reply", volume: volume(), reply: parseAcceptorReply(m.reply) };
+    case "copy":
+      return { kind: "copy", batch: batch(), volume: volume(), group: group(), chunks: chunks() };
+    case "copied":
+      return { kind: "copied", batch: batch() };
+    case "join-request":
+      return { kind: "join-request", volume: volume(), group: group(), since: count(m.since, "join-request since") };
+    case "join":
+      return { kind: "join", table: decodeTable(m.table), group: group(), since: count(m.since, "join since"), chunks: chunks() };
+    case "joined":
+      return { kind: "joined", volume: volume(), group: group(), since: count(m.since, "joined since") };
+    default:
+      throw bad(`unknown replica message kind ${JSON.stringify(m.kind)}`);
+  }
+}
+
+function parseAcceptorReply(wire: unknown): AcceptorReply {
+  const r = object(wire, "acceptor reply");
+  const version = count(r.version, "acceptor reply version");
+  switch (r.kind) {
+    case "decided":
+      return { kind: "decided", version, table: decodeTable(r.table) };
+    case "promise": {
+      const accepted = r.accepted === undefined ? undefined : object(r.accepted, "promise's accepted value");
+      return {
+        kind: "promise",
+        version,
+        ballot: decodeBallot(r.ballot),
+        ...(accepted ? { accepted: { ballot: decodeBallot(accepted.ballot), value: decodeTable(accepted.value) } } : {}),
+        recordedVersion: count(r.recordedVersion, "recorded version"),
+      };
+    }
+    case "accepted":
+      return { kind: "accepted", version, ballot: decodeBallot(r.ballot), recordedVersion: count(r.recordedVersion, "recorded version") };
+    case "refused":
+      return { kind: "refused", version, ballot: decodeBallot(r.ballot), promised: decodeBallot(r.promised), recordedVersion: count(r.recordedVersion, "recorded version") };
+    default:
+      throw bad(`unknown acceptor reply kind ${JSON.stringify(r.kind)}`);
+  }
 }

@@ -3,7 +3,7 @@
 // memory and hands each change back as a record; the host writes the records and folds them into
 // its own copy with applyRecord, and a restart rebuilds the member from that copy. A copy in flight
 // is not kept (away-map.ts: after a restart every chunk still in a map goes in a later batch).
-import { ShoalError } from "../errors.ts";
+import { array, bad, count, counts, decodeBallot, decodeTable, name, object } from "./_wire.ts";
 import type { SlotRecord } from "./acceptor.ts";
 import { newAwayMap, type AwayMapState } from "./away-map.ts";
 import { cloneReplicaTable, type ReplicaTable } from "./replica-table.ts";
@@ -147,7 +147,7 @@ export function decodeMemberState(wire: unknown): MemberState {
   for (const item of array(w.awayMaps, "away maps")) {
     const map = object(item, "away map");
     const [volume, group, node] = [name(map.volume, "away map volume"), count(map.group, "away map group"), name(map.node, "away map node")];
-    const dirty = array(map.dirty, "away map chunks").map((chunk) => count(chunk, "away map chunk"));
+    const dirty = counts(map.dirty, "away map chunk");
     state.awayMaps.set(awayKey(volume, group, node), newAwayMap(group, node, count(map.sinceVersion, "away map version"), dirty));
   }
   for (const item of array(w.peersUpToDate, "peers up to date")) {
@@ -156,18 +156,6 @@ export function decodeMemberState(wire: unknown): MemberState {
     state.peersUpToDate.add(`${key}@${count(entry.since, "peer since")}`);
   }
   return state;
-}
-
-function decodeTable(value: unknown): ReplicaTable {
-  const table = object(value, "replica table");
-  const volume = name(table.volume, "table volume");
-  const sets = array(table.sets, `table of '${volume}'`).map((set) =>
-    array(set, `replica set of '${volume}'`).map((item) => {
-      const entry = object(item, "replica entry");
-      return { node: name(entry.node, "replica node"), since: count(entry.since, "replica since") };
-    }),
-  );
-  return { volume, version: count(table.version, "table version"), sets };
 }
 
 function decodeSlot(value: unknown): SlotRecord {
@@ -181,36 +169,6 @@ function decodeSlot(value: unknown): SlotRecord {
   return record;
 }
 
-function decodeBallot(value: unknown): { round: number; proposer: string } {
-  const ballot = object(value, "ballot");
-  return { round: count(ballot.round, "ballot round"), proposer: name(ballot.proposer, "ballot proposer") };
-}
-
 function byKey<T>(a: [string, T], b: [string, T]): number {
   return a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0;
-}
-
-function bad(message: string): ShoalError {
-  return new ShoalError("BAD_FRAME", message);
-}
-
-function object(value: unknown, what: string): Record<string, unknown> {
-  if (typeof value !== "object" || value === null || Array.isArray(value)) throw bad(`${what} is not an object`);
-  return value as Record<string, unknown>;
-}
-
-function array(value: unknown, what: string): unknown[] {
-  if (!Array.isArray(value)) throw bad(`${what} is not a list`);
-  return value;
-}
-
-function count(value: unknown, what: string): number {
-  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) throw bad(`${what} is not a non-negative integer: ${JSON.stringify(value)}`);
-  return value;
-}
-
-/** Volume and node names: non-empty, and free of the separators the state's keys use. */
-function name(value: unknown, what: string): string {
-  if (typeof value !== "string" || value.length === 0 || /[/@]/.test(value)) throw bad(`${what} is not a name: ${JSON.stringify(value)}`);
-  return value;
 }

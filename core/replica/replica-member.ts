@@ -397,6 +397,8 @@ export class ReplicaMember {
   }
 
   private applyCopy(from: string, p: Of<"copy">): void {
+    const table = this.state.tables.get(p.volume);
+    if (table?.sets[p.group] === undefined || !this.chunksFit(p.volume, p.chunks)) return;
     this.out.apply({ kind: "copy", volume: p.volume, group: p.group, chunks: [...p.chunks] });
     this.out.note({ kind: "copy-applied", volume: p.volume, group: p.group, chunks: p.chunks.length });
     this.send(from, { kind: "copied", batch: p.batch });
@@ -408,6 +410,12 @@ export class ReplicaMember {
     this.copiesInFlight.delete(batch);
     const map = this.state.awayMaps.get(copy.key);
     if (map === copy.map) this.forgetCopied(copy.volume, map, copy.chunks);
+  }
+
+  /** A peer's list of chunks names chunks of the group only (the host applies them by index). */
+  private chunksFit(volume: string, chunks: number[]): boolean {
+    const chunksPerGroup = this.config.chunksPerGroup(volume);
+    return chunks.every((chunk) => chunk < chunksPerGroup);
   }
 
   /** The absent replica holds these chunks now: the ones not written since leave the map. */
@@ -453,7 +461,7 @@ export class ReplicaMember {
   private join(from: string, p: Of<"join">): void {
     this.adopt(p.table);
     const table = this.state.tables.get(p.table.volume);
-    if (table === undefined || sinceOf(table, p.group, this.self) !== p.since) return;
+    if (table === undefined || sinceOf(table, p.group, this.self) !== p.since || !this.chunksFit(table.volume, p.chunks)) return;
     this.out.apply({ kind: "join", volume: table.volume, group: p.group, chunks: [...p.chunks] });
     if (this.state.syncedSince.get(groupKey(table.volume, p.group)) !== p.since) {
       this.out.note({ kind: "join-applied", volume: table.volume, group: p.group, since: p.since });

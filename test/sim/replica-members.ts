@@ -8,7 +8,7 @@
 import type { Ballot } from "../../core/replica/acceptor.ts";
 import type { ChunkValue } from "../../core/replica/fence.ts";
 import { newerThan } from "../../core/replica/fence.ts";
-import type { ChunkApply, MemberReady, Outgoing, PeerMessage, RequestReply } from "../../core/replica/member-messages.ts";
+import { parsePeerMessage, type ChunkApply, type MemberReady, type Outgoing, type PeerMessage, type RequestReply } from "../../core/replica/member-messages.ts";
 import { applyRecord, decodeMemberState, encodeMemberState, type MemberRecord } from "../../core/replica/member-state.ts";
 import { ReplicaMember } from "../../core/replica/replica-member.ts";
 import { describeTable } from "../../core/replica/replica-table.ts";
@@ -29,8 +29,12 @@ import {
   type Payload,
 } from "./replica-node.ts";
 
+/** Crashes in the middle of a catalog write, per run: enough to lose records, few enough to leave the run its progress. */
+const MID_WRITE_CRASHES_MAX = 2;
+
 export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
   private requestSeq = 0;
+  private midWriteCrashesLeft = MID_WRITE_CRASHES_MAX;
 
   protected boot(id: string, disk: MemberDisk): ReplicaMember {
     const { minorityQuorum, ignoreAccepted, ignoreFence, joinWithoutCopy, resyncForgetsOnSend } = this.sabotage;
@@ -62,7 +66,8 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
     const runner = member.volatile.runner;
     switch (payload.kind) {
       case "peer":
-        return this.carryOut(member, runner.step({ kind: "message", nowMs: this.nowMs, from, message: payload.message }), payload.data);
+        // Through the decoder a node's mesh uses: every message a runner sends must pass it.
+        return this.carryOut(member, runner.step({ kind: "message", nowMs: this.nowMs, from, message: parsePeerMessage(payload.message) }), payload.data);
       case "write":
       case "read": {
         const id = ++this.requestSeq;
@@ -158,6 +163,11 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
     const atMs = Math.max(this.nowMs + this.scenario.persistDelayMs, member.volatile.persistDoneAtMs);
     member.volatile.persistDoneAtMs = atMs;
     this.timer(member, atMs, durable, true);
+    // Power lost while the catalog writes: these records, and everything resting on them, are gone.
+    if (this.midWriteCrashesLeft > 0 && this.faultRng.chance(this.scenario.pointCrashRate / 4)) {
+      this.midWriteCrashesLeft--;
+      this.atOn(member, (this.nowMs + atMs) / 2, () => this.crash(member, this.faultRng.range(5, 80)));
+    }
   }
 
   /**

@@ -189,6 +189,8 @@ export interface ReplicaHistory {
   refusals: Map<string, number>;
   copiesApplied: number;
   joinsApplied: number;
+  /** Record writes a crash caught before they were durable (what waited on them never left). */
+  recordWritesLost: number;
   errors: string[];
   eventCount: number;
 }

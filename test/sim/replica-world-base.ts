@@ -90,6 +90,7 @@ export abstract class ReplicaWorldBase extends SimWorld {
       refusals: new Map(),
       copiesApplied: 0,
       joinsApplied: 0,
+      recordWritesLost: 0,
       errors: [],
       eventCount: 0,
     };
@@ -138,6 +139,7 @@ export abstract class ReplicaWorldBase extends SimWorld {
     this.history.crashes++;
     this.log(`${member.id} CRASH (down ${downMs.toFixed(1)} ms)`);
     this.paused.delete(member.id);
+    this.history.recordWritesLost += member.volatile.persisting;
     member.crash();
     this.at(this.nowMs + downMs, () => this.restart(member));
   }

@@ -6,7 +6,7 @@
 import { describe, expect, test } from "bun:test";
 import { Packr } from "msgpackr";
 import { ShoalError } from "../../core/errors.ts";
-import type { MemberEvent, MemberReady, PeerMessage } from "../../core/replica/member-messages.ts";
+import { parsePeerMessage, type MemberEvent, type MemberReady, type PeerMessage } from "../../core/replica/member-messages.ts";
 import { applyRecord, decodeMemberState, encodeMemberState, initialMemberState, type MemberState } from "../../core/replica/member-state.ts";
 import { ReplicaMember, type MemberConfig } from "../../core/replica/replica-member.ts";
 import { initialTable, withChange, type ReplicaTable } from "../../core/replica/replica-table.ts";
@@ -175,5 +175,57 @@ describe("replica member state, stored", () => {
       expect((caught as ShoalError).code).toBe("BAD_FRAME");
       expect((caught as ShoalError).message).toMatch(message);
     }
+  });
+});
+
+describe("replica messages, from the mesh", () => {
+  const ballot = { round: 3, proposer: "b" };
+  const every: PeerMessage[] = [
+    { kind: "tables", tables: [base, withoutB] },
+    { kind: "prepare", volume: "vol", version: 2, ballot },
+    { kind: "accept", volume: "vol", version: 2, ballot, value: withoutB },
+    { kind: "acceptor-reply", volume: "vol", reply: { kind: "promise", version: 2, ballot, accepted: { ballot, value: withoutB }, recordedVersion: 1 } },
+    { kind: "acceptor-reply", volume: "vol", reply: { kind: "refused", version: 2, ballot, promised: { round: 4, proposer: "c" }, recordedVersion: 1 } },
+    { kind: "acceptor-reply", volume: "vol", reply: { kind: "decided", version: 2, table: withoutB } },
+    { kind: "copy", batch: "boot1.7", volume: "vol", group: 0, chunks: [0, 3] },
+    { kind: "copied", batch: "boot1.7" },
+    { kind: "join-request", volume: "vol", group: 1, since: 2 },
+    { kind: "join", table: withoutB, group: 0, since: 1, chunks: [] },
+    { kind: "joined", volume: "vol", group: 0, since: 1 },
+  ];
+
+  test("every message kind survives msgpack and the decoder", () => {
+    const packr = new Packr({ useRecords: false });
+    for (const message of every) expect(parsePeerMessage(packr.unpack(packr.pack(message)))).toEqual(message);
+  });
+
+  test("a malformed message is a BAD_FRAME naming what is wrong", () => {
+    const cases: [unknown, RegExp][] = [
+      ["prepare", /not an object/],
+      [{ kind: "gossip" }, /unknown replica message kind/],
+      [{ kind: "prepare", volume: "vol", version: "2", ballot }, /prepare version/],
+      [{ kind: "copy", batch: "", volume: "vol", group: 0, chunks: [] }, /batch id/],
+      [{ kind: "copy", batch: "b.1", volume: "vol", group: 0, chunks: [-1] }, /copy chunk/],
+      [{ kind: "join", table: { ...withoutB, sets: [[{ node: "a", since: 1 }, { node: "a", since: 1 }]] }, group: 0, since: 1, chunks: [] }, /names a node twice/],
+      [{ kind: "tables", tables: [{ ...base, sets: [[{ node: "a", since: 9 }]] }] }, /joined in a later version/],
+      [{ kind: "acceptor-reply", volume: "vol", reply: { kind: "accepted", version: 2, ballot } }, /recorded version/],
+      [{ kind: "acceptor-reply", volume: "vol", reply: { kind: "maybe", version: 2 } }, /unknown acceptor reply kind/],
+    ];
+    for (const [input, message] of cases) {
+      expect(() => parsePeerMessage(input)).toThrow(message);
+      try {
+        parsePeerMessage(input);
+      } catch (error) {
+        expect(error).toBeInstanceOf(ShoalError);
+        expect((error as ShoalError).code).toBe("BAD_FRAME");
+      }
+    }
+  });
+
+  test("a copy naming chunks outside the group, or a group the volume lacks, is not applied", () => {
+    const { step } = host("b");
+    expect(step(message(1, "a", { kind: "copy", batch: "x.1", volume: "vol", group: 0, chunks: [4] })).applies).toEqual([]);
+    expect(step(message(2, "a", { kind: "copy", batch: "x.2", volume: "vol", group: 5, chunks: [0] })).applies).toEqual([]);
+    expect(step(message(3, "a", { kind: "copy", batch: "x.3", volume: "other", group: 0, chunks: [0] })).applies).toEqual([]);
   });
 });
