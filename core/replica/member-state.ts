@@ -91,9 +91,13 @@ export function applyRecord(state: MemberState, record: MemberRecord): void {
       for (const chunk of record.changed) map.dirty.set(chunk, map.nextGeneration++);
       return;
     }
-    case "peer-up-to-date":
-      state.peersUpToDate.add(`${awayKey(record.volume, record.group, record.node)}@${record.since}`);
+    case "peer-up-to-date": {
+      // Only the membership it holds now can match (a rejoin has a newer since): older marks go, so the set stays one per replica.
+      const key = awayKey(record.volume, record.group, record.node);
+      for (const mark of [...state.peersUpToDate]) if (mark.startsWith(`${key}@`)) state.peersUpToDate.delete(mark);
+      state.peersUpToDate.add(`${key}@${record.since}`);
       return;
+    }
   }
 }
 
