@@ -25,10 +25,17 @@
 //       page store as it is sent; a message to self is stepped back in).
 //    5. `replies` answer the client or forwarding node (a read's data is read from the page store now).
 //    6. Arm one timer for `wakeAtMs` and step {kind: "tick"} then.
-//  * The mesh's own heartbeats feed "peer-heard"; a closed link may feed "peer-suspected". Every
+//  * A message off the mesh goes through member-messages.ts parsePeerMessage (BAD_FRAME) first.
+//    The mesh's own heartbeats feed "peer-heard"; a closed link may feed "peer-suspected". Every
 //    message from a member counts as hearing it too.
 //  * A crash loses everything not yet durable, and the member with it: a restart decodes the
 //    stored state and builds a new member (copies in flight are sent again).
+//  * Not here, for the data path: the page's primary sends a write to every replica of the set it
+//    routes by and acks the client when all applied it; a read is valid when every replica
+//    confirms the version (the simulation's clients, test/sim/replica-world.ts, do exactly that).
+//  * Open for the node (the simulation's store is durable at once and stamps each chunk): the page
+//    store needs a per-chunk version so a copy applies only over older data, and a replica that
+//    lost unflushed writes in a crash must not go on counting as up to date for its groups.
 import { invariant } from "../invariant.ts";
 import { onAccept, onPrepare } from "./acceptor.ts";
 import { changedCount, copied, copyLost, mapOnDrop, newAwayMap, noteWrite, remainder, takeBatch, type AwayMapState } from "./away-map.ts";
