@@ -1,12 +1,14 @@
 // The replica-set world's pieces below the world itself: a member split into what a crash keeps
-// (recorded tables = fences, Paxos slot records, chunk registers, which membership each copy is
-// up to date for, changed-while-away maps) and what it drops (suspicion clocks, proposers, copies in flight), the messages on the
-// mesh, the scenario draw, the sabotage switches and the history the checker judges.
-import type { AcceptorReply, Ballot, SlotRecord } from "../../core/replica/acceptor.ts";
-import type { AwayMapState } from "../../core/replica/away-map.ts";
+// (its catalog, folded from the records its runner handed out, and its page store's chunks) and
+// what it drops (the runner, core/replica/replica-member.ts, with its suspicion clocks, proposers
+// and copies in flight, and records not yet durable), the messages on the mesh, the scenario draw,
+// the sabotage switches and the history the checker judges.
+import type { Ballot } from "../../core/replica/acceptor.ts";
 import type { ChunkValue } from "../../core/replica/fence.ts";
+import type { PeerMessage } from "../../core/replica/member-messages.ts";
+import { initialMemberState, type MemberState } from "../../core/replica/member-state.ts";
+import type { ReplicaMember } from "../../core/replica/replica-member.ts";
 import type { ReplicaTable } from "../../core/replica/replica-table.ts";
-import type { SetChangeProposer } from "../../core/replica/set-change-proposer.ts";
 import type { Prng } from "./kernel/prng.ts";
 import { SimNode } from "./kernel/sim-node.ts";
 
@@ -29,7 +31,7 @@ export const RECORD_DELAY_MS = 25;
 export const PROPOSER = { attemptTimeoutMs: 40, backoffMs: 15, maxAttempts: 6 };
 
 export interface ReplicaSabotage {
-  /** Acceptors answer at once and write their record RECORD_DELAY_MS later (a crash between forgets it). */
+  /** The host reports acceptor slot records durable RECORD_DELAY_MS before they are, so promises and acceptances leave first (a crash between forgets them). */
   acceptorRepliesBeforeDurable?: boolean;
   /** Proposers count a minority of promises and acceptances as a quorum. */
   minorityQuorum?: boolean;
@@ -70,8 +72,10 @@ export interface ReplicaScenario {
   crashes: number;
   pauses: number;
   partitions: number;
-  /** Chance that a member crashes right after an acceptor reply that changed its record. */
+  /** Chance that a member crashes right after it sent a promise or an acceptance. */
   pointCrashRate: number;
+  /** How long a record write takes to become durable (what waits on it waits that long; a crash before loses it). */
+  persistDelayMs: number;
   activeEndMs: number;
   quiesceEndMs: number;
 }
@@ -93,64 +97,49 @@ export function makeScenario(rng: Prng, mode: ReplicaMode): ReplicaScenario {
     pauses: calm ? 0 : rng.int(0, 2),
     partitions: calm ? 0 : rng.int(0, 2),
     pointCrashRate: calm ? 0 : rng.pick([0, 0.02, 0.05, 0.1]),
+    persistDelayMs: calm ? 0 : rng.pick([0, 0, 0.5, 2, 6]),
     activeEndMs: 1200,
     quiesceEndMs: 4000,
   };
 }
 
-export interface MemberDurable {
-  /** volume -> the newest chosen table recorded here: this member's fence for the volume. */
-  tables: Map<string, ReplicaTable>;
-  /** `${volume}@${version}` -> the acceptor's record for that slot. */
-  slots: Map<string, SlotRecord>;
-  /** `${volume}/${group}/${chunk}` -> the register's value here. */
+export interface MemberDisk {
+  /** The member's catalog: its state as the records it handed out made it (member-state.ts). */
+  catalog: MemberState;
+  /** The page store: `${volume}/${group}/${chunk}` -> the register's value here. */
   chunks: Map<string, ChunkValue>;
-  /** `${volume}/${group}` -> the version this copy was last brought up to date for. */
-  syncedSince: Map<string, number>;
-  /** `${volume}/${group}/${node}` -> what that absent replica lacks. */
-  awayMaps: Map<string, AwayMapState>;
-  /** `${volume}/${group}/${node}@${since}`: that replica confirmed to this member that its copy is up to date for that membership. */
-  peersUpToDate: Set<string>;
 }
 
-export interface MemberVolatile {
-  lastHeardMs: Map<string, number>;
-  proposers: Map<string, SetChangeProposer>;
-  proposerTimer: Map<string, number>;
-  /** Copies sent and not yet confirmed: batch id -> what it carried. */
-  copiesInFlight: Map<number, { key: string; chunks: number[] }>;
-  /** Acceptor records not yet on disk (only with acceptorRepliesBeforeDurable). */
-  unsynced: Map<string, SlotRecord>;
+export interface MemberProcess {
+  /** The protocol's state machine, rebuilt from the catalog at each restart. */
+  runner: ReplicaMember;
+  /** The tick asked for and armed (one timer at a time; an earlier wish arms another). */
+  wakeAtMs: number;
+  /** When the last record write queued will be durable (records are written in order). */
+  persistDoneAtMs: number;
+  /** Records written but not durable yet: a crash loses them. */
+  persisting: number;
+  /** Requests handed to the runner and not answered yet: who asked, and a write's value. */
+  requests: Map<number, { from: string; attempt: number; value?: ChunkValue }>;
+  /** Values this process accepted, by slot and ballot: the history counts an acceptance when its reply leaves. */
+  acceptances: Map<string, ReplicaTable>;
 }
 
-export class Member extends SimNode<MemberDurable, MemberVolatile> {
-  constructor(id: string, tables: ReplicaTable[]) {
-    const durable: MemberDurable = { tables: new Map(tables.map((t) => [t.volume, t])), slots: new Map(), chunks: new Map(), syncedSince: new Map(), awayMaps: new Map(), peersUpToDate: new Set() };
-    for (const table of tables) table.sets.forEach((set, group) => set.some((e) => e.node === id) && durable.syncedSince.set(`${table.volume}/${group}`, 1));
-    super(id, durable, () => ({
-      lastHeardMs: new Map(),
-      proposers: new Map(),
-      proposerTimer: new Map(),
-      copiesInFlight: new Map(),
-      unsynced: new Map(),
-    }));
+export class Member extends SimNode<MemberDisk, MemberProcess> {
+  /** `boot` builds the runner from the disk, as a node's start does (the world knows the incarnation). */
+  constructor(id: string, tables: ReplicaTable[], boot: (id: string, disk: MemberDisk) => ReplicaMember) {
+    const disk: MemberDisk = { catalog: initialMemberState(id, tables), chunks: new Map() };
+    super(id, disk, (d) => ({ runner: boot(id, d), wakeAtMs: Infinity, persistDoneAtMs: 0, persisting: 0, requests: new Map(), acceptances: new Map() }));
   }
 }
 
+/** What travels on the simulated mesh: members' messages (a copy or join with its chunks' data) and clients' requests and answers. */
 export type Payload =
-  | { kind: "heartbeat"; tables: ReplicaTable[] }
-  | { kind: "prepare"; volume: string; version: number; ballot: Ballot }
-  | { kind: "accept"; volume: string; version: number; ballot: Ballot; value: ReplicaTable }
-  | { kind: "acceptor-reply"; volume: string; reply: AcceptorReply }
+  | { kind: "peer"; message: PeerMessage; data?: [number, ChunkValue][] }
   | { kind: "write"; attempt: number; volume: string; group: number; chunk: number; value: ChunkValue; routed: number }
   | { kind: "read"; attempt: number; volume: string; group: number; chunk: number; routed: number }
   /** `order`: when the replica served it, in the history's order (the simulation's bookkeeping, not the protocol's). */
-  | { kind: "answer"; attempt: number; ok: boolean; reason?: string; value?: ChunkValue; table: ReplicaTable; order: number }
-  | { kind: "copy"; batch: number; volume: string; group: number; chunks: [number, ChunkValue][] }
-  | { kind: "copied"; batch: number }
-  | { kind: "join-request"; volume: string; group: number; since: number }
-  | { kind: "join"; table: ReplicaTable; group: number; since: number; chunks: [number, ChunkValue][] }
-  | { kind: "joined"; volume: string; group: number; since: number };
+  | { kind: "answer"; attempt: number; ok: boolean; reason?: string; value?: ChunkValue; table?: ReplicaTable; order: number };
 
 /** One register's identity: `${volume}/${group}/${chunk}`. */
 export function registerKey(volume: string, group: number, chunk: number): string {
@@ -200,6 +189,8 @@ export interface ReplicaHistory {
   refusals: Map<string, number>;
   copiesApplied: number;
   joinsApplied: number;
+  /** Record writes a crash caught before they were durable (what waited on them never left). */
+  recordWritesLost: number;
   errors: string[];
   eventCount: number;
 }

@@ -1,18 +1,18 @@
 // The replica-set world's ground floor: members on a lossy, duplicating, reordering mesh; crashes
-// (memory lost, disk kept), pauses (a stopped process: nothing runs, messages and timers wait,
-// then all of it at once), partitions that cut one member off from the others (clients still
-// reach it, as a client on that node would), heartbeats that carry each member's tables, and the
-// adoption of a newer chosen table. The protocol's roles live in replica-world.ts.
-import { mapOnDrop } from "../../core/replica/away-map.ts";
-import { cloneReplicaTable, consequencesFor, describeTable, initialTable, type ReplicaTable } from "../../core/replica/replica-table.ts";
+// (memory and records not yet durable lost, disk kept), pauses (a stopped process: nothing runs,
+// messages and timers wait, then all of it at once), partitions that cut one member off from the
+// others (clients still reach it, as a client on that node would). Members host the protocol's
+// runner in replica-members.ts; clients are in replica-world.ts.
+import type { ReplicaMember } from "../../core/replica/replica-member.ts";
+import { cloneReplicaTable, describeTable, initialTable, type ReplicaTable } from "../../core/replica/replica-table.ts";
 import { Network } from "./kernel/network.ts";
 import { SimWorld } from "./kernel/sim-world.ts";
 import {
   EVENT_BUDGET,
-  HEARTBEAT_INTERVAL_MS,
   SETTLE_CHECK_MS,
   makeScenario,
   Member,
+  type MemberDisk,
   type HistoryEvent,
   type Payload,
   type ReplicaHistory,
@@ -69,7 +69,7 @@ export abstract class ReplicaWorldBase extends SimWorld {
       tables.push(initialTable(volume, placement));
     }
     for (const id of this.memberIds) {
-      const member = new Member(id, tables.map(cloneReplicaTable));
+      const member = new Member(id, tables.map(cloneReplicaTable), (node, disk) => this.boot(node, disk));
       this.members.push(member);
       this.byId.set(id, member);
     }
@@ -90,6 +90,7 @@ export abstract class ReplicaWorldBase extends SimWorld {
       refusals: new Map(),
       copiesApplied: 0,
       joinsApplied: 0,
+      recordWritesLost: 0,
       errors: [],
       eventCount: 0,
     };
@@ -138,6 +139,7 @@ export abstract class ReplicaWorldBase extends SimWorld {
     this.history.crashes++;
     this.log(`${member.id} CRASH (down ${downMs.toFixed(1)} ms)`);
     this.paused.delete(member.id);
+    this.history.recordWritesLost += member.volatile.persisting;
     member.crash();
     this.at(this.nowMs + downMs, () => this.restart(member));
   }
@@ -145,9 +147,7 @@ export abstract class ReplicaWorldBase extends SimWorld {
   protected restart(member: Member): void {
     if (member.up) return;
     member.restart();
-    this.log(`${member.id} RESTART ${[...member.durable.tables.values()].map(describeTable).join("; ")}`);
-    // A fresh process gives every peer the benefit of the doubt for one suspicion window.
-    for (const id of this.memberIds) member.volatile.lastHeardMs.set(id, this.nowMs);
+    this.log(`${member.id} RESTART ${[...member.durable.catalog.tables.values()].map(describeTable).join("; ")}`);
     this.startTimers(member);
   }
 
@@ -184,9 +184,9 @@ export abstract class ReplicaWorldBase extends SimWorld {
     this.at(this.nowMs + SETTLE_CHECK_MS, () => this.checkSettled());
   }
 
-  /** A member's own timer: dies with its incarnation, waits while it is paused; none once the run settled. */
-  protected timer(member: Member, atMs: number, run: () => void): void {
-    if (this.settled) return;
+  /** A member's own timer: dies with its incarnation, waits while it is paused; none once the run settled (unless `always`: a write under way). */
+  protected timer(member: Member, atMs: number, run: () => void, always = false): void {
+    if (this.settled && !always) return;
     this.atOn(member, atMs, () => this.whenRunning(member, run));
   }
 
@@ -213,57 +213,20 @@ export abstract class ReplicaWorldBase extends SimWorld {
     });
   }
 
-  protected startTimers(member: Member): void {
-    this.timer(member, this.nowMs + this.rng.range(0, HEARTBEAT_INTERVAL_MS), () => this.heartbeat(member));
-  }
-
-  private heartbeat(member: Member): void {
-    const tables = [...member.durable.tables.values()].map(cloneReplicaTable);
-    for (const id of this.memberIds) if (id !== member.id) this.send(member.id, id, { kind: "heartbeat", tables });
-    this.timer(member, this.nowMs + HEARTBEAT_INTERVAL_MS * this.rng.range(0.8, 1.2), () => this.heartbeat(member));
-  }
-
-  /** A chosen table newer than the one recorded: record it (the fence moves), then act on what changed. */
-  protected adopt(member: Member, table: ReplicaTable): boolean {
-    const previous = member.durable.tables.get(table.volume)!;
-    if (table.version <= previous.version) return false;
-    member.durable.tables.set(table.volume, cloneReplicaTable(table));
-    this.event({ kind: "record", node: member.id, volume: table.volume, version: table.version, table: cloneReplicaTable(table) });
-    this.log(`${member.id} records ${table.volume} ${describeTable(table)}`);
-    const { dropped, joined, voidMaps } = consequencesFor(member.id, previous, table);
-    for (const group of voidMaps) {
-      const prefix = `${table.volume}/${group}/`;
-      for (const key of [...member.durable.awayMaps.keys()]) if (key.startsWith(prefix)) member.durable.awayMaps.delete(key);
-    }
-    for (const { group, node, since } of dropped) {
-      const key = `${table.volume}/${group}/${node}`;
-      const upToDate = since === 1 || member.durable.peersUpToDate.has(`${key}@${since}`);
-      const map = mapOnDrop(member.durable.awayMaps.get(key), upToDate, group, node, table.version);
-      if (map) member.durable.awayMaps.set(key, map);
-    }
-    const proposer = member.volatile.proposers.get(table.volume);
-    if (proposer && proposer.version <= table.version) member.volatile.proposers.delete(table.volume);
-    // Joiners pull their join copies (replica-members.ts); an up-to-date survivor pushes one at
-    // once too, so a returning replica usually need not wait for its next request.
-    for (const { group, node } of joined) this.sendJoin(member, table.volume, group, node);
-    return true;
-  }
-
   run(): ReplicaHistory {
     const { activeEndMs, quiesceEndMs } = this.scenario;
-    for (const member of this.members) {
-      for (const id of this.memberIds) member.volatile.lastHeardMs.set(id, 0);
-      this.startTimers(member);
-    }
+    for (const member of this.members) this.startTimers(member);
     this.runPhases({ activeEndMs, quiesceEndMs, eventBudget: EVENT_BUDGET }, this.history);
     this.finish();
     return this.history;
   }
 
+  /** A process starts: its runner, built from what its disk holds. */
+  protected abstract boot(id: string, disk: MemberDisk): ReplicaMember;
+  /** Arms the (re)started process's first tick. */
+  protected abstract startTimers(member: Member): void;
   protected abstract receive(member: Member, from: string, payload: Payload): void;
   protected abstract clientReceives(client: string, from: string, payload: Payload): void;
-  /** Sends `node` its join copy of the group if this member can (it is an up-to-date replica and `node` is in its set). */
-  protected abstract sendJoin(member: Member, volume: string, group: number, node: string): void;
   protected abstract finish(): void;
   /** Nothing left to do: what the checker's liveness rule demands at the end. */
   protected abstract isSettled(): boolean;

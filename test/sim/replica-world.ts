@@ -57,7 +57,7 @@ export class ReplicaWorld extends ReplicaMembersWorld {
       }
     }
     const { writerCount, readerCount } = this.scenario;
-    const initial = new Map([...this.members[0]!.durable.tables].map(([volume, table]) => [volume, cloneReplicaTable(table)]));
+    const initial = new Map([...this.members[0]!.durable.catalog.tables].map(([volume, table]) => [volume, cloneReplicaTable(table)]));
     for (let i = 0; i < writerCount + readerCount; i++) {
       const id = i < writerCount ? `w${i}` : `r${i - writerCount}`;
       // One writer per register: its stamps grow, and each write starts after the previous one's ack.
@@ -114,8 +114,8 @@ export class ReplicaWorld extends ReplicaMembersWorld {
     const client = this.clients.get(clientId);
     const op = client?.op;
     if (!client || !op || payload.kind !== "answer" || payload.attempt !== op.attempt) return;
-    const known = client.tables.get(payload.table.volume)!;
-    if (payload.table.version > known.version) client.tables.set(payload.table.volume, cloneReplicaTable(payload.table));
+    const known = payload.table && client.tables.get(payload.table.volume);
+    if (payload.table && known && payload.table.version > known.version) client.tables.set(payload.table.volume, cloneReplicaTable(payload.table));
     const counted = payload.ok || (this.sabotage.activateBeforeRecorded === true && payload.reason === "behind");
     if (!counted) {
       // Routed by an old set: go again at once by the newer table; otherwise the retry timer does.
@@ -152,18 +152,18 @@ export class ReplicaWorld extends ReplicaMembersWorld {
 
   protected isSettled(): boolean {
     if ([...this.clients.values()].some((client) => client.op !== undefined)) return false;
-    const first = this.members[0]!;
+    const first = this.members[0]!.durable.catalog;
     for (const member of this.members) {
-      if (!member.up || member.volatile.proposers.size > 0) return false;
-      for (const [volume, table] of member.durable.tables) {
-        if (!sameTable(table, first.durable.tables.get(volume)!)) return false;
+      if (!member.up || member.volatile.runner.proposalsInFlight > 0 || member.volatile.persisting > 0) return false;
+      for (const [volume, table] of member.durable.catalog.tables) {
+        if (!sameTable(table, first.tables.get(volume)!)) return false;
       }
     }
     for (const [volume, home] of this.home) {
-      const table = first.durable.tables.get(volume)!;
+      const table = first.tables.get(volume)!;
       const homeAgain = home.every((nodes, group) => {
         const set = table.sets[group]!;
-        return set.length === nodes.length && set.every((entry) => nodes.includes(entry.node) && this.byId.get(entry.node)!.durable.syncedSince.get(`${volume}/${group}`) === entry.since);
+        return set.length === nodes.length && set.every((entry) => nodes.includes(entry.node) && this.byId.get(entry.node)!.durable.catalog.syncedSince.get(`${volume}/${group}`) === entry.since);
       });
       if (!homeAgain) return false;
     }
@@ -178,11 +178,12 @@ export class ReplicaWorld extends ReplicaMembersWorld {
       .filter((member) => member.up)
       .map((member) => ({
         node: member.id,
-        tables: [...member.durable.tables.values()].map(cloneReplicaTable),
+        tables: [...member.durable.catalog.tables.values()].map(cloneReplicaTable),
         chunks: new Map([...member.durable.chunks].map(([key, value]) => [key, value.stamp])),
-        syncedSince: new Map(member.durable.syncedSince),
-        proposers: member.volatile.proposers.size,
+        syncedSince: new Map(member.durable.catalog.syncedSince),
+        proposers: member.volatile.runner.proposalsInFlight,
       }));
+    this.checkCatalogs();
     const down = this.members.filter((member) => !member.up).map((member) => member.id);
     if (down.length > 0) this.history.errors.push(`members ${down.join(",")} still down at the end`);
   }
