@@ -257,7 +257,8 @@ async function receivePausedWorker(port: number): Promise<number> {
   for (let emptied = 0; ; ) {
     const filled = Atomics.load(control, FILLED);
     if (filled === emptied) {
-      if (Atomics.load(control, ENDED) !== 0) break;
+      // The end is set after the last slot is counted filled: look at FILLED again once it is seen.
+      if (Atomics.load(control, ENDED) !== 0 && Atomics.load(control, FILLED) === emptied) break;
       await Atomics.waitAsync(control, FILLED, filled).value;
       continue;
     }
