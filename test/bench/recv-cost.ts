@@ -439,7 +439,7 @@ async function main(): Promise<void> {
     `receiving ${values.size} over loopback TCP, ${rounds} round(s), medians; load ${loads.map((l) => l.toFixed(1)).join(" -> ")}`,
     table(
       ["way", "purge", "CPU s/GiB", "range", "x cat", "minflt/GiB", "MB/s"],
-      cells.map((c) => [c.way, c.purge, c.cpuPerGiB.toFixed(2), c.cpuRange, (c.cpuPerGiB / catCpu).toFixed(1), Math.round(c.faultsPerGiB).toString(), Math.round(c.mbPerSecond).toString()]),
+      cells.map((c) => [c.way, c.purge, c.cpuPerGiB.toFixed(2), c.cpuRange, Number.isNaN(catCpu) ? "-" : (c.cpuPerGiB / catCpu).toFixed(1), Math.round(c.faultsPerGiB).toString(), Math.round(c.mbPerSecond).toString()]),
       2,
     ),
   ].join("\n");
