@@ -4,30 +4,35 @@
 // this virtual machine nodes used 0.39-0.41 instead of 0.49-0.63 cores for the same load with a
 // 10 s delay (memory still goes back after 10 s unused; never purging saved a little more but
 // kept a 170 MB peak). The bulk jobs of the CLI (volume import/export, archive create/restore)
-// pay the same for the 512 KiB buffer Bun allocates for every socket read: 146k page faults and
-// 3.6 s of CPU per GiB read over NBD, 38k and 1.4 s with purging off. mimalloc reads its options
-// only at process start, so `shoal node` and those jobs re-execute themselves once (execve: same
-// pid, same arguments, same descriptors) with the option set, unless the environment already
-// says otherwise.
+// pay the same for the fresh buffer Bun allocates for every socket read, and there a delay does
+// not do it (mimalloc 3 seems to purge on its periodic collections too): exporting 512 MiB with
+// 10 s cost 100-170k page faults and 4.4-5.7 CPU s per GiB, with purging off (-1) 44-46k and
+// 2.2-2.5 s, for a peak RSS of 127-131 MB instead of 108-111 (bounded by the job's requests in
+// flight, and gone when the job ends). mimalloc reads its options only at process start, so
+// `shoal node` and those jobs re-execute themselves once (execve: same pid, same arguments, same
+// descriptors) with the option set, unless the environment already says otherwise.
 import { dlopen, FFIType, ptr } from "bun:ffi";
 
 const OPTION = "MIMALLOC_PURGE_DELAY";
-const PURGE_DELAY_MS = "10000";
+/** A long-running node: freed memory goes back after 10 s unused. */
+export const NODE_PURGE_DELAY_MS = "10000";
+/** A bulk job of the CLI: never purge; the job's memory is bounded and ends with it. */
+const BULK_JOB_PURGE_DELAY_MS = "-1";
 
 /** Returns only if it did not re-execute: already tuned, not Linux, or execve was refused. */
-export function reexecWithAllocatorTuning(log: (message: string) => void = () => {}): void {
+export function reexecWithAllocatorTuning(log: (message: string) => void = () => {}, purgeDelayMs = BULK_JOB_PURGE_DELAY_MS): void {
   if (process.env[OPTION] !== undefined || process.platform !== "linux") return;
   try {
     const libc = dlopen("libc.so.6", { execve: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 } });
-    const env = { ...process.env, [OPTION]: PURGE_DELAY_MS };
+    const env = { ...process.env, [OPTION]: purgeDelayMs };
     const file = cString(process.execPath);
     const argv = pointerArray(ownArguments().map(cString));
     const envp = pointerArray(Object.entries(env).map(([key, value]) => cString(`${key}=${value}`)));
     libc.symbols.execve(ptr(file), ptr(argv.pointers), ptr(envp.pointers));
     // Still here: execve failed. Run as we are; only the CPU cost differs.
-    log(`could not re-execute with ${OPTION}=${PURGE_DELAY_MS}; set it in the environment to save CPU`);
+    log(`could not re-execute with ${OPTION}=${purgeDelayMs}; set it in the environment to save CPU`);
   } catch (err) {
-    log(`could not re-execute with ${OPTION}=${PURGE_DELAY_MS} (${(err as Error).message}); set it in the environment to save CPU`);
+    log(`could not re-execute with ${OPTION}=${purgeDelayMs} (${(err as Error).message}); set it in the environment to save CPU`);
   }
 }
 

@@ -4,7 +4,7 @@ import { defineCommand, type ArgsDef } from "citty";
 import { parseDurationMs, rejectUnknownFlags } from "./_cli.ts";
 import { resolveSettings, withoutDefaults, type Settings } from "./_config.ts";
 import { createLog, parseLogFormat } from "./_log.ts";
-import { reexecWithAllocatorTuning } from "./_allocator-tuning.ts";
+import { NODE_PURGE_DELAY_MS, reexecWithAllocatorTuning } from "./_allocator-tuning.ts";
 import { parseSize } from "../core/geometry.ts";
 
 /** The node's flags with their defaults; a config file may set any of them (except config). */
@@ -45,7 +45,7 @@ export default defineCommand({
   async run(context) {
     rejectUnknownFlags(context);
     // First, before anything of ours is open: the new image would inherit it.
-    reexecWithAllocatorTuning((message) => createLog("node").warn(message));
+    reexecWithAllocatorTuning((message) => createLog("node").warn(message), NODE_PURGE_DELAY_MS);
     const configPath = context.args.config || process.env.SHOAL_CONFIG || undefined;
     const settings = resolveSettings(nodeFlags, context.args as Settings, configPath);
     const text = (name: string) => settings[name] as string | undefined;

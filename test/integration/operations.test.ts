@@ -221,4 +221,26 @@ describe("allocator tuning", () => {
       await own.kill9();
     }
   });
+
+  test("a bulk job of the CLI re-executes itself (same pid) with purging off, and keeps an operator's own value", async () => {
+    // Exported into a FIFO, the job blocks opening it (after the re-exec) until the test reads it.
+    const exportInto = async (name: string, env: Record<string, string>) => {
+      const fifo = path.join(root, name);
+      expect((await run(["mkfifo", fifo])).exitCode).toBe(0);
+      const { MIMALLOC_PURGE_DELAY: _inherited, ...inherited } = process.env;
+      const job = Bun.spawn([...shoalCommand(), "volume", "export", "m", fifo, "--quiet"], { env: { ...inherited, SHOAL_NODE: node1.meshAddress, ...env }, stdout: "ignore", stderr: "pipe" });
+      const environ = await waitFor("the job's re-executed environment", () => {
+        const text = fs.readFileSync(`/proc/${job.pid}/environ`, "utf8");
+        return text.includes("MIMALLOC_PURGE_DELAY=") ? text.split("\0") : undefined;
+      });
+      const drained = await run(["bash", "-c", `cat ${fifo} | wc -c`]);
+      expect(await job.exited).toBe(0);
+      expect(Number(drained.stdout.trim())).toBe(16 * 1024 * 1024);
+      return environ;
+    };
+    expect(await exportInto("purge-off.fifo", {})).toContain("MIMALLOC_PURGE_DELAY=-1");
+    const own = await exportInto("purge-own.fifo", { MIMALLOC_PURGE_DELAY: "5" });
+    expect(own).toContain("MIMALLOC_PURGE_DELAY=5");
+    expect(own).not.toContain("MIMALLOC_PURGE_DELAY=-1");
+  });
 });
