@@ -14,6 +14,7 @@ import { MeshServer } from "../mesh/mesh.ts";
 import { loadTlsIdentity, type TlsIdentity, useTlsIdentity } from "../tls/tls-identity.ts";
 import { NbdServer } from "../nbd/nbd-server.ts";
 import { VolumeRouter } from "./volume-router.ts";
+import { ReplicationsInFlight } from "./replica-writes.ts";
 import { SnapshotService } from "../snapshot/snapshot-service.ts";
 import { RunningMoveSteps } from "../move/running-move-steps.ts";
 import { PageMover } from "../move/page-mover.ts";
@@ -225,10 +226,12 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   const clockSkewMs = Number(process.env.SHOAL_CLOCK_SKEW_MS ?? 0);
   // Built in the order they use each other: the running move steps are what the snapshot
   // service and the mover share, so neither is set on the other after construction.
+  // Likewise the replications in flight, for the snapshot service and the router.
   const moveSteps = new RunningMoveSteps();
-  const snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs, moveSteps });
+  const replications = new ReplicationsInFlight();
+  const snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs, moveSteps, replications });
   const mover = new PageMover(group, store, log, snapshots, moveSteps);
-  const router = new VolumeRouter(group, store, snapshots, mover);
+  const router = new VolumeRouter(group, store, snapshots, mover, replications);
   const nbd = new NbdServer({
     catalog: router,
     log,
