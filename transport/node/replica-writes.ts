@@ -73,6 +73,11 @@ export class ReplicaWrites {
     private readonly snapshots: ReplicaHolds,
     private readonly inFlight: ReplicationsInFlight,
     private readonly bootId: string,
+    /**
+     * Delays every replicated write this node receives (SHOAL_REPLICA_DELAY_MS), so tests can
+     * widen the window in which a replica's copy lags its primary's; 0 in real use.
+     */
+    private readonly delayMs = 0,
   ) {}
 
   /**
@@ -113,6 +118,11 @@ export class ReplicaWrites {
     const zeroBytes = args.n === undefined ? undefined : checkedLength(args.n, record, pageOffset);
     if (zeroBytes === undefined) checkedLength(payload.byteLength, record, pageOffset);
     const fua = args.f === true;
+    if (this.delayMs > 0) return Bun.sleep(this.delayMs).then(() => this.admit(record, page, pageOffset, args, payload, zeroBytes, fua));
+    return this.admit(record, page, pageOffset, args, payload, zeroBytes, fua);
+  }
+
+  private admit(record: VolumeRecord, page: number, pageOffset: number, args: FrameHeader, payload: Payload, zeroBytes: number | undefined, fua: boolean): Reply | Promise<Reply> {
     const apply = () => this.apply(record, page, pageOffset, zeroBytes === undefined ? { parts: payload.parts } : { zeroBytes }, fua);
     // A write the primary applied after its cut of a snapshot this node still holds for must
     // come after this node's cut too; any other write runs now, hold or not: the primary

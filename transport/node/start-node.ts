@@ -231,7 +231,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   const replications = new ReplicationsInFlight();
   const snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs, moveSteps, replications });
   const mover = new PageMover(group, store, log, snapshots, moveSteps);
-  const router = new VolumeRouter(group, store, snapshots, mover, replications);
+  const router = new VolumeRouter(group, store, snapshots, mover, replications, Number(process.env.SHOAL_REPLICA_DELAY_MS ?? 0));
   const nbd = new NbdServer({
     catalog: router,
     log,

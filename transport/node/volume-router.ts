@@ -72,8 +72,10 @@ export class VolumeRouter implements ExportCatalog {
     private readonly mover: PageMover,
     /** Replications this node sent as a primary, which a snapshot's hold waits for (shared with the snapshot service). */
     inFlight: ReplicationsInFlight,
+    /** Delay before this node applies a replicated write (tests only; see ReplicaWrites). */
+    replicaDelayMs = 0,
   ) {
-    this.replicas = new ReplicaWrites(group, store, gate, inFlight, this.bootId);
+    this.replicas = new ReplicaWrites(group, store, gate, inFlight, this.bootId, replicaDelayMs);
   }
 
   // ---- ExportCatalog (NBD)
