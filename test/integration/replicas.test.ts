@@ -154,6 +154,13 @@ describe("the data path of a volume with two copies", () => {
         expect(same(await readWhole(node), model)).toBe(true);
         console.log(`whole 48 MiB volume read through ${node.id} with ${victim.id} down in ${(performance.now() - startedMs).toFixed(0)} ms`);
       }
+      // nbdcopy asks for block status first: it too must reach a copy that is up.
+      // This node holds no copy of the pages whose primary was the victim.
+      const survivor = cluster.nodes[(index + 2) % 3]!;
+      const copy = `${cluster.root}/copy-${victim.id}`;
+      const copied = await run(["nbdcopy", survivor.nbdUrl("r"), copy]);
+      expect(copied.stderr).toBe("");
+      expect(same(fs.readFileSync(copy), model)).toBe(true);
       await victim.start();
       await cluster.waitConverged();
     }

@@ -339,9 +339,11 @@ export class VolumeRouter implements ExportCatalog {
     const allocated = new Array<boolean>(slices.length);
     const remoteByOwner = new Map<string, number[]>();
     slices.forEach((slice, index) => {
-      const owner = ownerOf(record.routing, slice.page);
       if (holdsCopy(record.routing, slice.page, this.group.selfId)) allocated[index] = this.store.isAllocated(target.layer, slice.page);
       else {
+        // The primary, or the first copy that is up (what a read of the page would reach).
+        const copies = replicasOf(record.routing, slice.page);
+        const owner = copies.find((node) => this.group.isUp(node)) ?? copies[0]!;
         let indexes = remoteByOwner.get(owner);
         if (!indexes) remoteByOwner.set(owner, (indexes = []));
         indexes.push(index);
