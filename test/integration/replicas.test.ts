@@ -161,6 +161,10 @@ describe("the data path of a volume with two copies", () => {
       const copied = await run(["nbdcopy", survivor.nbdUrl("r"), copy]);
       expect(copied.stderr).toBe("");
       expect(same(fs.readFileSync(copy), model)).toBe(true);
+      // volume export pulls each page from its primary's node, and the rest through the node asked.
+      const exported = await cluster.shoal(["volume", "export", "r", `${copy}.export`, "--quiet"], { node: survivor });
+      expect(exported.stderr).toBe("");
+      expect(same(fs.readFileSync(`${copy}.export`), model)).toBe(true);
       await victim.start();
       await cluster.waitConverged();
     }

@@ -4,6 +4,7 @@
 import type { Catalog } from "../../core/cluster/catalog.ts";
 import { asShoalError, ShoalError } from "../../core/errors.ts";
 import { HoldQueue } from "../../core/snapshot/hold-queue.ts";
+import { RecentCuts } from "../../core/snapshot/recent-cuts.ts";
 import type { PageStore } from "../../core/store/page-store.ts";
 import { holders, replicaCount } from "../../core/cluster/routing.ts";
 import { settleWith } from "../../core/snapshot/durability-gate.ts";
@@ -55,13 +56,7 @@ export interface CreateSnapshot {
 const MAX_HELD_REQUESTS = 4096;
 /** Ended split-phase snapshots whose outcome a late `release` may still ask for. */
 const MAX_ENDED_PREPARED = 64;
-/**
- * Cuts per volume a replicated write names (see recentCuts). A replica holds for a snapshot only
- * until its own cut, which comes within the hold timeout of the primary's: the last few suffice.
- */
-const RECENT_CUTS_PER_VOLUME = 16;
 
-const NO_CUTS: readonly string[] = [];
 
 export class SnapshotService implements SnapshotGate, SnapshotActivity {
   readonly holds: HoldQueue;
@@ -92,8 +87,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   private readonly fenceWaiters = new Map<string, { promise: Promise<void>; resolve: () => void }>();
   private stopped = false;
   private readonly clock: NodeClock;
-  /** Per volume name, the snapshots cut here lately, newest last (see recentCuts). */
-  private readonly cutsByVolume = new Map<string, string[]>();
+  private readonly cuts = new RecentCuts();
 
   constructor(private readonly options: SnapshotServiceOptions) {
     const nodeId = options.group.selfId;
@@ -169,20 +163,9 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     return waits.length === 1 ? waits[0] : Promise.all(waits).then(() => {});
   }
 
-  /**
-   * The snapshots this node cut of `volume` lately. A write it applies as a primary names them,
-   * so a replica still holding for one of them applies the write after its own cut of it, as
-   * here: each replica's cut then holds the same writes.
-   */
+  /** The snapshots this node cut of `volume` lately, which a write it applies as a primary names (see RecentCuts). */
   recentCuts(volume: string): readonly string[] {
-    return this.cutsByVolume.get(volume) ?? NO_CUTS;
-  }
-
-  private noteCut(snapshotId: string, volumes: string[]): void {
-    for (const volume of volumes) {
-      const cuts = [...(this.cutsByVolume.get(volume) ?? []), snapshotId].slice(-RECENT_CUTS_PER_VOLUME);
-      this.cutsByVolume.set(volume, cuts);
-    }
+    return this.cuts.of(volume);
   }
 
   /** Resolves when the participant unfences the snapshot (its commit wait is over). */
@@ -526,7 +509,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     // coordinator, never told "taken", aborts.
     const record: CutRecord = { ...effect.record, volumeUids: uids };
     const { snapshotId } = effect;
-    this.noteCut(snapshotId, effect.volumes);
+    this.cuts.note(snapshotId, effect.volumes);
     nodeMetrics.cutStarted(snapshotId);
     return {
       durable: settleWith(() => {
