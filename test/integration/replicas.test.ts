@@ -232,3 +232,26 @@ describe("the data path of a volume with two copies", () => {
     await cluster.waitConverged();
   });
 });
+
+describe("three copies", () => {
+  test("a volume of three copies on three nodes reads whole through the one node left when the other two are killed -9", async () => {
+    const [node1, node2, node3] = cluster.nodes;
+    expect((await cluster.shoal(["volume", "create", "r3", "--size", "24M", "--replicas", "3"])).exitCode).toBe(0);
+    const written = await qemuIo(node2!.nbdUrl("r3"), "write -P 0x71 0 12M", "write -P 0x72 12M 12M", "flush");
+    expect(written.exitCode).toBe(0);
+    await node1!.kill9();
+    await node2!.kill9();
+    const client = await NbdClient.connect({ host: "127.0.0.1", port: node3!.nbdPort, exportName: "r3" });
+    try {
+      const expected = new Uint8Array(24 * MiB);
+      expected.fill(0x71, 0, 12 * MiB);
+      expected.fill(0x72, 12 * MiB);
+      expect(same(await client.read(0, 24 * MiB), expected)).toBe(true);
+    } finally {
+      await client.close();
+    }
+    await node1!.start();
+    await node2!.start();
+    await cluster.waitConverged();
+  });
+});
