@@ -79,14 +79,20 @@ const info = defineCommand({
         ...(result.replicas > 1
           ? result.nodesDown.map((node) => `down: ${node}; reads of its pages go to other copies, writes of pages it holds a copy of fail until it is back`)
           : unreachable.map((down) => `unreachable: ${down.pages} page(s) on ${down.node} (down): ${runsText(down.runs)}`)),
-        table(
-          ["NODE", "PRIMARY", "REPLICA", "WRITTEN", "USED"],
-          nodes.map((n) => [n.node, n.pages, n.replicaPages, n.pagesWritten ?? "?", n.bytesUsed === null ? "?" : formatSize(n.bytesUsed)]),
-        ),
+        result.replicas === 1
+          ? table(["NODE", "PAGES", "WRITTEN", "USED"], nodes.map((n) => [n.node, n.pages, n.pagesWritten ?? "?", usedText(n.bytesUsed)]))
+          : table(
+              ["NODE", "PRIMARY", "REPLICA", "WRITTEN", "USED"],
+              nodes.map((n) => [n.node, n.pages, n.replicaPages, n.pagesWritten ?? "?", usedText(n.bytesUsed)]),
+            ),
       ].join("\n"),
     );
   },
 });
+
+function usedText(bytes: number | null): string {
+  return bytes === null ? "?" : formatSize(bytes);
+}
 
 function copies(replicas: number): string {
   return replicas === 1 ? "1 copy of each page" : `${replicas} copies of each page`;

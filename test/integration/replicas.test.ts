@@ -90,6 +90,7 @@ describe("creating replicated volumes", () => {
       ["node2", 4, 4],
       ["node3", 4, 4],
     ]);
+    expect((await cluster.shoal(["volume", "info", "r"])).stdout).toMatch(/^node2\s+4\s+4\s/m);
     const shown = JSON.parse((await cluster.shoal(["route", "show", "r", "--json"], { node: cluster.nodes[2] })).stdout);
     expect(shown.replicas).toBe(2);
     const node1 = shown.nodes.find((n: { node: string }) => n.node === "node1");
