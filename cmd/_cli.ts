@@ -2,6 +2,7 @@
 // to a node, and printing either a table for people or one JSON document for scripts.
 import type { ArgDef, ArgsDef } from "citty";
 import { ShoalError } from "../core/errors.ts";
+import { MAX_REPLICAS } from "../core/cluster/routing.ts";
 import type { AdminArgs, AdminOp, AdminResult } from "../transport/admin/admin-ops.ts";
 import { dialMesh } from "../transport/mesh/mesh.ts";
 import { loadTlsIdentity, tlsIdentity, useTlsIdentity } from "../transport/tls/tls-identity.ts";
@@ -140,4 +141,13 @@ export function parseDurationMs(text: string, flag?: string): number {
   const value = Number(match[1]);
   const unit = match[2] ?? "ms";
   return Math.round(unit === "ms" ? value : unit === "s" ? value * 1000 : value * 60_000);
+}
+
+/** A copy count given to `flag`: a whole number 1 to MAX_REPLICAS (the node also checks it against the members). */
+export function parseReplicas(text: string, flag: string): number {
+  const value = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN;
+  if (!(value >= 1 && value <= MAX_REPLICAS)) {
+    throw new ShoalError("BAD_ARGUMENT", `${flag} '${text}': give the number of copies of each page, 1 to ${MAX_REPLICAS}`);
+  }
+  return value;
 }

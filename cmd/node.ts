@@ -1,7 +1,7 @@
 // `shoal node`: runs a storage node in the foreground until SIGINT or SIGTERM. The CLI front of
 // transport/node/start-node.ts: flags and config file in, a running node out.
 import { defineCommand, type ArgsDef } from "citty";
-import { parseDurationMs, rejectUnknownFlags } from "./_cli.ts";
+import { parseDurationMs, parseReplicas, rejectUnknownFlags } from "./_cli.ts";
 import { resolveSettings, withoutDefaults, type Settings } from "./_config.ts";
 import { createLog, parseLogFormat } from "./_log.ts";
 import { NODE_PURGE_DELAY_MS, reexecWithAllocatorTuning } from "./_allocator-tuning.ts";
@@ -30,6 +30,12 @@ const nodeFlags = {
     description: "written bytes not yet synced past which the node writes back and holds writers to the disk's pace",
     default: "128MiB",
     valueHint: "SIZE",
+  },
+  defaultReplicas: {
+    type: "string",
+    description: "copies of each page (1-3, on distinct nodes) of a volume created through this node without --replicas",
+    default: "1",
+    valueHint: "N",
   },
   writebackInterval: {
     type: "string",
@@ -64,6 +70,7 @@ export default defineCommand({
       tlsRequired: settings.tlsRequired === true,
       dirtyLimitBytes: parseSize(text("dirtyLimit")!),
       writeBackIntervalMs: parseDurationMs(text("writebackInterval")!, "--writeback-interval"),
+      defaultReplicas: parseReplicas(text("defaultReplicas")!, "--default-replicas"),
     });
     await new Promise<void>((resolve) => {
       const onSignal = () => {

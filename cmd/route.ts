@@ -55,11 +55,23 @@ const show = defineCommand({
     const perNode = result.nodes;
     printResult(args.json, result, () =>
       [
-        `${result.name}  routing version ${result.version}  ${result.pageCount} pages of ${formatSize(result.pageSizeBytes)}${result.moving ? `  (move ${result.moving.moveId} under way)` : ""}`,
-        table(
-          ["NODE", "PAGES", "USED", "RUNS (first-last/step)"],
-          perNode.map((n) => [n.node, n.pages, n.bytesUsed === null ? "?" : formatSize(n.bytesUsed), runList(n)]),
-        ),
+        `${result.name}  routing version ${result.version}  ${result.pageCount} pages of ${formatSize(result.pageSizeBytes)}  ${result.replicas} cop${result.replicas === 1 ? "y" : "ies"}${result.moving ? `  (move ${result.moving.moveId} under way)` : ""}`,
+        result.replicas === 1
+          ? table(
+              ["NODE", "PAGES", "USED", "RUNS (first-last/step)"],
+              perNode.map((n) => [n.node, n.pages, n.bytesUsed === null ? "?" : formatSize(n.bytesUsed), runList(n)]),
+            )
+          : table(
+              ["NODE", "PRIMARY", "REPLICA", "USED", "PRIMARY RUNS", "REPLICA RUNS"],
+              perNode.map((n) => [
+                n.node,
+                n.pages,
+                n.replicaPages,
+                n.bytesUsed === null ? "?" : formatSize(n.bytesUsed),
+                runList(n),
+                runList({ runs: n.replicaRuns, runCount: n.replicaRunCount }),
+              ]),
+            ),
       ].join("\n"),
     );
   },

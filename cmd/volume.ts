@@ -2,7 +2,7 @@
 import { reexecWithAllocatorTuning } from "./_allocator-tuning.ts";
 import { defineCommand } from "citty";
 import { DEFAULT_PAGE_SIZE_BYTES, formatSize, parseSize, validateGeometry } from "../core/geometry.ts";
-import { adminRequest, nodeAddress, nodeArgs, printResult, quietArgs, rejectUnknownFlags, table } from "./_cli.ts";
+import { adminRequest, nodeAddress, nodeArgs, parseReplicas, printResult, quietArgs, rejectUnknownFlags, table } from "./_cli.ts";
 import { writesToStdout } from "./_file-sink.ts";
 import { exportVolume, importVolume } from "./_volume-stream.ts";
 
@@ -12,6 +12,11 @@ const create = defineCommand({
     name: { type: "positional", description: "volume name", required: true },
     size: { type: "string", description: "size with K/M/G/T/P suffix, e.g. 10G; at most 16777216 pages (64T at 4M pages)", required: true },
     nodes: { type: "string", description: "comma-separated node ids to place pages on (default: all members)" },
+    replicas: {
+      type: "string",
+      description: "copies of each page, 1 to 3, each on another node; writes reach every copy (default: the node's --default-replicas, 1 unless set)",
+      valueHint: "N",
+    },
     pageSize: { type: "string", description: "page size (default 4M = 8192 blocks of 512 B)", valueHint: "SIZE" },
     ...nodeArgs,
   },
@@ -27,8 +32,13 @@ const create = defineCommand({
       sizeBytes,
       pageSizeBytes,
       nodes: args.nodes ? args.nodes.split(",").map((node) => node.trim()).filter(Boolean) : undefined,
+      replicas: args.replicas === undefined ? undefined : parseReplicas(args.replicas, "--replicas"),
     });
-    printResult(args.json, result, () => `created volume ${result.name}: ${formatSize(result.sizeBytes)}, ${result.pageCount} pages of ${formatSize(result.pageSizeBytes)} over ${result.nodes.join(", ")}`);
+    printResult(
+      args.json,
+      result,
+      () => `created volume ${result.name}: ${formatSize(result.sizeBytes)}, ${result.pageCount} pages of ${formatSize(result.pageSizeBytes)} over ${result.nodes.join(", ")}, ${copies(result.replicas)}`,
+    );
   },
 });
 
@@ -44,8 +54,8 @@ const list = defineCommand({
       volumes.length === 0
         ? "no volumes"
         : table(
-            ["NAME", "SIZE", "PAGE", "PAGES", "STATE", "NODES"],
-            volumes.map((v) => [v.name, formatSize(v.sizeBytes), formatSize(v.pageSizeBytes), v.pageCount, v.state, v.nodes.join(",")]),
+            ["NAME", "SIZE", "PAGE", "PAGES", "REPLICAS", "STATE", "NODES"],
+            volumes.map((v) => [v.name, formatSize(v.sizeBytes), formatSize(v.pageSizeBytes), v.pageCount, v.replicas, v.state, v.nodes.join(",")]),
           ),
     );
   },
@@ -62,17 +72,31 @@ const info = defineCommand({
     printResult(args.json, result, () =>
       [
         `volume ${result.name} (uid ${result.uid}), ${result.state}`,
-        `size ${formatSize(result.sizeBytes)}, ${result.pageCount} pages of ${formatSize(result.pageSizeBytes)}, routing version ${result.routingVersion}`,
-        // Reads and writes of these pages (and of the same pages of its snapshots) fail with EIO until the node is back.
-        ...unreachable.map((down) => `unreachable: ${down.pages} page(s) on ${down.node} (down): ${runsText(down.runs)}`),
-        table(
-          ["NODE", "PAGES", "WRITTEN", "USED"],
-          nodes.map((n) => [n.node, n.pages, n.pagesWritten ?? "?", n.bytesUsed === null ? "?" : formatSize(n.bytesUsed)]),
-        ),
+        `size ${formatSize(result.sizeBytes)}, ${result.pageCount} pages of ${formatSize(result.pageSizeBytes)}, ${copies(result.replicas)}, routing version ${result.routingVersion}`,
+        // One copy: reads and writes of these pages (and of the same pages of its snapshots) fail
+        // with EIO until the node is back. More: reads go to another copy, writes of every page
+        // the node holds a copy of fail until it is back (no failover yet).
+        ...(result.replicas > 1
+          ? result.nodesDown.map((node) => `down: ${node}; reads of its pages go to other copies, writes of pages it holds a copy of fail until it is back`)
+          : unreachable.map((down) => `unreachable: ${down.pages} page(s) on ${down.node} (down): ${runsText(down.runs)}`)),
+        result.replicas === 1
+          ? table(["NODE", "PAGES", "WRITTEN", "USED"], nodes.map((n) => [n.node, n.pages, n.pagesWritten ?? "?", usedText(n.bytesUsed)]))
+          : table(
+              ["NODE", "PRIMARY", "REPLICA", "WRITTEN", "USED"],
+              nodes.map((n) => [n.node, n.pages, n.replicaPages, n.pagesWritten ?? "?", usedText(n.bytesUsed)]),
+            ),
       ].join("\n"),
     );
   },
 });
+
+function usedText(bytes: number | null): string {
+  return bytes === null ? "?" : formatSize(bytes);
+}
+
+function copies(replicas: number): string {
+  return replicas === 1 ? "1 copy of each page" : `${replicas} copies of each page`;
+}
 
 /** A table moved page by page can have thousands of runs: the line names the first few, --json all. */
 const RUNS_SHOWN_MAX = 16;

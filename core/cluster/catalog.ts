@@ -6,7 +6,7 @@ import { RealFileIO } from "../store/file-io.ts";
 import { fatal } from "../invariant.ts";
 import { ShoalError } from "../errors.ts";
 import type { Member } from "./member.ts";
-import { routingFromWire, routingToWire } from "./routing.ts";
+import { packReplicaRanks, routingFromWire, routingToWire, unpackReplicaRanks } from "./routing.ts";
 import { pageCount } from "../geometry.ts";
 import type { VolumeRecord } from "./volume.ts";
 import { snapshotKey, type SnapshotRecord } from "../snapshot/snapshot-record.ts";
@@ -40,6 +40,7 @@ interface VolumeRow {
   route_nodes: string;
   route_owners: Uint8Array;
   route_runs: Uint8Array | null;
+  route_replicas: Uint8Array | null;
   origin: string | null;
   restoring: number;
   moving: string | null;
@@ -73,6 +74,9 @@ export class Catalog implements SnapshotCatalog {
     // Tables stored as runs (see RoutingTableWire); route_owners is then empty. Rows written
     // before keep their owner map in route_owners.
     this.addColumnIfMissing("volumes", "route_runs", "BLOB");
+    // Replica ranks of a replicated volume (packReplicaRanks); NULL for one copy, and in rows
+    // from before replicas, which thus read as R=1.
+    this.addColumnIfMissing("volumes", "route_replicas", "BLOB");
     this.addColumnIfMissing("members", "forgotten", "INTEGER NOT NULL DEFAULT 0");
     this.addColumnIfMissing("members", "identity", "TEXT");
   }
@@ -210,12 +214,13 @@ export class Catalog implements SnapshotCatalog {
     (durability === "now" ? this.db : this.lazyDb)
       .query(
         `INSERT INTO volumes (name, uid, size_bytes, page_size_bytes, created_at_ms, version, deleted,
-           route_version, route_nodes, route_owners, route_runs, origin, restoring, moving)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           route_version, route_nodes, route_owners, route_runs, route_replicas, origin, restoring, moving)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT(name) DO UPDATE SET uid = excluded.uid, size_bytes = excluded.size_bytes,
            page_size_bytes = excluded.page_size_bytes, created_at_ms = excluded.created_at_ms,
            version = excluded.version, deleted = excluded.deleted, route_version = excluded.route_version,
-           route_nodes = excluded.route_nodes, route_owners = excluded.route_owners, route_runs = excluded.route_runs, origin = excluded.origin,
+           route_nodes = excluded.route_nodes, route_owners = excluded.route_owners, route_runs = excluded.route_runs,
+           route_replicas = excluded.route_replicas, origin = excluded.origin,
            restoring = excluded.restoring, moving = excluded.moving`,
       )
       .run(
@@ -230,6 +235,7 @@ export class Catalog implements SnapshotCatalog {
         JSON.stringify(wire.nodes),
         wire.owners ?? new Uint8Array(0),
         wire.runs ?? null,
+        packReplicaRanks(wire.replicas),
         record.origin ?? null,
         record.restoring ? 1 : 0,
         record.moving ? JSON.stringify(record.moving) : null,
@@ -265,7 +271,12 @@ function rowToRecord(row: VolumeRow): VolumeRecord {
     version: row.version,
     deleted: row.deleted !== 0,
     routing: routingFromWire(
-      row.route_runs ? { version: row.route_version, nodes, runs: row.route_runs } : { version: row.route_version, nodes, owners: row.route_owners },
+      {
+        version: row.route_version,
+        nodes,
+        ...(row.route_runs ? { runs: row.route_runs } : { owners: row.route_owners }),
+        replicas: unpackReplicaRanks(row.route_replicas),
+      },
       pageCount(geometry),
     ),
     ...(row.origin ? { origin: row.origin } : {}),

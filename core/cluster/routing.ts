@@ -1,5 +1,6 @@
-// A volume's routing table: which node owns each page, with a version. A page move is a new
-// table with a higher version; every member keeps the newest table it has seen.
+// A volume's routing table: which nodes hold each page (the primary, then the other replicas),
+// with a version. A page move is a new table with a higher version; every member keeps the
+// newest table it has seen. The version is the epoch replicated writes are fenced by.
 import { ShoalError } from "../errors.ts";
 
 /** Never changed once made: a change is a new table (withOwner), which callers may cache on. */
@@ -13,20 +14,72 @@ export interface RoutingTable {
    * It is never sent or stored like this when the placement is regular (see RoutingTableWire).
    */
   owners: Uint16Array;
+  /**
+   * The other copies of a replicated volume: replicaOwners[k - 1][page] indexes the node of the
+   * page's replica k (k = 1..R-1), never the primary's or another replica's node. Absent (or
+   * empty) for one copy. Kept beside `owners`, not folded into it, so that every caller of
+   * ownerOf still means the primary (the node that orders a page's writes), and an R=1 table
+   * costs nothing more.
+   */
+  replicaOwners?: Uint16Array[];
 }
 
 const MAX_NODES_PER_TABLE = 65535;
+/** Copies of a page at most: a primary and two replicas (what Ceph and Longhorn keep by default). */
+export const MAX_REPLICAS = 3;
 
-/** Stripes pages over nodes so that consecutive pages land on different nodes. */
-export function stripedTable(pageCount: number, nodes: string[]): RoutingTable {
+/**
+ * Stripes pages over nodes so that consecutive pages land on different nodes; with R copies,
+ * replica k of page p is on nodes[(p + k) % n], so each node holds 1/n of every rank (its shares
+ * stay even) and the R copies of a page are on R distinct nodes.
+ */
+export function stripedTable(pageCount: number, nodes: string[], replicas = 1): RoutingTable {
   if (nodes.length === 0) throw new ShoalError("BAD_ARGUMENT", "a volume needs at least one node");
   if (nodes.length > MAX_NODES_PER_TABLE) throw new ShoalError("BAD_ARGUMENT", "too many nodes for one volume");
   if (new Set(nodes).size !== nodes.length) throw new ShoalError("BAD_ARGUMENT", `node list ${nodes.join(",")} repeats a node`);
+  checkReplicaCount(replicas, nodes.length);
+  const table: RoutingTable = { version: 1, nodes: [...nodes], owners: stripedOwners(pageCount, nodes.length, 0) };
+  if (replicas > 1) table.replicaOwners = Array.from({ length: replicas - 1 }, (_, rank) => stripedOwners(pageCount, nodes.length, rank + 1));
+  return table;
+}
+
+/** R from 1 to MAX_REPLICAS and at most the nodes placed on (two copies on one node protect nothing). */
+export function checkReplicaCount(replicas: number, nodeCount: number): void {
+  if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
+    throw new ShoalError("BAD_ARGUMENT", `--replicas ${replicas}: a volume keeps 1 to ${MAX_REPLICAS} copies of each page`);
+  }
+  if (replicas > nodeCount) {
+    throw new ShoalError("BAD_ARGUMENT", `--replicas ${replicas}: the volume is placed on ${nodeCount} node(s), and no two copies of a page may share a node`);
+  }
+}
+
+/** owners[page] = (page + shift) % nodeCount: one period by hand, then doubling copies (a 64 TiB volume's 16 Mi pages in a few ms). */
+function stripedOwners(pageCount: number, nodeCount: number, shift: number): Uint16Array {
   const owners = new Uint16Array(pageCount);
-  // One period by hand, then doubling copies: a 64 TiB volume's 16 Mi pages in a few ms.
-  for (let page = 0; page < Math.min(pageCount, nodes.length); page++) owners[page] = page;
-  for (let filled = nodes.length; filled < pageCount; filled *= 2) owners.copyWithin(filled, 0, Math.min(filled, pageCount - filled));
-  return { version: 1, nodes: [...nodes], owners };
+  for (let page = 0; page < Math.min(pageCount, nodeCount); page++) owners[page] = (page + shift) % nodeCount;
+  for (let filled = nodeCount; filled < pageCount; filled *= 2) owners.copyWithin(filled, 0, Math.min(filled, pageCount - filled));
+  return owners;
+}
+
+/** Copies of each page: 1 + the replica ranks. */
+export function replicaCount(table: RoutingTable): number {
+  return 1 + (table.replicaOwners?.length ?? 0);
+}
+
+/** The nodes holding a copy of `page`, the primary first. */
+export function replicasOf(table: RoutingTable, page: number): string[] {
+  const nodes = [ownerOf(table, page)];
+  for (const rank of table.replicaOwners ?? []) nodes.push(table.nodes[rank[page]!]!);
+  return nodes;
+}
+
+/** Whether `node` holds a copy of `page` (primary or replica): one index compare per rank, on the data path. */
+export function holdsCopy(table: RoutingTable, page: number, node: string): boolean {
+  const index = table.nodes.indexOf(node);
+  if (index < 0) return false;
+  if (table.owners[page] === index) return true;
+  for (const rank of table.replicaOwners ?? []) if (rank[page] === index) return true;
+  return false;
 }
 
 export function ownerOf(table: RoutingTable, page: number): string {
@@ -40,9 +93,25 @@ export function pagesPerNode(table: RoutingTable): Map<string, number> {
   return new Map(countsOf(table));
 }
 
-/** Every node that owns at least one page. */
+/** Pages per node held as a replica (not the primary), in the table's node order; all 0 for R=1. */
+export function replicaPagesPerNode(table: RoutingTable): Map<string, number> {
+  let counts = replicaCounts.get(table);
+  if (counts === undefined) {
+    const perIndex = new Array<number>(table.nodes.length).fill(0);
+    for (const rank of table.replicaOwners ?? []) for (let page = 0; page < rank.length; page++) perIndex[rank[page]!]!++;
+    counts = new Map(table.nodes.map((node, index) => [node, perIndex[index]!]));
+    replicaCounts.set(table, counts);
+  }
+  return new Map(counts);
+}
+
+/** Counted once per table, as pageCounts (below) is. */
+const replicaCounts = new WeakMap<RoutingTable, ReadonlyMap<string, number>>();
+
+/** Every node that holds a copy of at least one page (primary or replica): snapshots, rollbacks and clones reach them all. */
 export function holders(table: RoutingTable): string[] {
-  return [...countsOf(table)].filter(([, count]) => count > 0).map(([node]) => node);
+  const replicas = table.replicaOwners?.length ? replicaPagesPerNode(table) : undefined;
+  return [...countsOf(table)].filter(([node, count]) => count > 0 || (replicas?.get(node) ?? 0) > 0).map(([node]) => node);
 }
 
 /**
@@ -74,14 +143,27 @@ export interface PageRun {
  * The pages of each node as arithmetic runs: a striped table over three nodes reads
  * "0-765 step 3" instead of 256 single pages, and a moved range reads as a plain range.
  */
-export function describeRuns(table: RoutingTable, keepPerNode = Infinity): Map<string, NodeRuns> {
+export function describeRuns(table: RoutingTable, keepPerNode = Infinity, owners = table.owners): Map<string, NodeRuns> {
   const perIndex: NodeRuns[] = table.nodes.map(() => ({ runs: [], count: 0 }));
   // Each node's runs come in ascending order: the ones kept are its lowest.
-  collectRuns(table, Infinity, (first, last, step, index) => {
+  collectRuns(owners, table.nodes.length, Infinity, (first, last, step, index) => {
     const node = perIndex[index]!;
     if (node.count++ < keepPerNode) node.runs.push({ first, last, step });
   });
   return new Map(table.nodes.map((node, index) => [node, perIndex[index]!]));
+}
+
+/** Per node, the runs of the pages it holds as a replica, rank after rank (empty for R=1). */
+export function describeReplicaRuns(table: RoutingTable, keepPerNode = Infinity): Map<string, NodeRuns> {
+  const combined = new Map<string, NodeRuns>(table.nodes.map((node) => [node, { runs: [], count: 0 }]));
+  for (const rank of table.replicaOwners ?? []) {
+    for (const [node, runs] of describeRuns(table, keepPerNode, rank)) {
+      const into = combined.get(node)!;
+      into.runs.push(...runs.runs.slice(0, Math.max(0, keepPerNode - into.runs.length)));
+      into.count += runs.count;
+    }
+  }
+  return combined;
 }
 
 /** A node's runs, the first `keepPerNode` of them, and how many there are in all. */
@@ -96,12 +178,10 @@ export interface NodeRuns {
  * its first two pages and goes on while the step holds. Stops and returns false once more than
  * `maxRuns` runs were found.
  */
-function collectRuns(table: RoutingTable, maxRuns: number, emit: (first: number, last: number, step: number, index: number) => void): boolean {
-  const nodeCount = table.nodes.length;
+function collectRuns(owners: Uint16Array, nodeCount: number, maxRuns: number, emit: (first: number, last: number, step: number, index: number) => void): boolean {
   const first = new Int32Array(nodeCount).fill(-1);
   const last = new Int32Array(nodeCount);
   const step = new Int32Array(nodeCount); // 0: the open run has one page so far
-  const owners = table.owners;
   let found = 0;
   for (let page = 0; page < owners.length; page++) {
     const index = owners[page]!;
@@ -158,13 +238,25 @@ export function formatRun(run: PageRun): string {
  * per node whatever the volume's size, and a moved range adds a few. A table so irregular that
  * its runs would outweigh a plain owner map (after moves of scattered pages) is sent as the map.
  */
-export interface RoutingTableWire {
+export interface RoutingTableWire extends OwnersWire {
   version: number;
   nodes: string[];
+  /** Replica ranks 1..R-1, each encoded as the primaries are; absent for R=1 (and in records from before replicas). */
+  replicas?: OwnersWire[];
+}
+
+/** One rank's placement: runs, or the plain map when runs would be larger. */
+export interface OwnersWire {
   /** Runs as little-endian u32 quads (first page, last page, step, node index). */
   runs?: Uint8Array;
   /** One little-endian u16 node index per page. */
   owners?: Uint8Array;
+}
+
+/** Bytes a wire table's placement takes (the record-size limits count these). */
+export function routingWireBytes(wire: RoutingTableWire): number {
+  const rankBytes = (rank: OwnersWire) => (rank.runs ?? rank.owners)?.byteLength ?? 0;
+  return rankBytes(wire) + (wire.replicas ?? []).reduce((sum, rank) => sum + rankBytes(rank), 0);
 }
 
 /** Typed arrays on the hosts Bun runs on are little-endian, which the wire form assumes. */
@@ -185,12 +277,18 @@ export function routingToWire(table: RoutingTable): RoutingTableWire {
 }
 
 function encodeWire(table: RoutingTable): RoutingTableWire {
-  const pages = table.owners.length;
+  const wire: RoutingTableWire = { version: table.version, nodes: table.nodes, ...encodeOwners(table.owners, table.nodes.length) };
+  if (table.replicaOwners?.length) wire.replicas = table.replicaOwners.map((rank) => encodeOwners(rank, table.nodes.length));
+  return wire;
+}
+
+function encodeOwners(owners: Uint16Array, nodeCount: number): OwnersWire {
+  const pages = owners.length;
   // Runs only while they take less room than the owner map (2 bytes a page).
-  const maxRuns = Math.max(table.nodes.length, Math.floor((pages * 2) / RUN_BYTES));
+  const maxRuns = Math.max(nodeCount, Math.floor((pages * 2) / RUN_BYTES));
   let quads = new Uint32Array(Math.min(maxRuns, 1024) * 4);
   let used = 0;
-  const regular = collectRuns(table, maxRuns, (first, last, step, index) => {
+  const regular = collectRuns(owners, nodeCount, maxRuns, (first, last, step, index) => {
     if (used === quads.length) {
       const grown = new Uint32Array(quads.length * 2);
       grown.set(quads);
@@ -201,9 +299,8 @@ function encodeWire(table: RoutingTable): RoutingTableWire {
     quads[used++] = step;
     quads[used++] = index;
   });
-  if (regular) return { version: table.version, nodes: table.nodes, runs: new Uint8Array(quads.buffer, 0, used * 4) };
-  const owners = table.owners;
-  return { version: table.version, nodes: table.nodes, owners: new Uint8Array(owners.buffer, owners.byteOffset, owners.byteLength) };
+  if (regular) return { runs: new Uint8Array(quads.buffer, 0, used * 4) };
+  return { owners: new Uint8Array(owners.buffer, owners.byteOffset, owners.byteLength) };
 }
 
 export function routingFromWire(wire: RoutingTableWire, expectedPages: number): RoutingTable {
@@ -211,12 +308,79 @@ export function routingFromWire(wire: RoutingTableWire, expectedPages: number): 
     throw new ShoalError("BAD_FRAME", "routing table is malformed");
   }
   if (wire.nodes.length === 0 || wire.nodes.length > MAX_NODES_PER_TABLE) throw new ShoalError("BAD_FRAME", `routing table names ${wire.nodes.length} nodes`);
-  const owners = wire.runs !== undefined ? ownersFromRuns(wire.runs, wire.nodes.length, expectedPages) : ownersFromMap(wire.owners, wire.nodes.length, expectedPages);
-  const table = { version: Number(wire.version), nodes: [...wire.nodes], owners };
+  const nodeCount = wire.nodes.length;
+  const owners = ownersFromWire(wire, nodeCount, expectedPages);
+  const table: RoutingTable = { version: Number(wire.version), nodes: [...wire.nodes], owners };
+  if (wire.replicas !== undefined) {
+    if (!Array.isArray(wire.replicas) || wire.replicas.length > MAX_REPLICAS - 1) throw new ShoalError("BAD_FRAME", "routing table's replica ranks are malformed");
+    if (wire.replicas.length > 0) {
+      table.replicaOwners = wire.replicas.map((rank) => ownersFromWire(rank, nodeCount, expectedPages));
+      checkDistinctCopies(table);
+    }
+  }
   // Stored and passed on as it came, with no second pass over the pages. Runs are copied out of
   // the frame that carried them (small); an owner map is left to be encoded again if needed.
-  if (wire.runs !== undefined) wireForms.set(table, { version: table.version, nodes: table.nodes, runs: wire.runs.slice() });
+  const runsOnly = wire.runs !== undefined && (wire.replicas ?? []).every((rank) => rank.runs !== undefined);
+  if (runsOnly) {
+    const copy: RoutingTableWire = { version: table.version, nodes: table.nodes, runs: wire.runs!.slice() };
+    if (table.replicaOwners) copy.replicas = wire.replicas!.map((rank) => ({ runs: rank.runs!.slice() }));
+    wireForms.set(table, copy);
+  }
   return table;
+}
+
+function ownersFromWire(rank: OwnersWire, nodeCount: number, expectedPages: number): Uint16Array {
+  if (typeof rank !== "object" || rank === null) throw new ShoalError("BAD_FRAME", "routing table rank is malformed");
+  return rank.runs !== undefined ? ownersFromRuns(rank.runs, nodeCount, expectedPages) : ownersFromMap(rank.owners, nodeCount, expectedPages);
+}
+
+/** No two copies of a page on one node: a table that says otherwise would lose the page with that node. */
+function checkDistinctCopies(table: RoutingTable): void {
+  const ranks = [table.owners, ...table.replicaOwners!];
+  // Pair by pair over whole arrays: a 64 TiB table of three copies is 3 x 16 Mi compares.
+  for (let a = 0; a < ranks.length; a++) {
+    for (let b = a + 1; b < ranks.length; b++) {
+      const [left, right] = [ranks[a]!, ranks[b]!];
+      for (let page = 0; page < left.length; page++) {
+        if (left[page] === right[page]) throw new ShoalError("BAD_FRAME", `routing table puts two copies of page ${page} on node ${table.nodes[left[page]!]}`);
+      }
+    }
+  }
+}
+
+/**
+ * The replica ranks as one catalog column: per rank a kind byte (0 runs, 1 owner map), a u32
+ * little-endian length and the bytes. Empty for R=1; a row from before replicas has none (NULL).
+ */
+export function packReplicaRanks(ranks: OwnersWire[] | undefined): Uint8Array | null {
+  if (!ranks?.length) return null;
+  const parts = ranks.map((rank) => (rank.runs !== undefined ? { kind: 0, bytes: rank.runs } : { kind: 1, bytes: rank.owners! }));
+  const packed = new Uint8Array(parts.reduce((sum, part) => sum + 5 + part.bytes.byteLength, 0));
+  const view = new DataView(packed.buffer);
+  let at = 0;
+  for (const part of parts) {
+    view.setUint8(at, part.kind);
+    view.setUint32(at + 1, part.bytes.byteLength, true);
+    packed.set(part.bytes, at + 5);
+    at += 5 + part.bytes.byteLength;
+  }
+  return packed;
+}
+
+export function unpackReplicaRanks(packed: Uint8Array | null): OwnersWire[] | undefined {
+  if (!packed || packed.byteLength === 0) return undefined;
+  const view = new DataView(packed.buffer, packed.byteOffset, packed.byteLength);
+  const ranks: OwnersWire[] = [];
+  for (let at = 0; at < packed.byteLength; ) {
+    if (at + 5 > packed.byteLength) throw new ShoalError("BAD_FRAME", "catalog replica ranks are truncated");
+    const kind = view.getUint8(at);
+    const length = view.getUint32(at + 1, true);
+    if (kind > 1 || at + 5 + length > packed.byteLength) throw new ShoalError("BAD_FRAME", "catalog replica ranks are malformed");
+    const bytes = packed.slice(at + 5, at + 5 + length);
+    ranks.push(kind === 0 ? { runs: bytes } : { owners: bytes });
+    at += 5 + length;
+  }
+  return ranks;
 }
 
 function ownersFromMap(bytes: Uint8Array | undefined, nodeCount: number, expectedPages: number): Uint16Array {
@@ -264,6 +428,8 @@ function ownersFromRuns(bytes: Uint8Array, nodeCount: number, expectedPages: num
 
 /** The table after `pages` move to `node`: one version later, the node added to `nodes` if new. */
 export function withOwner(table: RoutingTable, pages: number[], node: string): RoutingTable {
+  // Moving one copy at a time, with the others taking writes, is the failover slice's work.
+  if (replicaCount(table) > 1) throw new ShoalError("BAD_ARGUMENT", "moves of replicated volumes are not supported yet");
   let index = table.nodes.indexOf(node);
   const nodes = index < 0 ? [...table.nodes, node] : table.nodes;
   if (index < 0) index = nodes.length - 1;

@@ -49,6 +49,8 @@ export interface NewVolume {
   /** Version of a tombstone of the same name, so the new record outranks it. */
   previousVersion: number;
   origin?: string;
+  /** Copies of each page (1 when absent), on distinct nodes. */
+  replicas?: number;
 }
 
 export function newVolumeRecord(spec: NewVolume): VolumeRecord {
@@ -63,7 +65,7 @@ export function newVolumeRecord(spec: NewVolume): VolumeRecord {
     createdAtMs: spec.nowMs,
     version: spec.previousVersion + 1,
     deleted: false,
-    routing: stripedTable(pageCount(geometry), spec.nodes),
+    routing: stripedTable(pageCount(geometry), spec.nodes, spec.replicas ?? 1),
     ...(spec.origin ? { origin: spec.origin } : {}),
   };
 }

@@ -1,6 +1,7 @@
 // Requests that arrive for a volume while a hold-mode snapshot holds it wait here, in arrival
-// order, and run when the last hold on their volume is released. Bounded: a full queue makes
-// the node give the hold up rather than queue without limit.
+// order, and run when the last hold on their volume is released (or, for a replicated write,
+// when the holds it must follow are). Bounded: a full queue makes the node give the hold up
+// rather than queue without limit.
 import { ShoalError } from "../errors.ts";
 import type { HoldReport } from "./snapshot-messages.ts";
 
@@ -8,6 +9,8 @@ interface Waiting {
   volume: string;
   enqueuedAtMs: number;
   run: () => void;
+  /** Waits only for these snapshots' holds (undefined: for every hold on the volume). */
+  onlyFor?: readonly string[];
 }
 
 export class HoldQueue {
@@ -27,6 +30,12 @@ export class HoldQueue {
 
   isHeld(volume: string): boolean {
     return this.holds.size > 0 && this.holds.has(volume);
+  }
+
+  /** Whether any of `snapshotIds` holds `volume`. */
+  isHeldByAny(volume: string, snapshotIds: readonly string[]): boolean {
+    const ids = this.holds.get(volume);
+    return ids !== undefined && snapshotIds.some((id) => ids.has(id));
   }
 
   get waitingCount(): number {
@@ -58,7 +67,10 @@ export class HoldQueue {
     }
     const stillHeld: Waiting[] = [];
     const runnable: Waiting[] = [];
-    for (const entry of this.waiting) (this.holds.has(entry.volume) ? stillHeld : runnable).push(entry);
+    for (const entry of this.waiting) {
+      const held = entry.onlyFor ? this.isHeldByAny(entry.volume, entry.onlyFor) : this.holds.has(entry.volume);
+      (held ? stillHeld : runnable).push(entry);
+    }
     this.waiting = stillHeld;
     let longestWaitMs = 0;
     for (const entry of runnable) {
@@ -68,12 +80,15 @@ export class HoldQueue {
     return { heldMs, queued: runnable.length, longestWaitMs };
   }
 
-  /** Runs `start` once `volume` is no longer held; resolves with what it returns. */
-  enqueue<T>(volume: string, start: () => T | Promise<T>): Promise<T> {
+  /**
+   * Runs `start` once `volume` is no longer held (by any of `onlyFor`, when given); resolves with
+   * what it returns.
+   */
+  enqueue<T>(volume: string, start: () => T | Promise<T>, onlyFor?: readonly string[]): Promise<T> {
     if (this.waiting.length >= this.maxWaiting) {
       const ids = [...(this.holds.get(volume) ?? [])];
       this.onFull(ids);
-      if (this.isHeld(volume)) {
+      if (onlyFor ? this.isHeldByAny(volume, onlyFor) : this.isHeld(volume)) {
         return Promise.reject(new ShoalError("HOLD_TIMEOUT", `too many requests (${this.maxWaiting}) wait on a snapshot hold of '${volume}'`));
       }
       return Promise.resolve().then(start);
@@ -81,6 +96,7 @@ export class HoldQueue {
     return new Promise<T>((resolve, reject) => {
       this.waiting.push({
         volume,
+        ...(onlyFor ? { onlyFor } : {}),
         enqueuedAtMs: this.now(),
         run: () => {
           try {

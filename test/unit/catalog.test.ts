@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { Catalog } from "../../core/cluster/catalog.ts";
 import { setFatalHandler } from "../../core/invariant.ts";
 import { MAX_VOLUME_PAGES } from "../../core/geometry.ts";
-import { withOwner } from "../../core/cluster/routing.ts";
+import { replicaCount, replicasOf, withOwner } from "../../core/cluster/routing.ts";
 import { newVolumeRecord } from "../../core/cluster/volume.ts";
 
 const dirs: string[] = [];
@@ -57,6 +57,29 @@ describe("catalog volume rows", () => {
     const [back] = reopened.volumes();
     reopened.close();
     expect([...back!.routing.owners]).toEqual([...record.routing.owners]);
+  });
+
+  test("a replicated volume's ranks are stored as runs beside the primaries and read back; a row without them reads as one copy", () => {
+    const file = catalogPath();
+    const catalog = new Catalog(file);
+    const record = newVolumeRecord({ name: "r3", sizeBytes: MAX_VOLUME_PAGES * 4 * 1024 * 1024, pageSizeBytes: 4 * 1024 * 1024, nodes: ["a", "b", "c"], uid: "u3", nowMs: 1, previousVersion: 0, replicas: 3 });
+    catalog.putVolume(record);
+    catalog.close();
+    const db = new Database(file);
+    const row = db.query("SELECT length(route_replicas) AS replicas FROM volumes").get() as { replicas: number };
+    expect(row.replicas).toBeLessThan(200);
+    db.close();
+    const reopened = new Catalog(file);
+    const [back] = reopened.volumes();
+    expect(replicaCount(back!.routing)).toBe(3);
+    expect(replicasOf(back!.routing, 4)).toEqual(["b", "c", "a"]);
+    reopened.close();
+    const old = new Database(file);
+    old.query("UPDATE volumes SET route_replicas = NULL").run();
+    old.close();
+    const before = new Catalog(file);
+    expect(replicaCount(before.volumes()[0]!.routing)).toBe(1);
+    before.close();
   });
 });
 

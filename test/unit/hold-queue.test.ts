@@ -49,4 +49,21 @@ describe("HoldQueue", () => {
     await expect(queue.enqueue("db", () => 0)).rejects.toMatchObject({ code: "HOLD_TIMEOUT" });
     expect(full).toEqual([["s1"]]);
   });
+
+  test("a replicated write that must follow one snapshot's cut waits for that hold only, not for another one", async () => {
+    const { queue } = queueWithClock();
+    queue.hold("x", ["db"]);
+    queue.hold("y", ["db"]);
+    expect(queue.isHeldByAny("db", ["x"])).toBe(true);
+    expect(queue.isHeldByAny("db", ["z"])).toBe(false);
+    const ran: string[] = [];
+    const afterX = queue.enqueue("db", () => ran.push("after x"), ["x"]);
+    const afterAll = queue.enqueue("db", () => ran.push("after all"));
+    queue.release("x", ["db"]);
+    await afterX;
+    expect(ran).toEqual(["after x"]);
+    queue.release("y", ["db"]);
+    await afterAll;
+    expect(ran).toEqual(["after x", "after all"]);
+  });
 });

@@ -1,5 +1,22 @@
 import { describe, expect, test } from "bun:test";
-import { describeRuns, formatRun, runsOfPages, holders, ownerOf, pagesPerNode, routingFromWire, routingToWire, stripedTable, withOwner } from "../../core/cluster/routing.ts";
+import {
+  describeReplicaRuns,
+  describeRuns,
+  formatRun,
+  holdsCopy,
+  runsOfPages,
+  holders,
+  ownerOf,
+  pagesPerNode,
+  replicaCount,
+  replicaPagesPerNode,
+  replicasOf,
+  routingFromWire,
+  routingToWire,
+  routingWireBytes,
+  stripedTable,
+  withOwner,
+} from "../../core/cluster/routing.ts";
 
 describe("routing table", () => {
   test("striping puts consecutive pages on different nodes and spreads them evenly", () => {
@@ -103,5 +120,55 @@ describe("routing table", () => {
   test("a 1 TiB volume's table takes 512 KiB", () => {
     const table = stripedTable(262_144, ["a", "b", "c"]);
     expect(table.owners.byteLength).toBe(512 * 1024);
+  });
+});
+
+describe("replicated routing tables", () => {
+  test("R copies of every page on R distinct nodes, the primary first, replica k on the node k places after it", () => {
+    const nodes = ["a", "b", "c", "d"];
+    for (const replicas of [1, 2, 3]) {
+      const table = stripedTable(1000, nodes, replicas);
+      expect(replicaCount(table)).toBe(replicas);
+      for (let page = 0; page < 1000; page++) {
+        const copies = replicasOf(table, page);
+        expect(copies).toHaveLength(replicas);
+        expect(new Set(copies).size).toBe(replicas);
+        expect(copies[0]).toBe(ownerOf(table, page));
+        copies.forEach((node, rank) => expect(node).toBe(nodes[(page + rank) % nodes.length]!));
+        for (const node of nodes) expect(holdsCopy(table, page, node)).toBe(copies.includes(node));
+      }
+    }
+  });
+  test("each node's share stays even, as primary and as replica", () => {
+    const table = stripedTable(3000, ["a", "b", "c"], 3);
+    expect([...pagesPerNode(table).values()]).toEqual([1000, 1000, 1000]);
+    expect([...replicaPagesPerNode(table).values()]).toEqual([2000, 2000, 2000]);
+    expect(holders(stripedTable(1, ["a", "b", "c"], 2))).toEqual(["a", "b"]);
+    expect(describeReplicaRuns(stripedTable(9, ["a", "b", "c"], 2)).get("a")!.runs.map(formatRun)).toEqual(["2-8/3"]);
+  });
+  test("more copies than nodes, or than three, or fewer than one, are refused with a line that says why", () => {
+    expect(() => stripedTable(10, ["a", "b", "c"], 4)).toThrow(/1 to 3 copies/);
+    expect(() => stripedTable(10, ["a", "b"], 3)).toThrow(/placed on 2 node\(s\), and no two copies of a page may share a node/);
+    expect(() => stripedTable(10, ["a"], 0)).toThrow(/1 to 3 copies/);
+  });
+  test("a 64 TiB table of three copies travels in a few hundred bytes and decodes to the same placement", () => {
+    const table = stripedTable(16 * 1024 * 1024, ["a", "b", "c"], 3);
+    const wire = routingToWire(table);
+    expect(routingWireBytes(wire)).toBe(3 * 3 * 16);
+    const copy = routingFromWire({ ...wire, runs: new Uint8Array(wire.runs!), replicas: wire.replicas!.map((rank) => ({ runs: new Uint8Array(rank.runs!) })) }, table.owners.length);
+    expect(replicaCount(copy)).toBe(3);
+    for (const page of [0, 1, 2, 12345, 16 * 1024 * 1024 - 1]) expect(replicasOf(copy, page)).toEqual(replicasOf(table, page));
+  });
+  test("a wire table without replica ranks (from before replicas) decodes as one copy; two copies of a page on one node are refused", () => {
+    const plain = routingToWire(stripedTable(30, ["a", "b"]));
+    expect(plain.replicas).toBeUndefined();
+    expect(replicaCount(routingFromWire(plain, 30))).toBe(1);
+    const wire = routingToWire(stripedTable(30, ["a", "b"], 2));
+    expect(() => routingFromWire({ ...wire, replicas: [{ runs: wire.runs }] }, 30)).toThrow(/two copies of page 0 on node a/);
+    expect(() => routingFromWire({ ...wire, replicas: [{ runs: new Uint8Array(3) }] }, 30)).toThrow(/multiple of 16/);
+    expect(() => routingFromWire({ ...wire, replicas: "x" as never }, 30)).toThrow(/replica ranks are malformed/);
+  });
+  test("a replicated table is not moved page by page (one replica at a time is the failover slice's)", () => {
+    expect(() => withOwner(stripedTable(10, ["a", "b", "c"], 2), [1], "c")).toThrow(/moves of replicated volumes are not supported yet/);
   });
 });

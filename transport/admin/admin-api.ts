@@ -3,7 +3,7 @@
 import { ShoalError } from "../../core/errors.ts";
 import { DEFAULT_PAGE_SIZE_BYTES, pageCount } from "../../core/geometry.ts";
 import type { PageStore, VolumeUsage } from "../../core/store/page-store.ts";
-import { describeRuns, formatRun, holders, pagesPerNode } from "../../core/cluster/routing.ts";
+import { describeReplicaRuns, describeRuns, formatRun, holders, pagesPerNode, replicaCount, replicaPagesPerNode } from "../../core/cluster/routing.ts";
 import { newVolumeRecord, type VolumeRecord } from "../../core/cluster/volume.ts";
 import type { FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
@@ -22,6 +22,8 @@ export interface AdminApiOptions {
   snapshots: SnapshotService;
   version: string;
   startedAtMs: number;
+  /** Copies of each page of a volume created without --replicas (the node's --default-replicas). */
+  defaultReplicas: number;
 }
 
 type Usage = Record<string, VolumeUsage & { exclusiveBytes?: number }>;
@@ -107,6 +109,7 @@ export class AdminApi {
       uid: crypto.randomUUID(),
       nowMs: Date.now(),
       previousVersion: existing?.version ?? 0,
+      replicas: args.replicas ?? this.options.defaultReplicas,
     });
     if (args.restoring === true) record.restoring = true; // created by `archive restore --create`
     group.applyVolume(record);
@@ -134,9 +137,11 @@ export class AdminApi {
     const { group } = this.options;
     const record = group.volume(name);
     const usage = await this.usageByNode(holders(record.routing));
+    const replicaPages = replicaPagesPerNode(record.routing);
     const perNode = [...pagesPerNode(record.routing)].map(([node, pages]) => ({
       node,
       pages,
+      replicaPages: replicaPages.get(node) ?? 0,
       ...usageOn(usage.get(node), record.uid),
     }));
     return { ...summarize(record, group), createdAtMs: record.createdAtMs, nodes: perNode, unreachable: unreachablePages(record, group) };
@@ -208,6 +213,8 @@ export class AdminApi {
     const layer = snapshot === undefined ? undefined : snapshotLayerId(record.uid, group.snapshot(volume, snapshot).snapshotId);
     const counts = pagesPerNode(record.routing);
     const runs = describeRuns(record.routing, RUNS_SHOWN_PER_NODE);
+    const replicaRuns = describeReplicaRuns(record.routing, RUNS_SHOWN_PER_NODE);
+    const replicaPages = replicaPagesPerNode(record.routing);
     const usage = withUsage ? await this.usageByNode(record.routing.nodes) : new Map<string, Usage>();
     // A volume's USED is what `volume info` shows; a snapshot's, the bytes its own layer holds.
     const bytesOn = (node: string): number | null => {
@@ -223,12 +230,16 @@ export class AdminApi {
       pageSizeBytes: record.pageSizeBytes,
       pageCount: pageCount(record),
       ...(record.moving ? { moving: record.moving } : {}),
+      replicas: replicaCount(record.routing),
       nodes: [...record.routing.nodes].sort().map((node) => ({
         node,
         pages: counts.get(node) ?? 0,
         bytesUsed: bytesOn(node),
         runs: (runs.get(node)?.runs ?? []).map((run) => ({ ...run, text: formatRun(run) })),
         runCount: runs.get(node)?.count ?? 0,
+        replicaPages: replicaPages.get(node) ?? 0,
+        replicaRuns: (replicaRuns.get(node)?.runs ?? []).map((run) => ({ ...run, text: formatRun(run) })),
+        replicaRunCount: replicaRuns.get(node)?.count ?? 0,
       })),
     };
   }
@@ -333,7 +344,13 @@ export class AdminApi {
         origin: snapshotLayerId(source.uid, snapshot.snapshotId),
       }),
       // The clone's pages live where the snapshot's do: same table, so every page reads through locally.
-      routing: { version: 1, nodes: [...source.routing.nodes], owners: source.routing.owners.slice() },
+      // Every replica of the source holds the snapshot layer, so the clone keeps the replica ranks too.
+      routing: {
+        version: 1,
+        nodes: [...source.routing.nodes],
+        owners: source.routing.owners.slice(),
+        ...(source.routing.replicaOwners?.length ? { replicaOwners: source.routing.replicaOwners.map((rank) => rank.slice()) } : {}),
+      },
     };
     group.applyVolume(record);
     await group.publishVolume(record, nodes);
@@ -511,6 +528,7 @@ function summarize(record: VolumeRecord, group: Group): VolumeSummary {
     pageSizeBytes: record.pageSizeBytes,
     pageCount: pageCount(record),
     nodes: record.routing.nodes,
+    replicas: replicaCount(record.routing),
     routingVersion: record.routing.version,
     state: stateOf(record, group),
     nodesDown: downOwners(record, group),

@@ -10,7 +10,15 @@ const snapshotRequest = { volumes: texts(), name: text(), mode: optional(oneOf("
 /** Every admin operation, by name, with its arguments. */
 export const ADMIN_OPS = {
   "admin.node.info": {},
-  "admin.volume.create": { name: text(), sizeBytes: count(), pageSizeBytes: optional(count()), nodes: optional(texts()), restoring: optional(flag()) },
+  "admin.volume.create": {
+    name: text(),
+    sizeBytes: count(),
+    pageSizeBytes: optional(count()),
+    nodes: optional(texts()),
+    restoring: optional(flag()),
+    /** Copies of each page; the node's --default-replicas when absent. */
+    replicas: optional(count()),
+  },
   "admin.volume.list": {},
   "admin.volume.info": { name: text() },
   "admin.volume.restoring": { name: text(), restoring: flag() },

@@ -27,6 +27,8 @@ export type VolumeSummary = {
   pageSizeBytes: number;
   pageCount: number;
   nodes: string[];
+  /** Copies of each page, on distinct nodes (1: no replication). */
+  replicas: number;
   routingVersion: number;
   state: VolumeState;
   nodesDown: string[];
@@ -48,7 +50,8 @@ export type NodeUsage = {
 
 export type VolumeInfo = Omit<VolumeSummary, "nodes"> & {
   createdAtMs: number;
-  nodes: ({ node: string; pages: number } & NodeUsage)[];
+  /** `pages`: pages the node is the primary of; `replicaPages`: pages it holds another copy of. */
+  nodes: ({ node: string; pages: number; replicaPages: number } & NodeUsage)[];
   /** Per down owner, the pages nobody can read or write until it is back. */
   unreachable: NodePageRuns[];
 };
@@ -74,7 +77,9 @@ export type RouteShow = {
   pageSizeBytes: number;
   pageCount: number;
   moving?: MoveLock;
-  nodes: (NodePageRuns & { bytesUsed: number | null })[];
+  /** Copies of each page; `runs` are the pages a node is the primary of, `replicaRuns` those it holds another copy of. */
+  replicas: number;
+  nodes: (NodePageRuns & { bytesUsed: number | null; replicaPages: number; replicaRuns: (PageRun & { text: string })[]; replicaRunCount: number })[];
 };
 
 export type MovePlanEntry = {

@@ -2,7 +2,8 @@
 // here from this node's tables, and carried out by its MoveService in the background.
 import { ShoalError } from "../../core/errors.ts";
 import { parsePageList, planDrain, planMove, planRebalance, type PageMove } from "../../core/move/move-plan.ts";
-import { formatRun, pagesPerNode, runsOfPages } from "../../core/cluster/routing.ts";
+import { formatRun, holders, pagesPerNode, replicaCount, runsOfPages } from "../../core/cluster/routing.ts";
+import type { VolumeRecord } from "../../core/cluster/volume.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MoveService, MoveTask } from "../move/move-service.ts";
 import type { AdminArgs, AdminResult } from "./admin-ops.ts";
@@ -25,14 +26,14 @@ export class RouteAdmin {
   } satisfies Partial<AdminHandlers>;
 
   private async move(args: AdminArgs<"admin.route.move">): Promise<MoveAnswer> {
-    const record = this.group.volume(args.volume);
+    const record = unreplicated(this.group.volume(args.volume));
     const to = this.memberId(args.to);
     const pages = parsePageList(args.pages, record.routing.owners.length);
     return this.start("move", [{ volume: record.name, moves: planMove(record.routing, pages, to) }], args.dryRun === true);
   }
 
   private async rebalance(args: AdminArgs<"admin.route.rebalance">): Promise<MoveAnswer> {
-    const record = this.group.volume(args.volume);
+    const record = unreplicated(this.group.volume(args.volume));
     const nodes = args.nodes !== undefined && args.nodes.length > 0 ? args.nodes.map((node) => this.memberId(node)) : this.liveIds();
     return this.start("rebalance", [{ volume: record.name, moves: planRebalance(record.routing, nodes) }], args.dryRun === true);
   }
@@ -43,6 +44,7 @@ export class RouteAdmin {
     const targets = this.liveIds().filter((id) => id !== node);
     const tasks: MoveTask[] = [];
     for (const record of this.group.liveVolumes()) {
+      if (replicaCount(record.routing) > 1 && holders(record.routing).includes(node)) unreplicated(record);
       if (!pagesPerNode(record.routing).get(node)) continue;
       tasks.push({ volume: record.name, moves: planDrain(record.routing, node, targets) });
     }
@@ -52,7 +54,7 @@ export class RouteAdmin {
   private async forget(node: string): Promise<AdminResult<"admin.route.forget">> {
     const id = this.memberId(node);
     if (id === this.group.selfId) throw new ShoalError("BAD_ARGUMENT", `node ${id} cannot forget itself; ask another member`);
-    const holding = this.group.liveVolumes().filter((record) => (pagesPerNode(record.routing).get(id) ?? 0) > 0);
+    const holding = this.group.liveVolumes().filter((record) => holders(record.routing).includes(id));
     if (holding.length > 0) {
       throw new ShoalError(
         "CONFLICT",
@@ -109,4 +111,15 @@ export function formatPages(pages: number[]): string {
   const { runs, count } = runsOfPages(pages, PLAN_RUNS_SHOWN);
   const shown = runs.map(formatRun).join(",");
   return count > runs.length ? `${shown},... (${count} runs)` : shown;
+}
+
+/**
+ * Moves go one page's single copy at a time; a replicated page must move one replica at a time
+ * while the others take its writes, which needs the replica-set changes of the failover slice.
+ */
+function unreplicated(record: VolumeRecord): VolumeRecord {
+  if (replicaCount(record.routing) > 1) {
+    throw new ShoalError("BAD_ARGUMENT", `volume '${record.name}' keeps ${replicaCount(record.routing)} copies of each page: moves of replicated volumes are not supported yet`);
+  }
+  return record;
 }

@@ -6,6 +6,7 @@ import { asShoalError, ShoalError } from "../../core/errors.ts";
 import type { Catalog } from "../../core/cluster/catalog.ts";
 import { isValidIdentity, type Member } from "../../core/cluster/member.ts";
 import { isNewer, outranks, parseRank, rankOf, volumeFromWire, wireRank, type RecordRank, type VolumeRecord, type VolumeRecordWire } from "../../core/cluster/volume.ts";
+import { routingWireBytes } from "../../core/cluster/routing.ts";
 import { isNewerSnapshot, snapshotKey, type SnapshotRecord } from "../../core/snapshot/snapshot-record.ts";
 import { packValue, type FrameHeader } from "./frame.ts";
 import type { MeshConnection, Reply, RequestHandler, Response } from "./mesh-connection.ts";
@@ -321,7 +322,7 @@ export class Group {
         continue;
       }
       volumes.push(offer.record);
-      inlineBytes += (offer.record.routing.runs ?? offer.record.routing.owners)?.byteLength ?? 0;
+      inlineBytes += routingWireBytes(offer.record.routing);
     }
     return { groupId: this.groupId ?? "", members: [...this.members.values()], volumes, volumeRefs, snapshots: [...this.snapshots.values()] };
   }

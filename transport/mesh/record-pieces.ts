@@ -4,6 +4,7 @@
 // No frame is ever over the limit, however large the catalog grows.
 import { ShoalError } from "../../core/errors.ts";
 import { rankOf, volumeToWire, type RecordRank, type VolumeRecord, type VolumeRecordWire } from "../../core/cluster/volume.ts";
+import { routingWireBytes } from "../../core/cluster/routing.ts";
 import { packValue, unpackValue, type FrameHeader, type Payload } from "./frame.ts";
 import type { MeshConnection, Reply } from "./mesh-connection.ts";
 import { readPeerArgs } from "./peer-ops.ts";
@@ -97,7 +98,7 @@ export class PiecedOutbox {
 }
 
 function routingBytes(wire: VolumeRecordWire): number {
-  return (wire.routing.runs ?? wire.routing.owners)?.byteLength ?? 0;
+  return routingWireBytes(wire.routing);
 }
 
 /** Checks a reference from a peer; throws BAD_FRAME or TOO_LARGE. */

@@ -6,6 +6,7 @@ import { Catalog } from "../../core/cluster/catalog.ts";
 import { asShoalError, ShoalError } from "../../core/errors.ts";
 import { isValidNodeId, NODE_ID_RULE, parseHostPort, type Member } from "../../core/cluster/member.ts";
 import { PageStore } from "../../core/store/page-store.ts";
+import { MAX_REPLICAS } from "../../core/cluster/routing.ts";
 import { convertOldStore } from "../../core/store/convert-old-store.ts";
 import { Group, JoinInDoubt } from "../mesh/group.ts";
 import { lockDataDir } from "./data-dir-lock.ts";
@@ -13,6 +14,7 @@ import { MeshServer } from "../mesh/mesh.ts";
 import { loadTlsIdentity, type TlsIdentity, useTlsIdentity } from "../tls/tls-identity.ts";
 import { NbdServer } from "../nbd/nbd-server.ts";
 import { VolumeRouter } from "./volume-router.ts";
+import { ReplicationsInFlight } from "./replica-writes.ts";
 import { SnapshotService } from "../snapshot/snapshot-service.ts";
 import { RunningMoveSteps } from "../move/running-move-steps.ts";
 import { PageMover } from "../move/page-mover.ts";
@@ -53,6 +55,8 @@ export interface NodeOptions {
   dirtyLimitBytes?: number;
   /** How often unsynced writes are written back in the background (0: only past the dirty limit). */
   writeBackIntervalMs?: number;
+  /** Copies of each page of a volume created without --replicas (1 when absent). */
+  defaultReplicas?: number;
   /** Where the node's lines go (the CLI makes it from --log-format). */
   log: NodeLog;
 }
@@ -117,6 +121,10 @@ function checkOptions(options: NodeOptions): StartPlan {
   }
   if (!options.dataDir) throw new ShoalError("BAD_ARGUMENT", "--data needs a directory");
   if (options.join !== undefined) flagAddress("--join", options.join);
+  const replicas = options.defaultReplicas ?? 1;
+  if (!Number.isInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
+    throw new ShoalError("BAD_ARGUMENT", `--default-replicas ${replicas}: a volume keeps 1 to ${MAX_REPLICAS} copies of each page`);
+  }
   return {
     // Bad credentials are found before anything is created on disk.
     tls: nodeTlsIdentity(options),
@@ -218,10 +226,12 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   const clockSkewMs = Number(process.env.SHOAL_CLOCK_SKEW_MS ?? 0);
   // Built in the order they use each other: the running move steps are what the snapshot
   // service and the mover share, so neither is set on the other after construction.
+  // Likewise the replications in flight, for the snapshot service and the router.
   const moveSteps = new RunningMoveSteps();
-  const snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs, moveSteps });
+  const replications = new ReplicationsInFlight();
+  const snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs, moveSteps, replications });
   const mover = new PageMover(group, store, log, snapshots, moveSteps);
-  const router = new VolumeRouter(group, store, snapshots, mover);
+  const router = new VolumeRouter(group, store, snapshots, mover, replications, Number(process.env.SHOAL_REPLICA_DELAY_MS ?? 0));
   const nbd = new NbdServer({
     catalog: router,
     log,
@@ -231,7 +241,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   undo.push(() => void nbd.close());
   group.addMember({ ...self, nbdAddress: `${nbdAddress.host}:${nbdPort}` });
   const moves = new MoveService(group, mover, log);
-  const nodeAdmin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs });
+  const nodeAdmin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs, defaultReplicas: options.defaultReplicas ?? 1 });
   const admin = adminDispatcher({ ...nodeAdmin.handlers, ...new RouteAdmin(group, moves).handlers });
   services = { snapshots, router, mover, admin };
   watchNodeState(nodeMetrics, { group, store, version: SHOAL_VERSION, startedAtMs, nbdConnections: () => nbd.connectionCount, meshConnections: () => mesh.connections.size });

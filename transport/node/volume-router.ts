@@ -1,13 +1,15 @@
 // Routes block requests to page owners. A request is cut by page; pages this node owns go to its
 // PageStore, the rest to their owners over the mesh, and the answer is put back together in
-// order. Requests that arrive from peers run through the same `executeLocal*` code.
+// order. Requests that arrive from peers run through the same code. A replicated page's writes
+// go to its primary (which passes them to the replicas, replica-writes.ts); its reads are served
+// by any replica.
 import type { BlockDevice, ExportCatalog, Extent } from "../../core/block-device.ts";
 import type { HoldQueue } from "../../core/snapshot/hold-queue.ts";
 import { parseSnapshotRef, snapshotLayerId } from "../../core/snapshot/snapshot-record.ts";
 import { asShoalError, ShoalError } from "../../core/errors.ts";
 import { MAX_REQUEST_BYTES, slicePages, type PageSlice } from "../../core/geometry.ts";
 import type { PageStore } from "../../core/store/page-store.ts";
-import { ownerOf } from "../../core/cluster/routing.ts";
+import { holdsCopy, ownerOf, replicasOf } from "../../core/cluster/routing.ts";
 import type { VolumeRecord } from "../../core/cluster/volume.ts";
 import { Payload, type FrameHeader } from "../mesh/frame.ts";
 import type { PageMover } from "../move/page-mover.ts";
@@ -16,6 +18,7 @@ import { nodeMetrics } from "../metrics/node-metrics.ts";
 import type { Group } from "../mesh/group.ts";
 import type { Reply } from "../mesh/mesh-connection.ts";
 import { readPeerArgs } from "../mesh/peer-ops.ts";
+import { appliersOf, checkedLength, durableAfterWrite, ReplicaWrites, type Applier, type ReplicaHolds, type ReplicationsInFlight } from "./replica-writes.ts";
 
 /** Export-name suffix through which `archive restore` writes a volume that is being restored. */
 export const RESTORE_SUFFIX = "%restore";
@@ -30,7 +33,7 @@ const MAX_HOPS = 3;
  * requests to held volumes, and timestamp-mode snapshots see every write's stamp before it is
  * applied and may delay its acknowledgement (commit wait).
  */
-export interface SnapshotGate {
+export interface SnapshotGate extends ReplicaHolds {
   readonly holds: HoldQueue;
   /** Makes the cuts due before this write; returns what its ack must wait for (the commit wait), if anything. */
   beforeWrite(volume: string): Promise<void> | undefined;
@@ -58,6 +61,7 @@ export class VolumeRouter implements ExportCatalog {
   private debtSeq = 0;
   /** This process's incarnation, reported with every write it applies. */
   readonly bootId = crypto.randomUUID().slice(0, 8);
+  private readonly replicas: ReplicaWrites;
 
   constructor(
     private readonly group: Group,
@@ -66,7 +70,13 @@ export class VolumeRouter implements ExportCatalog {
     private readonly gate: SnapshotGate,
     /** Tells which pages a move step has frozen. */
     private readonly mover: PageMover,
-  ) {}
+    /** Replications this node sent as a primary, which a snapshot's hold waits for (shared with the snapshot service). */
+    inFlight: ReplicationsInFlight,
+    /** Delay before this node applies a replicated write (tests only; see ReplicaWrites). */
+    replicaDelayMs = 0,
+  ) {
+    this.replicas = new ReplicaWrites(group, store, gate, inFlight, this.bootId, replicaDelayMs);
+  }
 
   // ---- ExportCatalog (NBD)
 
@@ -113,7 +123,7 @@ export class VolumeRouter implements ExportCatalog {
   read(target: Target, offset: number, length: number, into: Uint8Array, intoOffset: number): Promise<void> | void {
     let pending: Promise<void>[] | undefined;
     for (const slice of slicePages(target.record, offset, length)) {
-      nodeMetrics.countPage("read", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
+      nodeMetrics.countPage("read", holdsCopy(target.record.routing, slice.page, this.group.selfId) ? "local" : "forwarded", slice.length);
       const done = this.readPage(target, slice.page, slice.pageOffset, slice.length, into, intoOffset + slice.bufferOffset, 0);
       if (done) (pending ??= []).push(done);
     }
@@ -123,7 +133,7 @@ export class VolumeRouter implements ExportCatalog {
 
   write(target: Target, offset: number, data: Uint8Array, fua: boolean): Promise<void> | void {
     let pending: Promise<void>[] | undefined;
-    let owe: ((applier: Applier | void) => void) | undefined;
+    let owe: ((appliers: Applier[] | void) => void) | undefined;
     for (const slice of slicePages(target.record, offset, data.byteLength)) {
       const piece = data.subarray(slice.bufferOffset, slice.bufferOffset + slice.length);
       nodeMetrics.countPage("write", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
@@ -135,7 +145,7 @@ export class VolumeRouter implements ExportCatalog {
 
   zero(target: Target, offset: number, length: number, fua: boolean): Promise<void> | void {
     let pending: Promise<void>[] | undefined;
-    let owe: ((applier: Applier | void) => void) | undefined;
+    let owe: ((appliers: Applier[] | void) => void) | undefined;
     for (const slice of slicePages(target.record, offset, length)) {
       nodeMetrics.countPage("zero", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
       const done = this.zeroPage(target, slice.page, slice.pageOffset, slice.length, fua, 0);
@@ -145,13 +155,15 @@ export class VolumeRouter implements ExportCatalog {
   }
 
   /** Records who applied a write of the target's volume this node acknowledges: the volume's next flush owes it one. */
-  private oweFor(target: Target): (applier: Applier | void) => void {
+  private oweFor(target: Target): (appliers: Applier[] | void) => void {
     const uid = target.record.uid;
-    return (applier) => {
-      if (!applier || applier.n === this.group.selfId) return;
-      let owed = this.debts.get(uid);
-      if (!owed) this.debts.set(uid, (owed = new Map()));
-      owed.set(applier.n, { boot: applier.b, seq: ++this.debtSeq });
+    return (appliers) => {
+      for (const applier of appliers ?? []) {
+        if (applier.n === this.group.selfId) continue;
+        let owed = this.debts.get(uid);
+        if (!owed) this.debts.set(uid, (owed = new Map()));
+        owed.set(applier.n, { boot: applier.b, seq: ++this.debtSeq });
+      }
     };
   }
 
@@ -201,17 +213,19 @@ export class VolumeRouter implements ExportCatalog {
     // Before the owner check: between a move's commit and its publish this node's table already
     // names the target, which does not know yet.
     if (this.mover.isFrozen(target.record.uid, page)) return this.afterThaw(target, page, again);
-    const owner = ownerOf(target.record.routing, page);
-    if (owner !== this.group.selfId) return this.forwardRead(owner, target, page, pageOffset, length, into, at, hops);
+    // Any copy serves a read: while replica sets stay as created, a write is acknowledged only
+    // once every replica has applied it.
+    if (!holdsCopy(target.record.routing, page, this.group.selfId)) return this.forwardRead(target, page, pageOffset, length, into, at, hops);
     if (this.heldFor(target)) return this.gate.holds.enqueue(target.record.name, again);
     this.store.read(target.layer, page, pageOffset, length, into, at);
   }
 
   /**
    * `parts` are written one after another from `pageOffset` (a forwarded payload arrives in
-   * chunks). Resolves to the node that applied the write when another did (undefined: this one).
+   * chunks). Resolves to the nodes that applied the write, the primary first, when another did
+   * (undefined: this one alone).
    */
-  private writePage(target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier | void> | void {
+  private writePage(target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier[] | void> | void {
     const { record } = target;
     if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
     const again = () => this.writePage(this.refreshed(target), page, pageOffset, parts, fua, hops);
@@ -226,10 +240,10 @@ export class VolumeRouter implements ExportCatalog {
       this.store.write(target.layer, page, at, part, record.pageSizeBytes);
       at += part.byteLength;
     }
-    return this.acknowledge(target, page, fua, commitWait);
+    return this.acknowledge(target, page, fua, commitWait, this.replicas.fanOut(record, page, pageOffset, { parts }, fua));
   }
 
-  private zeroPage(target: Target, page: number, pageOffset: number, length: number, fua: boolean, hops: number): Promise<Applier | void> | void {
+  private zeroPage(target: Target, page: number, pageOffset: number, length: number, fua: boolean, hops: number): Promise<Applier[] | void> | void {
     const { record } = target;
     if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
     const again = () => this.zeroPage(this.refreshed(target), page, pageOffset, length, fua, hops);
@@ -240,13 +254,13 @@ export class VolumeRouter implements ExportCatalog {
       return this.group
         .link(owner)
         .request("page.zero", this.pageAddress(target, page, pageOffset, hops + 1, length, fua))
-        .then((response) => applierOf(response.result, owner));
+        .then((response) => appliersOf(response.result, owner));
     }
     if (this.heldFor(target)) return this.gate.holds.enqueue(record.name, again);
     this.mover.noteWrite(record.uid, page);
     const commitWait = this.gate.beforeWrite(record.name);
     this.store.zero(target.layer, page, pageOffset, length, record.pageSizeBytes);
-    return this.acknowledge(target, page, fua, commitWait);
+    return this.acknowledge(target, page, fua, commitWait, this.replicas.fanOut(record, page, pageOffset, { zeroBytes: length }, fua));
   }
 
   /**
@@ -254,26 +268,42 @@ export class VolumeRouter implements ExportCatalog {
    * received chunks' views instead took one socket write per 64 KiB chunk, and cost the
    * forwarding node more CPU than the copy (4.6-7.5 vs 3.2-3.6 ms per 1 MiB read here).
    */
-  private forwardRead(owner: string, target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> {
+  private forwardRead(target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> {
     this.checkHops(target.record, page, hops);
-    return this.group
-      .link(owner)
-      .request("page.read", this.pageAddress(target, page, pageOffset, hops + 1, length))
-      .then((response) => {
-        if (response.payload.byteLength !== length) {
-          throw new ShoalError("IO_ERROR", `node ${owner} returned ${response.payload.byteLength} bytes for a ${length}-byte read`);
-        }
-        response.payload.copyTo(into, at);
-      });
+    // The primary first; a replica when it is down. Nodes known down are tried last, not never:
+    // this node's view may be behind.
+    const copies = replicasOf(target.record.routing, page);
+    const ordered = [...copies.filter((node) => this.group.isUp(node)), ...copies.filter((node) => !this.group.isUp(node))];
+    const args = this.pageAddress(target, page, pageOffset, hops + 1, length);
+    const attempt = (index: number): Promise<void> => {
+      const node = ordered[index]!;
+      return this.group
+        .link(node)
+        .request("page.read", args)
+        .then(
+          (response) => {
+            if (response.payload.byteLength !== length) {
+              throw new ShoalError("IO_ERROR", `node ${node} returned ${response.payload.byteLength} bytes for a ${length}-byte read`);
+            }
+            response.payload.copyTo(into, at);
+          },
+          (err) => {
+            const code = err instanceof ShoalError ? err.code : undefined;
+            if ((code === "NODE_DOWN" || code === "TIMEOUT") && index + 1 < ordered.length) return attempt(index + 1);
+            throw err;
+          },
+        );
+    };
+    return attempt(0);
   }
 
-  private forwardWrite(owner: string, target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier> {
+  private forwardWrite(owner: string, target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier[]> {
     this.checkHops(target.record, page, hops);
     const payload = Payload.concat(parts);
     return this.group
       .link(owner)
       .request("page.write", this.pageAddress(target, page, pageOffset, hops + 1, undefined, fua), payload)
-      .then((response) => applierOf(response.result, owner));
+      .then((response) => appliersOf(response.result, owner));
   }
 
   /** Tables disagree for longer than a few hops only while a move is being published: fail, the client retries. */
@@ -309,9 +339,11 @@ export class VolumeRouter implements ExportCatalog {
     const allocated = new Array<boolean>(slices.length);
     const remoteByOwner = new Map<string, number[]>();
     slices.forEach((slice, index) => {
-      const owner = ownerOf(record.routing, slice.page);
-      if (owner === this.group.selfId) allocated[index] = this.store.isAllocated(target.layer, slice.page);
+      if (holdsCopy(record.routing, slice.page, this.group.selfId)) allocated[index] = this.store.isAllocated(target.layer, slice.page);
       else {
+        // The primary, or the first copy that is up (what a read of the page would reach).
+        const copies = replicasOf(record.routing, slice.page);
+        const owner = copies.find((node) => this.group.isUp(node)) ?? copies[0]!;
         let indexes = remoteByOwner.get(owner);
         if (!indexes) remoteByOwner.set(owner, (indexes = []));
         indexes.push(index);
@@ -336,9 +368,16 @@ export class VolumeRouter implements ExportCatalog {
     return extents;
   }
 
-  /** A write's answer: who applied it (a write passed on reports the node that really did). */
-  private answerFor(applier: Applier | void): FrameHeader {
-    return applier ? { n: applier.n, b: applier.b } : { n: this.group.selfId, b: this.bootId };
+  /**
+   * A write's answer: who applied it (a write passed on reports the nodes that really did), the
+   * primary as `n`/`b` (what older nodes read) and its replicas in `r`.
+   */
+  private answerFor(appliers: Applier[] | void): FrameHeader {
+    if (!appliers || appliers.length === 0) return { n: this.group.selfId, b: this.bootId };
+    const [primary, ...replicas] = appliers;
+    const answer: FrameHeader = { n: primary!.n, b: primary!.b };
+    if (replicas.length > 0) answer.r = replicas as unknown as FrameHeader[];
+    return answer;
   }
 
   /**
@@ -364,13 +403,22 @@ export class VolumeRouter implements ExportCatalog {
     return target.layer === target.record.uid && this.gate.holds.isHeld(target.record.name);
   }
 
-  /** FUA waits for the disk; a timestamp-mode commit wait waits for the clock. */
-  private acknowledge(target: Target, page: number, fua: boolean, commitWait: Promise<void> | undefined): Promise<void> | void {
-    // Past the dirty limit a writer waits for the write-back: writers go at the disk's pace and
-    // a FLUSH or a snapshot's cut never inherits more than the limit's worth of syncing.
-    const synced = fua ? this.store.syncPage(target.layer, page) : this.store.dirtyBytes >= this.store.dirtyLimitBytes ? this.store.writeBack() : undefined;
-    if (synced === undefined) return commitWait;
-    return commitWait ? Promise.all([synced, commitWait]).then(() => {}) : synced;
+  /**
+   * FUA waits for the disk; a timestamp-mode commit wait waits for the clock; a replicated page
+   * waits for its other copies, and resolves to every node that applied the write.
+   */
+  private acknowledge(
+    target: Target,
+    page: number,
+    fua: boolean,
+    commitWait: Promise<void> | undefined,
+    copies: Promise<Applier[]> | undefined,
+  ): Promise<Applier[] | void> | void {
+    const synced = durableAfterWrite(this.store, target.layer, page, fua);
+    const local = synced === undefined ? commitWait : commitWait ? Promise.all([synced, commitWait]).then(() => {}) : synced;
+    if (copies === undefined) return local;
+    const self: Applier = { n: this.group.selfId, b: this.bootId };
+    return Promise.all([local, copies]).then(([, replicas]) => [self, ...replicas]);
   }
 
   // ---- mesh requests from peers
@@ -424,7 +472,7 @@ export class VolumeRouter implements ExportCatalog {
           result: {
             a: pages.map((page) => {
               const index = Number(page);
-              return !(index >= 0 && index < routing.owners.length && ownerOf(routing, index) === this.group.selfId) || this.store.isAllocated(target.layer, index);
+              return !(index >= 0 && index < routing.owners.length && holdsCopy(routing, index, this.group.selfId)) || this.store.isAllocated(target.layer, index);
             }),
           },
         };
@@ -437,6 +485,8 @@ export class VolumeRouter implements ExportCatalog {
         const done = uid !== undefined ? this.store.flushVolume(uid) : this.store.flush();
         return done.then(() => ({ result: { b: this.bootId } }));
       }
+      case "page.replicate":
+        return this.replicas.handle(op, args, payload);
       case "store.usage":
         return { result: { usage: storeUsage(this.store) } };
       case "store.changedPages": {
@@ -487,12 +537,6 @@ export class VolumeRouter implements ExportCatalog {
   }
 }
 
-/** The node (and its incarnation) that applied a write. */
-interface Applier {
-  n: string;
-  b: string;
-}
-
 /** Why a FLUSH fails when a node it owes did not answer: the writes at stake, and what to do. */
 function owedFailure(node: string, volume: string, reason: unknown): ShoalError {
   const error = asShoalError(reason);
@@ -503,11 +547,6 @@ function owedFailure(node: string, volume: string, reason: unknown): ShoalError 
   );
 }
 
-/** Who applied a forwarded write; an answer without one (an older node) names the node asked. */
-function applierOf(result: FrameHeader, asked: string): Applier {
-  return typeof result.n === "string" && typeof result.b === "string" ? { n: result.n, b: result.b } : { n: asked, b: "" };
-}
-
 /** Per layer: pages and bytes it holds, and for snapshot layers the bytes deleting it would free. */
 export function storeUsage(store: PageStore): Record<string, { pages: number; bytes: number; exclusiveBytes?: number }> {
   const usage: Record<string, { pages: number; bytes: number; exclusiveBytes?: number }> = {};
@@ -515,17 +554,6 @@ export function storeUsage(store: PageStore): Record<string, { pages: number; by
     usage[layer] = layer.includes("@") ? { ...held, exclusiveBytes: store.exclusiveBytes(layer) } : held;
   }
   return usage;
-}
-
-function checkedLength(value: unknown, record: VolumeRecord, pageOffset: number): number {
-  if (!Number.isInteger(value) || (value as number) < 0 || (value as number) > MAX_REQUEST_BYTES) {
-    throw new ShoalError("BAD_REQUEST", `page request length ${String(value)} is invalid`);
-  }
-  const length = value as number;
-  if (pageOffset + length > record.pageSizeBytes) {
-    throw new ShoalError("OUT_OF_RANGE", `range ${pageOffset}+${length} is outside a page of ${record.pageSizeBytes} bytes`);
-  }
-  return length;
 }
 
 /** A volume (or one of its snapshots) as an NBD export; every call re-reads the volume record. */

@@ -4,8 +4,9 @@
 import type { Catalog } from "../../core/cluster/catalog.ts";
 import { asShoalError, ShoalError } from "../../core/errors.ts";
 import { HoldQueue } from "../../core/snapshot/hold-queue.ts";
+import { RecentCuts } from "../../core/snapshot/recent-cuts.ts";
 import type { PageStore } from "../../core/store/page-store.ts";
-import { holders } from "../../core/cluster/routing.ts";
+import { holders, replicaCount } from "../../core/cluster/routing.ts";
 import { settleWith } from "../../core/snapshot/durability-gate.ts";
 import { SnapshotCoordinator, type CoordinatorEffect, type SnapshotResult } from "../../core/snapshot/snapshot-coordinator.ts";
 import { SnapshotEffectRunner, type CutEffect, type DoneEffect, type SnapshotEffectHost } from "../../core/snapshot/snapshot-effect-runner.ts";
@@ -23,6 +24,7 @@ import type { FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MeshLog } from "../mesh/mesh.ts";
 import type { SnapshotGate } from "../node/volume-router.ts";
+import type { ReplicationsInFlight } from "../node/replica-writes.ts";
 import type { SnapshotActivity } from "../move/page-mover.ts";
 import type { RunningMoveSteps } from "../move/running-move-steps.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
@@ -39,6 +41,8 @@ export interface SnapshotServiceOptions {
   maxClockSkewMs: number;
   /** Move steps running here: a prepare waits for its volumes' steps to end. */
   moveSteps: RunningMoveSteps;
+  /** Writes this node applied as a primary and is still passing to replicas: a hold waits for them before ready. */
+  replications: ReplicationsInFlight;
 }
 
 export interface CreateSnapshot {
@@ -52,6 +56,7 @@ export interface CreateSnapshot {
 const MAX_HELD_REQUESTS = 4096;
 /** Ended split-phase snapshots whose outcome a late `release` may still ask for. */
 const MAX_ENDED_PREPARED = 64;
+
 
 export class SnapshotService implements SnapshotGate, SnapshotActivity {
   readonly holds: HoldQueue;
@@ -82,6 +87,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   private readonly fenceWaiters = new Map<string, { promise: Promise<void>; resolve: () => void }>();
   private stopped = false;
   private readonly clock: NodeClock;
+  private readonly cuts = new RecentCuts();
 
   constructor(private readonly options: SnapshotServiceOptions) {
     const nodeId = options.group.selfId;
@@ -155,6 +161,11 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     if (fences.length === 0) return undefined;
     const waits = fences.map((snapshotId) => this.unfenced(snapshotId));
     return waits.length === 1 ? waits[0] : Promise.all(waits).then(() => {});
+  }
+
+  /** The snapshots this node cut of `volume` lately, which a write it applies as a primary names (see RecentCuts). */
+  recentCuts(volume: string): readonly string[] {
+    return this.cuts.of(volume);
   }
 
   /** Resolves when the participant unfences the snapshot (its commit wait is over). */
@@ -252,6 +263,14 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const routingVersions: Record<string, number> = {};
     for (const volume of new Set(request.volumes)) {
       const record = group.volume(volume);
+      if (request.mode === "timestamp" && replicaCount(record.routing) > 1) {
+        // Each replica would place a write by its own clock: one applied at the primary before T
+        // and at a replica after its cut would be in one copy of the snapshot and not the other.
+        throw new ShoalError(
+          "BAD_ARGUMENT",
+          `volume '${volume}' keeps ${replicaCount(record.routing)} copies of each page: timestamp-mode snapshots of replicated volumes are not supported yet; use --mode hold`,
+        );
+      }
       routingVersions[volume] = record.routing.version;
       if (group.liveSnapshots(volume).some((snapshot) => snapshot.name === request.name)) {
         throw new ShoalError("SNAPSHOT_EXISTS", `volume '${volume}' already has a snapshot '${request.name}'`);
@@ -430,8 +449,13 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
       done: (effect) => this.finish(effect),
       hold: (snapshotId, volumes) => {
         this.holds.hold(snapshotId, volumes);
-        // Requests run synchronously on this node's event loop: none is mid-execution now.
-        queueMicrotask(() => this.runParticipant(this.participant.onInflightDrained(snapshotId, this.nowMs())));
+        // Requests run synchronously on this node's event loop: none is mid-execution now. But a
+        // write applied here as a primary may still be on its way to a replica, and must be on
+        // it before any replica cuts (they cut only once every participant is ready).
+        const drained = () => this.runParticipant(this.participant.onInflightDrained(snapshotId, this.nowMs()));
+        const replicating = this.options.replications.idle(volumes);
+        if (replicating) void replicating.then(drained);
+        else queueMicrotask(drained);
       },
       release: (snapshotId, volumes) => {
         const report = this.holds.release(snapshotId, volumes);
@@ -485,6 +509,7 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     // coordinator, never told "taken", aborts.
     const record: CutRecord = { ...effect.record, volumeUids: uids };
     const { snapshotId } = effect;
+    this.cuts.note(snapshotId, effect.volumes);
     nodeMetrics.cutStarted(snapshotId);
     return {
       durable: settleWith(() => {
