@@ -23,12 +23,15 @@ export class FileSink {
   private constructor(
     private readonly target: string,
     private readonly finalPath: string,
-    private readonly fd: number | undefined,
+    /** Set once the file is open; undefined for stdout. */
+    private fd: number | undefined,
     private readonly partialPath: string | undefined,
     private readonly action: string,
   ) {
     if (!partialPath) return;
     // Ctrl-C, a stop of the cron job or an error that ends the process: no partial file stays.
+    // Registered before the partial file is made: a signal between the two would otherwise end
+    // the process by its default action and leave the file (seen under load in the suite).
     process.on("exit", this.onExit);
     process.once("SIGINT", this.onSignal);
     process.once("SIGTERM", this.onSignal);
@@ -50,15 +53,17 @@ export class FileSink {
     const existing = fs.existsSync(finalPath) ? fs.statSync(finalPath) : undefined;
     const inPlace = existing !== undefined && !existing.isFile();
     const partialPath = inPlace ? undefined : path.join(path.dirname(finalPath), `.${path.basename(finalPath)}.partial-${process.pid}`);
+    const sink = new FileSink(target, finalPath, undefined, partialPath, action);
     try {
       // The rename would replace a file we may not write; refuse as writing it in place would.
       if (partialPath && existing) fs.accessSync(finalPath, fs.constants.W_OK);
       // A new file gets what `>` would give it (0666 less the umask); a replaced one keeps its mode,
       // so an archive someone made private (0600) does not come back readable by all.
-      const fd = fs.openSync(partialPath ?? finalPath, "w", 0o666);
-      if (partialPath && existing) fs.fchmodSync(fd, existing.mode & 0o7777);
-      return new FileSink(target, finalPath, fd, partialPath, action);
+      sink.fd = fs.openSync(partialPath ?? finalPath, "w", 0o666);
+      if (partialPath && existing) fs.fchmodSync(sink.fd, existing.mode & 0o7777);
+      return sink;
     } catch (err) {
+      sink.abort();
       const note = missingDirectory(err, finalPath) ? `directory '${path.dirname(finalPath)}' does not exist` : undefined;
       throw fileError(err, action, target, note);
     }
@@ -73,7 +78,7 @@ export class FileSink {
   }
 
   async write(chunks: Uint8Array[]): Promise<void> {
-    if (this.fd === undefined) return writeStdout(chunks);
+    if (this.target === "stdout" && this.fd === undefined) return writeStdout(chunks);
     // A regular file takes the chunks in one writev; a device (a tape makes a block of each
     // write) or a FIFO gets them one write at a time, as it always has.
     if (this.partialPath) return this.writeFile(() => writeViews(this.fd!, chunks));
@@ -97,14 +102,15 @@ export class FileSink {
 
   /** The command failed: drop the partial file, keep whatever was at the target before. */
   abort(): void {
-    if (this.fd === undefined) return;
-    this.closeFd(false);
+    if (this.fd === undefined && !this.partialPath) return;
+    if (this.fd !== undefined) this.closeFd(false);
     this.removePartial();
     this.removeExitHandlers();
   }
 
+  /** Only a file this run made: when the open failed there is none (and on a read-only file system rm fails). */
   private removePartial(): void {
-    if (this.partialPath) fs.rmSync(this.partialPath, { force: true });
+    if (this.partialPath && this.fd !== undefined) fs.rmSync(this.partialPath, { force: true });
   }
 
   private removeExitHandlers(): void {
