@@ -170,7 +170,7 @@ export abstract class SnapshotWorldBase extends SimWorld {
     });
     node.runner = new SnapshotEffectRunner(this.effectHost(node), node.participant);
     if (!recovering) return;
-    // A cut whose record never reached the disk is an orphan, removed at start (SnapshotService.cleanOrphanLayers).
+    // A cut whose record never reached the disk is an orphan, removed at start (CutLayers.deleteOrphans).
     for (const [snapshotId, snapshot] of node.durable.snapshots) {
       if (snapshot.state === "pending" && !node.durable.participantRecords.has(snapshotId)) node.durable.snapshots.delete(snapshotId);
     }

@@ -8,7 +8,8 @@ import { newVolumeRecord, type VolumeRecord } from "../../core/cluster/volume.ts
 import type { FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import { storeUsage, type VolumeRouter } from "../node/volume-router.ts";
-import type { CreateSnapshot, SnapshotService } from "../snapshot/snapshot-service.ts";
+import type { SnapshotService } from "../snapshot/snapshot-service.ts";
+import type { CreateSnapshot } from "../snapshot/snapshot-requests.ts";
 import type { SnapshotResult } from "../../core/snapshot/snapshot-coordinator.ts";
 import { parseSnapshotRef, snapshotLayerId, volumeUsageOn } from "../../core/snapshot/snapshot-record.ts";
 import type { AdminArgs, AdminResult } from "./admin-ops.ts";

@@ -3,7 +3,6 @@
 // applied it; a replica applies what its primary sends and never routes it on. Reads may then be
 // served by any replica while the sets stay as created (every acknowledged write is on all).
 import { ShoalError } from "../../core/errors.ts";
-import { MAX_REQUEST_BYTES } from "../../core/geometry.ts";
 import { holdsCopy, ownerOf, replicasOf } from "../../core/cluster/routing.ts";
 import type { VolumeRecord } from "../../core/cluster/volume.ts";
 import type { PageStore } from "../../core/store/page-store.ts";
@@ -12,12 +11,7 @@ import { Payload, type FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { Reply } from "../mesh/mesh-connection.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
-
-/** The node (and its incarnation) that applied a write: a FLUSH through the entry node owes it one. */
-export interface Applier {
-  n: string;
-  b: string;
-}
+import { appliersOf, checkedLength, type Applier } from "./page-wire.ts";
 
 /** What the replica side asks of the snapshot service. */
 export interface ReplicaHolds {
@@ -176,29 +170,6 @@ export class ReplicaWrites {
     }
     return { record, page: page as number, pageOffset: pageOffset as number };
   }
-}
-
-/** Who applied a forwarded write, the primary first; an answer without one (an older node) names the node asked. */
-export function appliersOf(result: FrameHeader, asked: string): Applier[] {
-  const first: Applier = typeof result.n === "string" && typeof result.b === "string" ? { n: result.n, b: result.b } : { n: asked, b: "" };
-  const more = Array.isArray(result.r) ? (result.r as unknown[]).filter(isApplier) : [];
-  return [first, ...more];
-}
-
-function isApplier(value: unknown): value is Applier {
-  const applier = value as Applier | null;
-  return typeof applier === "object" && applier !== null && typeof applier.n === "string" && typeof applier.b === "string";
-}
-
-/** A page request's length, checked against the request limit and the page. */
-export function checkedLength(value: unknown, record: VolumeRecord, pageOffset: number): number {
-  if (!Number.isInteger(value) || (value as number) < 0 || (value as number) > MAX_REQUEST_BYTES) {
-    throw new ShoalError("BAD_REQUEST", `page request length ${String(value)} is invalid`);
-  }
-  if (pageOffset + (value as number) > record.pageSizeBytes) {
-    throw new ShoalError("OUT_OF_RANGE", `range ${pageOffset}+${String(value)} is outside a page of ${record.pageSizeBytes} bytes`);
-  }
-  return value as number;
 }
 
 /** The client's error when a replica did not apply the write: which copy, and that it was not acknowledged. */

@@ -1,25 +1,24 @@
 // Drives the snapshot protocol on one node: feeds the coordinator and participant state machines
 // with mesh messages, ticks and write stamps, and carries out their effects against the page
-// store (copy-on-write cuts), the hold queue, the catalog and the group's snapshot records.
+// store (copy-on-write cuts), the hold queue, the catalog and the group's snapshot records. The
+// store's side of a cut is cut-layers.ts; the snapshots admin clients ask for, snapshot-requests.ts.
 import type { Catalog } from "../../core/cluster/catalog.ts";
 import { asShoalError, ShoalError } from "../../core/errors.ts";
 import { HoldQueue } from "../../core/snapshot/hold-queue.ts";
 import { RecentCuts } from "../../core/snapshot/recent-cuts.ts";
 import type { PageStore } from "../../core/store/page-store.ts";
-import { holders, replicaCount } from "../../core/cluster/routing.ts";
 import { settleWith } from "../../core/snapshot/durability-gate.ts";
 import { SnapshotCoordinator, type CoordinatorEffect, type SnapshotResult } from "../../core/snapshot/snapshot-coordinator.ts";
-import { SnapshotEffectRunner, type CutEffect, type DoneEffect, type SnapshotEffectHost } from "../../core/snapshot/snapshot-effect-runner.ts";
+import { SnapshotEffectRunner, type SnapshotEffectHost } from "../../core/snapshot/snapshot-effect-runner.ts";
 import {
   isToCoordinator,
   type CoordinatorRecord,
   type ParticipantRecord,
   type PrepareMessage,
   type SnapshotMessage,
-  type SnapshotMode,
 } from "../../core/snapshot/snapshot-messages.ts";
 import { SnapshotParticipant, type ParticipantEffect } from "../../core/snapshot/snapshot-participant.ts";
-import { lostCutLayers, snapshotLayerId, validateSnapshotName, type CutRecord, type SnapshotRecord } from "../../core/snapshot/snapshot-record.ts";
+import type { CutRecord, SnapshotRecord } from "../../core/snapshot/snapshot-record.ts";
 import type { FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MeshLog } from "../mesh/mesh.ts";
@@ -29,6 +28,8 @@ import type { SnapshotActivity } from "../move/page-mover.ts";
 import type { RunningMoveSteps } from "../move/running-move-steps.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
 import { NodeClock } from "./node-clock.ts";
+import { CutLayers } from "./cut-layers.ts";
+import { SnapshotRequests, type CreateSnapshot } from "./snapshot-requests.ts";
 
 export interface SnapshotServiceOptions {
   group: Group;
@@ -45,19 +46,8 @@ export interface SnapshotServiceOptions {
   replications: ReplicationsInFlight;
 }
 
-export interface CreateSnapshot {
-  volumes: string[];
-  name: string;
-  mode: SnapshotMode;
-  holdTimeoutMs?: number;
-}
-
 /** Requests waiting on a hold beyond this make the node give the hold up. */
 const MAX_HELD_REQUESTS = 4096;
-/** Ended split-phase snapshots whose outcome a late `release` may still ask for. */
-const MAX_ENDED_PREPARED = 64;
-
-
 export class SnapshotService implements SnapshotGate, SnapshotActivity {
   readonly holds: HoldQueue;
   /**
@@ -69,25 +59,19 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   private readonly coordinator: SnapshotCoordinator;
   private readonly participant: SnapshotParticipant;
   private readonly incarnation = crypto.randomUUID().slice(0, 8);
-  private counter = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
   /** Turns of the event loop waited out before a commit wait ends (see rearm). */
   private poll: ReturnType<typeof setImmediate> | undefined;
   /** When the protocol next wants a tick (Infinity: never). */
   private wakeAtMs = Infinity;
-  private readonly waiting = new Map<
-    string,
-    { resolve: (r: SnapshotResult) => void; reject: (e: ShoalError) => void; promise: Promise<SnapshotResult>; onReady: () => void }
-  >();
-  /** Split-phase snapshots coordinated here, by name, until they end (taken, released or failed). */
-  private readonly prepared = new Map<string, string>();
-  /** How the last few ended, so a `release` after them can say (bounded: no one must release). */
-  private readonly preparedEnded = new Map<string, "aborted" | "complete">();
   /** Acknowledgements waiting on a timestamp-mode snapshot's commit wait, by snapshot id. */
   private readonly fenceWaiters = new Map<string, { promise: Promise<void>; resolve: () => void }>();
   private stopped = false;
   private readonly clock: NodeClock;
   private readonly cuts = new RecentCuts();
+  private readonly layers: CutLayers;
+  /** The snapshots admin clients asked this node to coordinate, and who waits for each. */
+  private readonly requests: SnapshotRequests;
 
   constructor(private readonly options: SnapshotServiceOptions) {
     const nodeId = options.group.selfId;
@@ -101,6 +85,9 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     this.coordinator = new SnapshotCoordinator({ nodeId, clockResolutionMs });
     this.participant = new SnapshotParticipant({ nodeId, incarnation: this.incarnation, maxClockSkewMs: options.maxClockSkewMs, clockResolutionMs });
     this.runner = new SnapshotEffectRunner(this.effectHost(), this.participant);
+    this.layers = new CutLayers(options, this.cuts);
+    const run = (effects: CoordinatorEffect[]) => this.runCoordinator(effects);
+    this.requests = new SnapshotRequests(options.group, this.coordinator, run, () => this.nowMs(), this.incarnation, options.maxClockSkewMs);
     this.holds = new HoldQueue(MAX_HELD_REQUESTS, (snapshotIds) => {
       for (const snapshotId of snapshotIds) {
         const error = new ShoalError("HOLD_TIMEOUT", `node ${nodeId} had ${MAX_HELD_REQUESTS} requests waiting on the hold`);
@@ -119,24 +106,9 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
     const { catalog } = this.options;
     const now = this.nowMs();
     this.runCoordinator(this.coordinator.recover(catalog.protocolRecords<CoordinatorRecord>("coordinator"), now));
-    const participantRecords = catalog.protocolRecords<CutRecord>("participant").filter((record) => this.cutSurvived(record));
+    const participantRecords = catalog.protocolRecords<CutRecord>("participant").filter((record) => this.layers.survived(record));
     this.runParticipant(this.participant.recover(participantRecords, now));
-    this.deleteOrphanLayers();
-  }
-
-  /**
-   * A pending cut's record and its layers are made durable side by side (see cut): a crash can
-   * keep the record and lose the layers. Such a cut never said "taken", so the coordinator cannot
-   * have committed it; recovering it would answer the coordinator's resent take with "taken" for
-   * layers that are not there. Its record goes, and the coordinator's take is refused.
-   */
-  private cutSurvived(record: CutRecord): boolean {
-    const { catalog, store, log } = this.options;
-    const lost = lostCutLayers(record, (layerId) => store.hasLayer(layerId));
-    if (lost.length === 0) return true;
-    log.info(`snapshot ${record.snapshotId}: its cut (layers ${lost.join(", ")}) did not survive the restart; dropping its record (it was never taken, so it aborts)`, { snapshot: record.snapshotId });
-    catalog.removeProtocolRecord("participant", record.snapshotId);
-    return false;
+    this.layers.deleteOrphans();
   }
 
   stop(): void {
@@ -182,129 +154,23 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
 
   // ---- admin
 
-  /**
-   * Split phases: resolves once every participant is ready (holding, in hold mode); they stay so
-   * until take(), release() or the hold timeout. Returns the snapshot id.
-   */
-  async prepare(request: CreateSnapshot): Promise<string> {
-    for (const [name, snapshotId] of this.prepared) {
-      if (name === request.name && this.waiting.has(snapshotId)) {
-        throw new ShoalError("SNAPSHOT_EXISTS", `a snapshot '${name}' is already being prepared on this node`);
-      }
-    }
-    let onReady!: () => void;
-    const ready = new Promise<void>((resolve) => (onReady = resolve));
-    const { snapshotId, promise: done } = this.begin(request, true, onReady);
-    this.prepared.set(request.name, snapshotId);
-    done.then(
-      () => this.endPrepared(request.name, snapshotId, "complete"),
-      () => this.endPrepared(request.name, snapshotId, "aborted"),
-    );
-    // Whichever comes first: ready, or the snapshot failing while preparing.
-    await Promise.race([ready, done]);
-    return snapshotId;
+  /** Split phases: resolves once every participant is ready (see SnapshotRequests); returns the snapshot id. */
+  prepare(request: CreateSnapshot): Promise<string> {
+    return this.requests.prepare(request);
   }
 
   /** Split phases: cut the snapshot prepared under `name`; resolves when it is complete. */
   take(name: string): Promise<SnapshotResult> {
-    const snapshotId = this.preparedId(name);
-    const done = this.waiting.get(snapshotId)!.promise;
-    this.runCoordinator(this.coordinator.take(snapshotId, this.nowMs()));
-    return done;
+    return this.requests.take(name);
   }
 
   /** Split phases: before take, abort (everyone resumes); after take, nothing is left to undo. */
-  async release(name: string): Promise<"aborted" | "complete"> {
-    const snapshotId = this.prepared.get(name);
-    const ended = this.preparedEnded.get(name);
-    this.preparedEnded.delete(name);
-    if (snapshotId === undefined && ended) return ended;
-    if (snapshotId === undefined) throw new ShoalError("UNKNOWN_SNAPSHOT", `no snapshot '${name}' was prepared on this node`);
-    this.prepared.delete(name);
-    const waiter = this.waiting.get(snapshotId);
-    if (!waiter) return "complete";
-    this.runCoordinator(this.coordinator.release(snapshotId, this.nowMs()));
-    try {
-      await waiter.promise;
-      return "complete";
-    } catch {
-      return "aborted";
-    }
-  }
-
-  private endPrepared(name: string, snapshotId: string, outcome: "aborted" | "complete"): void {
-    if (this.prepared.get(name) !== snapshotId) return; // released already, or prepared again
-    this.prepared.delete(name);
-    this.preparedEnded.delete(name);
-    this.preparedEnded.set(name, outcome);
-    for (const oldest of this.preparedEnded.keys()) {
-      if (this.preparedEnded.size <= MAX_ENDED_PREPARED) break;
-      this.preparedEnded.delete(oldest);
-    }
-  }
-
-  private preparedId(name: string): string {
-    const snapshotId = this.prepared.get(name);
-    if (snapshotId === undefined || !this.waiting.has(snapshotId)) {
-      throw new ShoalError("UNKNOWN_SNAPSHOT", `no snapshot '${name}' is prepared on this node; run \`shoal snap prepare\` here first (it may have timed out)`);
-    }
-    return snapshotId;
+  release(name: string): Promise<"aborted" | "complete"> {
+    return this.requests.release(name);
   }
 
   create(request: CreateSnapshot): Promise<SnapshotResult> {
-    return this.begin(request, false, () => {}).promise;
-  }
-
-  private begin(request: CreateSnapshot, manualTake: boolean, onReady: () => void): { snapshotId: string; promise: Promise<SnapshotResult> } {
-    const { group } = this.options;
-    validateSnapshotName(request.name);
-    if (request.volumes.length === 0) throw new ShoalError("BAD_ARGUMENT", "name at least one volume to snapshot");
-    const participants = new Set<string>();
-    const routingVersions: Record<string, number> = {};
-    for (const volume of new Set(request.volumes)) {
-      const record = group.volume(volume);
-      if (request.mode === "timestamp" && replicaCount(record.routing) > 1) {
-        // Each replica would place a write by its own clock: one applied at the primary before T
-        // and at a replica after its cut would be in one copy of the snapshot and not the other.
-        throw new ShoalError(
-          "BAD_ARGUMENT",
-          `volume '${volume}' keeps ${replicaCount(record.routing)} copies of each page: timestamp-mode snapshots of replicated volumes are not supported yet; use --mode hold`,
-        );
-      }
-      routingVersions[volume] = record.routing.version;
-      if (group.liveSnapshots(volume).some((snapshot) => snapshot.name === request.name)) {
-        throw new ShoalError("SNAPSHOT_EXISTS", `volume '${volume}' already has a snapshot '${request.name}'`);
-      }
-      for (const node of holders(record.routing)) participants.add(node);
-    }
-    for (const node of participants) {
-      if (!group.isUp(node)) throw new ShoalError("NODE_DOWN", `node ${node} holds pages of these volumes and is down; retry when it is back`);
-    }
-    const snapshotId = `${group.selfId}.${this.incarnation}.${++this.counter}`;
-    let resolve!: (result: SnapshotResult) => void;
-    let reject!: (error: ShoalError) => void;
-    const promise = new Promise<SnapshotResult>((ok, fail) => {
-      resolve = ok;
-      reject = fail;
-    });
-    promise.catch(() => {}); // observed by whoever awaits it; never an unhandled rejection
-    this.waiting.set(snapshotId, { resolve, reject, promise, onReady });
-    nodeMetrics.snapshotStarted(snapshotId);
-    this.runCoordinator(
-      this.coordinator.startSnapshot({
-        snapshotId,
-        name: request.name,
-        volumes: [...new Set(request.volumes)],
-        mode: request.mode,
-        participants: [...participants].sort(),
-        holdTimeoutMs: request.holdTimeoutMs,
-        maxClockSkewMs: this.options.maxClockSkewMs,
-        nowMs: this.nowMs(),
-        manualTake,
-        routingVersions,
-      }),
-    );
-    return { snapshotId, promise };
+    return this.requests.create(request);
   }
 
   /** Rolls this node's pages of a volume back to a snapshot layer (the admin checked it exists). */
@@ -365,19 +231,10 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
 
   /** Refuses a prepare whose cut this node's store could not make (a volume at its snapshot limit). */
   private roomForCut(from: string, msg: PrepareMessage): boolean {
-    const refusal = this.cutRefusal(msg.volumes);
+    const refusal = this.layers.refusal(msg.volumes);
     if (refusal === undefined) return true;
     this.send(from, { type: "snap.refuse", snapshotId: msg.snapshotId, error: refusal.toWire() });
     return false;
-  }
-
-  private cutRefusal(volumes: string[]): ShoalError | undefined {
-    const { group, store } = this.options;
-    for (const record of this.localVolumes(volumes)) {
-      const refusal = store.freezeRefusal(record.uid);
-      if (refusal) return new ShoalError(refusal.code, `volume '${record.name}' on node ${group.selfId}: ${refusal.message}`);
-    }
-    return undefined;
   }
 
   /** A snapshot of the volume is prepared or cut here and not finished: page moves wait. */
@@ -440,13 +297,13 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
       nowMs: () => this.nowMs(),
       ready: (snapshotId) => {
         nodeMetrics.snapshotReady(snapshotId);
-        this.waiting.get(snapshotId)?.onReady();
+        this.requests.ready(snapshotId);
       },
       publish: (record) => {
         nodeMetrics.snapshotDecided(record.snapshotId);
         this.publish(record);
       },
-      done: (effect) => this.finish(effect),
+      done: (effect) => this.requests.finish(effect),
       hold: (snapshotId, volumes) => {
         this.holds.hold(snapshotId, volumes);
         // Requests run synchronously on this node's event loop: none is mid-execution now. But a
@@ -462,13 +319,9 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         nodeMetrics.holdReleased(report);
         return report;
       },
-      cut: (effect) => this.cut(effect),
+      cut: (effect) => this.layers.cut(effect),
       commit: (snapshotId) => nodeMetrics.commitReceived(snapshotId),
-      discard: (snapshotId) => {
-        for (const layer of this.layersOf(snapshotId)) {
-          this.options.store.deleteLayer(layer).catch((err) => log.warn(`discarding snapshot layer ${layer} failed: ${asShoalError(err).message}`));
-        }
-      },
+      discard: (snapshotId) => this.layers.discard(snapshotId),
       unfence: (snapshotId) => {
         nodeMetrics.commitWaitEnded(snapshotId);
         const waiter = this.fenceWaiters.get(snapshotId);
@@ -479,68 +332,6 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
       durabilityFailed: (role, err) =>
         log.warn(`snapshot protocol: making the ${role}'s record durable failed (${asShoalError(err).message}); its messages are held back`),
     };
-  }
-
-  private finish(effect: DoneEffect): void {
-    const waiter = this.waiting.get(effect.snapshotId);
-    this.waiting.delete(effect.snapshotId);
-    if (waiter) nodeMetrics.snapshotDone(effect.snapshotId, effect.ok);
-    if (effect.ok) waiter?.resolve(effect.result);
-    else waiter?.reject(effect.error);
-  }
-
-  /** Freezes this node's pages of the volumes; their layers and the record become durable off the hold. */
-  private cut(effect: CutEffect): ReturnType<SnapshotEffectHost["cut"]> {
-    const { catalog, store, log } = this.options;
-    const uids = this.localVolumes(effect.volumes).map((record) => record.uid);
-    const cutLayers = uids.map((uid) => snapshotLayerId(uid, effect.snapshotId));
-    // Prepare checked this too, but another snapshot may have been cut since. Checked for
-    // every volume first, so a refused cut leaves nothing behind.
-    const refusal = this.cutRefusal(effect.volumes) ?? this.freezeAll(uids, cutLayers);
-    if (refusal) {
-      log.warn(`snapshot ${effect.snapshotId} cannot be cut here: ${refusal.message}`, { snapshot: effect.snapshotId });
-      return { refusal };
-    }
-    if (effect.record.commitWaitUntilMs !== undefined) nodeMetrics.commitWaitStarted(effect.snapshotId);
-    // Released requests need only the frozen layer. Only the cut layers are synced, not the
-    // node's other volumes. The layers and the record are made durable side by side ("taken"
-    // waits for both): a crash may keep either alone. Layers no record names are removed at
-    // start(), a record whose layers are missing is dropped there (cutSurvived), and the
-    // coordinator, never told "taken", aborts.
-    const record: CutRecord = { ...effect.record, volumeUids: uids };
-    const { snapshotId } = effect;
-    this.cuts.note(snapshotId, effect.volumes);
-    nodeMetrics.cutStarted(snapshotId);
-    return {
-      durable: settleWith(() => {
-        catalog.putProtocolRecord("participant", snapshotId, record);
-        const stored = store.flushLayers(cutLayers).then(() => nodeMetrics.cutStored(snapshotId));
-        return Promise.all([stored, catalog.durable()]).then(() => nodeMetrics.cutDurable(snapshotId));
-      }),
-    };
-  }
-
-  /** Freezes each head into its cut layer; an unexpected failure is returned, not thrown (the holds must still be released). */
-  private freezeAll(uids: string[], cutLayers: string[]): ShoalError | undefined {
-    try {
-      uids.forEach((uid, index) => this.options.store.freezeLayer(uid, cutLayers[index]!));
-      return undefined;
-    } catch (err) {
-      return asShoalError(err);
-    }
-  }
-
-  /** The records of those volumes that hold pages on this node. */
-  private localVolumes(volumes: string[]) {
-    const { group } = this.options;
-    return volumes.flatMap((name) => {
-      const record = group.volumes.get(name);
-      return record && !record.deleted && holders(record.routing).includes(group.selfId) ? [record] : [];
-    });
-  }
-
-  private layersOf(snapshotId: string): string[] {
-    return this.options.store.layers().map((layer) => layer.id).filter((id) => id.endsWith(`@${snapshotId}`));
   }
 
   private publish(record: CoordinatorRecord): void {
@@ -563,21 +354,6 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         deleted: false,
       };
       if (group.applySnapshot(snapshot)) void group.publishSnapshot(snapshot);
-    }
-  }
-
-  /**
-   * Snapshot layers whose snapshot neither the protocol nor the group knows (a cut that was
-   * discarded while this node was down, a deleted snapshot) are removed at start.
-   */
-  private deleteOrphanLayers(): void {
-    const { catalog, group, store, log } = this.options;
-    const known = new Set<string>(catalog.protocolRecords<ParticipantRecord>("participant").map((record) => record.snapshotId));
-    for (const snapshot of group.snapshots.values()) if (!snapshot.deleted) known.add(snapshot.snapshotId);
-    for (const layer of store.layers()) {
-      const at = layer.id.indexOf("@");
-      if (at < 0 || known.has(layer.id.slice(at + 1))) continue;
-      store.deleteLayer(layer.id).catch((err) => log.warn(`removing orphan layer ${layer.id} failed: ${asShoalError(err).message}`));
     }
   }
 
