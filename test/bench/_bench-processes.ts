@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { Subprocess } from "bun";
-import { freePort, run, TestNode, waitFor } from "../integration/_cluster.ts";
+import { freePort, run, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
 
 const ANCHOR_START_TIMEOUT_MS = 10_000;
 
@@ -59,4 +59,20 @@ export async function startNbdkitFile(resources: Resources, sizeBytes: number, f
   const uri = `nbd://127.0.0.1:${port}/bench`;
   await waitForExport(uri, proc, "nbdkit");
   return { uri, pid: proc.pid };
+}
+
+const GROUP_START_TIMEOUT_MS = 30_000;
+
+/** `count` nodes node1..nodeN under the run's root, node1 first and the rest joining it; `argsOf` gives each its extra flags. */
+export async function startGroup(resources: Resources, count: number, argsOf: (index: number) => string[] = () => []): Promise<TestNode[]> {
+  const nodes: TestNode[] = [];
+  for (let index = 1; index <= count; index++) {
+    const node = new TestNode(`node${index}`, path.join(resources.root, `node${index}`), await freePort(), await freePort());
+    node.extraArgs = argsOf(index);
+    resources.nodes.push(node);
+    nodes.push(node);
+    await node.start(index === 1 ? undefined : nodes[0]!.meshAddress);
+  }
+  await waitGroupUp(nodes, GROUP_START_TIMEOUT_MS);
+  return nodes;
 }

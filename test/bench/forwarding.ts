@@ -12,14 +12,12 @@
 // count (10 ms ticks: short jobs are coarse), and fio's own from its resource usage. When the two
 // CPUs are the limit, forwarded/direct is about (direct owner + fio) / (entry + owner + fio) per
 // request, so the table shows where a ratio comes from. Target: forwarded >= 0.6x direct, every job.
-import * as path from "node:path";
-import { parseArgs } from "node:util";
-import { parseSize } from "../../core/geometry.ts";
+import { lowerMedian, runFioGroupBench, type FioBenchOptions } from "./_fio-group-bench.ts";
 import { fioSpecOf, JOBS, type Job } from "./_fio-jobs.ts";
 import { runFio } from "./_fio.ts";
-import { Resources } from "./_bench-processes.ts";
-import { buildShoal, loadAverage, printReport, processCpuMs, progress, runBench, sourceRevision, syncDisks, table } from "./_bench.ts";
-import { freePort, run, shoalCommand, TestNode, waitFor, waitGroupUp } from "../integration/_cluster.ts";
+import type { Resources } from "./_bench-processes.ts";
+import { loadAverage, printReport, processCpuMs, progress, syncDisks, table } from "./_bench.ts";
+import { run, shoalCommand, type TestNode, waitFor } from "../integration/_cluster.ts";
 
 const MiB = 1024 * 1024;
 const TARGET_RATIO = 0.6;
@@ -39,49 +37,14 @@ interface Measure {
   load: number;
 }
 
-interface Options {
-  sizeBytes: number;
-  runtimeSeconds: number;
-  rounds: number;
-  json: boolean;
-  bin?: string;
-}
-
-function parseOptions(): Options {
-  const { values } = parseArgs({
-    args: Bun.argv.slice(2),
-    options: {
-      size: { type: "string", default: "512M" },
-      runtime: { type: "string", default: "5" },
-      rounds: { type: "string", default: "2" },
-      json: { type: "boolean", default: false },
-      bin: { type: "string" },
-    },
-    strict: true,
-  });
-  const sizeBytes = parseSize(values.size!);
-  const runtimeSeconds = Number(values.runtime);
-  const rounds = Number(values.rounds);
-  if (sizeBytes < 16 * MiB || sizeBytes % MiB !== 0) throw new Error(`--size ${values.size}: give a whole number of MiB, at least 16M`);
-  if (!Number.isInteger(runtimeSeconds) || runtimeSeconds < 1 || runtimeSeconds > 600) throw new Error(`--runtime ${values.runtime}: give 1..600 seconds`);
-  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 9) throw new Error(`--rounds ${values.rounds}: give 1..9`);
-  return { sizeBytes, runtimeSeconds, rounds, json: values.json!, bin: values.bin };
-}
-
-async function startGroup(resources: Resources): Promise<TestNode[]> {
-  for (let index = 1; index <= 3; index++) {
-    const node = new TestNode(`node${index}`, path.join(resources.root, `node${index}`), await freePort(), await freePort());
-    resources.nodes.push(node);
-    await node.start(index === 1 ? undefined : resources.nodes[0]!.meshAddress);
-  }
-  await waitGroupUp(resources.nodes, 20_000);
-  return resources.nodes;
-}
+const USAGE = `usage: bun test/bench/forwarding.ts [--size 512M] [--runtime 5] [--rounds 2] [--json] [--bin PATH]
+fio through a node that forwards every request to the page owner against fio straight to the owner
+(same group and volume, interleaved); CPU per request of each node and of fio. Target: >= ${TARGET_RATIO}x.`;
 
 /** Names each fio run's output file apart. */
 let fioRuns = 0;
 
-async function measure(resources: Resources, job: Job, entry: TestNode, owner: TestNode, options: Options): Promise<Measure> {
+async function measure(resources: Resources, job: Job, entry: TestNode, owner: TestNode, options: FioBenchOptions): Promise<Measure> {
   await syncDisks();
   const load = loadAverage();
   const entryBefore = processCpuMs(entry.proc!.pid);
@@ -100,34 +63,29 @@ async function measure(resources: Resources, job: Job, entry: TestNode, owner: T
 
 type Rounds = Record<Job["key"], Record<PathName, Measure[]>>;
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor((sorted.length - 1) / 2)]!; // lower median: never flatters
-}
-
 /** The ratio the CPU per request predicts when the machine's CPUs are the limit: direct work over forwarded work. */
 function cpuBoundRatio(direct: Measure[], forwarded: Measure[]): number {
-  const m = (cells: Measure[], pick: (cell: Measure) => number) => median(cells.map(pick));
+  const m = (cells: Measure[], pick: (cell: Measure) => number) => lowerMedian(cells.map(pick));
   const directUs = m(direct, (cell) => cell.ownerCpuUsPerRequest) + m(direct, (cell) => cell.fioCpuUsPerRequest);
   const forwardedUs = m(forwarded, (cell) => cell.entryCpuUsPerRequest + cell.ownerCpuUsPerRequest) + m(forwarded, (cell) => cell.fioCpuUsPerRequest);
   return directUs / forwardedUs;
 }
 
-function render(rounds: Rounds, options: Options, revision: string): string {
+function render(rounds: Rounds, options: FioBenchOptions, revision: string): string {
   const rows = JOBS.map((job) => {
     const { direct, forwarded } = rounds[job.key];
     const ratios = direct.map((cell, index) => forwarded[index]!.mbPerSecond / cell.mbPerSecond);
-    const ratio = median(ratios);
+    const ratio = lowerMedian(ratios);
     return [
       job.label,
-      median(direct.map((cell) => cell.mbPerSecond)).toFixed(1),
-      median(forwarded.map((cell) => cell.mbPerSecond)).toFixed(1),
+      lowerMedian(direct.map((cell) => cell.mbPerSecond)).toFixed(1),
+      lowerMedian(forwarded.map((cell) => cell.mbPerSecond)).toFixed(1),
       `${ratios.map((value) => value.toFixed(2)).join(", ")}`,
       `${ratio.toFixed(2)} ${ratio >= TARGET_RATIO ? "met" : "NOT met"}`,
-      median(direct.map((cell) => cell.ownerCpuUsPerRequest)).toFixed(0),
-      median(forwarded.map((cell) => cell.entryCpuUsPerRequest)).toFixed(0),
-      median(forwarded.map((cell) => cell.ownerCpuUsPerRequest)).toFixed(0),
-      median([...direct, ...forwarded].map((cell) => cell.fioCpuUsPerRequest)).toFixed(0),
+      lowerMedian(direct.map((cell) => cell.ownerCpuUsPerRequest)).toFixed(0),
+      lowerMedian(forwarded.map((cell) => cell.entryCpuUsPerRequest)).toFixed(0),
+      lowerMedian(forwarded.map((cell) => cell.ownerCpuUsPerRequest)).toFixed(0),
+      lowerMedian([...direct, ...forwarded].map((cell) => cell.fioCpuUsPerRequest)).toFixed(0),
       cpuBoundRatio(direct, forwarded).toFixed(2),
       [...direct, ...forwarded].map((cell) => cell.load.toFixed(1)).join("/"),
     ];
@@ -140,12 +98,7 @@ function render(rounds: Rounds, options: Options, revision: string): string {
 }
 
 async function main(): Promise<void> {
-  const options = parseOptions();
-  const resources = new Resources();
-  await runBench({ nodes: resources.nodes, cleanup: () => resources.cleanup() }, 30 * 60_000, async () => {
-    const revision = await sourceRevision();
-    process.env.SHOAL_BIN = await buildShoal(resources.root, options.bin);
-    const [owner, entry] = await startGroup(resources);
+  await runFioGroupBench(USAGE, { size: "512M", runtime: "5", rounds: "2" }, async ({ resources, nodes: [owner, entry], options, revision }) => {
     const create = [...shoalCommand(), "volume", "create", "fwd", "--size", `${options.sizeBytes / MiB}M`, "--nodes", "node1", "--node", owner!.meshAddress];
     const created = await run(create, { timeoutMs: 60_000 });
     if (created.exitCode !== 0) throw new Error(`volume create failed: ${created.stderr}`);
