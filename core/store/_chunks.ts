@@ -1,4 +1,4 @@
-// A page as one layer holds it: one state byte per chunk (4 KiB by default). ABSENT reads
+// A page as one layer holds it: a state per chunk (4 KiB by default). ABSENT reads
 // through to the layer below, DATA reads the layer's own file, ZERO reads as zeros. The bytes
 // sit in the layer's extent file at page * pageSizeBytes + chunk * chunkBytes.
 import { ShoalError } from "../errors.ts";
@@ -13,49 +13,111 @@ export const MAX_CHUNK_SIZE_BYTES = 64 * 1024 * 1024;
 const MAX_CHUNKS_PER_PAGE = 2048;
 const MAX_PAGE_SIZE_BYTES = 1 << 30;
 
-/** A page a layer holds: per-chunk states; `dataChunks` counts DATA ones (for usage). */
+/**
+ * A page a layer holds: per-chunk states, two bits each, four chunks to a byte (chunk c in bits
+ * 2(c % 4)..2(c % 4)+1 of byte c / 4): a 4 MiB page's 1,024 states in 256 bytes. A node keeps
+ * the map of every page it holds in memory, and one byte per state made that 1 KiB per page
+ * written (tens of MB on a node after seconds of random writes over a big volume).
+ * `dataChunks` counts DATA ones (for usage).
+ */
 export interface PageEntry {
-  states: Uint8Array;
+  packed: Uint8Array;
+  chunks: number;
   dataChunks: number;
 }
 
+/** A byte whose four states are all `state`. */
+const FILL_BYTES = [0x00, 0x55, 0xaa];
+
 /**
  * A page the layer holds whole, every chunk its own, is the common case of a written volume; such
- * pages share one state array per chunk count instead of 1 KiB each (a fully written 1 TiB volume's
- * maps: 256 MiB otherwise). Shared arrays are never written: setState copies one before a change.
+ * pages share one packed array per chunk count. Shared arrays are never written: setState copies
+ * one before a change.
  */
-const allDataStates = new Map<number, Uint8Array>();
+const allDataPacked = new Map<number, Uint8Array>();
 
 function sharedAllData(chunks: number): Uint8Array {
-  let states = allDataStates.get(chunks);
-  if (states === undefined) {
-    states = new Uint8Array(chunks).fill(DATA);
-    allDataStates.set(chunks, states);
+  let packed = allDataPacked.get(chunks);
+  if (packed === undefined) {
+    packed = new Uint8Array(packedBytes(chunks)).fill(FILL_BYTES[DATA]!);
+    allDataPacked.set(chunks, packed);
   }
-  return states;
+  return packed;
+}
+
+function packedBytes(chunks: number): number {
+  return (chunks + 3) >> 2;
+}
+
+export function stateOf(entry: PageEntry, chunk: number): number {
+  return (entry.packed[chunk >> 2]! >> ((chunk & 3) << 1)) & 3;
 }
 
 export function newEntry(chunks: number, fill: number): PageEntry {
-  if (fill === DATA) return { states: sharedAllData(chunks), dataChunks: chunks };
-  return { states: new Uint8Array(chunks).fill(fill), dataChunks: 0 };
+  if (fill === DATA) return { packed: sharedAllData(chunks), chunks, dataChunks: chunks };
+  return { packed: new Uint8Array(packedBytes(chunks)).fill(FILL_BYTES[fill]!), chunks, dataChunks: 0 };
 }
 
+/** An entry from one state byte per chunk (the journal's and a page move's form). */
 export function entryFrom(states: Uint8Array): PageEntry {
+  const chunks = states.length;
   let dataChunks = 0;
-  for (let index = 0; index < states.length; index++) if (states[index] === DATA) dataChunks++;
-  return { states: dataChunks === states.length ? sharedAllData(states.length) : states, dataChunks };
+  for (let index = 0; index < chunks; index++) if (states[index] === DATA) dataChunks++;
+  if (dataChunks === chunks) return { packed: sharedAllData(chunks), chunks, dataChunks };
+  const packed = new Uint8Array(packedBytes(chunks));
+  for (let index = 0; index < chunks; index++) packed[index >> 2] = packed[index >> 2]! | (states[index]! << ((index & 3) << 1));
+  return { packed, chunks, dataChunks };
+}
+
+/** One byte per chunk: four state bytes per packed byte, little-endian words (see unpackInto). */
+const UNPACKED_WORDS = new Uint32Array(256);
+for (let byte = 0; byte < 256; byte++) {
+  UNPACKED_WORDS[byte] = ((byte & 3) | (((byte >> 2) & 3) << 8) | (((byte >> 4) & 3) << 16) | (((byte >> 6) & 3) << 24)) >>> 0;
+}
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/** The states as one byte per chunk, in a new array. */
+export function statesOf(entry: PageEntry): Uint8Array {
+  return unpackInto(entry, new Uint8Array(packedBytes(entry.chunks) << 2)).subarray(0, entry.chunks);
+}
+
+let scratchStates = new Uint8Array(0);
+
+/** The states as one byte per chunk in a shared buffer, valid until the next call: for encoding at once. */
+export function statesView(entry: PageEntry): Uint8Array {
+  const bytes = packedBytes(entry.chunks) << 2;
+  if (scratchStates.byteLength < bytes) scratchStates = new Uint8Array(bytes);
+  return unpackInto(entry, scratchStates).subarray(0, entry.chunks);
+}
+
+function unpackInto(entry: PageEntry, target: Uint8Array): Uint8Array {
+  const { packed } = entry;
+  if (LITTLE_ENDIAN && target.byteOffset % 4 === 0) {
+    const words = new Uint32Array(target.buffer, target.byteOffset, packed.length);
+    for (let index = 0; index < packed.length; index++) words[index] = UNPACKED_WORDS[packed[index]!]!;
+  } else {
+    for (let index = 0; index < packed.length << 2; index++) target[index] = (packed[index >> 2]! >> ((index & 3) << 1)) & 3;
+  }
+  return target;
 }
 
 export function setState(entry: PageEntry, chunk: number, state: number): boolean {
-  const old = entry.states[chunk];
+  const old = stateOf(entry, chunk);
   if (old === state) return false;
   // All DATA means the shared array (see sharedAllData): change a copy.
-  if (entry.dataChunks === entry.states.length) entry.states = entry.states.slice();
+  if (entry.dataChunks === entry.chunks) entry.packed = entry.packed.slice();
   if (old === DATA) entry.dataChunks--;
   if (state === DATA) entry.dataChunks++;
-  entry.states[chunk] = state;
-  if (entry.dataChunks === entry.states.length) entry.states = sharedAllData(entry.states.length);
+  const shift = (chunk & 3) << 1;
+  entry.packed[chunk >> 2] = (entry.packed[chunk >> 2]! & ~(3 << shift)) | (state << shift);
+  if (entry.dataChunks === entry.chunks) entry.packed = sharedAllData(entry.chunks);
   return true;
+}
+
+/** The last chunk in `state`, or -1. */
+export function lastChunkIn(entry: PageEntry, state: number): number {
+  for (let chunk = entry.chunks - 1; chunk >= 0; chunk--) if (stateOf(entry, chunk) === state) return chunk;
+  return -1;
 }
 
 /** Chunk size for a page: the store's, but never bigger than the page nor so small the states overflow. */
@@ -76,8 +138,10 @@ function isPowerOfTwo(value: number): boolean {
   return Number.isSafeInteger(value) && value > 0 && 2 ** Math.round(Math.log2(value)) === value;
 }
 
-export function allData(states: Uint8Array, first: number, last: number): boolean {
-  for (let chunk = first; chunk <= last; chunk++) if (states[chunk] !== DATA) return false;
+export function allData(entry: PageEntry, first: number, last: number): boolean {
+  if (entry.dataChunks === entry.chunks) return true;
+  if (entry.dataChunks === 0) return false;
+  for (let chunk = first; chunk <= last; chunk++) if (stateOf(entry, chunk) !== DATA) return false;
   return true;
 }
 
@@ -92,11 +156,11 @@ export function isAllZero(bytes: Uint8Array): boolean {
 }
 
 /** Runs of consecutive chunks in `state` as [first chunk, count]: one read or write each. */
-export function* runsOf(states: Uint8Array, state: number): Generator<[number, number]> {
-  for (let chunk = 0; chunk < states.length; chunk++) {
-    if (states[chunk] !== state) continue;
+export function* runsOf(entry: PageEntry, state: number): Generator<[number, number]> {
+  for (let chunk = 0; chunk < entry.chunks; chunk++) {
+    if (stateOf(entry, chunk) !== state) continue;
     const first = chunk;
-    while (chunk + 1 < states.length && states[chunk + 1] === state) chunk++;
+    while (chunk + 1 < entry.chunks && stateOf(entry, chunk + 1) === state) chunk++;
     yield [first, chunk - first + 1];
   }
 }

@@ -5,6 +5,7 @@
 // requests that arrive while one runs are served together by the next (group commit).
 import { fatal } from "../invariant.ts";
 import type { FileIO } from "./file-io.ts";
+import { statesView } from "./_chunks.ts";
 import { encodeFrame, encodeSection, type Journal } from "./_journal.ts";
 import type { LayerTable, StoreLayer } from "./_layers.ts";
 
@@ -186,5 +187,8 @@ function openFds(layer: StoreLayer): number[] {
 function captureMap(layer: StoreLayer, all: boolean): { layer: StoreLayer; pages: number[]; section: Uint8Array } {
   const pages = [...(all ? layer.pages.keys() : layer.dirtyPages.values())];
   layer.dirtyPages.clear();
-  return { layer, pages, section: encodeSection(layer.key, pages, (index) => layer.pages.get(pages[index]!)?.states) };
+  return { layer, pages, section: encodeSection(layer.key, pages, (index) => {
+      const entry = layer.pages.get(pages[index]!);
+      return entry === undefined ? undefined : statesView(entry);
+    }) };
 }

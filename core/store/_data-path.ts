@@ -4,7 +4,7 @@
 // synchronous pread/pwrite: page-cache hits cost microseconds and an async hop would cost more.
 import { ShoalError } from "../errors.ts";
 import type { FileIO } from "./file-io.ts";
-import { ABSENT, allData, chunkShiftFor, DATA, newEntry, type PageEntry, setState, ZERO } from "./_chunks.ts";
+import { ABSENT, allData, chunkShiftFor, DATA, newEntry, type PageEntry, setState, stateOf, ZERO } from "./_chunks.ts";
 import type { Commits } from "./_commits.ts";
 import type { LayerTable, StoreLayer } from "./_layers.ts";
 
@@ -93,7 +93,7 @@ export class DataPath {
     const entry = layer.pages.get(page);
     if (entry !== undefined) {
       const shift = this.chunkShiftOf(layer);
-      if (allData(entry.states, pageOffset >> shift, (pageOffset + length - 1) >> shift)) {
+      if (allData(entry, pageOffset >> shift, (pageOffset + length - 1) >> shift)) {
         this.readOwn(layer, page, pageOffset, length, target, targetOffset);
         return;
       }
@@ -151,7 +151,7 @@ export class DataPath {
     const end = pageOffset + data.byteLength;
     const first = pageOffset >> shift;
     const last = (end - 1) >> shift;
-    if (allData(entry.states, first, last)) {
+    if (allData(entry, first, last)) {
       this.writeOwn(layer, page, pageOffset, data);
       return;
     }
@@ -179,7 +179,7 @@ export class DataPath {
   }
 
   private isPartialForeign(entry: PageEntry, chunk: number, shift: number, start: number, end: number): boolean {
-    if (entry.states[chunk] === DATA) return false;
+    if (stateOf(entry, chunk) === DATA) return false;
     return start > chunk << shift || end < (chunk + 1) << shift;
   }
 
@@ -189,7 +189,7 @@ export class DataPath {
     const chunkBytes = 1 << shift;
     const scratch = this.scratchOf(chunkBytes);
     // ZERO: the file may still hold bytes from before the zeroing.
-    if (entry.states[chunk] === ZERO) scratch.fill(0);
+    if (stateOf(entry, chunk) === ZERO) scratch.fill(0);
     else this.readThrough(this.table.chainOf(layer), 1, page, chunkStart, chunkBytes, scratch, 0);
     const from = Math.max(pageOffset, chunkStart);
     const to = Math.min(pageOffset + data.byteLength, chunkStart + chunkBytes);
@@ -229,7 +229,7 @@ export class DataPath {
     if (end > wholeEnd << shift) this.write(layer, page, wholeEnd << shift, this.zerosOf(end - (wholeEnd << shift)));
     let punch = false;
     for (let chunk = wholeFirst; chunk < wholeEnd; chunk++) {
-      punch ||= entry.states[chunk] === DATA;
+      punch ||= stateOf(entry, chunk) === DATA;
       if (setState(entry, chunk, ZERO)) layer.dirtyPages.add(page);
     }
     if (punch) this.punch(layer, page, wholeFirst << shift, (wholeEnd - wholeFirst) << shift);
@@ -243,7 +243,7 @@ export class DataPath {
     }
     const target = entry ?? this.createEntry(layer, page, true);
     const punch = target.dataChunks > 0;
-    for (let chunk = 0; chunk < target.states.length; chunk++) setState(target, chunk, ZERO);
+    for (let chunk = 0; chunk < target.chunks; chunk++) setState(target, chunk, ZERO);
     layer.dirtyPages.add(page);
     if (punch) this.punch(layer, page, 0, layer.pageSizeBytes);
   }
@@ -281,7 +281,7 @@ function sourceOf(chain: StoreLayer[], from: number, page: number, chunk: number
   for (let index = from; index < chain.length; index++) {
     const entry = chain[index]!.pages.get(page);
     if (entry === undefined) continue;
-    const state = entry.states[chunk];
+    const state = stateOf(entry, chunk);
     if (state === DATA) return chain[index]!;
     if (state === ZERO) return null;
   }

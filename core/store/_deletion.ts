@@ -5,7 +5,7 @@
 // before (a copied chunk holds what the child read through anyway) and the layer marked
 // deleting, so a second call finishes the job.
 import { ShoalError } from "../errors.ts";
-import { ABSENT, DATA, isAllZero, type PageEntry, runsOf, setState, ZERO } from "./_chunks.ts";
+import { ABSENT, DATA, isAllZero, type PageEntry, runsOf, setState, stateOf, ZERO } from "./_chunks.ts";
 import type { DataPath } from "./_data-path.ts";
 import type { StoreLayer } from "./_layers.ts";
 
@@ -74,10 +74,10 @@ export class LayerDeletion {
     const shift = this.path.chunkShiftOf(child);
     let copiedBytes = 0;
     let changed = false;
-    for (let chunk = 0; chunk < target.states.length; chunk++) {
-      if (target.states[chunk] === ABSENT && from.states[chunk] === ZERO) changed = setState(target, chunk, ZERO) || changed;
+    for (let chunk = 0; chunk < target.chunks; chunk++) {
+      if (stateOf(target, chunk) === ABSENT && stateOf(from, chunk) === ZERO) changed = setState(target, chunk, ZERO) || changed;
     }
-    for (const [first, count] of runsOf(from.states, DATA)) {
+    for (const [first, count] of runsOf(from, DATA)) {
       for (const [start, length] of absentRuns(target, first, count)) {
         copiedBytes += this.copyRun(source, child, page, target, start, length, shift);
         changed = true;
@@ -129,9 +129,9 @@ export class LayerDeletion {
 /** Runs of ABSENT chunks of `target` within [first, first + count). */
 function* absentRuns(target: PageEntry, first: number, count: number): Generator<[number, number]> {
   for (let chunk = first; chunk < first + count; chunk++) {
-    if (target.states[chunk] !== ABSENT) continue;
+    if (stateOf(target, chunk) !== ABSENT) continue;
     const start = chunk;
-    while (chunk + 1 < first + count && target.states[chunk + 1] === ABSENT) chunk++;
+    while (chunk + 1 < first + count && stateOf(target, chunk + 1) === ABSENT) chunk++;
     yield [start, chunk - start + 1];
   }
 }

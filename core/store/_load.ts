@@ -3,7 +3,7 @@
 // layer file is as long as its map says. Damage is refused with the file named, never served.
 import { ShoalError } from "../errors.ts";
 import type { FileIO } from "./file-io.ts";
-import { chunkShiftFor, DATA, entryFrom, validateChunkSize } from "./_chunks.ts";
+import { chunkShiftFor, DATA, entryFrom, lastChunkIn, validateChunkSize } from "./_chunks.ts";
 import { LAYER_FILE_SUFFIX, parseSegmentFileName, segmentOf } from "./_data-path.ts";
 import { type CommitRecord, encodeCommit, Journal } from "./_journal.ts";
 import { LayerTable, type StoreLayer } from "./_layers.ts";
@@ -89,7 +89,7 @@ function neededBytes(table: LayerTable, layer: StoreLayer): Map<number, number> 
   const shift = layer.pageSizeBytes === 0 ? 0 : chunkShiftFor(layer.pageSizeBytes, table.chunkSizeBytes);
   for (const [page, entry] of layer.pages) {
     if (entry.dataChunks === 0) continue;
-    const last = entry.states.lastIndexOf(DATA);
+    const last = lastChunkIn(entry, DATA);
     const start = segmentOf(page * layer.pageSizeBytes);
     const end = start.at + (last + 1) * 2 ** shift;
     ends.set(start.segment, Math.max(ends.get(start.segment) ?? 0, end));

@@ -2,7 +2,7 @@
 // (states and the chunks the layer holds itself), installed on the other side into the same
 // stack of layers, and dropped here once the move is done.
 import { ShoalError } from "../errors.ts";
-import { chunkShiftFor, DATA, entryFrom, newEntry, runsOf } from "./_chunks.ts";
+import { chunkShiftFor, DATA, entryFrom, newEntry, runsOf, statesOf } from "./_chunks.ts";
 import type { DataPath } from "./_data-path.ts";
 import type { StoreLayer } from "./_layers.ts";
 
@@ -52,11 +52,11 @@ export class PageMoves {
       const shift = this.path.chunkShiftOf(layer);
       const data = allocate(entry.dataChunks << shift);
       let at = 0;
-      for (const [first, count] of runsOf(entry.states, DATA)) {
+      for (const [first, count] of runsOf(entry, DATA)) {
         this.path.readOwn(layer, page, first << shift, count << shift, data, at);
         at += count << shift;
       }
-      pieces.push({ layer: layer.id, pageSizeBytes: layer.pageSizeBytes, chunkShift: shift, states: entry.states.slice(), data: [data] });
+      pieces.push({ layer: layer.id, pageSizeBytes: layer.pageSizeBytes, chunkShift: shift, states: statesOf(entry), data: [data] });
     }
     return { layers: layers.map((layer) => ({ id: layer.id, ...(layer.parent ? { parent: layer.parent.id } : {}) })), pieces };
   }
@@ -120,9 +120,9 @@ export class PageMoves {
     if (piece.states !== undefined && (piece.chunkShift !== shift || piece.states.length !== chunks || piece.states.some((state) => state > 2))) {
       throw new ShoalError("CONFLICT", `page ${page} of layer '${layer.id}' comes in ${2 ** (piece.chunkShift ?? 0)}-byte chunks; this node uses ${2 ** shift}`);
     }
-    const entry = piece.states === undefined ? newEntry(chunks, DATA) : entryFrom(piece.states.slice());
+    const entry = piece.states === undefined ? newEntry(chunks, DATA) : entryFrom(piece.states);
     const bytes = new PartsCursor(piece.data);
-    for (const [first, count] of runsOf(entry.states, DATA)) {
+    for (const [first, count] of runsOf(entry, DATA)) {
       bytes.each(count << shift, (part, offset) => this.path.writeOwn(layer, page, (first << shift) + offset, part));
     }
     if (bytes.remaining !== 0) throw new ShoalError("BAD_REQUEST", `page ${page} of layer '${layer.id}' came with ${bytes.remaining} bytes too many`);

@@ -9,7 +9,7 @@
 // first write) is stacked on it. A FLUSH costs one fdatasync per layer file written since the
 // last, then one journal append and its fdatasync (see _commits.ts).
 import { ShoalError } from "../errors.ts";
-import { DATA, validateChunkSize } from "./_chunks.ts";
+import { ABSENT, DATA, stateOf, validateChunkSize } from "./_chunks.ts";
 import { Commits, DEFAULT_JOURNAL_COMPACT_BYTES } from "./_commits.ts";
 import { DataPath } from "./_data-path.ts";
 import { LayerDeletion } from "./_deletion.ts";
@@ -336,8 +336,8 @@ export class PageStore {
     for (const [page, entry] of layer.pages) {
       const own = children.map((child) => child.pages.get(page));
       if (own.some((entry) => entry === undefined)) continue;
-      for (let chunk = 0; chunk < entry.states.length; chunk++) {
-        if (entry.states[chunk] === DATA && own.every((childEntry) => childEntry!.states[chunk] !== 0)) bytes += chunkBytes;
+      for (let chunk = 0; chunk < entry.chunks; chunk++) {
+        if (stateOf(entry, chunk) === DATA && own.every((childEntry) => stateOf(childEntry!, chunk) !== ABSENT)) bytes += chunkBytes;
       }
     }
     return bytes;

@@ -72,6 +72,11 @@ describe("metrics", () => {
     expect(sumOf(after1, "shoal_peers", { state: "up" })).toBe(1);
     expect(sumOf(after1, "shoal_build_info", { node: "ops1" })).toBe(1);
     expect(sumOf(after1, "process_resident_memory_bytes")).toBeGreaterThan(0);
+    for (const kind of ["heap_used", "heap_total", "external", "array_buffers"]) {
+      const bytes = sumOf(after1, "shoal_process_memory_bytes", { kind });
+      expect(bytes).toBeGreaterThan(0);
+      expect(bytes).toBeLessThan(sumOf(after1, "process_resident_memory_bytes"));
+    }
   });
 
   test("unsynced writes are written back every --writeback-interval without a FLUSH; with 0 they wait (shoal_store_dirty_bytes)", async () => {

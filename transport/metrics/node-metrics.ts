@@ -259,6 +259,7 @@ export function watchNodeState(metrics: NodeMetrics, state: NodeState): void {
   const info = r.gauge("shoal_build_info", "always 1; labels name this node and its version", ["node", "version"]);
   const uptime = r.gauge("shoal_uptime_seconds", "seconds since this node started").with();
   const memory = r.gauge("process_resident_memory_bytes", "resident memory of the node process").with();
+  const heap = r.gauge("shoal_process_memory_bytes", "the node's memory by kind: JavaScript heap used and reserved, buffers outside it (array_buffers: received and pooled data, page maps)", ["kind"]);
   const nbdConnections = r.gauge("shoal_nbd_connections", "NBD client connections open").with();
   const meshConnections = r.gauge("shoal_mesh_connections", "inbound mesh connections open (peers and admin clients)").with();
   const peerUp = r.gauge("shoal_peer_up", "1 when the link to the member is up, else 0", ["peer"]);
@@ -271,7 +272,12 @@ export function watchNodeState(metrics: NodeMetrics, state: NodeState): void {
   r.onCollect(() => {
     const nowMs = Date.now();
     uptime.set((nowMs - state.startedAtMs) / 1000);
-    memory.set(process.memoryUsage.rss());
+    const usage = process.memoryUsage();
+    memory.set(usage.rss);
+    heap.with("heap_used").set(usage.heapUsed);
+    heap.with("heap_total").set(usage.heapTotal);
+    heap.with("external").set(usage.external);
+    heap.with("array_buffers").set(usage.arrayBuffers);
     nbdConnections.set(state.nbdConnections());
     meshConnections.set(state.meshConnections());
     dirtyBytes.set(state.store.dirtyBytes);
