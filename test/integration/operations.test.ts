@@ -214,14 +214,14 @@ describe("health", () => {
 describe("allocator tuning", () => {
   const environOf = (node: TestNode) => fs.readFileSync(`/proc/${node.proc!.pid}/environ`, "utf8").split("\0");
 
-  test("a node re-executes itself (same pid) with mimalloc's purge delay set, and keeps an operator's own value", async () => {
+  test("a node re-executes itself (same pid) with mimalloc's purging off, and keeps an operator's own value", async () => {
     // The pid we spawned is the node serving: execve replaced the image in place.
-    expect(environOf(node1)).toContain("MIMALLOC_PURGE_DELAY=10000");
-    const own = new TestNode("ops3", path.join(root, "ops3"), await freePort(), await freePort(), { MIMALLOC_PURGE_DELAY: "-1" });
+    expect(environOf(node1)).toContain("MIMALLOC_PURGE_DELAY=-1");
+    const own = new TestNode("ops3", path.join(root, "ops3"), await freePort(), await freePort(), { MIMALLOC_PURGE_DELAY: "10000" });
     try {
       await own.start();
-      expect(environOf(own)).toContain("MIMALLOC_PURGE_DELAY=-1");
-      expect(environOf(own)).not.toContain("MIMALLOC_PURGE_DELAY=10000");
+      expect(environOf(own)).toContain("MIMALLOC_PURGE_DELAY=10000");
+      expect(environOf(own)).not.toContain("MIMALLOC_PURGE_DELAY=-1");
     } finally {
       await own.kill9();
     }
