@@ -27,12 +27,14 @@ export interface MoveSabotage {
   flushMissesForwardedWrites?: boolean;
   /**
    * A node owes a flush to a peer by id only, so a peer that restarted (and lost the writes it had
-   * not synced) answers the flush as if nothing happened: the rule of today's VolumeRouter.dirtyPeers.
+   * not synced) answers the flush as if nothing happened: the rule before debts named the applier's
+   * incarnation (transport/node/flush-debts.ts).
    */
   flushIgnoresRestart?: boolean;
   /**
-   * A flush takes the node's debts and clears them as it starts (today's VolumeRouter.flush): a
-   * second flush running meanwhile finds nothing owed and succeeds, though the first may fail.
+   * A flush takes the node's debts and clears them as it starts (the rule before flush-debts.ts
+   * settled only what a flush paid): a second flush running meanwhile finds nothing owed and
+   * succeeds, though the first may fail.
    */
   flushClearsDebtsAtStart?: boolean;
 }

@@ -5,7 +5,6 @@ import { DEFAULT_PAGE_SIZE_BYTES, pageCount } from "../../core/geometry.ts";
 import type { PageStore, VolumeUsage } from "../../core/store/page-store.ts";
 import { describeReplicaRuns, describeRuns, formatRun, holders, pagesPerNode, replicaCount, replicaPagesPerNode } from "../../core/cluster/routing.ts";
 import { newVolumeRecord, type VolumeRecord } from "../../core/cluster/volume.ts";
-import type { FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import { storeUsage, type VolumeRouter } from "../node/volume-router.ts";
 import type { SnapshotService } from "../snapshot/snapshot-service.ts";
@@ -255,7 +254,6 @@ export class AdminApi {
 
   private async createSnapshot(args: SnapshotArgs): Promise<SnapshotTaken> {
     const request = snapshotRequest(args);
-    const { mode } = request;
     const startedMs = performance.now();
     const result = await retrySnapshot(() => this.options.snapshots.create(request));
     return describeResult(result, Math.round(performance.now() - startedMs));
