@@ -11,7 +11,7 @@ import { Payload, type FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { Reply } from "../mesh/mesh-connection.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
-import { appliersOf, checkedLength, type Applier } from "./page-wire.ts";
+import { appliersOf, checkedLength, pageArgs, type Applier } from "./page-wire.ts";
 
 /** What the replica side asks of the snapshot service. */
 export interface ReplicaHolds {
@@ -150,14 +150,10 @@ export class ReplicaWrites {
    * replica set is fenced by, and a replica must never take a write from a set it has left.
    */
   private checked(args: FrameHeader): { record: VolumeRecord; page: number; pageOffset: number } {
-    const uid = args.v;
-    const record = typeof uid === "string" ? this.group.volumeByUid(uid) : undefined;
-    if (!record) throw new ShoalError("UNKNOWN_VOLUME", `node ${this.group.selfId} has no volume with uid ${String(uid)}`);
-    const { p: page, o: pageOffset, rv: version } = args;
-    if (!Number.isInteger(page) || !Number.isInteger(pageOffset) || (pageOffset as number) < 0 || !Number.isInteger(version)) {
-      throw new ShoalError("BAD_REQUEST", "replicated write has no valid page, offset or routing version");
-    }
-    if ((page as number) >= record.routing.owners.length) throw new ShoalError("OUT_OF_RANGE", `page ${String(page)} is past the end of '${record.name}'`);
+    const { target, page, pageOffset } = pageArgs(this.group, this.store, args);
+    const { record } = target;
+    if (target.layer !== record.uid) throw new ShoalError("READ_ONLY", `snapshots of '${record.name}' are read-only`);
+    const version = args.rv;
     if (version !== record.routing.version) {
       throw new ShoalError(
         "STALE_ROUTE",
@@ -165,10 +161,10 @@ export class ReplicaWrites {
       );
     }
     const self = this.group.selfId;
-    if (!holdsCopy(record.routing, page as number, self) || ownerOf(record.routing, page as number) === self) {
-      throw new ShoalError("NOT_OWNER", `node ${self} is not a replica of page ${String(page)} of '${record.name}' (routing version ${record.routing.version})`);
+    if (!holdsCopy(record.routing, page, self) || ownerOf(record.routing, page) === self) {
+      throw new ShoalError("NOT_OWNER", `node ${self} is not a replica of page ${page} of '${record.name}' (routing version ${record.routing.version})`);
     }
-    return { record, page: page as number, pageOffset: pageOffset as number };
+    return { record, page, pageOffset };
   }
 }
 

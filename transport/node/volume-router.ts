@@ -225,31 +225,33 @@ export class VolumeRouter implements ExportCatalog {
    */
   private forwardRead(target: Target, page: number, pageOffset: number, length: number, into: Uint8Array, at: number, hops: number): Promise<void> {
     this.checkHops(target.record, page, hops);
+    const args = pageAddress(target, page, pageOffset, hops + 1, length);
+    const { routing } = target.record;
+    // One copy (most volumes): straight to the owner, nothing more made per request.
+    if (!routing.replicaOwners?.length) return this.readFrom(ownerOf(routing, page), args, length, into, at);
     // The primary first; a replica when it is down. Nodes known down are tried last, not never:
     // this node's view may be behind.
-    const copies = replicasOf(target.record.routing, page);
+    const copies = replicasOf(routing, page);
     const ordered = [...copies.filter((node) => this.group.isUp(node)), ...copies.filter((node) => !this.group.isUp(node))];
-    const args = pageAddress(target, page, pageOffset, hops + 1, length);
-    const attempt = (index: number): Promise<void> => {
-      const node = ordered[index]!;
-      return this.group
-        .link(node)
-        .request("page.read", args)
-        .then(
-          (response) => {
-            if (response.payload.byteLength !== length) {
-              throw new ShoalError("IO_ERROR", `node ${node} returned ${response.payload.byteLength} bytes for a ${length}-byte read`);
-            }
-            response.payload.copyTo(into, at);
-          },
-          (err) => {
-            const code = err instanceof ShoalError ? err.code : undefined;
-            if ((code === "NODE_DOWN" || code === "TIMEOUT") && index + 1 < ordered.length) return attempt(index + 1);
-            throw err;
-          },
-        );
-    };
+    const attempt = (index: number): Promise<void> =>
+      this.readFrom(ordered[index]!, args, length, into, at).catch((err) => {
+        const code = err instanceof ShoalError ? err.code : undefined;
+        if ((code === "NODE_DOWN" || code === "TIMEOUT") && index + 1 < ordered.length) return attempt(index + 1);
+        throw err;
+      });
     return attempt(0);
+  }
+
+  private readFrom(node: string, args: FrameHeader, length: number, into: Uint8Array, at: number): Promise<void> {
+    return this.group
+      .link(node)
+      .request("page.read", args)
+      .then((response) => {
+        if (response.payload.byteLength !== length) {
+          throw new ShoalError("IO_ERROR", `node ${node} returned ${response.payload.byteLength} bytes for a ${length}-byte read`);
+        }
+        response.payload.copyTo(into, at);
+      });
   }
 
   private forwardWrite(owner: string, target: Target, page: number, pageOffset: number, parts: Uint8Array[], fua: boolean, hops: number): Promise<Applier[]> {
