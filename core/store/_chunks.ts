@@ -145,6 +145,19 @@ export function allData(entry: PageEntry, first: number, last: number): boolean 
   return true;
 }
 
+/** Whether some chunk reads through to the layer below: a whole page held (the usual case) answers at once. */
+export function hasAbsent(entry: PageEntry): boolean {
+  if (entry.dataChunks === entry.chunks) return false;
+  const wholeBytes = entry.chunks >> 2;
+  // A state pair is ABSENT (0b00) when neither of its bits is set.
+  for (let index = 0; index < wholeBytes; index++) {
+    const byte = entry.packed[index]!;
+    if (((byte | (byte >> 1)) & 0x55) !== 0x55) return true;
+  }
+  for (let chunk = wholeBytes << 2; chunk < entry.chunks; chunk++) if (stateOf(entry, chunk) === ABSENT) return true;
+  return false;
+}
+
 export function isAllZero(bytes: Uint8Array): boolean {
   if (bytes.byteOffset % 4 === 0 && bytes.byteLength % 4 === 0) {
     const words = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);

@@ -5,6 +5,7 @@
 // more); only the syncs, which wait on the disk, are asynchronous.
 import { dlopen, FFIType } from "bun:ffi";
 import * as fs from "node:fs";
+import { FreeingPace } from "./_freeing-pace.ts";
 
 export interface FileIO {
   /** Opens a file read-write, creating it when `create` (ENOENT otherwise). */
@@ -49,8 +50,6 @@ function loadFallocate(): ((fd: number, mode: number, offset: number, length: nu
 }
 
 const ZERO_FILL_BYTES = 1024 * 1024;
-/** What one step of a file's removal frees (see unlinkAsync). */
-const TRUNCATE_STEP_BYTES = 64 * 1024 * 1024;
 
 export class RealFileIO implements FileIO {
   private readonly fallocate = loadFallocate();
@@ -113,23 +112,23 @@ export class RealFileIO implements FileIO {
   }
 
   /**
-   * Shrinks the file step by step before the unlink: freeing a 1 GiB file's blocks in one
-   * transaction holds the filesystem's journal long enough to stall every writer on the disk.
+   * Shrinks the file from the end in paced steps before the unlink (see _freeing-pace.ts):
+   * freeing a 1 GiB file's blocks in one go, or in 64 MiB truncates back to back, holds the
+   * filesystem's journal long enough to stall every writer on the disk.
    */
   async unlinkAsync(filePath: string): Promise<void> {
-    let stat: fs.Stats;
-    try {
-      stat = await fs.promises.stat(filePath);
-    } catch {
-      return; // gone already
-    }
-    // Steps sized so each frees about TRUNCATE_STEP_BYTES of what the file holds: a sparse 4 TiB
-    // segment with a few pages written is one unlink, not 65,536 truncates.
-    const heldBytes = stat.blocks * 512;
-    const steps = Math.ceil(heldBytes / TRUNCATE_STEP_BYTES);
-    const stepBytes = Math.max(TRUNCATE_STEP_BYTES, Math.ceil(stat.size / Math.max(steps, 1) / TRUNCATE_STEP_BYTES) * TRUNCATE_STEP_BYTES);
-    for (let target = Math.floor((stat.size - 1) / stepBytes) * stepBytes; steps > 1 && target > 0; target -= stepBytes) {
-      await fs.promises.truncate(filePath, target);
+    const pace = new FreeingPace();
+    let stat = await statOrUndefined(filePath);
+    while (stat !== undefined) {
+      const length = pace.nextLength(stat.size, stat.blocks * 512);
+      if (length === 0) break;
+      const fromMs = performance.now();
+      await fs.promises.truncate(filePath, length);
+      const elapsedMs = performance.now() - fromMs;
+      const heldBefore = stat.blocks * 512;
+      stat = await statOrUndefined(filePath);
+      const restMs = pace.stepTook(elapsedMs, heldBefore - (stat?.blocks ?? 0) * 512);
+      await new Promise((resolve) => setTimeout(resolve, restMs));
     }
     await fs.promises.rm(filePath, { force: true });
   }
@@ -162,5 +161,13 @@ export class RealFileIO implements FileIO {
     } finally {
       fs.closeSync(fd);
     }
+  }
+}
+
+async function statOrUndefined(filePath: string): Promise<fs.Stats | undefined> {
+  try {
+    return await fs.promises.stat(filePath);
+  } catch {
+    return undefined; // gone already
   }
 }

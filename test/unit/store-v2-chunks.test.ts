@@ -2,7 +2,7 @@
 // set, the byte-per-chunk forms (journal, page moves) round-trip, and fully written pages share
 // one array that a change never writes into.
 import { describe, expect, test } from "bun:test";
-import { ABSENT, allData, DATA, entryFrom, lastChunkIn, newEntry, runsOf, setState, stateOf, statesOf, statesView, ZERO } from "../../core/store/_chunks.ts";
+import { ABSENT, allData, DATA, entryFrom, hasAbsent, lastChunkIn, newEntry, runsOf, setState, stateOf, statesOf, statesView, ZERO } from "../../core/store/_chunks.ts";
 
 /** Deterministic states (an LCG), so a failure names the same case every run. */
 function seededStates(count: number, seed: number): Uint8Array {
@@ -34,6 +34,21 @@ describe("page chunk states", () => {
         for (const [first, count] of runs) for (let chunk = first; chunk < first + count; chunk++) fromRuns[chunk] = true;
         expect(fromRuns).toEqual([...expected].map((state) => state === DATA));
       }
+    }
+  });
+
+  test("hasAbsent finds one ABSENT chunk at any position, tail chunks included, and none in pages of DATA and ZERO", () => {
+    for (const chunks of [1, 3, 5, 1024, 1027]) {
+      const full = newEntry(chunks, DATA);
+      expect(hasAbsent(full)).toBe(false);
+      const mixed = entryFrom(seededStates(chunks, 7).map((state) => (state === ABSENT ? ZERO : state)));
+      expect(hasAbsent(mixed)).toBe(false);
+      for (let chunk = 0; chunk < chunks; chunk++) {
+        const entry = entryFrom(statesOf(mixed));
+        setState(entry, chunk, ABSENT);
+        expect(hasAbsent(entry)).toBe(true);
+      }
+      expect(hasAbsent(newEntry(chunks, ABSENT))).toBe(true);
     }
   });
 
