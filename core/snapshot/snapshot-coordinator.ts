@@ -3,7 +3,7 @@
 // clock reads): the node feeds it messages, ticks and peer-down notices and carries out the
 // effects it returns, in order. Presumed abort: a snapshot this node has no record of was aborted.
 import { ShoalError, errorFromWire } from "../errors.ts";
-import { commitWaits, type OffsetSample } from "./clock-offset.ts";
+import { commitWaits, offsetBounds, type OffsetSample } from "./clock-offset.ts";
 import type {
   AbortMessage,
   CoordinatorRecord,
@@ -30,8 +30,13 @@ export interface CoordinatorConfig {
   maxRetryIntervalMs: number;
   /** Sends of a decision (commit/abort) before relying on the participants' own questions. */
   maxDeliveryAttempts: number;
-  /** Timestamp mode: slack added to the measured round trip and 2 * skew when picking T. */
+  /**
+   * Timestamp mode: the most slack added to the measured lead when picking T (see planCut), used
+   * at first and again after a take arrived late; each snapshot that commits halves the slack in
+   * use, down to minCutMarginMs.
+   */
   cutMarginMs: number;
+  minCutMarginMs: number;
   /** Timestamp mode: never pick T further ahead than this; a slower network fails the snapshot. */
   maxCutLeadMs: number;
   /** How coarse this node's clock readings are; offset bounds are widened by it. */
@@ -47,6 +52,7 @@ export const DEFAULT_COORDINATOR_CONFIG: Omit<CoordinatorConfig, "nodeId"> = {
   maxRetryIntervalMs: 5000,
   maxDeliveryAttempts: 10,
   cutMarginMs: 20,
+  minCutMarginMs: 2,
   maxCutLeadMs: 1000,
   clockResolutionMs: 1,
 };
@@ -139,9 +145,12 @@ const NONE: CoordinatorEffect[] = [];
 export class SnapshotCoordinator {
   readonly config: CoordinatorConfig;
   private readonly attempts = new Map<string, Attempt>();
+  /** The slack planCut adds now: adapts between config.minCutMarginMs and config.cutMarginMs. */
+  private cutMarginNowMs: number;
 
   constructor(config: Partial<CoordinatorConfig> & { nodeId: NodeId }) {
     this.config = { ...DEFAULT_COORDINATOR_CONFIG, ...config };
+    this.cutMarginNowMs = this.config.cutMarginMs;
   }
 
   startSnapshot(req: SnapshotRequest): CoordinatorEffect[] {
@@ -293,7 +302,7 @@ export class SnapshotCoordinator {
 
   private startTake(attempt: Attempt, nowMs: number): CoordinatorEffect[] {
     if (attempt.record.mode === "timestamp") {
-      const plan = planCut(attempt, nowMs, this.config);
+      const plan = planCut(attempt, nowMs, this.config, Math.min(this.cutMarginNowMs, this.config.cutMarginMs));
       if (plan instanceof ShoalError) return this.abort(attempt, plan, nowMs);
       attempt.record.cutAtMs = plan;
       // Participants cut by T + skew in real time; give the taken replies a full timeout after that.
@@ -342,6 +351,9 @@ export class SnapshotCoordinator {
     const attempt = this.attempts.get(snapshotId);
     if (!attempt || !isUndecided(attempt) || !attempt.record.participants.includes(from)) return NONE;
     const cause = errorFromWire(error);
+    // A take that reached its participant at or after T (or too late to be waited for) says the
+    // lead was short: back to the full margin until snapshots commit again.
+    if (attempt.phase === "taking" && cause.code === "TIMEOUT") this.cutMarginNowMs = this.config.cutMarginMs;
     const wrapped = new ShoalError(cause.code, `participant ${from} refused snapshot '${attempt.record.name}': ${cause.message}`);
     return this.abort(attempt, wrapped, nowMs);
   }
@@ -362,6 +374,7 @@ export class SnapshotCoordinator {
 
   /** The decision point: once the record says committed, the snapshot exists, whatever crashes next. */
   private commit(attempt: Attempt, nowMs: number): CoordinatorEffect[] {
+    if (attempt.record.mode === "timestamp") this.cutMarginNowMs = Math.max(this.config.minCutMarginMs, this.cutMarginNowMs / 2);
     attempt.phase = "committing";
     attempt.record = { ...attempt.record, state: "committed" };
     return [{ kind: "persist", record: attempt.record }, ...this.deliver(attempt, nowMs, true)];
@@ -492,32 +505,49 @@ function isUndecided(attempt: Attempt): boolean {
 
 /**
  * Picks the cut time T on this clock: far enough ahead that take reaches every participant before
- * its clock reads T (one-way delay < measured round trip + margin, clocks at most 2 * skew apart).
+ * its clock reads T. A take sent now reaches P at our now + d, when P's clock reads at most
+ * now + d + high(P) (its offset bound from the prepare exchange, see clock-offset.ts); d is taken
+ * as P's measured round trip plus `marginMs`. Without the measured bound P's offset is taken as
+ * 2 * skew, as before; the smaller of the two is used.
+ *
+ * Why a short lead stays safe: the lead never decides which writes fall into the snapshot. A
+ * participant that receives the take when its clock already reads T refuses it (participant's
+ * arm(): writes stamped >= T may already be applied there), the coordinator aborts, and no
+ * participant keeps a cut; so a lead that proves too short costs one failed create (and puts the
+ * margin back to its maximum), never a snapshot that is not one instant.
+ *
  * Also rejects readings that prove some clock is outside the skew bound: a participant read its
  * clock between our send and our receive, so it must lie within [sent - 2e, received + 2e].
  */
-function planCut(attempt: Attempt, nowMs: number, config: CoordinatorConfig): number | ShoalError {
+function planCut(attempt: Attempt, nowMs: number, config: CoordinatorConfig, marginMs: number): number | ShoalError {
   const skewMs = attempt.maxClockSkewMs;
   let maxRoundTripMs = 0;
+  let measuredLeadMs = 0;
   for (const [node, info] of attempt.ready) {
     if (info.clockMs < info.echoSentAtMs - 2 * skewMs || info.clockMs > info.receivedAtMs + 2 * skewMs) {
       const offsetMs = Math.round(info.clockMs - (info.echoSentAtMs + info.receivedAtMs) / 2);
       return new ShoalError("CLOCK_SKEW", `node ${node}'s clock is about ${offsetMs} ms off this node's, beyond the ${skewMs} ms bound; fix time sync (chrony/NTP) and retry`);
     }
-    maxRoundTripMs = Math.max(maxRoundTripMs, info.receivedAtMs - info.echoSentAtMs);
+    const roundTripMs = info.receivedAtMs - info.echoSentAtMs;
+    maxRoundTripMs = Math.max(maxRoundTripMs, roundTripMs);
+    const sample = { sentAtMs: info.echoSentAtMs, clockMs: info.clockMs, receivedAtMs: info.receivedAtMs, clockResolutionMs: resolutionOf(info) };
+    measuredLeadMs = Math.max(measuredLeadMs, roundTripMs + offsetBounds(sample, config.clockResolutionMs).highMs);
   }
-  const leadMs = maxRoundTripMs + 2 * skewMs + config.cutMarginMs;
+  const leadMs = Math.min(maxRoundTripMs + 2 * skewMs, measuredLeadMs) + marginMs;
   if (leadMs > config.maxCutLeadMs) {
     return new ShoalError("TIMEOUT", `round trips of ${Math.round(maxRoundTripMs)} ms plus skew allowance exceed the ${config.maxCutLeadMs} ms cut lead; the network is too slow for a timestamp snapshot now`);
   }
   return Math.ceil(nowMs + leadMs); // a whole millisecond, as reported
 }
 
+function resolutionOf(info: ReadyInfo): number {
+  return typeof info.clockResolutionMs === "number" && info.clockResolutionMs >= 0 ? info.clockResolutionMs : 1;
+}
+
 function offsetSamples(attempt: Attempt): Map<NodeId, OffsetSample> {
   const samples = new Map<NodeId, OffsetSample>();
   for (const [node, info] of attempt.ready) {
-    const clockResolutionMs = typeof info.clockResolutionMs === "number" && info.clockResolutionMs >= 0 ? info.clockResolutionMs : 1;
-    samples.set(node, { sentAtMs: info.echoSentAtMs, clockMs: info.clockMs, receivedAtMs: info.receivedAtMs, clockResolutionMs });
+    samples.set(node, { sentAtMs: info.echoSentAtMs, clockMs: info.clockMs, receivedAtMs: info.receivedAtMs, clockResolutionMs: resolutionOf(info) });
   }
   return samples;
 }

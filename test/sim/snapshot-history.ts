@@ -90,6 +90,8 @@ export interface Scenario {
   stepCrashRate: number;
   /** Coordinator slack on the cut time; below the delay bound, takes arrive late (faulty runs only). */
   cutMarginMs: number;
+  /** The floor the coordinator's adaptive margin may fall to (see makeScenario). */
+  minCutMarginMs: number;
   /** Share of duplicates that arrive much later, like a retransmission after a reconnect. */
   lateDupRate: number;
   clockJumpsMax: number;

@@ -84,6 +84,15 @@ export interface ClientState {
 }
 
 export function makeScenario(rng: Prng): Scenario {
+  const scenario = drawScenario(rng);
+  // The coordinator halves its cut margin per committed snapshot down to minCutMarginMs. A
+  // fault-free run keeps it over the delay bound (such a run must never fail); a faulty one lets
+  // it fall to nothing, so late takes (refused, aborted) are common and the checker judges them.
+  // Derived, not drawn: every seed's other values stay as they were.
+  return { ...scenario, minCutMarginMs: scenario.faultFree ? scenario.cutMarginMs : 0 };
+}
+
+function drawScenario(rng: Prng): Omit<Scenario, "minCutMarginMs"> {
   const faultFree = rng.chance(0.3);
   const skewMs = rng.pick([0, rng.range(0, 3), rng.range(2, 20), rng.range(10, 25)]);
   return {

@@ -154,6 +154,7 @@ export abstract class SnapshotWorldBase extends SimWorld {
       maxRetryIntervalMs: 200,
       maxDeliveryAttempts: 6,
       cutMarginMs: this.scenario.cutMarginMs,
+      minCutMarginMs: this.scenario.minCutMarginMs,
       maxCutLeadMs: 500,
       // Simulated clocks read exactly: offset bounds get no slack, the hardest case for them.
       clockResolutionMs: 0,

@@ -222,7 +222,9 @@ describe("timestamp mode", () => {
     h.pump();
     const take = h.sent("snap.take")[0] as { cutAtMs: number };
     const cutAtMs = take.cutAtMs;
-    expect(cutAtMs).toBe(h.clock("a") + 0 + 2 * 5 + 20); // round trip 0 in this harness, margin 20
+    // Round trip 0 in this harness; b's clock reads at most 4 + 2 (resolution) ms ahead of a's as
+    // measured on prepare/ready, under the skew bound's 2 x 5; margin 20 on the first snapshot.
+    expect(cutAtMs).toBe(h.clock("a") + 0 + 6 + 20);
     const b = h.participants.get("b")!;
     expect(b.beforeWrite("db", cutAtMs - 1)).toEqual({ effects: [], ackNotBeforeMs: cutAtMs - 1, fences: [] });
     expect(b.beforeWrite("other", cutAtMs)).toEqual({ effects: [], ackNotBeforeMs: cutAtMs, fences: [] });
@@ -230,8 +232,8 @@ describe("timestamp mode", () => {
     expect(admission.effects.map((e) => (e.kind === "send" ? e.msg.type : e.kind))).toEqual(["cut", "snap.cut", "snap.taken"]);
     // Measured on prepare/ready (zero round trip, 1 ms resolution on both ends): b's offset from a
     // lies in [2, 6] and a's own in [-2, 2], so b waits 6 - (-2) = 8 ms, plus 2 x 500 ppm of the
-    // 40 ms from prepare to T + 2 skew; under the skew bound's 10 ms.
-    expect(admission.ackNotBeforeMs).toBeCloseTo(cutAtMs + 8.04, 9);
+    // 36 ms from prepare to T + 2 skew; under the skew bound's 10 ms.
+    expect(admission.ackNotBeforeMs).toBeCloseTo(cutAtMs + 8.036, 9);
     expect(admission.fences).toEqual(["a.1"]);
     expect(b.beforeWrite("db", cutAtMs + 20).ackNotBeforeMs).toBe(cutAtMs + 20);
     h.apply("b", admission.effects);
@@ -241,6 +243,40 @@ describe("timestamp mode", () => {
     expect(h.done("a.1")).toMatchObject({ ok: true, result: { cutAtMs } });
     // After commit every participant has cut, so later writes need no wait.
     expect(b.beforeWrite("db", cutAtMs + 2).ackNotBeforeMs).toBe(cutAtMs + 2);
+  });
+
+  test("the cut margin halves with each committed snapshot, and is back at its maximum after a take arrives late", () => {
+    const h = new Harness(["a", "b"], 5);
+    const leadOf = (snapshotId: string) => (h.sent("snap.take").find((m) => m.snapshotId === snapshotId) as { cutAtMs: number }).cutAtMs - h.clock("a");
+    const leads: number[] = [];
+    for (let index = 1; index <= 5; index++) {
+      h.start("a", `a.${index}`, "timestamp", ["a", "b"]);
+      h.pump();
+      leads.push(leadOf(`a.${index}`));
+      h.nowMs += leads[leads.length - 1]!;
+      h.tick("a");
+      h.tick("b");
+      h.pump();
+      expect(h.done(`a.${index}`)).toMatchObject({ ok: true });
+    }
+    // Measured lead 2 ms (no round trip, 1 ms resolution at each end), then margins 20, 10, 5, 2.5, 2.
+    expect(leads).toEqual([22, 12, 7, 5, 4]);
+    // b hears of the next take only after its clock passed T: it refuses, the snapshot fails, and
+    // the next one gets the whole margin again.
+    h.drop = (m) => m.to === "b" && m.msg.type === "snap.take";
+    h.start("a", "a.6", "timestamp", ["a", "b"]);
+    h.pump();
+    h.drop = () => false;
+    h.nowMs += 250; // past the take's first resend
+    h.tick("a");
+    h.tick("b");
+    h.pump();
+    const late = h.done("a.6") as { ok: false; error: ShoalError };
+    expect(late.ok).toBe(false);
+    expect(late.error.message).toContain("after its cut time");
+    h.start("a", "a.7", "timestamp", ["a", "b"]);
+    h.pump();
+    expect(leadOf("a.7")).toBe(22);
   });
 
   test("the clock is in use from prepare until the commit wait ends, and free again after", () => {
@@ -339,7 +375,7 @@ describe("failures and recovery", () => {
     h.drop = (m) => m.from === "b" && (m.msg.type === "snap.taken" || m.msg.type === "snap.cut");
     h.start("a", "a.1", "timestamp", ["a", "b"]);
     h.pump();
-    h.nowMs += 32; // past T (now + 30: no round trip, 2 x 5 ms skew, 20 ms margin), inside the 4 ms commit wait
+    h.nowMs += 24; // past T (now + 22: no round trip, clocks at most 2 ms apart as measured, 20 ms margin), inside the 4 ms commit wait
     h.tick("a");
     h.tick("b");
     h.pump();
