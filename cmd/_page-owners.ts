@@ -5,6 +5,13 @@ import { parseHostPort } from "../core/cluster/member.ts";
 import { NbdClient } from "../transport/nbd/nbd-client.ts";
 import { adminRequest } from "./_cli.ts";
 
+/** A byte range of a volume and the connection that serves it. */
+export interface OwnerSegment {
+  client: NbdClient;
+  offset: number;
+  length: number;
+}
+
 interface OwnerRun {
   first: number;
   last: number;
@@ -31,11 +38,25 @@ export class PageOwners {
     return undefined;
   }
 
-  /** The one owner of every page in `first..last`, or undefined when they differ or are unknown. */
-  ofPages(first: number, last: number): NbdClient | undefined {
-    const owner = this.get(first);
-    for (let page = first + 1; owner !== undefined && page <= last; page++) if (this.get(page) !== owner) return undefined;
-    return owner;
+  /**
+   * `offset..+length` cut where the owner changes: each piece goes to its pages' owner, or to
+   * `fallback` (the node asked, which forwards) where no owner is known. With pages smaller than
+   * a bulk job's chunk (say 1 MiB pages, 4 MiB chunks), a chunk spans several owners; sent whole
+   * to the node asked, two pieces in three would cross the mesh as well.
+   */
+  segments(offset: number, length: number, fallback: NbdClient): OwnerSegment[] {
+    const end = offset + length;
+    const pieces: OwnerSegment[] = [];
+    for (let at = offset; at < end; ) {
+      const pageEnd = (Math.floor(at / this.pageSizeBytes) + 1) * this.pageSizeBytes;
+      const stop = Math.min(pageEnd, end);
+      const client = this.get(Math.floor(at / this.pageSizeBytes)) ?? fallback;
+      const last = pieces[pieces.length - 1];
+      if (last !== undefined && last.client === client) last.length += stop - at;
+      else pieces.push({ client, offset: at, length: stop - at });
+      at = stop;
+    }
+    return pieces;
   }
 
   async flush(): Promise<void> {

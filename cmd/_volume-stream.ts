@@ -8,7 +8,7 @@ import { NbdClient } from "../transport/nbd/nbd-client.ts";
 import { adminRequest } from "./_cli.ts";
 import { FileSink } from "./_file-sink.ts";
 import { openSource } from "./_file-source.ts";
-import { connectPageOwners, type PageOwners } from "./_page-owners.ts";
+import { connectPageOwners, type OwnerSegment, type PageOwners } from "./_page-owners.ts";
 import { RequestsInFlight } from "./_requests-in-flight.ts";
 
 const CHUNK_BYTES = 4 * 1024 * 1024;
@@ -82,12 +82,6 @@ function isAllZero(bytes: Uint8Array): boolean {
   return true;
 }
 
-/** The connection that serves `offset..+length`: its pages' one owner, else the node asked. */
-function clientFor(owners: PageOwners, fallback: NbdClient, offset: number, length: number): NbdClient {
-  const page = Math.floor(offset / owners.pageSizeBytes);
-  return owners.ofPages(page, Math.floor((offset + length - 1) / owners.pageSizeBytes)) ?? fallback;
-}
-
 /** Whole pages when they are smaller than a chunk, so a chunk straddles no page boundary it need not. */
 function chunkBytesFor(pageSizeBytes: number): number {
   return pageSizeBytes >= CHUNK_BYTES ? CHUNK_BYTES : Math.floor(CHUNK_BYTES / pageSizeBytes) * pageSizeBytes;
@@ -127,8 +121,7 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
     if (offset + bytes.byteLength > client.sizeBytes) {
       throw new ShoalError("OUT_OF_RANGE", `input is larger than volume '${volume}' (${client.sizeBytes} bytes)`);
     }
-    const target = clientFor(owners, client, offset, bytes.byteLength);
-    const request = isAllZero(bytes) ? target.writeZeroes(offset, bytes.byteLength) : target.write(offset, bytes);
+    const request = writeToOwners(owners.segments(offset, bytes.byteLength, client), offset, bytes);
     offset += bytes.byteLength;
     await writes.add(done ? request.then(done) : request);
     progress.update(offset);
@@ -145,6 +138,27 @@ export async function importVolume(nodeAddress: string, volume: string, source: 
   }
   progress.update(offset, true);
   return summary(volume, offset, startMs);
+}
+
+/**
+ * `bytes` (at `offset`) written piece by piece to the owners of `segments`; an all-zero piece as
+ * WRITE_ZEROES, so the pages it covers stay holes.
+ */
+async function writeToOwners(segments: OwnerSegment[], offset: number, bytes: Uint8Array): Promise<void> {
+  const writes = segments.map((segment) => {
+    const piece = bytes.subarray(segment.offset - offset, segment.offset - offset + segment.length);
+    return isAllZero(piece) ? segment.client.writeZeroes(segment.offset, segment.length) : segment.client.write(segment.offset, piece);
+  });
+  // All answered before the chunk's buffer is used again, even when one fails early.
+  const results = await Promise.allSettled(writes);
+  for (const result of results) if (result.status === "rejected") throw result.reason;
+}
+
+/** The pieces' views of `segments`, read from their owners at once, in order. */
+async function readFromOwners(segments: OwnerSegment[]): Promise<Uint8Array[]> {
+  if (segments.length === 1) return segments[0]!.client.readViews(segments[0]!.offset, segments[0]!.length);
+  const pieces = await Promise.all(segments.map((segment) => quietly(segment.client.readViews(segment.offset, segment.length))));
+  return pieces.flat();
 }
 
 type Send = (bytes: Uint8Array, done?: () => void) => Promise<void>;
@@ -211,7 +225,7 @@ async function readVolume(nodeAddress: string, volume: string, sink: FileSink, q
   const queueRead = () => {
     if (nextOffset >= size) return;
     const length = Math.min(chunkBytes, size - nextOffset);
-    reads.push(quietly(clientFor(owners, client, nextOffset, length).readViews(nextOffset, length)));
+    reads.push(quietly(readFromOwners(owners.segments(nextOffset, length, client))));
     nextOffset += length;
   };
   try {
