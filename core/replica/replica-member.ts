@@ -57,6 +57,12 @@ export interface MemberConfig {
   home: (volume: string) => string[][] | undefined;
   /** How many chunks a page group of the volume has (a copy of "every chunk" lists them). */
   chunksPerGroup: (volume: string) => number;
+  /**
+   * The chunks a copy of "every chunk" of the group names. Absent: 0..chunksPerGroup-1 (the
+   * simulation). A node answers with the chunks its store holds, so a 64 TiB volume's group is
+   * never listed whole (a chunk held nowhere reads as zeros on every copy).
+   */
+  allChunks?: (volume: string, group: number) => number[];
   heartbeatIntervalMs: number;
   /** A member not heard from for this long is suspected (and dropped from the sets this member serves). */
   suspectAfterMs: number;
@@ -390,7 +396,7 @@ export class ReplicaMember {
         const key = awayKey(table.volume, group, node);
         // No map (this member was not a replica when the node left): it may lack anything.
         if (!this.state.awayMaps.has(key)) {
-          this.record({ kind: "away-map", volume: table.volume, group, node, sinceVersion: table.version, dirty: range(this.config.chunksPerGroup(table.volume)) });
+          this.record({ kind: "away-map", volume: table.volume, group, node, sinceVersion: table.version, dirty: this.allChunks(table.volume, group) });
         }
         const map = this.state.awayMaps.get(key)!;
         const batch = takeBatch(map, this.config.copyBatchChunks);
@@ -417,6 +423,10 @@ export class ReplicaMember {
     this.copiesInFlight.delete(batch);
     const map = this.state.awayMaps.get(copy.key);
     if (map === copy.map) this.forgetCopied(copy.volume, map, copy.chunks);
+  }
+
+  private allChunks(volume: string, group: number): number[] {
+    return this.config.allChunks?.(volume, group) ?? range(this.config.chunksPerGroup(volume));
   }
 
   /** A peer's list of chunks names chunks of the group only (the host applies them by index). */
@@ -461,7 +471,7 @@ export class ReplicaMember {
     if (since === undefined || node === this.self || !this.synced(table, group)) return;
     // A map is valid only while this member stayed a replica since the node left (voidMaps); without one, every chunk.
     const map = this.state.awayMaps.get(awayKey(volume, group, node));
-    const chunks = this.config.sabotage?.joinWithoutCopy ? [] : map === undefined ? range(this.config.chunksPerGroup(volume)) : remainder(map);
+    const chunks = this.config.sabotage?.joinWithoutCopy ? [] : map === undefined ? this.allChunks(volume, group) : remainder(map);
     this.send(node, { kind: "join", table: cloneReplicaTable(table), group, since, chunks });
   }
 

@@ -1,5 +1,6 @@
 // The admin operations a node answers for the CLI (`shoal volume`, `shoal snap`, `shoal archive`,
 // `route nodes/show`). Every member answers every one the same way: they read the group's catalog, which all members share.
+import type { ReplicaHost } from "../node/replica-host.ts";
 import { ShoalError } from "../../core/errors.ts";
 import { DEFAULT_PAGE_SIZE_BYTES, pageCount } from "../../core/geometry.ts";
 import type { PageStore, VolumeUsage } from "../../core/store/page-store.ts";
@@ -24,6 +25,7 @@ export interface AdminApiOptions {
   startedAtMs: number;
   /** Copies of each page of a volume created without --replicas (the node's --default-replicas). */
   defaultReplicas: number;
+  replicaHost: ReplicaHost;
 }
 
 type Usage = Record<string, VolumeUsage & { exclusiveBytes?: number }>;
@@ -241,6 +243,7 @@ export class AdminApi {
         replicaRuns: (replicaRuns.get(node)?.runs ?? []).map((run) => ({ ...run, text: formatRun(run) })),
         replicaRunCount: replicaRuns.get(node)?.count ?? 0,
       })),
+      ...(this.options.replicaHost.report(record.uid) ?? {}),
     };
   }
 
