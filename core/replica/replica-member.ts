@@ -101,6 +101,8 @@ interface CopyInFlight {
 export class ReplicaMember {
   private nowMs: number;
   private readonly lastHeardMs = new Map<string, number>();
+  /** Per volume, per member, the newest table version it sent in a tables heartbeat (so recorded durably). */
+  private readonly peersRecorded = new Map<string, Map<string, number>>();
   private readonly proposers = new Map<string, SetChangeProposer>();
   private readonly copiesInFlight = new Map<string, CopyInFlight>();
   private batchSeq = 0;
@@ -242,7 +244,10 @@ export class ReplicaMember {
   private receive(from: string, message: PeerMessage): void {
     switch (message.kind) {
       case "tables":
-        for (const table of message.tables) this.adopt(table);
+        for (const table of message.tables) {
+          this.noteRecorded(from, table);
+          this.adopt(table);
+        }
         return;
       case "prepare":
       case "accept":
@@ -263,6 +268,13 @@ export class ReplicaMember {
       case "joined":
         return this.peerJoined(from, message);
     }
+  }
+
+  private noteRecorded(from: string, table: ReplicaTable): void {
+    if (!this.config.members.includes(from)) return;
+    let byMember = this.peersRecorded.get(table.volume);
+    if (!byMember) this.peersRecorded.set(table.volume, (byMember = new Map()));
+    byMember.set(from, Math.max(byMember.get(from) ?? 0, table.version));
   }
 
   private addVolume(table: ReplicaTable): void {
@@ -293,7 +305,7 @@ export class ReplicaMember {
   private propose(base: ReplicaTable, change: SetChange): void {
     const { minorityQuorum, ignoreAccepted } = this.config.sabotage ?? {};
     const config = { self: this.self, members: this.config.members, ...this.config.proposer, jitter: this.config.random, sabotage: { minorityQuorum, ignoreAccepted } };
-    const proposer = new SetChangeProposer(config, base, withChange(base, change));
+    const proposer = new SetChangeProposer(config, base, withChange(base, change), this.peersRecorded.get(base.volume));
     this.out.note({ kind: "proposed", volume: base.volume, version: proposer.version, change: describeChange(change) });
     this.proposers.set(base.volume, proposer);
     this.runProposer(proposer, proposer.start(this.nowMs));

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { NbdClient } from "../../transport/nbd/nbd-client.ts";
-import { run, shoalCommand, TestCluster, waitFor, type TestNode } from "./_cluster.ts";
+import { run, shoalCommand, TestCluster, waitFor, waitSetsWhole, type TestNode } from "./_cluster.ts";
 
 const MiB = 1024 * 1024;
 const PAGE = 4 * MiB;
@@ -49,16 +49,6 @@ function pattern(seed: number, length: number): Uint8Array {
 
 async function storeSyncs(node: TestNode): Promise<number> {
   return Number((await adminRequest(node.meshAddress, "admin.node.info")).storeSyncs);
-}
-
-/** Every node's replica sets of `volume` are whole again: each page group has its copies, each up to date. */
-export async function waitSetsWhole(cluster: TestCluster, volume: string): Promise<void> {
-  for (const node of cluster.nodes) {
-    await waitFor(`${node.id}'s replica sets of ${volume} to be whole`, async () => {
-      const shown = JSON.parse((await cluster.shoal(["route", "show", volume, "--json"], { node })).stdout);
-      return shown.replicaSets?.whole === true;
-    }, 30_000);
-  }
 }
 
 function same(actual: Uint8Array, expected: Uint8Array): boolean {

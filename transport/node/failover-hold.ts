@@ -27,28 +27,28 @@ export class FailoverHold {
    * the routing version moves is abandoned (its answer ignored) and the request sent again.
    */
   async run<T>(uid: string, what: string, attempt: () => Promise<T> | T): Promise<T> {
-    const startedMs = Date.now();
+    const held = new HeldTime();
     for (let tries = 1; ; tries++) {
       const version = this.versionOf(uid);
       try {
         const result = attempt();
-        return result instanceof Promise ? await this.unlessRerouted(result, uid, version, startedMs) : result;
+        return result instanceof Promise ? await this.unlessRerouted(result, uid, version, held) : result;
       } catch (err) {
         const error = asShoalError(err);
         if (!CURED_BY_NEWER_ROUTING.has(error.code) && !(err instanceof Rerouted)) throw err;
-        const heldMs = Date.now() - startedMs;
+        const heldMs = held.tick();
         if (heldMs >= this.limitMs) {
           this.log.warn(`${what}: held ${heldMs} ms over ${tries} tries and no replica set took it (${error.message}); failing it`);
           throw new ShoalError("IO_ERROR", `${what} found no replica set to take it within ${this.limitMs} ms: ${error.message}`);
         }
-        if (!(err instanceof Rerouted)) await this.newerOr(uid, version, RETRY_WITHOUT_NEWER_MS, startedMs);
+        if (!(err instanceof Rerouted)) await this.newerOr(uid, version, RETRY_WITHOUT_NEWER_MS, held);
       }
     }
   }
 
   /** Whether the volume's routing moves past `version` within the hold limit. */
   async newerWithin(uid: string, version: number): Promise<boolean> {
-    await this.newerOr(uid, version, this.limitMs, Date.now());
+    await this.newerOr(uid, version, this.limitMs, new HeldTime());
     return this.versionOf(uid) > version;
   }
 
@@ -57,10 +57,10 @@ export class FailoverHold {
   }
 
   /** The attempt's answer, or Rerouted once the routing version moves past `version` (or the hold limit passes). */
-  private unlessRerouted<T>(pending: Promise<T>, uid: string, version: number, startedMs: number): Promise<T> {
+  private unlessRerouted<T>(pending: Promise<T>, uid: string, version: number, held: HeldTime): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const timer = setInterval(() => {
-        if (this.versionOf(uid) === version && Date.now() - startedMs < this.limitMs) return;
+        if (this.versionOf(uid) === version && held.tick() < this.limitMs) return;
         clearInterval(timer);
         reject(this.versionOf(uid) === version ? new ShoalError("TIMEOUT", "no answer from the replica set") : new Rerouted("STALE_ROUTE", "routing changed"));
       }, RECHECK_MS);
@@ -78,15 +78,32 @@ export class FailoverHold {
   }
 
   /** Resolves when the routing version moves past `version`, or after `waitMs` (never past the hold limit). */
-  private newerOr(uid: string, version: number, waitMs: number, startedMs: number): Promise<void> {
-    const untilMs = Math.min(Date.now() + waitMs, startedMs + this.limitMs);
+  private newerOr(uid: string, version: number, waitMs: number, held: HeldTime): Promise<void> {
+    const untilMs = Math.min(held.tick() + waitMs, this.limitMs);
     return new Promise<void>((resolve) => {
       const timer = setInterval(() => {
-        if (this.versionOf(uid) === version && Date.now() < untilMs) return;
+        if (this.versionOf(uid) === version && held.tick() < untilMs) return;
         clearInterval(timer);
         resolve();
       }, RECHECK_MS / 4);
     });
+  }
+}
+
+/**
+ * How long a request has been held while this node ran: a gap between checks longer than a few
+ * of them means the process itself was stopped (SIGSTOP, a VM pause) and is not held against the
+ * request, which would otherwise fail the moment the node resumes, before it could learn the sets.
+ */
+class HeldTime {
+  private lastMs = Date.now();
+  private heldMs = 0;
+
+  tick(): number {
+    const nowMs = Date.now();
+    this.heldMs += Math.min(nowMs - this.lastMs, RECHECK_MS * 5);
+    this.lastMs = nowMs;
+    return this.heldMs;
   }
 }
 

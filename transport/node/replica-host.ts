@@ -126,7 +126,7 @@ export class ReplicaHost {
       suspectAfterMs: this.options.timeoutMs,
       policyIntervalMs: Math.max(50, Math.min(250, this.options.timeoutMs / 8)),
       copyBatchChunks: Math.max(1, Math.floor(COPY_MESSAGE_BYTES_MAX / record.pageSizeBytes / 2)),
-      copyTimeoutMs: Math.max(5000, this.options.timeoutMs * 2),
+      copyTimeoutMs: Math.max(2000, this.options.timeoutMs * 2),
       joinChunksMax: Math.max(1, Math.floor(COPY_MESSAGE_BYTES_MAX / record.pageSizeBytes)),
       proposer: { attemptTimeoutMs: Math.max(200, this.options.timeoutMs / 4), backoffMs: 100, maxAttempts: 8 },
       random: Math.random,
@@ -183,6 +183,11 @@ export class ReplicaHost {
       throw new ShoalError("BAD_FRAME", `replica message from ${from} for '${hosted.name}' is malformed: ${asShoalError(err).message}`);
     }
     if (message.kind === "tables") hosted.tablesHeardMs.set(from, Date.now());
+    // A copy for a group this node serves as a synced member is either late (a join copy made
+    // this copy current since, and writes may have followed: applying it could undo them) or
+    // early (this node has not learned yet that it was dropped). Neither may be applied, nor
+    // confirmed: unconfirmed, the source sends it again, by when this node knows its table.
+    if (message.kind === "copy" && this.syncedMember(hosted, message.group)) return {};
     this.carryOut(hosted, hosted.member.step({ kind: "message", nowMs: Date.now(), from, message }), payload);
     return {};
   }
@@ -305,18 +310,17 @@ export class ReplicaHost {
 
   /**
    * A copy's or join's page data, chunk by chunk as the message carried it. Applied in step order
-   * with this node's writes (one thread: the step and the apply happen together), and never over a
-   * group where this node is already a synced member: such a copy was taken before the join copy
-   * this node applied (a resync source sends copies only to nodes out of the set, and adds one back
-   * only through a join taken after it recorded the new version), so it may be older than a write
-   * applied since. A join lands while its group refuses writes here ("joining", fence.ts), so no
-   * write it could undo has been applied. Returns the page sync the durability report must wait for.
+   * with this node's writes (one thread: the step and the apply happen together). A copy never
+   * reaches a group where this node is a synced member (handle drops it): a resync source sends
+   * copies only to nodes out of the set and adds one back only through a join taken after it
+   * recorded the new version, so such a copy may be older than a write applied since. A join lands
+   * while its group refuses writes here ("joining", fence.ts), so no write it could undo has been
+   * applied. Returns the page sync the durability report must wait for.
    */
   private applyChunks(hosted: Hosted, ready: MemberReady, data: Payload | undefined): Promise<void> | undefined {
     let synced: Promise<void> | undefined;
     for (const apply of ready.applies) {
       if (apply.kind === "write") continue;
-      if (apply.kind === "copy" && this.syncedMember(hosted, apply.group)) continue;
       const bytes = data?.byteLength ?? 0;
       if (bytes !== apply.chunks.length * hosted.pageSizeBytes) {
         this.options.log.warn(`a ${apply.kind} of '${hosted.name}' group ${apply.group} carried ${bytes} bytes for ${apply.chunks.length} pages; ignored`);
