@@ -488,3 +488,16 @@ export function withReplicaSets(table: RoutingTable, version: number, sets: stri
   }
   return { version, nodes: table.nodes, owners, ...(ranks > 0 ? { replicaOwners } : {}) };
 }
+
+/**
+ * Whether every page has all its copies (no rank holds NO_COPY). Snapshots, rollbacks and clones
+ * of a replicated volume wait for it: a copy that was away would come back without their layers.
+ */
+export function copiesWhole(table: RoutingTable): boolean {
+  return (table.replicaOwners ?? []).every((rank) => rank.indexOf(NO_COPY) < 0);
+}
+
+/** The refusal of an operation that needs every copy while some page has fewer. */
+export function copiesMissing(volume: string, what: string): ShoalError {
+  return new ShoalError("NODE_DOWN", `volume '${volume}' has pages with a copy missing (a node is away or catching up); ${what} when \`shoal route show ${volume} --json\` says its replica sets are whole again`);
+}

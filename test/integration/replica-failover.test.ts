@@ -157,6 +157,17 @@ test("each node in turn killed -9 under writers and restarted: no client error, 
       await Bun.sleep(300);
       await victim.kill9();
       await qemuWrites(others[round % 2]!, round);
+      if (round === 0) {
+        // A snapshot now would leave the returning copy without its layer: refused until the sets are whole.
+        await waitFor(`the others to drop ${victim.id}`, async () => {
+          const shown = JSON.parse((await cluster.shoal(["route", "show", "f", "--json"], { node: others[0] })).stdout);
+          return shown.replicaSets?.whole === false;
+        });
+        const refused = await cluster.shoal(["snap", "create", "f", "--name", "away"], { node: others[0] });
+        expect(refused.exitCode).toBe(5);
+        expect(refused.stderr).toContain("volume 'f' has pages with a copy missing");
+        expect(refused.stderr.trim().split("\n")).toHaveLength(1);
+      }
       await Bun.sleep(TIMEOUT_MS);
       await victim.start();
       await waitSetsWhole(cluster, "f");
