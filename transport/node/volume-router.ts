@@ -310,11 +310,14 @@ export class VolumeRouter implements ExportCatalog {
     const allocated = new Array<boolean>(slices.length);
     const remoteByOwner = new Map<string, number[]>();
     slices.forEach((slice, index) => {
-      if (holdsCopy(record.routing, slice.page, this.group.selfId)) allocated[index] = this.store.isAllocated(target.layer, slice.page);
-      else {
+      if (holdsCopy(record.routing, slice.page, this.group.selfId) && this.replicaHost.canServeLocally(record, slice.page)) {
+        allocated[index] = this.store.isAllocated(target.layer, slice.page);
+      } else {
         // The primary, or the first copy that is up (what a read of the page would reach).
-        const copies = replicasOf(record.routing, slice.page);
-        const owner = copies.find((node) => this.group.isUp(node)) ?? copies[0]!;
+        const copies = replicasOf(record.routing, slice.page).filter((node) => node !== this.group.selfId);
+        const owner = copies.find((node) => this.group.isUp(node)) ?? copies[0];
+        // No other copy to ask (this one is still catching up): allocated, so the client reads it, through the hold.
+        if (owner === undefined) return void (allocated[index] = true);
         let indexes = remoteByOwner.get(owner);
         if (!indexes) remoteByOwner.set(owner, (indexes = []));
         indexes.push(index);
@@ -417,7 +420,8 @@ export class VolumeRouter implements ExportCatalog {
           result: {
             a: pages.map((page) => {
               const index = Number(page);
-              return !(index >= 0 && index < routing.owners.length && holdsCopy(routing, index, this.group.selfId)) || this.store.isAllocated(target.layer, index);
+              const own = index >= 0 && index < routing.owners.length && holdsCopy(routing, index, this.group.selfId) && this.replicaHost.canServeLocally(target.record, index);
+              return !own || this.store.isAllocated(target.layer, index);
             }),
           },
         };
