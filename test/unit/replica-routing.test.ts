@@ -3,6 +3,7 @@
 // page groups map pages to (group, chunk) and back for volumes of any size.
 import { describe, expect, test } from "bun:test";
 import { holdsCopy, NO_COPY, ownerOf, packReplicaRanks, replicaPagesPerNode, replicasOf, routingFromWire, routingToWire, stripedTable, unpackReplicaRanks, withReplicaSets } from "../../core/cluster/routing.ts";
+import { isNewer, newVolumeRecord } from "../../core/cluster/volume.ts";
 import { chunkOfPage, chunksPerGroup, groupCount, groupOfPage, homeSets, pageGroupsOf, pageOfChunk } from "../../core/replica/page-groups.ts";
 
 describe("replica sets as routing tables", () => {
@@ -47,4 +48,13 @@ describe("replica sets as routing tables", () => {
     expect(chunksPerGroup(big)).toBe(5592406);
     expect(pageOfChunk(big, 2, 5592404)).toBe(16777214);
   });
+});
+
+test("a delete and a replica-set change made from the same record: the tombstone wins in either order", () => {
+  const record = newVolumeRecord({ name: "v", sizeBytes: 12 * 4096 * 1024, pageSizeBytes: 4096 * 1024, nodes: ["a", "b", "c"], uid: "u", nowMs: 1, previousVersion: 0, replicas: 2 });
+  const groups = pageGroupsOf(record.routing);
+  const failedOver = { ...record, version: record.version + 1, routing: withReplicaSets(record.routing, 2, [["a"], ["c"], ["c", "a"]], (page) => groupOfPage(groups, page)) };
+  const tombstone = { ...record, version: record.version + 1, deleted: true };
+  expect(isNewer(tombstone, failedOver)).toBe(true);
+  expect(isNewer(failedOver, tombstone)).toBe(false);
 });
