@@ -219,7 +219,7 @@ export class ReplicaHost {
    */
   admitWrite(record: VolumeRecord, page: number, lengthBytes: number): Promise<void> | undefined {
     const hosted = this.hosted.get(record.uid);
-    if (hosted === undefined) return undefined;
+    if (hosted === undefined || this.admitsAtOnce(hosted, record, page)) return undefined;
     const id = ++this.requestSeq;
     const { groups } = hosted;
     const request = { id, kind: "write" as const, volume: hosted.name, group: groupOfPage(groups, page), chunk: chunkOfPage(groups, page), routed: record.routing.version };
@@ -239,6 +239,20 @@ export class ReplicaHost {
       throw new ShoalError("STALE_ROUTE", `node ${this.options.group.selfId} does not take writes of page ${page} of '${record.name}' routed by version ${record.routing.version} now (its replica table is ${describeTable(hosted.member.current.tables.get(hosted.name)!)})`);
     }
     return answered;
+  }
+
+  /**
+   * The member's own answer, without a step, in the common case: no away map to note the write
+   * in, no sync pending that an answer would have to wait for (records are committed before a
+   * step returns), and the fence admits it (the routing's version is the recorded table's, and
+   * this copy of the group is up to date for its membership). A step per write cost ~17 µs of
+   * node CPU per replicated 4 KiB write (bench/replicas.ts, 124 vs 107 µs).
+   */
+  private admitsAtOnce(hosted: Hosted, record: VolumeRecord, page: number): boolean {
+    const state = hosted.member.current;
+    if (hosted.durableChain !== settled || state.awayMaps.size > 0) return false;
+    if (state.tables.get(hosted.name)?.version !== record.routing.version) return false;
+    return this.syncedMember(hosted, groupOfPage(hosted.groups, page));
   }
 
   /**
