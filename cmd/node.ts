@@ -37,6 +37,12 @@ const nodeFlags = {
     default: "1",
     valueHint: "N",
   },
+  replicaTimeout: {
+    type: "string",
+    description: "a replica of a replicated volume not heard from for this long leaves its page groups' sets; clients' writes wait at most about three times this",
+    default: "3s",
+    valueHint: "DURATION",
+  },
   writebackInterval: {
     type: "string",
     description: "how often unsynced writes are written back in the background, so a FLUSH or a snapshot finds little to sync (0: only past --dirty-limit)",
@@ -71,6 +77,7 @@ export default defineCommand({
       dirtyLimitBytes: parseSize(text("dirtyLimit")!),
       writeBackIntervalMs: parseDurationMs(text("writebackInterval")!, "--writeback-interval"),
       defaultReplicas: parseReplicas(text("defaultReplicas")!, "--default-replicas"),
+      replicaTimeoutMs: parseDurationMs(text("replicaTimeout")!, "--replica-timeout"),
     });
     await new Promise<void>((resolve) => {
       const onSignal = () => {

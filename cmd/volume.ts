@@ -74,10 +74,9 @@ const info = defineCommand({
         `volume ${result.name} (uid ${result.uid}), ${result.state}`,
         `size ${formatSize(result.sizeBytes)}, ${result.pageCount} pages of ${formatSize(result.pageSizeBytes)}, ${copies(result.replicas)}, routing version ${result.routingVersion}`,
         // One copy: reads and writes of these pages (and of the same pages of its snapshots) fail
-        // with EIO until the node is back. More: reads go to another copy, writes of every page
-        // the node holds a copy of fail until it is back (no failover yet).
+        // with EIO until the node is back. More: the other copies go on without it (failover).
         ...(result.replicas > 1
-          ? result.nodesDown.map((node) => `down: ${node}; reads of its pages go to other copies, writes of pages it holds a copy of fail until it is back`)
+          ? result.nodesDown.map((node) => `down: ${node}; the other copies of its pages go on without it, and it catches up when it is back`)
           : unreachable.map((down) => `unreachable: ${down.pages} page(s) on ${down.node} (down): ${runsText(down.runs)}`)),
         result.replicas === 1
           ? table(["NODE", "PAGES", "WRITTEN", "USED"], nodes.map((n) => [n.node, n.pages, n.pagesWritten ?? "?", usedText(n.bytesUsed)]))

@@ -23,6 +23,9 @@ CREATE TABLE IF NOT EXISTS volumes (
   restoring INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS snapshots (key TEXT PRIMARY KEY, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS replica_member (
+  uid TEXT NOT NULL, seq INTEGER NOT NULL, record TEXT NOT NULL, PRIMARY KEY (uid, seq)
+);
 CREATE TABLE IF NOT EXISTS snapshot_protocol (
   role TEXT NOT NULL, snapshot_id TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (role, snapshot_id)
 );
@@ -196,6 +199,32 @@ export class Catalog implements SnapshotCatalog {
 
   removeProtocolRecord(role: ProtocolRole, snapshotId: string): void {
     this.lazyDb.query("DELETE FROM snapshot_protocol WHERE role = ? AND snapshot_id = ?").run(role, snapshotId);
+  }
+
+  /**
+   * A replicated volume's replica-member state (core/replica/member-state.ts): row 0 its stored
+   * form, then the records made since, in order (JSON). Written through the connection that does
+   * not fsync (a commit survives a kill -9, the page cache keeps it); durable() for power loss.
+   */
+  replicaMemberRows(uid: string): { seq: number; record: string }[] {
+    return this.lazyDb.query("SELECT seq, record FROM replica_member WHERE uid = ? ORDER BY seq").all(uid) as { seq: number; record: string }[];
+  }
+
+  appendReplicaRecords(uid: string, firstSeq: number, records: unknown[]): void {
+    const insert = this.lazyDb.query("INSERT INTO replica_member (uid, seq, record) VALUES (?, ?, ?)");
+    this.lazyDb.transaction(() => records.forEach((record, index) => insert.run(uid, firstSeq + index, JSON.stringify(record))))();
+  }
+
+  /** The stored form replaces row 0 and every record folded into it. */
+  replaceReplicaState(uid: string, state: unknown): void {
+    this.lazyDb.transaction(() => {
+      this.lazyDb.query("DELETE FROM replica_member WHERE uid = ?").run(uid);
+      this.lazyDb.query("INSERT INTO replica_member (uid, seq, record) VALUES (?, 0, ?)").run(uid, JSON.stringify(state));
+    })();
+  }
+
+  removeReplicaState(uid: string): void {
+    this.lazyDb.query("DELETE FROM replica_member WHERE uid = ?").run(uid);
   }
 
   /** Every record, tombstones included (they keep a deleted name from coming back through a stale peer). */

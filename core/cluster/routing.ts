@@ -19,10 +19,14 @@ export interface RoutingTable {
    * page's replica k (k = 1..R-1), never the primary's or another replica's node. Absent (or
    * empty) for one copy. Kept beside `owners`, not folded into it, so that every caller of
    * ownerOf still means the primary (the node that orders a page's writes), and an R=1 table
-   * costs nothing more.
+   * costs nothing more. A rank holds NO_COPY for a page whose replica set lost a member
+   * (failover, transport/node/replica-host.ts): the ranks keep their number, the page has fewer copies.
    */
   replicaOwners?: Uint16Array[];
 }
+
+/** In a replica rank: this page has no copy of that rank now (its node left the page's set). */
+export const NO_COPY = 0xffff;
 
 const MAX_NODES_PER_TABLE = 65535;
 /** Copies of a page at most: a primary and two replicas (what Ceph and Longhorn keep by default). */
@@ -69,7 +73,7 @@ export function replicaCount(table: RoutingTable): number {
 /** The nodes holding a copy of `page`, the primary first. */
 export function replicasOf(table: RoutingTable, page: number): string[] {
   const nodes = [ownerOf(table, page)];
-  for (const rank of table.replicaOwners ?? []) nodes.push(table.nodes[rank[page]!]!);
+  for (const rank of table.replicaOwners ?? []) if (rank[page] !== NO_COPY) nodes.push(table.nodes[rank[page]!]!);
   return nodes;
 }
 
@@ -98,7 +102,7 @@ export function replicaPagesPerNode(table: RoutingTable): Map<string, number> {
   let counts = replicaCounts.get(table);
   if (counts === undefined) {
     const perIndex = new Array<number>(table.nodes.length).fill(0);
-    for (const rank of table.replicaOwners ?? []) for (let page = 0; page < rank.length; page++) perIndex[rank[page]!]!++;
+    for (const rank of table.replicaOwners ?? []) for (let page = 0; page < rank.length; page++) if (rank[page] !== NO_COPY) perIndex[rank[page]!]!++;
     counts = new Map(table.nodes.map((node, index) => [node, perIndex[index]!]));
     replicaCounts.set(table, counts);
   }
@@ -147,6 +151,7 @@ export function describeRuns(table: RoutingTable, keepPerNode = Infinity, owners
   const perIndex: NodeRuns[] = table.nodes.map(() => ({ runs: [], count: 0 }));
   // Each node's runs come in ascending order: the ones kept are its lowest.
   collectRuns(owners, table.nodes.length, Infinity, (first, last, step, index) => {
+    if (index === NO_COPY) return;
     const node = perIndex[index]!;
     if (node.count++ < keepPerNode) node.runs.push({ first, last, step });
   });
@@ -179,12 +184,14 @@ export interface NodeRuns {
  * `maxRuns` runs were found.
  */
 function collectRuns(owners: Uint16Array, nodeCount: number, maxRuns: number, emit: (first: number, last: number, step: number, index: number) => void): boolean {
-  const first = new Int32Array(nodeCount).fill(-1);
-  const last = new Int32Array(nodeCount);
-  const step = new Int32Array(nodeCount); // 0: the open run has one page so far
+  // One slot more than the nodes: a replica rank's NO_COPY pages make runs of their own.
+  const first = new Int32Array(nodeCount + 1).fill(-1);
+  const last = new Int32Array(nodeCount + 1);
+  const step = new Int32Array(nodeCount + 1); // 0: the open run has one page so far
+  const indexOf = (slot: number) => (slot === nodeCount ? NO_COPY : slot);
   let found = 0;
   for (let page = 0; page < owners.length; page++) {
-    const index = owners[page]!;
+    const index = owners[page] === NO_COPY ? nodeCount : owners[page]!;
     if (first[index] === -1) {
       first[index] = page;
       last[index] = page;
@@ -196,16 +203,16 @@ function collectRuns(owners: Uint16Array, nodeCount: number, maxRuns: number, em
       last[index] = page;
     } else {
       if (++found > maxRuns) return false;
-      emit(first[index]!, last[index]!, step[index]!, index);
+      emit(first[index]!, last[index]!, step[index]!, indexOf(index));
       first[index] = page;
       last[index] = page;
       step[index] = 0;
     }
   }
-  for (let index = 0; index < nodeCount; index++) {
+  for (let index = 0; index <= nodeCount; index++) {
     if (first[index] === -1) continue;
     if (++found > maxRuns) return false;
-    emit(first[index]!, last[index]!, step[index] || 1, index);
+    emit(first[index]!, last[index]!, step[index] || 1, indexOf(index));
   }
   return true;
 }
@@ -314,7 +321,7 @@ export function routingFromWire(wire: RoutingTableWire, expectedPages: number): 
   if (wire.replicas !== undefined) {
     if (!Array.isArray(wire.replicas) || wire.replicas.length > MAX_REPLICAS - 1) throw new ShoalError("BAD_FRAME", "routing table's replica ranks are malformed");
     if (wire.replicas.length > 0) {
-      table.replicaOwners = wire.replicas.map((rank) => ownersFromWire(rank, nodeCount, expectedPages));
+      table.replicaOwners = wire.replicas.map((rank) => ownersFromWire(rank, nodeCount, expectedPages, true));
       checkDistinctCopies(table);
     }
   }
@@ -329,9 +336,10 @@ export function routingFromWire(wire: RoutingTableWire, expectedPages: number): 
   return table;
 }
 
-function ownersFromWire(rank: OwnersWire, nodeCount: number, expectedPages: number): Uint16Array {
+/** `replicaRank`: NO_COPY is allowed (a primary rank names a node for every page). */
+function ownersFromWire(rank: OwnersWire, nodeCount: number, expectedPages: number, replicaRank = false): Uint16Array {
   if (typeof rank !== "object" || rank === null) throw new ShoalError("BAD_FRAME", "routing table rank is malformed");
-  return rank.runs !== undefined ? ownersFromRuns(rank.runs, nodeCount, expectedPages) : ownersFromMap(rank.owners, nodeCount, expectedPages);
+  return rank.runs !== undefined ? ownersFromRuns(rank.runs, nodeCount, expectedPages, replicaRank) : ownersFromMap(rank.owners, nodeCount, expectedPages, replicaRank);
 }
 
 /** No two copies of a page on one node: a table that says otherwise would lose the page with that node. */
@@ -342,7 +350,7 @@ function checkDistinctCopies(table: RoutingTable): void {
     for (let b = a + 1; b < ranks.length; b++) {
       const [left, right] = [ranks[a]!, ranks[b]!];
       for (let page = 0; page < left.length; page++) {
-        if (left[page] === right[page]) throw new ShoalError("BAD_FRAME", `routing table puts two copies of page ${page} on node ${table.nodes[left[page]!]}`);
+        if (left[page] === right[page] && left[page] !== NO_COPY) throw new ShoalError("BAD_FRAME", `routing table puts two copies of page ${page} on node ${table.nodes[left[page]!]}`);
       }
     }
   }
@@ -383,7 +391,7 @@ export function unpackReplicaRanks(packed: Uint8Array | null): OwnersWire[] | un
   return ranks;
 }
 
-function ownersFromMap(bytes: Uint8Array | undefined, nodeCount: number, expectedPages: number): Uint16Array {
+function ownersFromMap(bytes: Uint8Array | undefined, nodeCount: number, expectedPages: number, replicaRank: boolean): Uint16Array {
   if (!(bytes instanceof Uint8Array) || bytes.byteLength !== expectedPages * 2) {
     throw new ShoalError("BAD_FRAME", `routing table has ${bytes?.byteLength} owner bytes, expected ${expectedPages * 2}`);
   }
@@ -391,7 +399,7 @@ function ownersFromMap(bytes: Uint8Array | undefined, nodeCount: number, expecte
   const owners = new Uint16Array(expectedPages);
   new Uint8Array(owners.buffer).set(bytes);
   for (let page = 0; page < owners.length; page++) {
-    if (owners[page]! >= nodeCount) throw new ShoalError("BAD_FRAME", `routing table names node index ${owners[page]} of ${nodeCount}`);
+    if (owners[page]! >= nodeCount && !(replicaRank && owners[page] === NO_COPY)) throw new ShoalError("BAD_FRAME", `routing table names node index ${owners[page]} of ${nodeCount}`);
   }
   return owners;
 }
@@ -400,7 +408,7 @@ function ownersFromMap(bytes: Uint8Array | undefined, nodeCount: number, expecte
  * Every page must be covered by exactly one run: the runs must cover as many pages as the volume
  * has, and leave none unowned (an overlap would leave a gap, since the counts agree).
  */
-function ownersFromRuns(bytes: Uint8Array, nodeCount: number, expectedPages: number): Uint16Array {
+function ownersFromRuns(bytes: Uint8Array, nodeCount: number, expectedPages: number, replicaRank: boolean): Uint16Array {
   if (!(bytes instanceof Uint8Array) || bytes.byteLength % RUN_BYTES !== 0) {
     throw new ShoalError("BAD_FRAME", `routing table runs take ${bytes?.byteLength} bytes, not a multiple of ${RUN_BYTES}`);
   }
@@ -409,19 +417,26 @@ function ownersFromRuns(bytes: Uint8Array, nodeCount: number, expectedPages: num
   let covered = 0;
   for (let at = 0; at < runs.length; at += 4) {
     const [first, last, step, index] = [runs[at]!, runs[at + 1]!, runs[at + 2]!, runs[at + 3]!];
-    if (last < first || last >= expectedPages || step < 1 || (last - first) % step !== 0 || index >= nodeCount) {
+    if (last < first || last >= expectedPages || step < 1 || (last - first) % step !== 0 || (index >= nodeCount && !(replicaRank && index === NO_COPY))) {
       throw new ShoalError("BAD_FRAME", `routing table run ${first}-${last}/${step} of node index ${index} does not fit ${expectedPages} pages and ${nodeCount} nodes`);
     }
     covered += (last - first) / step + 1;
   }
   if (covered !== expectedPages) throw new ShoalError("BAD_FRAME", `routing table runs cover ${covered} pages, the volume has ${expectedPages}`);
   const owners = new Uint16Array(expectedPages).fill(UNOWNED);
+  // A replica rank may name NO_COPY, the same bits as UNOWNED: its coverage is kept apart.
+  const reached = replicaRank ? new Uint8Array(expectedPages) : undefined;
   for (let at = 0; at < runs.length; at += 4) {
     const [first, last, step, index] = [runs[at]!, runs[at + 1]!, runs[at + 2]!, runs[at + 3]!];
-    if (step === 1) owners.fill(index, first, last + 1);
-    else for (let page = first; page <= last; page += step) owners[page] = index;
+    if (step === 1) {
+      owners.fill(index, first, last + 1);
+      reached?.fill(1, first, last + 1);
+    } else {
+      for (let page = first; page <= last; page += step) owners[page] = index;
+      if (reached) for (let page = first; page <= last; page += step) reached[page] = 1;
+    }
   }
-  const unowned = owners.indexOf(UNOWNED);
+  const unowned = reached ? reached.indexOf(0) : owners.indexOf(UNOWNED);
   if (unowned >= 0) throw new ShoalError("BAD_FRAME", `routing table gives page ${unowned} no owner (and another page two)`);
   return owners;
 }
@@ -449,4 +464,40 @@ export function pagesOf(table: RoutingTable, node: string): number[] {
   if (index < 0) return pages;
   for (let page = 0; page < table.owners.length; page++) if (table.owners[page] === index) pages.push(page);
   return pages;
+}
+
+/**
+ * The table a replica-set change makes (failover): `sets[group]` are the nodes holding a copy of
+ * each page group now, the first its primary; `groupOf` maps a page to its group. Ranks keep their
+ * number (a page with fewer copies has NO_COPY in the ranks it lacks); nodes keep their indexes.
+ */
+export function withReplicaSets(table: RoutingTable, version: number, sets: string[][], groupOf: (page: number) => number): RoutingTable {
+  const ranks = replicaCount(table) - 1;
+  const indexOf = (node: string): number => {
+    const index = table.nodes.indexOf(node);
+    if (index < 0) throw new ShoalError("BAD_ARGUMENT", `replica set names node ${node}, which holds none of the volume`);
+    return index;
+  };
+  const indexed = sets.map((set) => set.map(indexOf));
+  const owners = new Uint16Array(table.owners.length);
+  const replicaOwners = Array.from({ length: ranks }, () => new Uint16Array(table.owners.length).fill(NO_COPY));
+  for (let page = 0; page < owners.length; page++) {
+    const set = indexed[groupOf(page)]!;
+    owners[page] = set[0]!;
+    for (let rank = 1; rank < set.length && rank <= ranks; rank++) replicaOwners[rank - 1]![page] = set[rank]!;
+  }
+  return { version, nodes: table.nodes, owners, ...(ranks > 0 ? { replicaOwners } : {}) };
+}
+
+/**
+ * Whether every page has all its copies (no rank holds NO_COPY). Snapshots, rollbacks and clones
+ * of a replicated volume wait for it: a copy that was away would come back without their layers.
+ */
+export function copiesWhole(table: RoutingTable): boolean {
+  return (table.replicaOwners ?? []).every((rank) => rank.indexOf(NO_COPY) < 0);
+}
+
+/** The refusal of an operation that needs every copy while some page has fewer. */
+export function copiesMissing(volume: string, what: string): ShoalError {
+  return new ShoalError("NODE_DOWN", `volume '${volume}' has pages with a copy missing (a node is away or catching up); ${what} when \`shoal route show ${volume} --json\` says its replica sets are whole again`);
 }

@@ -77,6 +77,8 @@ export interface RecordRank {
   routingVersion: number;
   /** "" when the volume is not being moved. */
   moveId: string;
+  /** A tombstone: final, it outranks a record of the same version (a failover's routing, say). */
+  deleted?: boolean;
 }
 
 /** True when `candidate` should replace `current`. Ties (concurrent creates) go to the larger uid. */
@@ -85,13 +87,15 @@ export function isNewer(candidate: VolumeRecord, current: VolumeRecord | undefin
 }
 
 export function rankOf(record: VolumeRecord): RecordRank {
-  return { version: record.version, uid: record.uid, routingVersion: record.routing.version, moveId: record.moving?.moveId ?? "" };
+  return { version: record.version, uid: record.uid, routingVersion: record.routing.version, moveId: record.moving?.moveId ?? "", ...(record.deleted ? { deleted: true } : {}) };
 }
 
 export function outranks(candidate: RecordRank, current: RecordRank | undefined): boolean {
   if (!current) return true;
   if (candidate.version !== current.version) return candidate.version > current.version;
   if (candidate.uid !== current.uid) return candidate.uid > current.uid;
+  // A delete and a replica-set change made from the same record: the delete wins everywhere.
+  if (Boolean(candidate.deleted) !== Boolean(current.deleted)) return Boolean(candidate.deleted);
   // A lock taken on a stale copy may tie with a newer record: the newer table always wins.
   if (candidate.routingVersion !== current.routingVersion) return candidate.routingVersion > current.routingVersion;
   // Two coordinators locked the volume for a move at once: the larger move id wins everywhere.
@@ -106,7 +110,7 @@ export function wireRank(wire: unknown): RecordRank | undefined {
   const record = wire as VolumeRecordWire | undefined;
   if (typeof record !== "object" || record === null || typeof record.uid !== "string" || typeof record.routing !== "object" || record.routing === null) return undefined;
   const moveId = typeof record.moving === "object" && record.moving !== null && typeof record.moving.moveId === "string" ? record.moving.moveId : "";
-  return { version: Number(record.version), uid: record.uid, routingVersion: Number(record.routing.version), moveId };
+  return { version: Number(record.version), uid: record.uid, routingVersion: Number(record.routing.version), moveId, ...(record.deleted === true ? { deleted: true } : {}) };
 }
 
 /** A rank from a peer, checked field by field. */
@@ -115,7 +119,7 @@ export function parseRank(value: unknown): RecordRank {
   if (typeof rank !== "object" || rank === null || typeof rank.uid !== "string" || typeof rank.moveId !== "string") {
     throw new ShoalError("BAD_FRAME", "volume record rank is malformed");
   }
-  return { version: Number(rank.version), uid: rank.uid, routingVersion: Number(rank.routingVersion), moveId: rank.moveId };
+  return { version: Number(rank.version), uid: rank.uid, routingVersion: Number(rank.routingVersion), moveId: rank.moveId, ...(rank.deleted === true ? { deleted: true } : {}) };
 }
 
 /** The record as stored in catalogs and sent between members. */

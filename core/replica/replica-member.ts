@@ -57,6 +57,12 @@ export interface MemberConfig {
   home: (volume: string) => string[][] | undefined;
   /** How many chunks a page group of the volume has (a copy of "every chunk" lists them). */
   chunksPerGroup: (volume: string) => number;
+  /**
+   * The chunks a copy of "every chunk" of the group names. Absent: 0..chunksPerGroup-1 (the
+   * simulation). A node answers with the chunks its store holds, so a 64 TiB volume's group is
+   * never listed whole (a chunk held nowhere reads as zeros on every copy).
+   */
+  allChunks?: (volume: string, group: number) => number[];
   heartbeatIntervalMs: number;
   /** A member not heard from for this long is suspected (and dropped from the sets this member serves). */
   suspectAfterMs: number;
@@ -95,6 +101,8 @@ interface CopyInFlight {
 export class ReplicaMember {
   private nowMs: number;
   private readonly lastHeardMs = new Map<string, number>();
+  /** Per volume, per member, the newest table version it sent in a tables heartbeat (so recorded durably). */
+  private readonly peersRecorded = new Map<string, Map<string, number>>();
   private readonly proposers = new Map<string, SetChangeProposer>();
   private readonly copiesInFlight = new Map<string, CopyInFlight>();
   private batchSeq = 0;
@@ -236,7 +244,10 @@ export class ReplicaMember {
   private receive(from: string, message: PeerMessage): void {
     switch (message.kind) {
       case "tables":
-        for (const table of message.tables) this.adopt(table);
+        for (const table of message.tables) {
+          this.noteRecorded(from, table);
+          this.adopt(table);
+        }
         return;
       case "prepare":
       case "accept":
@@ -257,6 +268,13 @@ export class ReplicaMember {
       case "joined":
         return this.peerJoined(from, message);
     }
+  }
+
+  private noteRecorded(from: string, table: ReplicaTable): void {
+    if (!this.config.members.includes(from)) return;
+    let byMember = this.peersRecorded.get(table.volume);
+    if (!byMember) this.peersRecorded.set(table.volume, (byMember = new Map()));
+    byMember.set(from, Math.max(byMember.get(from) ?? 0, table.version));
   }
 
   private addVolume(table: ReplicaTable): void {
@@ -287,7 +305,7 @@ export class ReplicaMember {
   private propose(base: ReplicaTable, change: SetChange): void {
     const { minorityQuorum, ignoreAccepted } = this.config.sabotage ?? {};
     const config = { self: this.self, members: this.config.members, ...this.config.proposer, jitter: this.config.random, sabotage: { minorityQuorum, ignoreAccepted } };
-    const proposer = new SetChangeProposer(config, base, withChange(base, change));
+    const proposer = new SetChangeProposer(config, base, withChange(base, change), this.peersRecorded.get(base.volume));
     this.out.note({ kind: "proposed", volume: base.volume, version: proposer.version, change: describeChange(change) });
     this.proposers.set(base.volume, proposer);
     this.runProposer(proposer, proposer.start(this.nowMs));
@@ -390,7 +408,7 @@ export class ReplicaMember {
         const key = awayKey(table.volume, group, node);
         // No map (this member was not a replica when the node left): it may lack anything.
         if (!this.state.awayMaps.has(key)) {
-          this.record({ kind: "away-map", volume: table.volume, group, node, sinceVersion: table.version, dirty: range(this.config.chunksPerGroup(table.volume)) });
+          this.record({ kind: "away-map", volume: table.volume, group, node, sinceVersion: table.version, dirty: this.allChunks(table.volume, group) });
         }
         const map = this.state.awayMaps.get(key)!;
         const batch = takeBatch(map, this.config.copyBatchChunks);
@@ -417,6 +435,10 @@ export class ReplicaMember {
     this.copiesInFlight.delete(batch);
     const map = this.state.awayMaps.get(copy.key);
     if (map === copy.map) this.forgetCopied(copy.volume, map, copy.chunks);
+  }
+
+  private allChunks(volume: string, group: number): number[] {
+    return this.config.allChunks?.(volume, group) ?? range(this.config.chunksPerGroup(volume));
   }
 
   /** A peer's list of chunks names chunks of the group only (the host applies them by index). */
@@ -461,7 +483,7 @@ export class ReplicaMember {
     if (since === undefined || node === this.self || !this.synced(table, group)) return;
     // A map is valid only while this member stayed a replica since the node left (voidMaps); without one, every chunk.
     const map = this.state.awayMaps.get(awayKey(volume, group, node));
-    const chunks = this.config.sabotage?.joinWithoutCopy ? [] : map === undefined ? range(this.config.chunksPerGroup(volume)) : remainder(map);
+    const chunks = this.config.sabotage?.joinWithoutCopy ? [] : map === undefined ? this.allChunks(volume, group) : remainder(map);
     this.send(node, { kind: "join", table: cloneReplicaTable(table), group, since, chunks });
   }
 

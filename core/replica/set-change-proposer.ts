@@ -94,10 +94,17 @@ export class SetChangeProposer {
     readonly base: ReplicaTable,
     /** What the host wants chosen: base with one change (withChange). */
     readonly value: ReplicaTable,
+    /**
+     * Versions members are known to have recorded durably before this proposal (from their
+     * tables heartbeats, which leave only after the records): the precondition may be met by a
+     * replica that cannot answer now, say one paused right after it recorded the base.
+     */
+    knownRecorded: ReadonlyMap<string, number> = new Map(),
   ) {
     invariant(value.version === base.version + 1 && value.volume === base.volume, "a set change proposes the version after its base");
     this.ballot = { round: 0, proposer: config.self };
     this.proposing = value;
+    for (const [member, version] of knownRecorded) this.recorded.set(member, version);
     this.recorded.set(config.self, base.version);
   }
 

@@ -123,6 +123,16 @@ export async function waitGroupUp(nodes: TestNode[], timeoutMs = 15_000): Promis
   }
 }
 
+/** Every node's replica sets of `volume` are whole again: each page group has its copies, each up to date. */
+export async function waitSetsWhole(cluster: TestCluster, volume: string): Promise<void> {
+  for (const node of cluster.nodes) {
+    await waitFor(`${node.id}'s replica sets of ${volume} to be whole`, async () => {
+      const shown = JSON.parse((await cluster.shoal(["route", "show", volume, "--json"], { node })).stdout);
+      return shown.replicaSets?.whole === true;
+    }, 30_000);
+  }
+}
+
 export class TestCluster {
   readonly nodes: TestNode[] = [];
   readonly root: string;

@@ -154,6 +154,21 @@ describe("set-change proposer", () => {
     expect(p.onReply("a", promise(2), 2)[0]).toMatchObject({ kind: "accept", value: v3 });
   });
 
+  test("a carried-over replica known (from its tables heartbeat) to have recorded the base meets the precondition while it is silent", () => {
+    // a paused right after it recorded v2: b and c promise, and a's heartbeat of v2 stands in for its reply.
+    const v3 = withChange(dropB, { kind: "add", node: "c", groups: [0] });
+    const p = new SetChangeProposer({ self: "c", members: MEMBERS, attemptTimeoutMs: 40, backoffMs: 10, maxAttempts: 3, jitter: () => 0 }, dropB, v3, new Map([["a", 2]]));
+    const prepare = p.start(0)[0]!;
+    const promise: AcceptorReply = { kind: "promise", version: 3, ballot: (prepare as { ballot: Ballot }).ballot, recordedVersion: 1 };
+    expect(p.onReply("c", { ...promise, recordedVersion: 2 }, 1)).toEqual([]);
+    expect(p.onReply("b", promise, 1)[0]).toMatchObject({ kind: "accept", value: v3 });
+    // Without that knowledge the same replies wait for a.
+    const blind = proposer("c", v3, dropB);
+    const ballot = (blind.start(0)[0] as { ballot: Ballot }).ballot;
+    blind.onReply("c", { ...promise, ballot, recordedVersion: 2 }, 1);
+    expect(blind.onReply("b", { ...promise, ballot }, 1)).toEqual([]);
+  });
+
   test("two proposers racing over shuffled, lost and repeated messages never choose two values", () => {
     const outcomes = Array.from({ length: 300 }, (_, i) => race(i + 1, {}));
     expect(outcomes.filter((values) => values > 1)).toEqual([]);

@@ -9,8 +9,11 @@ import type { PageStore } from "../../core/store/page-store.ts";
 import { Payload } from "../../transport/mesh/frame.ts";
 import type { Group } from "../../transport/mesh/group.ts";
 import { ReplicaWrites, ReplicationsInFlight } from "../../transport/node/replica-writes.ts";
+import type { ReplicaHost } from "../../transport/node/replica-host.ts";
 
 const PAGE = 64 * 1024;
+/** No replica member hosted: the routing version alone fences (the member's fence is the replica-host's business). */
+const noMembers = { admitWrite: () => undefined } as unknown as ReplicaHost;
 
 function replicaOn(self: string) {
   // Pages striped over a, b, c, two copies: page 0 on a and b, page 1 on b and c, page 2 on c and a.
@@ -27,7 +30,7 @@ function replicaOn(self: string) {
   } as unknown as PageStore;
   const group = { selfId: self, volumeByUid: (uid: string) => (uid === record.uid ? record : undefined) } as unknown as Group;
   const holds = new HoldQueue(16, () => {}, () => 0);
-  const replica = new ReplicaWrites(group, store, { holds, recentCuts: () => [] }, new ReplicationsInFlight(), "boot1");
+  const replica = new ReplicaWrites(group, store, { holds, recentCuts: () => [] }, new ReplicationsInFlight(), "boot1", noMembers);
   const send = (args: Record<string, unknown>, bytes = 4096) =>
     Promise.resolve().then(() => replica.handle("page.replicate", { v: record.uid, rv: record.routing.version, o: 0, ...args }, Payload.of(args.n === undefined ? new Uint8Array(bytes) : new Uint8Array(0))));
   return { record, written, synced, holds, send };

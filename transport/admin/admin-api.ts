@@ -1,9 +1,10 @@
 // The admin operations a node answers for the CLI (`shoal volume`, `shoal snap`, `shoal archive`,
 // `route nodes/show`). Every member answers every one the same way: they read the group's catalog, which all members share.
+import type { ReplicaHost } from "../node/replica-host.ts";
 import { ShoalError } from "../../core/errors.ts";
 import { DEFAULT_PAGE_SIZE_BYTES, pageCount } from "../../core/geometry.ts";
 import type { PageStore, VolumeUsage } from "../../core/store/page-store.ts";
-import { describeReplicaRuns, describeRuns, formatRun, holders, pagesPerNode, replicaCount, replicaPagesPerNode } from "../../core/cluster/routing.ts";
+import { copiesMissing, copiesWhole, describeReplicaRuns, describeRuns, formatRun, holders, pagesPerNode, replicaCount, replicaPagesPerNode } from "../../core/cluster/routing.ts";
 import { newVolumeRecord, type VolumeRecord } from "../../core/cluster/volume.ts";
 import type { Group } from "../mesh/group.ts";
 import { storeUsage, type VolumeRouter } from "../node/volume-router.ts";
@@ -24,6 +25,7 @@ export interface AdminApiOptions {
   startedAtMs: number;
   /** Copies of each page of a volume created without --replicas (the node's --default-replicas). */
   defaultReplicas: number;
+  replicaHost: ReplicaHost;
 }
 
 type Usage = Record<string, VolumeUsage & { exclusiveBytes?: number }>;
@@ -241,6 +243,7 @@ export class AdminApi {
         replicaRuns: (replicaRuns.get(node)?.runs ?? []).map((run) => ({ ...run, text: formatRun(run) })),
         replicaRunCount: replicaRuns.get(node)?.count ?? 0,
       })),
+      ...(this.options.replicaHost.report(record.uid) ?? {}),
     };
   }
 
@@ -307,6 +310,7 @@ export class AdminApi {
     if (record.moving) throw new ShoalError("CONFLICT", `volume '${volume}' is being moved (move ${record.moving.moveId}); roll back when the move ends`);
     const snapshot = group.snapshot(volume, name);
     const layer = snapshotLayerId(record.uid, snapshot.snapshotId);
+    if (!copiesWhole(record.routing)) throw copiesMissing(volume, "roll back");
     const nodes = holders(record.routing);
     for (const node of nodes) {
       if (!group.isUp(node)) throw new ShoalError("NODE_DOWN", `node ${node} holds pages of '${volume}' and is down; nothing was rolled back`);
@@ -327,6 +331,7 @@ export class AdminApi {
     const snapshot = group.snapshot(volume, name);
     const existing = group.volumes.get(target);
     if (existing && !existing.deleted) throw new ShoalError("VOLUME_EXISTS", `volume '${target}' already exists`);
+    if (!copiesWhole(source.routing)) throw copiesMissing(volume, "clone it");
     const nodes = holders(source.routing);
     for (const node of nodes) {
       if (!group.isUp(node)) throw new ShoalError("NODE_DOWN", `node ${node} holds pages of '${volume}' and is down`);

@@ -80,7 +80,20 @@ export type RouteShow = {
   /** Copies of each page; `runs` are the pages a node is the primary of, `replicaRuns` those it holds another copy of. */
   replicas: number;
   nodes: (NodePageRuns & { bytesUsed: number | null; replicaPages: number; replicaRuns: (PageRun & { text: string })[]; replicaRunCount: number })[];
+  /** A replicated volume's replica sets as the node asked holds them (absent when it hosts no member of the volume). */
+  replicaSets?: ReplicaSetsReport;
 };
+
+export interface ReplicaSetsReport {
+  /** The recorded table: "v5 node1@1+node2@5 ...", each replica with the version it joined in. */
+  table: string;
+  /** Every page group has all its home replicas, and this node's copies are up to date. */
+  whole: boolean;
+  /** Bytes written through this node's member while a replica of their group was away. */
+  writtenWhileAwayBytes: number;
+  /** Page bytes this node sent in resync and join copies. */
+  copiedBytes: number;
+}
 
 export type MovePlanEntry = {
   volume: string;

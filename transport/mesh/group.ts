@@ -41,6 +41,8 @@ export interface GroupOptions {
   /** Told about every snapshot record that replaced another (or arrived new). */
   onSnapshotChanged: (record: SnapshotRecord, previous: SnapshotRecord | undefined) => void;
   onPeerDown?: (nodeId: string) => void;
+  /** A peer answered a hello or a heartbeat (the replica sets' suspicion timer feeds on it). */
+  onPeerHeard?: (nodeId: string) => void;
 }
 
 export class Group {
@@ -399,6 +401,7 @@ export class Group {
     }
     // Only a hello answer names the node; heartbeats carry the group and digest alone.
     if (info.nodeId !== undefined) this.checkAnswerer(peerId, info);
+    this.options.onPeerHeard?.(peerId);
     this.maybePullFrom(peerId, info.digest);
   }
 

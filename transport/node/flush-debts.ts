@@ -7,6 +7,7 @@ import type { FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import { readPeerArgs } from "../mesh/peer-ops.ts";
 import type { Applier } from "./page-wire.ts";
+import type { FailoverHold } from "./failover-hold.ts";
 
 export class FlushDebts {
   /**
@@ -19,7 +20,7 @@ export class FlushDebts {
    * export. Owed to the node that applied the write, not to the hop it was sent to, so a flush
    * never has to travel along forwarding paths.
    */
-  private readonly debts = new Map<string, Map<string, { boot: string; seq: number }>>();
+  private readonly debts = new Map<string, Map<string, { boot: string; seq: number; routingVersion: number }>>();
   private debtSeq = 0;
 
   constructor(
@@ -27,6 +28,10 @@ export class FlushDebts {
     private readonly store: PageStore,
     /** This process's incarnation, which a `store.flush` answer reports. */
     private readonly bootId: string,
+    /** Waits for a replicated volume's next set (a copy that cannot flush may be out of it). */
+    private readonly failover: FailoverHold,
+    /** Syncs what the replica members recorded without an fsync (away maps the acks rested on). */
+    private readonly syncRecords: () => Promise<void>,
   ) {}
 
   /** Records who applied a write of the volume `uid` this node acknowledges: the volume's next flush owes it one. */
@@ -36,7 +41,7 @@ export class FlushDebts {
         if (applier.n === this.group.selfId) continue;
         let owed = this.debts.get(uid);
         if (!owed) this.debts.set(uid, (owed = new Map()));
-        owed.set(applier.n, { boot: applier.b, seq: ++this.debtSeq });
+        owed.set(applier.n, { boot: applier.b, seq: ++this.debtSeq, routingVersion: this.group.volumeByUid(uid)?.routing.version ?? 0 });
       }
     };
   }
@@ -52,12 +57,27 @@ export class FlushDebts {
     const owedHere = this.debts.get(uid);
     const owed = owedHere ? [...owedHere] : [];
     const [local, ...remote] = await Promise.allSettled([
-      this.store.flushVolume(uid),
+      Promise.all([this.store.flushVolume(uid), this.syncRecords()]),
       ...owed.map(([node]) => this.group.link(node).request("store.flush", { v: uid })),
     ]);
     let failure: unknown = local!.status === "rejected" ? local!.reason : undefined;
+    const replicated = Boolean(this.group.volumeByUid(uid)?.routing.replicaOwners?.length);
+    const excused = await Promise.all(
+      remote.map((result, index) => {
+        const [, debt] = owed[index]!;
+        const failed = result.status === "rejected" || (debt.boot !== "" && result.value.result.b !== debt.boot);
+        // A copy of a replicated volume that is down or restarted is excused once a newer set
+        // exists: either it left (the copies that stayed applied the same writes and are flushed
+        // here too) or it came back through a join copy, which is synced before it counts.
+        return failed && replicated ? this.failover.newerWithin(uid, debt.routingVersion) : Promise.resolve(false);
+      }),
+    );
     remote.forEach((result, index) => {
       const [node, debt] = owed[index]!;
+      if (excused[index]) {
+        if (owedHere!.get(node)?.seq === debt.seq) owedHere!.delete(node);
+        return;
+      }
       if (result.status === "rejected") {
         failure ??= owedFailure(node, this.group.volumeByUid(uid)?.name ?? uid, result.reason); // still owed
         return;
@@ -84,7 +104,7 @@ export class FlushDebts {
    */
   answerFlush(args: FrameHeader): Promise<{ result: FrameHeader }> {
     const { v: uid } = readPeerArgs("store.flush", args);
-    const done = uid !== undefined ? this.store.flushVolume(uid) : this.store.flush();
+    const done = Promise.all([uid !== undefined ? this.store.flushVolume(uid) : this.store.flush(), this.syncRecords()]);
     return done.then(() => ({ result: { b: this.bootId } }));
   }
 }

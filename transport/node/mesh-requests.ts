@@ -9,6 +9,7 @@ import { readPeerArgs } from "../mesh/peer-ops.ts";
 import type { PageMover } from "../move/page-mover.ts";
 import type { SnapshotService } from "../snapshot/snapshot-service.ts";
 import type { TlsIdentity } from "../tls/tls-identity.ts";
+import type { ReplicaHost } from "./replica-host.ts";
 import type { VolumeRouter } from "./volume-router.ts";
 
 /** What answers requests once the node is built (the mesh listens before: the group needs its port). */
@@ -16,6 +17,7 @@ export interface NodeServices {
   snapshots: SnapshotService;
   router: VolumeRouter;
   mover: PageMover;
+  replicaHost: ReplicaHost;
   admin: (op: string, args: FrameHeader) => Promise<FrameHeader> | undefined;
 }
 
@@ -40,8 +42,9 @@ export function meshRequests(tls: TlsIdentity | undefined, group: () => Group | 
   };
 }
 
-function answer({ snapshots, router, mover, admin }: NodeServices, connection: MeshConnection, op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> {
+function answer({ snapshots, router, mover, admin, replicaHost }: NodeServices, connection: MeshConnection, op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> {
   if (op === "snap.msg") return { result: snapshots.onMessage(connection.peerId!, args) };
+  if (op === "replica.msg") return replicaHost.handle(op, connection.peerId!, args, payload)!;
   if (op === "snap.rollback") {
     const { uid, layer } = readPeerArgs(op, args);
     return snapshots.rollbackLocal(uid, layer).then(() => ({}));

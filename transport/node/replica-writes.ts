@@ -12,6 +12,7 @@ import type { Group } from "../mesh/group.ts";
 import type { Reply } from "../mesh/mesh-connection.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
 import { appliersOf, checkedLength, pageArgs, type Applier } from "./page-wire.ts";
+import type { ReplicaHost } from "./replica-host.ts";
 
 /** What the replica side asks of the snapshot service. */
 export interface ReplicaHolds {
@@ -67,6 +68,7 @@ export class ReplicaWrites {
     private readonly snapshots: ReplicaHolds,
     private readonly inFlight: ReplicationsInFlight,
     private readonly bootId: string,
+    private readonly replicaHost: ReplicaHost,
     /**
      * Delays every replicated write this node receives (SHOAL_REPLICA_DELAY_MS), so tests can
      * widen the window in which a replica's copy lags its primary's; 0 in real use.
@@ -77,8 +79,9 @@ export class ReplicaWrites {
   /**
    * On the primary, after applying the write: sends it to every other replica of the page and
    * resolves with who applied it; undefined for a page with one copy. A replica that fails the
-   * write (down, refusing) fails it for the client: with the sets fixed until failover exists, an
-   * acknowledgement promises the write is on every copy.
+   * write (down, refusing) fails this attempt: the entry node holds the client's request until a
+   * newer set takes it (failover-hold.ts), so an acknowledgement promises the write is on every
+   * copy of the set it was acknowledged under.
    */
   fanOut(record: VolumeRecord, page: number, pageOffset: number, write: ReplicatedWrite, fua: boolean): Promise<Applier[]> | undefined {
     if (!record.routing.replicaOwners?.length) return undefined;
@@ -128,6 +131,9 @@ export class ReplicaWrites {
 
   private apply(record: VolumeRecord, page: number, pageOffset: number, write: ReplicatedWrite, fua: boolean): Reply | Promise<Reply> {
     const layer = record.uid;
+    // The member's fence first (it refuses a set this node has left or a group it is still
+    // joining), and its away maps note the write for the replicas that are out.
+    const admitted = this.replicaHost.admitWrite(record, page, "parts" in write ? write.parts.reduce((sum, part) => sum + part.byteLength, 0) : write.zeroBytes);
     if ("parts" in write) {
       let at = pageOffset;
       for (const part of write.parts) {
@@ -141,6 +147,7 @@ export class ReplicaWrites {
     }
     const answer = { result: { n: this.group.selfId, b: this.bootId } };
     const synced = durableAfterWrite(this.store, layer, page, fua);
+    if (admitted) return Promise.all([admitted, synced]).then(() => answer);
     return synced ? synced.then(() => answer) : answer;
   }
 

@@ -15,6 +15,7 @@ import { loadTlsIdentity, type TlsIdentity, useTlsIdentity } from "../tls/tls-id
 import { NbdServer } from "../nbd/nbd-server.ts";
 import { VolumeRouter } from "./volume-router.ts";
 import { ReplicationsInFlight } from "./replica-writes.ts";
+import { DEFAULT_REPLICA_TIMEOUT_MS, ReplicaHost } from "./replica-host.ts";
 import { SnapshotService } from "../snapshot/snapshot-service.ts";
 import { RunningMoveSteps } from "../move/running-move-steps.ts";
 import { PageMover } from "../move/page-mover.ts";
@@ -57,6 +58,8 @@ export interface NodeOptions {
   writeBackIntervalMs?: number;
   /** Copies of each page of a volume created without --replicas (1 when absent). */
   defaultReplicas?: number;
+  /** A replica of a replicated volume not heard from for this long leaves its sets (--replica-timeout). */
+  replicaTimeoutMs?: number;
   /** Where the node's lines go (the CLI makes it from --log-format). */
   log: NodeLog;
 }
@@ -214,13 +217,22 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     joinedAtMs: Date.now(),
   };
 
+  const upkeep = layerUpkeep(store, log, (uid) => services?.router.removeVolume(uid));
   const group = new Group({
     catalog,
     self: { ...self, nbdAddress: `${nbdAddress.host}:${nbdAddress.port}` },
     handler,
     log,
-    ...layerUpkeep(store, log, (uid) => services?.router.removeVolume(uid)),
-    onPeerDown: (nodeId) => services?.snapshots.onPeerDown(nodeId),
+    onSnapshotChanged: upkeep.onSnapshotChanged,
+    onVolumeChanged: (record, previous) => {
+      upkeep.onVolumeChanged(record, previous);
+      services?.replicaHost.volumeChanged(record);
+    },
+    onPeerDown: (nodeId) => {
+      services?.snapshots.onPeerDown(nodeId);
+      services?.replicaHost.peerDown(nodeId);
+    },
+    onPeerHeard: (nodeId) => services?.replicaHost.peerHeard(nodeId),
   });
   meshGroup = group;
   const clockSkewMs = Number(process.env.SHOAL_CLOCK_SKEW_MS ?? 0);
@@ -231,7 +243,9 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   const replications = new ReplicationsInFlight();
   const snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs, moveSteps, replications });
   const mover = new PageMover(group, store, log, snapshots, moveSteps);
-  const router = new VolumeRouter(group, store, snapshots, mover, replications, Number(process.env.SHOAL_REPLICA_DELAY_MS ?? 0));
+  const replicaHost = new ReplicaHost({ group, catalog, store, log, timeoutMs: options.replicaTimeoutMs ?? DEFAULT_REPLICA_TIMEOUT_MS });
+  undo.push(() => replicaHost.stop());
+  const router = new VolumeRouter(group, store, snapshots, mover, replications, replicaHost, Number(process.env.SHOAL_REPLICA_DELAY_MS ?? 0));
   const nbd = new NbdServer({
     catalog: router,
     log,
@@ -241,9 +255,9 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   undo.push(() => void nbd.close());
   group.addMember({ ...self, nbdAddress: `${nbdAddress.host}:${nbdPort}` });
   const moves = new MoveService(group, mover, log);
-  const nodeAdmin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs, defaultReplicas: options.defaultReplicas ?? 1 });
+  const nodeAdmin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs, defaultReplicas: options.defaultReplicas ?? 1, replicaHost });
   const admin = adminDispatcher({ ...nodeAdmin.handlers, ...new RouteAdmin(group, moves).handlers });
-  services = { snapshots, router, mover, admin };
+  services = { snapshots, router, mover, admin, replicaHost };
   watchNodeState(nodeMetrics, { group, store, version: SHOAL_VERSION, startedAtMs, nbdConnections: () => nbd.connectionCount, meshConnections: () => mesh.connections.size });
   const metricsEndpoint = metricsAddress && onFlag("--metrics", () => serveMetrics(metricsAddress.host, metricsAddress.port, nodeMetrics.registry));
   undo.push(() => metricsEndpoint?.stop());
@@ -255,6 +269,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     log.info(`already a member of group ${group.groupId}; --join ignored`);
   }
   group.start();
+  replicaHost.start();
   snapshots.start();
   moves.start();
   const security = tls ? `, TLS (mesh mutual, NBD ${options.tlsRequired ? "required" : "offered"})` : "";
@@ -268,6 +283,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
       await nbd.close();
       metricsEndpoint?.stop();
       snapshots.stop();
+      replicaHost.stop();
       moves.stop();
       mesh.stop();
       group.stop();

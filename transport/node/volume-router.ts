@@ -23,6 +23,8 @@ import { FlushDebts } from "./flush-debts.ts";
 import { addressOf, answerFor, appliersOf, checkedLength, pageAddress, pageArgs, targetOf, type Applier } from "./page-wire.ts";
 import { durableAfterWrite, ReplicaWrites, type ReplicaHolds, type ReplicationsInFlight } from "./replica-writes.ts";
 import { VolumeDevice } from "./volume-device.ts";
+import { FailoverHold } from "./failover-hold.ts";
+import type { ReplicaHost } from "./replica-host.ts";
 
 /** Export-name suffix through which `archive restore` writes a volume that is being restored. */
 export const RESTORE_SUFFIX = "%restore";
@@ -55,6 +57,7 @@ export class VolumeRouter implements ExportCatalog {
   readonly bootId = crypto.randomUUID().slice(0, 8);
   private readonly replicas: ReplicaWrites;
   private readonly debts: FlushDebts;
+  private readonly failover: FailoverHold;
 
   constructor(
     private readonly group: Group,
@@ -65,11 +68,17 @@ export class VolumeRouter implements ExportCatalog {
     private readonly mover: PageMover,
     /** Replications this node sent as a primary, which a snapshot's hold waits for (shared with the snapshot service). */
     inFlight: ReplicationsInFlight,
+    /** The replica-set protocol's members: fences and away maps for replicated writes, which copies may answer reads. */
+    private readonly replicaHost: ReplicaHost,
     /** Delay before this node applies a replicated write (tests only; see ReplicaWrites). */
     replicaDelayMs = 0,
   ) {
-    this.replicas = new ReplicaWrites(group, store, gate, inFlight, this.bootId, replicaDelayMs);
-    this.debts = new FlushDebts(group, store, this.bootId);
+    this.replicas = new ReplicaWrites(group, store, gate, inFlight, this.bootId, replicaHost, replicaDelayMs);
+    // Held across set changes for three suspicion timeouts (one to notice, one to decide, one to
+    // spare), and never less than the timeout plus 5 s: a decision on two busy CPUs took over 2 s
+    // (a 1 s timeout's 3 s hold failed writes under the whole test suite).
+    this.failover = new FailoverHold(group, replicaHost.log, Math.max(replicaHost.timeoutMs * 3, replicaHost.timeoutMs + 5000));
+    this.debts = new FlushDebts(group, store, this.bootId, this.failover, () => replicaHost.syncRecords());
   }
 
   // ---- ExportCatalog (NBD)
@@ -118,7 +127,8 @@ export class VolumeRouter implements ExportCatalog {
     let pending: Promise<void>[] | undefined;
     for (const slice of slicePages(target.record, offset, length)) {
       nodeMetrics.countPage("read", holdsCopy(target.record.routing, slice.page, this.group.selfId) ? "local" : "forwarded", slice.length);
-      const done = this.readPage(target, slice.page, slice.pageOffset, slice.length, into, intoOffset + slice.bufferOffset, 0);
+      const read = (to: Target) => this.readPage(to, slice.page, slice.pageOffset, slice.length, into, intoOffset + slice.bufferOffset, 0);
+      const done = isReplicated(target.record) ? this.failover.run(target.record.uid, `a read of page ${slice.page} of '${target.record.name}'`, () => read(this.refreshed(target))) : read(target);
       if (done) (pending ??= []).push(done);
     }
     // One page (most requests): its own promise, no gathering one.
@@ -131,7 +141,8 @@ export class VolumeRouter implements ExportCatalog {
     for (const slice of slicePages(target.record, offset, data.byteLength)) {
       const piece = data.subarray(slice.bufferOffset, slice.bufferOffset + slice.length);
       nodeMetrics.countPage("write", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
-      const done = this.writePage(target, slice.page, slice.pageOffset, [piece], fua, 0);
+      const once = (to: Target) => this.writePage(to, slice.page, slice.pageOffset, [piece], fua, 0);
+      const done = isReplicated(target.record) ? this.failover.run(target.record.uid, `a write to page ${slice.page} of '${target.record.name}'`, () => once(this.refreshed(target))) : once(target);
       if (done) (pending ??= []).push(done.then((owe ??= this.debts.oweFor(target.record.uid))));
     }
     if (pending) return Promise.all(pending).then(() => {});
@@ -142,7 +153,8 @@ export class VolumeRouter implements ExportCatalog {
     let owe: ((appliers: Applier[] | void) => void) | undefined;
     for (const slice of slicePages(target.record, offset, length)) {
       nodeMetrics.countPage("zero", ownerOf(target.record.routing, slice.page) === this.group.selfId ? "local" : "forwarded", slice.length);
-      const done = this.zeroPage(target, slice.page, slice.pageOffset, slice.length, fua, 0);
+      const once = (to: Target) => this.zeroPage(to, slice.page, slice.pageOffset, slice.length, fua, 0);
+      const done = isReplicated(target.record) ? this.failover.run(target.record.uid, `a zero of page ${slice.page} of '${target.record.name}'`, () => once(this.refreshed(target))) : once(target);
       if (done) (pending ??= []).push(done.then((owe ??= this.debts.oweFor(target.record.uid))));
     }
     if (pending) return Promise.all(pending).then(() => {});
@@ -170,7 +182,8 @@ export class VolumeRouter implements ExportCatalog {
     if (this.mover.isFrozen(target.record.uid, page)) return this.afterThaw(target, page, again);
     // Any copy serves a read: while replica sets stay as created, a write is acknowledged only
     // once every replica has applied it.
-    if (!holdsCopy(target.record.routing, page, this.group.selfId)) return this.forwardRead(target, page, pageOffset, length, into, at, hops);
+    const local = holdsCopy(target.record.routing, page, this.group.selfId) && this.replicaHost.canServeLocally(target.record, page);
+    if (!local) return this.forwardRead(target, page, pageOffset, length, into, at, hops);
     if (this.heldFor(target)) return this.gate.holds.enqueue(target.record.name, again);
     this.store.read(target.layer, page, pageOffset, length, into, at);
   }
@@ -188,6 +201,7 @@ export class VolumeRouter implements ExportCatalog {
     const owner = ownerOf(record.routing, page);
     if (owner !== this.group.selfId) return this.forwardWrite(owner, target, page, pageOffset, parts, fua, hops);
     if (this.heldFor(target)) return this.gate.holds.enqueue(record.name, again);
+    const admitted = this.replicaHost.admitWrite(record, page, parts.reduce((sum, part) => sum + part.byteLength, 0));
     this.mover.noteWrite(record.uid, page);
     const commitWait = this.gate.beforeWrite(record.name);
     let at = pageOffset;
@@ -195,7 +209,7 @@ export class VolumeRouter implements ExportCatalog {
       this.store.write(target.layer, page, at, part, record.pageSizeBytes);
       at += part.byteLength;
     }
-    return this.acknowledge(target, page, fua, commitWait, this.replicas.fanOut(record, page, pageOffset, { parts }, fua));
+    return this.acknowledge(target, page, fua, joined(commitWait, admitted), this.replicas.fanOut(record, page, pageOffset, { parts }, fua));
   }
 
   private zeroPage(target: Target, page: number, pageOffset: number, length: number, fua: boolean, hops: number): Promise<Applier[] | void> | void {
@@ -208,14 +222,15 @@ export class VolumeRouter implements ExportCatalog {
       this.checkHops(record, page, hops);
       return this.group
         .link(owner)
-        .request("page.zero", pageAddress(target, page, pageOffset, hops + 1, length, fua))
+        .request("page.zero", routedBy(record, pageAddress(target, page, pageOffset, hops + 1, length, fua)))
         .then((response) => appliersOf(response.result, owner));
     }
     if (this.heldFor(target)) return this.gate.holds.enqueue(record.name, again);
+    const admitted = this.replicaHost.admitWrite(record, page, length);
     this.mover.noteWrite(record.uid, page);
     const commitWait = this.gate.beforeWrite(record.name);
     this.store.zero(target.layer, page, pageOffset, length, record.pageSizeBytes);
-    return this.acknowledge(target, page, fua, commitWait, this.replicas.fanOut(record, page, pageOffset, { zeroBytes: length }, fua));
+    return this.acknowledge(target, page, fua, joined(commitWait, admitted), this.replicas.fanOut(record, page, pageOffset, { zeroBytes: length }, fua));
   }
 
   /**
@@ -231,7 +246,8 @@ export class VolumeRouter implements ExportCatalog {
     if (!routing.replicaOwners?.length) return this.readFrom(ownerOf(routing, page), args, length, into, at);
     // The primary first; a replica when it is down. Nodes known down are tried last, not never:
     // this node's view may be behind.
-    const copies = replicasOf(routing, page);
+    const copies = replicasOf(routing, page).filter((node) => node !== this.group.selfId);
+    if (copies.length === 0) throw new ShoalError("NOT_READY", `no copy of page ${page} of '${target.record.name}' can answer a read here yet (routing version ${routing.version})`);
     const ordered = [...copies.filter((node) => this.group.isUp(node)), ...copies.filter((node) => !this.group.isUp(node))];
     const attempt = (index: number): Promise<void> =>
       this.readFrom(ordered[index]!, args, length, into, at).catch((err) => {
@@ -259,7 +275,7 @@ export class VolumeRouter implements ExportCatalog {
     const payload = Payload.concat(parts);
     return this.group
       .link(owner)
-      .request("page.write", pageAddress(target, page, pageOffset, hops + 1, undefined, fua), payload)
+      .request("page.write", routedBy(target.record, pageAddress(target, page, pageOffset, hops + 1, undefined, fua)), payload)
       .then((response) => appliersOf(response.result, owner));
   }
 
@@ -296,11 +312,14 @@ export class VolumeRouter implements ExportCatalog {
     const allocated = new Array<boolean>(slices.length);
     const remoteByOwner = new Map<string, number[]>();
     slices.forEach((slice, index) => {
-      if (holdsCopy(record.routing, slice.page, this.group.selfId)) allocated[index] = this.store.isAllocated(target.layer, slice.page);
-      else {
+      if (holdsCopy(record.routing, slice.page, this.group.selfId) && this.replicaHost.canServeLocally(record, slice.page)) {
+        allocated[index] = this.store.isAllocated(target.layer, slice.page);
+      } else {
         // The primary, or the first copy that is up (what a read of the page would reach).
-        const copies = replicasOf(record.routing, slice.page);
-        const owner = copies.find((node) => this.group.isUp(node)) ?? copies[0]!;
+        const copies = replicasOf(record.routing, slice.page).filter((node) => node !== this.group.selfId);
+        const owner = copies.find((node) => this.group.isUp(node)) ?? copies[0];
+        // No other copy to ask (this one is still catching up): allocated, so the client reads it, through the hold.
+        if (owner === undefined) return void (allocated[index] = true);
         let indexes = remoteByOwner.get(owner);
         if (!indexes) remoteByOwner.set(owner, (indexes = []));
         indexes.push(index);
@@ -377,6 +396,7 @@ export class VolumeRouter implements ExportCatalog {
       }
       case "page.write": {
         const { target, page, pageOffset, hops } = pageArgs(this.group, this.store, args);
+        checkRoutedBy(target.record, args, this.group.selfId);
         nodeMetrics.countPage("write", "peer", checkedLength(payload.byteLength, target.record, pageOffset));
         // Written part by part as the chunks arrived: no gathering copy.
         const done = this.writePage(target, page, pageOffset, payload.parts, Boolean(args.f), hops);
@@ -385,6 +405,7 @@ export class VolumeRouter implements ExportCatalog {
       }
       case "page.zero": {
         const { target, page, pageOffset, hops } = pageArgs(this.group, this.store, args);
+        checkRoutedBy(target.record, args, this.group.selfId);
         const length = checkedLength(args.n, target.record, pageOffset);
         nodeMetrics.countPage("zero", "peer", length);
         const done = this.zeroPage(target, page, pageOffset, length, Boolean(args.f), hops);
@@ -401,7 +422,8 @@ export class VolumeRouter implements ExportCatalog {
           result: {
             a: pages.map((page) => {
               const index = Number(page);
-              return !(index >= 0 && index < routing.owners.length && holdsCopy(routing, index, this.group.selfId)) || this.store.isAllocated(target.layer, index);
+              const own = index >= 0 && index < routing.owners.length && holdsCopy(routing, index, this.group.selfId) && this.replicaHost.canServeLocally(target.record, index);
+              return !own || this.store.isAllocated(target.layer, index);
             }),
           },
         };
@@ -432,6 +454,30 @@ export class VolumeRouter implements ExportCatalog {
       .filter((page) => page < record.routing.owners.length && ownerOf(record.routing, page) === this.group.selfId);
   }
 
+}
+
+function isReplicated(record: VolumeRecord): boolean {
+  return Boolean(record.routing.replicaOwners?.length);
+}
+
+function joined(a: Promise<void> | undefined, b: Promise<void> | undefined): Promise<void> | undefined {
+  return a === undefined ? b : b === undefined ? a : Promise.all([a, b]).then(() => {});
+}
+
+/**
+ * A write passed on to a replicated page's primary names the routing version it was routed by,
+ * and the primary refuses any other (STALE_ROUTE): only the entry node holds and re-sends a write
+ * (failover-hold.ts), so a copy of it that an abandoned attempt left in flight (to a paused node,
+ * say) can never be applied over a newer write under a later set.
+ */
+function routedBy(record: VolumeRecord, args: FrameHeader): FrameHeader {
+  if (isReplicated(record)) args.rv = record.routing.version;
+  return args;
+}
+
+function checkRoutedBy(record: VolumeRecord, args: FrameHeader, self: string): void {
+  if (!isReplicated(record) || args.rv === record.routing.version) return;
+  throw new ShoalError("STALE_ROUTE", `node ${self} routes '${record.name}' by version ${record.routing.version}, the write was routed by version ${String(args.rv)}`);
 }
 
 /** Per layer: pages and bytes it holds, and for snapshot layers the bytes deleting it would free. */

@@ -2,7 +2,7 @@
 // its outcome, and the names split-phase snapshots (prepare, take, release) go by until they end.
 // The SnapshotService runs the coordinator; this keeps who waits for what, and checks a request.
 import { ShoalError } from "../../core/errors.ts";
-import { holders, replicaCount } from "../../core/cluster/routing.ts";
+import { copiesMissing, copiesWhole, holders, replicaCount } from "../../core/cluster/routing.ts";
 import type { SnapshotCoordinator, CoordinatorEffect, SnapshotResult } from "../../core/snapshot/snapshot-coordinator.ts";
 import type { DoneEffect } from "../../core/snapshot/snapshot-effect-runner.ts";
 import type { SnapshotMode } from "../../core/snapshot/snapshot-messages.ts";
@@ -132,6 +132,7 @@ export class SnapshotRequests {
           `volume '${volume}' keeps ${replicaCount(record.routing)} copies of each page: timestamp-mode snapshots of replicated volumes are not supported yet; use --mode hold`,
         );
       }
+      if (!copiesWhole(record.routing)) throw copiesMissing(volume, "take the snapshot");
       routingVersions[volume] = record.routing.version;
       if (group.liveSnapshots(volume).some((snapshot) => snapshot.name === request.name)) {
         throw new ShoalError("SNAPSHOT_EXISTS", `volume '${volume}' already has a snapshot '${request.name}'`);

@@ -1,0 +1,453 @@
+// Hosts the replica-set protocol (core/replica/replica-member.ts) for this node's replicated
+// volumes, the way that file's header says a node must: one member per volume (its acceptors are
+// the volume's nodes, fixed since replicated volumes are never moved), its records in the catalog,
+// its messages on the mesh (`replica.msg`, chunk data attached), one timer, and the mesh's view of
+// peers. A table the member adopts becomes the volume's next routing version (routing.ts
+// withReplicaSets), installed here and passed on to every node through the group's records.
+import { ShoalError, asShoalError } from "../../core/errors.ts";
+import { withReplicaSets } from "../../core/cluster/routing.ts";
+import type { VolumeRecord } from "../../core/cluster/volume.ts";
+import type { Catalog } from "../../core/cluster/catalog.ts";
+import type { PageStore } from "../../core/store/page-store.ts";
+import { ReplicaMember, type MemberConfig } from "../../core/replica/replica-member.ts";
+import { parsePeerMessage, type MemberReady, type Outgoing, type PeerMessage } from "../../core/replica/member-messages.ts";
+import { applyRecord, decodeMemberState, encodeMemberState, groupKey, initialMemberState, type MemberRecord, type MemberState } from "../../core/replica/member-state.ts";
+import { describeTable, initialTable, sinceOf, type ReplicaTable } from "../../core/replica/replica-table.ts";
+import { chunkOfPage, chunksPerGroup, groupOfPage, homeSets, pageGroupsOf, pageOfChunk, type PageGroups } from "../../core/replica/page-groups.ts";
+import { Payload, type FrameHeader } from "../mesh/frame.ts";
+import type { Group } from "../mesh/group.ts";
+import type { MeshLog } from "../mesh/mesh.ts";
+import type { Reply } from "../mesh/mesh-connection.ts";
+import { nodeMetrics } from "../metrics/node-metrics.ts";
+import type { ReplicaSetsReport } from "../admin/admin-results.ts";
+
+export const DEFAULT_REPLICA_TIMEOUT_MS = 3000;
+/** Records appended per volume before they are folded into one stored form (bounds the boot's replay). */
+const RECORDS_BEFORE_COMPACTION = 20_000;
+/** A copy or join message carries at most this many bytes of page data (a frame holds 32 MiB). */
+const COPY_MESSAGE_BYTES_MAX = 16 * 1024 * 1024;
+
+export interface ReplicaHostOptions {
+  group: Group;
+  catalog: Catalog;
+  store: PageStore;
+  log: MeshLog;
+  /** A replica not heard from for this long is dropped from its sets (--replica-timeout). */
+  timeoutMs: number;
+}
+
+/** One replicated volume's member and what the host keeps beside it. */
+interface Hosted {
+  uid: string;
+  name: string;
+  groups: PageGroups;
+  pageSizeBytes: number;
+  member: ReplicaMember;
+  /** The catalog's copy of the member state, folded from the records written (compaction writes it whole). */
+  stored: MemberState;
+  nextRecordSeq: number;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  wakeAtMs: number;
+  /** Write requests stepped and not answered yet: their resolvers, by request id. */
+  requests: Map<number, { resolve: () => void; reject: (err: unknown) => void }>;
+  /** Durability reports run in order: a copy's page data is synced before its seq (and later ones) is reported. */
+  durableChain: Promise<void>;
+  /** Per peer, when its last "tables" heartbeat came: a local read needs a recent majority (see canServeLocally). */
+  tablesHeardMs: Map<string, number>;
+  /** Bytes of writes noted for away replicas, and bytes sent in copies and joins (metrics, `route show --json`). */
+  bytesWrittenAway: number;
+  bytesCopied: number;
+}
+
+export class ReplicaHost {
+  private readonly hosted = new Map<string, Hosted>();
+  private readonly byName = new Map<string, Hosted>();
+  private requestSeq = 0;
+  private stopped = false;
+  private readonly writtenAway = nodeMetrics.registry.counter("shoal_replica_away_written_bytes_total", "bytes written to page groups while one of their replicas was away (noted in away maps)").with();
+  private readonly copiedBytes = nodeMetrics.registry.counter("shoal_replica_resync_bytes_total", "page bytes this node sent to bring a returning replica up to date, by kind", ["kind"]);
+
+  constructor(private readonly options: ReplicaHostOptions) {}
+
+  get timeoutMs(): number {
+    return this.options.timeoutMs;
+  }
+
+  get log(): MeshLog {
+    return this.options.log;
+  }
+
+  /** The members' records on disk (they are committed without an fsync): a FLUSH waits for this. */
+  syncRecords(): Promise<void> {
+    return this.hosted.size === 0 ? Promise.resolve() : this.options.catalog.durable();
+  }
+
+  /** Members for the replicated volumes the catalog holds. */
+  start(): void {
+    for (const record of this.options.group.liveVolumes()) this.volumeChanged(record);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const hosted of this.hosted.values()) clearTimeout(hosted.timer);
+  }
+
+  /** A volume record arrived or changed: start a member for a new replicated volume of this node, stop one for a deleted one. */
+  volumeChanged(record: VolumeRecord): void {
+    const known = this.hosted.get(record.uid);
+    if (record.deleted) {
+      if (known) this.drop(known);
+      return;
+    }
+    if (known || this.stopped || !record.routing.replicaOwners?.length || !record.routing.nodes.includes(this.options.group.selfId)) return;
+    this.boot(record);
+  }
+
+  private drop(hosted: Hosted): void {
+    clearTimeout(hosted.timer);
+    this.hosted.delete(hosted.uid);
+    if (this.byName.get(hosted.name) === hosted) this.byName.delete(hosted.name);
+    this.options.catalog.removeReplicaState(hosted.uid);
+  }
+
+  private boot(record: VolumeRecord): void {
+    const { group, catalog } = this.options;
+    const groups = pageGroupsOf(record.routing);
+    const stored = this.loadState(record, groups);
+    const nowMs = Date.now();
+    const config: MemberConfig = {
+      self: group.selfId,
+      members: [...record.routing.nodes],
+      bootId: `${crypto.randomUUID().slice(0, 8)}`,
+      home: (volume) => (volume === record.name ? homeSets(groups) : undefined),
+      chunksPerGroup: () => chunksPerGroup(groups),
+      allChunks: (_volume, index) => this.heldChunks(record.uid, groups, index),
+      heartbeatIntervalMs: Math.max(100, Math.min(500, this.options.timeoutMs / 4)),
+      suspectAfterMs: this.options.timeoutMs,
+      policyIntervalMs: Math.max(50, Math.min(250, this.options.timeoutMs / 8)),
+      copyBatchChunks: Math.max(1, Math.floor(COPY_MESSAGE_BYTES_MAX / record.pageSizeBytes / 2)),
+      copyTimeoutMs: Math.max(2000, this.options.timeoutMs * 2),
+      joinChunksMax: Math.max(1, Math.floor(COPY_MESSAGE_BYTES_MAX / record.pageSizeBytes)),
+      proposer: { attemptTimeoutMs: Math.max(200, this.options.timeoutMs / 4), backoffMs: 100, maxAttempts: 8 },
+      random: Math.random,
+    };
+    const member = new ReplicaMember(config, decodeMemberState(encodeMemberState(stored)), nowMs);
+    const hosted: Hosted = {
+      uid: record.uid,
+      name: record.name,
+      groups,
+      pageSizeBytes: record.pageSizeBytes,
+      member,
+      stored,
+      nextRecordSeq: 1,
+      timer: undefined,
+      wakeAtMs: Infinity,
+      requests: new Map(),
+      durableChain: settled,
+      tablesHeardMs: new Map(),
+      bytesWrittenAway: 0,
+      bytesCopied: 0,
+    };
+    catalog.replaceReplicaState(record.uid, encodeMemberState(stored));
+    this.hosted.set(record.uid, hosted);
+    this.byName.set(record.name, hosted);
+    this.carryOut(hosted, member.step({ kind: "tick", nowMs }));
+    // A restart may find a table newer than the routing it left (recorded, not yet installed).
+    this.install(hosted, member.current.tables.get(record.name)!);
+  }
+
+  /** The stored member state (row 0 plus the records after it), or a new volume's initial one. */
+  private loadState(record: VolumeRecord, groups: PageGroups): MemberState {
+    const rows = this.options.catalog.replicaMemberRows(record.uid);
+    if (rows.length === 0 || rows[0]!.seq !== 0) {
+      // A member for a volume this node learned of at its creation; one learned later (at a newer
+      // routing version) starts from the placement too and adopts the newer table from its peers.
+      return initialMemberState(this.options.group.selfId, [initialTable(record.name, homeSets(groups))]);
+    }
+    const state = decodeMemberState(JSON.parse(rows[0]!.record));
+    for (const row of rows.slice(1)) applyRecord(state, JSON.parse(row.record) as MemberRecord);
+    return state;
+  }
+
+  // ---- the mesh
+
+  /** `replica.msg` from a peer: { u: volume uid, m: the message }, with page data for a copy or a join. */
+  handle(op: string, from: string, args: FrameHeader, payload: Payload): Reply | undefined {
+    if (op !== "replica.msg") return undefined;
+    const hosted = typeof args.u === "string" ? this.hosted.get(args.u) : undefined;
+    if (hosted === undefined) return {};
+    let message: PeerMessage;
+    try {
+      message = parsePeerMessage(args.m);
+    } catch (err) {
+      throw new ShoalError("BAD_FRAME", `replica message from ${from} for '${hosted.name}' is malformed: ${asShoalError(err).message}`);
+    }
+    if (message.kind === "tables") hosted.tablesHeardMs.set(from, Date.now());
+    // A copy for a group this node serves as a synced member is either late (a join copy made
+    // this copy current since, and writes may have followed: applying it could undo them) or
+    // early (this node has not learned yet that it was dropped). Neither may be applied, nor
+    // confirmed: unconfirmed, the source sends it again, by when this node knows its table.
+    if (message.kind === "copy" && this.syncedMember(hosted, message.group)) return {};
+    this.carryOut(hosted, hosted.member.step({ kind: "message", nowMs: Date.now(), from, message }), payload);
+    return {};
+  }
+
+  /** The mesh heard a peer (a heartbeat answer) or lost its link: suspicion follows in every member. */
+  peerHeard(node: string): void {
+    for (const hosted of this.hosted.values()) {
+      if (this.isMember(hosted, node)) this.carryOut(hosted, hosted.member.step({ kind: "peer-heard", nowMs: Date.now(), node }));
+    }
+  }
+
+  peerDown(node: string): void {
+    for (const hosted of this.hosted.values()) {
+      if (this.isMember(hosted, node)) this.carryOut(hosted, hosted.member.step({ kind: "peer-suspected", nowMs: Date.now(), node }));
+    }
+  }
+
+  private isMember(hosted: Hosted, node: string): boolean {
+    return hosted.groups.nodes.includes(node) && node !== this.options.group.selfId;
+  }
+
+  // ---- the data path
+
+  /**
+   * A replicated write this node is about to apply (as primary or replica), routed by the
+   * record's routing version: the member's fence admits it (or this throws STALE_ROUTE, and the
+   * entry node tries again by a newer table) and notes it for away replicas. Resolves once what the
+   * member recorded for it is on disk: the write's ack must not leave before its away-map entry.
+   */
+  admitWrite(record: VolumeRecord, page: number, lengthBytes: number): Promise<void> | undefined {
+    const hosted = this.hosted.get(record.uid);
+    if (hosted === undefined || this.admitsAtOnce(hosted, record, page)) return undefined;
+    const id = ++this.requestSeq;
+    const { groups } = hosted;
+    const request = { id, kind: "write" as const, volume: hosted.name, group: groupOfPage(groups, page), chunk: chunkOfPage(groups, page), routed: record.routing.version };
+    const answered = new Promise<void>((resolve, reject) => hosted.requests.set(id, { resolve, reject }));
+    const ready = hosted.member.step({ kind: "request", nowMs: Date.now(), request });
+    const admitted = ready.applies.some((apply) => apply.kind === "write" && apply.request.id === id);
+    const noted = ready.records.filter((item) => item.kind === "away-chunks" && item.changed.length > 0).length;
+    if (noted > 0) {
+      hosted.bytesWrittenAway += lengthBytes;
+      this.writtenAway.inc(lengthBytes);
+    }
+    this.carryOut(hosted, ready);
+    if (!admitted) {
+      hosted.requests.delete(id);
+      // Its refusal may still be in the member's outbox behind an earlier Ready; the caller's answer is this.
+      answered.catch(() => {});
+      throw new ShoalError("STALE_ROUTE", `node ${this.options.group.selfId} does not take writes of page ${page} of '${record.name}' routed by version ${record.routing.version} now (its replica table is ${describeTable(hosted.member.current.tables.get(hosted.name)!)})`);
+    }
+    return answered;
+  }
+
+  /**
+   * The member's own answer, without a step, in the common case: no away map to note the write
+   * in, no sync pending that an answer would have to wait for (records are committed before a
+   * step returns), and the fence admits it (the routing's version is the recorded table's, and
+   * this copy of the group is up to date for its membership). A step per write cost ~17 µs of
+   * node CPU per replicated 4 KiB write (bench/replicas.ts, 124 vs 107 µs).
+   */
+  private admitsAtOnce(hosted: Hosted, record: VolumeRecord, page: number): boolean {
+    const state = hosted.member.current;
+    if (hosted.durableChain !== settled || state.awayMaps.size > 0) return false;
+    if (state.tables.get(hosted.name)?.version !== record.routing.version) return false;
+    return this.syncedMember(hosted, groupOfPage(hosted.groups, page));
+  }
+
+  /**
+   * Whether this node's copy of `page` may answer a read: its member is a replica of the page's
+   * group in a table of the routing's version and its copy was brought up to date for that
+   * membership, and a majority of the volume's nodes sent it their tables within the timeout (a
+   * node that was paused or cut off may have been dropped without knowing: it forwards instead).
+   */
+  canServeLocally(record: VolumeRecord, page: number): boolean {
+    const hosted = this.hosted.get(record.uid);
+    if (hosted === undefined) return true;
+    const table = hosted.member.current.tables.get(hosted.name);
+    if (table === undefined || table.version !== record.routing.version) return false;
+    const group = groupOfPage(hosted.groups, page);
+    const since = sinceOf(table, group, this.options.group.selfId);
+    if (since === undefined || hosted.member.current.syncedSince.get(groupKey(hosted.name, group)) !== since) return false;
+    const recentMs = Date.now() - this.options.timeoutMs;
+    const heard = 1 + [...hosted.tablesHeardMs.values()].filter((atMs) => atMs >= recentMs).length;
+    return heard * 2 > hosted.groups.nodes.length;
+  }
+
+  /** The replica sets as this node holds them, with bytes written while a replica was away and bytes copied to bring one back (`route show --json`). */
+  report(uid: string): { replicaSets: ReplicaSetsReport } | undefined {
+    const hosted = this.hosted.get(uid);
+    if (hosted === undefined) return undefined;
+    const table = hosted.member.current.tables.get(hosted.name)!;
+    const home = homeSets(hosted.groups);
+    const self = this.options.group.selfId;
+    const whole = table.sets.every((set, group) => set.length === home[group]!.length && (!set.some((entry) => entry.node === self) || this.syncedMember(hosted, group)));
+    return { replicaSets: { table: describeTable(table), whole, writtenWhileAwayBytes: hosted.bytesWrittenAway, copiedBytes: hosted.bytesCopied } };
+  }
+
+  // ---- one Ready, in the order replica-member.ts asks of a host
+
+  private carryOut(hosted: Hosted, ready: MemberReady, data?: Payload): void {
+    if (this.hosted.get(hosted.uid) !== hosted) return;
+    this.writeRecords(hosted, ready.records);
+    const synced = this.applyChunks(hosted, ready, data);
+    for (const outgoing of ready.messages) this.sendPeer(hosted, outgoing);
+    for (const reply of ready.replies) {
+      const waiter = hosted.requests.get(reply.request.id);
+      hosted.requests.delete(reply.request.id);
+      if (reply.ok) waiter?.resolve();
+      else waiter?.reject(new ShoalError("STALE_ROUTE", `replica table of '${hosted.name}' refused the write (${reply.reason})`));
+    }
+    for (const note of ready.notes) this.note(hosted, note);
+    this.arm(hosted, ready.wakeAtMs);
+    if (ready.durableSeq !== undefined) this.reportDurable(hosted, ready.durableSeq, synced);
+  }
+
+  /**
+   * One sqlite transaction per Ready, on the catalog connection that does not fsync: the commit is
+   * in the page cache when it returns, which a kill -9 keeps, so the records are durable against a
+   * process crash before any ack that rests on them leaves. A FLUSH syncs the catalog's log
+   * (flush-debts.ts) as it syncs the pages, so power loss loses neither past a FLUSH.
+   */
+  private writeRecords(hosted: Hosted, records: MemberRecord[]): void {
+    if (records.length === 0) return;
+    const { catalog } = this.options;
+    for (const record of records) applyRecord(hosted.stored, record);
+    if (hosted.nextRecordSeq + records.length > RECORDS_BEFORE_COMPACTION) {
+      catalog.replaceReplicaState(hosted.uid, encodeMemberState(hosted.stored));
+      hosted.nextRecordSeq = 1;
+      return;
+    }
+    catalog.appendReplicaRecords(hosted.uid, hosted.nextRecordSeq, records);
+    hosted.nextRecordSeq += records.length;
+  }
+
+  /**
+   * A copy's or join's page data, chunk by chunk as the message carried it. Applied in step order
+   * with this node's writes (one thread: the step and the apply happen together). A copy never
+   * reaches a group where this node is a synced member (handle drops it): a resync source sends
+   * copies only to nodes out of the set and adds one back only through a join taken after it
+   * recorded the new version, so such a copy may be older than a write applied since. A join lands
+   * while its group refuses writes here ("joining", fence.ts), so no write it could undo has been
+   * applied. Returns the page sync the durability report must wait for.
+   */
+  private applyChunks(hosted: Hosted, ready: MemberReady, data: Payload | undefined): Promise<void> | undefined {
+    let synced: Promise<void> | undefined;
+    for (const apply of ready.applies) {
+      if (apply.kind === "write") continue;
+      const bytes = data?.byteLength ?? 0;
+      if (bytes !== apply.chunks.length * hosted.pageSizeBytes) {
+        this.options.log.warn(`a ${apply.kind} of '${hosted.name}' group ${apply.group} carried ${bytes} bytes for ${apply.chunks.length} pages; ignored`);
+        continue;
+      }
+      const whole = Payload.concat(data!.parts);
+      apply.chunks.forEach((chunk, index) => {
+        const page = pageOfChunk(hosted.groups, apply.group, chunk);
+        this.options.store.write(hosted.uid, page, 0, whole.subarray(index * hosted.pageSizeBytes, (index + 1) * hosted.pageSizeBytes), hosted.pageSizeBytes);
+      });
+      synced = this.options.store.flushVolume(hosted.uid);
+    }
+    return synced;
+  }
+
+  private syncedMember(hosted: Hosted, group: number): boolean {
+    const state = hosted.member.current;
+    const table = state.tables.get(hosted.name);
+    const since = table && sinceOf(table, group, this.options.group.selfId);
+    return since !== undefined && state.syncedSince.get(groupKey(hosted.name, group)) === since;
+  }
+
+  private reportDurable(hosted: Hosted, seq: number, synced: Promise<void> | undefined): void {
+    const step = () => {
+      if (this.hosted.get(hosted.uid) === hosted) this.carryOut(hosted, hosted.member.step({ kind: "durable", nowMs: Date.now(), seq }));
+    };
+    // Nothing to wait for and nothing before it waiting: now (the write path's common case).
+    if (synced === undefined && hosted.durableChain === settled) return step();
+    const before = hosted.durableChain;
+    const chain = Promise.all([before, synced]).then(step, (err) => this.options.log.warn(`syncing a resync copy of '${hosted.name}' failed: ${asShoalError(err).message}`));
+    hosted.durableChain = chain;
+    void chain.then(() => {
+      if (hosted.durableChain === chain) hosted.durableChain = settled;
+    });
+  }
+
+  private sendPeer(hosted: Hosted, { to, message }: Outgoing): void {
+    if (to === this.options.group.selfId) {
+      queueMicrotask(() => this.carryOut(hosted, hosted.member.step({ kind: "message", nowMs: Date.now(), from: to, message })));
+      return;
+    }
+    let payload: Uint8Array | undefined;
+    if (message.kind === "copy" || message.kind === "join") {
+      payload = this.readChunks(hosted, message.group, message.chunks);
+      hosted.bytesCopied += payload.byteLength;
+      this.copiedBytes.with(message.kind).inc(payload.byteLength);
+    }
+    const link = this.options.group.links.get(to);
+    // Fire and forget: the protocol resends what matters (copies time out, tables repeat).
+    link?.request("replica.msg", { u: hosted.uid, m: message as unknown as FrameHeader }, payload, this.options.timeoutMs * 4).catch(() => {});
+  }
+
+  /** The named chunks' pages, whole, one after another (a page the store does not hold reads as zeros). */
+  private readChunks(hosted: Hosted, group: number, chunks: number[]): Uint8Array {
+    const size = hosted.pageSizeBytes;
+    const out = new Uint8Array(chunks.length * size);
+    chunks.forEach((chunk, index) => this.options.store.read(hosted.uid, pageOfChunk(hosted.groups, group, chunk), 0, size, out, index * size));
+    return out;
+  }
+
+  /** Chunks of the group this node's store holds a page for: "every chunk" without listing a 64 TiB volume. */
+  private heldChunks(uid: string, groups: PageGroups, group: number): number[] {
+    return this.options.store
+      .changedPages(uid, undefined)
+      .filter((page) => page < groups.pageCount && groupOfPage(groups, page) === group)
+      .map((page) => chunkOfPage(groups, page));
+  }
+
+  private note(hosted: Hosted, note: MemberReady["notes"][number]): void {
+    const { log } = this.options;
+    switch (note.kind) {
+      case "proposed":
+        log.info(`replica sets of '${hosted.name}': proposing v${note.version}: ${note.change}`);
+        return;
+      case "gave-up":
+        log.warn(`replica sets of '${hosted.name}': gave up on v${note.version} after ${note.attempts} ballots`);
+        return;
+      case "adopted":
+        log.info(`replica sets of '${hosted.name}' now ${describeTable(note.table)}`);
+        this.install(hosted, note.table);
+        return;
+      case "join-applied":
+        log.info(`'${hosted.name}' group ${note.group}: this copy is up to date again (joined at v${note.since})`);
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** The adopted table as the volume's routing: recorded in the catalog, in the router, and sent to every node. */
+  private install(hosted: Hosted, table: ReplicaTable): void {
+    const { group } = this.options;
+    const record = group.volumeByUid(hosted.uid);
+    if (record === undefined || record.routing.version >= table.version) return;
+    const sets = table.sets.map((set) => set.map((entry) => entry.node));
+    const routing = withReplicaSets(record.routing, table.version, sets, (page) => groupOfPage(hosted.groups, page));
+    // The record's version moves with the routing's, so every node that installs the same table makes the same record.
+    const next: VolumeRecord = { ...record, version: record.version + (table.version - record.routing.version), routing };
+    if (group.applyVolume(next)) void group.publishVolume(next, []).catch(() => {});
+  }
+
+  // ---- the one timer
+
+  private arm(hosted: Hosted, wakeAtMs: number): void {
+    if (wakeAtMs >= hosted.wakeAtMs || this.stopped) return;
+    clearTimeout(hosted.timer);
+    hosted.wakeAtMs = wakeAtMs;
+    hosted.timer = setTimeout(() => {
+      hosted.wakeAtMs = Infinity;
+      this.carryOut(hosted, hosted.member.step({ kind: "tick", nowMs: Date.now() }));
+    }, Math.max(0, wakeAtMs - Date.now()));
+  }
+}
+
+/** The durability chain when nothing waits on a sync. */
+const settled = Promise.resolve();
