@@ -3,11 +3,32 @@
 // (source revision, machine load) for the report.
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { parseArgs, type ParseArgsConfig } from "node:util";
 import { run } from "../integration/_cluster.ts";
 
 export const ROOT = path.resolve(import.meta.dir, "../..");
 const BUILD_TIMEOUT_MS = 180_000;
 const SYNC_TIMEOUT_MS = 300_000;
+
+/**
+ * A benchmark's command line as the CLI treats one: --help prints the usage and exits 0; an
+ * unknown or malformed flag, or a value `check` refuses (it throws), prints the reason and the
+ * usage and exits 2. Never starts a run on a flag it did not understand.
+ */
+export function benchCommandLine<O extends NonNullable<ParseArgsConfig["options"]>, T>(usage: string, options: O, check: (values: Record<string, string | boolean | undefined>) => T): T {
+  try {
+    const parsed = parseArgs({ args: Bun.argv.slice(2), options: { ...options, help: { type: "boolean", default: false } }, strict: true, allowPositionals: false });
+    const values = parsed.values as Record<string, string | boolean | undefined>;
+    if (values.help === true) {
+      console.log(usage);
+      process.exit(0);
+    }
+    return check(values);
+  } catch (err) {
+    console.error(`${(err as Error).message}\n${usage}`);
+    process.exit(2);
+  }
+}
 
 export function progress(message: string): void {
   console.error(`[bench] ${message}`);

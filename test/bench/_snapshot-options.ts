@@ -1,7 +1,7 @@
 // The snapshot benchmark's command line (test/bench/snapshot.ts): flags, their bounds, defaults.
 import * as path from "node:path";
-import { parseArgs } from "node:util";
 import { parseSize } from "../../core/geometry.ts";
+import { benchCommandLine } from "./_bench.ts";
 import { MiB, PAGE_BYTES, SMALL_WRITTEN_BYTES } from "./_snapshot-group.ts";
 
 export interface Options {
@@ -22,26 +22,32 @@ export interface Options {
   only: Set<MeasureKey>;
 }
 
+const USAGE = `usage: bun test/bench/snapshot.ts [--snapshots 100] [--interval-ms 200] [--rate 400] [--inflight 32]
+  [--duration 10] [--load-size 1G] [--big 8G] [--delete-size 1G] [--only hold,ts,del,create]
+  [--timeout-minutes 30] [--profile DIR] [--json] [--bin PATH]
+Snapshot create time, hold-mode queued waits, timestamp-mode write latency and the write latency
+while a snapshot is deleted, on a three-node group under steady writers.`;
+
 export function parseOptions(): Options {
-  const { values } = parseArgs({
-    args: Bun.argv.slice(2),
-    options: {
-      snapshots: { type: "string", default: "100" },
-      "interval-ms": { type: "string", default: "200" },
-      rate: { type: "string", default: "400" },
-      inflight: { type: "string", default: "32" },
-      duration: { type: "string", default: "10" },
-      "load-size": { type: "string", default: "1G" },
-      big: { type: "string", default: "8G" },
-      "delete-size": { type: "string", default: "1G" },
-      json: { type: "boolean", default: false },
-      bin: { type: "string" },
-      profile: { type: "string" },
-      "timeout-minutes": { type: "string", default: "30" },
-      only: { type: "string", default: "hold,ts,del,create" },
-    },
-    strict: true,
-  });
+  const flags = {
+    snapshots: { type: "string", default: "100" },
+    "interval-ms": { type: "string", default: "200" },
+    rate: { type: "string", default: "400" },
+    inflight: { type: "string", default: "32" },
+    duration: { type: "string", default: "10" },
+    "load-size": { type: "string", default: "1G" },
+    big: { type: "string", default: "8G" },
+    "delete-size": { type: "string", default: "1G" },
+    json: { type: "boolean", default: false },
+    bin: { type: "string" },
+    profile: { type: "string" },
+    "timeout-minutes": { type: "string", default: "30" },
+    only: { type: "string", default: "hold,ts,del,create" },
+  } as const;
+  return benchCommandLine(USAGE, flags, (values) => optionsOf(values as Record<string, string | undefined> & { json?: boolean }));
+}
+
+function optionsOf(values: Record<string, string | undefined> & { json?: boolean }): Options {
   const integer = (name: string, text: string, min: number, max: number): number => {
     const value = Number(text);
     if (!Number.isInteger(value) || value < min || value > max) throw new Error(`--${name} ${text}: give ${min}..${max}`);

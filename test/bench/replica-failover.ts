@@ -14,23 +14,32 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { NbdClient } from "../../transport/nbd/nbd-client.ts";
-import { buildShoal, loadAverage, printReport, progress, stats, table } from "./_bench.ts";
+import { benchCommandLine, buildShoal, loadAverage, printReport, progress, stats, table } from "./_bench.ts";
 import { TestCluster, waitSetsWhole } from "../integration/_cluster.ts";
 import { parseSize } from "../../core/geometry.ts";
 
 const MiB = 1024 * 1024;
 const PAGE = 4 * MiB;
 
-function flag(name: string, fallback: string): string {
-  const index = process.argv.indexOf(`--${name}`);
-  return index > 0 ? process.argv[index + 1]! : fallback;
+const USAGE = `usage: bun test/bench/replica-failover.ts [--away 64M] [--timeout 3s] [--bin PATH]
+The stall of 4 KiB writers on a two-copy volume around a kill -9 of a copy's node, and the resync
+of the returning copy against a route move of the same bytes, one three-node group.`;
+
+function parseOptions(): { awayBytes: number; timeout: string; bin?: string } {
+  const flags = { away: { type: "string", default: "64M" }, timeout: { type: "string", default: "3s" }, bin: { type: "string" } } as const;
+  return benchCommandLine(USAGE, flags, (values) => {
+    const awayBytes = parseSize(String(values.away));
+    if (awayBytes < PAGE || awayBytes % PAGE !== 0) throw new Error(`--away ${values.away}: give a whole number of 4 MiB pages`);
+    const timeout = String(values.timeout);
+    if (!/^\d+(ms|s)$/.test(timeout)) throw new Error(`--timeout ${timeout}: give a duration such as 3s or 500ms`);
+    return { awayBytes, timeout, ...(typeof values.bin === "string" ? { bin: values.bin } : {}) };
+  });
 }
 
 async function main(): Promise<void> {
-  const awayBytes = parseSize(flag("away", "64M"));
-  const timeout = flag("timeout", "3s");
+  const { awayBytes, timeout, bin } = parseOptions();
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-bench-failover-"));
-  process.env.SHOAL_BIN = await buildShoal(work, process.argv.includes("--bin") ? flag("bin", "") : undefined);
+  process.env.SHOAL_BIN = await buildShoal(work, bin);
   const cluster = await TestCluster.start(3, {}, () => ["--replica-timeout", timeout]);
   try {
     const sizeMiB = Math.max(256, (awayBytes / MiB) * 4);
