@@ -189,6 +189,44 @@ describe("malformed peer requests", () => {
   }, 60_000);
 });
 
+describe("malformed replica-set messages", () => {
+  test("a replica message that does not parse is BAD_FRAME naming the field; the replicated volume keeps serving", async () => {
+    const pair = await TestCluster.start(2);
+    const quiet = { info: () => {}, warn: () => {} };
+    const peer = await dialMesh(pair.nodes[0]!.meshAddress, () => ({ result: {} }), quiet);
+    try {
+      expect((await pair.shoal(["volume", "create", "twice", "--size", "16M", "--replicas", "2"])).exitCode).toBe(0);
+      const uid = JSON.parse((await pair.shoal(["volume", "info", "twice", "--json"])).stdout).uid as string;
+      const member = { id: "peer-y", identity: crypto.randomUUID(), meshAddress: "127.0.0.1:1", nbdAddress: "127.0.0.1:1", joinedAtMs: Date.now() };
+      const { groupId } = (await peer.request("ping", {})).result;
+      await peer.request("group.join", { member });
+      await peer.request("hello", { role: "peer", groupId, member, digest: "" });
+      const refusals = [
+        await peerRefusal(peer, "replica.msg", { u: uid, m: { kind: "prepare", volume: "twice", version: -1, ballot: { round: 1, node: "peer-y" } } }),
+        await peerRefusal(peer, "replica.msg", { u: uid, m: { kind: "copy", volume: "twice", group: 0, batch: "b", chunks: ["x"] } }),
+        await peerRefusal(peer, "replica.msg", { u: uid, m: { kind: "no-such-kind" } }),
+        await peerRefusal(peer, "replica.msg", { u: uid, m: "not an object" }),
+      ];
+      for (const refusal of refusals) {
+        expect(refusal.code).toBe("BAD_FRAME");
+        expect(refusal.message).toContain("replica message from peer-y for 'twice' is malformed");
+      }
+      expect(refusals[0]!.message).toContain("version");
+      expect(refusals[1]!.message).toContain("chunk");
+      // The connection and the volume still serve, through both nodes.
+      expect((await peer.request("ping", {})).result.groupId).toBe(groupId);
+      for (const node of pair.nodes) {
+        const io = await run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 1M", "-c", "read -P 0x5a 0 1M", node.nbdUrl("twice")]);
+        expect(io.exitCode).toBe(0);
+        expect(io.stdout).not.toMatch(/verification failed|error/i);
+      }
+    } finally {
+      peer.close();
+      await pair.stop();
+    }
+  }, 60_000);
+});
+
 async function peerRefusal(peer: MeshConnection, op: string, args: Record<string, unknown>): Promise<ShoalError> {
   return peer.request(op, args, undefined, 5000).then(
     () => new ShoalError("INTERNAL", `'${op}' with ${JSON.stringify(args)} was accepted`),
