@@ -8,7 +8,7 @@ import type { MeshConnection } from "../../transport/mesh/mesh-connection.ts";
 import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { ShoalError } from "../../core/errors.ts";
-import { run, TestCluster, waitFor } from "./_cluster.ts";
+import { run, TestCluster, waitFor, type TestNode } from "./_cluster.ts";
 
 let cluster: TestCluster;
 
@@ -163,17 +163,13 @@ describe("malformed peer requests", () => {
   test("a member that sends missing or mistyped arguments gets BAD_ARGUMENT naming them; the node keeps serving", async () => {
     // A separate node: the test joins it as a member, which a shared cluster should not keep.
     const alone = await TestCluster.start(1);
-    const quiet = { info: () => {}, warn: () => {} };
-    const peer = await dialMesh(alone.nodes[0]!.meshAddress, () => ({ result: {} }), quiet);
+    const peer = await dialQuietly(alone.nodes[0]!);
     try {
-      const member = { id: "peer-x", identity: crypto.randomUUID(), meshAddress: "127.0.0.1:1", nbdAddress: "127.0.0.1:1", joinedAtMs: Date.now() };
       // Asked before hello too: catalog pieces are answered to anyone.
       const piece = await peerRefusal(peer, "catalog.piece", { ref: 42, offset: 0 });
       expect([piece.code, piece.message]).toEqual(["BAD_ARGUMENT", "'catalog.piece': argument 'ref' must be a non-empty string (number 42)"]);
-      const { groupId } = (await peer.request("ping", {})).result;
-      await peer.request("group.join", { member });
-      const hello = await peer.request("hello", { role: "peer", groupId, member, digest: "" });
-      expect(hello.result.nodeId).toBe(alone.nodes[0]!.id);
+      const { groupId, hello } = await joinAsMember(peer, "peer-x");
+      expect(hello.nodeId).toBe(alone.nodes[0]!.id);
       const seal = await peerRefusal(peer, "move.seal", { final: true });
       expect([seal.code, seal.message]).toEqual(["BAD_ARGUMENT", "'move.seal': argument 'stepId' must be a non-empty string (missing)"]);
       expect((await peerRefusal(peer, "move.install", { stepId: "s", v: "u", p: "0", pieces: [] })).message).toContain("argument 'p'");
@@ -192,15 +188,11 @@ describe("malformed peer requests", () => {
 describe("malformed replica-set messages", () => {
   test("a replica message that does not parse is BAD_FRAME naming the field; the replicated volume keeps serving", async () => {
     const pair = await TestCluster.start(2);
-    const quiet = { info: () => {}, warn: () => {} };
-    const peer = await dialMesh(pair.nodes[0]!.meshAddress, () => ({ result: {} }), quiet);
+    const peer = await dialQuietly(pair.nodes[0]!);
     try {
       expect((await pair.shoal(["volume", "create", "twice", "--size", "16M", "--replicas", "2"])).exitCode).toBe(0);
       const uid = JSON.parse((await pair.shoal(["volume", "info", "twice", "--json"])).stdout).uid as string;
-      const member = { id: "peer-y", identity: crypto.randomUUID(), meshAddress: "127.0.0.1:1", nbdAddress: "127.0.0.1:1", joinedAtMs: Date.now() };
-      const { groupId } = (await peer.request("ping", {})).result;
-      await peer.request("group.join", { member });
-      await peer.request("hello", { role: "peer", groupId, member, digest: "" });
+      const { groupId } = await joinAsMember(peer, "peer-y");
       const refusals = [
         await peerRefusal(peer, "replica.msg", { u: uid, m: { kind: "prepare", volume: "twice", version: -1, ballot: { round: 1, node: "peer-y" } } }),
         await peerRefusal(peer, "replica.msg", { u: uid, m: { kind: "copy", volume: "twice", group: 0, batch: "b", chunks: ["x"] } }),
@@ -226,6 +218,20 @@ describe("malformed replica-set messages", () => {
     }
   }, 60_000);
 });
+
+/** A mesh connection to `node` whose link logs stay quiet (the test's peer has no address to dial back). */
+function dialQuietly(node: TestNode): Promise<MeshConnection> {
+  return dialMesh(node.meshAddress, () => ({ result: {} }), { info: () => {}, warn: () => {} });
+}
+
+/** Joins the connection's far node's group as member `id` and says hello as that peer. */
+async function joinAsMember(peer: MeshConnection, id: string): Promise<{ groupId: string; hello: { nodeId: string } }> {
+  const member = { id, identity: crypto.randomUUID(), meshAddress: "127.0.0.1:1", nbdAddress: "127.0.0.1:1", joinedAtMs: Date.now() };
+  const { groupId } = (await peer.request("ping", {})).result;
+  await peer.request("group.join", { member });
+  const hello = await peer.request("hello", { role: "peer", groupId, member, digest: "" });
+  return { groupId: String(groupId), hello: { nodeId: String(hello.result.nodeId) } };
+}
 
 async function peerRefusal(peer: MeshConnection, op: string, args: Record<string, unknown>): Promise<ShoalError> {
   return peer.request(op, args, undefined, 5000).then(
