@@ -143,6 +143,18 @@ export function parseDurationMs(text: string, flag?: string): number {
   return Math.round(unit === "ms" ? value : unit === "s" ? value * 1000 : value * 60_000);
 }
 
+/** Bounds of --replica-timeout: below a few heartbeats (100 ms apart at least) healthy peers would be suspected between two of them. */
+export const REPLICA_TIMEOUT_MIN_MS = 500;
+export const REPLICA_TIMEOUT_MAX_MS = 10 * 60_000;
+
+export function parseReplicaTimeoutMs(text: string, flag: string): number {
+  const ms = parseDurationMs(text, flag);
+  if (ms < REPLICA_TIMEOUT_MIN_MS || ms > REPLICA_TIMEOUT_MAX_MS) {
+    throw new ShoalError("BAD_ARGUMENT", `${flag} '${text}': give ${REPLICA_TIMEOUT_MIN_MS}ms to ${REPLICA_TIMEOUT_MAX_MS / 60_000}m (peers heartbeat every 100-500 ms; a shorter timeout would drop healthy copies)`);
+  }
+  return ms;
+}
+
 /** A copy count given to `flag`: a whole number 1 to MAX_REPLICAS (the node also checks it against the members). */
 export function parseReplicas(text: string, flag: string): number {
   const value = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN;

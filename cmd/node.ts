@@ -1,7 +1,7 @@
 // `shoal node`: runs a storage node in the foreground until SIGINT or SIGTERM. The CLI front of
 // transport/node/start-node.ts: flags and config file in, a running node out.
 import { defineCommand, type ArgsDef } from "citty";
-import { parseDurationMs, parseReplicas, rejectUnknownFlags } from "./_cli.ts";
+import { parseDurationMs, parseReplicas, parseReplicaTimeoutMs, rejectUnknownFlags } from "./_cli.ts";
 import { resolveSettings, withoutDefaults, type Settings } from "./_config.ts";
 import { createLog, parseLogFormat } from "./_log.ts";
 import { NODE_PURGE_DELAY_MS, reexecWithAllocatorTuning } from "./_allocator-tuning.ts";
@@ -39,7 +39,7 @@ const nodeFlags = {
   },
   replicaTimeout: {
     type: "string",
-    description: "a replica of a replicated volume not heard from for this long leaves its page groups' sets; clients' writes wait at most about three times this",
+    description: "a replica of a replicated volume not heard from for this long leaves its page groups' sets; 500ms-10m; a client's request waits for a new set at most three times this, and at least this plus 5s",
     default: "3s",
     valueHint: "DURATION",
   },
@@ -77,7 +77,7 @@ export default defineCommand({
       dirtyLimitBytes: parseSize(text("dirtyLimit")!),
       writeBackIntervalMs: parseDurationMs(text("writebackInterval")!, "--writeback-interval"),
       defaultReplicas: parseReplicas(text("defaultReplicas")!, "--default-replicas"),
-      replicaTimeoutMs: parseDurationMs(text("replicaTimeout")!, "--replica-timeout"),
+      replicaTimeoutMs: parseReplicaTimeoutMs(text("replicaTimeout")!, "--replica-timeout"),
     });
     await new Promise<void>((resolve) => {
       const onSignal = () => {

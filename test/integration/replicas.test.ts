@@ -77,6 +77,15 @@ describe("creating replicated volumes", () => {
     expect(started.stderr).toContain("--default-replicas '5': give the number of copies of each page, 1 to 3");
   });
 
+  test("a node refuses a --replica-timeout it cannot keep (0, under 500ms, over 10m, not a duration) with one line and exit 2", async () => {
+    for (const [value, says] of [["0s", "give 500ms to 10m"], ["100ms", "give 500ms to 10m"], ["11m", "give 500ms to 10m"], ["soon", "is not a duration"]]) {
+      const started = await run([...shoalCommand(), "node", "--data", `${cluster.root}/never`, "--replica-timeout", value!, "--listen", "127.0.0.1:0", "--nbd", "127.0.0.1:0"]);
+      expect(started.exitCode).toBe(2);
+      expect(started.stderr.trim().split("\n")).toHaveLength(1);
+      expect(started.stderr).toContain(says!);
+    }
+  });
+
   test("volume create --replicas 2: list, info and route show give each node a third of the primaries and a third of the second copies", async () => {
     const created = await cluster.shoal(["volume", "create", "r", "--size", "48M", "--replicas", "2"]);
     expect(created.exitCode).toBe(0);
