@@ -2,7 +2,8 @@
 // CPU profile of the CLI (bun --cpu-prof) summarised by self time (its samples include idle
 // time, so read it beside the CPU figures). Used to find what to remove.
 // With --strace, each node's and the CLI's syscalls (strace -c -f) instead of the CLI's profile;
-// with --perf, where the nodes' CPU goes by library and symbol (perf record; JIT code unnamed).
+// with --perf, where the nodes' CPU and the CLI's go by library and symbol (perf record; JIT code
+// unnamed).
 //   bun test/bench/bulk-profile.ts [--size 256M] [--job export|archive|import|restore] [--bin PATH] [--strace]
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -45,16 +46,20 @@ try {
   if (values.perf) tracers.push(Bun.spawn(["perf", "record", "-F", "999", "-o", perfData, "-p", pids.join(",")], { stdout: "ignore", stderr: "ignore" }));
   if (values.strace || values.perf) await Bun.sleep(500); // attached before the job starts
   const cliCommand = values.bin ?? `${process.execPath} ${cli[1]}`;
-  const profiled = values.perf ? cliCommand : values.strace ? `strace -c -f -o ${path.join(traceDir, "cli")} ${cliCommand}` : values.bin ?? `${process.execPath} --cpu-prof --cpu-prof-dir=${profDir} ${cli[1]}`;
-  const result = await run(["bash", "-o", "pipefail", "-c", `/usr/bin/time -f 'cli cpu %U+%S s, peak RSS %M KB' ${profiled} ${job}`], { env, timeoutMs: 600_000 });
+  const perfCliData = path.join(work, "perf-cli.data");
+  const profiled = values.perf ? `perf record -g -F 999 -o ${perfCliData} ${cliCommand}` : values.strace ? `strace -c -f -o ${path.join(traceDir, "cli")} ${cliCommand}` : values.bin ?? `${process.execPath} --cpu-prof --cpu-prof-dir=${profDir} ${cli[1]}`;
+  const result = await run(["bash", "-o", "pipefail", "-c", `/usr/bin/time -f 'cli cpu %U+%S s, peak RSS %M KB, %R minor faults' ${profiled} ${job}`], { env, timeoutMs: 600_000 });
   const seconds = (performance.now() - started) / 1000;
   const nodeCpu = pids.map((pid, index) => (processCpuMs(pid) - before[index]!) / 1000);
   console.log(`${values.job} ${values.size}: ${seconds.toFixed(2)} s wall, ${(sizeBytes / seconds / 1e6).toFixed(0)} MB/s; ${result.stderr.trim().split("\n").filter((l) => l.startsWith("cli cpu")).join("")}; nodes' cpu ${nodeCpu.map((s) => s.toFixed(2)).join(", ")} s`);
   for (const tracer of tracers) tracer.kill("SIGINT");
   await Promise.all(tracers.map((tracer) => tracer.exited));
   if (values.perf) {
-    const report = await run(["perf", "report", "-i", perfData, "--no-children", "--sort", "dso,sym", "--stdio"], { timeoutMs: 120_000 });
-    console.log(report.stdout.split("\n").filter((line) => line.trim() !== "" && !line.startsWith("#")).slice(0, 30).join("\n"));
+    for (const [who, data] of [["nodes", perfData], ["CLI", perfCliData]]) {
+      const report = await run(["perf", "report", "-i", data!, "--no-children", "--sort", "dso,sym", "--stdio"], { timeoutMs: 120_000 });
+      console.log(`where the CPU of the ${who} goes:`);
+      console.log(report.stdout.split("\n").filter((line) => line.trim() !== "" && !line.startsWith("#")).slice(0, 30).join("\n"));
+    }
   }
   for (const file of fs.readdirSync(traceDir)) {
     console.log(`syscalls of ${file}:`);
