@@ -1,64 +1,65 @@
 // The snapshot benchmark's delete stall (test/bench/snapshot.ts, measure 5): write p99 while a
 // snapshot that alone holds --delete-size is deleted and its space freed.
-import * as fs from "node:fs";
 import * as path from "node:path";
 import { adminRequest } from "../../cmd/_cli.ts";
-import { lastTableIn } from "../../core/store/_journal.ts";
+import { diskUsedBytes } from "./_snapshot-delete-watch.ts";
 import type { TestNode } from "../integration/_cluster.ts";
 import { fillRandom, PacedWriteLoad } from "./_write-load.ts";
 import { progress, stats, syncDisks } from "./_bench.ts";
 import { ADMIN_TIMEOUT_MS, createSnapshot, FILL_WRITE_BYTES, fillVolume, MiB, preparedVolume, sleep, type Context } from "./_snapshot-group.ts";
 import { health, steadyWindow } from "./_snapshot-load-stats.ts";
 
-const DELETE_TIMEOUT_MS = 120_000;
-const DELETE_POLL_MS = 100;
-/** Disk use that has not dropped by more than this over DELETE_SETTLE_POLLS polls has settled. */
-const DELETE_SETTLE_BYTES = 1 * MiB;
-const DELETE_SETTLE_POLLS = 5;
 const DELETE_WINDOW_MIN_MS = 1000;
+const WATCHER = path.join(import.meta.dir, "_snapshot-delete-watch.ts");
 
 // ---- 5: deleting a snapshot that alone holds --delete-size
-
-/**
- * Bytes in use on the filesystem holding the nodes' data dirs. statfs, not `du`: du walks every
- * page file of every layer (tens of thousands by now) and, polled every 100 ms on two CPUs, would
- * itself slow the writes it is watching. The load only overwrites chunks the head already holds,
- * so it allocates nothing: what changes here is the deletion (and anything else on this disk).
- */
-function diskUsedBytes(nodes: TestNode[]): number {
-  const stats = fs.statfsSync(nodes[0]!.dataDir);
-  return (stats.blocks - stats.bfree) * stats.bsize;
-}
-
-/** Nodes whose layer table (as last saved: the store's journal, or a one-file-per-page store's layers.json) still names the layer. */
-function nodesHoldingLayer(nodes: TestNode[], layerId: string): string[] {
-  return nodes.filter((node) => {
-    const oldTable = path.join(node.dataDir, "pages", "layers.json");
-    const journal = path.join(node.dataDir, "store", "journal");
-    const layers = fs.existsSync(oldTable) ? (JSON.parse(fs.readFileSync(oldTable, "utf8")) as { layers: { id: string }[] }).layers : (lastTableIn(fs.readFileSync(journal), journal)?.layers ?? []);
-    return layers.some((layer) => layer.id === layerId);
-  }).map((node) => node.id);
-}
 
 async function snapshotHeldBytes(node: TestNode, volume: string, name: string): Promise<number | null> {
   const listed = (await adminRequest(node.meshAddress, "admin.snap.list", { volume }, ADMIN_TIMEOUT_MS)).snapshots as { name: string; bytesHeldOnlyByIt: number | null }[];
   return listed.find((snapshot) => snapshot.name === name)?.bytesHeldOnlyByIt ?? null;
 }
 
-/** Polls until no node's layer table names the layer and disk usage stopped dropping. */
-async function waitForDeletion(nodes: TestNode[], layerId: string): Promise<{ layerGoneMs: number; settledMs: number; usageAfterBytes: number }> {
-  const startMs = performance.now();
-  let layerGoneMs = Number.NaN;
-  const usage: number[] = [];
-  while (performance.now() - startMs < DELETE_TIMEOUT_MS) {
-    usage.push(diskUsedBytes(nodes));
-    if (Number.isNaN(layerGoneMs) && nodesHoldingLayer(nodes, layerId).length === 0) layerGoneMs = performance.now();
-    const recent = usage.slice(-DELETE_SETTLE_POLLS);
-    const settled = recent.length === DELETE_SETTLE_POLLS && recent[0]! - recent[recent.length - 1]! <= DELETE_SETTLE_BYTES;
-    if (!Number.isNaN(layerGoneMs) && settled) return { layerGoneMs, settledMs: performance.now(), usageAfterBytes: usage[usage.length - 1]! };
-    await sleep(DELETE_POLL_MS);
+/** Reads a child's stdout a line at a time. */
+async function* linesOf(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let pending = "";
+  for await (const chunk of stream) {
+    pending += decoder.decode(chunk, { stream: true });
+    let newline: number;
+    while ((newline = pending.indexOf("\n")) >= 0) {
+      yield pending.slice(0, newline);
+      pending = pending.slice(newline + 1);
+    }
   }
-  throw new Error(`the deletion of layer ${layerId} did not finish within ${DELETE_TIMEOUT_MS} ms (still named by ${nodesHoldingLayer(nodes, layerId).join(", ") || "no node"})`);
+}
+
+/**
+ * The deletion watcher, loaded and idle: the polling for the layer's deletion runs in a child
+ * process (_snapshot-delete-watch.ts) so that its synchronous journal reads do not stall this
+ * process, whose event loop times every client write. `waitForDeletion` starts its polling and
+ * waits until no node's layer table names the layer and disk usage stopped dropping; each of its
+ * lines is stamped here on arrival (a pipe's delay, well under its 100 ms poll).
+ */
+async function startDeletionWatcher(nodes: TestNode[], layerId: string) {
+  const watcher = Bun.spawn([process.execPath, WATCHER, layerId, ...nodes.map((node) => node.dataDir)], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  const lines = linesOf(watcher.stdout);
+  const failed = async (): Promise<never> => {
+    const exitCode = await watcher.exited;
+    throw new Error(`deletion watcher exited ${exitCode}: ${(await new Response(watcher.stderr).text()).trim()}`);
+  };
+  if ((await lines.next()).value !== "ready") await failed();
+  const waitForDeletion = async (): Promise<{ layerGoneMs: number; settledMs: number; usageAfterBytes: number }> => {
+    watcher.stdin.write("go\n");
+    watcher.stdin.flush();
+    let layerGoneMs = Number.NaN;
+    for await (const line of lines) {
+      if (line === "gone") layerGoneMs = performance.now();
+      const settled = /^settled (\d+)$/.exec(line);
+      if (settled) return { layerGoneMs, settledMs: performance.now(), usageAfterBytes: Number(settled[1]) };
+    }
+    return failed();
+  };
+  return { waitForDeletion, kill: () => watcher.kill() };
 }
 
 export async function measureDelete(context: Context) {
@@ -76,14 +77,16 @@ export async function measureDelete(context: Context) {
   const heldBytes = await snapshotHeldBytes(nodes[0]!, volume, "old");
   const load = await PacedWriteLoad.start(nodes, volume, bytes, options);
   const startedMs = performance.now();
+  let watcher: Awaited<ReturnType<typeof startDeletionWatcher>> | undefined;
   try {
     const steady = await steadyWindow(load, options.durationMs, nodes);
-    const usageBeforeBytes = diskUsedBytes(nodes);
+    const usageBeforeBytes = diskUsedBytes(nodes[0]!.dataDir);
+    watcher = await startDeletionWatcher(nodes, `${uid}@${snapshotId}`);
     progress(`del: steady p99 ${steady.stats.p99Ms.toFixed(2)} ms; deleting the snapshot`);
     const fromMs = performance.now();
     await adminRequest(nodes[0]!.meshAddress, "admin.snap.delete", { volume, name: "old" }, ADMIN_TIMEOUT_MS);
     const deleteCallMs = performance.now() - fromMs;
-    const done = await waitForDeletion(nodes, `${uid}@${snapshotId}`);
+    const done = await watcher.waitForDeletion();
     const toMs = Math.max(done.settledMs, fromMs + DELETE_WINDOW_MIN_MS);
     await sleep(toMs - performance.now());
     await load.stop();
@@ -100,6 +103,7 @@ export async function measureDelete(context: Context) {
       load: health(load, performance.now() - startedMs),
     };
   } finally {
+    watcher?.kill();
     await load.stop().catch(() => undefined);
   }
 }
