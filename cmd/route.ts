@@ -144,15 +144,47 @@ const status = defineCommand({
 });
 
 const forget = defineCommand({
-  meta: { name: "forget", description: "Remove a drained node from the group for good (refused while it holds pages)" },
-  args: { nodeId: { type: "positional", description: "node id", required: true }, ...nodeArgs },
+  meta: {
+    name: "forget",
+    description: "Remove a node from the group for good: refused while it holds the only copy of pages (drain it first); copies of replicated volumes on a node that is down are re-created on the others",
+  },
+  args: { nodeId: { type: "positional", description: "node id", required: true }, wait: { type: "boolean", description: "wait until the re-created copies are filled (--no-wait: return once they are placed)", default: true }, ...nodeArgs },
   async run(context) {
     rejectUnknownFlags(context);
     const { args } = context;
-    const result = await adminRequest(nodeAddress(args), "admin.route.forget", { node: args.nodeId });
-    printResult(args.json, result, () => `node ${String(result.node)} removed from the group`);
+    const address = nodeAddress(args);
+    const result = await adminRequest(address, "admin.route.forget", { node: args.nodeId });
+    const rehomed = result.rehomed.filter((entry) => entry.groups > 0);
+    const filled: Record<string, string> = {};
+    if (args.wait !== false) for (const entry of rehomed) filled[entry.volume] = await waitCopiesWhole(address, entry.volume);
+    printResult(args.json, { ...result, ...(args.wait !== false ? { filled } : {}) }, () =>
+      [
+        `node ${String(result.node)} removed from the group`,
+        ...rehomed.map((entry) => `'${entry.volume}': ${entry.groups} page group(s) re-homed (${Object.entries(entry.to).map(([node, groups]) => `${groups} to ${node}`).join(", ")})${filled[entry.volume] ? `, copies whole: ${filled[entry.volume]}` : ""}`),
+      ].join("\n"),
+    );
   },
 });
+
+/** Polls a replicated volume's sets as the asked node sees them until every group has all its copies; progress on stderr. */
+async function waitCopiesWhole(address: string, volume: string): Promise<string> {
+  let lastPrintMs = 0;
+  for (;;) {
+    const shown = await adminRequest(address, "admin.route.show", { volume });
+    const sets = shown.replicaSets;
+    const nowMs = Date.now();
+    if (sets === undefined || sets.whole) {
+      if (process.stderr.isTTY && lastPrintMs > 0) process.stderr.write("\n");
+      return sets?.table ?? "";
+    }
+    if (nowMs - lastPrintMs >= (process.stderr.isTTY ? 250 : 2000)) {
+      lastPrintMs = nowMs;
+      const line = `repairing '${volume}': ${sets.table}, ${formatSize(sets.copiedBytes)} copied by this node`;
+      process.stderr.write(process.stderr.isTTY ? `\r${line}   ` : `${line}\n`);
+    }
+    await Bun.sleep(200);
+  }
+}
 
 /** Starts a move job, then (unless --no-wait) polls it, with progress on stderr, until it ends. */
 type MoveOp = "admin.route.move" | "admin.route.rebalance" | "admin.route.drain";

@@ -162,7 +162,8 @@ export type AdminResults = {
   "admin.route.rebalance": MoveAnswer;
   "admin.route.drain": MoveAnswer;
   "admin.route.status": MoveAnswer;
-  "admin.route.forget": { node: string; forgotten: true };
+  /** rehomed: per replicated volume, the page groups whose copy on the node went to another node, and how many to each. */
+  "admin.route.forget": { node: string; forgotten: true; rehomed: { volume: string; groups: number; to: Record<string, number> }[] };
   "admin.snap.create": SnapshotTaken;
   "admin.snap.prepare": { name: string; snapshotId: string; volumes: string[]; mode: SnapshotMode; state: "ready" };
   "admin.snap.take": SnapshotTaken;

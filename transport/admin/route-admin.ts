@@ -6,6 +6,7 @@ import { formatRun, holders, pagesPerNode, replicaCount, runsOfPages } from "../
 import type { VolumeRecord } from "../../core/cluster/volume.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MoveService, MoveTask } from "../move/move-service.ts";
+import type { ReplicaHost } from "../node/replica-host.ts";
 import type { AdminArgs, AdminResult } from "./admin-ops.ts";
 import type { MoveAnswer, MovePlanEntry } from "./admin-results.ts";
 import type { AdminHandlers } from "./admin-service.ts";
@@ -14,6 +15,7 @@ export class RouteAdmin {
   constructor(
     private readonly group: Group,
     private readonly moves: MoveService,
+    private readonly replicas: ReplicaHost,
   ) {}
 
   /** The operations of the table that plan and run page moves. */
@@ -51,19 +53,46 @@ export class RouteAdmin {
     return this.start("drain", tasks, args.dryRun === true);
   }
 
+  /**
+   * Removes a member for good. A node that still holds the only copy of pages is refused (drain
+   * it first). Copies of replicated volumes on a node that is down are re-created on the other
+   * nodes of each volume: a re-homing chosen by a majority (ReplicaHost.rehome), after which the
+   * members fill and add the new copies while clients keep writing (the CLI waits for that).
+   */
   private async forget(node: string): Promise<AdminResult<"admin.route.forget">> {
     const id = this.memberId(node);
     if (id === this.group.selfId) throw new ShoalError("BAD_ARGUMENT", `node ${id} cannot forget itself; ask another member`);
-    const holding = this.group.liveVolumes().filter((record) => holders(record.routing).includes(id));
+    const live = this.group.liveVolumes();
+    const replicated = live.filter((record) => replicaCount(record.routing) > 1 && record.routing.nodes.includes(id));
+    const holding = live.filter((record) => replicaCount(record.routing) === 1 && holders(record.routing).includes(id));
     if (holding.length > 0) {
       throw new ShoalError(
         "CONFLICT",
         `node ${id} still holds pages of ${holding.map((record) => `'${record.name}'`).join(", ")}; run \`shoal route drain ${id}\` first`,
       );
     }
+    if (replicated.length > 0 && this.group.isUp(id)) {
+      throw new ShoalError("CONFLICT", `node ${id} is up and holds copies of ${names(replicated)}; stop it first (forget re-creates the copies of a node that is gone for good)`);
+    }
+    for (const record of replicated) {
+      const layered = this.group.liveSnapshots(record.name).length > 0 || record.origin !== undefined || live.some((other) => other.origin?.startsWith(`${record.uid}@`));
+      if (layered) {
+        throw new ShoalError("BAD_ARGUMENT", `volume '${record.name}' has snapshots or clones: re-created copies would lack their layers (not built yet); delete them, or archive and restore the volume, before forgetting ${id}`);
+      }
+    }
+    const timeoutMs = this.replicas.timeoutMs;
+    const deadlineMs = Date.now() + Math.min(45_000, Math.max(timeoutMs * 3, timeoutMs + 5000));
+    const rehomed: { volume: string; groups: number; to: Record<string, number> }[] = [];
+    for (const record of replicated) {
+      const candidates = record.routing.nodes.filter((other) => other !== id && this.group.members.get(other)?.forgotten !== true);
+      const moved = await this.replicas.rehome(record.name, id, candidates, deadlineMs);
+      const to: Record<string, number> = {};
+      for (const { to: target } of moved) to[target] = (to[target] ?? 0) + 1;
+      rehomed.push({ volume: record.name, groups: moved.length, to });
+    }
     await this.group.forget(id);
     await this.moves.unlockMovesOf(id);
-    return { node: id, forgotten: true as const };
+    return { node: id, forgotten: true as const, rehomed };
   }
 
   private async start(kind: string, tasks: MoveTask[], dryRun: boolean): Promise<MoveAnswer> {
@@ -86,6 +115,10 @@ export class RouteAdmin {
       .map((member) => member.id)
       .sort();
   }
+}
+
+function names(records: VolumeRecord[]): string {
+  return records.map((record) => `'${record.name}'`).join(", ");
 }
 
 /** The plan per source and target: how many pages and which. */
