@@ -3,7 +3,7 @@ import { defineCommand } from "citty";
 import { isErrorCode, ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import type { AdminArgs } from "../transport/admin/admin-ops.ts";
-import type { MoveAnswer as MoveStatus } from "../transport/admin/admin-results.ts";
+import type { MoveAnswer as MoveStatus, Rehomed } from "../transport/admin/admin-results.ts";
 import { adminRequest, nodeAddress, nodeArgs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
 
 const nodes = defineCommand({
@@ -122,7 +122,7 @@ const rebalance = defineCommand({
 });
 
 const drain = defineCommand({
-  meta: { name: "drain", description: "Move every page of every volume and snapshot off a node (then `route forget` it)" },
+  meta: { name: "drain", description: "Move every page of every volume and snapshot off a node, and a replicated volume's copies one at a time (then `route forget` it)" },
   args: { nodeId: { type: "positional", description: "node id to empty", required: true }, ...dryRunArg, ...waitArg, ...nodeArgs },
   async run(context) {
     rejectUnknownFlags(context);
@@ -160,7 +160,7 @@ const forget = defineCommand({
     printResult(args.json, { ...result, ...(args.wait !== false ? { filled } : {}) }, () =>
       [
         `node ${String(result.node)} removed from the group`,
-        ...rehomed.map((entry) => `'${entry.volume}': ${entry.groups} page group(s) re-homed (${Object.entries(entry.to).map(([node, groups]) => `${groups} to ${node}`).join(", ")})${filled[entry.volume] ? `, copies whole: ${filled[entry.volume]}` : ""}`),
+        ...rehomed.map((entry) => describeRehomed(entry, filled[entry.volume], false)),
       ].join("\n"),
     );
   },
@@ -192,7 +192,7 @@ type MoveOp = "admin.route.move" | "admin.route.rebalance" | "admin.route.drain"
 async function runMove<Op extends MoveOp>(args: { node?: string; json?: boolean; wait?: boolean }, op: Op, request: AdminArgs<Op>): Promise<void> {
   const address = nodeAddress(args);
   let result: MoveStatus = await adminRequest<MoveOp>(address, op, request);
-  const plan = result.plan;
+  const { plan, rehomed } = result;
   if (result.state === "running" && args.wait !== false) {
     let lastPrintMs = 0;
     while (result.state === "running") {
@@ -207,8 +207,24 @@ async function runMove<Op extends MoveOp>(args: { node?: string; json?: boolean;
       }
     }
   }
-  printResult(args.json, { ...result, plan }, () => [describeStatus(result), ...describePlan(plan)].join("\n"));
-  if (result.state === "failed") throw failure(result);
+  if (result.state === "failed") {
+    printResult(args.json, { ...result, plan }, () => [describeStatus(result), ...describePlan(plan)].join("\n"));
+    throw failure(result);
+  }
+  // A drain's replicated volumes: their copies move in the background, one copy of a page at a time.
+  const moving = (rehomed ?? []).filter((entry) => entry.groups > 0);
+  const filled: Record<string, string> = {};
+  if (result.state !== "planned" && args.wait !== false) for (const entry of moving) filled[entry.volume] = await waitCopiesWhole(address, entry.volume);
+  printResult(args.json, { ...result, plan, ...(rehomed ? { rehomed } : {}), ...(moving.length > 0 && args.wait !== false && result.state !== "planned" ? { filled } : {}) }, () =>
+    [describeStatus(result), ...describePlan(plan), ...moving.map((entry) => describeRehomed(entry, filled[entry.volume], result.state === "planned"))].join("\n"),
+  );
+}
+
+function describeRehomed(entry: Rehomed, filled: string | undefined, planned: boolean): string {
+  const where = Object.entries(entry.to)
+    .map(([node, groups]) => `${groups} to ${node}`)
+    .join(", ");
+  return `'${entry.volume}': ${entry.groups} page group(s) ${planned ? "would be " : ""}re-homed (${where})${filled ? `, copies whole: ${filled}` : ""}`;
 }
 
 function describeStatus(status: MoveStatus): string {

@@ -1,4 +1,4 @@
-// Where the copies of a node that is gone for good go (`route forget`): each page group that had
+// Where the copies of a node go when it is gone for good (`route forget`) or drained: each page group that had
 // it at home gets another node of the volume instead, the one with the fewest home copies so far,
 // so shares stay even and no group has a node twice. The change is a table like any other
 // (replica-table.ts "rehome"); the members then resync the new home copy and add it.
@@ -15,14 +15,18 @@ export type RehomePlan =
 
 /**
  * @param striped the volume's striped placement (the home when the table carries none)
+ * @param gone the node whose copies go elsewhere
+ * @param leaving "gone": a dead node (`route forget`), whose drop must be chosen first, so the
+ *   re-homing never races the failover; "live": a drain, the node stays in its sets until the
+ *   policy drops it
  * @param candidates the nodes that may take copies (live members of the volume, without `gone`)
  */
-export function planRehome(table: ReplicaTable, striped: string[][], gone: string, candidates: string[]): RehomePlan {
+export function planRehome(table: ReplicaTable, striped: string[][], gone: string, candidates: string[], leaving: "gone" | "live" = "gone"): RehomePlan {
   const home = homeOf(table, striped);
   const affected = home.flatMap((nodes, group) => (nodes.includes(gone) ? [group] : []));
   if (affected.length === 0) return { kind: "done" };
   const stillInSet = affected.filter((group) => table.sets[group]!.some((entry) => entry.node === gone));
-  if (stillInSet.length > 0) return { kind: "still-in-set", groups: stillInSet };
+  if (leaving === "gone" && stillInSet.length > 0) return { kind: "still-in-set", groups: stillInSet };
   const homeCopies = new Map<string, number>(candidates.filter((node) => node !== gone).map((node) => [node, 0]));
   for (const nodes of home) for (const node of nodes) if (homeCopies.has(node)) homeCopies.set(node, homeCopies.get(node)! + 1);
   const next = home.map((nodes) => [...nodes]);

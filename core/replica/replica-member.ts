@@ -363,12 +363,14 @@ export class ReplicaMember {
       for (const map of this.mapsOf(table.volume, group)) this.record({ kind: "away-map-gone", volume: table.volume, group, node: map.node });
     }
     // A node re-homed away never comes back to these groups: what it lacks no longer matters.
-    if (table.home !== undefined) {
-      table.home.forEach((nodes, group) => {
+    const home = table.home;
+    if (home !== undefined) {
+      home.forEach((nodes, group) => {
         for (const map of this.mapsOf(table.volume, group)) if (!nodes.includes(map.node)) this.record({ kind: "away-map-gone", volume: table.volume, group, node: map.node });
       });
     }
     for (const { group, node, since } of dropped) {
+      if (home !== undefined && !home[group]!.includes(node)) continue;
       const key = awayKey(table.volume, group, node);
       const upToDate = since === 1 || this.state.peersUpToDate.has(`${key}@${since}`);
       const existing = this.state.awayMaps.get(key);
@@ -423,7 +425,7 @@ export class ReplicaMember {
 
   private resync(table: ReplicaTable, home: string[][], suspected: Set<string>): void {
     table.sets.forEach((set, group) => {
-      if (resyncSource(table, group, suspected) !== this.self || !this.synced(table, group)) return;
+      if (resyncSource(table, group, suspected, home[group]) !== this.self || !this.synced(table, group)) return;
       for (const node of home[group] ?? []) {
         if (set.some((entry) => entry.node === node) || suspected.has(node)) continue;
         const key = awayKey(table.volume, group, node);

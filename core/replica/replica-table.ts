@@ -34,10 +34,10 @@ export interface ReplicaTable {
 export type SetChange =
   | { kind: "drop" | "add"; node: string; groups: number[] }
   /**
-   * A node gone for good leaves every group's home: `home` is the whole new placement (the node
-   * replaced by another in each group it was home to). The sets do not change, so old and new
-   * versions share every replica; the replacement is resynced and then added by the policy's
-   * ordinary add, one change at a time.
+   * A node leaves every group's home (gone for good, or drained): `home` is the whole new
+   * placement (the node replaced by another in each group it was home to). The sets do not
+   * change, so old and new versions share every replica; the policy then resyncs the
+   * replacement, drops the node if it is still in the set, and adds the replacement.
    */
   | { kind: "rehome"; node: string; home: string[][] };
 
@@ -64,15 +64,16 @@ export function homeOf(table: ReplicaTable, striped: string[][]): string[][] {
 
 /**
  * Whether `change` can be made to `table`: drops keep at least one replica in each group, adds
- * bring a new node, a re-homing names a home for every group without the node, keeps every
- * current replica at home, and finds the node in no set any more (its drop came first).
+ * bring a new node, a re-homing names a home for every group without the node and keeps every
+ * other current replica at home (the node itself may still be in sets: a drain re-homes a live
+ * node first, and the policy drops it once its replacement is nearly caught up).
  */
 export function changeFits(table: ReplicaTable, change: SetChange): boolean {
   if (change.kind === "rehome") {
     const { home, node } = change;
     return (
       home.length === table.sets.length &&
-      home.every((nodes, group) => nodes.length > 0 && new Set(nodes).size === nodes.length && !nodes.includes(node) && table.sets[group]!.every((entry) => nodes.includes(entry.node)))
+      home.every((nodes, group) => nodes.length > 0 && new Set(nodes).size === nodes.length && !nodes.includes(node) && table.sets[group]!.every((entry) => entry.node === node || nodes.includes(entry.node)))
     );
   }
   if (change.groups.length === 0 || new Set(change.groups).size !== change.groups.length) return false;

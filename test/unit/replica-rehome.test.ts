@@ -9,6 +9,7 @@ import type { MemberEvent, Outgoing } from "../../core/replica/member-messages.t
 import { planRehome } from "../../core/replica/rehome-plan.ts";
 import { ReplicaMember } from "../../core/replica/replica-member.ts";
 import { changeFits, initialTable, withChange } from "../../core/replica/replica-table.ts";
+import { proposalFor, type PolicyView } from "../../core/replica/set-change-policy.ts";
 
 /** Four nodes, two copies: the striped homes of four page groups. */
 const striped = [
@@ -38,8 +39,9 @@ describe("rehome plan", () => {
     expect(planRehome(next, striped, "c", ["a", "b", "d"])).toEqual({ kind: "done" });
   });
 
-  test("a node still in a set is dropped first; a volume with a copy on every other node has no room", () => {
+  test("a dead node still in a set is dropped first, a drained one is not; a volume with a copy on every other node has no room", () => {
     expect(planRehome(base, striped, "c", ["a", "b", "d"])).toEqual({ kind: "still-in-set", groups: [1, 2] });
+    expect(planRehome(base, striped, "c", ["a", "b", "d"], "live")).toMatchObject({ kind: "change", moved: [{ group: 1, to: "a" }, { group: 2, to: "b" }] });
     const three = initialTable("vol", [["a", "b", "c"]]);
     const dropped = withChange(three, { kind: "drop", node: "c", groups: [0] });
     expect(planRehome(dropped, [["a", "b", "c"]], "c", ["a", "b"])).toEqual({ kind: "no-room", groups: [0] });
@@ -49,7 +51,7 @@ describe("rehome plan", () => {
   test("a rehome fits only a home for every group, without the node, keeping every current copy", () => {
     const home = [["a", "b"], ["b", "a"], ["b", "d"], ["d", "a"]];
     expect(changeFits(withoutC, { kind: "rehome", node: "c", home })).toBe(true);
-    expect(changeFits(base, { kind: "rehome", node: "c", home })).toBe(false); // c is still in sets 1 and 2
+    expect(changeFits(base, { kind: "rehome", node: "c", home })).toBe(true); // a drain: c stays in sets 1 and 2 until dropped
     expect(changeFits(withoutC, { kind: "rehome", node: "c", home: home.slice(1) })).toBe(false);
     expect(changeFits(withoutC, { kind: "rehome", node: "c", home: [["a", "b"], ["a", "d"], ["b", "d"], ["d", "a"]] })).toBe(false); // drops b, a current copy
     expect(changeFits(withoutC, { kind: "rehome", node: "c", home: [["a", "a"], ["b", "a"], ["b", "d"], ["d", "a"]] })).toBe(false);
@@ -107,5 +109,40 @@ describe("a member adopting a rehome", () => {
       copy = step({ kind: "tick", nowMs }).find((m) => m.to === "a" && m.message.kind === "copy")?.message;
     }
     expect(copy).toEqual({ kind: "copy", batch: "boot1.1", volume: "vol", group: 1, chunks: [0, 2] });
+  });
+});
+
+describe("the policy during a drain", () => {
+  // c is drained: group 1's home becomes b+a while c is still in its set.
+  const drained = withChange(base, { kind: "rehome", node: "c", home: [["a", "b"], ["b", "a"], ["b", "d"], ["d", "a"]] });
+  const view = (self: string, lacking: number | undefined): PolicyView => ({
+    self,
+    table: drained,
+    suspected: new Set(),
+    home: drained.home!,
+    synced: () => true,
+    lacking: (_group, node) => (node === "a" ? lacking : undefined),
+    joinChunksMax: 2,
+  });
+
+  test("the source keeps the leaver while the new home copy is far behind, and never adds past the home's size", () => {
+    // b is group 1's source (at home, first); a lacks 5 chunks: no drop, and no add (the set is full).
+    expect(proposalFor(view("b", 5))).toBeUndefined();
+    expect(proposalFor(view("b", undefined))).toBeUndefined();
+  });
+
+  test("once the new copy is nearly caught up the source drops the leaver, then adds the new copy", () => {
+    expect(proposalFor(view("b", 1))).toEqual({ kind: "drop", node: "c", groups: [1] });
+    const dropped = withChange(drained, { kind: "drop", node: "c", groups: [1] });
+    expect(proposalFor({ ...view("b", 1), table: dropped })).toEqual({ kind: "add", node: "a", groups: [1] });
+  });
+
+  test("a leaver that is first in the set is neither the source nor drops itself", () => {
+    // Group 2 (c+d) re-homed to b+d: d is its source; c never acts for it.
+    const group2 = withChange(base, { kind: "rehome", node: "c", home: [["a", "b"], ["b", "a"], ["b", "d"], ["d", "a"]] });
+    const asC: PolicyView = { ...view("c", 1), table: group2, lacking: () => 1 };
+    expect(proposalFor(asC)).toBeUndefined();
+    const asD: PolicyView = { ...view("d", 1), table: group2, lacking: (group, node) => (group === 2 && node === "b" ? 1 : undefined) };
+    expect(proposalFor(asD)).toEqual({ kind: "drop", node: "c", groups: [2] });
   });
 });

@@ -289,12 +289,14 @@ export class ReplicaHost {
   }
 
   /**
-   * `route forget` of a node that is gone for good: its groups of this volume get a new home
-   * copy each (rehome-plan.ts), chosen by a majority like any set change; the members then fill
-   * and add the new copies in the background, as for a returning node. Waits (until `deadlineMs`)
-   * for the node's drop to be chosen first, and resolves once the re-homing is recorded here.
+   * `route forget` of a node that is gone for good, or `route drain` of a live one: its groups of
+   * this volume get a new home copy each (rehome-plan.ts), chosen by a majority like any set
+   * change; the members then fill and add the new copies in the background, as for a returning
+   * node (a drained node leaves each set once its replacement is nearly caught up). For a dead
+   * node, waits (until `deadlineMs`) for its drop to be chosen first. Resolves once the
+   * re-homing is recorded here.
    */
-  async rehome(volume: string, gone: string, candidates: string[], deadlineMs: number): Promise<{ group: number; to: string }[]> {
+  async rehome(volume: string, gone: string, candidates: string[], deadlineMs: number, leaving: "gone" | "live", dryRun = false): Promise<{ group: number; to: string }[]> {
     const hosted = this.byName.get(volume);
     if (hosted === undefined) {
       const nodes = this.options.group.volume(volume).routing.nodes.filter((node) => node !== gone);
@@ -304,11 +306,12 @@ export class ReplicaHost {
     const before = homeOf(hosted.member.current.tables.get(volume)!, striped);
     for (;;) {
       const table = hosted.member.current.tables.get(volume)!;
-      const plan = planRehome(table, striped, gone, candidates);
+      const plan = planRehome(table, striped, gone, candidates, leaving);
       if (plan.kind === "done") {
         const after = homeOf(table, striped);
         return after.flatMap((nodes, group) => nodes.filter((node) => !before[group]!.includes(node)).map((to) => ({ group, to })));
       }
+      if (dryRun && plan.kind !== "no-room") return plan.kind === "change" ? plan.moved : [];
       if (plan.kind === "no-room") {
         throw new ShoalError("BAD_ARGUMENT", `volume '${volume}' keeps ${before[0]!.length} copies and every other node of it already holds one for page group(s) ${plan.groups.join(",")}: no node can take ${gone}'s copies`);
       }
@@ -323,6 +326,14 @@ export class ReplicaHost {
       }
       await Bun.sleep(50);
     }
+  }
+
+  /** Whether `node` is home to, or still in the set of, some page group of the volume (as this node's member sees it). */
+  holdsOrHomes(volume: string, node: string): boolean {
+    const hosted = this.byName.get(volume);
+    if (hosted === undefined) return this.options.group.volume(volume).routing.nodes.includes(node);
+    const table = hosted.member.current.tables.get(volume)!;
+    return homeOf(table, homeSets(hosted.groups)).some((nodes) => nodes.includes(node)) || table.sets.some((set) => set.some((entry) => entry.node === node));
   }
 
   // ---- one Ready, in the order replica-member.ts asks of a host
