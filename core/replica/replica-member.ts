@@ -68,6 +68,12 @@ export interface MemberConfig {
   suspectAfterMs: number;
   policyIntervalMs: number;
   copyBatchChunks: number;
+  /**
+   * Resync batches a source keeps in flight to one absent replica of one group; the next leaves
+   * when one is confirmed, not at the next policy tick, so the copy runs at the link's pace (a
+   * copy slower than clients dirty pages would never catch up). Absent: 1.
+   */
+  copyBatchesInFlight?: number;
   copyTimeoutMs: number;
   /** At most this many chunks go in a join copy; more are resynced first while writes go on. */
   joinChunksMax: number;
@@ -434,6 +440,8 @@ export class ReplicaMember {
           this.record({ kind: "away-map", volume: table.volume, group, node, sinceVersion: table.version, dirty: this.allChunks(table.volume, group) });
         }
         const map = this.state.awayMaps.get(key)!;
+        const inFlight = [...this.copiesInFlight.values()].filter((copy) => copy.key === key).length;
+        if (inFlight >= (this.config.copyBatchesInFlight ?? 1)) continue;
         const batch = takeBatch(map, this.config.copyBatchChunks);
         if (batch.length === 0) continue;
         const id = `${this.config.bootId}.${++this.batchSeq}`;
@@ -458,6 +466,10 @@ export class ReplicaMember {
     this.copiesInFlight.delete(batch);
     const map = this.state.awayMaps.get(copy.key);
     if (map === copy.map) this.forgetCopied(copy.volume, map, copy.chunks);
+    // The next batch now (resync sends only where fewer than the allowed batches are in flight).
+    const table = this.state.tables.get(copy.volume);
+    const striped = this.config.home(copy.volume);
+    if (table !== undefined && striped !== undefined) this.resync(table, homeOf(table, striped), this.suspected());
   }
 
   private allChunks(volume: string, group: number): number[] {

@@ -48,6 +48,7 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
       suspectAfterMs: SUSPECT_AFTER_MS,
       policyIntervalMs: POLICY_INTERVAL_MS,
       copyBatchChunks: COPY_BATCH_CHUNKS,
+      copyBatchesInFlight: 2,
       copyTimeoutMs: COPY_TIMEOUT_MS,
       joinChunksMax: JOIN_CHUNKS_MAX,
       proposer: PROPOSER,

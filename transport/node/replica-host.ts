@@ -127,6 +127,7 @@ export class ReplicaHost {
       suspectAfterMs: this.options.timeoutMs,
       policyIntervalMs: Math.max(50, Math.min(250, this.options.timeoutMs / 8)),
       copyBatchChunks: Math.max(1, Math.floor(COPY_MESSAGE_BYTES_MAX / record.pageSizeBytes / 2)),
+      copyBatchesInFlight: 4,
       copyTimeoutMs: Math.max(2000, this.options.timeoutMs * 2),
       joinChunksMax: Math.max(1, Math.floor(COPY_MESSAGE_BYTES_MAX / record.pageSizeBytes)),
       proposer: { attemptTimeoutMs: Math.max(200, this.options.timeoutMs / 4), backoffMs: 100, maxAttempts: 8 },
