@@ -7,9 +7,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { adminRequest } from "../../cmd/_cli.ts";
-import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { BLOCK_BYTES, checkCut, WriteHistory } from "./_cut-checker.ts";
-import { readStamps, startWriters } from "./_writers.ts";
+import { readExport, readStamps, startWriters } from "./_writers.ts";
 import { freePort, run, TestCluster, type TestNode } from "./_cluster.ts";
 import { scrape, sumOf } from "./_prometheus.ts";
 
@@ -31,21 +30,12 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-async function readAll(node: TestNode, exportName: string, length: number): Promise<Buffer> {
-  const client = await NbdClient.connect({ host: "127.0.0.1", port: node.nbdPort, exportName });
-  try {
-    return Buffer.from(await client.read(0, length));
-  } finally {
-    await client.close();
-  }
-}
-
 /**
  * Each node reads its own copy of every page it holds one of (and the primary's of the rest):
  * three identical reads mean every copy of every page is identical.
  */
 async function expectSameOnEveryCopy(exportName: string, length: number): Promise<Buffer> {
-  const reads = await Promise.all(cluster.nodes.map((node) => readAll(node, exportName, length)));
+  const reads = await Promise.all(cluster.nodes.map((node) => readExport(node, exportName, length)));
   for (const read of reads.slice(1)) expect(read.equals(reads[0]!)).toBe(true);
   return reads[0]!;
 }
@@ -131,7 +121,7 @@ describe("clones, rollback, archives and moves of a volume with two copies", () 
     expect(content.equals(Buffer.alloc(24 * MiB, 0x61))).toBe(true);
     const victim = cluster.nodes[1]!;
     await victim.kill9();
-    for (const node of [cluster.nodes[0]!, cluster.nodes[2]!]) expect((await readAll(node, "c", 24 * MiB)).equals(content)).toBe(true);
+    for (const node of [cluster.nodes[0]!, cluster.nodes[2]!]) expect((await readExport(node, "c", 24 * MiB)).equals(content)).toBe(true);
     await victim.start();
     await cluster.waitConverged();
   });
@@ -145,7 +135,7 @@ describe("clones, rollback, archives and moves of a volume with two copies", () 
     expect(pages).toHaveLength(6);
     expect(fs.statSync(file).size).toBeLessThan(25 * MiB);
     expect((await cluster.shoal(["archive", "restore", "back", "--create", "-i", file])).exitCode).toBe(0);
-    expect((await readAll(cluster.nodes[2]!, "back", 24 * MiB)).equals(Buffer.alloc(24 * MiB, 0x61))).toBe(true);
+    expect((await readExport(cluster.nodes[2]!, "back", 24 * MiB)).equals(Buffer.alloc(24 * MiB, 0x61))).toBe(true);
   });
 
   test("a rollback resets every copy", async () => {
