@@ -2,7 +2,8 @@
 // the copies that stayed take them, writes go on, the node restarts and catches up, and then
 // every copy of every snapshot reads byte-identical and is a crash-consistent cut of what the
 // clients wrote. The returning copy's catch-up brings each page with all its layers, and its
-// pages from before it left go into the snapshot layers cut while it was away.
+// pages from before it left go into the snapshot layers cut while it was away. Rollback and clone
+// stay refused while the copy is away.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { BLOCK_BYTES, checkCut, WriteHistory } from "./_cut-checker.ts";
@@ -50,6 +51,13 @@ test("snapshots taken while a copy's node is killed -9 (hold and timestamp) hold
         }
         await Bun.sleep(50);
       }
+    }
+    // Rollback and clone would need the returning copy to replay them: still refused while it is away.
+    for (const args of [["snap", "rollback", "away@hold0"], ["snap", "clone", "away@hold0", "copy"]]) {
+      const refused = await cluster.shoal(args, { node: node1 });
+      expect(refused.exitCode).toBe(5);
+      expect(refused.stderr).toContain("volume 'away' has pages with a copy missing");
+      expect(refused.stderr.trim().split("\n")).toHaveLength(1);
     }
     await victim.start();
     await waitSetsWhole(cluster, "away");

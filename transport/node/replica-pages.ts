@@ -140,7 +140,12 @@ export class ReplicaPages {
    * here, or stacks that disagree): it is dropped and comes again.
    */
   levelLayers(what: string, uid: string, received: ReceivedPages): boolean {
-    const here = chainBelow(uid, this.store.layers().map((layer) => ({ id: layer.id, ...(layer.parent !== undefined ? { parent: layer.parent } : {}) })));
+    const layers = this.store.layers();
+    // Installing into a layer being deleted would fail half-way, after the member took the copy
+    // as applied: such a copy waits until the deletion is done.
+    const copied = new Set(received.layers.map((layer) => layer.id));
+    if (layers.some((layer) => layer.deleting && copied.has(layer.id))) return false;
+    const here = chainBelow(uid, layers.map((layer) => ({ id: layer.id, ...(layer.parent !== undefined ? { parent: layer.parent } : {}) })));
     const plan = catchUpLayers(chainBelow(uid, received.layers), here);
     if (plan.kind === "behind") return false;
     if (plan.kind === "diverged") {
