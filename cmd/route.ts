@@ -3,7 +3,7 @@ import { defineCommand } from "citty";
 import { isErrorCode, ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import type { AdminArgs } from "../transport/admin/admin-ops.ts";
-import type { MoveAnswer as MoveStatus } from "../transport/admin/admin-results.ts";
+import type { MoveAnswer as MoveStatus, Rehomed } from "../transport/admin/admin-results.ts";
 import { adminRequest, nodeAddress, nodeArgs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
 
 const nodes = defineCommand({
@@ -122,7 +122,7 @@ const rebalance = defineCommand({
 });
 
 const drain = defineCommand({
-  meta: { name: "drain", description: "Move every page of every volume and snapshot off a node (then `route forget` it)" },
+  meta: { name: "drain", description: "Move every page of every volume and snapshot off a node, and a replicated volume's copies one at a time (then `route forget` it)" },
   args: { nodeId: { type: "positional", description: "node id to empty", required: true }, ...dryRunArg, ...waitArg, ...nodeArgs },
   async run(context) {
     rejectUnknownFlags(context);
@@ -144,15 +144,47 @@ const status = defineCommand({
 });
 
 const forget = defineCommand({
-  meta: { name: "forget", description: "Remove a drained node from the group for good (refused while it holds pages)" },
-  args: { nodeId: { type: "positional", description: "node id", required: true }, ...nodeArgs },
+  meta: {
+    name: "forget",
+    description: "Remove a node from the group for good: refused while it holds the only copy of pages (drain it first); copies of replicated volumes on a node that is down are re-created on the others",
+  },
+  args: { nodeId: { type: "positional", description: "node id", required: true }, wait: { type: "boolean", description: "wait until the re-created copies are filled (--no-wait: return once they are placed)", default: true }, ...nodeArgs },
   async run(context) {
     rejectUnknownFlags(context);
     const { args } = context;
-    const result = await adminRequest(nodeAddress(args), "admin.route.forget", { node: args.nodeId });
-    printResult(args.json, result, () => `node ${String(result.node)} removed from the group`);
+    const address = nodeAddress(args);
+    const result = await adminRequest(address, "admin.route.forget", { node: args.nodeId });
+    const rehomed = result.rehomed.filter((entry) => entry.groups > 0);
+    const filled: Record<string, string> = {};
+    if (args.wait !== false) for (const entry of rehomed) filled[entry.volume] = await waitCopiesWhole(address, entry.volume);
+    printResult(args.json, { ...result, ...(args.wait !== false ? { filled } : {}) }, () =>
+      [
+        `node ${String(result.node)} removed from the group`,
+        ...rehomed.map((entry) => describeRehomed(entry, filled[entry.volume], false)),
+      ].join("\n"),
+    );
   },
 });
+
+/** Polls a replicated volume's sets as the asked node sees them until every group has all its copies; progress on stderr. */
+async function waitCopiesWhole(address: string, volume: string): Promise<string> {
+  let lastPrintMs = 0;
+  for (;;) {
+    const shown = await adminRequest(address, "admin.route.show", { volume });
+    const sets = shown.replicaSets;
+    const nowMs = Date.now();
+    if (sets === undefined || sets.whole) {
+      if (process.stderr.isTTY && lastPrintMs > 0) process.stderr.write("\n");
+      return sets?.table ?? "";
+    }
+    if (nowMs - lastPrintMs >= (process.stderr.isTTY ? 250 : 2000)) {
+      lastPrintMs = nowMs;
+      const line = `repairing '${volume}': ${sets.table}, ${formatSize(sets.copiedBytes)} copied by this node`;
+      process.stderr.write(process.stderr.isTTY ? `\r${line}   ` : `${line}\n`);
+    }
+    await Bun.sleep(200);
+  }
+}
 
 /** Starts a move job, then (unless --no-wait) polls it, with progress on stderr, until it ends. */
 type MoveOp = "admin.route.move" | "admin.route.rebalance" | "admin.route.drain";
@@ -160,7 +192,7 @@ type MoveOp = "admin.route.move" | "admin.route.rebalance" | "admin.route.drain"
 async function runMove<Op extends MoveOp>(args: { node?: string; json?: boolean; wait?: boolean }, op: Op, request: AdminArgs<Op>): Promise<void> {
   const address = nodeAddress(args);
   let result: MoveStatus = await adminRequest<MoveOp>(address, op, request);
-  const plan = result.plan;
+  const { plan, rehomed } = result;
   if (result.state === "running" && args.wait !== false) {
     let lastPrintMs = 0;
     while (result.state === "running") {
@@ -175,8 +207,24 @@ async function runMove<Op extends MoveOp>(args: { node?: string; json?: boolean;
       }
     }
   }
-  printResult(args.json, { ...result, plan }, () => [describeStatus(result), ...describePlan(plan)].join("\n"));
-  if (result.state === "failed") throw failure(result);
+  if (result.state === "failed") {
+    printResult(args.json, { ...result, plan }, () => [describeStatus(result), ...describePlan(plan)].join("\n"));
+    throw failure(result);
+  }
+  // A drain's replicated volumes: their copies move in the background, one copy of a page at a time.
+  const moving = (rehomed ?? []).filter((entry) => entry.groups > 0);
+  const filled: Record<string, string> = {};
+  if (result.state !== "planned" && args.wait !== false) for (const entry of moving) filled[entry.volume] = await waitCopiesWhole(address, entry.volume);
+  printResult(args.json, { ...result, plan, ...(rehomed ? { rehomed } : {}), ...(moving.length > 0 && args.wait !== false && result.state !== "planned" ? { filled } : {}) }, () =>
+    [describeStatus(result), ...describePlan(plan), ...moving.map((entry) => describeRehomed(entry, filled[entry.volume], result.state === "planned"))].join("\n"),
+  );
+}
+
+function describeRehomed(entry: Rehomed, filled: string | undefined, planned: boolean): string {
+  const where = Object.entries(entry.to)
+    .map(([node, groups]) => `${groups} to ${node}`)
+    .join(", ");
+  return `'${entry.volume}': ${entry.groups} page group(s) ${planned ? "would be " : ""}re-homed (${where})${filled ? `, copies whole: ${filled}` : ""}`;
 }
 
 function describeStatus(status: MoveStatus): string {

@@ -47,7 +47,10 @@ export function decodeTable(value: unknown): ReplicaTable {
     if (new Set(set.map((entry) => entry.node)).size !== set.length) throw bad(`a replica set of '${volume}' v${version} names a node twice`);
     if (set.some((entry) => entry.since > version)) throw bad(`a replica of '${volume}' v${version} joined in a later version`);
   }
-  return { volume, version, sets };
+  if (table.home === undefined) return { volume, version, sets };
+  const home = array(table.home, `home of '${volume}'`).map((nodes) => array(nodes, `home set of '${volume}'`).map((node) => name(node, "home node")));
+  if (home.length !== sets.length) throw bad(`the home of '${volume}' v${version} has ${home.length} groups, its sets ${sets.length}`);
+  return { volume, version, sets, home };
 }
 
 export function decodeBallot(value: unknown): Ballot {

@@ -6,7 +6,7 @@ import { array, bad, count, counts, decodeBallot, decodeTable, name, object } fr
 import type { AcceptorReply, Ballot } from "./acceptor.ts";
 import type { Admission } from "./fence.ts";
 import type { MemberRecord } from "./member-state.ts";
-import type { ReplicaTable } from "./replica-table.ts";
+import type { ReplicaTable, SetChange } from "./replica-table.ts";
 
 export type PeerMessage =
   /** Every member's recorded tables, now and then: a member that missed a chosen table learns it. */
@@ -50,7 +50,9 @@ export type MemberEvent =
   | { kind: "peer-heard"; nowMs: number; node: string }
   | { kind: "peer-suspected"; nowMs: number; node: string }
   /** A volume created after the member started: its version-1 table. */
-  | { kind: "volume-added"; nowMs: number; table: ReplicaTable };
+  | { kind: "volume-added"; nowMs: number; table: ReplicaTable }
+  /** An operator's set change (route forget's re-homing); proposed if none runs and it fits. */
+  | { kind: "propose"; nowMs: number; volume: string; change: SetChange };
 
 export type ChunkApply =
   /** The client's data for this request. Its durability is the client's (a FLUSH or FUA), not the member's. */

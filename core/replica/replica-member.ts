@@ -43,7 +43,7 @@ import { admit } from "./fence.ts";
 import type { ChunkRequest, MemberEvent, MemberReady, PeerMessage } from "./member-messages.ts";
 import { MemberOutbox } from "./member-outbox.ts";
 import { applyRecord, awayKey, groupKey, slotKey, type MemberRecord, type MemberState } from "./member-state.ts";
-import { cloneReplicaTable, consequencesFor, describeChange, sinceOf, withChange, type ReplicaTable, type SetChange } from "./replica-table.ts";
+import { changeFits, cloneReplicaTable, consequencesFor, describeChange, homeOf, sinceOf, withChange, type ReplicaTable, type SetChange } from "./replica-table.ts";
 import { proposalFor, resyncSource } from "./set-change-policy.ts";
 import { SetChangeProposer, type ProposerEffect } from "./set-change-proposer.ts";
 
@@ -164,6 +164,9 @@ export class ReplicaMember {
       case "volume-added":
         this.addVolume(event.table);
         break;
+      case "propose":
+        this.proposeForOperator(event.volume, event.change);
+        break;
     }
     return this.out.close(this.nextWakeAtMs());
   }
@@ -218,8 +221,9 @@ export class ReplicaMember {
   private policyTick(): void {
     const suspected = this.suspected();
     for (const table of this.state.tables.values()) {
-      const home = this.config.home(table.volume);
-      if (home === undefined) continue;
+      const striped = this.config.home(table.volume);
+      if (striped === undefined) continue;
+      const home = homeOf(table, striped);
       this.resync(table, home, suspected);
       if (this.proposers.has(table.volume)) continue;
       const change = proposalFor({
@@ -311,6 +315,17 @@ export class ReplicaMember {
     this.runProposer(proposer, proposer.start(this.nowMs));
   }
 
+  /**
+   * An operator's change (a re-homing for `route forget`): proposed like the policy's, when no
+   * proposal runs for the volume and it fits the table recorded here; the host sees the outcome
+   * in the adopted table and asks again otherwise.
+   */
+  private proposeForOperator(volume: string, change: SetChange): void {
+    const table = this.state.tables.get(volume);
+    if (table === undefined || this.proposers.has(volume) || !changeFits(table, change)) return;
+    this.propose(table, change);
+  }
+
   private runProposer(proposer: SetChangeProposer, effects: ProposerEffect[]): void {
     const volume = proposer.base.volume;
     for (const effect of effects) {
@@ -347,7 +362,15 @@ export class ReplicaMember {
     for (const group of voidMaps) {
       for (const map of this.mapsOf(table.volume, group)) this.record({ kind: "away-map-gone", volume: table.volume, group, node: map.node });
     }
+    // A node re-homed away never comes back to these groups: what it lacks no longer matters.
+    const home = table.home;
+    if (home !== undefined) {
+      home.forEach((nodes, group) => {
+        for (const map of this.mapsOf(table.volume, group)) if (!nodes.includes(map.node)) this.record({ kind: "away-map-gone", volume: table.volume, group, node: map.node });
+      });
+    }
     for (const { group, node, since } of dropped) {
+      if (home !== undefined && !home[group]!.includes(node)) continue;
       const key = awayKey(table.volume, group, node);
       const upToDate = since === 1 || this.state.peersUpToDate.has(`${key}@${since}`);
       const existing = this.state.awayMaps.get(key);
@@ -402,7 +425,7 @@ export class ReplicaMember {
 
   private resync(table: ReplicaTable, home: string[][], suspected: Set<string>): void {
     table.sets.forEach((set, group) => {
-      if (resyncSource(table, group, suspected) !== this.self || !this.synced(table, group)) return;
+      if (resyncSource(table, group, suspected, home[group]) !== this.self || !this.synced(table, group)) return;
       for (const node of home[group] ?? []) {
         if (set.some((entry) => entry.node === node) || suspected.has(node)) continue;
         const key = awayKey(table.volume, group, node);

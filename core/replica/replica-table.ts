@@ -17,6 +17,12 @@ export interface ReplicaTable {
   version: number;
   /** sets[group]: the replicas of that page group, in placement order. */
   sets: ReplicaEntry[][];
+  /**
+   * home[group]: the R nodes the group should have, once an operator re-homed the copies of a
+   * node that is gone for good (`route forget`). Absent: the volume's striped placement. Chosen
+   * with the table, so every member resyncs toward the same homes.
+   */
+  home?: string[][];
 }
 
 /**
@@ -25,11 +31,15 @@ export interface ReplicaTable {
  * per group). A node's loss is then one version, not one per group it held. A replacement is a
  * drop and an add, two versions.
  */
-export interface SetChange {
-  kind: "drop" | "add";
-  node: string;
-  groups: number[];
-}
+export type SetChange =
+  | { kind: "drop" | "add"; node: string; groups: number[] }
+  /**
+   * A node leaves every group's home (gone for good, or drained): `home` is the whole new
+   * placement (the node replaced by another in each group it was home to). The sets do not
+   * change, so old and new versions share every replica; the policy then resyncs the
+   * replacement, drops the node if it is still in the set, and adds the replacement.
+   */
+  | { kind: "rehome"; node: string; home: string[][] };
 
 export function initialTable(volume: string, placement: string[][]): ReplicaTable {
   for (const nodes of placement) invariant(nodes.length > 0 && new Set(nodes).size === nodes.length, `page group placement ${nodes.join(",")} is empty or repeats a node`);
@@ -47,8 +57,25 @@ export function sinceOf(table: ReplicaTable, group: number, node: string): numbe
   return table.sets[group]?.find((entry) => entry.node === node)?.since;
 }
 
-/** Whether `change` can be made to `table`: drops keep at least one replica in each group, adds bring a new node. */
+/** The group's home replicas: the re-homed placement when there is one, else `striped` (the volume's). */
+export function homeOf(table: ReplicaTable, striped: string[][]): string[][] {
+  return table.home ?? striped;
+}
+
+/**
+ * Whether `change` can be made to `table`: drops keep at least one replica in each group, adds
+ * bring a new node, a re-homing names a home for every group without the node and keeps every
+ * other current replica at home (the node itself may still be in sets: a drain re-homes a live
+ * node first, and the policy drops it once its replacement is nearly caught up).
+ */
 export function changeFits(table: ReplicaTable, change: SetChange): boolean {
+  if (change.kind === "rehome") {
+    const { home, node } = change;
+    return (
+      home.length === table.sets.length &&
+      home.every((nodes, group) => nodes.length > 0 && new Set(nodes).size === nodes.length && !nodes.includes(node) && table.sets[group]!.every((entry) => entry.node === node || nodes.includes(entry.node)))
+    );
+  }
   if (change.groups.length === 0 || new Set(change.groups).size !== change.groups.length) return false;
   return change.groups.every((group) => {
     const set = table.sets[group];
@@ -62,11 +89,16 @@ export function changeFits(table: ReplicaTable, change: SetChange): boolean {
 export function withChange(table: ReplicaTable, change: SetChange): ReplicaTable {
   invariant(changeFits(table, change), () => `set change ${describeChange(change)} does not fit volume ${table.volume} v${table.version}`);
   const version = table.version + 1;
+  if (change.kind === "rehome") return { ...cloneReplicaTable(table), version, home: change.home.map((nodes) => [...nodes]) };
   const sets = table.sets.map((set, group) => {
     if (!change.groups.includes(group)) return set.map((entry) => ({ ...entry }));
     return change.kind === "drop" ? set.filter((entry) => entry.node !== change.node).map((entry) => ({ ...entry })) : [...set.map((entry) => ({ ...entry })), { node: change.node, since: version }];
   });
-  return { volume: table.volume, version, sets };
+  return { volume: table.volume, version, sets, ...homeCopy(table) };
+}
+
+function homeCopy(table: ReplicaTable): { home?: string[][] } {
+  return table.home ? { home: table.home.map((nodes) => [...nodes]) } : {};
 }
 
 /**
@@ -79,19 +111,21 @@ export function carriedOver(table: ReplicaTable): string[][] {
 }
 
 export function sameTable(a: ReplicaTable, b: ReplicaTable): boolean {
-  return a.volume === b.volume && a.version === b.version && JSON.stringify(a.sets) === JSON.stringify(b.sets);
+  return a.volume === b.volume && a.version === b.version && JSON.stringify(a.sets) === JSON.stringify(b.sets) && JSON.stringify(a.home) === JSON.stringify(b.home);
 }
 
 export function cloneReplicaTable(table: ReplicaTable): ReplicaTable {
-  return { volume: table.volume, version: table.version, sets: table.sets.map((set) => set.map((entry) => ({ ...entry }))) };
+  return { volume: table.volume, version: table.version, sets: table.sets.map((set) => set.map((entry) => ({ ...entry }))), ...homeCopy(table) };
 }
 
 export function describeChange(change: SetChange): string {
+  if (change.kind === "rehome") return `rehome away from ${change.node}: ${change.home.map((nodes) => nodes.join("+")).join(" ")}`;
   return `${change.kind} ${change.node} ${change.kind === "drop" ? "from" : "to"} groups ${change.groups.join(",")}`;
 }
 
 export function describeTable(table: ReplicaTable): string {
-  return `v${table.version} ${table.sets.map((set) => set.map((entry) => `${entry.node}@${entry.since}`).join("+")).join(" ")}`;
+  const home = table.home ? ` (home ${table.home.map((nodes) => nodes.join("+")).join(" ")})` : "";
+  return `v${table.version} ${table.sets.map((set) => set.map((entry) => `${entry.node}@${entry.since}`).join("+")).join(" ")}${home}`;
 }
 
 /**

@@ -1,8 +1,10 @@
 // Which set change a member asks for, from what it sees: drop a replica it suspects (no heartbeat
-// within the suspicion window) from the groups it serves too, or, as the resync source of groups,
-// add back a home replica that is up again to those where the chunks it still lacks are few
-// enough to send in the join copy. One node per change, in as many groups as apply, so a node's
-// loss or return is one version; the proposer (set-change-proposer.ts) decides it.
+// within the suspicion window) from the groups it serves too; as the resync source of groups,
+// drop a replica that is no longer at home (a drain re-homed it) once the home copy that replaces
+// it is nearly caught up, and add back (or add) a home replica that is up to those groups where
+// the chunks it still lacks are few enough to send in the join copy. A set never grows past its
+// home's size. One node per change, in as many groups as apply, so a node's loss or return is one
+// version; the proposer (set-change-proposer.ts) decides it.
 import { changeFits, type ReplicaTable, type SetChange } from "./replica-table.ts";
 
 export interface PolicyView {
@@ -21,7 +23,7 @@ export interface PolicyView {
 }
 
 export function proposalFor(view: PolicyView): SetChange | undefined {
-  return dropFor(view) ?? addFor(view);
+  return dropFor(view) ?? leaveFor(view) ?? addFor(view);
 }
 
 /**
@@ -38,16 +40,50 @@ function dropFor(view: PolicyView): SetChange | undefined {
   return changeFits(table, change) ? change : undefined;
 }
 
-/** The group's resync source is its first replica this member does not suspect: one member copies, not all. */
-export function resyncSource(table: ReplicaTable, group: number, suspected: ReadonlySet<string>): string | undefined {
-  return table.sets[group]!.find((entry) => !suspected.has(entry.node))?.node;
+/**
+ * The group's resync source is its first replica at home this member does not suspect (else its
+ * first one not suspected): one member copies, not all, and a replica a drain is taking away
+ * never is, so the map of what the new copy lacks stays with a copy that stays.
+ */
+export function resyncSource(table: ReplicaTable, group: number, suspected: ReadonlySet<string>, home: readonly string[] = []): string | undefined {
+  const set = table.sets[group]!;
+  return (set.find((entry) => !suspected.has(entry.node) && home.includes(entry.node)) ?? set.find((entry) => !suspected.has(entry.node)))?.node;
+}
+
+/**
+ * As the source of groups that still hold a replica no longer at home: drop it once every home
+ * replica missing from the set is up and lacks few enough chunks for its join copy (it was
+ * resynced while the set kept its full count), so the group is one copy short only between this
+ * drop and that add.
+ */
+function leaveFor(view: PolicyView): SetChange | undefined {
+  const { table, self, suspected } = view;
+  const leaverOf = (group: number): string | undefined => {
+    const home = view.home[group] ?? [];
+    const set = table.sets[group]!;
+    if (resyncSource(table, group, suspected, home) !== self || !view.synced(group)) return undefined;
+    const leaver = set.find((entry) => !home.includes(entry.node) && entry.node !== self)?.node;
+    if (leaver === undefined) return undefined;
+    const missing = home.filter((node) => !set.some((entry) => entry.node === node));
+    const caughtUp = missing.every((node) => {
+      const lacking = view.lacking(group, node);
+      return !suspected.has(node) && lacking !== undefined && lacking <= view.joinChunksMax;
+    });
+    return caughtUp ? leaver : undefined;
+  };
+  const leavers = table.sets.map((_, group) => leaverOf(group));
+  const node = leavers.filter((leaver) => leaver !== undefined).sort()[0];
+  if (node === undefined) return undefined;
+  const change: SetChange = { kind: "drop", node, groups: leavers.flatMap((leaver, group) => (leaver === node ? [group] : [])) };
+  return changeFits(table, change) ? change : undefined;
 }
 
 function addFor(view: PolicyView): SetChange | undefined {
   const { table, self, suspected } = view;
   const ready = (group: number, node: string): boolean => {
-    if (resyncSource(table, group, suspected) !== self || !view.synced(group) || suspected.has(node)) return false;
-    if (!(view.home[group] ?? []).includes(node) || table.sets[group]!.some((entry) => entry.node === node)) return false;
+    const home = view.home[group] ?? [];
+    if (resyncSource(table, group, suspected, home) !== self || !view.synced(group) || suspected.has(node)) return false;
+    if (!home.includes(node) || table.sets[group]!.some((entry) => entry.node === node) || table.sets[group]!.length >= home.length) return false;
     const lacking = view.lacking(group, node);
     return lacking !== undefined && lacking <= view.joinChunksMax;
   };

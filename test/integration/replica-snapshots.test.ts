@@ -143,12 +143,16 @@ describe("clones, rollback, archives and moves of a volume with two copies", () 
     expect((await expectSameOnEveryCopy("v", 24 * MiB)).equals(Buffer.alloc(24 * MiB, 0x61))).toBe(true);
   });
 
-  test("route move, rebalance and drain of a replicated volume are refused with one line and exit 2", async () => {
-    for (const args of [["route", "move", "v", "--pages", "0", "--to", "node2"], ["route", "rebalance", "v"], ["route", "drain", "node3"]]) {
+  test("route move and rebalance of a replicated volume, and a drain of one with snapshots, are refused with one line and exit 2", async () => {
+    for (const args of [["route", "move", "v", "--pages", "0", "--to", "node2"], ["route", "rebalance", "v"]]) {
       const refused = await cluster.shoal(args);
       expect(refused.exitCode).toBe(2);
       expect(refused.stderr).toContain("keeps 2 copies of each page: moves of replicated volumes are not supported yet");
       expect(refused.stderr.trim().split("\n")).toHaveLength(1);
     }
+    const drain = await cluster.shoal(["route", "drain", "node3"]);
+    expect(drain.exitCode).toBe(2);
+    expect(drain.stderr).toContain("has snapshots or clones: re-created copies would lack their layers");
+    expect(drain.stderr.trim().split("\n")).toHaveLength(1);
   });
 });

@@ -14,7 +14,7 @@
 //   liveness after heal    at the end every member is up with the same tables, every group is back
 //                          to its home replicas and up to date, no proposal is in flight and
 //                          every write was acknowledged
-import { sameTable, type ReplicaTable } from "../../core/replica/replica-table.ts";
+import { homeOf, sameTable, type ReplicaTable } from "../../core/replica/replica-table.ts";
 import type { HistoryEvent, ReplicaHistory, WriteRecord } from "./replica-node.ts";
 
 export function checkReplicaHistory(h: ReplicaHistory): string[] {
@@ -159,7 +159,7 @@ function checkFinal(h: ReplicaHistory): string[] {
     if (tables.some((t) => !sameTable(t, tables[0]!))) violations.push(`members end with different tables for ${volume}: ${tables.map((t) => `v${t.version}`).join(",")}`);
     const table = tables[0];
     if (!table) continue;
-    home.forEach((nodes, group) => {
+    homeOf(table, home).forEach((nodes, group) => {
       const set = table.sets[group]!;
       if ([...nodes].sort().join(",") !== set.map((e) => e.node).sort().join(",")) violations.push(`${volume} group ${group} ends with replicas ${set.map((e) => e.node)} instead of its home ${nodes}`);
       for (const entry of set) {

@@ -8,7 +8,7 @@
 import type { Ballot } from "../../core/replica/acceptor.ts";
 import type { ChunkValue } from "../../core/replica/fence.ts";
 import { newerThan } from "../../core/replica/fence.ts";
-import { parsePeerMessage, type ChunkApply, type MemberReady, type Outgoing, type PeerMessage, type RequestReply } from "../../core/replica/member-messages.ts";
+import { parsePeerMessage, type ChunkApply, type MemberEvent, type MemberReady, type Outgoing, type PeerMessage, type RequestReply } from "../../core/replica/member-messages.ts";
 import { applyRecord, decodeMemberState, encodeMemberState, type MemberRecord } from "../../core/replica/member-state.ts";
 import { ReplicaMember } from "../../core/replica/replica-member.ts";
 import { describeTable } from "../../core/replica/replica-table.ts";
@@ -56,6 +56,11 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
     };
     // Through the stored form, as a node reads its catalog: a record the encoding drops is a record lost.
     return new ReplicaMember(config, decodeMemberState(encodeMemberState(disk.catalog)), this.nowMs);
+  }
+
+  /** An operator's request to a member (route forget / drain's re-homing), carried out like any step. */
+  protected operatorStep(member: Member, event: MemberEvent): void {
+    this.carryOut(member, member.volatile.runner.step(event));
   }
 
   protected startTimers(member: Member): void {

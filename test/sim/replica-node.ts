@@ -185,6 +185,8 @@ export interface ReplicaHistory {
   pauses: number;
   partitions: number;
   setChanges: number;
+  /** An operator re-homed a node's copies: drained it (live) or forgot it (down until the heal); how many volumes it finished. */
+  operator?: { leaving: "gone" | "live"; node: string; volumesRehomed: number };
   /** What the protocol did, so the suite can tell the runs exercised it: refusals by reason, resync copies and join copies applied. */
   refusals: Map<string, number>;
   copiesApplied: number;

@@ -6,7 +6,9 @@
 // acknowledged when all of them applied it; a read asks every replica of the set and is valid
 // when all confirm the version (one of them, drawn per read, supplies the value). Members: see
 // replica-members.ts.
-import { cloneReplicaTable, replicasOf, sameTable, type ReplicaTable } from "../../core/replica/replica-table.ts";
+import { cloneReplicaTable, homeOf, replicasOf, sameTable, type ReplicaTable } from "../../core/replica/replica-table.ts";
+import { planRehome } from "../../core/replica/rehome-plan.ts";
+import { Prng } from "./kernel/prng.ts";
 import type { ChunkValue } from "../../core/replica/fence.ts";
 import { ReplicaMembersWorld } from "./replica-members.ts";
 import type { ReplicaWorldOptions } from "./replica-world-base.ts";
@@ -50,6 +52,7 @@ export class ReplicaWorld extends ReplicaMembersWorld {
   private readonly registers: Register[] = [];
 
   protected planWorkload(): void {
+    this.planOperator();
     const registers = this.registers;
     for (const [volume, placement] of this.home) {
       for (let group = 0; group < placement.length; group++) {
@@ -66,6 +69,44 @@ export class ReplicaWorld extends ReplicaMembersWorld {
       this.clients.set(id, client);
       this.at(this.rng.range(0, 5), () => this.next(client));
     }
+  }
+
+  /**
+   * In half the runs with more members than copies, an operator re-homes one member's copies of
+   * every volume: a drain (it stays up and in its sets until the policy drops it) or a forget (it
+   * crashes and stays down until the heal; its drop comes first). The operator asks one other
+   * member every 20 ms, with the plan from that member's table, as the admin service does. Its
+   * own random stream, so the rest of a seed's run is what it was without it.
+   */
+  private planOperator(): void {
+    const rng = new Prng(this.history.seed * 1_000_003 + 17);
+    const replicas = this.scenario.mode === "r2" ? 2 : 3;
+    if (this.memberIds.length <= replicas || !rng.chance(0.5)) return;
+    const leaving = rng.chance(0.5) ? "live" : "gone";
+    const node = rng.pick(this.memberIds);
+    const asked = rng.pick(this.memberIds.filter((id) => id !== node));
+    const candidates = this.memberIds.filter((id) => id !== node);
+    const operator = { leaving, node, volumesRehomed: 0 } as const;
+    this.history.operator = { ...operator };
+    const startMs = rng.range(100, this.scenario.activeEndMs - 300);
+    if (leaving === "gone") this.at(startMs, () => this.crash(this.byId.get(node)!, 1e9));
+    const ask = (): void => {
+      if (this.nowMs > this.scenario.quiesceEndMs - 1000) return;
+      const member = this.byId.get(asked)!;
+      let done = 0;
+      if (member.up && !this.paused.has(asked)) {
+        for (const [volume, striped] of this.home) {
+          const plan = planRehome(member.volatile.runner.current.tables.get(volume)!, striped, node, candidates, leaving);
+          if (plan.kind === "done") done++;
+          else if (plan.kind === "change" && member.volatile.runner.proposalsInFlight === 0) {
+            this.operatorStep(member, { kind: "propose", nowMs: this.nowMs, volume, change: plan.change });
+          }
+        }
+        this.history.operator!.volumesRehomed = done;
+      }
+      if (done < this.home.size) this.at(this.nowMs + 20, ask);
+    };
+    this.at(startMs + 10, ask);
   }
 
   private next(client: Client): void {
@@ -159,9 +200,9 @@ export class ReplicaWorld extends ReplicaMembersWorld {
         if (!sameTable(table, first.tables.get(volume)!)) return false;
       }
     }
-    for (const [volume, home] of this.home) {
+    for (const [volume, striped] of this.home) {
       const table = first.tables.get(volume)!;
-      const homeAgain = home.every((nodes, group) => {
+      const homeAgain = homeOf(table, striped).every((nodes, group) => {
         const set = table.sets[group]!;
         return set.length === nodes.length && set.every((entry) => nodes.includes(entry.node) && this.byId.get(entry.node)!.durable.catalog.syncedSince.get(`${volume}/${group}`) === entry.since);
       });

@@ -95,6 +95,13 @@ export interface ReplicaSetsReport {
   copiedBytes: number;
 }
 
+/** A replicated volume's page groups whose copy on a forgotten or drained node went to another node, and how many to each. */
+export interface Rehomed {
+  volume: string;
+  groups: number;
+  to: Record<string, number>;
+}
+
 export type MovePlanEntry = {
   volume: string;
   steps: { from: string; to: string; pages: number; list: string }[];
@@ -113,6 +120,8 @@ export type MoveAnswer = {
   finishedAtMs?: number;
   error?: { code: string; message: string };
   plan?: MovePlanEntry[];
+  /** A drain's replicated volumes: the copies re-homed off the node (the members move them in the background). */
+  rehomed?: Rehomed[];
 };
 
 export type SnapshotTaken = {
@@ -162,7 +171,7 @@ export type AdminResults = {
   "admin.route.rebalance": MoveAnswer;
   "admin.route.drain": MoveAnswer;
   "admin.route.status": MoveAnswer;
-  "admin.route.forget": { node: string; forgotten: true };
+  "admin.route.forget": { node: string; forgotten: true; rehomed: Rehomed[] };
   "admin.snap.create": SnapshotTaken;
   "admin.snap.prepare": { name: string; snapshotId: string; volumes: string[]; mode: SnapshotMode; state: "ready" };
   "admin.snap.take": SnapshotTaken;

@@ -6,14 +6,16 @@ import { formatRun, holders, pagesPerNode, replicaCount, runsOfPages } from "../
 import type { VolumeRecord } from "../../core/cluster/volume.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MoveService, MoveTask } from "../move/move-service.ts";
+import type { ReplicaHost } from "../node/replica-host.ts";
 import type { AdminArgs, AdminResult } from "./admin-ops.ts";
-import type { MoveAnswer, MovePlanEntry } from "./admin-results.ts";
+import type { MoveAnswer, MovePlanEntry, Rehomed } from "./admin-results.ts";
 import type { AdminHandlers } from "./admin-service.ts";
 
 export class RouteAdmin {
   constructor(
     private readonly group: Group,
     private readonly moves: MoveService,
+    private readonly replicas: ReplicaHost,
   ) {}
 
   /** The operations of the table that plan and run page moves. */
@@ -38,32 +40,79 @@ export class RouteAdmin {
     return this.start("rebalance", [{ volume: record.name, moves: planRebalance(record.routing, nodes) }], args.dryRun === true);
   }
 
-  /** Every page of every volume (snapshots follow their volume's table) off one node. */
+  /**
+   * Every page of every volume (snapshots follow their volume's table) off one node: pages of
+   * unreplicated volumes by page moves, copies of replicated ones by a re-homing (the members
+   * resync the new copy, drop the node's and add the new one, one copy of a page at a time).
+   */
   private async drain(args: AdminArgs<"admin.route.drain">): Promise<MoveAnswer> {
     const node = this.memberId(args.node);
     const targets = this.liveIds().filter((id) => id !== node);
     const tasks: MoveTask[] = [];
+    const replicated: VolumeRecord[] = [];
     for (const record of this.group.liveVolumes()) {
-      if (replicaCount(record.routing) > 1 && holders(record.routing).includes(node)) unreplicated(record);
+      if (replicaCount(record.routing) > 1) {
+        if (this.replicas.holdsOrHomes(record.name, node)) replicated.push(record);
+        continue;
+      }
       if (!pagesPerNode(record.routing).get(node)) continue;
       tasks.push({ volume: record.name, moves: planDrain(record.routing, node, targets) });
     }
-    return this.start("drain", tasks, args.dryRun === true);
+    const rehomed = await this.rehome(replicated, node, "live", args.dryRun === true);
+    return { ...(await this.start("drain", tasks, args.dryRun === true)), rehomed };
   }
 
+  /**
+   * Removes a member for good. A node that still holds the only copy of pages is refused (drain
+   * it first). Copies of replicated volumes on a node that is down are re-created on the other
+   * nodes of each volume (see rehome); the CLI waits until they are filled.
+   */
   private async forget(node: string): Promise<AdminResult<"admin.route.forget">> {
     const id = this.memberId(node);
     if (id === this.group.selfId) throw new ShoalError("BAD_ARGUMENT", `node ${id} cannot forget itself; ask another member`);
-    const holding = this.group.liveVolumes().filter((record) => holders(record.routing).includes(id));
+    const live = this.group.liveVolumes();
+    const replicated = live.filter((record) => replicaCount(record.routing) > 1 && this.replicas.holdsOrHomes(record.name, id));
+    const holding = live.filter((record) => replicaCount(record.routing) === 1 && holders(record.routing).includes(id));
     if (holding.length > 0) {
       throw new ShoalError(
         "CONFLICT",
-        `node ${id} still holds pages of ${holding.map((record) => `'${record.name}'`).join(", ")}; run \`shoal route drain ${id}\` first`,
+        `node ${id} still holds pages of ${names(holding)}; run \`shoal route drain ${id}\` first`,
       );
     }
+    if (replicated.length > 0 && this.group.isUp(id)) {
+      throw new ShoalError("CONFLICT", `node ${id} is up and holds copies of ${names(replicated)}; drain it, or stop it first (forget re-creates the copies of a node that is gone for good)`);
+    }
+    const rehomed = await this.rehome(replicated, id, "gone", false);
     await this.group.forget(id);
     await this.moves.unlockMovesOf(id);
-    return { node: id, forgotten: true as const };
+    return { node: id, forgotten: true as const, rehomed };
+  }
+
+  /**
+   * A node's copies of replicated volumes get other homes: a re-homing per volume chosen by a
+   * majority (ReplicaHost.rehome), after which the members fill the new copies while clients
+   * keep writing. Volumes with snapshots or clones are refused first (the new copy would lack
+   * their layers). A dry run plans and changes nothing.
+   */
+  private async rehome(records: VolumeRecord[], node: string, leaving: "gone" | "live", dryRun: boolean): Promise<Rehomed[]> {
+    const live = this.group.liveVolumes();
+    for (const record of records) {
+      const layered = this.group.liveSnapshots(record.name).length > 0 || record.origin !== undefined || live.some((other) => other.origin?.startsWith(`${record.uid}@`));
+      if (layered) {
+        throw new ShoalError("BAD_ARGUMENT", `volume '${record.name}' has snapshots or clones: re-created copies would lack their layers (not built yet); delete them, or archive and restore the volume, before moving ${node}'s copies`);
+      }
+    }
+    const timeoutMs = this.replicas.timeoutMs;
+    const deadlineMs = Date.now() + Math.min(45_000, Math.max(timeoutMs * 3, timeoutMs + 5000));
+    const rehomed: Rehomed[] = [];
+    for (const record of records) {
+      const candidates = record.routing.nodes.filter((other) => other !== node && this.group.members.get(other)?.forgotten !== true);
+      const moved = await this.replicas.rehome(record.name, node, candidates, deadlineMs, leaving, dryRun);
+      const to: Record<string, number> = {};
+      for (const { to: target } of moved) to[target] = (to[target] ?? 0) + 1;
+      rehomed.push({ volume: record.name, groups: moved.length, to });
+    }
+    return rehomed;
   }
 
   private async start(kind: string, tasks: MoveTask[], dryRun: boolean): Promise<MoveAnswer> {
@@ -86,6 +135,10 @@ export class RouteAdmin {
       .map((member) => member.id)
       .sort();
   }
+}
+
+function names(records: VolumeRecord[]): string {
+  return records.map((record) => `'${record.name}'`).join(", ");
 }
 
 /** The plan per source and target: how many pages and which. */

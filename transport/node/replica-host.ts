@@ -12,7 +12,8 @@ import type { PageStore } from "../../core/store/page-store.ts";
 import { ReplicaMember, type MemberConfig } from "../../core/replica/replica-member.ts";
 import { parsePeerMessage, type MemberReady, type Outgoing, type PeerMessage } from "../../core/replica/member-messages.ts";
 import { applyRecord, decodeMemberState, encodeMemberState, groupKey, initialMemberState, type MemberRecord, type MemberState } from "../../core/replica/member-state.ts";
-import { describeTable, initialTable, sinceOf, type ReplicaTable } from "../../core/replica/replica-table.ts";
+import { describeTable, homeOf, initialTable, sinceOf, type ReplicaTable } from "../../core/replica/replica-table.ts";
+import { planRehome } from "../../core/replica/rehome-plan.ts";
 import { chunkOfPage, chunksPerGroup, groupOfPage, homeSets, pageGroupsOf, pageOfChunk, type PageGroups } from "../../core/replica/page-groups.ts";
 import { Payload, type FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
@@ -311,10 +312,60 @@ export class ReplicaHost {
     const hosted = this.hosted.get(uid);
     if (hosted === undefined) return undefined;
     const table = hosted.member.current.tables.get(hosted.name)!;
-    const home = homeSets(hosted.groups);
+    const home = homeOf(table, homeSets(hosted.groups));
     const self = this.options.group.selfId;
-    const whole = table.sets.every((set, group) => set.length === home[group]!.length && (!set.some((entry) => entry.node === self) || this.syncedMember(hosted, group)));
+    const whole = table.sets.every(
+      (set, group) => set.length === home[group]!.length && set.every((entry) => home[group]!.includes(entry.node)) && (!set.some((entry) => entry.node === self) || this.syncedMember(hosted, group)),
+    );
     return { replicaSets: { table: describeTable(table), whole, writtenWhileAwayBytes: hosted.bytesWrittenAway, copiedBytes: hosted.bytesCopied } };
+  }
+
+  /**
+   * `route forget` of a node that is gone for good, or `route drain` of a live one: its groups of
+   * this volume get a new home copy each (rehome-plan.ts), chosen by a majority like any set
+   * change; the members then fill and add the new copies in the background, as for a returning
+   * node (a drained node leaves each set once its replacement is nearly caught up). For a dead
+   * node, waits (until `deadlineMs`) for its drop to be chosen first. Resolves once the
+   * re-homing is recorded here.
+   */
+  async rehome(volume: string, gone: string, candidates: string[], deadlineMs: number, leaving: "gone" | "live", dryRun = false): Promise<{ group: number; to: string }[]> {
+    const hosted = this.byName.get(volume);
+    if (hosted === undefined) {
+      const nodes = this.options.group.volume(volume).routing.nodes.filter((node) => node !== gone);
+      throw new ShoalError("BAD_ARGUMENT", `node ${this.options.group.selfId} is not one of the nodes of replicated volume '${volume}'; ask one of ${nodes.join(", ")}`);
+    }
+    const striped = homeSets(hosted.groups);
+    const before = homeOf(hosted.member.current.tables.get(volume)!, striped);
+    for (;;) {
+      const table = hosted.member.current.tables.get(volume)!;
+      const plan = planRehome(table, striped, gone, candidates, leaving);
+      if (plan.kind === "done") {
+        const after = homeOf(table, striped);
+        return after.flatMap((nodes, group) => nodes.filter((node) => !before[group]!.includes(node)).map((to) => ({ group, to })));
+      }
+      if (dryRun && plan.kind !== "no-room") return plan.kind === "change" ? plan.moved : [];
+      if (plan.kind === "no-room") {
+        throw new ShoalError("BAD_ARGUMENT", `volume '${volume}' keeps ${before[0]!.length} copies and every other node of it already holds one for page group(s) ${plan.groups.join(",")}: no node can take ${gone}'s copies`);
+      }
+      if (Date.now() >= deadlineMs) {
+        if (plan.kind === "still-in-set") {
+          throw new ShoalError("NODE_DOWN", `'${volume}' page group(s) ${plan.groups.join(",")} still count ${gone} as a copy: no other up-to-date copy of them could take over (is another node down?)`);
+        }
+        throw new ShoalError("TIMEOUT", `re-homing ${gone}'s copies of '${volume}' was not chosen in time (is a majority of its nodes up?)`);
+      }
+      if (plan.kind === "change" && hosted.member.proposalsInFlight === 0) {
+        this.carryOut(hosted, hosted.member.step({ kind: "propose", nowMs: Date.now(), volume, change: plan.change }));
+      }
+      await Bun.sleep(50);
+    }
+  }
+
+  /** Whether `node` is home to, or still in the set of, some page group of the volume (as this node's member sees it). */
+  holdsOrHomes(volume: string, node: string): boolean {
+    const hosted = this.byName.get(volume);
+    if (hosted === undefined) return this.options.group.volume(volume).routing.nodes.includes(node);
+    const table = hosted.member.current.tables.get(volume)!;
+    return homeOf(table, homeSets(hosted.groups)).some((nodes) => nodes.includes(node)) || table.sets.some((set) => set.some((entry) => entry.node === node));
   }
 
   // ---- one Ready, in the order replica-member.ts asks of a host

@@ -256,7 +256,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   group.addMember({ ...self, nbdAddress: `${nbdAddress.host}:${nbdPort}` });
   const moves = new MoveService(group, mover, log);
   const nodeAdmin = new AdminApi({ group, store, router, snapshots, version: SHOAL_VERSION, startedAtMs, defaultReplicas: options.defaultReplicas ?? 1, replicaHost });
-  const admin = adminDispatcher({ ...nodeAdmin.handlers, ...new RouteAdmin(group, moves).handlers });
+  const admin = adminDispatcher({ ...nodeAdmin.handlers, ...new RouteAdmin(group, moves, replicaHost).handlers });
   services = { snapshots, router, mover, admin, replicaHost };
   watchNodeState(nodeMetrics, { group, store, version: SHOAL_VERSION, startedAtMs, nbdConnections: () => nbd.connectionCount, meshConnections: () => mesh.connections.size });
   const metricsEndpoint = metricsAddress && onFlag("--metrics", () => serveMetrics(metricsAddress.host, metricsAddress.port, nodeMetrics.registry));

@@ -1,0 +1,129 @@
+// A node of a replicated volume that never comes back, and one drained while it serves: four real
+// nodes, `--replicas 2`, writers through the nodes that stay up. node3 is killed -9 and `route
+// forget node3` re-creates its copies on the others; then node4 is drained (`route drain node4`:
+// its copies move one at a time) and forgotten. Each time no writer sees an error, every page has
+// two copies on the nodes that keep them (spread evenly), every acknowledged write reads back
+// through every node, and the copies are identical (each node reads its own copies locally).
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { WriteHistory } from "./_cut-checker.ts";
+import { lostWrites, readStamps, startWriters } from "./_writers.ts";
+import { TestCluster, waitFor, waitSetsWhole } from "./_cluster.ts";
+
+/** 16 pages of 1 MiB over four nodes: four page groups, home {node1,node2}, {node2,node3}, {node3,node4}, {node4,node1}. */
+const BLOCKS = 4096;
+let cluster: TestCluster;
+
+beforeAll(async () => {
+  cluster = await TestCluster.start(4, {}, () => ["--replica-timeout", "1s"]);
+  const created = await cluster.shoal(["volume", "create", "r", "--size", "16M", "--page-size", "1M", "--replicas", "2"]);
+  expect(created.exitCode).toBe(0);
+  await waitSetsWhole(cluster, "r");
+});
+afterAll(async () => {
+  await cluster?.stop();
+});
+
+/** The table's sets as node lists: "v6 node1@1+node2@1 node2@1+node1@6 (home ...)". */
+function setsOf(table: string): string[][] {
+  return table.split(" (home")[0]!.split(" ").slice(1).map((set) => set.split("+").map((entry) => entry.split("@")[0]!));
+}
+
+async function replicaSets(nodeIndex: number): Promise<{ table: string; whole: boolean; copiedBytes: number }> {
+  const shown = await cluster.shoal(["route", "show", "r", "--json"], { node: cluster.nodes[nodeIndex] });
+  return JSON.parse(shown.stdout).replicaSets;
+}
+
+test("forget of a node that is up or unknown is refused with one line", async () => {
+  const up = await cluster.shoal(["route", "forget", "node3"]);
+  expect(up.exitCode).toBe(4);
+  expect(up.stderr).toContain("node node3 is up and holds copies of 'r'; drain it, or stop it first");
+  expect(up.stderr.trim().split("\n")).toHaveLength(1);
+  const unknown = await cluster.shoal(["route", "forget", "node9"]);
+  expect(unknown.exitCode).toBe(3);
+  expect(unknown.stderr.trim().split("\n")).toHaveLength(1);
+});
+
+test("node3 killed -9 and forgotten under writers: its copies re-created on the others, no client error, no acknowledged write lost, copies identical", async () => {
+  const [node1, node2, node3, node4] = cluster.nodes as [typeof cluster.nodes[0], typeof cluster.nodes[0], typeof cluster.nodes[0], typeof cluster.nodes[0]];
+  const history = new WriteHistory();
+  const writers = await startWriters([node1, node2, node4], "r", history, { writersPerNode: 2, blocks: BLOCKS });
+  await Bun.sleep(500);
+  await node3.kill9();
+  await waitFor("the others to drop node3", async () => (await replicaSets(0)).whole === false);
+  const startedMs = performance.now();
+  const forgotten = await cluster.shoal(["route", "forget", "node3", "--json"]);
+  const forgetMs = performance.now() - startedMs;
+  expect(forgotten.exitCode).toBe(0);
+  // Progress on stderr (not a terminal: a line every 2 s), the result on stdout.
+  for (const line of forgotten.stderr.trim().split("\n").filter(Boolean)) expect(line).toStartWith("repairing 'r': v");
+  const result = JSON.parse(forgotten.stdout);
+  expect(result.forgotten).toBe(true);
+  // node3 was home to two groups; each gets one of the others, never one that already holds it.
+  expect(result.rehomed).toEqual([{ volume: "r", groups: 2, to: { node1: 1, node2: 1 } }]);
+  expect(result.filled.r).not.toContain("node3@");
+  await Bun.sleep(500);
+  const outcome = await writers.stop();
+  console.log(`forget of node3: ${forgetMs.toFixed(0)} ms until the copies were whole; ${history.writes.size} writes, longest ${outcome.maxLatencyMs.toFixed(0)} ms; ${result.filled.r}`);
+  expect(outcome.firstError).toBeUndefined();
+  expect(outcome.errors).toBe(0);
+
+  const live = [node1, node2, node4];
+  await waitFor("every live node to see the copies whole", async () => {
+    for (const index of [0, 1, 3]) if (!(await replicaSets(index)).whole) return false;
+    return true;
+  });
+  // Every group has two copies, none on node3; node1 and node2 now hold three groups, node4 two.
+  const sets = setsOf((await replicaSets(3)).table);
+  expect(sets).toHaveLength(4);
+  for (const set of sets) {
+    expect(set).toHaveLength(2);
+    expect(set).not.toContain("node3");
+  }
+  const share = (node: string) => sets.filter((set) => set.includes(node)).length;
+  expect([share("node1"), share("node2"), share("node4")]).toEqual([3, 3, 2]);
+
+  const reads = await Promise.all(live.map((node) => readStamps(node, "r", BLOCKS)));
+  for (const stamps of reads) expect(lostWrites(history, stamps)).toEqual([]);
+  for (const stamps of reads.slice(1)) expect([...stamps]).toEqual([...reads[0]!]);
+
+  const members = JSON.parse((await cluster.shoal(["route", "nodes", "--json"])).stdout);
+  expect(members.nodes.map((member: { id: string }) => member.id)).not.toContain("node3");
+}, 60_000);
+
+test("node4 drained under writers (its own clients too): its copies move to node1 and node2 one at a time, no client error, no acknowledged write lost; then it is forgotten", async () => {
+  const [node1, node2, , node4] = cluster.nodes as [typeof cluster.nodes[0], typeof cluster.nodes[0], typeof cluster.nodes[0], typeof cluster.nodes[0]];
+  const dry = await cluster.shoal(["route", "drain", "node4", "--dry-run", "--json"]);
+  expect(dry.exitCode).toBe(0);
+  expect(JSON.parse(dry.stdout).rehomed).toEqual([{ volume: "r", groups: 2, to: { node1: 1, node2: 1 } }]);
+  expect(setsOf((await replicaSets(0)).table).some((set) => set.includes("node4"))).toBe(true);
+
+  const history = new WriteHistory();
+  const writers = await startWriters([node1, node2, node4], "r", history, { writersPerNode: 2, blocks: BLOCKS });
+  await Bun.sleep(500);
+  const startedMs = performance.now();
+  const drained = await cluster.shoal(["route", "drain", "node4", "--json"]);
+  const drainMs = performance.now() - startedMs;
+  expect(drained.exitCode).toBe(0);
+  const result = JSON.parse(drained.stdout);
+  expect(result.rehomed).toEqual([{ volume: "r", groups: 2, to: { node1: 1, node2: 1 } }]);
+  expect(result.filled.r).not.toContain("node4@");
+  await Bun.sleep(500);
+  const outcome = await writers.stop();
+  console.log(`drain of node4: ${drainMs.toFixed(0)} ms until its copies had moved; ${history.writes.size} writes, longest ${outcome.maxLatencyMs.toFixed(0)} ms; ${result.filled.r}`);
+  expect(outcome.firstError).toBeUndefined();
+  expect(outcome.errors).toBe(0);
+
+  await waitFor("every node to see the copies whole", async () => {
+    for (const index of [0, 1, 3]) if (!(await replicaSets(index)).whole) return false;
+    return true;
+  });
+  for (const set of setsOf((await replicaSets(3)).table)) expect([...set].sort()).toEqual(["node1", "node2"]);
+  const reads = await Promise.all([node1, node2, node4].map((node) => readStamps(node, "r", BLOCKS)));
+  for (const stamps of reads) expect(lostWrites(history, stamps)).toEqual([]);
+  for (const stamps of reads.slice(1)) expect([...stamps]).toEqual([...reads[0]!]);
+
+  // It holds no copy now: forgetting it while it is up is allowed.
+  const forgotten = await cluster.shoal(["route", "forget", "node4", "--json"], { node: node1 });
+  expect(`${forgotten.exitCode} ${forgotten.stderr}`).toBe("0 ");
+  expect(JSON.parse(forgotten.stdout).rehomed).toEqual([]);
+}, 60_000);
