@@ -102,7 +102,7 @@ export class ReplicaWrites {
           .then(
             (response) => appliersOf(response.result, node)[0]!,
             (err) => {
-                        throw replicaFailure(node, record, page, err);
+              throw replicaFailure(node, record, page, err);
             },
           ),
       ),
@@ -191,11 +191,17 @@ const writesUnderCut = nodeMetrics.registry
 /** T in `ct` for a hold-mode cut, which has none. */
 const NO_CUT_TIME = -1;
 
+/** Encoded once per list: RecentCuts hands out the same list until its next cut, and every replicated write names it. */
+const encodedCuts = new WeakMap<readonly RecentCut[], FrameHeader>();
+
 /** The cuts a primary had made as `page.replicate` carries them: `c` their ids, `ct` their times T (timestamp mode). */
 function cutArgs(cutBefore: readonly RecentCut[]): FrameHeader {
   if (cutBefore.length === 0) return {};
-  const args: FrameHeader = { c: cutBefore.map((cut) => cut.snapshotId) };
+  let args = encodedCuts.get(cutBefore);
+  if (args !== undefined) return args;
+  args = { c: cutBefore.map((cut) => cut.snapshotId) };
   if (cutBefore.some((cut) => cut.cutAtMs !== undefined)) args.ct = cutBefore.map((cut) => cut.cutAtMs ?? NO_CUT_TIME);
+  encodedCuts.set(cutBefore, args);
   return args;
 }
 

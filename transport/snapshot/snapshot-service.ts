@@ -147,7 +147,10 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
    * write the primary applied before a cut this replica has made goes under that cut.
    */
   replicaLayer(volume: string, uid: string, cutBefore: readonly RecentCut[]): string {
-    const placement = placeReplicatedWrite(cutBefore, this.cuts.of(volume).map((cut) => cut.snapshotId), this.participant.unfinishedTimestampCuts());
+    const unfinished = this.participant.unfinishedTimestampCuts();
+    // The common case, every replicated write with no snapshot ever cut: nothing to place.
+    if (cutBefore.length === 0 && unfinished.size === 0) return uid;
+    const placement = placeReplicatedWrite(cutBefore, this.cuts.of(volume).map((cut) => cut.snapshotId), unfinished);
     for (const { snapshotId, cutAtMs } of placement.cutFirst) {
       if (cutAtMs !== undefined) this.runParticipant(this.participant.cutForPrimary(snapshotId, cutAtMs, this.nowMs()));
     }
