@@ -3,7 +3,7 @@
 // every copy of every snapshot reads byte-identical and is a crash-consistent cut of what the
 // clients wrote. The returning copy's catch-up brings each page with all its layers, and its
 // pages from before it left go into the snapshot layers cut while it was away. Rollback and clone
-// stay refused while the copy is away.
+// stay refused while the copy is away; a snapshot deleted while it is away goes on its return.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { adminRequest } from "../../cmd/_cli.ts";
 import { BLOCK_BYTES, checkCut, WriteHistory } from "./_cut-checker.ts";
@@ -34,11 +34,15 @@ test("snapshots taken while a copy's node is killed -9 (hold and timestamp) hold
   const names: string[] = [];
   const verdicts: string[] = [];
   try {
-    await Bun.sleep(200);
+    await Bun.sleep(100);
+    // A snapshot every copy holds, deleted while the victim is away: its catch-up waits until it has dropped that layer too.
+    expect((await cluster.shoal(["snap", "create", "away", "--name", "before"], { node: node1 })).exitCode).toBe(0);
+    await Bun.sleep(100);
     await victim.kill9();
     for (const node of [node1, node2]) {
       await waitFor(`${node.id} to drop ${victim.id}`, async () => JSON.parse((await cluster.shoal(["route", "show", "away", "--json"], { node })).stdout).replicaSets?.whole === false);
     }
+    expect((await cluster.shoal(["snap", "delete", "away@before"], { node: node1 })).exitCode).toBe(0);
     for (const mode of ["hold", "timestamp"] as const) {
       for (let index = 0; index < SNAPSHOTS_PER_MODE; index++) {
         const name = `${mode}${index}`;
@@ -70,6 +74,8 @@ test("snapshots taken while a copy's node is killed -9 (hold and timestamp) hold
   expect(verdicts).toEqual([]);
   // The returning node took the layers from its head before its catch-up copies were installed.
   expect(victim.stderrLog).toContain("cut while this copy was away, from the pages it held");
+  const catchUpLines = victim.stderrLog.split("\n").filter((line) => line.includes("cut while this copy was away") || line.includes("disagree"));
+  console.log(`${victim.id} on its return:\n${catchUpLines.map((line) => line.slice(0, 200)).join("\n")}`);
   // Each node reads its own copy of the pages it holds (the returning one too, now in its sets):
   // three identical reads of each snapshot, each a cut of what the clients wrote.
   for (const name of names) {
