@@ -13,6 +13,8 @@ afterEach(removeTempDirs);
 const PAGE = 64 * 1024;
 const warnings: string[] = [];
 const log = { info: () => {}, warn: (message: string) => void warnings.push(message) };
+/** No snapshot deleted (see the deletion test). */
+const none = () => false;
 
 function filled(value: number): Uint8Array {
   return new Uint8Array(PAGE).fill(value);
@@ -47,14 +49,14 @@ describe("catch-up copies with every layer", () => {
     const outgoing = sent.export("v", [0, 1]);
     expect(outgoing.messages).toHaveLength(1);
     const pages = received.received("a copy", outgoing.args, payloadOf(outgoing.messages[0]!))!;
-    expect(received.levelLayers("a copy", "v", pages)).toBe(true);
+    expect(received.levelLayers("a copy", "v", pages, none)).toBe(true);
     await received.install("v", pages, [0, 1]);
     for (const layer of ["v@s1", "v@s2", "v"]) {
       for (const page of [0, 1, 2]) expect(`${layer} page ${page}: ${readPage(target, layer, page)}`).toBe(`${layer} page ${page}: ${readPage(source, layer, page)}`);
     }
     expect(target.parentOf("v")).toBe("v@s2");
     // Once level, a later copy freezes nothing more.
-    expect(received.levelLayers("a copy", "v", received.received("a copy", sent.export("v", []).args, payloadOf([]))!)).toBe(true);
+    expect(received.levelLayers("a copy", "v", received.received("a copy", sent.export("v", []).args, payloadOf([]))!, none)).toBe(true);
     expect(target.layers().map((layer) => layer.id)).toEqual(["v", "v@s1", "v@s2"]);
     source.close();
     target.close();
@@ -65,8 +67,8 @@ describe("catch-up copies with every layer", () => {
     const before = sent.export("v", [2]);
     source.freezeLayer("v", "v@s3");
     const after = sent.export("v", [2]);
-    expect(received.levelLayers("a copy", "v", received.received("a copy", after.args, payloadOf(after.messages[0]!))!)).toBe(true);
-    expect(received.levelLayers("an old copy", "v", received.received("an old copy", before.args, payloadOf(before.messages[0]!))!)).toBe(false);
+    expect(received.levelLayers("a copy", "v", received.received("a copy", after.args, payloadOf(after.messages[0]!))!, none)).toBe(true);
+    expect(received.levelLayers("an old copy", "v", received.received("an old copy", before.args, payloadOf(before.messages[0]!))!, none)).toBe(false);
     warnings.length = 0;
     expect(received.received("a short copy", after.args, payloadOf([after.messages[0]![0]!.subarray(1)]))).toBeUndefined();
     expect(warnings[0]).toContain("a short copy came with");
@@ -86,6 +88,25 @@ describe("catch-up copies with every layer", () => {
     expect(pages?.pages.size).toBe(2);
     // The staged pieces were taken: the same message again lacks them.
     expect(received.received("the copy again", args, payloadOf(rest[rest.length - 1]!))).toBeUndefined();
+    source.close();
+    target.close();
+  });
+});
+
+describe("a snapshot deleted while the copy was away", () => {
+  test("its layer still on the returning copy is removed, and the copy applies once it is gone", async () => {
+    const { source, target, sent, received } = awayAndBack();
+    target.freezeLayer("v", "v@gone"); // cut on every copy before this one left, deleted by the others since
+    const outgoing = sent.export("v", [2]);
+    const pages = () => received.received("a copy", outgoing.args, payloadOf(outgoing.messages[0]!))!;
+    expect(received.levelLayers("a copy", "v", pages(), none)).toBe(false); // not known to be deleted: waits
+    expect(target.hasLayer("v@gone")).toBe(true);
+    expect(received.levelLayers("a copy", "v", pages(), (layer) => layer === "v@gone")).toBe(false); // removed; the copy comes again
+    await target.deleteLayer("v@gone"); // the removal already under way
+    expect(target.hasLayer("v@gone")).toBe(false);
+    expect(received.levelLayers("a copy", "v", pages(), none)).toBe(true);
+    await received.install("v", pages(), [2]);
+    for (const layer of ["v@s1", "v@s2", "v"]) expect(readPage(target, layer, 2)).toEqual(readPage(source, layer, 2));
     source.close();
     target.close();
   });

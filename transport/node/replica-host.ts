@@ -20,6 +20,7 @@ import type { Group } from "../mesh/group.ts";
 import type { MeshLog } from "../mesh/mesh.ts";
 import type { Reply } from "../mesh/mesh-connection.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
+import { snapshotKey } from "../../core/snapshot/snapshot-record.ts";
 import { CATCH_UP_MESSAGE_BYTES_MAX, ReplicaPages, type ReceivedPages } from "./replica-pages.ts";
 import type { ReplicaSetsReport } from "../admin/admin-results.ts";
 
@@ -221,7 +222,7 @@ export class ReplicaHost {
   private catchUpPages(hosted: Hosted, what: string, args: FrameHeader, payload: Payload): ReceivedPages | undefined {
     if (this.options.snapshotUnderWay(hosted.name)) return undefined;
     const received = this.pages.received(what, args, payload);
-    if (received === undefined || !this.pages.levelLayers(what, hosted.uid, received)) return undefined;
+    if (received === undefined || !this.pages.levelLayers(what, hosted.uid, received, (layerId) => this.deletedSnapshotLayer(layerId))) return undefined;
     return received;
   }
 
@@ -427,6 +428,12 @@ export class ReplicaHost {
       synced = this.pages.install(hosted.uid, data, pages);
     }
     return synced;
+  }
+
+  /** A snapshot layer whose snapshot the group records as deleted (one it does not know of yet is not). */
+  private deletedSnapshotLayer(layerId: string): boolean {
+    const at = layerId.indexOf("@");
+    return at >= 0 && this.options.group.snapshots.get(snapshotKey({ volumeUid: layerId.slice(0, at), snapshotId: layerId.slice(at + 1) }))?.deleted === true;
   }
 
   private syncedMember(hosted: Hosted, group: number): boolean {

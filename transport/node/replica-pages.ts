@@ -136,17 +136,30 @@ export class ReplicaPages {
   /**
    * Brings this node's stack of the volume's layers level with the source's before its pages are
    * installed: snapshots cut while this copy was away are frozen from its head (which holds only
-   * pages from before them). False when the copy cannot be applied now (read before a cut seen
-   * here, or stacks that disagree): it is dropped and comes again.
+   * pages from before them), and layers of snapshots deleted meanwhile (`deletedLayer`) are
+   * removed. False when the copy cannot be applied now (read before a cut seen here, stacks that
+   * disagree, a removal under way): it is dropped and comes again.
    */
-  levelLayers(what: string, uid: string, received: ReceivedPages): boolean {
+  levelLayers(what: string, uid: string, received: ReceivedPages, deletedLayer: (layerId: string) => boolean): boolean {
     const layers = this.store.layers();
     // Installing into a layer being deleted would fail half-way, after the member took the copy
     // as applied: such a copy waits until the deletion is done.
     const copied = new Set(received.layers.map((layer) => layer.id));
     if (layers.some((layer) => layer.deleting && copied.has(layer.id))) return false;
     const here = chainBelow(uid, layers.map((layer) => ({ id: layer.id, ...(layer.parent !== undefined ? { parent: layer.parent } : {}) })));
-    const plan = catchUpLayers(chainBelow(uid, received.layers), here);
+    const source = chainBelow(uid, received.layers);
+    const plan = catchUpLayers(source, here);
+    if (plan.kind !== "freeze") {
+      // A snapshot deleted while this copy was away, or while it catches up, whose layer is still
+      // here: it goes now, as its deletion would have taken it, and the copy comes again.
+      const stale = here.filter((layer) => !source.includes(layer) && deletedLayer(layer));
+      const deleting = new Set(layers.filter((layer) => layer.deleting).map((layer) => layer.id));
+      for (const layer of stale.filter((id) => !deleting.has(id))) {
+        this.log.info(`${what}: removing layer ${layer} of a snapshot deleted meanwhile before the copy is applied`);
+        this.store.deleteLayer(layer).catch((err) => this.log.warn(`removing layer ${layer} failed: ${(err as Error).message}`));
+      }
+      if (stale.length > 0) return false;
+    }
     if (plan.kind === "behind") return false;
     if (plan.kind === "diverged") {
       this.log.warn(`${what}: the source's snapshots (${plan.source.join(", ")}) and this node's (${plan.here.join(", ")}) disagree; not applied until they agree`);
