@@ -265,6 +265,36 @@ export class SnapshotParticipant {
     return false;
   }
 
+  /**
+   * Timestamp-mode snapshots of the volume prepared or armed here and not cut yet: a write this
+   * node applies now as a primary is in them, whatever a replica's clock says when it arrives.
+   */
+  /**
+   * Timestamp-mode snapshots this node has cut and not finished (no outcome yet): a replicated
+   * write that arrives now without its primary's word that it cut one of them belongs under it.
+   */
+  unfinishedTimestampCuts(): Set<string> {
+    const ids = new Set<string>();
+    for (const entry of this.entries.values()) if (entry.mode === "timestamp" && entry.phase === "pending") ids.add(entry.snapshotId);
+    return ids;
+  }
+
+  /**
+   * A replicated write's primary cut this timestamp-mode snapshot (at `cutAtMs`) before it applied
+   * the write, so this replica must cut it before applying it too, even if its own clock has not
+   * reached T or its take has not come yet. Cutting early is safe: writes applied after the cut
+   * are fenced until T plus the commit wait as after any cut. Hold-mode snapshots wait instead
+   * (the replica's hold queue); a snapshot cut or ended here needs nothing.
+   */
+  cutForPrimary(snapshotId: string, cutAtMs: number, nowMs: number): ParticipantEffect[] {
+    const entry = this.entries.get(snapshotId);
+    if (entry === undefined || entry.mode !== "timestamp" || !Number.isFinite(cutAtMs)) return NONE;
+    if (entry.phase === "armed") return this.cut(entry, nowMs);
+    if (entry.phase !== "prepared") return NONE;
+    entry.cutAtMs = cutAtMs;
+    return this.cut(entry, nowMs);
+  }
+
   /** A snapshot not yet cut here, or a commit wait, relies on this clock running without steps. */
   clockInUse(): boolean {
     if (this.fences.size > 0) return true;

@@ -148,6 +148,36 @@ export class PageStore {
     this.writeBackIfOverLimit();
   }
 
+  /**
+   * Writes into a snapshot layer with a head stacked on it: a replicated write whose primary
+   * applied it before its own cut of that snapshot, reaching a replica after the replica's cut
+   * (core/snapshot/replicated-write-placement.ts). The layers stacked on it read it through where
+   * they hold no copy of the page's chunk; none does, as no later write of the page has reached
+   * this copy yet. A layer being deleted is refused as for any write.
+   */
+  writeUnder(layerId: string, page: number, pageOffset: number, data: Uint8Array, pageSizeBytes: number): void {
+    const layer = this.requireLayer(layerId);
+    if (layer.deleting) throw notWritableError(layer);
+    assertPageRange(pageOffset, data.byteLength, pageSizeBytes);
+    this.path.write(layer, page, pageOffset, data);
+    this.writeBackIfOverLimit();
+  }
+
+  /** Zeroes a range of a snapshot layer with a head stacked on it (see writeUnder). */
+  zeroUnder(layerId: string, page: number, pageOffset: number, length: number, pageSizeBytes: number): void {
+    const layer = this.requireLayer(layerId);
+    if (layer.deleting) throw notWritableError(layer);
+    assertPageRange(pageOffset, length, pageSizeBytes);
+    this.path.zero(layer, page, pageOffset, length);
+    this.writeBackIfOverLimit();
+  }
+
+  /** Whether a layer exists here and is not being deleted (a write under it may go there). */
+  isWritableLayer(layerId: string): boolean {
+    const layer = this.table.get(layerId);
+    return layer !== undefined && !layer.deleting;
+  }
+
   // ---- durability
 
   /** Makes one page durable (FUA): its layer's file and map, and the layer table. */

@@ -73,6 +73,16 @@ export async function startWriters(nodes: TestNode[], volume: string, history: W
   };
 }
 
+/** The first `length` bytes of an export, read through `node`. */
+export async function readExport(node: TestNode, exportName: string, length: number): Promise<Buffer> {
+  const client = await connect(node, exportName);
+  try {
+    return Buffer.from(await client.read(0, length));
+  } finally {
+    await client.close();
+  }
+}
+
 /** The write id each of blocks 0..blocks-1 holds in an export. */
 export async function readStamps(node: TestNode, exportName: string, blocks: number): Promise<Map<number, number>> {
   const client = await connect(node, exportName);

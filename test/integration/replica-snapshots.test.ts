@@ -1,101 +1,103 @@
-// Snapshots of a volume with two copies on three real nodes: hold-mode cuts taken while writers
-// run through every node are crash-consistent and byte-identical on every copy; clones, rollback
-// and archives cover every copy (archives read each page once); what is not supported yet
-// (timestamp mode, page moves) is refused with one line.
+// Snapshots of a volume with two copies on three real nodes: hold- and timestamp-mode cuts taken
+// while writers run through every node are crash-consistent on every copy and byte-identical
+// (in timestamp mode the primary's clock decides each write's side of the cut on every copy);
+// clones, rollback and archives cover every copy (archives read each page once); what is not
+// supported yet (page moves) is refused with one line.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { adminRequest } from "../../cmd/_cli.ts";
-import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 import { BLOCK_BYTES, checkCut, WriteHistory } from "./_cut-checker.ts";
-import { readStamps, startWriters } from "./_writers.ts";
-import { run, TestCluster, type TestNode } from "./_cluster.ts";
+import { readExport, readStamps, startWriters } from "./_writers.ts";
+import { freePort, run, TestCluster, type TestNode } from "./_cluster.ts";
+import { scrape, sumOf } from "./_prometheus.ts";
 
 const PAGE = 64 * 1024; // small pages: the written region spans pages of every node
 const BLOCKS = 256; // 1 MiB written region, 16 pages
 const SNAPSHOTS = 30;
 
 let cluster: TestCluster;
+const metricsAddresses: string[] = [];
 
 beforeAll(async () => {
+  for (let index = 0; index < 3; index++) metricsAddresses.push(`127.0.0.1:${await freePort()}`);
   // Replicated writes wait 5 ms at each replica: a primary that said ready before its replicas
-  // had its writes would give them cuts without those writes, and the copies would differ.
-  cluster = await TestCluster.start(3, { SHOAL_REPLICA_DELAY_MS: "5" });
+  // had its writes would give them cuts without those writes, and the copies would differ; in
+  // timestamp mode, writes reach a replica after its own clock has cut.
+  cluster = await TestCluster.start(3, { SHOAL_REPLICA_DELAY_MS: "5" }, (index) => ["--metrics", metricsAddresses[index]!]);
 });
 afterAll(async () => {
   await cluster?.stop();
 });
-
-async function readAll(node: TestNode, exportName: string, length: number): Promise<Buffer> {
-  const client = await NbdClient.connect({ host: "127.0.0.1", port: node.nbdPort, exportName });
-  try {
-    return Buffer.from(await client.read(0, length));
-  } finally {
-    await client.close();
-  }
-}
 
 /**
  * Each node reads its own copy of every page it holds one of (and the primary's of the rest):
  * three identical reads mean every copy of every page is identical.
  */
 async function expectSameOnEveryCopy(exportName: string, length: number): Promise<Buffer> {
-  const reads = await Promise.all(cluster.nodes.map((node) => readAll(node, exportName, length)));
+  const reads = await Promise.all(cluster.nodes.map((node) => readExport(node, exportName, length)));
   for (const read of reads.slice(1)) expect(read.equals(reads[0]!)).toBe(true);
   return reads[0]!;
 }
 
-describe("hold-mode snapshots of a volume with two copies", () => {
-  test(`${SNAPSHOTS} snapshots under writers on every node are crash-consistent cuts, identical on every copy`, async () => {
-    const created = await cluster.shoal(["volume", "create", "load", "--size", "4M", "--page-size", `${PAGE}`, "--replicas", "2"]);
-    expect(created.exitCode).toBe(0);
-    const history = new WriteHistory();
-    const writers = await startWriters(cluster.nodes, "load", history, { writersPerNode: 2, blocks: BLOCKS });
-    const verdicts: string[] = [];
-    const distinctCuts = new Set<string>();
-    let failures = 0;
-    let queued = 0;
-    try {
-      for (let index = 0; index < SNAPSHOTS; index++) {
-        const coordinator = cluster.nodes[index % cluster.nodes.length]!;
-        try {
-          const result = await adminRequest(coordinator.meshAddress, "admin.snap.create", { volumes: ["load"], name: `s${index}`, mode: "hold", holdTimeoutMs: 2000 });
-          for (const hold of Object.values(result.holds as Record<string, { queued: number }>)) queued += hold.queued;
-        } catch (err) {
-          failures++;
-          console.log(`snapshot s${index} failed cleanly: ${(err as Error).message}`);
-          continue;
-        }
-        const stamps = await readStamps(cluster.nodes[(index + 1) % 3]!, `load@s${index}`, BLOCKS);
-        distinctCuts.add([...stamps.values()].join(","));
-        const verdict = checkCut(history, stamps);
-        if (!verdict.ok) verdicts.push(`snapshot s${index} is not a cut: ${verdict.reason}`);
-      }
-    } finally {
-      const { errors, firstError } = await writers.stop();
-      expect(firstError).toBeUndefined();
-      expect(errors).toBe(0);
-    }
-    console.log(`${SNAPSHOTS - failures} snapshots of an R=2 volume checked, ${failures} refused, ${history.writes.size} writes, ${distinctCuts.size} distinct cuts, ${queued} requests held`);
-    expect(verdicts).toEqual([]);
-    expect(failures).toBeLessThanOrEqual(SNAPSHOTS / 10);
-    expect(distinctCuts.size).toBeGreaterThan((SNAPSHOTS - failures) * 0.9);
-    expect(queued).toBeGreaterThan(0);
-    // The snapshot layers: every copy of every page holds the same bytes, snapshot by snapshot.
-    for (let index = 0; index < SNAPSHOTS; index++) {
-      const listed = await cluster.shoal(["snap", "list", "load", "--json"]);
-      if (!(JSON.parse(listed.stdout).snapshots as { name: string }[]).some((s) => s.name === `s${index}`)) continue;
-      await expectSameOnEveryCopy(`load@s${index}`, BLOCKS * BLOCK_BYTES);
-    }
-    await expectSameOnEveryCopy("load", 4 * 1024 * 1024);
-  });
+const scrapeAll = () => Promise.all(metricsAddresses.map((address) => scrape(address)));
+const writesUnderCut = async () => (await scrapeAll()).reduce((sum, samples) => sum + sumOf(samples, "shoal_replica_writes_under_cut_total", {}), 0);
 
-  test("timestamp mode on a replicated volume is refused with one line and exit 2", async () => {
-    const refused = await cluster.shoal(["snap", "create", "load", "--name", "t1", "--mode", "timestamp"]);
-    expect(refused.exitCode).toBe(2);
-    expect(refused.stderr).toContain("volume 'load' keeps 2 copies of each page: timestamp-mode snapshots of replicated volumes are not supported yet; use --mode hold");
-    expect(refused.stderr.trim().split("\n")).toHaveLength(1);
-  });
+describe("snapshots of a volume with two copies, in both modes", () => {
+  for (const mode of ["hold", "timestamp"] as const) {
+    test(`${SNAPSHOTS} ${mode}-mode snapshots under writers on every node are crash-consistent cuts, identical on every copy`, async () => {
+      const volume = `load-${mode}`;
+      const created = await cluster.shoal(["volume", "create", volume, "--size", "4M", "--page-size", `${PAGE}`, "--replicas", "2"]);
+      expect(created.exitCode).toBe(0);
+      const underBefore = await writesUnderCut();
+      const history = new WriteHistory();
+      const writers = await startWriters(cluster.nodes, volume, history, { writersPerNode: 2, blocks: BLOCKS });
+      const verdicts: string[] = [];
+      const distinctCuts = new Set<string>();
+      let failures = 0;
+      let queued = 0;
+      try {
+        for (let index = 0; index < SNAPSHOTS; index++) {
+          const coordinator = cluster.nodes[index % cluster.nodes.length]!;
+          try {
+            const result = await adminRequest(coordinator.meshAddress, "admin.snap.create", { volumes: [volume], name: `s${index}`, mode, holdTimeoutMs: 2000 });
+            for (const hold of Object.values((result.holds ?? {}) as Record<string, { queued: number }>)) queued += hold.queued;
+          } catch (err) {
+            failures++;
+            console.log(`snapshot s${index} failed cleanly: ${(err as Error).message}`);
+            continue;
+          }
+          // Every node reads its own copy of the pages it holds: each copy's snapshot is checked.
+          for (const node of cluster.nodes) {
+            const stamps = await readStamps(node, `${volume}@s${index}`, BLOCKS);
+            distinctCuts.add([...stamps.values()].join(","));
+            const verdict = checkCut(history, stamps);
+            if (!verdict.ok) verdicts.push(`snapshot s${index} read through ${node.id} is not a cut: ${verdict.reason}`);
+          }
+        }
+      } finally {
+        const { errors, firstError } = await writers.stop();
+        expect(firstError).toBeUndefined();
+        expect(errors).toBe(0);
+      }
+      const under = (await writesUnderCut()) - underBefore;
+      console.log(`${SNAPSHOTS - failures} ${mode}-mode snapshots of an R=2 volume checked on every copy, ${failures} refused, ${history.writes.size} writes, ${distinctCuts.size} distinct cuts, ${queued} requests held, ${under} replicated writes applied under a cut`);
+      expect(verdicts).toEqual([]);
+      expect(failures).toBeLessThanOrEqual(SNAPSHOTS / 10);
+      expect(distinctCuts.size).toBeGreaterThan((SNAPSHOTS - failures) * 0.9);
+      if (mode === "hold") expect(queued).toBeGreaterThan(0);
+      // The snapshot layers: every copy of every page holds the same bytes, snapshot by snapshot.
+      const listed = JSON.parse((await cluster.shoal(["snap", "list", volume, "--json"])).stdout).snapshots as { name: string }[];
+      for (let index = 0; index < SNAPSHOTS; index++) {
+        if (!listed.some((s) => s.name === `s${index}`)) continue;
+        await expectSameOnEveryCopy(`${volume}@s${index}`, BLOCKS * BLOCK_BYTES);
+      }
+      await expectSameOnEveryCopy(volume, 4 * 1024 * 1024);
+      // Replicated writes wait 5 ms at each replica: some reach it after its own cut, and go under.
+      if (mode === "timestamp") expect(under).toBeGreaterThan(0);
+      else expect(under).toBe(0);
+    }, 60_000);
+  }
 });
 
 describe("clones, rollback, archives and moves of a volume with two copies", () => {
@@ -119,7 +121,7 @@ describe("clones, rollback, archives and moves of a volume with two copies", () 
     expect(content.equals(Buffer.alloc(24 * MiB, 0x61))).toBe(true);
     const victim = cluster.nodes[1]!;
     await victim.kill9();
-    for (const node of [cluster.nodes[0]!, cluster.nodes[2]!]) expect((await readAll(node, "c", 24 * MiB)).equals(content)).toBe(true);
+    for (const node of [cluster.nodes[0]!, cluster.nodes[2]!]) expect((await readExport(node, "c", 24 * MiB)).equals(content)).toBe(true);
     await victim.start();
     await cluster.waitConverged();
   });
@@ -133,7 +135,7 @@ describe("clones, rollback, archives and moves of a volume with two copies", () 
     expect(pages).toHaveLength(6);
     expect(fs.statSync(file).size).toBeLessThan(25 * MiB);
     expect((await cluster.shoal(["archive", "restore", "back", "--create", "-i", file])).exitCode).toBe(0);
-    expect((await readAll(cluster.nodes[2]!, "back", 24 * MiB)).equals(Buffer.alloc(24 * MiB, 0x61))).toBe(true);
+    expect((await readExport(cluster.nodes[2]!, "back", 24 * MiB)).equals(Buffer.alloc(24 * MiB, 0x61))).toBe(true);
   });
 
   test("a rollback resets every copy", async () => {

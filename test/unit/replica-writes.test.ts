@@ -1,11 +1,13 @@
 // A replica's side of a replicated write, against a stand-in group and store: it applies only a
 // write routed by its own routing version for a page it keeps a copy of, makes a FUA write
 // durable before answering, and lets a write its primary applied after a cut it still holds for
-// wait for its own cut of that snapshot (and no other).
+// wait for its own cut of that snapshot (and no other); in timestamp mode a write goes on the side
+// of each cut its primary's decision names.
 import { describe, expect, test } from "bun:test";
 import { newVolumeRecord, type VolumeRecord } from "../../core/cluster/volume.ts";
 import { HoldQueue } from "../../core/snapshot/hold-queue.ts";
 import type { PageStore } from "../../core/store/page-store.ts";
+import type { RecentCut } from "../../core/snapshot/recent-cuts.ts";
 import { Payload } from "../../transport/mesh/frame.ts";
 import type { Group } from "../../transport/mesh/group.ts";
 import { ReplicaWrites, ReplicationsInFlight } from "../../transport/node/replica-writes.ts";
@@ -25,15 +27,25 @@ function replicaOn(self: string) {
     dirtyLimitBytes: 1 << 30,
     write: (layer: string, page: number, at: number, data: Uint8Array) => written.push(`${layer} page ${page} +${at} ${data.byteLength}`),
     zero: (layer: string, page: number, at: number, length: number) => written.push(`${layer} page ${page} +${at} zero ${length}`),
+    writeUnder: (layer: string, page: number, at: number, data: Uint8Array) => written.push(`${layer} page ${page} +${at} ${data.byteLength} under`),
+    zeroUnder: (layer: string, page: number, at: number, length: number) => written.push(`${layer} page ${page} +${at} zero ${length} under`),
     syncPage: async (_layer: string, page: number) => void synced.push(page),
     writeBack: async () => {},
   } as unknown as PageStore;
   const group = { selfId: self, volumeByUid: (uid: string) => (uid === record.uid ? record : undefined) } as unknown as Group;
   const holds = new HoldQueue(16, () => {}, () => 0);
-  const replica = new ReplicaWrites(group, store, { holds, recentCuts: () => [] }, new ReplicationsInFlight(), "boot1", noMembers);
+  const decisions: RecentCut[][] = [];
+  // Once `t1Unfinished`, this replica has cut snapshot "t1" (timestamp mode) and not finished it: a write whose primary had not cut it goes under it.
+  const snapshot = { t1Unfinished: false };
+  const replicaLayer = (_volume: string, uid: string, cutBefore: readonly RecentCut[]) => {
+    decisions.push([...cutBefore]);
+    return snapshot.t1Unfinished && !cutBefore.some((cut) => cut.snapshotId === "t1") ? `${uid}@t1` : uid;
+  };
+  const snapshots = { holds, recentCuts: () => [], replicaLayer };
+  const replica = new ReplicaWrites(group, store, snapshots, new ReplicationsInFlight(), "boot1", noMembers);
   const send = (args: Record<string, unknown>, bytes = 4096) =>
     Promise.resolve().then(() => replica.handle("page.replicate", { v: record.uid, rv: record.routing.version, o: 0, ...args }, Payload.of(args.n === undefined ? new Uint8Array(bytes) : new Uint8Array(0))));
-  return { record, written, synced, holds, send };
+  return { record, written, synced, holds, send, decisions, snapshot };
 }
 
 describe("a replica applying its primary's writes", () => {
@@ -72,5 +84,15 @@ describe("a replica applying its primary's writes", () => {
     await afterX;
     expect(written).toHaveLength(3);
     expect(holds.isHeld("v")).toBe(true); // still held for y, which the write came before
+  });
+
+  test("a timestamp-mode write goes where its primary's cuts put it: under a cut this replica made and the primary had not, with the cut times it names", async () => {
+    const { written, send, decisions, snapshot } = replicaOn("b");
+    snapshot.t1Unfinished = true;
+    await send({ p: 0, o: 4096 }); // the primary had not cut t1; this replica has
+    await send({ p: 0, o: 8192, n: 4096, c: ["h0"] });
+    await send({ p: 0, o: 12288, c: ["h0", "t1"], ct: [-1, 1234] }); // after both cuts at the primary
+    expect(written).toEqual(["uid-v@t1 page 0 +4096 4096 under", "uid-v@t1 page 0 +8192 zero 4096 under", "uid-v page 0 +12288 4096"]);
+    expect(decisions).toEqual([[], [{ snapshotId: "h0" }], [{ snapshotId: "h0" }, { snapshotId: "t1", cutAtMs: 1234 }]]);
   });
 });

@@ -215,6 +215,44 @@ describe("timestamp mode", () => {
     expect(c.onMessage("x", { type: "snap.allcut", snapshotId: "a.1" }, cutAtMs)).toEqual([]);
   });
 
+  test("a replica cuts when its primary's write says the primary cut first: armed, or before its own take came (at the primary's T); unfinished cuts are listed until the commit", () => {
+    const h = new Harness(["a", "b", "c"], 5);
+    h.start("a", "a.1", "timestamp", ["a", "b", "c"]);
+    h.drop = (m) => m.to === "c" && m.msg.type === "snap.take"; // c's take is late
+    h.pump();
+    const cutAtMs = (h.sent("snap.take")[0] as { cutAtMs: number }).cutAtMs;
+    const b = h.participants.get("b")!;
+    const c = h.participants.get("c")!;
+    expect(b.unfinishedTimestampCuts()).toEqual(new Set());
+    // b is armed for T, its clock before T: a write whose primary cut a.1 makes it cut now, fenced.
+    const cutB = b.cutForPrimary("a.1", cutAtMs, cutAtMs - 3);
+    expect(cutB.map((e) => (e.kind === "send" ? e.msg.type : e.kind))).toEqual(["cut", "snap.cut", "snap.taken"]);
+    expect(b.beforeWrite("db", cutAtMs - 2).fences).toEqual(["a.1"]);
+    expect(b.unfinishedTimestampCuts()).toEqual(new Set(["a.1"]));
+    expect(b.cutForPrimary("a.1", cutAtMs, cutAtMs - 1)).toEqual([]); // cut already
+    // c is only prepared (no take yet): it cuts at the primary's T.
+    const cutC = c.cutForPrimary("a.1", cutAtMs, cutAtMs - 3);
+    expect(cutC[0]).toMatchObject({ kind: "cut", record: { cutAtMs } });
+    expect(c.cutForPrimary("x.9", cutAtMs, cutAtMs)).toEqual([]); // a snapshot it does not know
+    h.apply("b", cutB);
+    h.apply("c", cutC);
+    h.drop = () => false;
+    h.nowMs = cutAtMs;
+    h.tick("a");
+    h.pump();
+    expect(h.done("a.1")).toMatchObject({ ok: true });
+    expect(b.unfinishedTimestampCuts()).toEqual(new Set());
+    expect(c.unfinishedTimestampCuts()).toEqual(new Set());
+  });
+
+  test("a hold-mode snapshot is never cut for a primary's write (the replica's hold queue orders those)", () => {
+    const h = new Harness(["a", "b"]);
+    h.start("a", "a.1", "hold", ["a", "b"]);
+    h.drop = (m) => m.msg.type === "snap.take";
+    h.pump();
+    expect(h.participants.get("b")!.cutForPrimary("a.1", 1000, 1000)).toEqual([]);
+  });
+
   test("cuts at the first write stamped at or after T, and commit-waits writes after the cut", () => {
     const h = new Harness(["a", "b"], 5);
     h.offsets.set("b", 4);

@@ -15,6 +15,37 @@ function layerFiles(dir: string): string[] {
 }
 
 describe("PageStore v2 layers", () => {
+  test("a write under a snapshot (a replicated write its primary applied before its cut) shows in the snapshot and through the head, and survives a reopen", () => {
+    const dir = tempDir();
+    let store = new PageStore({ dir, chunkSizeBytes: 64 * KiB });
+    const pageBytes = 256 * KiB;
+    const random = prng(11);
+    const before = random.bytes(pageBytes);
+    store.write("v", 0, 0, before, pageBytes);
+    store.write("v", 1, 0, before, pageBytes);
+    store.freezeLayer("v", "v@s1");
+    const late = random.bytes(4 * KiB);
+    const after = random.bytes(4 * KiB);
+    store.writeUnder("v@s1", 0, 70_000, late, pageBytes); // a page the head has no copy of
+    store.zeroUnder("v@s1", 1, 0, 8 * KiB, pageBytes);
+    store.write("v", 0, 140_000, after, pageBytes); // a later write, in the head
+    const model = new LayerModel(pageBytes, 2);
+    for (const layer of ["v@s1", "v"]) {
+      for (const page of [0, 1]) model.write(layer, page, 0, before);
+      model.write(layer, 0, 70_000, late);
+      model.write(layer, 1, 0, new Uint8Array(8 * KiB));
+    }
+    model.write("v", 0, 140_000, after);
+    expectLayerReads(store, model, "v@s1");
+    expectLayerReads(store, model, "v");
+    return store.flush().then(() => {
+      store = reopen(store, dir, { chunkSizeBytes: 64 * KiB });
+      expectLayerReads(store, model, "v@s1");
+      expectLayerReads(store, model, "v");
+      store.close();
+    });
+  });
+
   test("a snapshot keeps every byte of a chunk the head then overwrites in part; only that chunk is copied", () => {
     const dir = tempDir();
     const store = new PageStore({ dir, chunkSizeBytes: 64 * KiB });

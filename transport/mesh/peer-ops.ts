@@ -18,6 +18,8 @@ export const PEER_OPS = {
   "move.install": { stepId: text(), v: text(), p: count(), last: optional(flag()), layers: optional(listOf(exportedLayer)), pieces: listOf(shippedPiece) },
   /** Make the step's installed pages durable; `final: false` is the precopy round's. */
   "move.seal": { stepId: text(), final: optional(flag()) },
+  /** Bytes of a replica catch-up copy too large for one message, staged under `k` until the copy (volume uid `u`) comes. */
+  "replica.stage": { u: text(), k: text() },
   /** The held bytes behind `ref`, one piece from `offset`. */
   "catalog.piece": { ref: text(), offset: count() },
   /** Pages of layer `l` (the head without it) of volume uid `v` that differ from layer `since`. */
@@ -29,6 +31,18 @@ export const PEER_OPS = {
 } as const satisfies Record<string, Schema>;
 
 export type PeerOp = keyof typeof PEER_OPS;
+/**
+ * What a replica's catch-up copy or join (`replica.msg`) carries beside the member's message: the
+ * family's layer stack at the source, each page's pieces (their bytes follow in order, first
+ * those staged under `k` by `replica.stage`, then the message's payload).
+ */
+export const CATCH_UP_ARGS = { xl: listOf(exportedLayer), x: listOf({ p: count(), pieces: listOf(shippedPiece) }), k: optional(text()) };
+export type CatchUpArgs = ArgsOfSchema<typeof CATCH_UP_ARGS>;
+
+export function readCatchUpArgs(args: FrameHeader): CatchUpArgs {
+  return readOpArgs("replica.msg", CATCH_UP_ARGS, args, "ignore");
+}
+
 export type PeerArgs<Op extends PeerOp> = ArgsOfSchema<(typeof PEER_OPS)[Op]>;
 
 /** The arguments of peer operation `op`, typed, or BAD_ARGUMENT naming the one missing or mistyped. */

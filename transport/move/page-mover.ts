@@ -350,7 +350,7 @@ function splitPieces(pieces: PagePiece[]): PagePiece[][] {
 }
 
 /** Cuts a run of byte arrays into consecutive pieces of the given lengths, as views. */
-function splitParts(parts: Uint8Array[], lengths: number[]): Uint8Array[][] {
+export function splitParts(parts: Uint8Array[], lengths: number[]): Uint8Array[][] {
   const pieces: Uint8Array[][] = [];
   let index = 0;
   let offset = 0;

@@ -44,7 +44,7 @@ export function meshRequests(tls: TlsIdentity | undefined, group: () => Group | 
 
 function answer({ snapshots, router, mover, admin, replicaHost }: NodeServices, connection: MeshConnection, op: string, args: FrameHeader, payload: Payload): Reply | Promise<Reply> {
   if (op === "snap.msg") return { result: snapshots.onMessage(connection.peerId!, args) };
-  if (op === "replica.msg") return replicaHost.handle(op, connection.peerId!, args, payload)!;
+  if (op === "replica.msg" || op === "replica.stage") return replicaHost.handle(op, connection.peerId!, args, payload)!;
   if (op === "snap.rollback") {
     const { uid, layer } = readPeerArgs(op, args);
     return snapshots.rollbackLocal(uid, layer).then(() => ({}));

@@ -20,13 +20,13 @@ import type { Group } from "../mesh/group.ts";
 import type { MeshLog } from "../mesh/mesh.ts";
 import type { Reply } from "../mesh/mesh-connection.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
+import { snapshotKey } from "../../core/snapshot/snapshot-record.ts";
+import { CATCH_UP_MESSAGE_BYTES_MAX, ReplicaPages, type ReceivedPages } from "./replica-pages.ts";
 import type { ReplicaSetsReport } from "../admin/admin-results.ts";
 
 export const DEFAULT_REPLICA_TIMEOUT_MS = 3000;
 /** Records appended per volume before they are folded into one stored form (bounds the boot's replay). */
 const RECORDS_BEFORE_COMPACTION = 20_000;
-/** A copy or join message carries at most this many bytes of page data (a frame holds 32 MiB). */
-const COPY_MESSAGE_BYTES_MAX = 16 * 1024 * 1024;
 
 export interface ReplicaHostOptions {
   group: Group;
@@ -35,6 +35,8 @@ export interface ReplicaHostOptions {
   log: MeshLog;
   /** A replica not heard from for this long is dropped from its sets (--replica-timeout). */
   timeoutMs: number;
+  /** A snapshot of the volume is prepared or cut here and not finished: catch-up copies and joins wait for it. */
+  snapshotUnderWay: (volume: string) => boolean;
 }
 
 /** One replicated volume's member and what the host keeps beside it. */
@@ -68,7 +70,11 @@ export class ReplicaHost {
   private readonly writtenAway = nodeMetrics.registry.counter("shoal_replica_away_written_bytes_total", "bytes written to page groups while one of their replicas was away (noted in away maps)").with();
   private readonly copiedBytes = nodeMetrics.registry.counter("shoal_replica_resync_bytes_total", "page bytes this node sent to bring a returning replica up to date, by kind", ["kind"]);
 
-  constructor(private readonly options: ReplicaHostOptions) {}
+  private readonly pages: ReplicaPages;
+
+  constructor(private readonly options: ReplicaHostOptions) {
+    this.pages = new ReplicaPages(options.store, options.log, options.group.selfId);
+  }
 
   get timeoutMs(): number {
     return this.options.timeoutMs;
@@ -126,10 +132,10 @@ export class ReplicaHost {
       heartbeatIntervalMs: Math.max(100, Math.min(500, this.options.timeoutMs / 4)),
       suspectAfterMs: this.options.timeoutMs,
       policyIntervalMs: Math.max(50, Math.min(250, this.options.timeoutMs / 8)),
-      copyBatchChunks: Math.max(1, Math.floor(COPY_MESSAGE_BYTES_MAX / record.pageSizeBytes / 2)),
+      copyBatchChunks: Math.max(1, Math.floor(CATCH_UP_MESSAGE_BYTES_MAX / record.pageSizeBytes / 2)),
       copyBatchesInFlight: 4,
       copyTimeoutMs: Math.max(2000, this.options.timeoutMs * 2),
-      joinChunksMax: Math.max(1, Math.floor(COPY_MESSAGE_BYTES_MAX / record.pageSizeBytes)),
+      joinChunksMax: Math.max(1, Math.floor(CATCH_UP_MESSAGE_BYTES_MAX / record.pageSizeBytes)),
       proposer: { attemptTimeoutMs: Math.max(200, this.options.timeoutMs / 4), backoffMs: 100, maxAttempts: 8 },
       random: Math.random,
     };
@@ -173,8 +179,15 @@ export class ReplicaHost {
 
   // ---- the mesh
 
-  /** `replica.msg` from a peer: { u: volume uid, m: the message }, with page data for a copy or a join. */
+  /**
+   * `replica.msg` from a peer: { u: volume uid, m: the message }, with page data for a copy or a
+   * join (every layer of each page, replica-pages.ts); `replica.stage`: a piece of a large one.
+   */
   handle(op: string, from: string, args: FrameHeader, payload: Payload): Reply | undefined {
+    if (op === "replica.stage") {
+      this.pages.stage(args, payload);
+      return {};
+    }
     if (op !== "replica.msg") return undefined;
     const hosted = typeof args.u === "string" ? this.hosted.get(args.u) : undefined;
     if (hosted === undefined) return {};
@@ -190,8 +203,28 @@ export class ReplicaHost {
     // early (this node has not learned yet that it was dropped). Neither may be applied, nor
     // confirmed: unconfirmed, the source sends it again, by when this node knows its table.
     if (message.kind === "copy" && this.syncedMember(hosted, message.group)) return {};
-    this.carryOut(hosted, hosted.member.step({ kind: "message", nowMs: Date.now(), from, message }), payload);
+    let received: ReceivedPages | undefined;
+    if (message.kind === "copy" || message.kind === "join") {
+      received = this.catchUpPages(hosted, `a ${message.kind} of '${hosted.name}' group ${message.group} from ${from}`, args, payload);
+      // Not applied (a snapshot is being cut here, or the copy is not whole or predates one):
+      // unconfirmed, a copy is sent again after its timeout, and a joiner asks for its join again.
+      if (received === undefined) return {};
+    }
+    this.carryOut(hosted, hosted.member.step({ kind: "message", nowMs: Date.now(), from, message }), received);
     return {};
+  }
+
+  /**
+   * A copy's pages, once its layers can go where the source has them: never while a snapshot of
+   * the volume is being cut here (a page installed between this node's cut and the source's
+   * would land on the wrong side of it), and only over a stack of snapshot layers levelled with
+   * the source's (snapshots cut while this copy was away are taken from its head first).
+   */
+  private catchUpPages(hosted: Hosted, what: string, args: FrameHeader, payload: Payload): ReceivedPages | undefined {
+    if (this.options.snapshotUnderWay(hosted.name)) return undefined;
+    const received = this.pages.received(what, args, payload);
+    if (received === undefined || !this.pages.levelLayers(what, hosted.uid, received, (layerId) => this.deletedSnapshotLayer(layerId))) return undefined;
+    return received;
   }
 
   /** The mesh heard a peer (a heartbeat answer) or lost its link: suspicion follows in every member. */
@@ -339,7 +372,7 @@ export class ReplicaHost {
 
   // ---- one Ready, in the order replica-member.ts asks of a host
 
-  private carryOut(hosted: Hosted, ready: MemberReady, data?: Payload): void {
+  private carryOut(hosted: Hosted, ready: MemberReady, data?: ReceivedPages): void {
     if (this.hosted.get(hosted.uid) !== hosted) return;
     this.writeRecords(hosted, ready.records);
     const synced = this.applyChunks(hosted, ready, data);
@@ -375,7 +408,7 @@ export class ReplicaHost {
   }
 
   /**
-   * A copy's or join's page data, chunk by chunk as the message carried it. Applied in step order
+   * A copy's or join's pages, each with all its layers as the message carried them. Applied in step order
    * with this node's writes (one thread: the step and the apply happen together). A copy never
    * reaches a group where this node is a synced member (handle drops it): a resync source sends
    * copies only to nodes out of the set and adds one back only through a join taken after it
@@ -383,23 +416,25 @@ export class ReplicaHost {
    * while its group refuses writes here ("joining", fence.ts), so no write it could undo has been
    * applied. Returns the page sync the durability report must wait for.
    */
-  private applyChunks(hosted: Hosted, ready: MemberReady, data: Payload | undefined): Promise<void> | undefined {
+  private applyChunks(hosted: Hosted, ready: MemberReady, data: ReceivedPages | undefined): Promise<void> | undefined {
     let synced: Promise<void> | undefined;
     for (const apply of ready.applies) {
       if (apply.kind === "write") continue;
-      const bytes = data?.byteLength ?? 0;
-      if (bytes !== apply.chunks.length * hosted.pageSizeBytes) {
-        this.options.log.warn(`a ${apply.kind} of '${hosted.name}' group ${apply.group} carried ${bytes} bytes for ${apply.chunks.length} pages; ignored`);
+      const pages = apply.chunks.map((chunk) => pageOfChunk(hosted.groups, apply.group, chunk));
+      const missing = pages.filter((page) => !data?.pages.has(page));
+      if (data === undefined || missing.length > 0) {
+        this.options.log.warn(`a ${apply.kind} of '${hosted.name}' group ${apply.group} came without pages ${missing.join(", ")}; ignored`);
         continue;
       }
-      const whole = Payload.concat(data!.parts);
-      apply.chunks.forEach((chunk, index) => {
-        const page = pageOfChunk(hosted.groups, apply.group, chunk);
-        this.options.store.write(hosted.uid, page, 0, whole.subarray(index * hosted.pageSizeBytes, (index + 1) * hosted.pageSizeBytes), hosted.pageSizeBytes);
-      });
-      synced = this.options.store.flushVolume(hosted.uid);
+      synced = this.pages.install(hosted.uid, data, pages);
     }
     return synced;
+  }
+
+  /** A snapshot layer whose snapshot the group records as deleted (one it does not know of yet is not). */
+  private deletedSnapshotLayer(layerId: string): boolean {
+    const at = layerId.indexOf("@");
+    return at >= 0 && this.options.group.snapshots.get(snapshotKey({ volumeUid: layerId.slice(0, at), snapshotId: layerId.slice(at + 1) }))?.deleted === true;
   }
 
   private syncedMember(hosted: Hosted, group: number): boolean {
@@ -428,23 +463,21 @@ export class ReplicaHost {
       queueMicrotask(() => this.carryOut(hosted, hosted.member.step({ kind: "message", nowMs: Date.now(), from: to, message })));
       return;
     }
-    let payload: Uint8Array | undefined;
-    if (message.kind === "copy" || message.kind === "join") {
-      payload = this.readChunks(hosted, message.group, message.chunks);
-      hosted.bytesCopied += payload.byteLength;
-      this.copiedBytes.with(message.kind).inc(payload.byteLength);
-    }
     const link = this.options.group.links.get(to);
+    const args: FrameHeader = { u: hosted.uid, m: message as unknown as FrameHeader };
     // Fire and forget: the protocol resends what matters (copies time out, tables repeat).
-    link?.request("replica.msg", { u: hosted.uid, m: message as unknown as FrameHeader }, payload, this.options.timeoutMs * 4).catch(() => {});
-  }
-
-  /** The named chunks' pages, whole, one after another (a page the store does not hold reads as zeros). */
-  private readChunks(hosted: Hosted, group: number, chunks: number[]): Uint8Array {
-    const size = hosted.pageSizeBytes;
-    const out = new Uint8Array(chunks.length * size);
-    chunks.forEach((chunk, index) => this.options.store.read(hosted.uid, pageOfChunk(hosted.groups, group, chunk), 0, size, out, index * size));
-    return out;
+    const send = (op: string, sent: FrameHeader, payload?: Uint8Array) => link?.request(op, sent, payload, this.options.timeoutMs * 4).catch(() => {});
+    if (message.kind !== "copy" && message.kind !== "join") return void send("replica.msg", args);
+    // A joiner is not let in while a snapshot of the volume is under way here (every up-to-date
+    // copy takes part in it): it would take writes without having cut. It asks again.
+    if (message.kind === "join" && this.options.snapshotUnderWay(hosted.name)) return;
+    const pages = message.chunks.map((chunk) => pageOfChunk(hosted.groups, message.group, chunk));
+    const outgoing = this.pages.export(hosted.uid, pages);
+    hosted.bytesCopied += outgoing.bytes;
+    this.copiedBytes.with(message.kind).inc(outgoing.bytes);
+    // In order on the one link: the staged pieces reach the receiver before the message.
+    for (const staged of outgoing.messages.slice(0, -1)) send("replica.stage", { u: hosted.uid, k: outgoing.args.k }, Payload.concat(staged));
+    send("replica.msg", { ...args, ...outgoing.args }, Payload.concat(outgoing.messages[outgoing.messages.length - 1]!));
   }
 
   /** Chunks of the group this node's store holds a page for: "every chunk" without listing a 64 TiB volume. */

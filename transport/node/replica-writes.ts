@@ -7,6 +7,7 @@ import { holdsCopy, ownerOf, replicasOf } from "../../core/cluster/routing.ts";
 import type { VolumeRecord } from "../../core/cluster/volume.ts";
 import type { PageStore } from "../../core/store/page-store.ts";
 import type { HoldQueue } from "../../core/snapshot/hold-queue.ts";
+import type { RecentCut } from "../../core/snapshot/recent-cuts.ts";
 import { Payload, type FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { Reply } from "../mesh/mesh-connection.ts";
@@ -18,7 +19,9 @@ import type { ReplicaHost } from "./replica-host.ts";
 export interface ReplicaHolds {
   readonly holds: HoldQueue;
   /** Snapshots this node has cut of the volume lately: a write it applies after them must not enter a replica's cut of them. */
-  recentCuts(volume: string): readonly string[];
+  recentCuts(volume: string): readonly RecentCut[];
+  /** The layer a replicated write goes into here, by the cuts its primary had made (cutting first what the primary cut first). */
+  replicaLayer(volume: string, uid: string, cutBefore: readonly RecentCut[]): string;
 }
 
 /**
@@ -88,8 +91,7 @@ export class ReplicaWrites {
     const args: FrameHeader = { v: record.uid, p: page, o: pageOffset, rv: record.routing.version };
     if (fua) args.f = true;
     if ("zeroBytes" in write) args.n = write.zeroBytes;
-    const cuts = this.snapshots.recentCuts(record.name);
-    if (cuts.length > 0) args.c = cuts as string[];
+    Object.assign(args, cutArgs(this.snapshots.recentCuts(record.name)));
     const payload = "parts" in write ? Payload.concat(write.parts) : undefined;
     const replicas = replicasOf(record.routing, page).slice(1);
     const sent = Promise.all(
@@ -120,29 +122,36 @@ export class ReplicaWrites {
   }
 
   private admit(record: VolumeRecord, page: number, pageOffset: number, args: FrameHeader, payload: Payload, zeroBytes: number | undefined, fua: boolean): Reply | Promise<Reply> {
-    const apply = () => this.apply(record, page, pageOffset, zeroBytes === undefined ? { parts: payload.parts } : { zeroBytes }, fua);
+    const cutBefore = cutsOf(args);
+    const apply = () => this.apply(record, page, pageOffset, zeroBytes === undefined ? { parts: payload.parts } : { zeroBytes }, fua, cutBefore);
     // A write the primary applied after its cut of a snapshot this node still holds for must
     // come after this node's cut too; any other write runs now, hold or not: the primary
     // admitted it before its own hold and waits for it before it says ready.
-    const after = Array.isArray(args.c) ? (args.c as unknown[]).filter((id): id is string => typeof id === "string") : [];
+    const after = cutBefore.map((cut) => cut.snapshotId);
     if (after.length > 0 && this.snapshots.holds.isHeldByAny(record.name, after)) return this.snapshots.holds.enqueue(record.name, apply, after);
     return apply();
   }
 
-  private apply(record: VolumeRecord, page: number, pageOffset: number, write: ReplicatedWrite, fua: boolean): Reply | Promise<Reply> {
-    const layer = record.uid;
+  private apply(record: VolumeRecord, page: number, pageOffset: number, write: ReplicatedWrite, fua: boolean, cutBefore: readonly RecentCut[]): Reply | Promise<Reply> {
     // The member's fence first (it refuses a set this node has left or a group it is still
     // joining), and its away maps note the write for the replicas that are out.
     const admitted = this.replicaHost.admitWrite(record, page, "parts" in write ? write.parts.reduce((sum, part) => sum + part.byteLength, 0) : write.zeroBytes);
+    // Timestamp mode: the primary's clock placed the write on one side of each cut; this copy
+    // places it on the same side (cutting first, or writing under a cut it has made already).
+    const layer = this.snapshots.replicaLayer(record.name, record.uid, cutBefore);
+    const under = layer !== record.uid;
+    if (under) writesUnderCut.inc();
     if ("parts" in write) {
       let at = pageOffset;
       for (const part of write.parts) {
-        this.store.write(layer, page, at, part, record.pageSizeBytes);
+        if (under) this.store.writeUnder(layer, page, at, part, record.pageSizeBytes);
+        else this.store.write(layer, page, at, part, record.pageSizeBytes);
         at += part.byteLength;
       }
       nodeMetrics.countPage("write", "peer", at - pageOffset);
     } else {
-      this.store.zero(layer, page, pageOffset, write.zeroBytes, record.pageSizeBytes);
+      if (under) this.store.zeroUnder(layer, page, pageOffset, write.zeroBytes, record.pageSizeBytes);
+      else this.store.zero(layer, page, pageOffset, write.zeroBytes, record.pageSizeBytes);
       nodeMetrics.countPage("zero", "peer", write.zeroBytes);
     }
     const answer = { result: { n: this.group.selfId, b: this.bootId } };
@@ -173,6 +182,39 @@ export class ReplicaWrites {
     }
     return { record, page, pageOffset };
   }
+}
+
+const writesUnderCut = nodeMetrics.registry
+  .counter("shoal_replica_writes_under_cut_total", "replicated writes this node applied under a timestamp-mode cut it had made, because their primary applied them before its own cut")
+  .with();
+
+/** T in `ct` for a hold-mode cut, which has none. */
+const NO_CUT_TIME = -1;
+
+/** Encoded once per list: RecentCuts hands out the same list until its next cut, and every replicated write names it. */
+const encodedCuts = new WeakMap<readonly RecentCut[], FrameHeader>();
+
+/** The cuts a primary had made as `page.replicate` carries them: `c` their ids, `ct` their times T (timestamp mode). */
+function cutArgs(cutBefore: readonly RecentCut[]): FrameHeader {
+  if (cutBefore.length === 0) return {};
+  let args = encodedCuts.get(cutBefore);
+  if (args !== undefined) return args;
+  args = { c: cutBefore.map((cut) => cut.snapshotId) };
+  if (cutBefore.some((cut) => cut.cutAtMs !== undefined)) args.ct = cutBefore.map((cut) => cut.cutAtMs ?? NO_CUT_TIME);
+  encodedCuts.set(cutBefore, args);
+  return args;
+}
+
+function cutsOf(args: FrameHeader): RecentCut[] {
+  const times = Array.isArray(args.ct) ? (args.ct as unknown[]) : [];
+  return stringsOf(args.c).map((snapshotId, index): RecentCut => {
+    const cutAtMs = times[index];
+    return typeof cutAtMs === "number" && cutAtMs !== NO_CUT_TIME ? { snapshotId, cutAtMs } : { snapshotId };
+  });
+}
+
+function stringsOf(value: unknown): string[] {
+  return Array.isArray(value) ? value.filter((item): item is string => typeof item === "string") : [];
 }
 
 /** The client's error when a replica did not apply the write: which copy, and that it was not acknowledged. */

@@ -243,7 +243,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
   const replications = new ReplicationsInFlight();
   const snapshots = new SnapshotService({ group, store, catalog, log, clockSkewMs, maxClockSkewMs: options.maxClockSkewMs, moveSteps, replications });
   const mover = new PageMover(group, store, log, snapshots, moveSteps);
-  const replicaHost = new ReplicaHost({ group, catalog, store, log, timeoutMs: options.replicaTimeoutMs ?? DEFAULT_REPLICA_TIMEOUT_MS });
+  const replicaHost = new ReplicaHost({ group, catalog, store, log, timeoutMs: options.replicaTimeoutMs ?? DEFAULT_REPLICA_TIMEOUT_MS, snapshotUnderWay: (volume) => snapshots.involves(volume) });
   undo.push(() => replicaHost.stop());
   const router = new VolumeRouter(group, store, snapshots, mover, replications, replicaHost, Number(process.env.SHOAL_REPLICA_DELAY_MS ?? 0));
   const nbd = new NbdServer({

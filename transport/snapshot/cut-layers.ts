@@ -66,7 +66,7 @@ export class CutLayers {
     // coordinator, never told "taken", aborts.
     const record: CutRecord = { ...effect.record, volumeUids: uids };
     const { snapshotId } = effect;
-    this.recent.note(snapshotId, effect.volumes);
+    this.recent.note(snapshotId, effect.volumes, effect.record.cutAtMs);
     nodeMetrics.cutStarted(snapshotId);
     return {
       durable: settleWith(() => {

@@ -2,7 +2,7 @@
 // its outcome, and the names split-phase snapshots (prepare, take, release) go by until they end.
 // The SnapshotService runs the coordinator; this keeps who waits for what, and checks a request.
 import { ShoalError } from "../../core/errors.ts";
-import { copiesMissing, copiesWhole, holders, replicaCount } from "../../core/cluster/routing.ts";
+import { holders } from "../../core/cluster/routing.ts";
 import type { SnapshotCoordinator, CoordinatorEffect, SnapshotResult } from "../../core/snapshot/snapshot-coordinator.ts";
 import type { DoneEffect } from "../../core/snapshot/snapshot-effect-runner.ts";
 import type { SnapshotMode } from "../../core/snapshot/snapshot-messages.ts";
@@ -124,15 +124,8 @@ export class SnapshotRequests {
     const routingVersions: Record<string, number> = {};
     for (const volume of new Set(request.volumes)) {
       const record = group.volume(volume);
-      if (request.mode === "timestamp" && replicaCount(record.routing) > 1) {
-        // Each replica would place a write by its own clock: one applied at the primary before T
-        // and at a replica after its cut would be in one copy of the snapshot and not the other.
-        throw new ShoalError(
-          "BAD_ARGUMENT",
-          `volume '${volume}' keeps ${replicaCount(record.routing)} copies of each page: timestamp-mode snapshots of replicated volumes are not supported yet; use --mode hold`,
-        );
-      }
-      if (!copiesWhole(record.routing)) throw copiesMissing(volume, "take the snapshot");
+      // A copy that is away is in no set and no participant: it takes the snapshot's layer with
+      // its catch-up copies when it returns (replica-pages.ts).
       routingVersions[volume] = record.routing.version;
       if (group.liveSnapshots(volume).some((snapshot) => snapshot.name === request.name)) {
         throw new ShoalError("SNAPSHOT_EXISTS", `volume '${volume}' already has a snapshot '${request.name}'`);

@@ -5,7 +5,9 @@
 import type { Catalog } from "../../core/cluster/catalog.ts";
 import { asShoalError, ShoalError } from "../../core/errors.ts";
 import { HoldQueue } from "../../core/snapshot/hold-queue.ts";
-import { RecentCuts } from "../../core/snapshot/recent-cuts.ts";
+import { RecentCuts, type RecentCut } from "../../core/snapshot/recent-cuts.ts";
+import { placeReplicatedWrite } from "../../core/snapshot/replicated-write-placement.ts";
+import { snapshotLayerId, type CutRecord, type SnapshotRecord } from "../../core/snapshot/snapshot-record.ts";
 import type { PageStore } from "../../core/store/page-store.ts";
 import { settleWith } from "../../core/snapshot/durability-gate.ts";
 import { SnapshotCoordinator, type CoordinatorEffect, type SnapshotResult } from "../../core/snapshot/snapshot-coordinator.ts";
@@ -18,7 +20,6 @@ import {
   type SnapshotMessage,
 } from "../../core/snapshot/snapshot-messages.ts";
 import { SnapshotParticipant, type ParticipantEffect } from "../../core/snapshot/snapshot-participant.ts";
-import type { CutRecord, SnapshotRecord } from "../../core/snapshot/snapshot-record.ts";
 import type { FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MeshLog } from "../mesh/mesh.ts";
@@ -136,8 +137,27 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
   }
 
   /** The snapshots this node cut of `volume` lately, which a write it applies as a primary names (see RecentCuts). */
-  recentCuts(volume: string): readonly string[] {
+  recentCuts(volume: string): readonly RecentCut[] {
     return this.cuts.of(volume);
+  }
+
+  /**
+   * The layer a replicated write goes into on this replica, by its primary's decision (see
+   * replicated-write-placement.ts): the snapshots the primary cut first are cut here first, and a
+   * write the primary applied before a cut this replica has made goes under that cut.
+   */
+  replicaLayer(volume: string, uid: string, cutBefore: readonly RecentCut[]): string {
+    const unfinished = this.participant.unfinishedTimestampCuts();
+    // The common case, every replicated write with no snapshot ever cut: nothing to place.
+    if (cutBefore.length === 0 && unfinished.size === 0) return uid;
+    const placement = placeReplicatedWrite(cutBefore, this.cuts.of(volume).map((cut) => cut.snapshotId), unfinished);
+    for (const { snapshotId, cutAtMs } of placement.cutFirst) {
+      if (cutAtMs !== undefined) this.runParticipant(this.participant.cutForPrimary(snapshotId, cutAtMs, this.nowMs()));
+    }
+    if (placement.under === undefined) return uid;
+    const layer = snapshotLayerId(uid, placement.under);
+    // A cut given up since (its layer gone or going) holds nothing: the head takes the write.
+    return this.options.store.isWritableLayer(layer) ? layer : uid;
   }
 
   /** Resolves when the participant unfences the snapshot (its commit wait is over). */
@@ -319,7 +339,14 @@ export class SnapshotService implements SnapshotGate, SnapshotActivity {
         nodeMetrics.holdReleased(report);
         return report;
       },
-      cut: (effect) => this.layers.cut(effect),
+      cut: (effect) => {
+        const cut = this.layers.cut(effect);
+        // Timestamp mode: writes this node applied as a primary before its cut must be on every
+        // replica before "taken" (and so before the commit): a replica whose own clock cut first
+        // places them under its cut only while that cut is unfinished (replicated-write-placement.ts).
+        const replicating = "durable" in cut && effect.record.mode === "timestamp" ? this.options.replications.idle(effect.volumes) : undefined;
+        return replicating === undefined || !("durable" in cut) ? cut : { durable: (done) => void replicating.then(() => cut.durable(done)) };
+      },
       commit: (snapshotId) => nodeMetrics.commitReceived(snapshotId),
       discard: (snapshotId) => this.layers.discard(snapshotId),
       unfence: (snapshotId) => {
