@@ -3,15 +3,18 @@
 // forget node3` re-creates its copies on the others; then node4 is drained (`route drain node4`:
 // its copies move one at a time) and forgotten. Each time no writer sees an error, every page has
 // two copies on the nodes that keep them (spread evenly), every acknowledged write reads back
-// through every node, and the copies are identical (each node reads its own copies locally).
+// through every node, and the copies are identical (each node reads its own copies locally); so
+// is every snapshot taken before, or while the node was away: the new copies get its layers.
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { WriteHistory } from "./_cut-checker.ts";
+import { checkCut, WriteHistory } from "./_cut-checker.ts";
 import { lostWrites, readStamps, startWriters } from "./_writers.ts";
 import { TestCluster, waitFor, waitSetsWhole } from "./_cluster.ts";
 
 /** 16 pages of 1 MiB over four nodes: four page groups, home {node1,node2}, {node2,node3}, {node3,node4}, {node4,node1}. */
 const BLOCKS = 4096;
 let cluster: TestCluster;
+/** Every write of every test: each block's content and each snapshot is judged against all of them. */
+const history = new WriteHistory();
 
 beforeAll(async () => {
   cluster = await TestCluster.start(4, {}, () => ["--replica-timeout", "1s"]);
@@ -26,6 +29,16 @@ afterAll(async () => {
 /** The table's sets as node lists: "v6 node1@1+node2@1 node2@1+node1@6 (home ...)". */
 function setsOf(table: string): string[][] {
   return table.split(" (home")[0]!.split(" ").slice(1).map((set) => set.split("+").map((entry) => entry.split("@")[0]!));
+}
+
+/** Each snapshot reads the same through every node (each reads its own copies locally) and is a cut of what the writers wrote. */
+async function expectSnapshotsSame(names: string[], nodes: typeof cluster.nodes): Promise<void> {
+  for (const name of names) {
+    const reads = await Promise.all(nodes.map((node) => readStamps(node, `r@${name}`, BLOCKS)));
+    const verdict = checkCut(history, reads[0]!);
+    expect(verdict.ok ? "cut" : `${name}: ${verdict.reason}`).toBe("cut");
+    for (const stamps of reads.slice(1)) expect([...stamps]).toEqual([...reads[0]!]);
+  }
 }
 
 async function replicaSets(nodeIndex: number): Promise<{ table: string; whole: boolean; copiedBytes: number }> {
@@ -45,11 +58,14 @@ test("forget of a node that is up or unknown is refused with one line", async ()
 
 test("node3 killed -9 and forgotten under writers: its copies re-created on the others, no client error, no acknowledged write lost, copies identical", async () => {
   const [node1, node2, node3, node4] = cluster.nodes as [typeof cluster.nodes[0], typeof cluster.nodes[0], typeof cluster.nodes[0], typeof cluster.nodes[0]];
-  const history = new WriteHistory();
   const writers = await startWriters([node1, node2, node4], "r", history, { writersPerNode: 2, blocks: BLOCKS });
   await Bun.sleep(500);
+  // A snapshot every copy holds, and one taken while node3 is away: the new copies get both layers.
+  expect((await cluster.shoal(["snap", "create", "r", "--name", "before-loss"])).exitCode).toBe(0);
+  await Bun.sleep(200);
   await node3.kill9();
   await waitFor("the others to drop node3", async () => (await replicaSets(0)).whole === false);
+  expect((await cluster.shoal(["snap", "create", "r", "--name", "while-away", "--mode", "timestamp"])).exitCode).toBe(0);
   const startedMs = performance.now();
   const forgotten = await cluster.shoal(["route", "forget", "node3", "--json"]);
   const forgetMs = performance.now() - startedMs;
@@ -85,6 +101,7 @@ test("node3 killed -9 and forgotten under writers: its copies re-created on the 
   const reads = await Promise.all(live.map((node) => readStamps(node, "r", BLOCKS)));
   for (const stamps of reads) expect(lostWrites(history, stamps)).toEqual([]);
   for (const stamps of reads.slice(1)) expect([...stamps]).toEqual([...reads[0]!]);
+  await expectSnapshotsSame(["before-loss", "while-away"], live);
 
   const members = JSON.parse((await cluster.shoal(["route", "nodes", "--json"])).stdout);
   expect(members.nodes.map((member: { id: string }) => member.id)).not.toContain("node3");
@@ -97,9 +114,9 @@ test("node4 drained under writers (its own clients too): its copies move to node
   expect(JSON.parse(dry.stdout).rehomed).toEqual([{ volume: "r", groups: 2, to: { node1: 1, node2: 1 } }]);
   expect(setsOf((await replicaSets(0)).table).some((set) => set.includes("node4"))).toBe(true);
 
-  const history = new WriteHistory();
   const writers = await startWriters([node1, node2, node4], "r", history, { writersPerNode: 2, blocks: BLOCKS });
   await Bun.sleep(500);
+  expect((await cluster.shoal(["snap", "create", "r", "--name", "before-drain"])).exitCode).toBe(0);
   const startedMs = performance.now();
   const drained = await cluster.shoal(["route", "drain", "node4", "--json"]);
   const drainMs = performance.now() - startedMs;
@@ -121,6 +138,7 @@ test("node4 drained under writers (its own clients too): its copies move to node
   const reads = await Promise.all([node1, node2, node4].map((node) => readStamps(node, "r", BLOCKS)));
   for (const stamps of reads) expect(lostWrites(history, stamps)).toEqual([]);
   for (const stamps of reads.slice(1)) expect([...stamps]).toEqual([...reads[0]!]);
+  await expectSnapshotsSame(["before-drain"], [node1, node2, node4]);
 
   // It holds no copy now: forgetting it while it is up is allowed.
   const forgotten = await cluster.shoal(["route", "forget", "node4", "--json"], { node: node1 });

@@ -91,15 +91,17 @@ export class RouteAdmin {
   /**
    * A node's copies of replicated volumes get other homes: a re-homing per volume chosen by a
    * majority (ReplicaHost.rehome), after which the members fill the new copies while clients
-   * keep writing. Volumes with snapshots or clones are refused first (the new copy would lack
-   * their layers). A dry run plans and changes nothing.
+   * keep writing; the catch-up copies carry every snapshot layer of a page. Clones and their
+   * origins are refused first. A dry run plans and changes nothing.
    */
   private async rehome(records: VolumeRecord[], node: string, leaving: "gone" | "live", dryRun: boolean): Promise<Rehomed[]> {
     const live = this.group.liveVolumes();
     for (const record of records) {
-      const layered = this.group.liveSnapshots(record.name).length > 0 || record.origin !== undefined || live.some((other) => other.origin?.startsWith(`${record.uid}@`));
-      if (layered) {
-        throw new ShoalError("BAD_ARGUMENT", `volume '${record.name}' has snapshots or clones: re-created copies would lack their layers (not built yet); delete them, or archive and restore the volume, before moving ${node}'s copies`);
+      // A clone reads through to its origin's snapshot layer on the same node: re-homing the
+      // two together is not built (a snapshot alone is: catch-up copies carry every layer).
+      const cloned = record.origin !== undefined || live.some((other) => other.origin?.startsWith(`${record.uid}@`));
+      if (cloned) {
+        throw new ShoalError("BAD_ARGUMENT", `volume '${record.name}' is a clone or has clones: moving its copies with their origin's layers is not built yet; delete the clones (or archive and restore them as volumes of their own) before moving ${node}'s copies`);
       }
     }
     const timeoutMs = this.replicas.timeoutMs;
