@@ -526,8 +526,11 @@ export class ReplicaMember {
     this.adopt(p.table);
     const table = this.state.tables.get(p.table.volume);
     if (table === undefined || sinceOf(table, p.group, this.self) !== p.since || !this.chunksFit(table.volume, p.chunks)) return;
-    this.out.apply({ kind: "join", volume: table.volume, group: p.group, chunks: [...p.chunks] });
+    // A second join for the same membership (another replica answered the request too, or the
+    // mesh delivered one twice) is read from before writes this copy has applied since the first:
+    // applying it would undo them. It only gets its "joined".
     if (this.state.syncedSince.get(groupKey(table.volume, p.group)) !== p.since) {
+      this.out.apply({ kind: "join", volume: table.volume, group: p.group, chunks: [...p.chunks] });
       this.out.note({ kind: "join-applied", volume: table.volume, group: p.group, since: p.since });
       this.record({ kind: "synced", volume: table.volume, group: p.group, since: p.since });
     }

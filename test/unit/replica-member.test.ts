@@ -228,4 +228,17 @@ describe("replica messages, from the mesh", () => {
     expect(step(message(2, "a", { kind: "copy", batch: "x.2", volume: "vol", group: 5, chunks: [0] })).applies).toEqual([]);
     expect(step(message(3, "a", { kind: "copy", batch: "x.3", volume: "other", group: 0, chunks: [0] })).applies).toEqual([]);
   });
+
+  test("a second join copy for the same membership is not applied: it would undo writes taken since the first", () => {
+    const rejoined = withChange(withoutB, { kind: "add", node: "b", groups: [0] });
+    const { step } = host("b", [rejoined]);
+    const join = (nowMs: number) => message(nowMs, "a", { kind: "join", table: rejoined, group: 0, since: rejoined.version, chunks: [1] });
+    const first = step(join(1));
+    expect(first.applies).toEqual([{ kind: "join", volume: "vol", group: 0, chunks: [1] }]);
+    step({ kind: "durable", nowMs: 2, seq: first.durableSeq! });
+    expect(step(write(3, rejoined.version, 0, 1)).applies).toHaveLength(1);
+    const again = step(join(4));
+    expect(again.applies).toEqual([]);
+    expect(again.messages.map((m) => m.message.kind)).toEqual(["joined"]);
+  });
 });
