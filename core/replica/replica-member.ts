@@ -112,6 +112,8 @@ export class ReplicaMember {
   private readonly proposers = new Map<string, SetChangeProposer>();
   private readonly copiesInFlight = new Map<string, CopyInFlight>();
   private batchSeq = 0;
+  /** Proposals made by this incarnation: each gets ballots of its own (ProposerConfig.ballotId). */
+  private proposalSeq = 0;
   private heartbeatAtMs: number;
   private policyAtMs: number;
   private readonly out = new MemberOutbox();
@@ -314,7 +316,8 @@ export class ReplicaMember {
 
   private propose(base: ReplicaTable, change: SetChange): void {
     const { minorityQuorum, ignoreAccepted } = this.config.sabotage ?? {};
-    const config = { self: this.self, members: this.config.members, ...this.config.proposer, jitter: this.config.random, sabotage: { minorityQuorum, ignoreAccepted } };
+    const ballotId = `${this.self}.${this.config.bootId}.${++this.proposalSeq}`;
+    const config = { self: this.self, ballotId, members: this.config.members, ...this.config.proposer, jitter: this.config.random, sabotage: { minorityQuorum, ignoreAccepted } };
     const proposer = new SetChangeProposer(config, base, withChange(base, change), this.peersRecorded.get(base.volume));
     this.out.note({ kind: "proposed", volume: base.volume, version: proposer.version, change: describeChange(change) });
     this.proposers.set(base.volume, proposer);

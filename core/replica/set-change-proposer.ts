@@ -44,6 +44,15 @@ import { carriedOver, type ReplicaTable } from "./replica-table.ts";
 
 export interface ProposerConfig {
   self: string;
+  /**
+   * The proposer part of this proposal's ballots, unique to it (the member's id, incarnation and
+   * proposal count): a member proposes again for a slot after giving up, or after a restart, and
+   * starts again at round 1. With its bare id the two proposals would share ballot (1, id) with
+   * different values, and an acceptor holding the first value at that ballot answers "accepted"
+   * to the second: a later proposer could then learn the first value while the second was
+   * chosen. Absent: `self` (tests that run one proposal per member).
+   */
+  ballotId?: string;
   /** Every member of the group: the acceptors, in any order. */
   members: string[];
   /** How long one ballot waits for its replies before retrying higher. */
@@ -102,7 +111,7 @@ export class SetChangeProposer {
     knownRecorded: ReadonlyMap<string, number> = new Map(),
   ) {
     invariant(value.version === base.version + 1 && value.volume === base.volume, "a set change proposes the version after its base");
-    this.ballot = { round: 0, proposer: config.self };
+    this.ballot = { round: 0, proposer: config.ballotId ?? config.self };
     this.proposing = value;
     for (const [member, version] of knownRecorded) this.recorded.set(member, version);
     this.recorded.set(config.self, base.version);
@@ -157,7 +166,7 @@ export class SetChangeProposer {
     if (this.attempts >= this.config.maxAttempts) return this.finish({ kind: "gave-up", attempts: this.attempts });
     this.attempts++;
     this.phase = "prepare";
-    this.ballot = { round: Math.max(this.ballot.round, this.highestRoundSeen) + 1, proposer: this.config.self };
+    this.ballot = { round: Math.max(this.ballot.round, this.highestRoundSeen) + 1, proposer: this.config.ballotId ?? this.config.self };
     this.promises.clear();
     this.accepts.clear();
     this.deadlineMs = nowMs + this.config.attemptTimeoutMs;

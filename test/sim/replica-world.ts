@@ -49,6 +49,8 @@ export class ReplicaWorld extends ReplicaMembersWorld {
   private readonly clients = new Map<string, Client>();
   private readonly lastStamp = new Map<string, number>();
   private attemptSeq = 0;
+  /** The operator (planOperator) has not seen its re-homing done yet, nor given up. */
+  private operatorAsking = false;
   private readonly registers: Register[] = [];
 
   protected planWorkload(): void {
@@ -90,8 +92,12 @@ export class ReplicaWorld extends ReplicaMembersWorld {
     this.history.operator = { ...operator };
     const startMs = rng.range(100, this.scenario.activeEndMs - 300);
     if (leaving === "gone") this.at(startMs, () => this.crash(this.byId.get(node)!, 1e9));
+    this.operatorAsking = true;
     const ask = (): void => {
-      if (this.nowMs > this.scenario.quiesceEndMs - 1000) return;
+      if (this.nowMs > this.scenario.quiesceEndMs - 1000) {
+        this.operatorAsking = false;
+        return;
+      }
       const member = this.byId.get(asked)!;
       let done = 0;
       if (member.up && !this.paused.has(asked)) {
@@ -105,6 +111,7 @@ export class ReplicaWorld extends ReplicaMembersWorld {
         this.history.operator!.volumesRehomed = done;
       }
       if (done < this.home.size) this.at(this.nowMs + 20, ask);
+      else this.operatorAsking = false;
     };
     this.at(startMs + 10, ask);
   }
@@ -192,6 +199,8 @@ export class ReplicaWorld extends ReplicaMembersWorld {
   }
 
   protected isSettled(): boolean {
+    // Settled members stop their timers: an operator still asking could then never be answered.
+    if (this.operatorAsking) return false;
     if ([...this.clients.values()].some((client) => client.op !== undefined)) return false;
     const first = this.members[0]!.durable.catalog;
     for (const member of this.members) {

@@ -91,6 +91,8 @@ describe("replica member runner", () => {
     }
     expect(ready.notes).toContainEqual({ kind: "proposed", volume: "vol", version: 2, change: "drop b from groups 0" });
     expect(ready.messages.filter((m) => m.message.kind === "prepare").map((m) => m.to)).toEqual(MEMBERS);
+    // Its ballots are this proposal's own (id, incarnation, proposal count), not the bare member id.
+    expect(ready.messages.map((m) => (m.message.kind === "prepare" ? m.message.ballot.proposer : undefined)).filter(Boolean)[0]).toBe("a.boot1.1");
   });
 
   test("a copy is confirmed only once its chunks are durable, and a confirmed chunk leaves the source's map", () => {

@@ -213,6 +213,27 @@ function race(seed: number, sabotage: { minorityQuorum?: boolean }): number {
   return chosen.size;
 }
 
+describe("ballots of one member's proposals", () => {
+  test("a member's second proposal for a slot never shares a ballot with its first: an acceptor holding the first value takes the second", () => {
+    // a accepted X under a's first proposal; a's second proposal (after giving up, or a restart) goes for Y.
+    const x = dropB;
+    const y = addC;
+    const first = proposer("a", x, base, { ballotId: "a.boot1.1" });
+    const [prepare] = first.start(0) as [Extract<ProposerEffect, { kind: "prepare" }>];
+    let slot = onPrepare(undefined, 2, prepare.ballot, base).record!;
+    slot = onAccept(slot, 2, prepare.ballot, x, base).record!;
+    const second = proposer("a", y, base, { ballotId: "a.boot1.2" });
+    const [again] = second.start(0) as [Extract<ProposerEffect, { kind: "prepare" }>];
+    expect(again.ballot.round).toBe(prepare.ballot.round); // both start at round 1
+    const step = onAccept(slot, 2, again.ballot, y, base);
+    expect(step.reply.kind).toBe("accepted");
+    // It records Y: a later proposer that hears from it learns the value that may have been chosen.
+    expect(step.record?.accepted?.value).toEqual(y);
+    // With one ballot for both, it would answer "accepted" and keep X: the bug the ballot id closes.
+    expect(onAccept(slot, 2, prepare.ballot, y, base).record).toBeUndefined();
+  });
+});
+
 describe("fence", () => {
   const view = (self: string, table: ReplicaTable, synced: number | undefined = 1) => ({ self, table, syncedSince: () => synced });
   test("a replica serves only the version it recorded, as a replica, with its copy up to date", () => {
