@@ -46,5 +46,5 @@ export function planRehome(table: ReplicaTable, striped: string[][], gone: strin
     moved.push({ group, to });
   }
   if (noRoom.length > 0) return { kind: "no-room", groups: noRoom };
-  return { kind: "change", change: { kind: "rehome", node: gone, home: next }, moved };
+  return { kind: "change", change: { kind: "rehome", node: gone, home: next, ...(leaving === "gone" ? { gone: true as const } : {}) }, moved };
 }

@@ -39,7 +39,7 @@ export type SetChange =
    * change, so old and new versions share every replica; the policy then resyncs the
    * replacement, drops the node if it is still in the set, and adds the replacement.
    */
-  | { kind: "rehome"; node: string; home: string[][] };
+  | { kind: "rehome"; node: string; home: string[][]; /** route forget: the node must be out of every set already (its drop came first). */ gone?: true };
 
 export function initialTable(volume: string, placement: string[][]): ReplicaTable {
   for (const nodes of placement) invariant(nodes.length > 0 && new Set(nodes).size === nodes.length, `page group placement ${nodes.join(",")} is empty or repeats a node`);
@@ -71,6 +71,7 @@ export function homeOf(table: ReplicaTable, striped: string[][]): string[][] {
 export function changeFits(table: ReplicaTable, change: SetChange): boolean {
   if (change.kind === "rehome") {
     const { home, node } = change;
+    if (change.gone && table.sets.some((set) => set.some((entry) => entry.node === node))) return false;
     return (
       home.length === table.sets.length &&
       home.every((nodes, group) => nodes.length > 0 && new Set(nodes).size === nodes.length && !nodes.includes(node) && table.sets[group]!.every((entry) => entry.node === node || nodes.includes(entry.node)))

@@ -26,7 +26,7 @@ describe("rehome plan", () => {
     const plan = planRehome(withoutC, striped, "c", ["a", "b", "d"]);
     expect(plan).toEqual({
       kind: "change",
-      change: { kind: "rehome", node: "c", home: [["a", "b"], ["b", "a"], ["b", "d"], ["d", "a"]] },
+      change: { kind: "rehome", node: "c", home: [["a", "b"], ["b", "a"], ["b", "d"], ["d", "a"]], gone: true },
       moved: [
         { group: 1, to: "a" },
         { group: 2, to: "b" },
@@ -52,6 +52,9 @@ describe("rehome plan", () => {
     const home = [["a", "b"], ["b", "a"], ["b", "d"], ["d", "a"]];
     expect(changeFits(withoutC, { kind: "rehome", node: "c", home })).toBe(true);
     expect(changeFits(base, { kind: "rehome", node: "c", home })).toBe(true); // a drain: c stays in sets 1 and 2 until dropped
+    // A forget's re-homing is decided on some member's table: one where c is still in a set refuses it (the drop comes first).
+    expect(changeFits(base, { kind: "rehome", node: "c", home, gone: true })).toBe(false);
+    expect(changeFits(withoutC, { kind: "rehome", node: "c", home, gone: true })).toBe(true);
     expect(changeFits(withoutC, { kind: "rehome", node: "c", home: home.slice(1) })).toBe(false);
     expect(changeFits(withoutC, { kind: "rehome", node: "c", home: [["a", "b"], ["a", "d"], ["b", "d"], ["d", "a"]] })).toBe(false); // drops b, a current copy
     expect(changeFits(withoutC, { kind: "rehome", node: "c", home: [["a", "a"], ["b", "a"], ["b", "d"], ["d", "a"]] })).toBe(false);
