@@ -148,10 +148,16 @@ export function consequencesFor(
   const voidMaps: number[] = [];
   next.sets.forEach((set, group) => {
     const mine = set.find((entry) => entry.node === self);
-    if (mine?.since !== sinceOf(previous, group, self)) voidMaps.push(group);
+    const rejoined = mine?.since !== sinceOf(previous, group, self);
+    if (rejoined) voidMaps.push(group);
     if (mine === undefined) return;
-    for (const entry of previous.sets[group] ?? []) {
-      if (entry.node !== self && !set.some((kept) => kept.node === entry.node)) dropped.push({ group, node: entry.node, since: entry.since });
+    // Only a replica that stayed through the change saw which writes the dropped one missed. One
+    // that joined (or rejoined) since `previous` may have skipped versions in which another left
+    // and writes went on without it: a map from here would claim that node up to date.
+    if (!rejoined) {
+      for (const entry of previous.sets[group] ?? []) {
+        if (entry.node !== self && !set.some((kept) => kept.node === entry.node)) dropped.push({ group, node: entry.node, since: entry.since });
+      }
     }
     for (const entry of set) {
       if (entry.node !== self && entry.since > previous.version && mine.since < entry.since) joined.push({ group, node: entry.node });

@@ -58,6 +58,17 @@ describe("replica tables", () => {
     expect(consequencesFor("a", v2, v4).voidMaps).toEqual([]);
     expect(consequencesFor("c", v1, v4).voidMaps).toEqual([0]);
   });
+
+  test("a member that joins after skipping versions starts no map for a replica dropped meanwhile", () => {
+    // {a,b}: b is dropped (writes go on with a alone), then c joins. c learns the last table
+    // straight from its join copy: it never saw which writes b missed, so it must not map b as
+    // up to date (since 1) with nothing lacking; b's return then gets a full copy.
+    const v1 = initialTable("vol", [["a", "b"]]);
+    const v2 = withChange(v1, { kind: "drop", node: "b", groups: [0] });
+    const v3 = withChange(v2, { kind: "add", node: "c", groups: [0] });
+    expect(consequencesFor("c", v1, v3)).toEqual({ dropped: [], joined: [], voidMaps: [0] });
+    expect(consequencesFor("a", v1, v3).dropped).toEqual([{ group: 0, node: "b", since: 1 }]);
+  });
 });
 
 describe("paxos acceptor", () => {
