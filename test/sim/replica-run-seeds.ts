@@ -6,12 +6,21 @@ import { checkReplicaHistory } from "./replica-checker.ts";
 import { REPLICA_MODES, runReplicaWorld, SABOTAGE_NAMES, type ReplicaMode, type ReplicaSabotage } from "./replica-world.ts";
 
 let modes: ReplicaMode[] = [...REPLICA_MODES];
+/** --links fifo: every link delivers in send order, as the node's TCP mesh does. */
+let fifo = false;
 const CLI: SeedCli = {
   script: "test/sim/replica-run-seeds.ts",
-  usage: `usage: bun test/sim/replica-run-seeds.ts [--mode ${REPLICA_MODES.join("|")}|all] [--seeds N] [--from S] [--seed N] [--sabotage ${SABOTAGE_NAMES.join("|")}] [--trace] [--max-reported N]`,
+  usage: `usage: bun test/sim/replica-run-seeds.ts [--mode ${REPLICA_MODES.join("|")}|all] [--links fifo|reorder] [--seeds N] [--from S] [--seed N] [--sabotage ${SABOTAGE_NAMES.join("|")}] [--trace] [--max-reported N]`,
   fromFlags: ["--from"],
   sabotageNames: SABOTAGE_NAMES,
   extraFlags: {
+    "--links": (value) => {
+      if (value !== "fifo" && value !== "reorder") {
+        console.error(`--links '${value}': give fifo or reorder\n${CLI.usage}`);
+        process.exit(2);
+      }
+      fifo = value === "fifo";
+    },
     "--mode": (value) => {
       if (value === "all") modes = [...REPLICA_MODES];
       else if ((REPLICA_MODES as string[]).includes(value)) modes = [value as ReplicaMode];
@@ -24,7 +33,7 @@ const CLI: SeedCli = {
 };
 
 function replayOne(seed: number, mode: ReplicaMode, sabotage: ReplicaSabotage, trace: boolean): boolean {
-  const history = runReplicaWorld({ seed, mode, sabotage, ...(trace ? { trace: (line: string) => console.log(line) } : {}) });
+  const history = runReplicaWorld({ seed, mode, fifo, sabotage, ...(trace ? { trace: (line: string) => console.log(line) } : {}) });
   const acked = history.writes.filter((write) => write.ackOrder !== Infinity).length;
   console.log(
     `mode ${mode} seed ${seed}: ${history.eventCount} events, ${acked}/${history.writes.length} writes acknowledged, ${history.reads.length} reads, ` +
@@ -52,13 +61,13 @@ function main(): void {
       maxReported: args.maxReported,
       label: `mode ${mode} `,
       check: (seed) => {
-        const history = runReplicaWorld({ seed, mode, sabotage });
+        const history = runReplicaWorld({ seed, mode, fifo, sabotage });
         setChanges += history.setChanges;
         crashes += history.crashes;
         acked += history.writes.filter((write) => write.ackOrder !== Infinity).length;
         return checkReplicaHistory(history);
       },
-      replay: (seed) => replayCommand(CLI, seed, args.sabotage, ` --mode ${mode}`),
+      replay: (seed) => replayCommand(CLI, seed, args.sabotage, ` --mode ${mode}${fifo ? " --links fifo" : ""}`),
     });
     failing += failures;
     console.log(`mode ${mode}: ${args.seeds} seeds from ${args.from} in ${seconds.toFixed(1)} s, ${failures} failing; ${setChanges} set changes chosen, ${crashes} crashes, ${acked} acknowledged writes`);

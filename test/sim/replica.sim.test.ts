@@ -59,6 +59,21 @@ describe("replica-set simulation", () => {
     }, 60_000);
   }
 
+  for (const mode of REPLICA_MODES) {
+    test(`${mode} on FIFO links (as the node's TCP mesh): ${SEEDS_PER_MODE} seeds pass the same checker`, () => {
+      const failures: string[] = [];
+      let acked = 0;
+      for (let seed = 1; seed <= SEEDS_PER_MODE; seed++) {
+        const history = runReplicaWorld({ seed, mode, fifo: true });
+        const violations = checkReplicaHistory(history);
+        if (violations.length > 0) failures.push(`seed ${seed}: ${violations[0]}`);
+        acked += history.writes.filter((write) => write.ackOrder !== Infinity).length;
+      }
+      expect(failures.slice(0, 5)).toEqual([]);
+      expect(acked / SEEDS_PER_MODE).toBeGreaterThan(100);
+    }, 60_000);
+  }
+
   test("an operator's drain or forget of a member re-homes its copies under the same faults, and every run still passes the checker", () => {
     const runs = { live: 0, gone: 0 };
     const finished = { live: 0, gone: 0 };
