@@ -194,7 +194,7 @@ export class Fuzzer {
 
   /** The victim is alive, under the RSS bound, and a client can write and read back through it. */
   async checkHealthy(phase: string): Promise<void> {
-    if (process.env.SHOAL_FUZZ_VERBOSE) console.error(`fuzz: checking after ${phase} (${this.inputsTried} inputs)`);
+    if (process.env.SHOAL_FUZZ_VERBOSE) console.error(`fuzz: checking after ${phase} (${this.inputsTried} inputs), RSS ${(rssBytes(this.victim.proc!.pid) / 2 ** 20).toFixed(0)} MiB`);
     const proc = this.victim.proc!;
     if (proc.exitCode !== null) this.fail(phase, `the node exited with code ${proc.exitCode}`);
     if (this.other.proc!.exitCode !== null) this.fail(phase, `the other node exited with code ${this.other.proc!.exitCode}`);

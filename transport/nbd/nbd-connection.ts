@@ -132,6 +132,7 @@ export class NbdConnection {
     nodeMetrics.nbdViolations.inc();
     this.terminate();
     this.accountBuffers();
+    this.context.budget.collectShed();
   }
 
   /** From the raw socket. */
@@ -235,6 +236,7 @@ export class NbdConnection {
     this.context.log.warn(`nbd client ${this.peer}: ${reason}; disconnecting`);
     nodeMetrics.nbdViolations.inc();
     this.beginDrain();
+    this.context.budget.collectShed();
   }
 
   beginDrain(): void {

@@ -26,11 +26,16 @@ export const COALESCE_REPLY_BYTES = 64 * 1024;
 /** Bytes of READ/WRITE payload held by requests in flight; bounds memory per connection. */
 export const MAX_IN_FLIGHT_BYTES = 4 * MAX_REQUEST_BYTES;
 
+/** Collections after cuts are at least this far apart (a flood is cut client by client, a few ms apart). */
+const SHED_COLLECT_DELAY_MS = 200;
+
 export class NbdServerBudget {
   private inputBytes = 0;
   private executingBytes = 0;
   private unsentBytes = 0;
   private connections = 0;
+  private collectTimer: ReturnType<typeof setTimeout> | undefined;
+  private collectAgain = false;
 
   /** `wakeBlocked`: the in-flight budget has room again; connections paused for it may read. */
   constructor(private readonly wakeBlocked: () => void) {}
@@ -43,6 +48,30 @@ export class NbdServerBudget {
 
   get connectionCount(): number {
     return this.connections;
+  }
+
+  /**
+   * A client was cut for holding too much (input, or replies it does not read): what it held is
+   * garbage now, up to the budgets' 128 MiB each. A full collection at once, and one more after a
+   * burst of cuts (at most one per 200 ms), gives it back; left to the collector's own pace, a node cut under a
+   * flood kept 160-330 MiB more resident (fuzz test: 596-775 MiB after its stalled readers).
+   */
+  collectShed(): void {
+    if (this.collectTimer !== undefined) {
+      this.collectAgain = true;
+      return;
+    }
+    const collect = (): void => {
+      this.collectAgain = false;
+      Bun.gc(true);
+      // Cuts in the meantime (a flood is cut client by client) get one more, trailing collection.
+      this.collectTimer = setTimeout(() => {
+        this.collectTimer = undefined;
+        if (this.collectAgain) this.collectShed();
+      }, SHED_COLLECT_DELAY_MS);
+      this.collectTimer.unref?.();
+    };
+    this.collectTimer = setTimeout(collect, 0);
   }
 
   /** What one connection may hold of a server-wide budget (at least one request's worth). */
