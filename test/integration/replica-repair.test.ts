@@ -1,17 +1,21 @@
 // A node of a replicated volume that never comes back, and one drained while it serves: four real
-// nodes, `--replicas 2`, writers through the nodes that stay up. node3 is killed -9 and `route
-// forget node3` re-creates its copies on the others; then node4 is drained (`route drain node4`:
-// its copies move one at a time) and forgotten. Each time no writer sees an error, every page has
-// two copies on the nodes that keep them (spread evenly), every acknowledged write reads back
-// through every node, and the copies are identical (each node reads its own copies locally); so
-// is every snapshot taken before, or while the node was away: the new copies get its layers.
+// nodes, a `--replicas 2` volume under writers through the nodes that stay up and a `--replicas 3`
+// one. node3 is killed -9 and `route forget node3` re-creates its copies on the others; then a
+// drain of node4 is refused while the three-copy volume has no room, and once it is gone node4 is
+// drained (its copies move one at a time) and forgotten. Each time no writer sees an error, every
+// page has its copies on the nodes that keep them (spread evenly), every acknowledged write reads
+// back through every node, the copies are identical (each node reads its own copies locally), and
+// so is every snapshot taken before, or while the node was away: the new copies get its layers.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { checkCut, WriteHistory } from "./_cut-checker.ts";
 import { lostWrites, readStamps, startWriters } from "./_writers.ts";
 import { TestCluster, waitFor, waitSetsWhole } from "./_cluster.ts";
+import { NbdClient } from "../../transport/nbd/nbd-client.ts";
 
 /** 16 pages of 1 MiB over four nodes: four page groups, home {node1,node2}, {node2,node3}, {node3,node4}, {node4,node1}. */
 const BLOCKS = 4096;
+/** What the three-copy volume 't' holds: a byte per 4 KiB block. */
+const THREE = new Uint8Array(8 * 1024 * 1024).map((_, index) => (index >> 12) & 0xff);
 let cluster: TestCluster;
 /** Every write of every test: each block's content and each snapshot is judged against all of them. */
 const history = new WriteHistory();
@@ -20,7 +24,14 @@ beforeAll(async () => {
   cluster = await TestCluster.start(4, {}, () => ["--replica-timeout", "1s"]);
   const created = await cluster.shoal(["volume", "create", "r", "--size", "16M", "--page-size", "1M", "--replicas", "2"]);
   expect(created.exitCode).toBe(0);
+  // Three copies on four nodes: node3's loss leaves room (the fourth node) for each of its groups.
+  expect((await cluster.shoal(["volume", "create", "t", "--size", "8M", "--page-size", "1M", "--replicas", "3"])).exitCode).toBe(0);
   await waitSetsWhole(cluster, "r");
+  await waitSetsWhole(cluster, "t");
+  const client = await NbdClient.connect({ host: "127.0.0.1", port: cluster.nodes[0]!.nbdPort, exportName: "t" });
+  await client.write(0, THREE);
+  await client.flush();
+  await client.close();
 });
 afterAll(async () => {
   await cluster?.stop();
@@ -41,15 +52,15 @@ async function expectSnapshotsSame(names: string[], nodes: typeof cluster.nodes)
   }
 }
 
-async function replicaSets(nodeIndex: number): Promise<{ table: string; whole: boolean; copiedBytes: number }> {
-  const shown = await cluster.shoal(["route", "show", "r", "--json"], { node: cluster.nodes[nodeIndex] });
+async function replicaSets(nodeIndex: number, volume = "r"): Promise<{ table: string; whole: boolean; copiedBytes: number }> {
+  const shown = await cluster.shoal(["route", "show", volume, "--json"], { node: cluster.nodes[nodeIndex] });
   return JSON.parse(shown.stdout).replicaSets;
 }
 
 test("forget of a node that is up or unknown is refused with one line", async () => {
   const up = await cluster.shoal(["route", "forget", "node3"]);
   expect(up.exitCode).toBe(4);
-  expect(up.stderr).toContain("node node3 is up and holds copies of 'r'; drain it, or stop it first");
+  expect(up.stderr).toContain("node node3 is up and holds copies of 'r', 't'; drain it, or stop it first");
   expect(up.stderr.trim().split("\n")).toHaveLength(1);
   const unknown = await cluster.shoal(["route", "forget", "node9"]);
   expect(unknown.exitCode).toBe(3);
@@ -75,8 +86,11 @@ test("node3 killed -9 and forgotten under writers: its copies re-created on the 
   const result = JSON.parse(forgotten.stdout);
   expect(result.forgotten).toBe(true);
   // node3 was home to two groups; each gets one of the others, never one that already holds it.
-  expect(result.rehomed).toEqual([{ volume: "r", groups: 2, to: { node1: 1, node2: 1 } }]);
+  expect(result.rehomed).toContainEqual({ volume: "r", groups: 2, to: { node1: 1, node2: 1 } });
+  // 't' kept node3 in three groups: each gets the one node it lacked.
+  expect(result.rehomed).toContainEqual({ volume: "t", groups: 3, to: { node1: 1, node2: 1, node4: 1 } });
   expect(result.filled.r).not.toContain("node3@");
+  expect(result.filled.t).not.toContain("node3@");
   await Bun.sleep(500);
   const outcome = await writers.stop();
   console.log(`forget of node3: ${forgetMs.toFixed(0)} ms until the copies were whole; ${history.writes.size} writes, longest ${outcome.maxLatencyMs.toFixed(0)} ms; ${result.filled.r}`);
@@ -102,6 +116,12 @@ test("node3 killed -9 and forgotten under writers: its copies re-created on the 
   for (const stamps of reads) expect(lostWrites(history, stamps)).toEqual([]);
   for (const stamps of reads.slice(1)) expect([...stamps]).toEqual([...reads[0]!]);
   await expectSnapshotsSame(["before-loss", "while-away"], live);
+  for (const node of live) {
+    const client = await NbdClient.connect({ host: "127.0.0.1", port: node.nbdPort, exportName: "t" });
+    expect(Buffer.from(await client.read(0, THREE.byteLength)).equals(Buffer.from(THREE))).toBe(true);
+    await client.close();
+  }
+  for (const set of setsOf((await replicaSets(0, "t")).table)) expect([...set].sort()).toEqual(["node1", "node2", "node4"]);
 
   const members = JSON.parse((await cluster.shoal(["route", "nodes", "--json"])).stdout);
   expect(members.nodes.map((member: { id: string }) => member.id)).not.toContain("node3");
@@ -109,6 +129,15 @@ test("node3 killed -9 and forgotten under writers: its copies re-created on the 
 
 test("node4 drained under writers (its own clients too): its copies move to node1 and node2 one at a time, no client error, no acknowledged write lost; then it is forgotten", async () => {
   const [node1, node2, , node4] = cluster.nodes as [typeof cluster.nodes[0], typeof cluster.nodes[0], typeof cluster.nodes[0], typeof cluster.nodes[0]];
+  // 't' has a copy of every page on each of the three nodes left: no room, and nothing changes.
+  const before = (await replicaSets(0)).table;
+  const noRoom = await cluster.shoal(["route", "drain", "node4"]);
+  expect(noRoom.exitCode).toBe(2);
+  expect(noRoom.stderr).toContain("volume 't' keeps 3 copies and every other node of it already holds one");
+  expect(noRoom.stderr.trim().split("\n")).toHaveLength(1);
+  expect((await replicaSets(0)).table).toBe(before);
+  expect((await cluster.shoal(["volume", "delete", "t"])).exitCode).toBe(0);
+
   const dry = await cluster.shoal(["route", "drain", "node4", "--dry-run", "--json"]);
   expect(dry.exitCode).toBe(0);
   expect(JSON.parse(dry.stdout).rehomed).toEqual([{ volume: "r", groups: 2, to: { node1: 1, node2: 1 } }]);

@@ -106,15 +106,21 @@ export class RouteAdmin {
     }
     const timeoutMs = this.replicas.timeoutMs;
     const deadlineMs = Date.now() + Math.min(45_000, Math.max(timeoutMs * 3, timeoutMs + 5000));
+    // Every volume planned first, so one without room refuses the command before any is changed.
+    if (!dryRun) for (const record of records) await this.replicas.rehome(record.name, node, this.candidates(record, node), deadlineMs, leaving, true);
     const rehomed: Rehomed[] = [];
     for (const record of records) {
-      const candidates = record.routing.nodes.filter((other) => other !== node && this.group.members.get(other)?.forgotten !== true);
-      const moved = await this.replicas.rehome(record.name, node, candidates, deadlineMs, leaving, dryRun);
+      const moved = await this.replicas.rehome(record.name, node, this.candidates(record, node), deadlineMs, leaving, dryRun);
       const to: Record<string, number> = {};
       for (const { to: target } of moved) to[target] = (to[target] ?? 0) + 1;
       rehomed.push({ volume: record.name, groups: moved.length, to });
     }
     return rehomed;
+  }
+
+  /** The nodes of a replicated volume that may take `node`'s copies. */
+  private candidates(record: VolumeRecord, node: string): string[] {
+    return record.routing.nodes.filter((other) => other !== node && this.group.members.get(other)?.forgotten !== true);
   }
 
   private async start(kind: string, tasks: MoveTask[], dryRun: boolean): Promise<MoveAnswer> {
