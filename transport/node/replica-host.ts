@@ -14,6 +14,7 @@ import { parsePeerMessage, type MemberReady, type Outgoing, type PeerMessage } f
 import { applyRecord, decodeMemberState, encodeMemberState, groupKey, initialMemberState, type MemberRecord, type MemberState } from "../../core/replica/member-state.ts";
 import { describeTable, homeOf, initialTable, sinceOf, type ReplicaTable } from "../../core/replica/replica-table.ts";
 import { planRehome } from "../../core/replica/rehome-plan.ts";
+import { familyOf } from "../move/page-mover.ts";
 import { chunkOfPage, chunksPerGroup, groupOfPage, homeSets, pageGroupsOf, pageOfChunk, type PageGroups } from "../../core/replica/page-groups.ts";
 import { Payload, type FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
@@ -500,6 +501,7 @@ export class ReplicaHost {
       case "adopted":
         log.info(`replica sets of '${hosted.name}' now ${describeTable(note.table)}`);
         this.install(hosted, note.table);
+        this.releaseRehomed(hosted, note.table);
         return;
       case "join-applied":
         log.info(`'${hosted.name}' group ${note.group}: this copy is up to date again (joined at v${note.since})`);
@@ -519,6 +521,29 @@ export class ReplicaHost {
     // The record's version moves with the routing's, so every node that installs the same table makes the same record.
     const next: VolumeRecord = { ...record, version: record.version + (table.version - record.routing.version), routing };
     if (group.applyVolume(next)) void group.publishVolume(next, []).catch(() => {});
+  }
+
+  /**
+   * A drained (or re-homed) node's pages of groups it is neither home to nor a copy of any more:
+   * nothing reads them again (a later re-homing back would copy every chunk anew), so they go,
+   * every layer of the volume, once the table that says so is on disk for power loss too: a node
+   * that came back from a crash with an older table and without the pages would serve holes.
+   */
+  private releaseRehomed(hosted: Hosted, table: ReplicaTable): void {
+    const self = this.options.group.selfId;
+    const orphaned = (current: ReplicaTable): Set<number> =>
+      new Set(current.home === undefined ? [] : current.home.flatMap((nodes, group) => (nodes.includes(self) || current.sets[group]!.some((entry) => entry.node === self) ? [] : [group])));
+    if (orphaned(table).size === 0) return;
+    void this.options.catalog.durable().then(() => {
+      if (this.hosted.get(hosted.uid) !== hosted) return;
+      const current = hosted.member.current.tables.get(hosted.name);
+      if (current === undefined) return;
+      const groups = orphaned(current);
+      const pages = this.options.store.changedPages(hosted.uid, undefined).filter((page) => page < hosted.groups.pageCount && groups.has(groupOfPage(hosted.groups, page)));
+      if (pages.length === 0) return;
+      this.options.store.removePages(pages, familyOf(hosted.uid));
+      this.options.log.info(`'${hosted.name}': removed ${pages.length} page(s) of group(s) ${[...groups].join(",")}, re-homed away from this node`);
+    }, (err) => this.options.log.warn(`'${hosted.name}': pages re-homed away kept (the catalog did not sync: ${asShoalError(err).message})`));
   }
 
   // ---- the one timer
