@@ -4,7 +4,7 @@ import { isErrorCode, ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import type { AdminArgs } from "../transport/admin/admin-ops.ts";
 import type { MoveAnswer as MoveStatus, Rehomed } from "../transport/admin/admin-results.ts";
-import { adminRequest, nodeAddress, nodeArgs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
+import { adminRequest, nodeAddress, nodeArgs, parseDurationMs, printResult, rejectUnknownFlags, table } from "./_cli.ts";
 
 const nodes = defineCommand({
   meta: { name: "nodes", description: "List the group's members with their addresses and state" },
@@ -86,6 +86,14 @@ function runList(node: { runs: { text: string }[]; runCount?: number }): string 
 
 const dryRunArg = { dryRun: { type: "boolean", description: "print the plan and change nothing" } } as const;
 const waitArg = { wait: { type: "boolean", description: "wait for the move to finish (--no-wait: start it and print its id)", default: true } } as const;
+const fillTimeoutArg = {
+  timeout: { type: "string", description: "give up waiting for re-created copies after this long (exit 5; they keep filling in the background)", valueHint: "DURATION" },
+} as const;
+
+/** When waiting for re-created copies ends (--timeout), or never. */
+function fillDeadlineMs(timeout: unknown): number {
+  return typeof timeout === "string" ? Date.now() + parseDurationMs(timeout, "--timeout") : Infinity;
+}
 
 const move = defineCommand({
   meta: { name: "move", description: "Move pages of a volume (with their snapshot versions) to a node, while clients keep working" },
@@ -123,11 +131,11 @@ const rebalance = defineCommand({
 
 const drain = defineCommand({
   meta: { name: "drain", description: "Move every page of every volume and snapshot off a node, and a replicated volume's copies one at a time (then `route forget` it)" },
-  args: { nodeId: { type: "positional", description: "node id to empty", required: true }, ...dryRunArg, ...waitArg, ...nodeArgs },
+  args: { nodeId: { type: "positional", description: "node id to empty", required: true }, ...dryRunArg, ...waitArg, ...fillTimeoutArg, ...nodeArgs },
   async run(context) {
     rejectUnknownFlags(context);
     const { args } = context;
-    await runMove(args, "admin.route.drain", { node: args.nodeId, dryRun: Boolean(args.dryRun) });
+    await runMove({ ...args, fillDeadlineMs: fillDeadlineMs(args.timeout) }, "admin.route.drain", { node: args.nodeId, dryRun: Boolean(args.dryRun) });
   },
 });
 
@@ -148,15 +156,16 @@ const forget = defineCommand({
     name: "forget",
     description: "Remove a node from the group for good: refused while it holds the only copy of pages (drain it first); copies of replicated volumes on a node that is down are re-created on the others",
   },
-  args: { nodeId: { type: "positional", description: "node id", required: true }, wait: { type: "boolean", description: "wait until the re-created copies are filled (--no-wait: return once they are placed)", default: true }, ...nodeArgs },
+  args: { nodeId: { type: "positional", description: "node id", required: true }, wait: { type: "boolean", description: "wait until the re-created copies are filled (--no-wait: return once they are placed)", default: true }, ...fillTimeoutArg, ...nodeArgs },
   async run(context) {
     rejectUnknownFlags(context);
     const { args } = context;
     const address = nodeAddress(args);
+    const deadlineMs = fillDeadlineMs(args.timeout);
     const result = await adminRequest(address, "admin.route.forget", { node: args.nodeId });
     const rehomed = result.rehomed.filter((entry) => entry.groups > 0);
     const filled: Record<string, string> = {};
-    if (args.wait !== false) for (const entry of rehomed) filled[entry.volume] = await waitCopiesWhole(address, entry.volume);
+    if (args.wait !== false) for (const entry of rehomed) filled[entry.volume] = await waitCopiesWhole(address, entry.volume, deadlineMs);
     printResult(args.json, { ...result, ...(args.wait !== false ? { filled } : {}) }, () =>
       [
         `node ${String(result.node)} removed from the group`,
@@ -167,7 +176,7 @@ const forget = defineCommand({
 });
 
 /** Polls a replicated volume's sets as the asked node sees them until every group has all its copies; progress on stderr. */
-async function waitCopiesWhole(address: string, volume: string): Promise<string> {
+async function waitCopiesWhole(address: string, volume: string, deadlineMs: number): Promise<string> {
   let lastPrintMs = 0;
   for (;;) {
     const shown = await adminRequest(address, "admin.route.show", { volume });
@@ -176,6 +185,10 @@ async function waitCopiesWhole(address: string, volume: string): Promise<string>
     if (sets === undefined || sets.whole) {
       if (process.stderr.isTTY && lastPrintMs > 0) process.stderr.write("\n");
       return sets?.table ?? "";
+    }
+    if (nowMs >= deadlineMs) {
+      if (process.stderr.isTTY && lastPrintMs > 0) process.stderr.write("\n");
+      throw new ShoalError("TIMEOUT", `'${volume}' does not have all its copies yet (${sets.table}); they keep filling in the background: \`shoal route show ${volume} --json\` says when its replica sets are whole`);
     }
     if (nowMs - lastPrintMs >= (process.stderr.isTTY ? 250 : 2000)) {
       lastPrintMs = nowMs;
@@ -189,7 +202,7 @@ async function waitCopiesWhole(address: string, volume: string): Promise<string>
 /** Starts a move job, then (unless --no-wait) polls it, with progress on stderr, until it ends. */
 type MoveOp = "admin.route.move" | "admin.route.rebalance" | "admin.route.drain";
 
-async function runMove<Op extends MoveOp>(args: { node?: string; json?: boolean; wait?: boolean }, op: Op, request: AdminArgs<Op>): Promise<void> {
+async function runMove<Op extends MoveOp>(args: { node?: string; json?: boolean; wait?: boolean; fillDeadlineMs?: number }, op: Op, request: AdminArgs<Op>): Promise<void> {
   const address = nodeAddress(args);
   let result: MoveStatus = await adminRequest<MoveOp>(address, op, request);
   const { plan, rehomed } = result;
@@ -214,7 +227,7 @@ async function runMove<Op extends MoveOp>(args: { node?: string; json?: boolean;
   // A drain's replicated volumes: their copies move in the background, one copy of a page at a time.
   const moving = (rehomed ?? []).filter((entry) => entry.groups > 0);
   const filled: Record<string, string> = {};
-  if (result.state !== "planned" && args.wait !== false) for (const entry of moving) filled[entry.volume] = await waitCopiesWhole(address, entry.volume);
+  if (result.state !== "planned" && args.wait !== false) for (const entry of moving) filled[entry.volume] = await waitCopiesWhole(address, entry.volume, args.fillDeadlineMs ?? Infinity);
   printResult(args.json, { ...result, plan, ...(rehomed ? { rehomed } : {}), ...(moving.length > 0 && args.wait !== false && result.state !== "planned" ? { filled } : {}) }, () =>
     [describeStatus(result), ...describePlan(plan), ...moving.map((entry) => describeRehomed(entry, filled[entry.volume], result.state === "planned"))].join("\n"),
   );

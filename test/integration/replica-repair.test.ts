@@ -62,6 +62,9 @@ test("forget of a node that is up or unknown is refused with one line", async ()
   expect(up.exitCode).toBe(4);
   expect(up.stderr).toContain("node node3 is up and holds copies of 'r', 't'; drain it, or stop it first");
   expect(up.stderr.trim().split("\n")).toHaveLength(1);
+  const badTimeout = await cluster.shoal(["route", "forget", "node3", "--timeout", "soon"]);
+  expect(badTimeout.exitCode).toBe(2);
+  expect(badTimeout.stderr).toContain("--timeout 'soon' is not a duration");
   const unknown = await cluster.shoal(["route", "forget", "node9"]);
   expect(unknown.exitCode).toBe(3);
   expect(unknown.stderr.trim().split("\n")).toHaveLength(1);
