@@ -72,6 +72,9 @@ const show = defineCommand({
                 runList({ runs: n.replicaRuns, runCount: n.replicaRunCount }),
               ]),
             ),
+        ...(result.replicaSets
+          ? [`replica sets ${result.replicaSets.table}: ${result.replicaSets.whole ? "every page has all its copies" : "some page lacks a copy (a node away, or a copy filling)"}`]
+          : []),
       ].join("\n"),
     );
   },

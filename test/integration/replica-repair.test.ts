@@ -126,6 +126,9 @@ test("node3 killed -9 and forgotten under writers: its copies re-created on the 
   }
   for (const set of setsOf((await replicaSets(0, "t")).table)) expect([...set].sort()).toEqual(["node1", "node2", "node4"]);
 
+  const text = (await cluster.shoal(["route", "show", "r"])).stdout;
+  expect(text).toContain("replica sets v");
+  expect(text).toContain(": every page has all its copies");
   const members = JSON.parse((await cluster.shoal(["route", "nodes", "--json"])).stdout);
   expect(members.nodes.map((member: { id: string }) => member.id)).not.toContain("node3");
 }, 60_000);
