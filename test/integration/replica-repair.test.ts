@@ -52,6 +52,23 @@ async function expectSnapshotsSame(names: string[], nodes: typeof cluster.nodes)
   }
 }
 
+/** Writers go on a little after the repair, then stop: none may have seen an error. */
+async function stopWriters(writers: Awaited<ReturnType<typeof startWriters>>, what: string): Promise<void> {
+  await Bun.sleep(500);
+  const outcome = await writers.stop();
+  console.log(`${what}; ${history.writes.size} writes, longest ${outcome.maxLatencyMs.toFixed(0)} ms`);
+  expect(outcome.firstError).toBeUndefined();
+  expect(outcome.errors).toBe(0);
+}
+
+/** node1, node2 and node4 (node3 is gone) each see every page of 'r' with all its copies. */
+async function waitWholeOnLiveNodes(): Promise<void> {
+  await waitFor("node1, node2 and node4 to see the copies whole", async () => {
+    for (const index of [0, 1, 3]) if (!(await replicaSets(index)).whole) return false;
+    return true;
+  });
+}
+
 async function replicaSets(nodeIndex: number, volume = "r"): Promise<{ table: string; whole: boolean; copiedBytes: number }> {
   const shown = await cluster.shoal(["route", "show", volume, "--json"], { node: cluster.nodes[nodeIndex] });
   return JSON.parse(shown.stdout).replicaSets;
@@ -94,17 +111,10 @@ test("node3 killed -9 and forgotten under writers: its copies re-created on the 
   expect(result.rehomed).toContainEqual({ volume: "t", groups: 3, to: { node1: 1, node2: 1, node4: 1 } });
   expect(result.filled.r).not.toContain("node3@");
   expect(result.filled.t).not.toContain("node3@");
-  await Bun.sleep(500);
-  const outcome = await writers.stop();
-  console.log(`forget of node3: ${forgetMs.toFixed(0)} ms until the copies were whole; ${history.writes.size} writes, longest ${outcome.maxLatencyMs.toFixed(0)} ms; ${result.filled.r}`);
-  expect(outcome.firstError).toBeUndefined();
-  expect(outcome.errors).toBe(0);
+  await stopWriters(writers, `forget of node3: ${forgetMs.toFixed(0)} ms until the copies were whole; ${result.filled.r}`);
 
   const live = [node1, node2, node4];
-  await waitFor("every live node to see the copies whole", async () => {
-    for (const index of [0, 1, 3]) if (!(await replicaSets(index)).whole) return false;
-    return true;
-  });
+  await waitWholeOnLiveNodes();
   // Every group has two copies, none on node3; node1 and node2 now hold three groups, node4 two.
   const sets = setsOf((await replicaSets(3)).table);
   expect(sets).toHaveLength(4);
@@ -159,16 +169,9 @@ test("node4 drained under writers (its own clients too): its copies move to node
   const result = JSON.parse(drained.stdout);
   expect(result.rehomed).toEqual([{ volume: "r", groups: 2, to: { node1: 1, node2: 1 } }]);
   expect(result.filled.r).not.toContain("node4@");
-  await Bun.sleep(500);
-  const outcome = await writers.stop();
-  console.log(`drain of node4: ${drainMs.toFixed(0)} ms until its copies had moved; ${history.writes.size} writes, longest ${outcome.maxLatencyMs.toFixed(0)} ms; ${result.filled.r}`);
-  expect(outcome.firstError).toBeUndefined();
-  expect(outcome.errors).toBe(0);
+  await stopWriters(writers, `drain of node4: ${drainMs.toFixed(0)} ms until its copies had moved; ${result.filled.r}`);
 
-  await waitFor("every node to see the copies whole", async () => {
-    for (const index of [0, 1, 3]) if (!(await replicaSets(index)).whole) return false;
-    return true;
-  });
+  await waitWholeOnLiveNodes();
   for (const set of setsOf((await replicaSets(3)).table)) expect([...set].sort()).toEqual(["node1", "node2"]);
   const reads = await Promise.all([node1, node2, node4].map((node) => readStamps(node, "r", BLOCKS)));
   for (const stamps of reads) expect(lostWrites(history, stamps)).toEqual([]);

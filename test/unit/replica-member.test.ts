@@ -10,28 +10,14 @@ import { parsePeerMessage, type MemberEvent, type MemberReady, type PeerMessage 
 import { applyRecord, decodeMemberState, encodeMemberState, initialMemberState, type MemberState } from "../../core/replica/member-state.ts";
 import { ReplicaMember, type MemberConfig } from "../../core/replica/replica-member.ts";
 import { initialTable, withChange, type ReplicaTable } from "../../core/replica/replica-table.ts";
+import { testMemberConfig } from "./_member-config.ts";
 
 const MEMBERS = ["a", "b", "c"];
 const base = initialTable("vol", [["a", "b"], ["b", "c"]]);
 const withoutB = withChange(base, { kind: "drop", node: "b", groups: [0] });
 
 function config(self: string, extra: Partial<MemberConfig> = {}): MemberConfig {
-  return {
-    self,
-    members: MEMBERS,
-    bootId: "boot1",
-    home: (volume) => (volume === "vol" ? [["a", "b"], ["b", "c"]] : undefined),
-    chunksPerGroup: () => 4,
-    heartbeatIntervalMs: 15,
-    suspectAfterMs: 75,
-    policyIntervalMs: 20,
-    copyBatchChunks: 2,
-    copyTimeoutMs: 40,
-    joinChunksMax: 2,
-    proposer: { attemptTimeoutMs: 40, backoffMs: 15, maxAttempts: 6 },
-    random: () => 0.5,
-    ...extra,
-  };
+  return testMemberConfig(self, MEMBERS, [["a", "b"], ["b", "c"]], extra);
 }
 
 /** A member and a host copy of its catalog, folded from the records it hands out. */

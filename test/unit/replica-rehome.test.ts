@@ -10,6 +10,7 @@ import { planRehome } from "../../core/replica/rehome-plan.ts";
 import { ReplicaMember } from "../../core/replica/replica-member.ts";
 import { changeFits, initialTable, withChange } from "../../core/replica/replica-table.ts";
 import { proposalFor, type PolicyView } from "../../core/replica/set-change-policy.ts";
+import { testMemberConfig } from "./_member-config.ts";
 
 /** Four nodes, two copies: the striped homes of four page groups. */
 const striped = [
@@ -72,22 +73,7 @@ describe("a member adopting a rehome", () => {
   test("stops noting writes for the node that left, and resyncs the new home copy before it is added", () => {
     const catalog = initialMemberState("b", [base]);
     const member = new ReplicaMember(
-      {
-        self: "b",
-        members: ["a", "b", "c", "d"],
-        bootId: "boot1",
-        home: () => striped,
-        chunksPerGroup: () => 4,
-        allChunks: () => [0, 2],
-        heartbeatIntervalMs: 15,
-        suspectAfterMs: 75,
-        policyIntervalMs: 20,
-        copyBatchChunks: 8,
-        copyTimeoutMs: 40,
-        joinChunksMax: 1,
-        proposer: { attemptTimeoutMs: 40, backoffMs: 15, maxAttempts: 6 },
-        random: () => 0.5,
-      },
+      testMemberConfig("b", ["a", "b", "c", "d"], striped, { allChunks: () => [0, 2], copyBatchChunks: 8, joinChunksMax: 1 }),
       decodeMemberState(encodeMemberState(catalog)),
       0,
     );

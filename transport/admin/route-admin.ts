@@ -104,8 +104,8 @@ export class RouteAdmin {
         throw new ShoalError("BAD_ARGUMENT", `volume '${record.name}' is a clone or has clones: moving its copies with their origin's layers is not built yet; delete the clones (or archive and restore them as volumes of their own) before moving ${node}'s copies`);
       }
     }
-    const timeoutMs = this.replicas.timeoutMs;
-    const deadlineMs = Date.now() + Math.min(45_000, Math.max(timeoutMs * 3, timeoutMs + 5000));
+    // Within the CLI's 60 s admin request, whatever the --replica-timeout.
+    const deadlineMs = Date.now() + Math.min(45_000, this.replicas.setChangeWaitMs);
     // Every volume planned first, so one without room refuses the command before any is changed.
     if (!dryRun) for (const record of records) await this.replicas.rehome(record.name, node, this.candidates(record, node), deadlineMs, leaving, true);
     const rehomed: Rehomed[] = [];
@@ -175,8 +175,8 @@ export function formatPages(pages: number[]): string {
 }
 
 /**
- * Moves go one page's single copy at a time; a replicated page must move one replica at a time
- * while the others take its writes, which needs the replica-set changes of the failover slice.
+ * Page moves go one page's single copy at a time. A replicated volume's copies move by re-homing
+ * whole page groups (drain, forget); moving chosen pages or rebalancing them is not built.
  */
 function unreplicated(record: VolumeRecord): VolumeRecord {
   if (replicaCount(record.routing) > 1) {

@@ -77,8 +77,13 @@ export class ReplicaHost {
     this.pages = new ReplicaPages(options.store, options.log, options.group.selfId);
   }
 
-  get timeoutMs(): number {
-    return this.options.timeoutMs;
+  /**
+   * How long a set change may take to be chosen: three timeouts, and at least the timeout plus
+   * 5 s (a suspicion, then a ballot or two). A request held for a new set, or an operator's
+   * re-homing waiting for a drop, waits this long.
+   */
+  get setChangeWaitMs(): number {
+    return Math.max(this.options.timeoutMs * 3, this.options.timeoutMs + 5000);
   }
 
   get log(): MeshLog {

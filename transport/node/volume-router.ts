@@ -77,7 +77,7 @@ export class VolumeRouter implements ExportCatalog {
     // Held across set changes for three suspicion timeouts (one to notice, one to decide, one to
     // spare), and never less than the timeout plus 5 s: a decision on two busy CPUs took over 2 s
     // (a 1 s timeout's 3 s hold failed writes under the whole test suite).
-    this.failover = new FailoverHold(group, replicaHost.log, Math.max(replicaHost.timeoutMs * 3, replicaHost.timeoutMs + 5000));
+    this.failover = new FailoverHold(group, replicaHost.log, replicaHost.setChangeWaitMs);
     this.debts = new FlushDebts(group, store, this.bootId, this.failover, () => replicaHost.syncRecords());
   }
 
