@@ -16,11 +16,11 @@ import { LayerDeletion } from "./_deletion.ts";
 import { MAX_CHAIN_LAYERS, type StoreLayer, validateLayerId } from "./_layers.ts";
 import { openJournal, openLayerFiles } from "./_load.ts";
 import { ImportBatch, type PageExport, PageMoves } from "./_moves.ts";
-import { type FileIO, RealFileIO } from "./file-io.ts";
+import { type FileIO, type FreeingClock, RealFileIO } from "./file-io.ts";
 
 export { DEFAULT_CHUNK_SIZE_BYTES } from "./_load.ts";
 export { ImportBatch, type PageExport, type PagePiece } from "./_moves.ts";
-export type { FileIO } from "./file-io.ts";
+export type { FileIO, FreeingClock } from "./file-io.ts";
 
 export interface PageStoreOptions {
   dir: string;
@@ -37,6 +37,11 @@ export interface PageStoreOptions {
    * turn of its event loop (core/ sets no timers). By default a microtask: nothing waits.
    */
   yieldToClients?: () => Promise<void>;
+  /**
+   * The clock that paces freeing a removed layer's file (file-io.ts unlinkAsync); the node passes
+   * the real one (core/ reads no clock). Absent: the file goes in one unlink.
+   */
+  freeingClock?: FreeingClock;
   /** Accepted for the old store's callers; one descriptor per layer file is kept open. */
   maxOpenFiles?: number;
 }
@@ -75,7 +80,7 @@ export class PageStore {
   private closed = false;
 
   constructor(options: PageStoreOptions) {
-    this.io = options.io ?? new RealFileIO();
+    this.io = options.io ?? new RealFileIO(options.freeingClock);
     this.dir = `${options.dir}/${STORE_DIR_NAME}`;
     refuseOldFormat(this.io, options.dir);
     if (options.chunkSizeBytes !== undefined) validateChunkSize(options.chunkSizeBytes);

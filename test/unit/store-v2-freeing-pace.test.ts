@@ -1,8 +1,13 @@
 // The pace at which a removed layer file's blocks are freed (core/store/_freeing-pace.ts): steps
 // follow the measured time toward the target, never jump by more than twice, rest in proportion,
-// and a sparse file's steps are longer in proportion to its holes.
+// and a sparse file's steps are longer in proportion to its holes; and RealFileIO's unlinkAsync
+// follows it with the clock it is given.
 import { describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { FreeingPace, REST_RATIO, STEP_TARGET_MS } from "../../core/store/_freeing-pace.ts";
+import { RealFileIO } from "../../core/store/file-io.ts";
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -47,5 +52,36 @@ describe("freeing pace", () => {
     expect(simulate(1024 * GiB, 64 * MiB, 0.5).stepMs.length).toBeLessThan(40);
     expect(simulate(1 * GiB, 2 * MiB, 0.5).stepMs.length).toBe(0);
     expect(new FreeingPace().nextLength(512 * 1024, 512 * 1024)).toBe(0);
+  });
+});
+
+describe("RealFileIO.unlinkAsync", () => {
+  test("with a clock a dense file shrinks in timed steps with rests, then goes; without one it goes in one unlink", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "shoal-freeing-"));
+    try {
+      const file = path.join(dir, "layer");
+      fs.writeFileSync(file, new Uint8Array(24 * MiB).fill(1));
+      let nowMs = 0;
+      const rests: number[] = [];
+      const sizes: number[] = [];
+      const clock = {
+        nowMs: () => (nowMs += 1), // every step "takes" 1 ms
+        sleep: async (ms: number) => {
+          rests.push(ms);
+          sizes.push(fs.statSync(file).size);
+        },
+      };
+      await new RealFileIO(clock).unlinkAsync(file);
+      expect(fs.existsSync(file)).toBe(false);
+      expect(rests.length).toBeGreaterThan(1);
+      for (const ms of rests) expect(ms).toBeGreaterThanOrEqual(0);
+      for (let index = 1; index < sizes.length; index++) expect(sizes[index]!).toBeLessThan(sizes[index - 1]!);
+
+      fs.writeFileSync(file, new Uint8Array(24 * MiB).fill(1));
+      await new RealFileIO().unlinkAsync(file);
+      expect(fs.existsSync(file)).toBe(false);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

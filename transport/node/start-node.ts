@@ -194,6 +194,7 @@ async function runNode(options: NodeOptions, plan: StartPlan, undo: (() => void)
     dirtyLimitBytes: options.dirtyLimitBytes,
     // A snapshot deletion's merge lets clients' requests run between its pages.
     yieldToClients: () => new Promise((resolve) => setImmediate(resolve)),
+    freeingClock: { nowMs: () => performance.now(), sleep: (ms) => Bun.sleep(ms) },
   });
   undo.push(() => store.close());
   const writeBackIntervalMs = options.writeBackIntervalMs ?? DEFAULT_WRITE_BACK_INTERVAL_MS;
