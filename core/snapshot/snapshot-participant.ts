@@ -9,11 +9,11 @@ import type {
   ParticipantRecord,
   PrepareMessage,
   SnapshotMessage,
-  SnapshotMode,
   TakeMessage,
   ToCoordinatorMessage,
   WireError,
 } from "./snapshot-messages.ts";
+import { entryWakeAtMs, isOlder, newEntry, recordOf, refuse, release, taken, type Entry, type Phase } from "./participant-entry.ts";
 
 export interface ParticipantConfig {
   nodeId: NodeId;
@@ -76,28 +76,6 @@ export interface WriteAdmission {
   effects: ParticipantEffect[];
   ackNotBeforeMs: number;
   fences: string[];
-}
-
-type Phase = "holding" | "ready" | "prepared" | "armed" | "pending";
-
-interface Entry {
-  snapshotId: string;
-  name: string;
-  coordinator: NodeId;
-  volumes: string[];
-  mode: SnapshotMode;
-  startedAtMs: number;
-  maxClockSkewMs: number;
-  prepareNonce: string;
-  prepareSentAtMs: number;
-  phase: Phase;
-  /** holding/ready: end of hold; prepared: give up waiting for take. */
-  deadlineMs: number;
-  cutAtMs?: number;
-  /** Timestamp mode: the commit wait the coordinator measured for this node (see TakeMessage). */
-  commitWaitMs?: number;
-  nextQueryAtMs: number;
-  queryIntervalMs: number;
 }
 
 interface Tombstone {
@@ -265,10 +243,6 @@ export class SnapshotParticipant {
     return false;
   }
 
-  /**
-   * Timestamp-mode snapshots of the volume prepared or armed here and not cut yet: a write this
-   * node applies now as a primary is in them, whatever a replica's clock says when it arrives.
-   */
   /**
    * Timestamp-mode snapshots this node has cut and not finished (no outcome yet): a replicated
    * write that arrives now without its primary's word that it cut one of them belongs under it.
@@ -548,71 +522,3 @@ export class SnapshotParticipant {
   }
 }
 
-function newEntry(
-  snapshotId: string,
-  name: string,
-  coordinator: NodeId,
-  volumes: string[],
-  mode: SnapshotMode,
-  startedAtMs: number,
-  maxClockSkewMs: number,
-  prepareNonce: string,
-  prepareSentAtMs: number,
-): Entry {
-  return {
-    snapshotId,
-    name,
-    coordinator,
-    volumes: [...volumes],
-    mode,
-    startedAtMs,
-    maxClockSkewMs,
-    prepareNonce,
-    prepareSentAtMs,
-    phase: "prepared",
-    deadlineMs: Infinity,
-    nextQueryAtMs: Infinity,
-    queryIntervalMs: 0,
-  };
-}
-
-function entryWakeAtMs(entry: Entry): number {
-  switch (entry.phase) {
-    case "holding":
-    case "ready":
-    case "prepared":
-      return entry.deadlineMs;
-    case "armed":
-      return entry.cutAtMs!;
-    case "pending":
-      return entry.nextQueryAtMs;
-  }
-}
-
-/** Older snapshots win hold conflicts: a total order on (start time, id). */
-function isOlder(a: { startedAtMs: number; snapshotId: string }, b: { startedAtMs: number; snapshotId: string }): boolean {
-  return a.startedAtMs < b.startedAtMs || (a.startedAtMs === b.startedAtMs && a.snapshotId < b.snapshotId);
-}
-
-function recordOf(entry: Entry, state: "pending" | "committed"): ParticipantRecord {
-  return {
-    snapshotId: entry.snapshotId,
-    name: entry.name,
-    coordinator: entry.coordinator,
-    volumes: entry.volumes,
-    mode: entry.mode,
-    state,
-  };
-}
-
-function refuse(to: NodeId, snapshotId: string, error: WireError): ParticipantEffect {
-  return { kind: "send", to, msg: { type: "snap.refuse", snapshotId, error } };
-}
-
-function taken(entry: Entry): ParticipantEffect {
-  return { kind: "send", to: entry.coordinator, msg: { type: "snap.taken", snapshotId: entry.snapshotId } };
-}
-
-function release(entry: Entry): ParticipantEffect {
-  return { kind: "release", snapshotId: entry.snapshotId, volumes: entry.volumes };
-}
