@@ -14,8 +14,12 @@ export type PeerMessage =
   | { kind: "prepare"; volume: string; version: number; ballot: Ballot }
   | { kind: "accept"; volume: string; version: number; ballot: Ballot; value: ReplicaTable }
   | { kind: "acceptor-reply"; volume: string; reply: AcceptorReply }
-  /** A resync batch: the host attaches the chunks' data as it sends. `batch` is unique across the sender's restarts. */
-  | { kind: "copy"; batch: string; volume: string; group: number; chunks: number[] }
+  /**
+   * A resync batch: the host attaches the chunks' data as it sends. `batch` is unique across the
+   * sender's restarts; `table` is the one the source copies under (the receiver takes a copy only
+   * under that very version, from that version's one source).
+   */
+  | { kind: "copy"; batch: string; table: ReplicaTable; group: number; chunks: number[] }
   | { kind: "copied"; batch: string }
   | { kind: "join-request"; volume: string; group: number; since: number }
   /** The join copy: the table that added the receiver, and the chunks it may lack (data attached by the host). */
@@ -124,7 +128,7 @@ export function parsePeerMessage(wire: unknown): PeerMessage {
     case "acceptor-reply":
       return { kind: "acceptor-reply", volume: volume(), reply: parseAcceptorReply(m.reply) };
     case "copy":
-      return { kind: "copy", batch: batch(), volume: volume(), group: group(), chunks: chunks() };
+      return { kind: "copy", batch: batch(), table: decodeTable(m.table), group: group(), chunks: chunks() };
     case "copied":
       return { kind: "copied", batch: batch() };
     case "join-request":

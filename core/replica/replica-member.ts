@@ -14,9 +14,9 @@
 //    1. `records` go to the catalog (bun:sqlite, one transaction per Ready, or rows keyed as
 //       member-state.ts's keys; applyRecord folds them into a stored MemberState).
 //    2. `applies` go to the page store: a "write" applies the client request's data; a "copy" or
-//       "join" applies the data that came with the message being stepped, chunk by chunk only over
-//       an older version of the chunk (a late resync copy must not undo a newer write), and must be
-//       durable (synced) with the records.
+//       "join" applies the data that came with the message being stepped (overwriting: the member
+//       takes a copy only when none older or newer can reach the chunk after it, see applyCopy),
+//       and must be durable (synced) with the records.
 //    3. When the records and durable applies of `durableSeq` are on disk (a catalog commit and a
 //       page-store sync; batch them across Readys freely), step {kind: "durable", seq}. Messages and
 //       replies that rest on them come out of that step: a promise, an acceptance, a "copied" or
@@ -33,9 +33,12 @@
 //  * Not here, for the data path: the page's primary sends a write to every replica of the set it
 //    routes by and acks the client when all applied it; a read is valid when every replica
 //    confirms the version (the simulation's clients, test/sim/replica-world.ts, do exactly that).
-//  * Open for the node (the simulation's store is durable at once and stamps each chunk): the page
-//    store needs a per-chunk version so a copy applies only over older data, and a replica that
-//    lost unflushed writes in a crash must not go on counting as up to date for its groups.
+//  * The mesh must keep each link's messages in order and never duplicate one (a TCP connection
+//    per pair of nodes): the node's store keeps no per-chunk version, so a late duplicate of a
+//    write would undo a newer one. The simulation runs both that ("tcp" links) and a reordering,
+//    duplicating mesh over a store that stamps each chunk.
+//  * Open for the node: a replica that lost unflushed writes in a power loss must not go on
+//    counting as up to date for its groups (a kill -9 loses nothing the kernel was given).
 import { invariant } from "../invariant.ts";
 import { onAccept, onPrepare } from "./acceptor.ts";
 import { changedCount, copied, copyLost, mapOnDrop, newAwayMap, noteWrite, remainder, takeBatch, type AwayMapState } from "./away-map.ts";
@@ -92,6 +95,8 @@ export interface MemberSabotage {
   joinWithoutCopy?: boolean;
   /** A resync source forgets a chunk as it sends the copy, not when the copy is confirmed. */
   resyncForgetsOnSend?: boolean;
+  /** A member applies every resync copy it gets (any sender, any version, in the set or not). */
+  takeAnyCopy?: boolean;
 }
 
 type Of<K extends PeerMessage["kind"]> = Extract<PeerMessage, { kind: K }>;
@@ -434,7 +439,7 @@ export class ReplicaMember {
 
   private resync(table: ReplicaTable, home: string[][], suspected: Set<string>): void {
     table.sets.forEach((set, group) => {
-      if (resyncSource(table, group, suspected, home[group]) !== this.self || !this.synced(table, group)) return;
+      if (resyncSource(table, group, home[group]) !== this.self || !this.synced(table, group)) return;
       for (const node of home[group] ?? []) {
         if (set.some((entry) => entry.node === node) || suspected.has(node)) continue;
         const key = awayKey(table.volume, group, node);
@@ -450,17 +455,39 @@ export class ReplicaMember {
         const id = `${this.config.bootId}.${++this.batchSeq}`;
         this.copiesInFlight.set(id, { volume: table.volume, map, key, chunks: batch, deadlineMs: this.nowMs + this.config.copyTimeoutMs });
         if (this.config.sabotage?.resyncForgetsOnSend) this.forgetCopied(table.volume, map, batch);
-        this.send(node, { kind: "copy", batch: id, volume: table.volume, group, chunks: batch });
+        this.send(node, { kind: "copy", batch: id, table: cloneReplicaTable(table), group, chunks: batch });
       }
     });
   }
 
+  /**
+   * A resync batch, applied only when it was taken under the table this member records (after
+   * adopting the one it came with) by that table's one resync source, and this member is not a
+   * replica of the group in it. Then no other copy of the group can overtake it: copies under
+   * older versions are refused, one source's copies come in order on its link, and once this
+   * member is back in the set (a join copy brought it up to date, writes follow) none is taken.
+   * A refused copy is not confirmed: its source sends the chunks again under its newer table.
+   */
   private applyCopy(from: string, p: Of<"copy">): void {
-    const table = this.state.tables.get(p.volume);
-    if (table?.sets[p.group] === undefined || !this.chunksFit(p.volume, p.chunks)) return;
-    this.out.apply({ kind: "copy", volume: p.volume, group: p.group, chunks: [...p.chunks] });
-    this.out.note({ kind: "copy-applied", volume: p.volume, group: p.group, chunks: p.chunks.length });
+    this.adopt(p.table);
+    if (!this.takesCopy(from, p)) return;
+    const { volume } = p.table;
+    this.out.apply({ kind: "copy", volume, group: p.group, chunks: [...p.chunks] });
+    this.out.note({ kind: "copy-applied", volume, group: p.group, chunks: p.chunks.length });
     this.send(from, { kind: "copied", batch: p.batch });
+  }
+
+  /** Whether a copy from `from` would be applied (the host asks before it stages the copy's pages). */
+  takesCopy(from: string, p: Of<"copy">): boolean {
+    const recorded = this.state.tables.get(p.table.volume);
+    const striped = this.config.home(p.table.volume);
+    if (recorded === undefined || striped === undefined) return false;
+    if (this.config.sabotage?.takeAnyCopy) return this.chunksFit(p.table.volume, p.chunks);
+    if (recorded.version > p.table.version) return false;
+    const table = p.table;
+    const set = table.sets[p.group];
+    if (set === undefined || set.some((entry) => entry.node === this.self) || !this.chunksFit(table.volume, p.chunks)) return false;
+    return resyncSource(table, p.group, homeOf(table, striped)[p.group]) === from;
   }
 
   private copyConfirmed(batch: string): void {

@@ -41,13 +41,16 @@ function dropFor(view: PolicyView): SetChange | undefined {
 }
 
 /**
- * The group's resync source is its first replica at home this member does not suspect (else its
- * first one not suspected): one member copies, not all, and a replica a drain is taking away
- * never is, so the map of what the new copy lacks stays with a copy that stays.
+ * The group's resync source: its first replica at home (else its first one), whatever any member
+ * suspects, so each table version has exactly one and a receiver can refuse every other sender's
+ * copy (two sources racing could land an older copy of a chunk after a newer one another source
+ * had confirmed). A replica a drain is taking away never is one, so the map of what the new copy
+ * lacks stays with a copy that stays. A source that dies stops the resync until a drop removes it
+ * from the set: the next version has a live source.
  */
-export function resyncSource(table: ReplicaTable, group: number, suspected: ReadonlySet<string>, home: readonly string[] = []): string | undefined {
+export function resyncSource(table: ReplicaTable, group: number, home: readonly string[] = []): string | undefined {
   const set = table.sets[group]!;
-  return (set.find((entry) => !suspected.has(entry.node) && home.includes(entry.node)) ?? set.find((entry) => !suspected.has(entry.node)))?.node;
+  return (set.find((entry) => home.includes(entry.node)) ?? set[0])?.node;
 }
 
 /**
@@ -61,7 +64,7 @@ function leaveFor(view: PolicyView): SetChange | undefined {
   const leaverOf = (group: number): string | undefined => {
     const home = view.home[group] ?? [];
     const set = table.sets[group]!;
-    if (resyncSource(table, group, suspected, home) !== self || !view.synced(group)) return undefined;
+    if (resyncSource(table, group, home) !== self || !view.synced(group)) return undefined;
     const leaver = set.find((entry) => !home.includes(entry.node) && entry.node !== self)?.node;
     if (leaver === undefined) return undefined;
     const missing = home.filter((node) => !set.some((entry) => entry.node === node));
@@ -82,7 +85,7 @@ function addFor(view: PolicyView): SetChange | undefined {
   const { table, self, suspected } = view;
   const ready = (group: number, node: string): boolean => {
     const home = view.home[group] ?? [];
-    if (resyncSource(table, group, suspected, home) !== self || !view.synced(group) || suspected.has(node)) return false;
+    if (resyncSource(table, group, home) !== self || !view.synced(group) || suspected.has(node)) return false;
     if (!home.includes(node) || table.sets[group]!.some((entry) => entry.node === node) || table.sets[group]!.length >= home.length) return false;
     const lacking = view.lacking(group, node);
     return lacking !== undefined && lacking <= view.joinChunksMax;

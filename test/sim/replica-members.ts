@@ -37,7 +37,7 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
   private midWriteCrashesLeft = MID_WRITE_CRASHES_MAX;
 
   protected boot(id: string, disk: MemberDisk): ReplicaMember {
-    const { minorityQuorum, ignoreAccepted, ignoreFence, joinWithoutCopy, resyncForgetsOnSend } = this.sabotage;
+    const { minorityQuorum, ignoreAccepted, ignoreFence, joinWithoutCopy, resyncForgetsOnSend, takeAnyCopy } = this.sabotage;
     const config = {
       self: id,
       members: this.memberIds,
@@ -53,7 +53,7 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
       joinChunksMax: JOIN_CHUNKS_MAX,
       proposer: PROPOSER,
       random: () => this.rng.float(),
-      sabotage: { minorityQuorum, ignoreAccepted, ignoreFence, joinWithoutCopy, resyncForgetsOnSend },
+      sabotage: { minorityQuorum, ignoreAccepted, ignoreFence, joinWithoutCopy, resyncForgetsOnSend, takeAnyCopy },
     };
     // Through the stored form, as a node reads its catalog: a record the encoding drops is a record lost.
     return new ReplicaMember(config, decodeMemberState(encodeMemberState(disk.catalog)), this.nowMs);
@@ -146,7 +146,7 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
   }
 
   private store(member: Member, key: string, value: ChunkValue): void {
-    if (newerThan(value, member.durable.chunks.get(key))) member.durable.chunks.set(key, { ...value });
+    if (this.storeOverwrites || newerThan(value, member.durable.chunks.get(key))) member.durable.chunks.set(key, { ...value });
   }
 
   /** Records become durable in order, the scenario's persistDelayMs after their write; then the runner hears so. */
@@ -198,7 +198,7 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
       const value = member.volatile.acceptances.get(acceptanceKey(volume, reply.version, reply.ballot));
       if (value) this.event({ kind: "accepted", node: member.id, volume, version: reply.version, ballot: reply.ballot, value });
     }
-    if (message.kind === "copy" || message.kind === "join") payload.data = this.values(member, volumeOf(message), message.group, message.chunks);
+    if (message.kind === "copy" || message.kind === "join") payload.data = this.values(member, message.table.volume, message.group, message.chunks);
     this.send(member.id, to, payload);
   }
 
@@ -250,8 +250,4 @@ export abstract class ReplicaMembersWorld extends ReplicaWorldBase {
 
 function acceptanceKey(volume: string, version: number, ballot: Ballot): string {
   return `${volume}@${version}#${ballot.round}.${ballot.proposer}`;
-}
-
-function volumeOf(message: Extract<PeerMessage, { kind: "copy" | "join" }>): string {
-  return message.kind === "copy" ? message.volume : message.table.volume;
 }

@@ -47,6 +47,8 @@ export interface ReplicaSabotage {
   readFromOne?: boolean;
   /** A resync source forgets a chunk as it sends the copy, not when the copy is confirmed. */
   resyncForgetsOnSend?: boolean;
+  /** A member applies every resync copy it gets (any sender, any version, in the set or not). */
+  takeAnyCopy?: boolean;
 }
 export const SABOTAGE_NAMES = [
   "acceptorRepliesBeforeDurable",
@@ -57,6 +59,7 @@ export const SABOTAGE_NAMES = [
   "joinWithoutCopy",
   "readFromOne",
   "resyncForgetsOnSend",
+  "takeAnyCopy",
 ] as const;
 
 export interface ReplicaScenario {

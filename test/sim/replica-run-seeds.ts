@@ -3,23 +3,23 @@
 // --seeds 5000 [--from N] [--seed N] [--sabotage NAME] [--trace]`. Exits 1 if any seed failed.
 import { parseSeedArgs, printVerdict, replayCommand, runSeedRange, type SeedCli } from "./kernel/seed-runner.ts";
 import { checkReplicaHistory } from "./replica-checker.ts";
-import { REPLICA_MODES, runReplicaWorld, SABOTAGE_NAMES, type ReplicaMode, type ReplicaSabotage } from "./replica-world.ts";
+import { REPLICA_LINKS, REPLICA_MODES, runReplicaWorld, SABOTAGE_NAMES, type ReplicaLinks, type ReplicaMode, type ReplicaSabotage } from "./replica-world.ts";
 
 let modes: ReplicaMode[] = [...REPLICA_MODES];
-/** --links fifo: every link delivers in send order, as the node's TCP mesh does. */
-let fifo = false;
+/** --links: see ReplicaWorldOptions.links (tcp: the node's mesh and overwriting store). */
+let links: ReplicaLinks = "reorder";
 const CLI: SeedCli = {
   script: "test/sim/replica-run-seeds.ts",
-  usage: `usage: bun test/sim/replica-run-seeds.ts [--mode ${REPLICA_MODES.join("|")}|all] [--links fifo|reorder] [--seeds N] [--from S] [--seed N] [--sabotage ${SABOTAGE_NAMES.join("|")}] [--trace] [--max-reported N]`,
+  usage: `usage: bun test/sim/replica-run-seeds.ts [--mode ${REPLICA_MODES.join("|")}|all] [--links ${REPLICA_LINKS.join("|")}] [--seeds N] [--from S] [--seed N] [--sabotage ${SABOTAGE_NAMES.join("|")}] [--trace] [--max-reported N]`,
   fromFlags: ["--from"],
   sabotageNames: SABOTAGE_NAMES,
   extraFlags: {
     "--links": (value) => {
-      if (value !== "fifo" && value !== "reorder") {
-        console.error(`--links '${value}': give fifo or reorder\n${CLI.usage}`);
+      if (!(REPLICA_LINKS as string[]).includes(value)) {
+        console.error(`--links '${value}': give ${REPLICA_LINKS.join(", ")}\n${CLI.usage}`);
         process.exit(2);
       }
-      fifo = value === "fifo";
+      links = value as ReplicaLinks;
     },
     "--mode": (value) => {
       if (value === "all") modes = [...REPLICA_MODES];
@@ -33,7 +33,7 @@ const CLI: SeedCli = {
 };
 
 function replayOne(seed: number, mode: ReplicaMode, sabotage: ReplicaSabotage, trace: boolean): boolean {
-  const history = runReplicaWorld({ seed, mode, fifo, sabotage, ...(trace ? { trace: (line: string) => console.log(line) } : {}) });
+  const history = runReplicaWorld({ seed, mode, links, sabotage, ...(trace ? { trace: (line: string) => console.log(line) } : {}) });
   const acked = history.writes.filter((write) => write.ackOrder !== Infinity).length;
   console.log(
     `mode ${mode} seed ${seed}: ${history.eventCount} events, ${acked}/${history.writes.length} writes acknowledged, ${history.reads.length} reads, ` +
@@ -61,13 +61,13 @@ function main(): void {
       maxReported: args.maxReported,
       label: `mode ${mode} `,
       check: (seed) => {
-        const history = runReplicaWorld({ seed, mode, fifo, sabotage });
+        const history = runReplicaWorld({ seed, mode, links, sabotage });
         setChanges += history.setChanges;
         crashes += history.crashes;
         acked += history.writes.filter((write) => write.ackOrder !== Infinity).length;
         return checkReplicaHistory(history);
       },
-      replay: (seed) => replayCommand(CLI, seed, args.sabotage, ` --mode ${mode}${fifo ? " --links fifo" : ""}`),
+      replay: (seed) => replayCommand(CLI, seed, args.sabotage, ` --mode ${mode}${links === "reorder" ? "" : ` --links ${links}`}`),
     });
     failing += failures;
     console.log(`mode ${mode}: ${args.seeds} seeds from ${args.from} in ${seconds.toFixed(1)} s, ${failures} failing; ${setChanges} set changes chosen, ${crashes} crashes, ${acked} acknowledged writes`);

@@ -27,12 +27,21 @@ export interface ReplicaWorldOptions {
   sabotage?: ReplicaSabotage;
   trace?: (line: string) => void;
   /**
-   * Each link delivers in send order, as the node's TCP mesh does (default: reordered). Some
-   * schedules only happen in order: a member's restart learning a table straight from a join
-   * copy found a lost write that the reordering runs had not (4c2a48f).
+   * "reorder" (default): messages lost, duplicated (late too) and reordered on every link, and the
+   * store keeps a stamp per chunk so a late duplicate of a write never undoes a newer one.
+   * "fifo": each link delivers in send order, duplicates and all. Some schedules only happen in
+   * order: a member's restart learning a table straight from a join copy found a lost write that
+   * the reordering runs had not (4c2a48f).
+   * "tcp": the node's mesh and store: in order, never duplicated (a lost message stands for a
+   * broken connection), and the store overwrites whatever it is given, as the node's page store
+   * does (it keeps no per-chunk stamp). What the protocol itself must then keep in order (a
+   * resync copy must never land after a newer write or copy of the chunk) is put to the test.
    */
-  fifo?: boolean;
+  links?: ReplicaLinks;
 }
+
+export type ReplicaLinks = "reorder" | "fifo" | "tcp";
+export const REPLICA_LINKS: readonly ReplicaLinks[] = ["reorder", "fifo", "tcp"];
 
 /** A history event before the world numbers it (Omit over each member of the union). */
 type Distributed = HistoryEvent extends infer E ? (E extends HistoryEvent ? Omit<E, "order"> : never) : never;
@@ -41,6 +50,8 @@ export abstract class ReplicaWorldBase extends SimWorld {
   protected order = 0;
   protected readonly scenario: ReplicaScenario;
   protected readonly sabotage: ReplicaSabotage;
+  /** The store overwrites a chunk with whatever is applied (links "tcp"), as the node's does. */
+  protected readonly storeOverwrites: boolean;
   protected readonly network: Network<Payload>;
   protected readonly members: Member[] = [];
   protected readonly byId = new Map<string, Member>();
@@ -60,7 +71,9 @@ export abstract class ReplicaWorldBase extends SimWorld {
     this.sabotage = options.sabotage ?? {};
     this.scenario = makeScenario(this.rng, options.mode);
     const s = this.scenario;
-    const netOptions = { delayMaxMs: s.delayMaxMs, lossRate: s.lossRate, dupRate: s.dupRate, lateDupRate: 0.3, fifoPerLink: options.fifo === true, selfImmediate: true };
+    const links = options.links ?? "reorder";
+    this.storeOverwrites = links === "tcp";
+    const netOptions = { delayMaxMs: s.delayMaxMs, lossRate: s.lossRate, dupRate: links === "tcp" ? 0 : s.dupRate, lateDupRate: 0.3, fifoPerLink: links !== "reorder", selfImmediate: true };
     this.network = new Network<Payload>(this.sim, this.netRng, netOptions, (from, to, payload) => this.deliver(from, to, payload), (from, to, payload) =>
       this.log(`${from} -> ${to} ${payload.kind} LOST`),
     );

@@ -14,7 +14,7 @@ import { ReplicaMembersWorld } from "./replica-members.ts";
 import type { ReplicaWorldOptions } from "./replica-world-base.ts";
 import { CHUNKS_PER_GROUP, CLIENT_RETRY_MS, registerKey, type Payload, type ReadRecord, type ReplicaHistory, type WriteRecord } from "./replica-node.ts";
 
-export type { ReplicaWorldOptions } from "./replica-world-base.ts";
+export { REPLICA_LINKS, type ReplicaLinks, type ReplicaWorldOptions } from "./replica-world-base.ts";
 export { REPLICA_MODES, SABOTAGE_NAMES, type ReplicaHistory, type ReplicaMode, type ReplicaSabotage } from "./replica-node.ts";
 
 interface Register {

@@ -1,12 +1,13 @@
 // Many seeded runs of the replica-set protocol (core/replica/, each member the runner of
 // replica-member.ts hosted as a node hosts it) per mode (2 or 3 replicas per page
-// group) on 3-5 members with crashes, pauses, partitions, loss, duplication and reordering, each
+// group) on 3-5 members with crashes, pauses, partitions, loss, duplication and reordering (and on
+// the node's own kind of links and store, "tcp": see ReplicaWorldOptions.links), each
 // judged by replica-checker.ts; plus proof that the checker fails runs with a deliberately broken
 // rule, and that a seed replays identically. A failing seed replays with
 // `bun test/sim/replica-run-seeds.ts --mode MODE --seed N --trace`.
 import { describe, expect, test } from "bun:test";
 import { checkReplicaHistory } from "./replica-checker.ts";
-import { REPLICA_MODES, runReplicaWorld, type ReplicaHistory, type ReplicaMode, type ReplicaSabotage } from "./replica-world.ts";
+import { REPLICA_MODES, runReplicaWorld, type ReplicaHistory, type ReplicaLinks, type ReplicaMode, type ReplicaSabotage } from "./replica-world.ts";
 
 const SEEDS_PER_MODE = 80;
 
@@ -59,19 +60,22 @@ describe("replica-set simulation", () => {
     }, 60_000);
   }
 
-  for (const mode of REPLICA_MODES) {
-    test(`${mode} on FIFO links (as the node's TCP mesh): ${SEEDS_PER_MODE} seeds pass the same checker`, () => {
-      const failures: string[] = [];
-      let acked = 0;
-      for (let seed = 1; seed <= SEEDS_PER_MODE; seed++) {
-        const history = runReplicaWorld({ seed, mode, fifo: true });
-        const violations = checkReplicaHistory(history);
-        if (violations.length > 0) failures.push(`seed ${seed}: ${violations[0]}`);
-        acked += history.writes.filter((write) => write.ackOrder !== Infinity).length;
-      }
-      expect(failures.slice(0, 5)).toEqual([]);
-      expect(acked / SEEDS_PER_MODE).toBeGreaterThan(100);
-    }, 60_000);
+  // "tcp": in order, no duplicates, and a store that overwrites as the node's does (no stamps).
+  for (const links of ["fifo", "tcp"] as const) {
+    for (const mode of REPLICA_MODES) {
+      test(`${mode} on ${links} links: ${SEEDS_PER_MODE} seeds pass the same checker`, () => {
+        const failures: string[] = [];
+        let acked = 0;
+        for (let seed = 1; seed <= SEEDS_PER_MODE; seed++) {
+          const history = runReplicaWorld({ seed, mode, links });
+          const violations = checkReplicaHistory(history);
+          if (violations.length > 0) failures.push(`seed ${seed}: ${violations[0]}`);
+          acked += history.writes.filter((write) => write.ackOrder !== Infinity).length;
+        }
+        expect(failures.slice(0, 5)).toEqual([]);
+        expect(acked / SEEDS_PER_MODE).toBeGreaterThan(100);
+      }, 60_000);
+    }
   }
 
   test("an operator's drain or forget of a member re-homes its copies under the same faults, and every run still passes the checker", () => {
@@ -100,7 +104,7 @@ describe("replica-set simulation", () => {
   // Each with a seed known to expose it in this version of the world's random stream (tried first,
   // so the test stays fast); if the world changes, the search goes on through seeds 1..SEARCH_SEEDS.
   const SEARCH_SEEDS = 300;
-  const BROKEN: [string, ReplicaMode, ReplicaSabotage, RegExp, number][] = [
+  const BROKEN: [string, ReplicaMode, ReplicaSabotage, RegExp, number, ReplicaLinks?][] = [
     ["acceptors that answer before their record is durable", "r2", { acceptorRepliesBeforeDurable: true }, /two values/, 40],
     ["proposers that count a minority as a quorum", "r3", { minorityQuorum: true }, /two values/, 2],
     ["proposers that ignore a value already accepted for the slot", "r2", { ignoreAccepted: true }, /two values/, 12],
@@ -109,13 +113,15 @@ describe("replica-set simulation", () => {
     ["a read answered by one replica without the set confirming its version", "r2", { readFromOne: true }, /acknowledged before it began/, 126],
     ["a resync source that forgets a chunk when it sends it, not when the copy is confirmed", "r2", { resyncForgetsOnSend: true }, /acknowledged before it began|acknowledged write is lost/, 1],
     ["a join copy without the chunks the joiner still lacks", "r2", { joinWithoutCopy: true }, /acknowledged before it began|acknowledged write is lost/, 3],
+    // On the node's links and store: a late copy overwrites a newer write or copy of its chunk.
+    ["a member that applies every resync copy (any source, any version, in the set or not)", "r3", { takeAnyCopy: true }, /acknowledged before it began|acknowledged write is lost/, 109, "tcp"],
   ];
-  for (const [what, mode, sabotage, expected, knownSeed] of BROKEN) {
+  for (const [what, mode, sabotage, expected, knownSeed, links] of BROKEN) {
     test(`the checker catches ${what}`, () => {
-      const seed = firstCaught(mode, sabotage, expected, knownSeed);
+      const seed = firstCaught(mode, sabotage, expected, knownSeed, links);
       expect(seed).toBeDefined();
       // The same run with the rule intact passes: the broken rule is what the checker caught.
-      expect(checkReplicaHistory(runReplicaWorld({ seed: seed!, mode }))).toEqual([]);
+      expect(checkReplicaHistory(runReplicaWorld({ seed: seed!, mode, links }))).toEqual([]);
     }, 60_000);
   }
 
@@ -124,9 +130,9 @@ describe("replica-set simulation", () => {
   });
 
   /** The first seed (`knownSeed`, then 1..SEARCH_SEEDS) whose run the checker rejects with a matching violation. */
-  function firstCaught(mode: ReplicaMode, sabotage: ReplicaSabotage, expected: RegExp, knownSeed: number): number | undefined {
+  function firstCaught(mode: ReplicaMode, sabotage: ReplicaSabotage, expected: RegExp, knownSeed: number, links?: ReplicaLinks): number | undefined {
     for (const seed of [knownSeed, ...Array.from({ length: SEARCH_SEEDS }, (_, i) => i + 1)]) {
-      const violations = checkReplicaHistory(runReplicaWorld({ seed, mode, sabotage }));
+      const violations = checkReplicaHistory(runReplicaWorld({ seed, mode, sabotage, links }));
       if (violations.some((violation) => expected.test(violation))) return seed;
     }
     return undefined;

@@ -83,7 +83,7 @@ describe("replica member runner", () => {
 
   test("a copy is confirmed only once its chunks are durable, and a confirmed chunk leaves the source's map", () => {
     const receiver = host("b", [withoutB]);
-    const copy = receiver.step(message(1, "a", { kind: "copy", batch: "boot1.1", volume: "vol", group: 0, chunks: [0, 1] }));
+    const copy = receiver.step(message(1, "a", { kind: "copy", batch: "boot1.1", table: withoutB, group: 0, chunks: [0, 1] }));
     expect(copy.applies).toEqual([{ kind: "copy", volume: "vol", group: 0, chunks: [0, 1] }]);
     expect(copy.messages).toEqual([]);
     expect(receiver.step({ kind: "durable", nowMs: 2, seq: copy.durableSeq! }).messages).toEqual([{ to: "a", message: { kind: "copied", batch: "boot1.1" } }]);
@@ -97,7 +97,7 @@ describe("replica member runner", () => {
       for (const peer of ["b", "c"]) source.step({ kind: "peer-heard", nowMs, node: peer });
       sent = source.step({ kind: "tick", nowMs }).messages.find((m) => m.message.kind === "copy")?.message;
     }
-    expect(sent).toEqual({ kind: "copy", batch: "boot1.1", volume: "vol", group: 0, chunks: [0, 1] });
+    expect(sent).toEqual({ kind: "copy", batch: "boot1.1", table: withoutB, group: 0, chunks: [0, 1] });
     const confirmed = source.step(message(60, "b", { kind: "copied", batch: "boot1.1" }));
     expect(confirmed.records).toEqual([{ kind: "away-chunks", volume: "vol", group: 0, node: "b", changed: [], cleaned: [0, 1] }]);
     expect(source.catalog.awayMaps.get("vol/0/b")!.dirty.size).toBe(0);
@@ -175,7 +175,7 @@ describe("replica messages, from the mesh", () => {
     { kind: "acceptor-reply", volume: "vol", reply: { kind: "promise", version: 2, ballot, accepted: { ballot, value: withoutB }, recordedVersion: 1 } },
     { kind: "acceptor-reply", volume: "vol", reply: { kind: "refused", version: 2, ballot, promised: { round: 4, proposer: "c" }, recordedVersion: 1 } },
     { kind: "acceptor-reply", volume: "vol", reply: { kind: "decided", version: 2, table: withoutB } },
-    { kind: "copy", batch: "boot1.7", volume: "vol", group: 0, chunks: [0, 3] },
+    { kind: "copy", batch: "boot1.7", table: withoutB, group: 0, chunks: [0, 3] },
     { kind: "copied", batch: "boot1.7" },
     { kind: "join-request", volume: "vol", group: 1, since: 2 },
     { kind: "join", table: withoutB, group: 0, since: 1, chunks: [] },
@@ -192,8 +192,9 @@ describe("replica messages, from the mesh", () => {
       ["prepare", /not an object/],
       [{ kind: "gossip" }, /unknown replica message kind/],
       [{ kind: "prepare", volume: "vol", version: "2", ballot }, /prepare version/],
-      [{ kind: "copy", batch: "", volume: "vol", group: 0, chunks: [] }, /batch id/],
-      [{ kind: "copy", batch: "b.1", volume: "vol", group: 0, chunks: [-1] }, /copy chunk/],
+      [{ kind: "copy", batch: "", table: withoutB, group: 0, chunks: [] }, /batch id/],
+      [{ kind: "copy", batch: "b.1", table: withoutB, group: 0, chunks: [-1] }, /copy chunk/],
+      [{ kind: "copy", batch: "b.1", volume: "vol", group: 0, chunks: [0] }, /not an object|table/],
       [{ kind: "join", table: { ...withoutB, sets: [[{ node: "a", since: 1 }, { node: "a", since: 1 }]] }, group: 0, since: 1, chunks: [] }, /names a node twice/],
       [{ kind: "tables", tables: [{ ...base, sets: [[{ node: "a", since: 9 }]] }] }, /joined in a later version/],
       [{ kind: "acceptor-reply", volume: "vol", reply: { kind: "accepted", version: 2, ballot } }, /recorded version/],
@@ -211,10 +212,29 @@ describe("replica messages, from the mesh", () => {
   });
 
   test("a copy naming chunks outside the group, or a group the volume lacks, is not applied", () => {
-    const { step } = host("b");
-    expect(step(message(1, "a", { kind: "copy", batch: "x.1", volume: "vol", group: 0, chunks: [4] })).applies).toEqual([]);
-    expect(step(message(2, "a", { kind: "copy", batch: "x.2", volume: "vol", group: 5, chunks: [0] })).applies).toEqual([]);
-    expect(step(message(3, "a", { kind: "copy", batch: "x.3", volume: "other", group: 0, chunks: [0] })).applies).toEqual([]);
+    const { step } = host("b", [withoutB]);
+    expect(step(message(1, "a", { kind: "copy", batch: "x.1", table: withoutB, group: 0, chunks: [4] })).applies).toEqual([]);
+    expect(step(message(2, "a", { kind: "copy", batch: "x.2", table: withoutB, group: 5, chunks: [0] })).applies).toEqual([]);
+    expect(step(message(3, "a", { kind: "copy", batch: "x.3", table: initialTable("other", [["a"]]), group: 0, chunks: [0] })).applies).toEqual([]);
+  });
+
+  test("a copy is taken only under the receiver's table version, from that version's resync source, while out of the set", () => {
+    const copy = (nowMs: number, from: string, table: ReplicaTable, batch: string) => message(nowMs, from, { kind: "copy", batch, table, group: 0, chunks: [1] });
+    // b still records v1 (in the set): a copy under v2 teaches it v2, where b is out and a is the source.
+    const { step, catalog } = host("b");
+    const taught = step(copy(1, "a", withoutB, "a.1"));
+    expect(taught.applies).toEqual([{ kind: "copy", volume: "vol", group: 0, chunks: [1] }]);
+    expect(catalog.tables.get("vol")!.version).toBe(2);
+    // Another sender under the same version is not its source (c races a; its copy could land late).
+    expect(step(copy(2, "c", withoutB, "c.1")).applies).toEqual([]);
+    // A copy under an older version (a source that has not learned it was replaced) is refused.
+    expect(step(copy(3, "a", base, "a.2")).applies).toEqual([]);
+    // Back in the set (v3, joining): no copy any more, the join copy and writes bring it up to date.
+    const rejoined = withChange(withoutB, { kind: "add", node: "b", groups: [0] });
+    const late = step(copy(4, "a", rejoined, "a.3"));
+    expect(late.applies).toEqual([]);
+    expect(catalog.tables.get("vol")!.version).toBe(3);
+    expect(step(copy(5, "a", withoutB, "a.4")).applies).toEqual([]);
   });
 
   test("a second join copy for the same membership is not applied: it would undo writes taken since the first", () => {

@@ -97,7 +97,7 @@ describe("a member adopting a rehome", () => {
       for (const peer of ["a", "d"]) step({ kind: "peer-heard", nowMs, node: peer });
       copy = step({ kind: "tick", nowMs }).find((m) => m.to === "a" && m.message.kind === "copy")?.message;
     }
-    expect(copy).toEqual({ kind: "copy", batch: "boot1.1", volume: "vol", group: 1, chunks: [0, 2] });
+    expect(copy).toEqual({ kind: "copy", batch: "boot1.1", table: rehomed, group: 1, chunks: [0, 2] });
   });
 });
 

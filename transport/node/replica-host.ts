@@ -204,11 +204,9 @@ export class ReplicaHost {
       throw new ShoalError("BAD_FRAME", `replica message from ${from} for '${hosted.name}' is malformed: ${asShoalError(err).message}`);
     }
     if (message.kind === "tables") hosted.tablesHeardMs.set(from, Date.now());
-    // A copy for a group this node serves as a synced member is either late (a join copy made
-    // this copy current since, and writes may have followed: applying it could undo them) or
-    // early (this node has not learned yet that it was dropped). Neither may be applied, nor
-    // confirmed: unconfirmed, the source sends it again, by when this node knows its table.
-    if (message.kind === "copy" && this.syncedMember(hosted, message.group)) return {};
+    // A copy the member would refuse (replica-member.ts applyCopy says which it takes) is neither
+    // staged nor confirmed: unconfirmed, its source sends the chunks again under its newer table.
+    if (message.kind === "copy" && !hosted.member.takesCopy(from, message)) return {};
     let received: ReceivedPages | undefined;
     if (message.kind === "copy" || message.kind === "join") {
       received = this.catchUpPages(hosted, `a ${message.kind} of '${hosted.name}' group ${message.group} from ${from}`, args, payload);
@@ -416,9 +414,9 @@ export class ReplicaHost {
   /**
    * A copy's or join's pages, each with all its layers as the message carried them. Applied in step order
    * with this node's writes (one thread: the step and the apply happen together). A copy never
-   * reaches a group where this node is a synced member (handle drops it): a resync source sends
-   * copies only to nodes out of the set and adds one back only through a join taken after it
-   * recorded the new version, so such a copy may be older than a write applied since. A join lands
+   * reaches a group where this node is a replica (the member refuses it): a source copies only to
+   * nodes out of the set and adds one back only through a join taken after it recorded the new
+   * version, so such a copy may be older than a write applied since. A join lands
    * while its group refuses writes here ("joining", fence.ts), so no write it could undo has been
    * applied. Returns the page sync the durability report must wait for.
    */
