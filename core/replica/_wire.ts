@@ -47,10 +47,18 @@ export function decodeTable(value: unknown): ReplicaTable {
     if (new Set(set.map((entry) => entry.node)).size !== set.length) throw bad(`a replica set of '${volume}' v${version} names a node twice`);
     if (set.some((entry) => entry.since > version)) throw bad(`a replica of '${volume}' v${version} joined in a later version`);
   }
-  if (table.home === undefined) return { volume, version, sets };
-  const home = array(table.home, `home of '${volume}'`).map((nodes) => array(nodes, `home set of '${volume}'`).map((node) => name(node, "home node")));
-  if (home.length !== sets.length) throw bad(`the home of '${volume}' v${version} has ${home.length} groups, its sets ${sets.length}`);
-  return { volume, version, sets, home };
+  const decoded: ReplicaTable = { volume, version, sets };
+  if (table.home !== undefined) {
+    const home = array(table.home, `home of '${volume}'`).map((nodes) => array(nodes, `home set of '${volume}'`).map((node) => name(node, "home node")));
+    if (home.length !== sets.length) throw bad(`the home of '${volume}' v${version} has ${home.length} groups, its sets ${sets.length}`);
+    decoded.home = home;
+  }
+  if (table.voters !== undefined) {
+    const voters = array(table.voters, `voters of '${volume}'`).map((node) => name(node, "voter"));
+    if (voters.length === 0 || new Set(voters).size !== voters.length) throw bad(`the voters of '${volume}' v${version} are empty or name a node twice`);
+    decoded.voters = voters;
+  }
+  return decoded;
 }
 
 export function decodeBallot(value: unknown): Ballot {

@@ -20,11 +20,19 @@ export type RehomePlan =
  *   re-homing never races the failover; "live": a drain, the node stays in its sets until the
  *   policy drops it
  * @param candidates the nodes that may take copies (live members of the volume, without `gone`)
+ * @param members the volume's members (the voters when the table names none): a gone node leaves
+ *   the voters with its re-homing, so the majority is counted among the members left
  */
-export function planRehome(table: ReplicaTable, striped: string[][], gone: string, candidates: string[], leaving: "gone" | "live" = "gone"): RehomePlan {
+export function planRehome(table: ReplicaTable, striped: string[][], gone: string, candidates: string[], leaving: "gone" | "live", members: string[]): RehomePlan {
   const home = homeOf(table, striped);
   const affected = home.flatMap((nodes, group) => (nodes.includes(gone) ? [group] : []));
-  if (affected.length === 0) return { kind: "done" };
+  const voters = (table.voters ?? members).filter((node) => node !== gone);
+  const votes = leaving === "gone" && voters.length < (table.voters ?? members).length;
+  if (affected.length === 0) {
+    // Home to nothing any more, but a gone node may still count toward the majority.
+    if (!votes || table.sets.some((set) => set.some((entry) => entry.node === gone))) return { kind: "done" };
+    return { kind: "change", change: { kind: "rehome", node: gone, home: home.map((nodes) => [...nodes]), gone: true, voters }, moved: [] };
+  }
   const stillInSet = affected.filter((group) => table.sets[group]!.some((entry) => entry.node === gone));
   if (leaving === "gone" && stillInSet.length > 0) return { kind: "still-in-set", groups: stillInSet };
   const homeCopies = new Map<string, number>(candidates.filter((node) => node !== gone).map((node) => [node, 0]));
@@ -46,5 +54,5 @@ export function planRehome(table: ReplicaTable, striped: string[][], gone: strin
     moved.push({ group, to });
   }
   if (noRoom.length > 0) return { kind: "no-room", groups: noRoom };
-  return { kind: "change", change: { kind: "rehome", node: gone, home: next, ...(leaving === "gone" ? { gone: true as const } : {}) }, moved };
+  return { kind: "change", change: { kind: "rehome", node: gone, home: next, ...(leaving === "gone" ? { gone: true as const, voters } : {}) }, moved };
 }

@@ -322,7 +322,8 @@ export class ReplicaMember {
   private propose(base: ReplicaTable, change: SetChange): void {
     const { minorityQuorum, ignoreAccepted } = this.config.sabotage ?? {};
     const ballotId = `${this.self}.${this.config.bootId}.${++this.proposalSeq}`;
-    const config = { self: this.self, ballotId, members: this.config.members, ...this.config.proposer, jitter: this.config.random, sabotage: { minorityQuorum, ignoreAccepted } };
+    // The slot's acceptors are the base table's voters (route forget takes a gone node out).
+    const config = { self: this.self, ballotId, members: base.voters ?? this.config.members, ...this.config.proposer, jitter: this.config.random, sabotage: { minorityQuorum, ignoreAccepted } };
     const proposer = new SetChangeProposer(config, base, withChange(base, change), this.peersRecorded.get(base.volume));
     this.out.note({ kind: "proposed", volume: base.volume, version: proposer.version, change: describeChange(change) });
     this.proposers.set(base.volume, proposer);

@@ -23,6 +23,14 @@ export interface ReplicaTable {
    * with the table, so every member resyncs toward the same homes.
    */
   home?: string[][];
+  /**
+   * The members whose majority decides the next version (the acceptors of slot version + 1).
+   * Absent: every member of the volume (its nodes). `route forget` takes the node that is gone
+   * out, so it no longer counts toward the majority: a four-node group that lost one for good
+   * then changes sets with two of the three left, not three of four. Every proposer for a slot
+   * builds on the same chosen table, so all of them ask the same acceptors.
+   */
+  voters?: string[];
 }
 
 /**
@@ -39,7 +47,15 @@ export type SetChange =
    * change, so old and new versions share every replica; the policy then resyncs the
    * replacement, drops the node if it is still in the set, and adds the replacement.
    */
-  | { kind: "rehome"; node: string; home: string[][]; /** route forget: the node must be out of every set already (its drop came first). */ gone?: true };
+  | {
+      kind: "rehome";
+      node: string;
+      home: string[][];
+      /** route forget: the node must be out of every set already (its drop came first). */
+      gone?: true;
+      /** route forget: the new table's voters (the old ones without the node). */
+      voters?: string[];
+    };
 
 export function initialTable(volume: string, placement: string[][]): ReplicaTable {
   for (const nodes of placement) invariant(nodes.length > 0 && new Set(nodes).size === nodes.length, `page group placement ${nodes.join(",")} is empty or repeats a node`);
@@ -72,6 +88,9 @@ export function changeFits(table: ReplicaTable, change: SetChange): boolean {
   if (change.kind === "rehome") {
     const { home, node } = change;
     if (change.gone && table.sets.some((set) => set.some((entry) => entry.node === node))) return false;
+    const { voters } = change;
+    if (voters !== undefined && (!change.gone || voters.length === 0 || voters.includes(node) || new Set(voters).size !== voters.length)) return false;
+    if (voters !== undefined && table.voters !== undefined && voters.some((voter) => !table.voters!.includes(voter))) return false;
     return (
       home.length === table.sets.length &&
       home.every((nodes, group) => nodes.length > 0 && new Set(nodes).size === nodes.length && !nodes.includes(node) && table.sets[group]!.every((entry) => entry.node === node || nodes.includes(entry.node)))
@@ -90,16 +109,20 @@ export function changeFits(table: ReplicaTable, change: SetChange): boolean {
 export function withChange(table: ReplicaTable, change: SetChange): ReplicaTable {
   invariant(changeFits(table, change), () => `set change ${describeChange(change)} does not fit volume ${table.volume} v${table.version}`);
   const version = table.version + 1;
-  if (change.kind === "rehome") return { ...cloneReplicaTable(table), version, home: change.home.map((nodes) => [...nodes]) };
+  if (change.kind === "rehome") {
+    const voters = change.voters ?? table.voters;
+    return { ...cloneReplicaTable(table), version, home: change.home.map((nodes) => [...nodes]), ...(voters ? { voters: [...voters] } : {}) };
+  }
   const sets = table.sets.map((set, group) => {
     if (!change.groups.includes(group)) return set.map((entry) => ({ ...entry }));
     return change.kind === "drop" ? set.filter((entry) => entry.node !== change.node).map((entry) => ({ ...entry })) : [...set.map((entry) => ({ ...entry })), { node: change.node, since: version }];
   });
-  return { volume: table.volume, version, sets, ...homeCopy(table) };
+  return { volume: table.volume, version, sets, ...placementCopy(table) };
 }
 
-function homeCopy(table: ReplicaTable): { home?: string[][] } {
-  return table.home ? { home: table.home.map((nodes) => [...nodes]) } : {};
+/** The home and voters a table carries over unchanged, copied. */
+function placementCopy(table: ReplicaTable): Pick<ReplicaTable, "home" | "voters"> {
+  return { ...(table.home ? { home: table.home.map((nodes) => [...nodes]) } : {}), ...(table.voters ? { voters: [...table.voters] } : {}) };
 }
 
 /**
@@ -112,21 +135,23 @@ export function carriedOver(table: ReplicaTable): string[][] {
 }
 
 export function sameTable(a: ReplicaTable, b: ReplicaTable): boolean {
-  return a.volume === b.volume && a.version === b.version && JSON.stringify(a.sets) === JSON.stringify(b.sets) && JSON.stringify(a.home) === JSON.stringify(b.home);
+  const same = (x: unknown, y: unknown): boolean => JSON.stringify(x) === JSON.stringify(y);
+  return a.volume === b.volume && a.version === b.version && same(a.sets, b.sets) && same(a.home, b.home) && same(a.voters, b.voters);
 }
 
 export function cloneReplicaTable(table: ReplicaTable): ReplicaTable {
-  return { volume: table.volume, version: table.version, sets: table.sets.map((set) => set.map((entry) => ({ ...entry }))), ...homeCopy(table) };
+  return { volume: table.volume, version: table.version, sets: table.sets.map((set) => set.map((entry) => ({ ...entry }))), ...placementCopy(table) };
 }
 
 export function describeChange(change: SetChange): string {
-  if (change.kind === "rehome") return `rehome away from ${change.node}: ${change.home.map((nodes) => nodes.join("+")).join(" ")}`;
+  if (change.kind === "rehome") return `rehome away from ${change.node}: ${change.home.map((nodes) => nodes.join("+")).join(" ")}${change.voters ? ` (voters ${change.voters.join(",")})` : ""}`;
   return `${change.kind} ${change.node} ${change.kind === "drop" ? "from" : "to"} groups ${change.groups.join(",")}`;
 }
 
 export function describeTable(table: ReplicaTable): string {
   const home = table.home ? ` (home ${table.home.map((nodes) => nodes.join("+")).join(" ")})` : "";
-  return `v${table.version} ${table.sets.map((set) => set.map((entry) => `${entry.node}@${entry.since}`).join("+")).join(" ")}${home}`;
+  const voters = table.voters ? ` (voters ${table.voters.join(",")})` : "";
+  return `v${table.version} ${table.sets.map((set) => set.map((entry) => `${entry.node}@${entry.since}`).join("+")).join(" ")}${home}${voters}`;
 }
 
 /**

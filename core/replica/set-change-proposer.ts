@@ -1,5 +1,6 @@
 // Decides one replica-set change: single-decree Paxos for the slot (volume, base.version + 1)
-// among every member of the group, as a pure state machine (effects out, replies and ticks in;
+// among the base table's voters (every member of the group, unless a forget took some out: every
+// proposer for the slot builds on the same chosen base, so all ask the same acceptors), as a pure state machine (effects out, replies and ticks in;
 // the host owns sockets, timers, randomness and the clock).
 //
 // Why this is safe (the argument the simulation's checker tests, test/sim/replica-checker.ts):

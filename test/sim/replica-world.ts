@@ -102,7 +102,7 @@ export class ReplicaWorld extends ReplicaMembersWorld {
       let done = 0;
       if (member.up && !this.paused.has(asked)) {
         for (const [volume, striped] of this.home) {
-          const plan = planRehome(member.volatile.runner.current.tables.get(volume)!, striped, node, candidates, leaving);
+          const plan = planRehome(member.volatile.runner.current.tables.get(volume)!, striped, node, candidates, leaving, this.memberIds);
           if (plan.kind === "done") done++;
           else if (plan.kind === "change" && member.volatile.runner.proposalsInFlight === 0) {
             this.operatorStep(member, { kind: "propose", nowMs: this.nowMs, volume, change: plan.change });

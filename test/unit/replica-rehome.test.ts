@@ -5,7 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { ShoalError } from "../../core/errors.ts";
 import { decodeTable } from "../../core/replica/_wire.ts";
 import { applyRecord, decodeMemberState, encodeMemberState, initialMemberState } from "../../core/replica/member-state.ts";
-import type { MemberEvent, Outgoing } from "../../core/replica/member-messages.ts";
+import type { MemberEvent, Outgoing, PeerMessage } from "../../core/replica/member-messages.ts";
 import { planRehome } from "../../core/replica/rehome-plan.ts";
 import { ReplicaMember } from "../../core/replica/replica-member.ts";
 import { changeFits, initialTable, withChange } from "../../core/replica/replica-table.ts";
@@ -20,14 +20,15 @@ const striped = [
   ["d", "a"],
 ];
 const base = initialTable("vol", striped);
+const MEMBERS = ["a", "b", "c", "d"];
 const withoutC = withChange(base, { kind: "drop", node: "c", groups: [1, 2] });
 
 describe("rehome plan", () => {
   test("each group c was home to gets the node with the fewest home copies that it lacks", () => {
-    const plan = planRehome(withoutC, striped, "c", ["a", "b", "d"]);
+    const plan = planRehome(withoutC, striped, "c", ["a", "b", "d"], "gone", MEMBERS);
     expect(plan).toEqual({
       kind: "change",
-      change: { kind: "rehome", node: "c", home: [["a", "b"], ["b", "a"], ["b", "d"], ["d", "a"]], gone: true },
+      change: { kind: "rehome", node: "c", home: [["a", "b"], ["b", "a"], ["b", "d"], ["d", "a"]], gone: true, voters: ["a", "b", "d"] },
       moved: [
         { group: 1, to: "a" },
         { group: 2, to: "b" },
@@ -37,16 +38,28 @@ describe("rehome plan", () => {
     const next = withChange(withoutC, plan.change);
     expect(next.version).toBe(withoutC.version + 1);
     expect(next.sets).toEqual(withoutC.sets);
-    expect(planRehome(next, striped, "c", ["a", "b", "d"])).toEqual({ kind: "done" });
+    // c no longer counts toward the majority: the next change needs two of a, b, d.
+    expect(next.voters).toEqual(["a", "b", "d"]);
+    expect(planRehome(next, striped, "c", ["a", "b", "d"], "gone", MEMBERS)).toEqual({ kind: "done" });
   });
 
   test("a dead node still in a set is dropped first, a drained one is not; a volume with a copy on every other node has no room", () => {
-    expect(planRehome(base, striped, "c", ["a", "b", "d"])).toEqual({ kind: "still-in-set", groups: [1, 2] });
-    expect(planRehome(base, striped, "c", ["a", "b", "d"], "live")).toMatchObject({ kind: "change", moved: [{ group: 1, to: "a" }, { group: 2, to: "b" }] });
+    expect(planRehome(base, striped, "c", ["a", "b", "d"], "gone", MEMBERS)).toEqual({ kind: "still-in-set", groups: [1, 2] });
+    const drain = planRehome(base, striped, "c", ["a", "b", "d"], "live", MEMBERS);
+    expect(drain).toMatchObject({ kind: "change", moved: [{ group: 1, to: "a" }, { group: 2, to: "b" }] });
+    // A drained node keeps its vote (it is up); its forget later takes it out with no copy to move.
+    if (drain.kind !== "change") return;
+    const drained = withChange(withChange(base, drain.change), { kind: "drop", node: "c", groups: [1, 2] });
+    expect(drained.voters).toBeUndefined();
+    expect(planRehome(drained, striped, "c", ["a", "b", "d"], "gone", MEMBERS)).toEqual({
+      kind: "change",
+      change: { kind: "rehome", node: "c", home: drained.home!, gone: true, voters: ["a", "b", "d"] },
+      moved: [],
+    });
     const three = initialTable("vol", [["a", "b", "c"]]);
     const dropped = withChange(three, { kind: "drop", node: "c", groups: [0] });
-    expect(planRehome(dropped, [["a", "b", "c"]], "c", ["a", "b"])).toEqual({ kind: "no-room", groups: [0] });
-    expect(planRehome(withoutC, striped, "x", ["a", "b", "d"])).toEqual({ kind: "done" });
+    expect(planRehome(dropped, [["a", "b", "c"]], "c", ["a", "b"], "gone", ["a", "b", "c"])).toEqual({ kind: "no-room", groups: [0] });
+    expect(planRehome(withoutC, striped, "x", ["a", "b", "d"], "gone", MEMBERS)).toEqual({ kind: "done" });
   });
 
   test("a rehome fits only a home for every group, without the node, keeping every current copy", () => {
@@ -59,12 +72,23 @@ describe("rehome plan", () => {
     expect(changeFits(withoutC, { kind: "rehome", node: "c", home: home.slice(1) })).toBe(false);
     expect(changeFits(withoutC, { kind: "rehome", node: "c", home: [["a", "b"], ["a", "d"], ["b", "d"], ["d", "a"]] })).toBe(false); // drops b, a current copy
     expect(changeFits(withoutC, { kind: "rehome", node: "c", home: [["a", "a"], ["b", "a"], ["b", "d"], ["d", "a"]] })).toBe(false);
+    // Voters change only with a forget, never keep the node, never empty, never a node that did not vote.
+    expect(changeFits(withoutC, { kind: "rehome", node: "c", home, voters: ["a", "b", "d"] })).toBe(false);
+    expect(changeFits(withoutC, { kind: "rehome", node: "c", home, gone: true, voters: ["a", "b", "c"] })).toBe(false);
+    expect(changeFits(withoutC, { kind: "rehome", node: "c", home, gone: true, voters: [] })).toBe(false);
+    const fewer = { ...withoutC, voters: ["a", "b", "c"] };
+    expect(changeFits(fewer, { kind: "rehome", node: "c", home, gone: true, voters: ["a", "d"] })).toBe(false);
+    expect(changeFits(fewer, { kind: "rehome", node: "c", home, gone: true, voters: ["a", "b"] })).toBe(true);
   });
 
   test("the home travels with the table and is checked on the way in", () => {
     const next = withChange(withoutC, { kind: "rehome", node: "c", home: [["a", "b"], ["b", "a"], ["b", "d"], ["d", "a"]] });
     expect(decodeTable(JSON.parse(JSON.stringify(next)))).toEqual(next);
     expect(() => decodeTable({ ...next, home: next.home!.slice(1) })).toThrow(ShoalError);
+    const voting = { ...next, voters: ["a", "b", "d"] };
+    expect(decodeTable(JSON.parse(JSON.stringify(voting)))).toEqual(voting);
+    expect(() => decodeTable({ ...next, voters: [] })).toThrow("voters");
+    expect(() => decodeTable({ ...next, voters: ["a", "a"] })).toThrow("voters");
     expect(() => decodeTable({ ...next, home: [["a/b"], [], [], []] })).toThrow("home node is not a name");
   });
 });
@@ -98,6 +122,33 @@ describe("a member adopting a rehome", () => {
       copy = step({ kind: "tick", nowMs }).find((m) => m.to === "a" && m.message.kind === "copy")?.message;
     }
     expect(copy).toEqual({ kind: "copy", batch: "boot1.1", table: rehomed, group: 1, chunks: [0, 2] });
+  });
+});
+
+describe("voters after a forget", () => {
+  test("a member asks only the table's voters, and two of three are a majority once the gone node is out", () => {
+    // c forgotten: v3 re-homed its groups and took it out of the voters. Now d goes silent.
+    const rehomed = withChange(withoutC, { kind: "rehome", node: "c", home: [["a", "b"], ["b", "a"], ["b", "d"], ["d", "a"]], gone: true, voters: ["a", "b", "d"] });
+    const catalog = initialMemberState("a", [rehomed]);
+    const member = new ReplicaMember(testMemberConfig("a", MEMBERS, striped), decodeMemberState(encodeMemberState(catalog)), 0);
+    // d recorded v3 before it went silent (its tables heartbeat): the precondition is met without it.
+    member.step({ kind: "message", nowMs: 1, from: "d", message: { kind: "tables", tables: [rehomed] } });
+    let prepare: Outgoing[] = [];
+    let nowMs = 10;
+    for (; nowMs <= 400 && prepare.length === 0; nowMs += 10) {
+      member.step({ kind: "peer-heard", nowMs, node: "b" });
+      prepare = member.step({ kind: "tick", nowMs }).messages.filter((m) => m.message.kind === "prepare");
+    }
+    // The drop of d from groups 0, 2 and 3 goes to a, b and d: never to c, which no longer votes.
+    expect(prepare.map((m) => m.to).sort()).toEqual(["a", "b", "d"]);
+    const { ballot, version } = prepare[0]!.message as Extract<PeerMessage, { kind: "prepare" }>;
+    // a promises itself (once its record is durable), then b does: two of three.
+    const own = member.step({ kind: "message", nowMs, from: "a", message: prepare[0]!.message });
+    for (const out of member.step({ kind: "durable", nowMs, seq: own.durableSeq! }).messages) member.step({ kind: "message", nowMs, from: "a", message: out.message });
+    const reply = { kind: "acceptor-reply" as const, volume: "vol", reply: { kind: "promise" as const, version, ballot, recordedVersion: rehomed.version } };
+    const accept = member.step({ kind: "message", nowMs, from: "b", message: reply }).messages.filter((m) => m.message.kind === "accept");
+    // Two of a, b, d promised: phase 2 starts (with c counted it would need three of four).
+    expect(accept.map((m) => m.to).sort()).toEqual(["a", "b", "d"]);
   });
 });
 

@@ -71,7 +71,7 @@ export class RouteAdmin {
     const id = this.memberId(node);
     if (id === this.group.selfId) throw new ShoalError("BAD_ARGUMENT", `node ${id} cannot forget itself; ask another member`);
     const live = this.group.liveVolumes();
-    const replicated = live.filter((record) => replicaCount(record.routing) > 1 && this.replicas.holdsOrHomes(record.name, id));
+    const copies = live.filter((record) => replicaCount(record.routing) > 1 && this.replicas.holdsOrHomes(record.name, id));
     const holding = live.filter((record) => replicaCount(record.routing) === 1 && holders(record.routing).includes(id));
     if (holding.length > 0) {
       throw new ShoalError(
@@ -79,9 +79,11 @@ export class RouteAdmin {
         `node ${id} still holds pages of ${names(holding)}; run \`shoal route drain ${id}\` first`,
       );
     }
-    if (replicated.length > 0 && this.group.isUp(id)) {
-      throw new ShoalError("CONFLICT", `node ${id} is up and holds copies of ${names(replicated)}; drain it, or stop it first (forget re-creates the copies of a node that is gone for good)`);
+    if (copies.length > 0 && this.group.isUp(id)) {
+      throw new ShoalError("CONFLICT", `node ${id} is up and holds copies of ${names(copies)}; drain it, or stop it first (forget re-creates the copies of a node that is gone for good)`);
     }
+    // A drained node holds no copy but still votes: its re-homing takes it out of the voters too.
+    const replicated = live.filter((record) => replicaCount(record.routing) > 1 && (this.replicas.holdsOrHomes(record.name, id) || this.replicas.votesIn(record.name, id)));
     const rehomed = await this.rehome(replicated, id, "gone", false);
     await this.group.forget(id);
     await this.moves.unlockMovesOf(id);
@@ -111,6 +113,8 @@ export class RouteAdmin {
     const rehomed: Rehomed[] = [];
     for (const record of records) {
       const moved = await this.replicas.rehome(record.name, node, this.candidates(record, node), deadlineMs, leaving, dryRun);
+      // A volume the node only voted in (a drained node's forget): nothing moved to report.
+      if (moved.length === 0) continue;
       const to: Record<string, number> = {};
       for (const { to: target } of moved) to[target] = (to[target] ?? 0) + 1;
       rehomed.push({ volume: record.name, groups: moved.length, to });

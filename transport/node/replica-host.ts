@@ -344,7 +344,7 @@ export class ReplicaHost {
     const before = homeOf(hosted.member.current.tables.get(volume)!, striped);
     for (;;) {
       const table = hosted.member.current.tables.get(volume)!;
-      const plan = planRehome(table, striped, gone, candidates, leaving);
+      const plan = planRehome(table, striped, gone, candidates, leaving, hosted.groups.nodes);
       if (plan.kind === "done") {
         const after = homeOf(table, striped);
         return after.flatMap((nodes, group) => nodes.filter((node) => !before[group]!.includes(node)).map((to) => ({ group, to })));
@@ -364,6 +364,13 @@ export class ReplicaHost {
       }
       await Bun.sleep(50);
     }
+  }
+
+  /** Whether `node` still counts toward the majority that changes the volume's sets (its voters). */
+  votesIn(volume: string, node: string): boolean {
+    const hosted = this.byName.get(volume);
+    if (hosted === undefined) return this.options.group.volume(volume).routing.nodes.includes(node);
+    return (hosted.member.current.tables.get(volume)!.voters ?? hosted.groups.nodes).includes(node);
   }
 
   /** Whether `node` is home to, or still in the set of, some page group of the volume (as this node's member sees it). */
