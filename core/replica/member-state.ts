@@ -33,6 +33,17 @@ export type MemberRecord =
   | { kind: "away-chunks"; volume: string; group: number; node: string; changed: number[]; cleaned: number[] }
   | { kind: "peer-up-to-date"; volume: string; group: number; node: string; since: number };
 
+/**
+ * Whether a Ready's records must be on disk against a power loss, not only a process crash, before
+ * what rests on them leaves: every kind but the per-write notes of an away map. A promise or an
+ * acceptance forgotten lets a slot choose two values; a table forgotten moves the fence back (a
+ * dead version's writes taken again); the rest are rare. A note rests only on a write the client
+ * has not flushed yet: the FLUSH syncs it with the data, and a power loss before it may lose both.
+ */
+export function mustSurvivePowerLoss(records: readonly MemberRecord[]): boolean {
+  return records.some((record) => record.kind !== "away-chunks");
+}
+
 export function slotKey(volume: string, version: number): string {
   return `${volume}@${version}`;
 }

@@ -7,7 +7,7 @@ import { describe, expect, test } from "bun:test";
 import { Packr } from "msgpackr";
 import { ShoalError } from "../../core/errors.ts";
 import { parsePeerMessage, type MemberEvent, type MemberReady, type PeerMessage } from "../../core/replica/member-messages.ts";
-import { applyRecord, decodeMemberState, encodeMemberState, initialMemberState, type MemberState } from "../../core/replica/member-state.ts";
+import { applyRecord, decodeMemberState, encodeMemberState, initialMemberState, mustSurvivePowerLoss, type MemberState } from "../../core/replica/member-state.ts";
 import { ReplicaMember, type MemberConfig } from "../../core/replica/replica-member.ts";
 import { initialTable, withChange, type ReplicaTable } from "../../core/replica/replica-table.ts";
 import { testMemberConfig } from "./_member-config.ts";
@@ -115,6 +115,16 @@ describe("replica member runner", () => {
 });
 
 describe("replica member state, stored", () => {
+  test("only the per-write away-map notes may wait for a FLUSH to survive a power loss", () => {
+    const note = { kind: "away-chunks" as const, volume: "vol", group: 0, node: "b", changed: [1], cleaned: [] };
+    expect(mustSurvivePowerLoss([note, note])).toBe(false);
+    expect(mustSurvivePowerLoss([])).toBe(false);
+    expect(mustSurvivePowerLoss([note, { kind: "slot", volume: "vol", version: 2, record: { promised: { round: 1, proposer: "b" } } }])).toBe(true);
+    expect(mustSurvivePowerLoss([{ kind: "table", table: withoutB }])).toBe(true);
+    expect(mustSurvivePowerLoss([{ kind: "synced", volume: "vol", group: 0, since: 3 }])).toBe(true);
+  });
+
+
   function populated(): MemberState {
     const { step, catalog } = host("a");
     step(message(1, "b", { kind: "accept", volume: "vol", version: 2, ballot: { round: 1, proposer: "b" }, value: withoutB }));

@@ -11,7 +11,7 @@ import type { Catalog } from "../../core/cluster/catalog.ts";
 import type { PageStore } from "../../core/store/page-store.ts";
 import { ReplicaMember, type MemberConfig } from "../../core/replica/replica-member.ts";
 import { parsePeerMessage, type MemberReady, type Outgoing, type PeerMessage } from "../../core/replica/member-messages.ts";
-import { applyRecord, decodeMemberState, encodeMemberState, groupKey, initialMemberState, type MemberRecord, type MemberState } from "../../core/replica/member-state.ts";
+import { applyRecord, decodeMemberState, encodeMemberState, groupKey, initialMemberState, mustSurvivePowerLoss, type MemberRecord, type MemberState } from "../../core/replica/member-state.ts";
 import { describeTable, homeOf, initialTable, sinceOf, type ReplicaTable } from "../../core/replica/replica-table.ts";
 import { planRehome } from "../../core/replica/rehome-plan.ts";
 import { familyOf } from "../move/page-mover.ts";
@@ -386,7 +386,13 @@ export class ReplicaHost {
   private carryOut(hosted: Hosted, ready: MemberReady, data?: ReceivedPages): void {
     if (this.hosted.get(hosted.uid) !== hosted) return;
     this.writeRecords(hosted, ready.records);
-    const synced = this.applyChunks(hosted, ready, data);
+    const applied = this.applyChunks(hosted, ready, data);
+    // Promises, acceptances, tables (the fence), joins and maps made whole must survive a power
+    // loss before anything resting on them leaves: an acceptor that forgot a promise, or a fence
+    // that moved back, could let two sets take writes. The per-write map notes need not (a FLUSH
+    // syncs them with the data they describe), so the write path waits for no fsync.
+    const recordsSynced = mustSurvivePowerLoss(ready.records) ? this.options.catalog.durable() : undefined;
+    const synced = applied && recordsSynced ? Promise.all([applied, recordsSynced]).then(() => {}) : (applied ?? recordsSynced);
     for (const outgoing of ready.messages) this.sendPeer(hosted, outgoing);
     for (const reply of ready.replies) {
       const waiter = hosted.requests.get(reply.request.id);
@@ -402,8 +408,9 @@ export class ReplicaHost {
   /**
    * One sqlite transaction per Ready, on the catalog connection that does not fsync: the commit is
    * in the page cache when it returns, which a kill -9 keeps, so the records are durable against a
-   * process crash before any ack that rests on them leaves. A FLUSH syncs the catalog's log
-   * (flush-debts.ts) as it syncs the pages, so power loss loses neither past a FLUSH.
+   * process crash before any ack that rests on them leaves. Those that must also survive a power
+   * loss are synced before their durability is reported (carryOut); the rest are synced by a FLUSH
+   * (flush-debts.ts) with the pages, so power loss loses neither past a FLUSH.
    */
   private writeRecords(hosted: Hosted, records: MemberRecord[]): void {
     if (records.length === 0) return;
