@@ -70,7 +70,7 @@ async function waitWholeOnLiveNodes(): Promise<void> {
   });
 }
 
-async function replicaSets(nodeIndex: number, volume = "r"): Promise<{ table: string; whole: boolean; copiedBytes: number }> {
+async function replicaSets(nodeIndex: number, volume = "r"): Promise<{ table: string; whole: boolean; voters: string[]; copiedBytes: number }> {
   const shown = await cluster.shoal(["route", "show", volume, "--json"], { node: cluster.nodes[nodeIndex] });
   return JSON.parse(shown.stdout).replicaSets;
 }
@@ -150,6 +150,7 @@ test("after the forget node3 no longer counts toward the majority: with node2 ki
   // The forget took node3 out of the voters: a set change now needs two of node1, node2, node4
   // (with node3 still counted it would need three of four, and only two are up).
   expect((await replicaSets(0)).table).toContain("(voters node1,node2,node4)");
+  expect((await replicaSets(3)).voters).toEqual(["node1", "node2", "node4"]);
   const writers = await startWriters([node1, node4], "r", history, { writersPerNode: 2, blocks: BLOCKS });
   await Bun.sleep(300);
   await node2.kill9();
@@ -216,4 +217,6 @@ test("node4 drained under writers (its own clients too): its copies move to node
   const forgotten = await cluster.shoal(["route", "forget", "node4", "--json"], { node: node1 });
   expect(`${forgotten.exitCode} ${forgotten.stderr}`).toBe("0 ");
   expect(JSON.parse(forgotten.stdout).rehomed).toEqual([]);
+  // It moved no copy but leaves the voters all the same.
+  expect((await replicaSets(0)).voters).toEqual(["node1", "node2"]);
 }, 60_000);

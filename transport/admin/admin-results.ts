@@ -89,6 +89,8 @@ export interface ReplicaSetsReport {
   table: string;
   /** Every page group has all its home replicas, and this node's copies are up to date. */
   whole: boolean;
+  /** The nodes whose majority changes the volume's sets (a forgotten node is not one). */
+  voters: string[];
   /** Bytes written through this node's member while a replica of their group was away. */
   writtenWhileAwayBytes: number;
   /** Page bytes this node sent in resync and join copies. */

@@ -323,7 +323,8 @@ export class ReplicaHost {
     const whole = table.sets.every(
       (set, group) => set.length === home[group]!.length && set.every((entry) => home[group]!.includes(entry.node)) && (!set.some((entry) => entry.node === self) || this.syncedMember(hosted, group)),
     );
-    return { replicaSets: { table: describeTable(table), whole, writtenWhileAwayBytes: hosted.bytesWrittenAway, copiedBytes: hosted.bytesCopied } };
+    const voters = [...(table.voters ?? hosted.groups.nodes)];
+    return { replicaSets: { table: describeTable(table), whole, voters, writtenWhileAwayBytes: hosted.bytesWrittenAway, copiedBytes: hosted.bytesCopied } };
   }
 
   /**
