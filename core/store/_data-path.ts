@@ -257,7 +257,7 @@ export class DataPath {
     if (entry.dataChunks > 0) this.punch(layer, page, 0, layer.pageSizeBytes);
   }
 
-  private punch(layer: StoreLayer, page: number, pageOffset: number, length: number): void {
+  punch(layer: StoreLayer, page: number, pageOffset: number, length: number): void {
     const { segment, at } = segmentOf(this.positionOf(layer, page, pageOffset));
     const fd = layer.fds[segment];
     if (fd === undefined) return;

@@ -15,11 +15,11 @@ import { DataPath } from "./_data-path.ts";
 import { LayerDeletion } from "./_deletion.ts";
 import { MAX_CHAIN_LAYERS, type StoreLayer, validateLayerId } from "./_layers.ts";
 import { openJournal, openLayerFiles } from "./_load.ts";
-import { ImportBatch, type PageExport, PageMoves } from "./_moves.ts";
+import { ImportBatch, type PageExport, PageMoves, type PageRange } from "./_moves.ts";
 import { type FileIO, type FreeingClock, RealFileIO } from "./file-io.ts";
 
 export { DEFAULT_CHUNK_SIZE_BYTES } from "./_load.ts";
-export { ImportBatch, type PageExport, type PagePiece } from "./_moves.ts";
+export { ImportBatch, type PageExport, type PagePiece, type PageRange } from "./_moves.ts";
 export type { FileIO, FreeingClock } from "./file-io.ts";
 
 export interface PageStoreOptions {
@@ -403,13 +403,13 @@ export class PageStore {
   // ---- moving pages to another node
 
   /** A page as every layer of a volume's family holds it, for a move. Synchronous: one consistent moment. */
-  exportPage(page: number, inFamily: (layerId: string) => boolean, allocate: (bytes: number) => Uint8Array = (bytes) => new Uint8Array(bytes)): PageExport {
-    return this.moves.export(page, inFamily, allocate);
+  exportPage(page: number, inFamily: (layerId: string) => boolean, allocate: (bytes: number) => Uint8Array = (bytes) => new Uint8Array(bytes), range?: PageRange): PageExport {
+    return this.moves.export(page, inFamily, allocate, range);
   }
 
-  /** Installs a page exported by another node; durable once syncImport(batch) returns. */
-  importPage(page: number, exported: PageExport, inFamily: (layerId: string) => boolean, batch: ImportBatch): void {
-    this.moves.import(page, exported, inFamily, batch);
+  /** Installs a page (or a range of it) exported by another node; durable once syncImport(batch) returns. */
+  importPage(page: number, exported: PageExport, inFamily: (layerId: string) => boolean, batch: ImportBatch, range?: PageRange): void {
+    this.moves.import(page, exported, inFamily, batch, range);
   }
 
   /** Starts making the batch durable in the background, so syncImport then waits for little. */
