@@ -42,14 +42,22 @@ export function noteWrite(map: AwayMapState, chunk: number): void {
   map.dirty.set(chunk, map.nextGeneration++);
 }
 
-/** Up to `max` changed chunks without a copy in flight, marked in flight: the next resync batch. */
-export function takeBatch(map: AwayMapState, max: number): number[] {
+/** How much of a copy a chunk is (a host may number a whole page and a part of one as chunks): 1 each unless told. */
+export type ChunkWeight = (chunk: number) => number;
+const ONE: ChunkWeight = () => 1;
+
+/** Changed chunks without a copy in flight, weighing up to `max` (at least one), marked in flight: the next resync batch. */
+export function takeBatch(map: AwayMapState, max: number, weight: ChunkWeight = ONE): number[] {
   const batch: number[] = [];
+  let taken = 0;
   for (const [chunk, generation] of map.dirty) {
-    if (batch.length >= max) break;
     if (map.inFlight.has(chunk)) continue;
+    const size = weight(chunk);
+    if (batch.length > 0 && taken + size > max) break;
     map.inFlight.set(chunk, generation);
     batch.push(chunk);
+    taken += size;
+    if (taken >= max) break;
   }
   return batch;
 }
@@ -74,8 +82,12 @@ export function remainder(map: AwayMapState): number[] {
   return [...map.dirty.keys()].sort((a, b) => a - b);
 }
 
-export function changedCount(map: AwayMapState): number {
-  return map.dirty.size;
+/** What the absent replica lacks, weighed (the policy's "few enough for a join copy"). */
+export function changedCount(map: AwayMapState, weight: ChunkWeight = ONE): number {
+  if (weight === ONE) return map.dirty.size;
+  let total = 0;
+  for (const chunk of map.dirty.keys()) total += weight(chunk);
+  return total;
 }
 
 export function cloneAwayMap(map: AwayMapState): AwayMapState {

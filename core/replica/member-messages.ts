@@ -26,13 +26,15 @@ export type PeerMessage =
   | { kind: "join"; table: ReplicaTable; group: number; since: number; chunks: number[] }
   | { kind: "joined"; volume: string; group: number; since: number };
 
-/** A client's write or read of one chunk, routed by a table version; `id` is the host's, echoed in the reply. */
+/** A client's write or read of one chunk (or `span` chunks from it), routed by a table version; `id` is the host's, echoed in the reply. */
 export interface ChunkRequest {
   id: number;
   kind: "write" | "read";
   volume: string;
   group: number;
   chunk: number;
+  /** A write over this many consecutive chunks from `chunk` (absent: 1). */
+  span?: number;
   routed: number;
 }
 

@@ -114,8 +114,14 @@ export function applyRecord(state: MemberState, record: MemberRecord): void {
 
 // ---- stored form: plain objects and arrays (msgpack or JSON), checked field by field on the way in
 
+/**
+ * 2: a node's chunk numbers name parts of pages and whole pages (page-groups.ts). 1: they named
+ * whole pages; ReplicaHost renumbers the away maps of such a state when it loads it.
+ */
+export const MEMBER_STATE_FORMAT = 2;
+
 export interface MemberStateWire {
-  format: 1;
+  format: 1 | 2;
   tables: ReplicaTable[];
   slots: { volume: string; version: number; record: SlotRecord }[];
   synced: { volume: string; group: number; since: number }[];
@@ -126,7 +132,7 @@ export interface MemberStateWire {
 export function encodeMemberState(state: MemberState): MemberStateWire {
   const volumeOfKey = (key: string, separator: string): string => key.slice(0, key.indexOf(separator));
   return {
-    format: 1,
+    format: MEMBER_STATE_FORMAT,
     tables: [...state.tables.values()].map(cloneReplicaTable).sort((a, b) => (a.volume < b.volume ? -1 : a.volume > b.volume ? 1 : 0)),
     slots: [...state.slots].sort(byKey).map(([key, record]) => ({ volume: key.slice(0, key.lastIndexOf("@")), version: Number(key.slice(key.lastIndexOf("@") + 1)), record: structuredClone(record) })),
     synced: [...state.syncedSince].sort(byKey).map(([key, since]) => ({ volume: key.slice(0, key.lastIndexOf("/")), group: Number(key.slice(key.lastIndexOf("/") + 1)), since })),
@@ -144,7 +150,7 @@ export function encodeMemberState(state: MemberState): MemberStateWire {
 /** The state from its stored form; anything malformed is a BAD_FRAME (a damaged catalog row, not a crash). */
 export function decodeMemberState(wire: unknown): MemberState {
   const w = object(wire, "replica member state");
-  if (w.format !== 1) throw bad(`replica member state has format ${String(w.format)}, this build reads 1`);
+  if (w.format !== 1 && w.format !== 2) throw bad(`replica member state has format ${String(w.format)}, this build reads 1 and 2`);
   const state = emptyState();
   for (const table of array(w.tables, "tables")) {
     const decoded = decodeTable(table);

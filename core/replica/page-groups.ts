@@ -1,9 +1,13 @@
 // How a replicated volume's pages map onto the replica-set protocol's page groups and chunks. A
 // group is one distinct home replica tuple of the striped placement (routing.ts stripedTable puts
 // page p's copies on nodes p, p+1, ... mod n), so a volume has min(n, pages) groups whatever its
-// size; a chunk is one page of its group (chunk c of group g is page c*n + g). Pages as chunks keep
-// away maps small: a 64 TiB volume of 4 MiB pages has 16 Mi pages, and a map holds only the pages
-// written while a copy was away, never a list of all of them (ReplicaMember's allChunks).
+// size. Within a group, each page (the i-th of the group: page i*n + g) has S + 1 chunk numbers:
+// i*(S+1) + k for its S parts of PART_BYTES (k < S), and i*(S+1) + S for the whole page. A write
+// notes the parts it touched, so a copy that was away gets 64 KiB per scattered 4 KiB write, not
+// the 4 MiB page (with page-sized chunks a copy came back only if it copied pages faster than
+// clients dirtied them: ~50 random writes a second); "every chunk" (a copy with no map of what
+// it lacks) names whole pages, one number each, so a 64 TiB volume's group is never listed part
+// by part. Away maps hold only what was written while a copy was away.
 import { invariant } from "../invariant.ts";
 import { replicaCount, type RoutingTable } from "../cluster/routing.ts";
 
@@ -13,10 +17,26 @@ export interface PageGroups {
   pageCount: number;
   /** Copies of each page when every replica is in. */
   replicas: number;
+  /** Parts per page (S): the page size over PART_BYTES, at least 1 and at most MAX_PARTS. */
+  parts: number;
 }
 
-export function pageGroupsOf(routing: RoutingTable): PageGroups {
-  return { nodes: routing.nodes, pageCount: routing.owners.length, replicas: replicaCount(routing) };
+/** A part of a page as an away map notes it and a catch-up copies it. */
+export const PART_BYTES = 64 * 1024;
+/** At most this many parts per page (a page of over 16 MiB gets bigger parts). */
+const MAX_PARTS = 256;
+
+export function pageGroupsOf(routing: RoutingTable, pageSizeBytes: number): PageGroups {
+  const parts = Math.max(1, Math.min(MAX_PARTS, Math.floor(pageSizeBytes / PART_BYTES)));
+  invariant(pageSizeBytes % parts === 0, () => `page size ${pageSizeBytes} does not split into ${parts} parts`);
+  return { nodes: routing.nodes, pageCount: routing.owners.length, replicas: replicaCount(routing), parts };
+}
+
+/** A chunk as pages and bytes: `page`, and the part's byte range in it (the whole page for a whole-page chunk). */
+export interface ChunkRange {
+  page: number;
+  offset: number;
+  length: number;
 }
 
 export function groupCount(groups: PageGroups): number {
@@ -27,19 +47,46 @@ export function groupOfPage(groups: PageGroups, page: number): number {
   return page % groups.nodes.length;
 }
 
+/** The chunk number of the whole page. */
 export function chunkOfPage(groups: PageGroups, page: number): number {
-  return Math.floor(page / groups.nodes.length);
+  return Math.floor(page / groups.nodes.length) * (groups.parts + 1) + groups.parts;
 }
 
+/** The chunks a write of `length` bytes at `pageOffset` of the page touches: the first and how many (consecutive). */
+export function chunksOfWrite(groups: PageGroups, page: number, pageSizeBytes: number, pageOffset: number, length: number): { first: number; span: number } {
+  const partBytes = pageSizeBytes / groups.parts;
+  const base = Math.floor(page / groups.nodes.length) * (groups.parts + 1);
+  const firstPart = Math.floor(pageOffset / partBytes);
+  const lastPart = Math.floor((pageOffset + Math.max(1, length) - 1) / partBytes);
+  return { first: base + firstPart, span: lastPart - firstPart + 1 };
+}
+
+/** Where chunk `chunk` of group `group` lies. */
+export function rangeOfChunk(groups: PageGroups, group: number, chunk: number, pageSizeBytes: number): ChunkRange {
+  const index = Math.floor(chunk / (groups.parts + 1));
+  const part = chunk % (groups.parts + 1);
+  const page = index * groups.nodes.length + group;
+  invariant(page < groups.pageCount, () => `chunk ${chunk} of page group ${group} is past the volume's ${groups.pageCount} pages`);
+  if (part === groups.parts) return { page, offset: 0, length: pageSizeBytes };
+  const partBytes = pageSizeBytes / groups.parts;
+  return { page, offset: part * partBytes, length: partBytes };
+}
+
+/** The page chunk `chunk` of group `group` lies in. */
 export function pageOfChunk(groups: PageGroups, group: number, chunk: number): number {
-  const page = chunk * groups.nodes.length + group;
+  const page = Math.floor(chunk / (groups.parts + 1)) * groups.nodes.length + group;
   invariant(page < groups.pageCount, () => `chunk ${chunk} of page group ${group} is past the volume's ${groups.pageCount} pages`);
   return page;
 }
 
-/** Chunks the largest group has (the member's bound on chunk numbers). */
+/** How much of a copy a chunk is, in parts: a whole page weighs all of them. */
+export function chunkWeight(groups: PageGroups, chunk: number): number {
+  return chunk % (groups.parts + 1) === groups.parts ? groups.parts : 1;
+}
+
+/** Chunk numbers the largest group has (the member's bound on them). */
 export function chunksPerGroup(groups: PageGroups): number {
-  return Math.ceil(groups.pageCount / groups.nodes.length);
+  return Math.ceil(groups.pageCount / groups.nodes.length) * (groups.parts + 1);
 }
 
 /** Each group's home replicas, the primary first: the sets of the volume's version-1 table. */

@@ -61,6 +61,11 @@ export interface MemberConfig {
   /** How many chunks a page group of the volume has (a copy of "every chunk" lists them). */
   chunksPerGroup: (volume: string) => number;
   /**
+   * How much of a copy chunk `chunk` of the volume is, in the units of copyBatchChunks and
+   * joinChunksMax (a node numbers both whole pages and parts of pages as chunks). Absent: 1 each.
+   */
+  chunkWeight?: (volume: string, chunk: number) => number;
+  /**
    * The chunks a copy of "every chunk" of the group names. Absent: 0..chunksPerGroup-1 (the
    * simulation). A node answers with the chunks its store holds, so a 64 TiB volume's group is
    * never listed whole (a chunk held nowhere reads as zeros on every copy).
@@ -247,7 +252,7 @@ export class ReplicaMember {
         synced: (group) => this.synced(table, group),
         lacking: (group, node) => {
           const map = this.state.awayMaps.get(awayKey(table.volume, group, node));
-          return map === undefined ? undefined : changedCount(map);
+          return map === undefined ? undefined : changedCount(map, this.weightOf(table.volume));
         },
         joinChunksMax: this.config.joinChunksMax,
       });
@@ -422,10 +427,12 @@ export class ReplicaMember {
     if (request.kind === "write") {
       this.out.apply({ kind: "write", request });
       // Every write applied here is one an away replica of the group lacks, even a retry of one already here.
-      for (const map of this.mapsOf(request.volume, request.group)) {
+      const maps = this.mapsOf(request.volume, request.group);
+      const changed = maps.length === 0 ? [] : Array.from({ length: request.span ?? 1 }, (_, index) => request.chunk + index);
+      for (const map of maps) {
         // The map changes in memory through away-map.ts (generations, copies in flight); its record goes out as is.
-        noteWrite(map, request.chunk);
-        this.out.record({ kind: "away-chunks", volume: request.volume, group: request.group, node: map.node, changed: [request.chunk], cleaned: [] });
+        for (const chunk of changed) noteWrite(map, chunk);
+        this.out.record({ kind: "away-chunks", volume: request.volume, group: request.group, node: map.node, changed, cleaned: [] });
       }
     }
     this.out.reply({ request, ok: true, table: answered });
@@ -451,7 +458,7 @@ export class ReplicaMember {
         const map = this.state.awayMaps.get(key)!;
         const inFlight = [...this.copiesInFlight.values()].filter((copy) => copy.key === key).length;
         if (inFlight >= (this.config.copyBatchesInFlight ?? 1)) continue;
-        const batch = takeBatch(map, this.config.copyBatchChunks);
+        const batch = takeBatch(map, this.config.copyBatchChunks, this.weightOf(table.volume));
         if (batch.length === 0) continue;
         const id = `${this.config.bootId}.${++this.batchSeq}`;
         this.copiesInFlight.set(id, { volume: table.volume, map, key, chunks: batch, deadlineMs: this.nowMs + this.config.copyTimeoutMs });
@@ -501,6 +508,11 @@ export class ReplicaMember {
     const table = this.state.tables.get(copy.volume);
     const striped = this.config.home(copy.volume);
     if (table !== undefined && striped !== undefined) this.resync(table, homeOf(table, striped), this.suspected());
+  }
+
+  private weightOf(volume: string): ((chunk: number) => number) | undefined {
+    const weight = this.config.chunkWeight;
+    return weight === undefined ? undefined : (chunk) => weight(volume, chunk);
   }
 
   private allChunks(volume: string, group: number): number[] {

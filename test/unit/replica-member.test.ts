@@ -152,7 +152,7 @@ describe("replica member state, stored", () => {
     const cases: [unknown, RegExp][] = [
       [null, /not an object/],
       [[], /not an object/],
-      [{ ...wire, format: 2 }, /format 2/],
+      [{ ...wire, format: 3 }, /format 3/],
       [{ ...wire, tables: "x" }, /tables is not a list/],
       [{ ...wire, tables: [{ ...withoutB, version: -1 }] }, /table version/],
       [{ ...wire, tables: [withoutB, withoutB] }, /twice/],

@@ -6,6 +6,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { PageStore } from "../../core/store/page-store.ts";
 import { Payload, type FrameHeader } from "../../transport/mesh/frame.ts";
 import { ReplicaPages, splitBytes } from "../../transport/node/replica-pages.ts";
+import type { ChunkRange } from "../../core/replica/page-groups.ts";
 import { removeTempDirs, tempDir } from "./_store-v2-fixture.ts";
 
 afterEach(removeTempDirs);
@@ -39,6 +40,11 @@ function awayAndBack() {
   return { source, target, sent: new ReplicaPages(source, log, "a"), received: new ReplicaPages(target, log, "b") };
 }
 
+/** Whole pages as the ranges a copy names. */
+function wholePages(...pages: number[]): ChunkRange[] {
+  return pages.map((page) => ({ page, offset: 0, length: PAGE }));
+}
+
 function payloadOf(parts: Uint8Array[]): Payload {
   return new Payload(parts, parts.reduce((sum, part) => sum + part.byteLength, 0));
 }
@@ -46,17 +52,17 @@ function payloadOf(parts: Uint8Array[]): Payload {
 describe("catch-up copies with every layer", () => {
   test("the returning copy freezes its head into the snapshots cut while it was away, then installs the pages written since with all their layers", async () => {
     const { source, target, sent, received } = awayAndBack();
-    const outgoing = sent.export("v", [0, 1]);
+    const outgoing = sent.export("v", wholePages(0, 1));
     expect(outgoing.messages).toHaveLength(1);
     const pages = received.received("a copy", outgoing.args, payloadOf(outgoing.messages[0]!))!;
     expect(received.levelLayers("a copy", "v", pages, none)).toBe(true);
-    await received.install("v", pages, [0, 1]);
+    await received.install("v", pages, wholePages(0, 1));
     for (const layer of ["v@s1", "v@s2", "v"]) {
       for (const page of [0, 1, 2]) expect(`${layer} page ${page}: ${readPage(target, layer, page)}`).toBe(`${layer} page ${page}: ${readPage(source, layer, page)}`);
     }
     expect(target.parentOf("v")).toBe("v@s2");
     // Once level, a later copy freezes nothing more.
-    expect(received.levelLayers("a copy", "v", received.received("a copy", sent.export("v", []).args, payloadOf([]))!, none)).toBe(true);
+    expect(received.levelLayers("a copy", "v", received.received("a copy", sent.export("v", wholePages()).args, payloadOf([]))!, none)).toBe(true);
     expect(target.layers().map((layer) => layer.id)).toEqual(["v", "v@s1", "v@s2"]);
     source.close();
     target.close();
@@ -64,9 +70,9 @@ describe("catch-up copies with every layer", () => {
 
   test("a copy read before a cut this node has made waits (it is sent again), and one whose bytes do not add up is not applied", () => {
     const { source, target, sent, received } = awayAndBack();
-    const before = sent.export("v", [2]);
+    const before = sent.export("v", wholePages(2));
     source.freezeLayer("v", "v@s3");
-    const after = sent.export("v", [2]);
+    const after = sent.export("v", wholePages(2));
     expect(received.levelLayers("a copy", "v", received.received("a copy", after.args, payloadOf(after.messages[0]!))!, none)).toBe(true);
     expect(received.levelLayers("an old copy", "v", received.received("an old copy", before.args, payloadOf(before.messages[0]!))!, none)).toBe(false);
     warnings.length = 0;
@@ -78,14 +84,14 @@ describe("catch-up copies with every layer", () => {
 
   test("a copy in several messages: the pieces staged ahead complete it, and are gone once it came", () => {
     const { source, target, sent, received } = awayAndBack();
-    const outgoing = sent.export("v", [0, 1]);
+    const outgoing = sent.export("v", wholePages(0, 1));
     const whole = outgoing.messages[0]!;
     const [first, ...rest] = splitBytes(whole, 40_000);
     const args: FrameHeader = { ...outgoing.args, k: "a.1" };
     received.stage({ u: "uid", k: "a.1" }, payloadOf(first!));
     for (const staged of rest.slice(0, -1)) received.stage({ u: "uid", k: "a.1" }, payloadOf(staged));
     const pages = received.received("a large copy", args, payloadOf(rest[rest.length - 1]!));
-    expect(pages?.pages.size).toBe(2);
+    expect(pages?.ranges.size).toBe(2);
     // The staged pieces were taken: the same message again lacks them.
     expect(received.received("the copy again", args, payloadOf(rest[rest.length - 1]!))).toBeUndefined();
     source.close();
@@ -97,7 +103,7 @@ describe("a snapshot deleted while the copy was away", () => {
   test("its layer still on the returning copy is removed, and the copy applies once it is gone", async () => {
     const { source, target, sent, received } = awayAndBack();
     target.freezeLayer("v", "v@gone"); // cut on every copy before this one left, deleted by the others since
-    const outgoing = sent.export("v", [2]);
+    const outgoing = sent.export("v", wholePages(2));
     const pages = () => received.received("a copy", outgoing.args, payloadOf(outgoing.messages[0]!))!;
     expect(received.levelLayers("a copy", "v", pages(), none)).toBe(false); // not known to be deleted: waits
     expect(target.hasLayer("v@gone")).toBe(true);
@@ -105,7 +111,7 @@ describe("a snapshot deleted while the copy was away", () => {
     await target.deleteLayer("v@gone"); // the removal already under way
     expect(target.hasLayer("v@gone")).toBe(false);
     expect(received.levelLayers("a copy", "v", pages(), none)).toBe(true);
-    await received.install("v", pages(), [2]);
+    await received.install("v", pages(), wholePages(2));
     for (const layer of ["v@s1", "v@s2", "v"]) expect(readPage(target, layer, 2)).toEqual(readPage(source, layer, 2));
     source.close();
     target.close();

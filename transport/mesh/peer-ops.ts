@@ -33,10 +33,11 @@ export const PEER_OPS = {
 export type PeerOp = keyof typeof PEER_OPS;
 /**
  * What a replica's catch-up copy or join (`replica.msg`) carries beside the member's message: the
- * family's layer stack at the source, each page's pieces (their bytes follow in order, first
- * those staged under `k` by `replica.stage`, then the message's payload).
+ * family's layer stack at the source, each page's (or page range's: byte offset `o`, length `n`)
+ * pieces (their bytes follow in order, first those staged under `k` by `replica.stage`, then the
+ * message's payload).
  */
-export const CATCH_UP_ARGS = { xl: listOf(exportedLayer), x: listOf({ p: count(), pieces: listOf(shippedPiece) }), k: optional(text()) };
+export const CATCH_UP_ARGS = { xl: listOf(exportedLayer), x: listOf({ p: count(), o: count(), n: count(), pieces: listOf(shippedPiece) }), k: optional(text()) };
 export type CatchUpArgs = ArgsOfSchema<typeof CATCH_UP_ARGS>;
 
 export function readCatchUpArgs(args: FrameHeader): CatchUpArgs {

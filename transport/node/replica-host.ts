@@ -15,14 +15,15 @@ import { applyRecord, decodeMemberState, encodeMemberState, groupKey, initialMem
 import { describeTable, homeOf, initialTable, sinceOf, type ReplicaTable } from "../../core/replica/replica-table.ts";
 import { planRehome } from "../../core/replica/rehome-plan.ts";
 import { familyOf } from "../move/page-mover.ts";
-import { chunkOfPage, chunksPerGroup, groupOfPage, homeSets, pageGroupsOf, pageOfChunk, type PageGroups } from "../../core/replica/page-groups.ts";
+import { newAwayMap } from "../../core/replica/away-map.ts";
+import { chunkOfPage, chunksOfWrite, chunksPerGroup, chunkWeight, groupOfPage, homeSets, pageGroupsOf, rangeOfChunk, type ChunkRange, type PageGroups } from "../../core/replica/page-groups.ts";
 import { Payload, type FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MeshLog } from "../mesh/mesh.ts";
 import type { Reply } from "../mesh/mesh-connection.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
 import { snapshotKey } from "../../core/snapshot/snapshot-record.ts";
-import { CATCH_UP_MESSAGE_BYTES_MAX, ReplicaPages, type ReceivedPages } from "./replica-pages.ts";
+import { CATCH_UP_MESSAGE_BYTES_MAX, rangeKey, ReplicaPages, type ReceivedPages } from "./replica-pages.ts";
 import type { ReplicaSetsReport } from "../admin/admin-results.ts";
 
 export const DEFAULT_REPLICA_TIMEOUT_MS = 3000;
@@ -125,7 +126,8 @@ export class ReplicaHost {
 
   private boot(record: VolumeRecord): void {
     const { group, catalog } = this.options;
-    const groups = pageGroupsOf(record.routing);
+    const groups = pageGroupsOf(record.routing, record.pageSizeBytes);
+    const partBytes = record.pageSizeBytes / groups.parts;
     const stored = this.loadState(record, groups);
     const nowMs = Date.now();
     const config: MemberConfig = {
@@ -134,14 +136,16 @@ export class ReplicaHost {
       bootId: `${crypto.randomUUID().slice(0, 8)}`,
       home: (volume) => (volume === record.name ? homeSets(groups) : undefined),
       chunksPerGroup: () => chunksPerGroup(groups),
+      chunkWeight: (_volume, chunk) => chunkWeight(groups, chunk),
       allChunks: (_volume, index) => this.heldChunks(record.uid, groups, index),
       heartbeatIntervalMs: Math.max(100, Math.min(500, this.options.timeoutMs / 4)),
       suspectAfterMs: this.options.timeoutMs,
       policyIntervalMs: Math.max(50, Math.min(250, this.options.timeoutMs / 8)),
-      copyBatchChunks: Math.max(1, Math.floor(CATCH_UP_MESSAGE_BYTES_MAX / record.pageSizeBytes / 2)),
+      // In parts (a whole page weighs all of its parts): half a message's bytes, and one message.
+      copyBatchChunks: Math.max(1, Math.floor(CATCH_UP_MESSAGE_BYTES_MAX / partBytes / 2)),
       copyBatchesInFlight: 4,
       copyTimeoutMs: Math.max(2000, this.options.timeoutMs * 2),
-      joinChunksMax: Math.max(1, Math.floor(CATCH_UP_MESSAGE_BYTES_MAX / record.pageSizeBytes)),
+      joinChunksMax: Math.max(1, Math.floor(CATCH_UP_MESSAGE_BYTES_MAX / partBytes)),
       proposer: { attemptTimeoutMs: Math.max(200, this.options.timeoutMs / 4), backoffMs: 100, maxAttempts: 8 },
       random: Math.random,
     };
@@ -178,8 +182,17 @@ export class ReplicaHost {
       // routing version) starts from the placement too and adopts the newer table from its peers.
       return initialMemberState(this.options.group.selfId, [initialTable(record.name, homeSets(groups))]);
     }
-    const state = decodeMemberState(JSON.parse(rows[0]!.record));
+    const stored = JSON.parse(rows[0]!.record) as { format?: unknown };
+    const state = decodeMemberState(stored);
     for (const row of rows.slice(1)) applyRecord(state, JSON.parse(row.record) as MemberRecord);
+    // A state from before parts of pages (format 1) numbered each page of a group as its chunk:
+    // what an away copy lacks becomes those whole pages (boot stores the state anew).
+    if (stored.format === 1) {
+      for (const [key, map] of state.awayMaps) {
+        const pages = [...map.dirty.keys()];
+        state.awayMaps.set(key, newAwayMap(map.group, map.node, map.sinceVersion, pages.map((index) => index * (groups.parts + 1) + groups.parts)));
+      }
+    }
     return state;
   }
 
@@ -256,12 +269,14 @@ export class ReplicaHost {
    * entry node tries again by a newer table) and notes it for away replicas. Resolves once what the
    * member recorded for it is on disk: the write's ack must not leave before its away-map entry.
    */
-  admitWrite(record: VolumeRecord, page: number, lengthBytes: number): Promise<void> | undefined {
+  admitWrite(record: VolumeRecord, page: number, pageOffset: number, lengthBytes: number): Promise<void> | undefined {
     const hosted = this.hosted.get(record.uid);
     if (hosted === undefined || this.admitsAtOnce(hosted, record, page)) return undefined;
     const id = ++this.requestSeq;
     const { groups } = hosted;
-    const request = { id, kind: "write" as const, volume: hosted.name, group: groupOfPage(groups, page), chunk: chunkOfPage(groups, page), routed: record.routing.version };
+    // The parts of the page it touches: a copy away since lacks those, not the whole page.
+    const { first, span } = chunksOfWrite(groups, page, record.pageSizeBytes, pageOffset, lengthBytes);
+    const request = { id, kind: "write" as const, volume: hosted.name, group: groupOfPage(groups, page), chunk: first, span, routed: record.routing.version };
     const answered = new Promise<void>((resolve, reject) => hosted.requests.set(id, { resolve, reject }));
     const ready = hosted.member.step({ kind: "request", nowMs: Date.now(), request });
     const admitted = ready.applies.some((apply) => apply.kind === "write" && apply.request.id === id);
@@ -439,13 +454,13 @@ export class ReplicaHost {
     let synced: Promise<void> | undefined;
     for (const apply of ready.applies) {
       if (apply.kind === "write") continue;
-      const pages = apply.chunks.map((chunk) => pageOfChunk(hosted.groups, apply.group, chunk));
-      const missing = pages.filter((page) => !data?.pages.has(page));
+      const ranges = this.rangesOf(hosted, apply.group, apply.chunks);
+      const missing = ranges.filter((range) => !data?.ranges.has(rangeKey(range)));
       if (data === undefined || missing.length > 0) {
-        this.options.log.warn(`a ${apply.kind} of '${hosted.name}' group ${apply.group} came without pages ${missing.join(", ")}; ignored`);
+        this.options.log.warn(`a ${apply.kind} of '${hosted.name}' group ${apply.group} came without pages ${missing.map((range) => `${range.page}+${range.offset}`).join(", ")}; ignored`);
         continue;
       }
-      synced = this.pages.install(hosted.uid, data, pages);
+      synced = this.pages.install(hosted.uid, data, ranges);
     }
     return synced;
   }
@@ -490,8 +505,7 @@ export class ReplicaHost {
     // A joiner is not let in while a snapshot of the volume is under way here (every up-to-date
     // copy takes part in it): it would take writes without having cut. It asks again.
     if (message.kind === "join" && this.options.snapshotUnderWay(hosted.name)) return;
-    const pages = message.chunks.map((chunk) => pageOfChunk(hosted.groups, message.group, chunk));
-    const outgoing = this.pages.export(hosted.uid, pages);
+    const outgoing = this.pages.export(hosted.uid, this.rangesOf(hosted, message.group, message.chunks));
     hosted.bytesCopied += outgoing.bytes;
     this.copiedBytes.with(message.kind).inc(outgoing.bytes);
     // In order on the one link: the staged pieces reach the receiver before the message.
@@ -499,7 +513,39 @@ export class ReplicaHost {
     send("replica.msg", { ...args, ...outgoing.args }, Payload.concat(outgoing.messages[outgoing.messages.length - 1]!));
   }
 
-  /** Chunks of the group this node's store holds a page for: "every chunk" without listing a 64 TiB volume. */
+  /**
+   * The byte ranges of pages the chunks name, merged: a whole page covers its parts, adjacent
+   * parts of one page go as one range. In page order.
+   */
+  private rangesOf(hosted: Hosted, group: number, chunks: number[]): ChunkRange[] {
+    const byPage = new Map<number, ChunkRange[]>();
+    for (const chunk of chunks) {
+      const range = rangeOfChunk(hosted.groups, group, chunk, hosted.pageSizeBytes);
+      const list = byPage.get(range.page) ?? [];
+      byPage.set(range.page, [...list, range]);
+    }
+    const merged: ChunkRange[] = [];
+    for (const page of [...byPage.keys()].sort((a, b) => a - b)) {
+      const ranges = byPage.get(page)!;
+      if (ranges.some((range) => range.length === hosted.pageSizeBytes)) {
+        merged.push({ page, offset: 0, length: hosted.pageSizeBytes });
+        continue;
+      }
+      ranges.sort((a, b) => a.offset - b.offset);
+      let current: ChunkRange | undefined;
+      for (const range of ranges) {
+        if (current !== undefined && current.offset + current.length >= range.offset) {
+          current.length = Math.max(current.length, range.offset + range.length - current.offset);
+          continue;
+        }
+        current = { ...range };
+        merged.push(current);
+      }
+    }
+    return merged;
+  }
+
+  /** Whole-page chunks of the group this node's store holds a page for: "every chunk" without listing a 64 TiB volume. */
   private heldChunks(uid: string, groups: PageGroups, group: number): number[] {
     return this.options.store
       .changedPages(uid, undefined)

@@ -5,6 +5,7 @@
 // (bounded, expiring) until the copy comes; the receiver brings its stack of layers level with
 // the source's (catch-up-layers.ts) and installs every page's layers together.
 import { catchUpLayers, chainBelow } from "../../core/replica/catch-up-layers.ts";
+import type { ChunkRange } from "../../core/replica/page-groups.ts";
 import { ShoalError } from "../../core/errors.ts";
 import { ImportBatch, type PageExport, type PagePiece, type PageStore } from "../../core/store/page-store.ts";
 import type { FrameHeader, Payload } from "../mesh/frame.ts";
@@ -27,10 +28,15 @@ export interface OutgoingPages {
   bytes: number;
 }
 
-/** A received copy's pages, ready to install once the member says to apply them. */
+/** A received copy's page ranges (rangeKey), ready to install once the member says to apply them. */
 export interface ReceivedPages {
   layers: PageExport["layers"];
-  pages: Map<number, PagePiece[]>;
+  ranges: Map<string, PagePiece[]>;
+}
+
+/** A page range as a key: "page+offset+length". */
+export function rangeKey(range: ChunkRange): string {
+  return `${range.page}+${range.offset}+${range.length}`;
 }
 
 export class ReplicaPages {
@@ -46,17 +52,17 @@ export class ReplicaPages {
 
   // ---- source
 
-  /** The pages with every layer of the volume's family, read now (one consistent moment per page). */
-  export(uid: string, pages: number[]): OutgoingPages {
+  /** The page ranges with every layer of the volume's family, read now (one consistent moment per page). */
+  export(uid: string, ranges: ChunkRange[]): OutgoingPages {
     const inFamily = familyOf(uid);
     const data: Uint8Array[] = [];
-    const x = pages.map((page) => {
-      const exported = this.store.exportPage(page, inFamily);
+    const x = ranges.map(({ page, offset, length }) => {
+      const exported = this.store.exportPage(page, inFamily, undefined, { offset, length });
       const pieces = exported.pieces.map(({ data: parts, ...meta }) => {
         data.push(...parts);
         return { ...meta, bytes: parts.reduce((sum, part) => sum + part.byteLength, 0) };
       });
-      return { p: page, pieces };
+      return { p: page, o: offset, n: length, pieces };
     });
     const messages = splitBytes(data, CATCH_UP_MESSAGE_BYTES_MAX);
     // The stack goes even with no page: the receiver levels its layers with it all the same.
@@ -123,14 +129,14 @@ export class ReplicaPages {
     }
     const datas = splitParts(parts, lengths);
     let index = 0;
-    const pages = new Map<number, PagePiece[]>();
-    for (const { p, pieces } of catchUp.x) {
-      pages.set(
-        p,
+    const ranges = new Map<string, PagePiece[]>();
+    for (const { p, o, n, pieces } of catchUp.x) {
+      ranges.set(
+        rangeKey({ page: p, offset: o, length: n }),
         pieces.map(({ layer, pageSizeBytes, chunkShift, states }) => ({ layer, pageSizeBytes, ...(states !== undefined ? { chunkShift, states: new Uint8Array(states) } : {}), data: datas[index++]! })),
       );
     }
-    return { layers: catchUp.xl, pages };
+    return { layers: catchUp.xl, ranges };
   }
 
   /**
@@ -172,11 +178,14 @@ export class ReplicaPages {
     return true;
   }
 
-  /** Installs the named pages with all their layers; resolves once they and the layer table are durable. */
-  install(uid: string, received: ReceivedPages, pages: number[]): Promise<void> {
+  /** Installs the named page ranges with all their layers; resolves once they and the layer table are durable. */
+  install(uid: string, received: ReceivedPages, ranges: ChunkRange[]): Promise<void> {
     const batch = new ImportBatch();
     const inFamily = familyOf(uid);
-    for (const page of pages) this.store.importPage(page, { layers: received.layers, pieces: received.pages.get(page) ?? [] }, inFamily, batch);
+    for (const range of ranges) {
+      const { page, offset, length } = range;
+      this.store.importPage(page, { layers: received.layers, pieces: received.ranges.get(rangeKey(range)) ?? [] }, inFamily, batch, { offset, length });
+    }
     return Promise.all([this.store.syncImport(batch), this.store.flushVolume(uid)]).then(() => {});
   }
 

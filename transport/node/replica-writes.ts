@@ -135,7 +135,7 @@ export class ReplicaWrites {
   private apply(record: VolumeRecord, page: number, pageOffset: number, write: ReplicatedWrite, fua: boolean, cutBefore: readonly RecentCut[]): Reply | Promise<Reply> {
     // The member's fence first (it refuses a set this node has left or a group it is still
     // joining), and its away maps note the write for the replicas that are out.
-    const admitted = this.replicaHost.admitWrite(record, page, "parts" in write ? write.parts.reduce((sum, part) => sum + part.byteLength, 0) : write.zeroBytes);
+    const admitted = this.replicaHost.admitWrite(record, page, pageOffset, "parts" in write ? write.parts.reduce((sum, part) => sum + part.byteLength, 0) : write.zeroBytes);
     // Timestamp mode: the primary's clock placed the write on one side of each cut; this copy
     // places it on the same side (cutting first, or writing under a cut it has made already).
     const layer = this.snapshots.replicaLayer(record.name, record.uid, cutBefore);

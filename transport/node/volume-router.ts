@@ -201,7 +201,7 @@ export class VolumeRouter implements ExportCatalog {
     const owner = ownerOf(record.routing, page);
     if (owner !== this.group.selfId) return this.forwardWrite(owner, target, page, pageOffset, parts, fua, hops);
     if (this.heldFor(target)) return this.gate.holds.enqueue(record.name, again);
-    const admitted = this.replicaHost.admitWrite(record, page, parts.reduce((sum, part) => sum + part.byteLength, 0));
+    const admitted = this.replicaHost.admitWrite(record, page, pageOffset, parts.reduce((sum, part) => sum + part.byteLength, 0));
     this.mover.noteWrite(record.uid, page);
     const commitWait = this.gate.beforeWrite(record.name);
     let at = pageOffset;
@@ -226,7 +226,7 @@ export class VolumeRouter implements ExportCatalog {
         .then((response) => appliersOf(response.result, owner));
     }
     if (this.heldFor(target)) return this.gate.holds.enqueue(record.name, again);
-    const admitted = this.replicaHost.admitWrite(record, page, length);
+    const admitted = this.replicaHost.admitWrite(record, page, pageOffset, length);
     this.mover.noteWrite(record.uid, page);
     const commitWait = this.gate.beforeWrite(record.name);
     this.store.zero(target.layer, page, pageOffset, length, record.pageSizeBytes);
