@@ -195,7 +195,7 @@ describe("malformed replica-set messages", () => {
       const { groupId } = await joinAsMember(peer, "peer-y");
       const refusals = [
         await peerRefusal(peer, "replica.msg", { u: uid, m: { kind: "prepare", volume: "twice", version: -1, ballot: { round: 1, node: "peer-y" } } }),
-        await peerRefusal(peer, "replica.msg", { u: uid, m: { kind: "copy", volume: "twice", group: 0, batch: "b", chunks: ["x"] } }),
+        await peerRefusal(peer, "replica.msg", { u: uid, m: { kind: "copy", table: { volume: "twice", version: 1, sets: [[{ node: "node1", since: 1 }]] }, group: 0, batch: "b", chunks: ["x"] } }),
         await peerRefusal(peer, "replica.msg", { u: uid, m: { kind: "no-such-kind" } }),
         await peerRefusal(peer, "replica.msg", { u: uid, m: "not an object" }),
       ];
