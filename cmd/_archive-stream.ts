@@ -13,7 +13,7 @@ import { FileSink } from "./_file-sink.ts";
 import { openSource } from "./_file-source.ts";
 import { RequestsInFlight } from "./_requests-in-flight.ts";
 import { connectPageOwners, type PageOwners } from "./_page-owners.ts";
-import { connectExport, Progress, ReceivedBufferCollector } from "./_volume-stream.ts";
+import { bulkJobCollector, connectExport, Progress } from "./_volume-stream.ts";
 
 /**
  * Pages read ahead of the writer: bounds memory at this many pages whatever the volume size. 8
@@ -103,7 +103,7 @@ async function writeArchive(
     throw err;
   }
   const progress = new Progress(`archive ${volume}@${snapshot}`, pages.length * pageSizeBytes, quiet);
-  const collect = new ReceivedBufferCollector();
+  const collect = bulkJobCollector();
   let bytes = 0;
   // Pages are pulled from their owners in parallel and written in page order.
   const reads: Promise<Uint8Array[]>[] = [];
@@ -123,9 +123,11 @@ async function writeArchive(
       const pieces = await reads.shift()!;
       readAhead();
       await sink.write(writer.page(page, pieces));
-      for (const piece of pieces) bytes += piece.byteLength;
+      let pieceBytes = 0;
+      for (const piece of pieces) pieceBytes += piece.byteLength;
+      bytes += pieceBytes;
       progress.update(bytes);
-      collect.after(bytes);
+      collect.received(pieceBytes);
     }
     await sink.write(writer.finish());
   } catch (err) {

@@ -5,6 +5,7 @@ import { ShoalError } from "../core/errors.ts";
 import { formatSize } from "../core/geometry.ts";
 import { parseHostPort } from "../core/cluster/member.ts";
 import { NbdClient } from "../transport/nbd/nbd-client.ts";
+import { ReceivedBufferCollector } from "../transport/wire/received-buffers.ts";
 import { adminRequest } from "./_cli.ts";
 import { FileSink } from "./_file-sink.ts";
 import { openSource } from "./_file-source.ts";
@@ -60,18 +61,9 @@ export class Progress {
  * not weigh: 256 MiB exported took the CLI's RSS to 190-245 MB. A full collection every 16 MiB
  * passed on keeps it near 110 MB, for the same CPU (measured over two rounds each).
  */
-export class ReceivedBufferCollector {
-  private nextBytes = COLLECT_EVERY_BYTES;
-
-  /** `doneBytes`: bytes passed on so far. */
-  after(doneBytes: number): void {
-    if (doneBytes < this.nextBytes) return;
-    this.nextBytes = doneBytes + COLLECT_EVERY_BYTES;
-    Bun.gc(true);
-  }
+export function bulkJobCollector(): ReceivedBufferCollector {
+  return new ReceivedBufferCollector(16 * 1024 * 1024, () => Bun.gc(true));
 }
-
-const COLLECT_EVERY_BYTES = 16 * 1024 * 1024;
 
 function isAllZero(bytes: Uint8Array): boolean {
   // 4 bytes at a time as plain numbers: BigInt words cost an allocation-free but slow compare each.
@@ -218,7 +210,7 @@ async function readVolume(nodeAddress: string, volume: string, sink: FileSink, q
   const size = client.sizeBytes;
   const chunkBytes = chunkBytesFor(owners.pageSizeBytes);
   const progress = new Progress(`export ${volume}`, size, quiet);
-  const collect = new ReceivedBufferCollector();
+  const collect = bulkJobCollector();
   // Read from every owner at once and written out in order: the output's speed is the limit.
   const reads: Promise<Uint8Array[]>[] = [];
   let nextOffset = 0;
@@ -235,9 +227,11 @@ async function readVolume(nodeAddress: string, volume: string, sink: FileSink, q
       const views = await reads.shift()!;
       queueRead();
       await sink.write(views);
-      for (const view of views) written += view.byteLength;
+      let viewBytes = 0;
+      for (const view of views) viewBytes += view.byteLength;
+      written += viewBytes;
       progress.update(written);
-      collect.after(written);
+      collect.received(viewBytes);
     }
   } finally {
     await Promise.all([client.close().catch(() => {}), owners.close()]);

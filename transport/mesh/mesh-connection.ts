@@ -5,6 +5,7 @@ import { errorFromWire, asShoalError, ShoalError } from "../../core/errors.ts";
 import { encodeFrameHead, FrameDecoder, EMPTY_PAYLOAD, MAX_FRAME_BYTES, type Frame, type FrameHeader, type Payload } from "./frame.ts";
 import type { PeerCertificate } from "./mesh-tls.ts";
 import { SocketWriter } from "../wire/socket-writer.ts";
+import { receivedBuffers } from "../wire/received-buffers.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
 
 export interface Reply {
@@ -167,6 +168,7 @@ export class MeshConnection {
 
   /** Feed from the socket's data handler. */
   onData(chunk: Uint8Array): void {
+    receivedBuffers.received(chunk.byteLength);
     let frames: Frame[];
     try {
       frames = this.decoder.push(chunk);

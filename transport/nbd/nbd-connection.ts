@@ -21,6 +21,7 @@ import { type ByteStream, startServerTls } from "./nbd-tls-session.ts";
 import { NbdTransmission } from "./nbd-transmission.ts";
 import { nodeMetrics } from "../metrics/node-metrics.ts";
 import { SocketWriter } from "../wire/socket-writer.ts";
+import { receivedBuffers } from "../wire/received-buffers.ts";
 import type { TlsIdentity } from "../tls/tls-identity.ts";
 
 /** What every connection of one server shares. */
@@ -100,6 +101,7 @@ export class NbdConnection {
   }
 
   private onPlaintext(chunk: Uint8Array): void {
+    receivedBuffers.received(chunk.byteLength);
     if (this.state === "draining" || this.state === "closed") return;
     this.input.push(chunk);
     if (this.input.lengthBytes > MAX_INPUT_BYTES) {

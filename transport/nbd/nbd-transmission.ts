@@ -274,6 +274,11 @@ export class NbdTransmission {
    */
   private payloadOf(slot: RequestSlot): Uint8Array {
     const parts = slot.payload!;
+    // The slot lets go of the received chunks now, not when the write is answered: whatever still
+    // needs the bytes (a mesh send queue, a replica fan-out) holds its own reference, and Bun backs
+    // each received chunk with fresh memory that is reused only once the chunk dies, so chunks kept
+    // for a forwarded write's round trip cost page faults (see transport/wire/received-buffers.ts).
+    slot.payload = undefined;
     if (parts.length <= 1) return parts[0] ?? new Uint8Array(0);
     const gathered = dataBuffers.acquire(slot.length);
     let at = 0;
