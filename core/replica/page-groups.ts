@@ -49,7 +49,12 @@ export function groupOfPage(groups: PageGroups, page: number): number {
 
 /** The chunk number of the whole page. */
 export function chunkOfPage(groups: PageGroups, page: number): number {
-  return Math.floor(page / groups.nodes.length) * (groups.parts + 1) + groups.parts;
+  return wholePageChunk(groups, Math.floor(page / groups.nodes.length));
+}
+
+/** The whole-page chunk number of the `index`-th page of a group (what a chunk number named before pages had parts). */
+export function wholePageChunk(groups: PageGroups, index: number): number {
+  return index * (groups.parts + 1) + groups.parts;
 }
 
 /** The chunks a write of `length` bytes at `pageOffset` of the page touches: the first and how many (consecutive). */
@@ -70,6 +75,40 @@ export function rangeOfChunk(groups: PageGroups, group: number, chunk: number, p
   if (part === groups.parts) return { page, offset: 0, length: pageSizeBytes };
   const partBytes = pageSizeBytes / groups.parts;
   return { page, offset: part * partBytes, length: partBytes };
+}
+
+/**
+ * The byte ranges of pages the chunks name, merged: a whole page covers its parts, adjacent parts
+ * of one page go as one range. In page order: the source exports and the receiver installs the
+ * same list from the same chunks.
+ */
+export function rangesOfChunks(groups: PageGroups, group: number, chunks: number[], pageSizeBytes: number): ChunkRange[] {
+  const byPage = new Map<number, ChunkRange[]>();
+  for (const chunk of chunks) {
+    const range = rangeOfChunk(groups, group, chunk, pageSizeBytes);
+    const list = byPage.get(range.page);
+    if (list === undefined) byPage.set(range.page, [range]);
+    else list.push(range);
+  }
+  const merged: ChunkRange[] = [];
+  for (const page of [...byPage.keys()].sort((a, b) => a - b)) {
+    const ranges = byPage.get(page)!;
+    if (ranges.some((range) => range.length === pageSizeBytes)) {
+      merged.push({ page, offset: 0, length: pageSizeBytes });
+      continue;
+    }
+    ranges.sort((a, b) => a.offset - b.offset);
+    let current: ChunkRange | undefined;
+    for (const range of ranges) {
+      if (current !== undefined && current.offset + current.length >= range.offset) {
+        current.length = Math.max(current.length, range.offset + range.length - current.offset);
+        continue;
+      }
+      current = { ...range };
+      merged.push(current);
+    }
+  }
+  return merged;
 }
 
 /** The page chunk `chunk` of group `group` lies in. */

@@ -4,7 +4,7 @@
 import { describe, expect, test } from "bun:test";
 import { holdsCopy, NO_COPY, ownerOf, packReplicaRanks, replicaPagesPerNode, replicasOf, routingFromWire, routingToWire, stripedTable, unpackReplicaRanks, withReplicaSets } from "../../core/cluster/routing.ts";
 import { isNewer, newVolumeRecord } from "../../core/cluster/volume.ts";
-import { chunkOfPage, chunksOfWrite, chunksPerGroup, chunkWeight, groupCount, groupOfPage, homeSets, pageGroupsOf, pageOfChunk, rangeOfChunk } from "../../core/replica/page-groups.ts";
+import { chunkOfPage, chunksOfWrite, chunksPerGroup, chunkWeight, groupCount, groupOfPage, homeSets, pageGroupsOf, pageOfChunk, rangeOfChunk, rangesOfChunks } from "../../core/replica/page-groups.ts";
 
 describe("replica sets as routing tables", () => {
   const home = stripedTable(12, ["a", "b", "c"], 2);
@@ -30,6 +30,15 @@ describe("replica sets as routing tables", () => {
     expect(rangeOfChunk(groups, 1, 66, 4 * MiB)).toEqual({ page: 4, offset: 64 * 1024, length: 64 * 1024 });
     expect(rangeOfChunk(groups, 1, 129, 4 * MiB)).toEqual({ page: 4, offset: 0, length: 4 * MiB });
     expect([chunkWeight(groups, 66), chunkWeight(groups, 129)]).toEqual([1, 64]);
+    // A copy's ranges: adjacent parts merged, a whole page covering its parts, in page order.
+    expect(rangesOfChunks(groups, 1, [68, 66, 67, 1, 129, 70], 4 * MiB)).toEqual([
+      { page: 1, offset: 64 * 1024, length: 64 * 1024 },
+      { page: 4, offset: 0, length: 4 * MiB },
+    ]);
+    expect(rangesOfChunks(groups, 1, [68, 66, 67, 70], 4 * MiB)).toEqual([
+      { page: 4, offset: 64 * 1024, length: 3 * 64 * 1024 },
+      { page: 4, offset: 5 * 64 * 1024, length: 64 * 1024 },
+    ]);
     // Pages of 64 KiB or less are one part; pages over 16 MiB get bigger parts (256 at most).
     expect(pageGroupsOf(home, 64 * 1024).parts).toBe(1);
     expect(pageGroupsOf(home, 4096).parts).toBe(1);

@@ -16,7 +16,7 @@ import { describeTable, homeOf, initialTable, sinceOf, type ReplicaTable } from 
 import { planRehome } from "../../core/replica/rehome-plan.ts";
 import { familyOf } from "../move/page-mover.ts";
 import { newAwayMap } from "../../core/replica/away-map.ts";
-import { chunkOfPage, chunksOfWrite, chunksPerGroup, chunkWeight, groupOfPage, homeSets, pageGroupsOf, rangeOfChunk, type ChunkRange, type PageGroups } from "../../core/replica/page-groups.ts";
+import { chunkOfPage, chunksOfWrite, chunksPerGroup, chunkWeight, groupOfPage, homeSets, pageGroupsOf, rangesOfChunks, wholePageChunk, type PageGroups } from "../../core/replica/page-groups.ts";
 import { Payload, type FrameHeader } from "../mesh/frame.ts";
 import type { Group } from "../mesh/group.ts";
 import type { MeshLog } from "../mesh/mesh.ts";
@@ -190,7 +190,7 @@ export class ReplicaHost {
     if (stored.format === 1) {
       for (const [key, map] of state.awayMaps) {
         const pages = [...map.dirty.keys()];
-        state.awayMaps.set(key, newAwayMap(map.group, map.node, map.sinceVersion, pages.map((index) => index * (groups.parts + 1) + groups.parts)));
+        state.awayMaps.set(key, newAwayMap(map.group, map.node, map.sinceVersion, pages.map((index) => wholePageChunk(groups, index))));
       }
     }
     return state;
@@ -454,7 +454,7 @@ export class ReplicaHost {
     let synced: Promise<void> | undefined;
     for (const apply of ready.applies) {
       if (apply.kind === "write") continue;
-      const ranges = this.rangesOf(hosted, apply.group, apply.chunks);
+      const ranges = rangesOfChunks(hosted.groups, apply.group, apply.chunks, hosted.pageSizeBytes);
       const missing = ranges.filter((range) => !data?.ranges.has(rangeKey(range)));
       if (data === undefined || missing.length > 0) {
         this.options.log.warn(`a ${apply.kind} of '${hosted.name}' group ${apply.group} came without pages ${missing.map((range) => `${range.page}+${range.offset}`).join(", ")}; ignored`);
@@ -505,44 +505,12 @@ export class ReplicaHost {
     // A joiner is not let in while a snapshot of the volume is under way here (every up-to-date
     // copy takes part in it): it would take writes without having cut. It asks again.
     if (message.kind === "join" && this.options.snapshotUnderWay(hosted.name)) return;
-    const outgoing = this.pages.export(hosted.uid, this.rangesOf(hosted, message.group, message.chunks));
+    const outgoing = this.pages.export(hosted.uid, rangesOfChunks(hosted.groups, message.group, message.chunks, hosted.pageSizeBytes));
     hosted.bytesCopied += outgoing.bytes;
     this.copiedBytes.with(message.kind).inc(outgoing.bytes);
     // In order on the one link: the staged pieces reach the receiver before the message.
     for (const staged of outgoing.messages.slice(0, -1)) send("replica.stage", { u: hosted.uid, k: outgoing.args.k }, Payload.concat(staged));
     send("replica.msg", { ...args, ...outgoing.args }, Payload.concat(outgoing.messages[outgoing.messages.length - 1]!));
-  }
-
-  /**
-   * The byte ranges of pages the chunks name, merged: a whole page covers its parts, adjacent
-   * parts of one page go as one range. In page order.
-   */
-  private rangesOf(hosted: Hosted, group: number, chunks: number[]): ChunkRange[] {
-    const byPage = new Map<number, ChunkRange[]>();
-    for (const chunk of chunks) {
-      const range = rangeOfChunk(hosted.groups, group, chunk, hosted.pageSizeBytes);
-      const list = byPage.get(range.page) ?? [];
-      byPage.set(range.page, [...list, range]);
-    }
-    const merged: ChunkRange[] = [];
-    for (const page of [...byPage.keys()].sort((a, b) => a - b)) {
-      const ranges = byPage.get(page)!;
-      if (ranges.some((range) => range.length === hosted.pageSizeBytes)) {
-        merged.push({ page, offset: 0, length: hosted.pageSizeBytes });
-        continue;
-      }
-      ranges.sort((a, b) => a.offset - b.offset);
-      let current: ChunkRange | undefined;
-      for (const range of ranges) {
-        if (current !== undefined && current.offset + current.length >= range.offset) {
-          current.length = Math.max(current.length, range.offset + range.length - current.offset);
-          continue;
-        }
-        current = { ...range };
-        merged.push(current);
-      }
-    }
-    return merged;
   }
 
   /** Whole-page chunks of the group this node's store holds a page for: "every chunk" without listing a 64 TiB volume. */
